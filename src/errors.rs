@@ -1,0 +1,113 @@
+//! What went wrong with an exchange, in the categories of the event contract.
+//!
+//! The provider's own error code is the most specific signal, then the HTTP status; Envoy's
+//! response code details tell apart what the proxy or the network did (no response from
+//! upstream, a timeout, the client leaving) from what the provider answered.
+
+use crate::event::{ErrorCategory as C, ErrorSource as S};
+
+/// A provider error code or type (`rate_limit_exceeded`, `overloaded_error`, `RESOURCE_EXHAUSTED`).
+fn from_provider_code(code: &str) -> Option<C> {
+    let c = code.to_ascii_lowercase();
+    Some(match c.as_str() {
+        "rate_limit_exceeded" | "rate_limit_error" | "resource_exhausted" | "insufficient_quota"
+        | "tokens" | "requests" => C::RateLimited,
+        "context_length_exceeded" | "string_above_max_length" => C::ContextLength,
+        "content_filter" | "content_policy_violation" | "safety" => C::ContentFilter,
+        "overloaded_error" | "unavailable" | "server_is_overloaded" => C::Overloaded,
+        "invalid_api_key" | "authentication_error" | "permission_error" | "unauthenticated"
+        | "permission_denied" | "invalid_authentication" => C::Auth,
+        "not_found_error" | "model_not_found" | "not_found" => C::NotFound,
+        "invalid_request_error" | "invalid_argument" | "failed_precondition" => C::InvalidRequest,
+        "api_error" | "server_error" | "internal" | "internal_error" => C::ProviderError,
+        "deadline_exceeded" | "timeout_error" | "request_timeout" => C::Timeout,
+        _ => return None,
+    })
+}
+
+fn from_status(status: u16) -> Option<C> {
+    Some(match status {
+        200..=399 => return None,
+        401 | 403 => C::Auth,
+        404 => C::NotFound,
+        408 | 504 => C::Timeout,
+        429 => C::RateLimited,
+        503 | 529 => C::Overloaded,
+        400..=499 => C::InvalidRequest,
+        _ => C::ProviderError,
+    })
+}
+
+/// Envoy's `response.code_details` for a response it made itself, not the upstream's.
+fn from_envoy_details(details: &str) -> Option<(C, S)> {
+    if details == "via_upstream" || details.is_empty() {
+        return None;
+    }
+    let d = details;
+    Some(if d.starts_with("downstream_remote_disconnect") || d.contains("downstream_") {
+        (C::ClientDisconnect, S::Client)
+    } else if d.starts_with("response_timeout") || d.contains("timeout") {
+        (C::Timeout, S::Network)
+    } else if d.starts_with("upstream_reset")
+        || d.starts_with("no_healthy_upstream")
+        || d.contains("connection_failure")
+        || d.contains("upstream_")
+    {
+        (C::UpstreamUnreachable, S::Network)
+    } else {
+        (C::ProxyError, S::Proxy)
+    })
+}
+
+/// Classify an exchange. `status` is what the client got (None: it got nothing), `code` the
+/// provider's error code from the body, `details` Envoy's response code details when known.
+pub fn classify(status: Option<u16>, code: Option<&str>, details: Option<&str>) -> Option<(C, S)> {
+    if let Some(found) = details.and_then(from_envoy_details) {
+        return Some(found);
+    }
+    let Some(status) = status else {
+        // No status and no explanation from Envoy: the client went away first.
+        return Some((C::ClientDisconnect, S::Client));
+    };
+    if let Some(c) = code.and_then(from_provider_code) {
+        return Some((c, S::Provider));
+    }
+    from_status(status).map(|c| (c, S::Provider))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies() {
+        assert_eq!(classify(Some(200), None, Some("via_upstream")), None);
+        assert_eq!(
+            classify(Some(429), Some("rate_limit_exceeded"), Some("via_upstream")),
+            Some((C::RateLimited, S::Provider))
+        );
+        assert_eq!(
+            classify(Some(400), Some("context_length_exceeded"), None),
+            Some((C::ContextLength, S::Provider))
+        );
+        assert_eq!(
+            classify(Some(529), Some("overloaded_error"), None),
+            Some((C::Overloaded, S::Provider))
+        );
+        // An error event inside a 200 stream still counts.
+        assert_eq!(
+            classify(Some(200), Some("overloaded_error"), None),
+            Some((C::Overloaded, S::Provider))
+        );
+        assert_eq!(classify(Some(418), None, None), Some((C::InvalidRequest, S::Provider)));
+        assert_eq!(
+            classify(Some(503), None, Some("no_healthy_upstream")),
+            Some((C::UpstreamUnreachable, S::Network))
+        );
+        assert_eq!(
+            classify(Some(504), None, Some("response_timeout")),
+            Some((C::Timeout, S::Network))
+        );
+        assert_eq!(classify(None, None, None), Some((C::ClientDisconnect, S::Client)));
+    }
+}

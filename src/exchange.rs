@@ -1,0 +1,277 @@
+//! One metered request from its headers to its event, with no host calls: the proxy-wasm layer
+//! hands it header values, body chunks and times, and takes back an [`Event`].
+//!
+//! ```text
+//! request headers ─► begin()            route, attribution, headers to strip
+//! request body    ─► on_request_body()  `model`, `stream` (scanned as chunks pass)
+//! response headers─► on_response_headers() status, TTFB, JSON or SSE
+//! response body   ─► on_response_body() usage, actual model, provider error code
+//! stream end      ─► finish()           the event, priced
+//! ```
+
+use crate::config::{Config, Field};
+use crate::errors::classify;
+use crate::event::Event;
+use crate::pricing::PriceTable;
+use crate::provider::{self, Provider, ResponseMeter, Route};
+use crate::scan::TopLevelScanner;
+use crate::sse::SseParser;
+use crate::time::format_rfc3339_ms;
+use crate::usage::TokenSource;
+
+/// The most bytes of an attribution header value kept; labels, not documents.
+const MAX_LABEL: usize = 128;
+
+const REQUEST_KEYS: &[(&str, usize)] = &[("model", 256), ("stream", 16)];
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Attribution {
+    pub team: Option<String>,
+    pub app: Option<String>,
+    pub feature: Option<String>,
+    pub task: Option<String>,
+    pub session_id: Option<String>,
+    pub user: Option<String>,
+}
+
+/// What to do with a request, decided from its headers alone.
+pub struct Begin {
+    /// `Some` when the request is a metered LLM call.
+    pub exchange: Option<Exchange>,
+    /// Attribution headers to remove before the request goes upstream (lower case).
+    pub strip: Vec<String>,
+}
+
+enum Body {
+    /// Response headers not seen yet.
+    Pending,
+    Json(TopLevelScanner),
+    Sse {
+        parser: SseParser,
+        doc: TopLevelScanner,
+    },
+    /// Nothing to read (a content type that carries no usage).
+    Ignore,
+}
+
+pub struct Exchange {
+    route: Route,
+    endpoint: String,
+    attribution: Attribution,
+    started_unix_ms: f64,
+    request: TopLevelScanner,
+    status: Option<u16>,
+    ttfb_ms: Option<f64>,
+    sse: bool,
+    body: Body,
+    meter: Box<dyn ResponseMeter>,
+    max_sse_event: usize,
+}
+
+/// A label from a header value: trimmed, bounded, printable.
+fn label(value: &str) -> Option<String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(v.len().min(MAX_LABEL));
+    for c in v.chars() {
+        if out.len() + c.len_utf8() > MAX_LABEL {
+            break;
+        }
+        if !c.is_control() {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+/// Read the request headers. `headers` are (name, value) as Envoy gives them, names lower case,
+/// pseudo-headers included. Credential headers are never looked at beyond their names.
+pub fn begin(cfg: &Config, headers: &[(String, String)], now_unix_ms: f64) -> Begin {
+    let mut strip = Vec::new();
+    let mut attribution = Attribution::default();
+    let mut forced = None;
+    let (mut method, mut path, mut authority) = ("", "", "");
+    for (name, value) in headers {
+        match name.as_str() {
+            ":method" => method = value,
+            ":path" => path = value,
+            ":authority" => authority = value,
+            _ => {}
+        }
+        let field = cfg.field_for_header(name);
+        if field.is_none() && !name.starts_with("x-tally-") {
+            continue;
+        }
+        if !strip.contains(name) {
+            strip.push(name.clone());
+        }
+        let slot = match field {
+            Some(Field::Team) => &mut attribution.team,
+            Some(Field::App) => &mut attribution.app,
+            Some(Field::Feature) => &mut attribution.feature,
+            Some(Field::Task) => &mut attribution.task,
+            Some(Field::Session) => &mut attribution.session_id,
+            Some(Field::User) => &mut attribution.user,
+            Some(Field::Provider) => {
+                forced = Provider::from_name(value);
+                continue;
+            }
+            // The org key header is stripped and never copied.
+            Some(Field::Key) | None => continue,
+        };
+        if slot.is_none() {
+            *slot = label(value);
+        }
+    }
+    let exchange = provider::detect(method, path, authority, forced).map(|route| {
+        let meter = provider::response_meter(route.api);
+        Exchange {
+            endpoint: path.split(['?', '#']).next().unwrap_or("").to_string(),
+            route,
+            attribution,
+            started_unix_ms: now_unix_ms,
+            request: TopLevelScanner::new(REQUEST_KEYS),
+            status: None,
+            ttfb_ms: None,
+            sse: false,
+            body: Body::Pending,
+            meter,
+            max_sse_event: cfg.max_sse_event_bytes,
+        }
+    });
+    Begin { exchange, strip }
+}
+
+/// What the proxy layer knows once the exchange is over.
+pub struct Finish<'a> {
+    pub now_unix_ms: f64,
+    pub request_id: String,
+    /// Envoy's `response.code_details`, when available.
+    pub code_details: Option<&'a str>,
+    /// Envoy's final `response.code`, which covers local replies the filter did not see.
+    pub final_status: Option<u16>,
+}
+
+impl Exchange {
+    pub fn on_request_body(&mut self, chunk: &[u8]) {
+        self.request.feed(chunk);
+    }
+
+    pub fn on_response_headers(
+        &mut self,
+        status: Option<u16>,
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+        now_unix_ms: f64,
+    ) {
+        self.status = status;
+        self.ttfb_ms = Some(now_unix_ms - self.started_unix_ms);
+        let ct = content_type.unwrap_or("").to_ascii_lowercase();
+        let identity = content_encoding
+            .map(|e| e.trim().is_empty() || e.trim().eq_ignore_ascii_case("identity"))
+            .unwrap_or(true);
+        self.body = if !identity {
+            // Compressed bodies are not decoded yet: the event carries no usage.
+            Body::Ignore
+        } else if ct.starts_with("text/event-stream") {
+            self.sse = true;
+            Body::Sse {
+                parser: SseParser::new(self.max_sse_event),
+                doc: TopLevelScanner::new(self.meter.keys()),
+            }
+        } else if ct.contains("json") {
+            Body::Json(TopLevelScanner::new(self.meter.keys()))
+        } else {
+            Body::Ignore
+        };
+    }
+
+    pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) {
+        let meter = &mut self.meter;
+        match &mut self.body {
+            Body::Json(scanner) => {
+                scanner.feed(chunk);
+                if end_of_stream || scanner.is_done() {
+                    meter.on_document(scanner);
+                    self.body = Body::Ignore;
+                }
+            }
+            Body::Sse { parser, doc } => {
+                let mut on_event = |e: crate::sse::SseEvent<'_>| {
+                    doc.reset();
+                    doc.feed(e.data);
+                    meter.on_document(doc);
+                };
+                parser.feed(chunk, &mut on_event);
+                if end_of_stream {
+                    parser.finish(&mut on_event);
+                    self.body = Body::Ignore;
+                }
+            }
+            Body::Pending | Body::Ignore => {}
+        }
+    }
+
+    /// Build the event. Call once, when Envoy is done with the stream.
+    pub fn finish(mut self, fin: Finish<'_>, prices: &PriceTable) -> Event {
+        // A body cut short still yields what it carried so far.
+        self.on_response_body(&[], true);
+        let status = fin.final_status.or(self.status);
+        let model_requested = self
+            .request
+            .string("model")
+            .or_else(|| self.route.path_model.clone());
+        let model_actual = self.meter.model().map(str::to_string);
+        let usage = self.meter.usage();
+        let cost_usd = usage.and_then(|u| {
+            let model = model_actual.as_deref().or(model_requested.as_deref())?;
+            prices.cost_usd(model, &u)
+        });
+        let (error_category, error_source) =
+            match classify(status, self.meter.error_code(), fin.code_details) {
+                Some((c, s)) => (Some(c), Some(s)),
+                None => (None, None),
+            };
+        let streaming =
+            self.sse || self.route.path_streaming || self.request.boolean("stream") == Some(true);
+        let a = self.attribution;
+        Event {
+            request_id: fin.request_id,
+            timestamp: format_rfc3339_ms(self.started_unix_ms as i64),
+            org_id: None,
+            provider: self.route.provider.name().to_string(),
+            api: self.route.api.name().to_string(),
+            endpoint: self.endpoint,
+            model_requested,
+            model_actual,
+            status,
+            streaming,
+            latency_ms: round_ms(fin.now_unix_ms - self.started_unix_ms),
+            ttfb_ms: self.ttfb_ms.map(round_ms),
+            input_tokens: usage.map(|u| u.input),
+            output_tokens: usage.map(|u| u.output),
+            cached_input_tokens: usage.map(|u| u.cached_input),
+            cache_write_tokens: usage.map(|u| u.cache_write),
+            reasoning_tokens: usage.map(|u| u.reasoning),
+            token_source: usage.map(|_| TokenSource::Exact),
+            cost_usd,
+            error_category,
+            error_source,
+            team: a.team,
+            app: a.app,
+            feature: a.feature,
+            task: a.task,
+            session_id: a.session_id,
+            user: a.user,
+            rule: None,
+            routed: false,
+        }
+    }
+}
+
+/// Milliseconds to the microsecond, never negative (clocks can step).
+fn round_ms(ms: f64) -> f64 {
+    (ms.max(0.0) * 1000.0).round() / 1000.0
+}

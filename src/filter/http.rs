@@ -1,0 +1,130 @@
+//! One per request: hands headers, body chunks and times to its [`Exchange`], then queues the
+//! event. Every callback returns `Continue`: bytes are looked at as they pass, never held.
+
+use super::host::{self, Metrics};
+use super::root::Shared;
+use crate::exchange::{begin, Exchange, Finish};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, MapType};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub struct Req {
+    shared: Option<Rc<RefCell<Shared>>>,
+    exchange: Option<Exchange>,
+}
+
+impl Req {
+    pub fn new(shared: Option<Rc<RefCell<Shared>>>) -> Self {
+        Req {
+            shared,
+            exchange: None,
+        }
+    }
+
+    fn error(&self) {
+        if let Some(s) = &self.shared {
+            if let Ok(s) = s.try_borrow() {
+                Metrics::add(s.metrics.filter_errors, 1);
+            }
+        }
+    }
+}
+
+impl Context for Req {}
+
+impl HttpContext for Req {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let Some(headers) = host::headers(MapType::HttpRequestHeaders) else {
+            self.error();
+            return Action::Continue;
+        };
+        let Ok(s) = shared.try_borrow() else {
+            self.error();
+            return Action::Continue;
+        };
+        let b = begin(&s.cfg, &headers, host::now_ms());
+        drop(headers);
+        for name in &b.strip {
+            if !host::remove_header(MapType::HttpRequestHeaders, name) {
+                Metrics::add(s.metrics.filter_errors, 1);
+            }
+        }
+        if b.exchange.is_some() {
+            Metrics::add(s.metrics.requests_metered, 1);
+        }
+        self.exchange = b.exchange;
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if let Some(ex) = self.exchange.as_mut() {
+            match host::body(BufferType::HttpRequestBody, body_size) {
+                Some(chunk) => ex.on_request_body(&chunk),
+                None => self.error(),
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(ex) = self.exchange.as_mut() {
+            let h = |name| host::header(MapType::HttpResponseHeaders, name);
+            let status = h(":status").and_then(|s| s.parse::<u16>().ok());
+            ex.on_response_headers(
+                status,
+                h("content-type").as_deref(),
+                h("content-encoding").as_deref(),
+                host::now_ms(),
+            );
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(ex) = self.exchange.as_mut() {
+            match host::body(BufferType::HttpResponseBody, body_size) {
+                Some(chunk) => ex.on_response_body(&chunk, end_of_stream),
+                None => self.error(),
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(ex) = self.exchange.take() else {
+            return;
+        };
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Ok(mut s) = shared.try_borrow_mut() else {
+            self.error();
+            return;
+        };
+        let details = host::property(&["response", "code_details"]);
+        // `response.code` is an int64 in little-endian; 0 when no response was sent.
+        let final_status = host::property_bytes(&["response", "code"])
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(i64::from_le_bytes)
+            .and_then(|c| u16::try_from(c).ok())
+            .filter(|&c| c != 0);
+        let fin = Finish {
+            now_unix_ms: host::now_ms(),
+            request_id: s.next_request_id(),
+            code_details: details.as_deref(),
+            final_status,
+        };
+        let event = ex.finish(fin, &s.prices);
+        match serde_json::to_string(&event) {
+            Ok(line) => {
+                let now = host::now_ms() as u64;
+                s.outbox.push(line, now);
+            }
+            Err(_) => Metrics::add(s.metrics.filter_errors, 1),
+        }
+    }
+}

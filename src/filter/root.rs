@@ -1,0 +1,262 @@
+//! One per VM: configuration, prices, the outbox and the batch calls to the collector.
+
+use super::host::{self, Metrics};
+use super::http::Req;
+use crate::config::Config;
+use crate::outbox::{Counters, Outbox, Outcome};
+use crate::pricing::PriceTable;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// State shared by the root context and every request of this VM.
+pub struct Shared {
+    pub cfg: Config,
+    pub prices: PriceTable,
+    pub outbox: Outbox,
+    pub metrics: Metrics,
+    ids: IdGen,
+}
+
+impl Shared {
+    pub fn next_request_id(&mut self) -> String {
+        self.ids.next_uuid()
+    }
+}
+
+pub struct Root {
+    shared: Option<Rc<RefCell<Shared>>>,
+    metrics: Metrics,
+    /// Counters already reported to Envoy, to add only the difference.
+    reported: Counters,
+    in_flight: Option<u32>,
+    stopping: bool,
+}
+
+impl Root {
+    pub fn new() -> Self {
+        Root {
+            shared: None,
+            metrics: Metrics::default(),
+            reported: Counters::default(),
+            in_flight: None,
+            stopping: false,
+        }
+    }
+
+    fn configure(&mut self, size: usize) -> Result<(), String> {
+        let json = host::body(BufferType::PluginConfiguration, size).unwrap_or_default();
+        let env_key = std::env::var("TALLY_ORG_KEY").ok();
+        let cfg = Config::parse(&json, env_key)?;
+        let prices = PriceTable::builtin()?;
+        let tick = (cfg.flush_interval_ms / 2).clamp(20, 1000);
+        hostcalls::set_tick_period(Duration::from_millis(tick))
+            .map_err(|s| format!("cannot set the flush timer: {s:?}"))?;
+        self.metrics = Metrics::define();
+        self.shared = Some(Rc::new(RefCell::new(Shared {
+            outbox: Outbox::new(
+                cfg.batch_max_events,
+                cfg.queue_max_events,
+                cfg.flush_interval_ms,
+            ),
+            cfg,
+            prices,
+            metrics: self.metrics,
+            ids: IdGen::seeded(),
+        })));
+        Ok(())
+    }
+
+    /// Send the next batch if one is due and none is in flight.
+    fn flush(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Ok(mut s) = shared.try_borrow_mut() else {
+            return;
+        };
+        let now = host::now_ms() as u64;
+        if self.stopping {
+            s.outbox.flush_now();
+        }
+        let Some((body, _n)) = s.outbox.take_batch(now) else {
+            return;
+        };
+        let auth = format!("Bearer {}", s.cfg.org_key);
+        let headers = vec![
+            (":method", "POST"),
+            (":path", "/v1/events"),
+            (":authority", s.cfg.collector_authority.as_str()),
+            ("content-type", "application/x-ndjson"),
+            ("authorization", auth.as_str()),
+        ];
+        match hostcalls::dispatch_http_call(
+            &s.cfg.collector_cluster,
+            headers,
+            Some(&body),
+            vec![],
+            Duration::from_millis(s.cfg.call_timeout_ms),
+        ) {
+            Ok(token) => self.in_flight = Some(token),
+            Err(status) => {
+                s.outbox.abandon(now);
+                Metrics::add(self.metrics.batches_failed, 1);
+                host::log(
+                    LogLevel::Warn,
+                    &format!(
+                        "tally: cannot call cluster {:?} ({status:?}); events kept for retry",
+                        s.cfg.collector_cluster
+                    ),
+                );
+            }
+        }
+        let c = s.outbox.counters;
+        drop(s);
+        self.report(c);
+    }
+
+    fn report(&mut self, c: Counters) {
+        let r = self.reported;
+        let m = self.metrics;
+        Metrics::add(m.events_queued, c.queued - r.queued);
+        Metrics::add(m.events_sent, c.sent - r.sent);
+        Metrics::add(m.events_retried, c.retried - r.retried);
+        Metrics::add(
+            m.events_dropped,
+            (c.dropped_full + c.dropped_rejected) - (r.dropped_full + r.dropped_rejected),
+        );
+        self.reported = c;
+    }
+}
+
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        self.stopping = true;
+        let pending = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.try_borrow().ok().map(|s| !s.outbox.is_empty()))
+            .unwrap_or(false);
+        if !pending {
+            return true;
+        }
+        self.flush();
+        // Done once the last batch is answered (see on_http_call_response).
+        self.in_flight.is_none()
+    }
+
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
+        if self.in_flight != Some(token) {
+            return;
+        }
+        self.in_flight = None;
+        // No `:status` means the call failed (timeout, connection refused).
+        let status = host::header(MapType::HttpCallResponseHeaders, ":status")
+            .and_then(|s| s.parse::<u16>().ok());
+        let outcome = Outcome::from_status(status);
+        if outcome != Outcome::Accepted {
+            Metrics::add(self.metrics.batches_failed, 1);
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "tally: collector answered {} to a batch; {}",
+                    status.map_or_else(|| "nothing".to_string(), |s| s.to_string()),
+                    if outcome == Outcome::Rejected {
+                        "batch dropped"
+                    } else {
+                        "will retry"
+                    }
+                ),
+            );
+        }
+        if let Some(shared) = self.shared.clone() {
+            if let Ok(mut s) = shared.try_borrow_mut() {
+                s.outbox.complete(outcome, host::now_ms() as u64);
+                let c = s.outbox.counters;
+                let empty = s.outbox.is_empty();
+                drop(s);
+                self.report(c);
+                if self.stopping && (empty || outcome != Outcome::Accepted) {
+                    // Shutting down: what could not be sent now cannot wait.
+                    let _ = hostcalls::done();
+                    return;
+                }
+            }
+        }
+        // More may be due already (a full queue behind this batch).
+        self.flush();
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        match self.configure(size) {
+            Ok(()) => true,
+            Err(e) => {
+                host::log(LogLevel::Critical, &format!("tally: configuration rejected: {e}"));
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.flush();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Req::new(self.shared.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Request ids: random UUIDv4 strings from a per-VM generator seeded by the host's entropy.
+/// Envoy's `x-request-id` is not used, as a client can set it and make ids collide.
+struct IdGen {
+    state: u64,
+}
+
+impl IdGen {
+    fn seeded() -> IdGen {
+        let mut seed = [0u8; 8];
+        if getrandom::getrandom(&mut seed).is_err() {
+            // Without entropy, time still separates VMs well enough for ids.
+            seed = (host::now_ms() as u64).to_le_bytes();
+        }
+        IdGen {
+            state: u64::from_le_bytes(seed),
+        }
+    }
+
+    /// SplitMix64: fast, and good enough for identifiers (not for secrets).
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn next_uuid(&mut self) -> String {
+        let hi = self.next_u64();
+        let lo = self.next_u64();
+        let hi = (hi & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
+        let lo = (lo & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            hi >> 32,
+            (hi >> 16) & 0xFFFF,
+            hi & 0xFFFF,
+            lo >> 48,
+            lo & 0xFFFF_FFFF_FFFF
+        )
+    }
+}

@@ -1,0 +1,24 @@
+//! Tally: LLM cost and usage metering inside Envoy.
+//!
+//! The metering logic is plain Rust with no host calls, unit-tested natively and shared with the
+//! collector: [`scan`] and [`sse`] read bodies as they pass, [`provider`] knows each API's wire
+//! format, [`exchange`] turns one request into an [`event::Event`], [`pricing`] prices it and
+//! [`outbox`] batches events for the collector. The proxy-wasm layer in `filter/` (built only for
+//! wasm32) moves bytes and times between Envoy and that logic, and nothing else.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod config;
+pub mod errors;
+pub mod event;
+pub mod exchange;
+pub mod outbox;
+pub mod pricing;
+pub mod provider;
+pub mod scan;
+pub mod sse;
+pub mod time;
+pub mod usage;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

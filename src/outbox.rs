@@ -1,0 +1,239 @@
+//! The bounded queue of events waiting for the collector, and when to send them.
+//!
+//! Events are kept as NDJSON lines. A batch goes out when `batch_max` events wait or the oldest
+//! has waited `flush_interval`; one batch is in flight at a time, and its events stay at the head
+//! of the queue until the collector accepts them, so a failed call loses nothing and is retried
+//! with exponential backoff. When the queue is full, new events are dropped and counted: memory
+//! stays bounded whatever the collector does. A batch the collector rejects as malformed (400,
+//! 413) is dropped and counted too, since sending it again would fail again.
+
+use std::collections::VecDeque;
+
+const BACKOFF_START_MS: u64 = 500;
+const BACKOFF_MAX_MS: u64 = 30_000;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub queued: u64,
+    pub sent: u64,
+    pub retried: u64,
+    pub dropped_full: u64,
+    pub dropped_rejected: u64,
+}
+
+/// How a batch call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    /// The collector refused this batch for good (400, 413): retrying cannot help.
+    Rejected,
+    /// Network failure, timeout, 401, 429, 5xx: try again later.
+    Retry,
+}
+
+impl Outcome {
+    pub fn from_status(status: Option<u16>) -> Outcome {
+        match status {
+            Some(200..=299) => Outcome::Accepted,
+            Some(400 | 413 | 422) => Outcome::Rejected,
+            _ => Outcome::Retry,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    queue: VecDeque<String>,
+    batch_max: usize,
+    queue_max: usize,
+    flush_interval_ms: u64,
+    /// Events of the batch in flight (the head of the queue).
+    in_flight: usize,
+    /// When the oldest waiting event was queued.
+    oldest_ms: Option<u64>,
+    not_before_ms: u64,
+    backoff_ms: u64,
+    pub counters: Counters,
+}
+
+impl Outbox {
+    pub fn new(batch_max: usize, queue_max: usize, flush_interval_ms: u64) -> Self {
+        Outbox {
+            queue: VecDeque::new(),
+            batch_max: batch_max.max(1),
+            queue_max: queue_max.max(1),
+            flush_interval_ms,
+            in_flight: 0,
+            oldest_ms: None,
+            not_before_ms: 0,
+            backoff_ms: BACKOFF_START_MS,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Queue one serialized event; false (and counted) when the queue is full.
+    pub fn push(&mut self, line: String, now_ms: u64) -> bool {
+        if self.queue.len() >= self.queue_max {
+            self.counters.dropped_full += 1;
+            return false;
+        }
+        if self.queue.len() == self.in_flight {
+            self.oldest_ms = Some(now_ms);
+        }
+        self.queue.push_back(line);
+        self.counters.queued += 1;
+        true
+    }
+
+    /// The NDJSON body of the next batch, if one is due now. The caller must report its outcome
+    /// with [`Outbox::complete`] (or [`Outbox::abandon`] if it could not be sent at all).
+    pub fn take_batch(&mut self, now_ms: u64) -> Option<(Vec<u8>, usize)> {
+        if self.in_flight > 0 || self.queue.is_empty() || now_ms < self.not_before_ms {
+            return None;
+        }
+        let full = self.queue.len() >= self.batch_max;
+        let waited = self
+            .oldest_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) >= self.flush_interval_ms);
+        if !full && !waited {
+            return None;
+        }
+        let n = self.queue.len().min(self.batch_max);
+        let size: usize = self.queue.iter().take(n).map(|l| l.len() + 1).sum();
+        let mut body = Vec::with_capacity(size);
+        for line in self.queue.iter().take(n) {
+            body.extend_from_slice(line.as_bytes());
+            body.push(b'\n');
+        }
+        self.in_flight = n;
+        Some((body, n))
+    }
+
+    /// The batch in flight ended.
+    pub fn complete(&mut self, outcome: Outcome, now_ms: u64) {
+        let n = self.in_flight;
+        self.in_flight = 0;
+        match outcome {
+            Outcome::Accepted | Outcome::Rejected => {
+                self.queue.drain(..n.min(self.queue.len()));
+                if outcome == Outcome::Accepted {
+                    self.counters.sent += n as u64;
+                } else {
+                    self.counters.dropped_rejected += n as u64;
+                }
+                self.backoff_ms = BACKOFF_START_MS;
+                self.not_before_ms = 0;
+                self.oldest_ms = if self.queue.is_empty() {
+                    None
+                } else {
+                    // The rest waited at least as long as this call took; send it soon.
+                    Some(now_ms.saturating_sub(self.flush_interval_ms))
+                };
+            }
+            Outcome::Retry => {
+                self.counters.retried += n as u64;
+                self.not_before_ms = now_ms + self.backoff_ms;
+                self.backoff_ms = (self.backoff_ms * 2).min(BACKOFF_MAX_MS);
+                // Due as soon as the backoff ends.
+                self.oldest_ms = Some(0);
+            }
+        }
+    }
+
+    /// Make whatever waits due at once (shutdown).
+    pub fn flush_now(&mut self) {
+        if self.queue.len() > self.in_flight {
+            self.oldest_ms = Some(0);
+            self.not_before_ms = 0;
+        }
+    }
+
+    /// The call could not even be dispatched (e.g. the cluster is missing): back off.
+    pub fn abandon(&mut self, now_ms: u64) {
+        self.complete(Outcome::Retry, now_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(body: &[u8]) -> Vec<String> {
+        String::from_utf8(body.to_vec())
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn flushes_by_size_and_by_time() {
+        let mut o = Outbox::new(3, 10, 1000);
+        o.push("a".into(), 0);
+        o.push("b".into(), 10);
+        assert!(o.take_batch(500).is_none(), "not full, not old enough");
+        let (body, n) = o.take_batch(1000).unwrap();
+        assert_eq!((lines(&body), n), (vec!["a".into(), "b".into()], 2));
+        o.complete(Outcome::Accepted, 1001);
+        for x in ["c", "d", "e", "f"] {
+            o.push(x.into(), 1100);
+        }
+        let (body, n) = o.take_batch(1100).unwrap();
+        assert_eq!((lines(&body).len(), n), (3, 3), "full batch goes at once");
+        assert!(o.take_batch(1100).is_none(), "one batch in flight");
+        o.complete(Outcome::Accepted, 1101);
+        assert_eq!(o.counters.sent, 5);
+        assert_eq!(o.len(), 1);
+    }
+
+    #[test]
+    fn failures_keep_events_and_back_off() {
+        let mut o = Outbox::new(10, 10, 100);
+        o.push("a".into(), 0);
+        let (_, n) = o.take_batch(100).unwrap();
+        assert_eq!(n, 1);
+        o.complete(Outcome::Retry, 100);
+        assert!(o.take_batch(599).is_none(), "backing off 500 ms");
+        o.push("b".into(), 300);
+        let (body, _) = o.take_batch(600).unwrap();
+        assert_eq!(lines(&body), vec!["a", "b"], "order kept, nothing lost");
+        o.complete(Outcome::Retry, 600);
+        assert!(o.take_batch(1599).is_none(), "backoff doubled to 1 s");
+        assert!(o.take_batch(1600).is_some());
+        o.complete(Outcome::Accepted, 1600);
+        assert_eq!(o.counters.sent, 2);
+        assert_eq!(o.counters.retried, 3);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn full_queue_drops_new_events_and_counts_them() {
+        let mut o = Outbox::new(2, 3, 100);
+        for i in 0..5 {
+            o.push(i.to_string(), 0);
+        }
+        assert_eq!(o.len(), 3);
+        assert_eq!(o.counters.dropped_full, 2);
+    }
+
+    #[test]
+    fn rejected_batches_are_dropped_and_counted() {
+        let mut o = Outbox::new(2, 10, 100);
+        o.push("bad".into(), 0);
+        o.take_batch(100).unwrap();
+        o.complete(Outcome::from_status(Some(400)), 100);
+        assert!(o.is_empty());
+        assert_eq!(o.counters.dropped_rejected, 1);
+        assert_eq!(Outcome::from_status(None), Outcome::Retry);
+        assert_eq!(Outcome::from_status(Some(503)), Outcome::Retry);
+        assert_eq!(Outcome::from_status(Some(202)), Outcome::Accepted);
+    }
+}

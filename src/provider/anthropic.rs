@@ -1,0 +1,116 @@
+//! Anthropic Messages API.
+//!
+//! A JSON body carries `model` and `usage` at the top level. A stream carries them in
+//! `message_start` (`message.model`, `message.usage` with the input side and a first
+//! `output_tokens`), then `message_delta.usage` with the *cumulative* `output_tokens`, and
+//! sometimes the input fields again. Every field takes its latest value; nothing is summed across
+//! events, so repeated fields are never double counted. Anthropic's `input_tokens` excludes cache
+//! reads and writes, so the total input is the sum of the three.
+
+use super::{parse_raw, Api, ErrorBody, ResponseMeter};
+use crate::scan::TopLevelScanner;
+use crate::usage::Usage;
+use serde::Deserialize;
+
+pub fn api_for_path(path: &str) -> Option<Api> {
+    match path {
+        "/v1/messages" => Some(Api::Messages),
+        _ => None,
+    }
+}
+
+const KEYS: &[(&str, usize)] = &[
+    ("type", 64),
+    ("model", 256),
+    ("usage", 4096),
+    ("error", 8192),
+    // `message_start` carries the message without content; the cap bounds a hostile one.
+    ("message", 64 << 10),
+];
+
+#[derive(Deserialize, Default)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct StartMessage {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Default)]
+pub struct AnthropicMeter {
+    input: Option<u64>,
+    output: Option<u64>,
+    cache_write: Option<u64>,
+    cache_read: Option<u64>,
+    model: Option<String>,
+    error: Option<String>,
+}
+
+impl AnthropicMeter {
+    fn take(&mut self, u: WireUsage) {
+        self.input = u.input_tokens.or(self.input);
+        self.output = u.output_tokens.or(self.output);
+        self.cache_write = u.cache_creation_input_tokens.or(self.cache_write);
+        self.cache_read = u.cache_read_input_tokens.or(self.cache_read);
+    }
+}
+
+impl ResponseMeter for AnthropicMeter {
+    fn keys(&self) -> &'static [(&'static str, usize)] {
+        KEYS
+    }
+
+    fn on_document(&mut self, doc: &TopLevelScanner) {
+        if let Some(m) = doc.string("model") {
+            self.model = Some(m);
+        }
+        if let Some(u) = parse_raw::<WireUsage>(doc.raw("usage")) {
+            self.take(u);
+        }
+        if let Some(msg) = parse_raw::<StartMessage>(doc.raw("message")) {
+            if let Some(m) = msg.model {
+                self.model = Some(m);
+            }
+            if let Some(u) = msg.usage {
+                self.take(u);
+            }
+        }
+        if let Some(e) = parse_raw::<ErrorBody>(doc.raw("error")).and_then(ErrorBody::best) {
+            self.error = Some(e);
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        let base = self.input?;
+        let cache_write = self.cache_write.unwrap_or(0);
+        let cache_read = self.cache_read.unwrap_or(0);
+        Some(Usage {
+            input: base.saturating_add(cache_write).saturating_add(cache_read),
+            output: self.output.unwrap_or(0),
+            cached_input: cache_read,
+            cache_write,
+            // Extended thinking is billed as output; the API does not report it apart.
+            reasoning: 0,
+        })
+    }
+
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn error_code(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+}

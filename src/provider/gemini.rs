@@ -1,0 +1,92 @@
+//! Google Gemini API: `models/{model}:generateContent` and `:streamGenerateContent`.
+//!
+//! The model is named in the path. Usage is `usageMetadata`, repeated on stream chunks with
+//! running totals: the last one wins. `promptTokenCount` includes `cachedContentTokenCount`;
+//! `thoughtsTokenCount` is billed as output but not included in `candidatesTokenCount`, so it is
+//! added to output and reported as reasoning.
+
+use super::{parse_raw, ErrorBody, ResponseMeter};
+use crate::scan::TopLevelScanner;
+use crate::usage::Usage;
+use serde::Deserialize;
+
+/// `(model, streaming)` from `/v1beta/models/{model}:{method}` (also `/v1/`).
+pub fn model_for_path(path: &str) -> Option<(String, bool)> {
+    let rest = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))?;
+    let (model, method) = rest.rsplit_once(':')?;
+    if model.is_empty() || model.contains('/') {
+        return None;
+    }
+    match method {
+        "generateContent" => Some((model.to_string(), false)),
+        "streamGenerateContent" => Some((model.to_string(), true)),
+        _ => None,
+    }
+}
+
+const KEYS: &[(&str, usize)] = &[
+    ("modelVersion", 256),
+    ("usageMetadata", 4096),
+    ("error", 8192),
+];
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireUsage {
+    #[serde(default)]
+    prompt_token_count: Option<u64>,
+    #[serde(default)]
+    candidates_token_count: Option<u64>,
+    #[serde(default)]
+    cached_content_token_count: Option<u64>,
+    #[serde(default)]
+    thoughts_token_count: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct GeminiMeter {
+    usage: Option<Usage>,
+    model: Option<String>,
+    error: Option<String>,
+}
+
+impl ResponseMeter for GeminiMeter {
+    fn keys(&self) -> &'static [(&'static str, usize)] {
+        KEYS
+    }
+
+    fn on_document(&mut self, doc: &TopLevelScanner) {
+        if let Some(m) = doc.string("modelVersion") {
+            self.model = Some(m);
+        }
+        if let Some(u) = parse_raw::<WireUsage>(doc.raw("usageMetadata")) {
+            if let Some(input) = u.prompt_token_count {
+                let thoughts = u.thoughts_token_count.unwrap_or(0);
+                self.usage = Some(Usage {
+                    input,
+                    output: u.candidates_token_count.unwrap_or(0).saturating_add(thoughts),
+                    cached_input: u.cached_content_token_count.unwrap_or(0),
+                    cache_write: 0,
+                    reasoning: thoughts,
+                });
+            }
+        }
+        if let Some(e) = parse_raw::<ErrorBody>(doc.raw("error")).and_then(ErrorBody::best) {
+            self.error = Some(e);
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn error_code(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+}

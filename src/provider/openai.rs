@@ -1,0 +1,130 @@
+//! OpenAI wire formats: chat completions, legacy completions, embeddings and the Responses API.
+//!
+//! Usage arrives once: at the end of a JSON body, or in the last chunk of a stream (chat
+//! completions with `stream_options.include_usage`; Responses API `response.completed`,
+//! `response.incomplete` and `response.failed`, where it sits inside `response`).
+//! `prompt_tokens` already includes `cached_tokens`, and `completion_tokens` already includes
+//! `reasoning_tokens`, which is the shape of [`Usage`].
+
+use super::{parse_raw, Api, ErrorBody, ResponseMeter};
+use crate::scan::TopLevelScanner;
+use crate::usage::Usage;
+use serde::Deserialize;
+
+/// Paths (without query) of the OpenAI APIs that are metered; `/openai/deployments/...` is Azure's.
+pub fn api_for_path(path: &str) -> Option<Api> {
+    let tail = path.strip_prefix("/v1").unwrap_or(path);
+    match tail {
+        "/chat/completions" => Some(Api::ChatCompletions),
+        "/responses" => Some(Api::Responses),
+        "/completions" => Some(Api::Completions),
+        "/embeddings" => Some(Api::Embeddings),
+        _ => None,
+    }
+}
+
+const KEYS: &[(&str, usize)] = &[
+    ("model", 256),
+    ("usage", 4096),
+    ("error", 8192),
+    // Responses API stream events carry the whole response object, output included.
+    ("response", 8 << 20),
+];
+
+#[derive(Deserialize)]
+struct Details {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+/// Both usage shapes: chat/completions/embeddings (`prompt_tokens`) and Responses (`input_tokens`).
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default, alias = "input_tokens")]
+    prompt_tokens: Option<u64>,
+    #[serde(default, alias = "output_tokens")]
+    completion_tokens: Option<u64>,
+    #[serde(default, alias = "input_tokens_details")]
+    prompt_tokens_details: Option<Details>,
+    #[serde(default, alias = "output_tokens_details")]
+    completion_tokens_details: Option<Details>,
+}
+
+impl WireUsage {
+    fn into_usage(self) -> Option<Usage> {
+        let input = self.prompt_tokens?;
+        Some(Usage {
+            input,
+            output: self.completion_tokens.unwrap_or(0),
+            cached_input: self
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            cache_write: 0,
+            reasoning: self
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct ResponseObject {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+#[derive(Default)]
+pub struct OpenAiMeter {
+    usage: Option<Usage>,
+    model: Option<String>,
+    error: Option<String>,
+}
+
+impl ResponseMeter for OpenAiMeter {
+    fn keys(&self) -> &'static [(&'static str, usize)] {
+        KEYS
+    }
+
+    fn on_document(&mut self, doc: &TopLevelScanner) {
+        if self.model.is_none() {
+            self.model = doc.string("model");
+        }
+        if let Some(u) = parse_raw::<WireUsage>(doc.raw("usage")).and_then(WireUsage::into_usage) {
+            self.usage = Some(u);
+        }
+        if let Some(e) = parse_raw::<ErrorBody>(doc.raw("error")).and_then(ErrorBody::best) {
+            self.error = Some(e);
+        }
+        if let Some(r) = parse_raw::<ResponseObject>(doc.raw("response")) {
+            if let Some(m) = r.model {
+                self.model = Some(m);
+            }
+            if let Some(u) = r.usage.and_then(WireUsage::into_usage) {
+                self.usage = Some(u);
+            }
+            if let Some(e) = r.error.and_then(ErrorBody::best) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn error_code(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+}

@@ -1,0 +1,514 @@
+//! Streaming scanner for the top level of a JSON object.
+//!
+//! Bodies arrive in chunks of any size and must flow on at once, so the scanner keeps a few bytes
+//! of state and never holds the document. It records the raw bytes of the values of a few
+//! top-level keys (`model`, `stream`, `usage`, ...) up to a per-key cap and skips everything else:
+//! a `messages` array of megabytes costs one pass and no allocation. Nesting is tracked with a
+//! counter, not recursion, so hostile depth cannot overflow the stack.
+//!
+//! The scanner is not a validator: it follows well-formed JSON exactly and stops (state
+//! `Invalid`) at the first byte that cannot start or continue the expected token. Values
+//! recorded before that point stay available. A key seen twice keeps its last value, as most
+//! JSON parsers (and the providers') do.
+
+/// Longest key compared against the wanted keys; longer keys are never wanted.
+const MAX_KEY: usize = 64;
+
+/// One wanted top-level key and what was recorded for it.
+#[derive(Debug)]
+struct Capture {
+    key: &'static str,
+    max: usize,
+    value: Vec<u8>,
+    complete: bool,
+    overflow: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    BeforeRoot,
+    /// After `{`: a key or `}`.
+    ObjectStart,
+    /// After `,`: a key.
+    BeforeKey,
+    Key { escape: bool },
+    AfterKey,
+    BeforeValue,
+    Str { escape: bool },
+    /// A number, `true`, `false` or `null`: ends at the first delimiter.
+    Scalar,
+    Nested { depth: u32, in_str: bool, escape: bool },
+    AfterValue,
+    Done,
+    Invalid,
+}
+
+/// Records chosen top-level values of a JSON object fed in chunks.
+#[derive(Debug)]
+pub struct TopLevelScanner {
+    state: State,
+    captures: Vec<Capture>,
+    key: Vec<u8>,
+    key_overflow: bool,
+    key_escaped: bool,
+    current: Option<usize>,
+}
+
+impl TopLevelScanner {
+    /// `keys` pairs each wanted key with the most raw bytes kept of its value; a longer value is
+    /// dropped whole (a truncated value would parse as something else).
+    pub fn new(keys: &[(&'static str, usize)]) -> Self {
+        TopLevelScanner {
+            state: State::BeforeRoot,
+            captures: keys
+                .iter()
+                .map(|&(key, max)| Capture {
+                    key,
+                    max,
+                    value: Vec::new(),
+                    complete: false,
+                    overflow: false,
+                })
+                .collect(),
+            key: Vec::with_capacity(16),
+            key_overflow: false,
+            key_escaped: false,
+            current: None,
+        }
+    }
+
+    /// Start again on a new document, keeping the allocations.
+    pub fn reset(&mut self) {
+        self.state = State::BeforeRoot;
+        for c in &mut self.captures {
+            c.value.clear();
+            c.complete = false;
+            c.overflow = false;
+        }
+        self.key.clear();
+        self.current = None;
+    }
+
+    /// True once the closing `}` of the top-level object has been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// True when the input stopped being JSON (or was not an object).
+    pub fn is_invalid(&self) -> bool {
+        self.state == State::Invalid
+    }
+
+    /// The raw JSON bytes of a wanted key's value, if it was seen whole and within its cap.
+    pub fn raw(&self, key: &str) -> Option<&[u8]> {
+        self.captures
+            .iter()
+            .find(|c| c.key == key && c.complete)
+            .map(|c| c.value.as_slice())
+    }
+
+    /// A wanted value decoded as a JSON string.
+    pub fn string(&self, key: &str) -> Option<String> {
+        self.raw(key)
+            .and_then(|raw| serde_json::from_slice::<String>(raw).ok())
+    }
+
+    /// A wanted value decoded as a JSON boolean.
+    pub fn boolean(&self, key: &str) -> Option<bool> {
+        match self.raw(key)? {
+            b"true" => Some(true),
+            b"false" => Some(false),
+            _ => None,
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut i = 0;
+        while i < chunk.len() {
+            let b = chunk[i];
+            match self.state {
+                State::Done | State::Invalid => return,
+                State::BeforeRoot => match b {
+                    b'{' => self.state = State::ObjectStart,
+                    // A UTF-8 byte order mark is tolerated before the document.
+                    0xEF | 0xBB | 0xBF => {}
+                    _ if is_ws(b) => {}
+                    _ => self.state = State::Invalid,
+                },
+                State::ObjectStart | State::BeforeKey => match b {
+                    b'"' => self.start_key(),
+                    b'}' if self.state == State::ObjectStart => self.state = State::Done,
+                    _ if is_ws(b) => {}
+                    _ => self.state = State::Invalid,
+                },
+                State::Key { escape } => {
+                    if escape {
+                        self.push_key(b);
+                        self.state = State::Key { escape: false };
+                    } else if b == b'"' {
+                        self.end_key();
+                    } else {
+                        if b == b'\\' {
+                            self.key_escaped = true;
+                            self.state = State::Key { escape: true };
+                        }
+                        self.push_key(b);
+                    }
+                }
+                State::AfterKey => match b {
+                    b':' => self.state = State::BeforeValue,
+                    _ if is_ws(b) => {}
+                    _ => self.state = State::Invalid,
+                },
+                State::BeforeValue => {
+                    if is_ws(b) {
+                        i += 1;
+                        continue;
+                    }
+                    self.begin_value();
+                    match b {
+                        b'"' => self.state = State::Str { escape: false },
+                        b'{' | b'[' => {
+                            self.state = State::Nested {
+                                depth: 1,
+                                in_str: false,
+                                escape: false,
+                            }
+                        }
+                        b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => self.state = State::Scalar,
+                        _ => {
+                            self.state = State::Invalid;
+                            return;
+                        }
+                    }
+                    self.record(&chunk[i..=i]);
+                }
+                State::Str { escape } => {
+                    // Fast path: jump to the next quote or backslash.
+                    let start = i;
+                    let mut esc = escape;
+                    let mut end = None;
+                    while i < chunk.len() {
+                        let c = chunk[i];
+                        if esc {
+                            esc = false;
+                        } else if c == b'\\' {
+                            esc = true;
+                        } else if c == b'"' {
+                            end = Some(i);
+                            break;
+                        }
+                        i += 1;
+                    }
+                    match end {
+                        Some(e) => {
+                            self.record(&chunk[start..=e]);
+                            self.end_value();
+                            i = e + 1;
+                        }
+                        None => {
+                            self.record(&chunk[start..]);
+                            self.state = State::Str { escape: esc };
+                        }
+                    }
+                    continue;
+                }
+                State::Scalar => {
+                    if is_ws(b) || b == b',' || b == b'}' {
+                        self.end_value();
+                        // The delimiter belongs to the object: look at it again.
+                        continue;
+                    }
+                    if !matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'.' | b'+' | b'-')
+                    {
+                        self.state = State::Invalid;
+                        return;
+                    }
+                    self.record(&chunk[i..=i]);
+                }
+                State::Nested {
+                    depth,
+                    in_str,
+                    escape,
+                } => {
+                    let start = i;
+                    let (mut depth, mut in_str, mut escape) = (depth, in_str, escape);
+                    let mut closed = false;
+                    while i < chunk.len() {
+                        let c = chunk[i];
+                        i += 1;
+                        if in_str {
+                            if escape {
+                                escape = false;
+                            } else if c == b'\\' {
+                                escape = true;
+                            } else if c == b'"' {
+                                in_str = false;
+                            }
+                            continue;
+                        }
+                        match c {
+                            b'"' => in_str = true,
+                            b'{' | b'[' => depth = depth.saturating_add(1),
+                            b'}' | b']' => {
+                                depth -= 1;
+                                if depth == 0 {
+                                    closed = true;
+                                    break;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    self.record(&chunk[start..i]);
+                    if closed {
+                        self.end_value();
+                    } else {
+                        self.state = State::Nested {
+                            depth,
+                            in_str,
+                            escape,
+                        };
+                    }
+                    continue;
+                }
+                State::AfterValue => match b {
+                    b',' => self.state = State::BeforeKey,
+                    b'}' => self.state = State::Done,
+                    _ if is_ws(b) => {}
+                    _ => self.state = State::Invalid,
+                },
+            }
+            i += 1;
+        }
+    }
+
+    fn start_key(&mut self) {
+        self.key.clear();
+        self.key_overflow = false;
+        self.key_escaped = false;
+        self.state = State::Key { escape: false };
+    }
+
+    fn push_key(&mut self, b: u8) {
+        if self.key.len() < MAX_KEY {
+            self.key.push(b);
+        } else {
+            self.key_overflow = true;
+        }
+    }
+
+    fn end_key(&mut self) {
+        self.state = State::AfterKey;
+        self.current = None;
+        if self.key_overflow {
+            return;
+        }
+        let decoded;
+        let key: &[u8] = if self.key_escaped {
+            // Rare: `"mod\u0065l"`. Let serde_json apply the escape rules.
+            let mut quoted = Vec::with_capacity(self.key.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(&self.key);
+            quoted.push(b'"');
+            match serde_json::from_slice::<String>(&quoted) {
+                Ok(s) => {
+                    decoded = s;
+                    decoded.as_bytes()
+                }
+                Err(_) => return,
+            }
+        } else {
+            &self.key
+        };
+        self.current = self.captures.iter().position(|c| c.key.as_bytes() == key);
+    }
+
+    fn begin_value(&mut self) {
+        if let Some(c) = self.current.and_then(|i| self.captures.get_mut(i)) {
+            c.value.clear();
+            c.complete = false;
+            c.overflow = false;
+        }
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        if let Some(c) = self.current.and_then(|i| self.captures.get_mut(i)) {
+            if c.overflow {
+                return;
+            }
+            if c.value.len() + bytes.len() > c.max {
+                c.overflow = true;
+                c.value = Vec::new();
+            } else {
+                c.value.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    fn end_value(&mut self) {
+        if let Some(c) = self.current.and_then(|i| self.captures.get_mut(i)) {
+            c.complete = !c.overflow;
+        }
+        self.current = None;
+        self.state = State::AfterValue;
+    }
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQ: &[(&str, usize)] = &[("model", 256), ("stream", 16)];
+
+    fn scan_split(doc: &[u8], keys: &[(&'static str, usize)], at: usize) -> TopLevelScanner {
+        let mut s = TopLevelScanner::new(keys);
+        s.feed(&doc[..at]);
+        s.feed(&doc[at..]);
+        s
+    }
+
+    /// Every split point gives the same answer as feeding the whole document at once.
+    fn check_all_splits(doc: &[u8], model: Option<&str>, stream: Option<bool>) {
+        for at in 0..=doc.len() {
+            let s = scan_split(doc, REQ, at);
+            assert_eq!(s.string("model").as_deref(), model, "split at {at}");
+            assert_eq!(s.boolean("stream"), stream, "split at {at}");
+            assert!(s.is_done(), "split at {at}");
+        }
+        // One byte at a time.
+        let mut s = TopLevelScanner::new(REQ);
+        for b in doc {
+            s.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(s.string("model").as_deref(), model);
+        assert_eq!(s.boolean("stream"), stream);
+    }
+
+    #[test]
+    fn model_first() {
+        check_all_splits(
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+            Some("gpt-4o-mini"),
+            Some(true),
+        );
+    }
+
+    #[test]
+    fn model_after_long_messages_with_tricky_strings() {
+        let mut doc = String::from(r#"{"messages":["#);
+        for i in 0..2000 {
+            doc.push_str(&format!(
+                r#"{{"role":"user","content":"quote \" brace }} bracket ] model \"model\": {i} \\"}},"#
+            ));
+        }
+        doc.push_str(r#"{"role":"assistant","content":[{"type":"text","text":"{\"model\":\"fake\"}"}]}"#);
+        doc.push_str(r#"], "temperature": 0.2, "max_tokens": 100, "stream": false, "model" : "claude-sonnet-4-5" }"#);
+        let bytes = doc.as_bytes();
+        let s = scan_split(bytes, REQ, bytes.len() / 2);
+        assert_eq!(s.string("model").as_deref(), Some("claude-sonnet-4-5"));
+        assert_eq!(s.boolean("stream"), Some(false));
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn nested_model_keys_are_not_top_level() {
+        check_all_splits(
+            br#"{"metadata":{"model":"nested"},"tools":[{"model":"x"}],"model":"gpt-4.1"}"#,
+            Some("gpt-4.1"),
+            None,
+        );
+    }
+
+    #[test]
+    fn escapes_in_key_and_value() {
+        check_all_splits(
+            br#"{"mod\u0065l":"gpt-\u0034o\"x\\","stream":true}"#,
+            Some("gpt-4o\"x\\"),
+            Some(true),
+        );
+    }
+
+    #[test]
+    fn whitespace_everywhere_and_crlf() {
+        check_all_splits(
+            b"\xEF\xBB\xBF \r\n{ \r\n\t\"stream\" \n:\ttrue ,\r\n \"model\"\r\n:\r\n\"o3\" \r\n}\r\n",
+            Some("o3"),
+            Some(true),
+        );
+    }
+
+    #[test]
+    fn duplicate_key_last_wins() {
+        check_all_splits(
+            br#"{"model":"a","stream":true,"model":"b","stream":false}"#,
+            Some("b"),
+            Some(false),
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_not_taken() {
+        let s = scan_split(br#"{"model":{"name":"x"},"stream":"yes"}"#, REQ, 7);
+        assert_eq!(s.string("model"), None);
+        assert_eq!(s.boolean("stream"), None);
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn overlong_value_is_dropped_not_truncated() {
+        let long = "m".repeat(300);
+        let doc = format!(r#"{{"model":"{long}","stream":true}}"#);
+        let s = scan_split(doc.as_bytes(), REQ, 100);
+        assert_eq!(s.string("model"), None);
+        assert_eq!(s.boolean("stream"), Some(true));
+    }
+
+    #[test]
+    fn not_an_object_or_broken() {
+        let s = scan_split(br#"[{"model":"x"}]"#, REQ, 3);
+        assert!(s.is_invalid());
+        assert_eq!(s.string("model"), None);
+        // Garbage after a recorded value keeps what was recorded.
+        let s = scan_split(br#"{"model":"x", ?? "#, REQ, 3);
+        assert!(s.is_invalid());
+        assert_eq!(s.string("model").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn deep_nesting_does_not_recurse() {
+        let mut doc = String::from(r#"{"a":"#);
+        doc.push_str(&"[".repeat(1_000_000));
+        doc.push_str(&"]".repeat(1_000_000));
+        doc.push_str(r#","model":"deep"}"#);
+        let s = scan_split(doc.as_bytes(), REQ, 500_000);
+        assert_eq!(s.string("model").as_deref(), Some("deep"));
+    }
+
+    #[test]
+    fn raw_object_capture() {
+        let doc = br#"{"id":"x","usage":{"prompt_tokens":12,"completion_tokens":3},"model":"m"}"#;
+        for at in 0..=doc.len() {
+            let s = scan_split(doc, &[("usage", 1024)], at);
+            assert_eq!(
+                s.raw("usage"),
+                Some(&br#"{"prompt_tokens":12,"completion_tokens":3}"#[..])
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_and_literals() {
+        let doc = br#"{"n":-1.5e+3,"t":true,"z":null,"stream":false}"#;
+        for at in 0..=doc.len() {
+            let s = scan_split(doc, &[("n", 32), ("z", 8), ("stream", 8)], at);
+            assert_eq!(s.raw("n"), Some(&b"-1.5e+3"[..]));
+            assert_eq!(s.raw("z"), Some(&b"null"[..]));
+            assert_eq!(s.boolean("stream"), Some(false));
+        }
+    }
+}
