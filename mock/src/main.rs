@@ -1,1 +1,394 @@
-fn main(){}
+//! `tally-mock`: an offline stand-in for the OpenAI, Anthropic and Gemini APIs.
+//!
+//! Serves the wire formats Tally meters (chat completions, messages, generateContent; each
+//! streamed or not) with usage that a test can predict. Request headers steer it:
+//!
+//! | header | effect |
+//! |---|---|
+//! | `x-mock-usage: input=12,output=5,cached=2,cache_write=3,reasoning=1` | the usage reported |
+//! | `x-mock-reply: text` | the answer's text (default: a fixed sentence) |
+//! | `x-mock-model: name` | the model reported (default: a dated snapshot of the requested one) |
+//! | `x-mock-status: 429` | answer with that status and the provider's error body |
+//! | `x-mock-delay-ms: 20` | wait before the headers and between stream chunks |
+//!
+//! Without `x-mock-usage`, input is the request body's length / 4 (rounded up) and output the
+//! number of words of the reply. `GET /__mock/requests` returns the method, path and header
+//! names of the last 200 requests, so tests can check what reached the provider.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const DEFAULT_REPLY: &str = "Hello from the Tally mock provider. Usage figures are predictable.";
+
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<VecDeque<Value>>>);
+
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    input: u64,
+    output: u64,
+    cached: u64,
+    cache_write: u64,
+    reasoning: u64,
+}
+
+struct Ask {
+    actual: String,
+    stream: bool,
+    include_usage: bool,
+    reply: String,
+    usage: Usage,
+    status: Option<u16>,
+    delay: Duration,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Dated snapshots, as providers report them for an alias.
+fn snapshot(model: &str) -> String {
+    match model {
+        "gpt-4o-mini" => "gpt-4o-mini-2024-07-18".into(),
+        "gpt-4o" => "gpt-4o-2024-08-06".into(),
+        "claude-sonnet-4-5" => "claude-sonnet-4-5-20250929".into(),
+        "claude-haiku-4-5" => "claude-haiku-4-5-20251001".into(),
+        other => other.into(),
+    }
+}
+
+fn ask(headers: &HeaderMap, body: &[u8], path_model: Option<&str>) -> Result<Ask, Response> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"type": "invalid_request_error", "message": format!("body is not JSON: {e}")}})),
+        )
+            .into_response()
+    })?;
+    let model = path_model
+        .map(str::to_string)
+        .or_else(|| v.get("model").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default();
+    let reply = header(headers, "x-mock-reply").unwrap_or(DEFAULT_REPLY).to_string();
+    let mut usage = Usage {
+        input: (body.len() as u64).div_ceil(4),
+        output: reply.split_whitespace().count() as u64,
+        ..Usage::default()
+    };
+    if let Some(spec) = header(headers, "x-mock-usage") {
+        for part in spec.split(',') {
+            let (k, n) = part.split_once('=').unwrap_or((part, ""));
+            let n: u64 = n.trim().parse().unwrap_or(0);
+            match k.trim() {
+                "input" => usage.input = n,
+                "output" => usage.output = n,
+                "cached" => usage.cached = n,
+                "cache_write" => usage.cache_write = n,
+                "reasoning" => usage.reasoning = n,
+                _ => {}
+            }
+        }
+    }
+    Ok(Ask {
+        actual: header(headers, "x-mock-model").map_or_else(|| snapshot(&model), str::to_string),
+        stream: v.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        include_usage: v
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        reply,
+        usage,
+        status: header(headers, "x-mock-status").and_then(|s| s.parse().ok()),
+        delay: Duration::from_millis(
+            header(headers, "x-mock-delay-ms").and_then(|s| s.parse().ok()).unwrap_or(0),
+        ),
+    })
+}
+
+fn words(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+    if out.is_empty() {
+        out.push(String::new());
+    }
+    out
+}
+
+/// A response whose body is sent as separate chunks, `delay` apart.
+fn chunked(status: StatusCode, content_type: &str, chunks: Vec<String>, delay: Duration) -> Response {
+    let stream = futures_util::stream::unfold((chunks.into_iter(), true), move |(mut it, first)| async move {
+        let next = it.next()?;
+        if !first && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Some((Ok::<Bytes, std::convert::Infallible>(Bytes::from(next)), (it, false)))
+    });
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response {
+    (status, Json(v)).into_response()
+}
+
+fn record(seen: &Seen, method: &str, path: &str, headers: &HeaderMap) {
+    let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+    if let Ok(mut q) = seen.0.lock() {
+        if q.len() >= 200 {
+            q.pop_front();
+        }
+        q.push_back(json!({"method": method, "path": path, "headers": names}));
+    }
+}
+
+async fn openai_chat(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
+    record(&seen, "POST", "/v1/chat/completions", &headers);
+    let a = match ask(&headers, &body, None) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    tokio::time::sleep(a.delay).await;
+    if let Some(s) = a.status {
+        let (kind, code) = match s {
+            429 => ("requests", "rate_limit_exceeded"),
+            401 => ("invalid_request_error", "invalid_api_key"),
+            400 => ("invalid_request_error", "context_length_exceeded"),
+            _ => ("server_error", "server_error"),
+        };
+        return json_response(
+            StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            json!({"error": {"message": "mock error", "type": kind, "param": null, "code": code}}),
+        );
+    }
+    let u = a.usage;
+    let usage = json!({
+        "prompt_tokens": u.input,
+        "completion_tokens": u.output,
+        "total_tokens": u.input + u.output,
+        "prompt_tokens_details": {"cached_tokens": u.cached, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning, "audio_tokens": 0,
+            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+    });
+    let id = "chatcmpl-mock0001";
+    if !a.stream {
+        return json_response(
+            StatusCode::OK,
+            json!({
+                "id": id, "object": "chat.completion", "created": 1_764_000_000, "model": a.actual,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": a.reply,
+                    "refusal": null}, "logprobs": null, "finish_reason": "stop"}],
+                "usage": usage, "service_tier": "default", "system_fingerprint": "fp_mock"
+            }),
+        );
+    }
+    let chunk = |delta: Value, finish: Value| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_764_000_000,
+            "model": a.actual, "system_fingerprint": "fp_mock",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        if a.include_usage {
+            c["usage"] = Value::Null;
+        }
+        format!("data: {c}\n\n")
+    };
+    let mut out = vec![chunk(json!({"role": "assistant", "content": "", "refusal": null}), Value::Null)];
+    for w in words(&a.reply) {
+        out.push(chunk(json!({"content": w}), Value::Null));
+    }
+    out.push(chunk(json!({}), json!("stop")));
+    if a.include_usage {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_764_000_000,
+            "model": a.actual, "system_fingerprint": "fp_mock", "choices": [], "usage": usage});
+        out.push(format!("data: {c}\n\n"));
+    }
+    out.push("data: [DONE]\n\n".into());
+    chunked(StatusCode::OK, "text/event-stream; charset=utf-8", out, a.delay)
+}
+
+async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
+    record(&seen, "POST", "/v1/messages", &headers);
+    let a = match ask(&headers, &body, None) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    tokio::time::sleep(a.delay).await;
+    if let Some(s) = a.status {
+        let kind = match s {
+            429 => "rate_limit_error",
+            401 => "authentication_error",
+            400 => "invalid_request_error",
+            529 => "overloaded_error",
+            _ => "api_error",
+        };
+        return json_response(
+            StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            json!({"type": "error", "error": {"type": kind, "message": "mock error"}}),
+        );
+    }
+    let u = a.usage;
+    // Anthropic reports input without the cache parts.
+    let base_input = u.input.saturating_sub(u.cached + u.cache_write);
+    let id = "msg_mock0001";
+    if !a.stream {
+        return json_response(
+            StatusCode::OK,
+            json!({
+                "id": id, "type": "message", "role": "assistant", "model": a.actual,
+                "content": [{"type": "text", "text": a.reply}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": base_input, "cache_creation_input_tokens": u.cache_write,
+                    "cache_read_input_tokens": u.cached, "output_tokens": u.output,
+                    "service_tier": "standard"}
+            }),
+        );
+    }
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = vec![ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant",
+            "model": a.actual, "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": base_input, "cache_creation_input_tokens": u.cache_write,
+                "cache_read_input_tokens": u.cached, "output_tokens": 1, "service_tier": "standard"}}}),
+    )];
+    out.push(ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ));
+    out.push(ev("ping", json!({"type": "ping"})));
+    for w in words(&a.reply) {
+        out.push(ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
+        ));
+    }
+    out.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    // Cumulative output, with the input fields repeated as the API now does: never to be summed.
+    out.push(ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"input_tokens": base_input, "cache_creation_input_tokens": u.cache_write,
+                "cache_read_input_tokens": u.cached, "output_tokens": u.output}}),
+    ));
+    out.push(ev("message_stop", json!({"type": "message_stop"})));
+    chunked(StatusCode::OK, "text/event-stream; charset=utf-8", out, a.delay)
+}
+
+async fn gemini(
+    State(seen): State<Seen>,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&seen, "POST", &format!("/v1beta/models/{rest}"), &headers);
+    let Some((model, method)) = rest.rsplit_once(':') else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let a = match ask(&headers, &body, Some(model)) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    tokio::time::sleep(a.delay).await;
+    if let Some(s) = a.status {
+        let status = match s {
+            429 => "RESOURCE_EXHAUSTED",
+            400 => "INVALID_ARGUMENT",
+            503 => "UNAVAILABLE",
+            _ => "INTERNAL",
+        };
+        return json_response(
+            StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            json!({"error": {"code": s, "message": "mock error", "status": status}}),
+        );
+    }
+    let u = a.usage;
+    let usage = |output: u64| {
+        json!({"promptTokenCount": u.input, "candidatesTokenCount": output.saturating_sub(u.reasoning),
+            "cachedContentTokenCount": u.cached, "thoughtsTokenCount": u.reasoning,
+            "totalTokenCount": u.input + output})
+    };
+    let candidate = |text: &str| {
+        json!([{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}])
+    };
+    match method {
+        "generateContent" => json_response(
+            StatusCode::OK,
+            json!({"candidates": candidate(&a.reply), "usageMetadata": usage(u.output),
+                "modelVersion": a.actual, "responseId": "mock-gemini-1"}),
+        ),
+        "streamGenerateContent" => {
+            let parts = words(&a.reply);
+            let n = parts.len() as u64;
+            let out = parts
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    // Running totals, as Gemini streams them; the last one is final.
+                    let so_far = (u.output * (i as u64 + 1)) / n;
+                    let c = json!({"candidates": candidate(w), "usageMetadata": usage(so_far),
+                        "modelVersion": a.actual, "responseId": "mock-gemini-1"});
+                    format!("data: {c}\r\n\r\n")
+                })
+                .collect();
+            chunked(StatusCode::OK, "text/event-stream", out, a.delay)
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn requests(State(seen): State<Seen>) -> Response {
+    let list: Vec<Value> = seen.0.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default();
+    Json(json!({"requests": list})).into_response()
+}
+
+#[tokio::main]
+async fn main() {
+    let mut listen: SocketAddr = ([127, 0, 0, 1], 9800).into();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--listen", Some(v)) => match v.parse() {
+                Ok(a) => listen = a,
+                Err(e) => {
+                    eprintln!("tally-mock: --listen {v}: {e}");
+                    std::process::exit(2);
+                }
+            },
+            _ => {
+                eprintln!("usage: tally-mock [--listen 127.0.0.1:9800]");
+                std::process::exit(2);
+            }
+        }
+    }
+    if !listen.ip().is_loopback() {
+        eprintln!("tally-mock: serves loopback addresses only");
+        std::process::exit(2);
+    }
+    let app = Router::new()
+        .route("/v1/chat/completions", post(openai_chat))
+        .route("/v1/messages", post(anthropic_messages))
+        .route("/v1beta/models/{*rest}", post(gemini))
+        .route("/__mock/requests", get(requests))
+        .with_state(Seen::default());
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tally-mock: cannot listen on {listen}: {e}");
+            std::process::exit(1);
+        }
+    };
+    eprintln!("tally-mock listening on http://{listen}");
+    if let Err(e) = axum::serve(listener, app).await {
+        eprintln!("tally-mock: {e}");
+        std::process::exit(1);
+    }
+}

@@ -110,7 +110,7 @@ impl Root {
                 host::log(
                     LogLevel::Warn,
                     &format!(
-                        "tally: cannot call cluster {:?} ({status:?}); events kept for retry",
+                        "cannot call cluster {:?} ({status:?}); events kept for retry",
                         s.cfg.collector_cluster
                     ),
                 );
@@ -165,7 +165,7 @@ impl Context for Root {
             host::log(
                 LogLevel::Warn,
                 &format!(
-                    "tally: collector answered {} to a batch; {}",
+                    "collector answered {} to a batch; {}",
                     status.map_or_else(|| "nothing".to_string(), |s| s.to_string()),
                     if outcome == Outcome::Rejected {
                         "batch dropped"
@@ -199,7 +199,7 @@ impl RootContext for Root {
         match self.configure(size) {
             Ok(()) => true,
             Err(e) => {
-                host::log(LogLevel::Critical, &format!("tally: configuration rejected: {e}"));
+                host::log(LogLevel::Critical, &format!("configuration rejected: {e}"));
                 false
             }
         }

@@ -1,0 +1,316 @@
+//! SQLite storage: one file in the data directory, WAL mode, `synchronous=FULL` so that a
+//! committed batch survives a crash or power loss before the 202 goes out.
+
+use crate::ingest::Batch;
+use crate::keys;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::Mutex;
+use tally::event::Event;
+
+/// Versioned migrations, applied in order; `PRAGMA user_version` records the last one applied.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Org {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug)]
+pub enum StoreError {
+    OrgExists(String),
+    NoSuchOrg(String),
+    Db(rusqlite::Error),
+    Io(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::OrgExists(n) => write!(f, "an org named {n:?} already exists"),
+            StoreError::NoSuchOrg(n) => write!(f, "no org named {n:?}"),
+            StoreError::Db(e) => write!(f, "database: {e}"),
+            StoreError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+/// Filters of `GET /api/v1/events`; all optional, combined with AND.
+#[derive(Debug, Default)]
+pub struct EventFilter {
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub limit: u32,
+    pub team: Option<String>,
+    pub app: Option<String>,
+    pub feature: Option<String>,
+    pub task: Option<String>,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub user: Option<String>,
+    /// Inclusive range of statuses (`429`, or `500..=599` for `5xx`).
+    pub status: Option<(u16, u16)>,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn valid_org_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let conn = Connection::open(dir.join("tally.db"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::Io(format!(
+                "the database is at schema version {version}, newer than this collector ({known}); \
+                 run a newer tally-collector"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Create an org and return its key: the only time the key exists outside the caller.
+    pub fn create_org(&self, name: &str, now_ms: i64) -> Result<String, StoreError> {
+        if !valid_org_name(name) {
+            return Err(StoreError::Io(format!(
+                "org name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        let key = keys::generate();
+        let conn = self.conn();
+        let n = conn.execute(
+            "INSERT INTO orgs (name, key_hash, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO NOTHING",
+            params![name, keys::hash(&key), now_ms],
+        )?;
+        if n == 0 {
+            return Err(StoreError::OrgExists(name.into()));
+        }
+        Ok(key)
+    }
+
+    /// Replace an org's key; the old one stops working at once.
+    pub fn rotate_key(&self, name: &str) -> Result<String, StoreError> {
+        let key = keys::generate();
+        let n = self.conn().execute(
+            "UPDATE orgs SET key_hash = ?1 WHERE name = ?2",
+            params![keys::hash(&key), name],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchOrg(name.into()));
+        }
+        Ok(key)
+    }
+
+    pub fn list_orgs(&self) -> Result<Vec<(String, i64, bool)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT name, created_ms, disabled FROM orgs ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn org_for_key(&self, key: &str) -> Result<Option<Org>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, name FROM orgs WHERE key_hash = ?1 AND disabled = 0",
+                params![keys::hash(key)],
+                |r| {
+                    Ok(Org {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Store a batch in one transaction. Returns (accepted, duplicates): an event whose
+    /// `request_id` the org already has is a duplicate, counted and not stored again.
+    pub fn insert_events(&self, org: &Org, batch: &Batch, now_ms: i64) -> Result<(usize, usize), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut accepted = 0;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO events (org_id, request_id, ts_ms, timestamp, provider, api,
+                    endpoint, model_requested, model_actual, status, streaming, latency_ms, ttfb_ms,
+                    input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
+                    reasoning_tokens, token_source, cost_usd, error_category, error_source, team,
+                    app, feature, task, session_id, user, rule, routed, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
+            )?;
+            for (e, ts) in batch {
+                let tok = |v: Option<u64>| v.map(|n| n as i64);
+                accepted += st.execute(params![
+                    org.id,
+                    e.request_id,
+                    ts,
+                    tally::time::format_rfc3339_ms(*ts),
+                    e.provider,
+                    e.api,
+                    e.endpoint,
+                    e.model_requested,
+                    e.model_actual,
+                    e.status,
+                    e.streaming,
+                    e.latency_ms,
+                    e.ttfb_ms,
+                    tok(e.input_tokens),
+                    tok(e.output_tokens),
+                    tok(e.cached_input_tokens),
+                    tok(e.cache_write_tokens),
+                    tok(e.reasoning_tokens),
+                    e.token_source.map(enum_str),
+                    e.cost_usd,
+                    e.error_category.map(enum_str),
+                    e.error_source.map(enum_str),
+                    e.team,
+                    e.app,
+                    e.feature,
+                    e.task,
+                    e.session_id,
+                    e.user,
+                    e.rule,
+                    e.routed,
+                    now_ms,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok((accepted, batch.len() - accepted))
+    }
+
+    /// An org's events, newest first.
+    pub fn query_events(&self, org: &Org, f: &EventFilter) -> Result<Vec<Event>, StoreError> {
+        let mut sql = String::from(
+            "SELECT request_id, timestamp, provider, api, endpoint, model_requested, model_actual,
+                status, streaming, latency_ms, ttfb_ms, input_tokens, output_tokens,
+                cached_input_tokens, cache_write_tokens, reasoning_tokens, token_source, cost_usd,
+                error_category, error_source, team, app, feature, task, session_id, user, rule, routed
+             FROM events WHERE org_id = ?",
+        );
+        let mut args: Vec<rusqlite::types::Value> = vec![org.id.into()];
+        if let Some(v) = f.from_ms {
+            sql.push_str(" AND ts_ms >= ?");
+            args.push(v.into());
+        }
+        if let Some(v) = f.to_ms {
+            sql.push_str(" AND ts_ms < ?");
+            args.push(v.into());
+        }
+        for (col, v) in [
+            ("team", &f.team),
+            ("app", &f.app),
+            ("feature", &f.feature),
+            ("task", &f.task),
+            ("provider", &f.provider),
+            ("user", &f.user),
+        ] {
+            if let Some(v) = v {
+                // Column names come from this fixed list; values are always bound.
+                sql.push_str(&format!(" AND {col} = ?"));
+                args.push(v.clone().into());
+            }
+        }
+        if let Some(m) = &f.model {
+            sql.push_str(" AND (model_actual = ? OR model_requested = ?)");
+            args.push(m.clone().into());
+            args.push(m.clone().into());
+        }
+        if let Some((lo, hi)) = f.status {
+            sql.push_str(" AND status BETWEEN ? AND ?");
+            args.push(i64::from(lo).into());
+            args.push(i64::from(hi).into());
+        }
+        sql.push_str(" ORDER BY ts_ms DESC, request_id DESC LIMIT ?");
+        args.push(i64::from(f.limit).into());
+
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(&sql)?;
+        let rows = st.query_map(params_from_iter(args), |r| {
+            let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
+                Ok(r.get::<_, Option<i64>>(i)?.map(|n| n as u64))
+            };
+            Ok(Event {
+                request_id: r.get(0)?,
+                timestamp: r.get(1)?,
+                org_id: Some(org.name.clone()),
+                provider: r.get(2)?,
+                api: r.get(3)?,
+                endpoint: r.get(4)?,
+                model_requested: r.get(5)?,
+                model_actual: r.get(6)?,
+                status: r.get(7)?,
+                streaming: r.get(8)?,
+                latency_ms: r.get(9)?,
+                ttfb_ms: r.get(10)?,
+                input_tokens: tok(11)?,
+                output_tokens: tok(12)?,
+                cached_input_tokens: tok(13)?,
+                cache_write_tokens: tok(14)?,
+                reasoning_tokens: tok(15)?,
+                token_source: from_enum_str(r.get(16)?),
+                cost_usd: r.get(17)?,
+                error_category: from_enum_str(r.get(18)?),
+                error_source: from_enum_str(r.get(19)?),
+                team: r.get(20)?,
+                app: r.get(21)?,
+                feature: r.get(22)?,
+                task: r.get(23)?,
+                session_id: r.get(24)?,
+                user: r.get(25)?,
+                rule: r.get(26)?,
+                routed: r.get(27)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// The JSON name of a unit enum (`"rate_limited"`), for storage as TEXT.
+fn enum_str<T: serde::Serialize>(v: T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+fn from_enum_str<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T> {
+    s.and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok())
+}

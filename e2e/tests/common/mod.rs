@@ -1,0 +1,377 @@
+//! A real stack for end-to-end tests: Envoy (from `.venv`) running the built `tally.wasm`, the
+//! collector and the mock provider, each on a free loopback port, each killed (by its own PID)
+//! when the stack is dropped. Build first: `make build`.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e is inside the workspace")
+        .to_path_buf()
+}
+
+pub fn artifact(rel: &str) -> PathBuf {
+    let p = root().join(rel);
+    assert!(p.exists(), "{} is missing: run `make build` first", p.display());
+    p
+}
+
+pub fn envoy_bin() -> PathBuf {
+    artifact(".venv/bin/envoy")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child process killed and reaped on drop.
+pub struct Proc {
+    pub name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn spawn(name: &'static str, cmd: &mut Command, log_dir: &Path) -> Proc {
+    let out = File::create(log_dir.join(format!("{name}.stdout.log"))).expect("log file");
+    let err = File::create(log_dir.join(format!("{name}.stderr.log"))).expect("log file");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    Proc { name, child }
+}
+
+/// Poll `check` every 50 ms for at most `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(20))
+        .build()
+}
+
+/// Status and body of a request, whatever the status.
+pub fn send(req: ureq::Request, body: Option<&str>) -> (u16, String, Vec<(String, String)>) {
+    let result = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = resp.header(&n).unwrap_or("").to_string();
+            (n, v)
+        })
+        .collect();
+    (status, resp.into_string().expect("body"), headers)
+}
+
+pub struct Options {
+    /// The filter's JSON configuration.
+    pub filter_config: String,
+    pub concurrency: u32,
+    pub start_collector: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            filter_config: r#"{"flush_interval_ms": 100}"#.into(),
+            concurrency: 1,
+            start_collector: true,
+        }
+    }
+}
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub key: String,
+    pub envoy_port: u16,
+    pub admin_port: u16,
+    pub collector_port: u16,
+    pub mock_port: u16,
+    pub envoy: Proc,
+    pub collector: Option<Proc>,
+    pub mock: Proc,
+}
+
+fn http_ok(url: &str) -> bool {
+    agent()
+        .get(url)
+        .timeout(Duration::from_secs(1))
+        .call()
+        .is_ok()
+}
+
+fn envoy_config(listen: u16, admin: u16, upstream: u16, collector: u16, filter_config: &str) -> String {
+    let wasm = artifact("target/wasm32-wasip1/release/tally.wasm");
+    let cluster = |name: &str, port: u16| {
+        format!(
+            r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
+        )
+    };
+    let filter_json = serde_json::to_string(filter_config).expect("string");
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: llm
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: llm
+          route_config:
+            virtual_hosts:
+            - name: providers
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/v1/messages" }}
+                route: {{ cluster: anthropic, timeout: 60s }}
+              - match: {{ prefix: "/v1beta/" }}
+                route: {{ cluster: gemini, timeout: 60s }}
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: openai, timeout: 60s }}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: tally
+                root_id: tally
+                failure_policy: FAIL_OPEN
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {filter_json}
+                vm_config:
+                  vm_id: tally
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{wasm}" }} }}
+                  environment_variables:
+                    host_env_keys: ["TALLY_ORG_KEY"]
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:{openai}{anthropic}{gemini}{collector}
+"#,
+        wasm = wasm.display(),
+        openai = cluster("openai", upstream),
+        anthropic = cluster("anthropic", upstream),
+        gemini = cluster("gemini", upstream),
+        collector = cluster("tally_collector", collector),
+    )
+}
+
+impl Stack {
+    pub fn start() -> Stack {
+        Stack::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> Stack {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("logs dir");
+
+        let out = Command::new(artifact("target/release/tally-collector"))
+            .args(["org", "create", "acme", "--data-dir"])
+            .arg(&data)
+            .output()
+            .expect("org create");
+        assert!(out.status.success(), "org create: {}", String::from_utf8_lossy(&out.stderr));
+        let key = String::from_utf8(out.stdout).expect("utf8").trim().to_string();
+
+        let mock_port = free_port();
+        let mock = spawn(
+            "mock",
+            Command::new(artifact("target/release/tally-mock"))
+                .args(["--listen", &format!("127.0.0.1:{mock_port}")]),
+            &logs,
+        );
+
+        let collector_port = free_port();
+        let mut stack_collector = None;
+        if opts.start_collector {
+            stack_collector = Some(start_collector(&data, collector_port, &logs, "collector"));
+        }
+
+        let envoy_port = free_port();
+        let admin_port = free_port();
+        let cfg = dir.path().join("envoy.yaml");
+        std::fs::write(
+            &cfg,
+            envoy_config(envoy_port, admin_port, mock_port, collector_port, &opts.filter_config),
+        )
+        .expect("write envoy config");
+        let envoy = spawn(
+            "envoy",
+            Command::new(envoy_bin())
+                .arg("-c")
+                .arg(&cfg)
+                .args(["--disable-hot-restart", "--concurrency", &opts.concurrency.to_string()])
+                .args(["--log-level", "info"])
+                .env("TALLY_ORG_KEY", &key),
+            &logs,
+        );
+        let stack = Stack {
+            dir,
+            key,
+            envoy_port,
+            admin_port,
+            collector_port,
+            mock_port,
+            envoy,
+            collector: stack_collector,
+            mock,
+        };
+        wait_until("the mock provider", Duration::from_secs(15), || {
+            TcpStream::connect(("127.0.0.1", mock_port)).is_ok()
+        });
+        wait_until("envoy to be ready", Duration::from_secs(30), || {
+            http_ok(&format!("http://127.0.0.1:{admin_port}/ready"))
+        });
+        stack
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.envoy_port)
+    }
+
+    pub fn collector_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.collector_port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// `GET /api/v1/events` with a query string, as this stack's org.
+    pub fn query_events(&self, query: &str) -> Vec<Value> {
+        let (status, body, _) = send(
+            agent()
+                .get(&self.collector_url(&format!("/api/v1/events?{query}")))
+                .set("Authorization", &format!("Bearer {}", self.key)),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        v["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Wait until the collector holds exactly `n` events matching `query` and return them.
+    pub fn wait_events(&self, query: &str, n: usize) -> Vec<Value> {
+        let mut last = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            last = self.query_events(query);
+            if last.len() >= n {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(last.len(), n, "events for {query}: {last:#?}");
+        last
+    }
+
+    /// An Envoy counter from the admin stats (0 when absent).
+    pub fn envoy_counter(&self, name: &str) -> u64 {
+        let (_, body, _) = send(agent().get(&self.admin_url("/stats")), None);
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// What reached the mock provider: method, path and header names of each request.
+    pub fn mock_requests(&self) -> Vec<Value> {
+        let (_, body, _) = send(
+            agent().get(&format!("http://127.0.0.1:{}/__mock/requests", self.mock_port)),
+            None,
+        );
+        let v: Value = serde_json::from_str(&body).expect("json");
+        v["requests"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+pub fn start_collector(data: &Path, port: u16, logs: &Path, name: &'static str) -> Proc {
+    let p = spawn(
+        name,
+        Command::new(artifact("target/release/tally-collector"))
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{port}")]),
+        logs,
+    );
+    wait_until("the collector", Duration::from_secs(15), || {
+        http_ok(&format!("http://127.0.0.1:{port}/healthz"))
+    });
+    p
+}
