@@ -378,6 +378,8 @@ async fn main() {
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1beta/models/{*rest}", post(gemini))
         .route("/__mock/requests", get(requests))
+        // Tests send request bodies of many MiB.
+        .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
         .with_state(Seen::default());
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,

@@ -1,0 +1,193 @@
+//! The collector's HTTP API and CLI, against the real binary.
+
+mod common;
+
+use common::{agent, artifact, free_port, send, start_collector};
+use serde_json::{json, Value};
+use std::process::Command;
+
+struct Collector {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    port: u16,
+    _proc: common::Proc,
+}
+
+fn org_cmd(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(artifact("target/release/tally-collector"))
+        .arg("org")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .expect("run tally-collector");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn start() -> Collector {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // The store is created by the CLI before the server starts, as `make run` does.
+    assert!(org_cmd(&data, &["list"]).0);
+    let port = free_port();
+    let proc = start_collector(&data, port, &logs, "collector");
+    Collector { _dir: dir, data, port, _proc: proc }
+}
+
+impl Collector {
+    fn url(&self, p: &str) -> String {
+        format!("http://127.0.0.1:{}{p}", self.port)
+    }
+
+    fn ingest(&self, key: &str, body: &str) -> (u16, Value) {
+        let (s, b, _) = send(
+            agent()
+                .post(&self.url("/v1/events"))
+                .set("authorization", &format!("Bearer {key}")),
+            Some(body),
+        );
+        (s, serde_json::from_str(&b).unwrap_or(Value::Null))
+    }
+
+    fn events(&self, key: &str, query: &str) -> (u16, Value) {
+        let (s, b, _) = send(
+            agent()
+                .get(&self.url(&format!("/api/v1/events?{query}")))
+                .set("authorization", &format!("Bearer {key}")),
+            None,
+        );
+        (s, serde_json::from_str(&b).unwrap_or(Value::Null))
+    }
+}
+
+fn event(id: &str, ts: &str, extra: Value) -> Value {
+    let mut e = json!({
+        "request_id": id, "timestamp": ts, "org_id": null, "provider": "openai",
+        "api": "chat_completions", "endpoint": "/v1/chat/completions",
+        "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
+        "status": 200, "streaming": false, "latency_ms": 120.5, "ttfb_ms": 80.25,
+        "input_tokens": 100, "output_tokens": 20, "cached_input_tokens": 0,
+        "cache_write_tokens": 0, "reasoning_tokens": 0, "token_source": "exact",
+        "cost_usd": 0.000027, "error_category": null, "error_source": null,
+        "team": "payments", "app": "checkout", "feature": "search", "task": null,
+        "session_id": null, "user": "ann", "rule": null, "routed": false
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        e[k] = v.clone();
+    }
+    e
+}
+
+#[test]
+fn ingest_is_idempotent_validated_and_scoped_to_the_org() {
+    let c = start();
+    let (ok, acme, err) = org_cmd(&c.data, &["create", "acme"]);
+    assert!(ok, "{err}");
+    assert!(tally::config::is_org_key(&acme), "{acme}");
+    let (_, globex, _) = org_cmd(&c.data, &["create", "globex"]);
+    let (ok, _, err) = org_cmd(&c.data, &["create", "acme"]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+
+    // NDJSON batch: 202 with counts.
+    let e1 = event("r1", "2026-11-24T08:00:00.000Z", json!({}));
+    let e2 = event("r2", "2026-11-24T08:01:00.000Z", json!({"team": "search", "status": 429,
+        "error_category": "rate_limited", "error_source": "provider", "user": "bob"}));
+    let (s, v) = c.ingest(&acme, &format!("{e1}\n{e2}\n"));
+    assert_eq!((s, v), (202, json!({"accepted": 2, "duplicates": 0})));
+    // A retry of the same batch (as a JSON array) stores nothing twice.
+    let (s, v) = c.ingest(&acme, &json!([e1, e2]).to_string());
+    assert_eq!((s, v), (202, json!({"accepted": 0, "duplicates": 2})));
+
+    // A bad batch: 400 naming the field, and nothing of it stored.
+    let good = event("r3", "2026-11-24T08:02:00.000Z", json!({}));
+    let bad = event("r4", "2026-11-24T08:03:00.000Z", json!({"output_tokens": "many"}));
+    let (s, v) = c.ingest(&acme, &json!([good, bad]).to_string());
+    assert_eq!(s, 400);
+    assert_eq!(v["field"], "[1].output_tokens", "{v}");
+    let (_, v) = c.events(&acme, "");
+    assert_eq!(v["events"].as_array().unwrap().len(), 2, "r3 was not stored");
+
+    // Bad and missing keys.
+    let (s, _) = c.ingest("tly_0000000000000000000000000000000000000000", &e1.to_string());
+    assert_eq!(s, 401);
+    let (s, _, _) = send(agent().get(&c.url("/api/v1/events")), None);
+    assert_eq!(s, 401);
+
+    // Newest first, every field back as sent, org from the key.
+    let (s, v) = c.events(&acme, "");
+    assert_eq!(s, 200);
+    let evs = v["events"].as_array().unwrap();
+    assert_eq!(evs[0]["request_id"], "r2");
+    let mut want = e1.clone();
+    want["org_id"] = json!("acme");
+    assert_eq!(evs[1], want);
+
+    // Filters.
+    let ids = |q: &str| -> Vec<String> {
+        let (s, v) = c.events(&acme, q);
+        assert_eq!(s, 200, "{q}: {v}");
+        v["events"].as_array().unwrap().iter().map(|e| e["request_id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids("team=search"), ["r2"]);
+    assert_eq!(ids("user=ann"), ["r1"]);
+    assert_eq!(ids("status=429"), ["r2"]);
+    assert_eq!(ids("status=2xx"), ["r1"]);
+    assert_eq!(ids("model=gpt-4o-mini"), ["r2", "r1"]);
+    assert_eq!(ids("model=gpt-4o-mini-2024-07-18&provider=openai&feature=search&app=checkout"), ["r2", "r1"]);
+    assert_eq!(ids("from=2026-11-24T08:00:30Z"), ["r2"]);
+    assert_eq!(ids("to=2026-11-24T08:00:30Z"), ["r1"]);
+    assert_eq!(ids("limit=1"), ["r2"]);
+    // Hostile values are data, not SQL.
+    assert!(ids("team=x'%20OR%20'1'='1").is_empty());
+    for (q, field) in [("limit=0", "limit"), ("from=yesterday", "from"), ("status=abc", "status"), ("colour=red", "colour")] {
+        let (s, v) = c.events(&acme, q);
+        assert_eq!((s, v["field"].as_str()), (400, Some(field)), "{q}: {v}");
+    }
+
+    // Another org sees none of it, even with the same request ids.
+    let (_, v) = c.events(&globex, "");
+    assert_eq!(v["events"], json!([]));
+    let (s, v) = c.ingest(&globex, &e1.to_string());
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)));
+    let (_, v) = c.events(&acme, "");
+    assert_eq!(v["events"].as_array().unwrap().len(), 2);
+
+    // Rotation: the old key is refused at once by the running server.
+    let (ok, new_key, _) = org_cmd(&c.data, &["rotate-key", "acme"]);
+    assert!(ok);
+    assert_eq!(c.events(&acme, "").0, 401);
+    assert_eq!(c.events(&new_key, "").0, 200);
+}
+
+#[test]
+fn oversized_batch_gets_413_and_garbage_gets_400() {
+    let c = start();
+    let (_, key, _) = org_cmd(&c.data, &["create", "acme"]);
+    let big = "x".repeat(17 << 20);
+    let (s, v) = c.ingest(&key, &big);
+    assert_eq!(s, 413, "{v}");
+    for garbage in ["", "[]", "{", "null", "\u{0}\u{1}", "[{\"request_id\": 1}]"] {
+        let (s, v) = c.ingest(&key, garbage);
+        assert_eq!(s, 400, "{garbage:?}: {v}");
+        assert!(v["message"].is_string());
+    }
+}
+
+#[test]
+fn serve_refuses_plain_http_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(artifact("target/release/tally-collector"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to serve plain HTTP"), "{err}");
+}

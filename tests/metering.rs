@@ -1,0 +1,314 @@
+//! The metering logic on recorded-shape wire formats, natively: request headers and body in,
+//! response split at every byte offset, event out.
+
+use tally::config::Config;
+use tally::event::{ErrorCategory, ErrorSource, Event};
+use tally::exchange::{begin, Finish};
+use tally::pricing::PriceTable;
+use tally::usage::TokenSource;
+
+const KEY: &str = "tly_0123456789abcdefghijABCDEFGHIJ0123456789";
+
+fn fixture(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+struct Case<'a> {
+    path: &'a str,
+    request: &'a [u8],
+    content_type: &'a str,
+    status: u16,
+    response: Vec<u8>,
+}
+
+fn run(case: &Case<'_>, chunks: &[&[u8]]) -> Event {
+    let cfg = Config::parse(b"", Some(KEY.into())).unwrap();
+    let headers: Vec<(String, String)> = [
+        (":method", "POST"),
+        (":path", case.path),
+        (":authority", "127.0.0.1:10000"),
+        ("authorization", "Bearer sk-secret"),
+        ("x-tally-feature", "search"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let b = begin(&cfg, &headers, 1_000.0);
+    assert_eq!(b.strip, vec!["x-tally-feature".to_string()]);
+    let mut ex = b.exchange.expect("metered");
+    // The request body in uneven chunks, then the empty end-of-stream callback.
+    let (a, rest) = case.request.split_at(case.request.len() / 3);
+    ex.on_request_body(a);
+    ex.on_request_body(rest);
+    ex.on_request_body(&[]);
+    ex.on_response_headers(Some(case.status), Some(case.content_type), None, 1_010.0);
+    for c in chunks {
+        ex.on_response_body(c, false);
+    }
+    ex.on_response_body(&[], true);
+    let prices = PriceTable::builtin().unwrap();
+    ex.finish(
+        Finish {
+            now_unix_ms: 1_050.5,
+            request_id: "r".into(),
+            code_details: Some("via_upstream"),
+            final_status: Some(case.status),
+        },
+        &prices,
+    )
+}
+
+/// The same event whatever the chunking: whole, split at every offset, byte by byte.
+fn check_every_split(case: &Case<'_>, check: impl Fn(&Event)) {
+    let body = &case.response;
+    let whole = run(case, &[body]);
+    check(&whole);
+    for at in 0..=body.len() {
+        let ev = run(case, &[&body[..at], &body[at..]]);
+        assert_eq!(ev, whole, "split at {at}");
+    }
+    let bytes: Vec<&[u8]> = body.chunks(1).collect();
+    assert_eq!(run(case, &bytes), whole, "byte by byte");
+}
+
+fn crlf(b: &[u8]) -> Vec<u8> {
+    String::from_utf8(b.to_vec())
+        .unwrap()
+        .replace('\n', "\r\n")
+        .into_bytes()
+}
+
+fn tokens(ev: &Event) -> [Option<u64>; 5] {
+    [
+        ev.input_tokens,
+        ev.output_tokens,
+        ev.cached_input_tokens,
+        ev.cache_write_tokens,
+        ev.reasoning_tokens,
+    ]
+}
+
+#[test]
+fn openai_chat_completion_json() {
+    let case = Case {
+        path: "/v1/chat/completions",
+        request: br#"{"messages":[{"role":"user","content":"What is in this image? \"model\":\"x\""}],"model":"gpt-4o","max_tokens":300}"#,
+        content_type: "application/json",
+        status: 200,
+        response: fixture("openai/chat_completion.json"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.model_requested.as_deref(), Some("gpt-4o"));
+        assert_eq!(ev.model_actual.as_deref(), Some("gpt-4o-2024-08-06"));
+        assert_eq!(
+            tokens(ev),
+            [Some(1117), Some(46), Some(1024), Some(0), Some(0)]
+        );
+        assert_eq!(ev.token_source, Some(TokenSource::Exact));
+        assert!(!ev.streaming);
+        // gpt-4o: $2.50 in, $1.25 cached, $10 out per 1M.
+        let pico: u64 = 93 * 2_500_000 + 1024 * 1_250_000 + 46 * 10_000_000;
+        assert_eq!(ev.cost_usd, Some(pico as f64 / 1e12));
+        assert_eq!(ev.feature.as_deref(), Some("search"));
+        assert_eq!(ev.latency_ms, 50.5);
+        assert_eq!(ev.ttfb_ms, Some(10.0));
+        assert_eq!(ev.error_category, None);
+    });
+}
+
+#[test]
+fn openai_chat_completion_stream_usage_chunk() {
+    for response in [
+        fixture("openai/chat_completion_stream.sse"),
+        crlf(&fixture("openai/chat_completion_stream.sse")),
+    ] {
+        let case = Case {
+            path: "/v1/chat/completions",
+            request: br#"{"model":"o3-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+            content_type: "text/event-stream; charset=utf-8",
+            status: 200,
+            response,
+        };
+        check_every_split(&case, |ev| {
+            assert!(ev.streaming);
+            assert_eq!(ev.model_actual.as_deref(), Some("o3-mini-2025-01-31"));
+            // Text that looks like usage inside a delta is content, not usage.
+            assert_eq!(
+                tokens(ev),
+                [Some(2006), Some(300), Some(1920), Some(0), Some(192)]
+            );
+            // o3-mini: $1.10 in, $0.55 cached, $4.40 out.
+            let pico: u64 = 86 * 1_100_000 + 1920 * 550_000 + 300 * 4_400_000;
+            assert_eq!(ev.cost_usd, Some(pico as f64 / 1e12));
+        });
+    }
+}
+
+#[test]
+fn anthropic_message_json() {
+    let case = Case {
+        path: "/v1/messages",
+        request: br#"{"model":"claude-sonnet-4-5","max_tokens":1024,"messages":[{"role":"user","content":"Hello"}]}"#,
+        content_type: "application/json",
+        status: 200,
+        response: fixture("anthropic/message.json"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.provider, "anthropic");
+        assert_eq!(ev.api, "messages");
+        assert_eq!(
+            ev.model_actual.as_deref(),
+            Some("claude-sonnet-4-5-20250929")
+        );
+        // input = uncached + cache writes + cache reads.
+        assert_eq!(
+            tokens(ev),
+            [
+                Some(2095 + 503 + 1800),
+                Some(503),
+                Some(1800),
+                Some(503),
+                Some(0)
+            ]
+        );
+        let pico: u64 = 2095 * 3_000_000 + 1800 * 300_000 + 503 * 3_750_000 + 503 * 15_000_000;
+        assert_eq!(ev.cost_usd, Some(pico as f64 / 1e12));
+    });
+}
+
+#[test]
+fn anthropic_stream_takes_latest_cumulative_usage() {
+    for response in [
+        fixture("anthropic/message_stream.sse"),
+        crlf(&fixture("anthropic/message_stream.sse")),
+    ] {
+        let case = Case {
+            path: "/v1/messages",
+            request: br#"{"model":"claude-opus-4-1","stream":true,"max_tokens":10,"messages":[]}"#,
+            content_type: "text/event-stream",
+            status: 200,
+            response,
+        };
+        check_every_split(&case, |ev| {
+            assert!(ev.streaming);
+            assert_eq!(ev.model_actual.as_deref(), Some("claude-opus-4-1-20250805"));
+            // 184 is the last cumulative output; input fields repeated on message_delta are
+            // not added again.
+            assert_eq!(
+                tokens(ev),
+                [Some(472 + 2048), Some(184), Some(2048), Some(0), Some(0)]
+            );
+        });
+    }
+}
+
+#[test]
+fn anthropic_error_event_in_a_200_stream() {
+    let case = Case {
+        path: "/v1/messages",
+        request: br#"{"model":"claude-haiku-4-5","stream":true,"messages":[]}"#,
+        content_type: "text/event-stream",
+        status: 200,
+        response: fixture("anthropic/error_overloaded_stream.sse"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.error_category, Some(ErrorCategory::Overloaded));
+        assert_eq!(ev.error_source, Some(ErrorSource::Provider));
+        assert_eq!(ev.input_tokens, Some(25));
+    });
+}
+
+#[test]
+fn gemini_json_and_stream() {
+    let case = Case {
+        path: "/v1beta/models/gemini-2.5-flash:generateContent",
+        request: br#"{"contents":[{"parts":[{"text":"hi"}]}]}"#,
+        content_type: "application/json; charset=UTF-8",
+        status: 200,
+        response: fixture("gemini/generate_content.json"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.model_requested.as_deref(), Some("gemini-2.5-flash"));
+        // Thoughts are output and reasoning.
+        assert_eq!(
+            tokens(ev),
+            [Some(1204), Some(35 + 352), Some(1024), Some(0), Some(352)]
+        );
+        let pico: u64 = 180 * 300_000 + 1024 * 30_000 + 387 * 2_500_000;
+        assert_eq!(ev.cost_usd, Some(pico as f64 / 1e12));
+    });
+    let case = Case {
+        path: "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+        request: br#"{"contents":[]}"#,
+        content_type: "text/event-stream",
+        status: 200,
+        response: fixture("gemini/stream_generate_content.sse"),
+    };
+    check_every_split(&case, |ev| {
+        assert!(ev.streaming);
+        assert_eq!(
+            ev.endpoint,
+            "/v1beta/models/gemini-2.5-pro:streamGenerateContent"
+        );
+        assert_eq!(
+            tokens(ev),
+            [Some(9), Some(1141), Some(0), Some(0), Some(1021)]
+        );
+    });
+}
+
+#[test]
+fn stream_cut_short_keeps_what_arrived() {
+    let text = String::from_utf8(fixture("anthropic/message_stream.sse")).unwrap();
+    // Cut inside the first content delta: only message_start has arrived.
+    let cut = text.find("Okay").unwrap();
+    let case = Case {
+        path: "/v1/messages",
+        request: br#"{"model":"claude-opus-4-1","stream":true}"#,
+        content_type: "text/event-stream",
+        status: 200,
+        response: text[..cut].as_bytes().to_vec(),
+    };
+    let ev = run(&case, &[&case.response]);
+    assert_eq!(ev.input_tokens, Some(2520));
+    assert_eq!(
+        ev.output_tokens,
+        Some(2),
+        "the provider's own partial count so far"
+    );
+}
+
+#[test]
+fn unmetered_requests_still_lose_their_tally_headers() {
+    let cfg = Config::parse(
+        br#"{"header_aliases":{"feature":["Helicone-Property-Feature"]}}"#,
+        Some(KEY.into()),
+    )
+    .unwrap();
+    let headers: Vec<(String, String)> = [
+        (":method", "GET"),
+        (":path", "/v1/models"),
+        ("x-tally-team", "a"),
+        ("x-tally-key", "tly_secret"),
+        ("x-tally-unknown", "b"),
+        ("helicone-property-feature", "c"),
+        ("authorization", "Bearer sk"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let b = begin(&cfg, &headers, 0.0);
+    assert!(b.exchange.is_none());
+    assert_eq!(
+        b.strip,
+        [
+            "x-tally-team",
+            "x-tally-key",
+            "x-tally-unknown",
+            "helicone-property-feature"
+        ]
+    );
+}
