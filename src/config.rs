@@ -102,7 +102,9 @@ fn is_header_name(name: &str) -> bool {
 
 fn within(name: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
     if value < min || value > max {
-        return Err(format!("{name} must be between {min} and {max}, got {value}"));
+        return Err(format!(
+            "{name} must be between {min} and {max}, got {value}"
+        ));
     }
     Ok(())
 }
@@ -132,7 +134,9 @@ impl Config {
         };
         if !is_org_key(org_key.trim()) {
             // Never echo the value: it may be a real secret with a typo.
-            return Err("org key is malformed: expected tly_ followed by 40 letters or digits".into());
+            return Err(
+                "org key is malformed: expected tly_ followed by 40 letters or digits".into(),
+            );
         }
 
         let mut headers: Vec<(String, Field)> =
@@ -147,7 +151,9 @@ impl Config {
             for alias in aliases {
                 let name = alias.trim().to_ascii_lowercase();
                 if !is_header_name(&name) {
-                    return Err(format!("header_aliases.{field_name}: {alias:?} is not a header name"));
+                    return Err(format!(
+                        "header_aliases.{field_name}: {alias:?} is not a header name"
+                    ));
                 }
                 if CREDENTIAL_HEADERS.contains(&name.as_str()) || name.starts_with(':') {
                     return Err(format!(
@@ -182,9 +188,19 @@ impl Config {
         }
         within("batch_max_events", cfg.batch_max_events as u64, 1, 10_000)?;
         within("flush_interval_ms", cfg.flush_interval_ms, 10, 600_000)?;
-        within("queue_max_events", cfg.queue_max_events as u64, 1, 1_000_000)?;
+        within(
+            "queue_max_events",
+            cfg.queue_max_events as u64,
+            1,
+            1_000_000,
+        )?;
         within("call_timeout_ms", cfg.call_timeout_ms, 100, 600_000)?;
-        within("max_sse_event_bytes", cfg.max_sse_event_bytes as u64, 1024, 64 << 20)?;
+        within(
+            "max_sse_event_bytes",
+            cfg.max_sse_event_bytes as u64,
+            1024,
+            64 << 20,
+        )?;
         if cfg.queue_max_events < cfg.batch_max_events {
             return Err("queue_max_events must be at least batch_max_events".into());
         }
@@ -235,9 +251,21 @@ mod tests {
             (br#"{"org_key":"tly_short"}"#, None, "malformed"),
             (br#"{"colector_cluster":"x"}"#, Some(KEY), "unknown field"),
             (br#"{"batch_max_events":0}"#, Some(KEY), "batch_max_events"),
-            (br#"{"header_aliases":{"tem":["x"]}}"#, Some(KEY), "unknown field \"tem\""),
-            (br#"{"header_aliases":{"team":["Authorization"]}}"#, Some(KEY), "credentials"),
-            (br#"{"header_aliases":{"team":["bad header"]}}"#, Some(KEY), "not a header name"),
+            (
+                br#"{"header_aliases":{"tem":["x"]}}"#,
+                Some(KEY),
+                "unknown field \"tem\"",
+            ),
+            (
+                br#"{"header_aliases":{"team":["Authorization"]}}"#,
+                Some(KEY),
+                "credentials",
+            ),
+            (
+                br#"{"header_aliases":{"team":["bad header"]}}"#,
+                Some(KEY),
+                "not a header name",
+            ),
             (b"{not json", Some(KEY), "invalid configuration"),
         ];
         for (json, env, want) in cases {

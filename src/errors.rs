@@ -10,13 +10,21 @@ use crate::event::{ErrorCategory as C, ErrorSource as S};
 fn from_provider_code(code: &str) -> Option<C> {
     let c = code.to_ascii_lowercase();
     Some(match c.as_str() {
-        "rate_limit_exceeded" | "rate_limit_error" | "resource_exhausted" | "insufficient_quota"
-        | "tokens" | "requests" => C::RateLimited,
+        "rate_limit_exceeded"
+        | "rate_limit_error"
+        | "resource_exhausted"
+        | "insufficient_quota"
+        | "tokens"
+        | "requests" => C::RateLimited,
         "context_length_exceeded" | "string_above_max_length" => C::ContextLength,
         "content_filter" | "content_policy_violation" | "safety" => C::ContentFilter,
         "overloaded_error" | "unavailable" | "server_is_overloaded" => C::Overloaded,
-        "invalid_api_key" | "authentication_error" | "permission_error" | "unauthenticated"
-        | "permission_denied" | "invalid_authentication" => C::Auth,
+        "invalid_api_key"
+        | "authentication_error"
+        | "permission_error"
+        | "unauthenticated"
+        | "permission_denied"
+        | "invalid_authentication" => C::Auth,
         "not_found_error" | "model_not_found" | "not_found" => C::NotFound,
         "invalid_request_error" | "invalid_argument" | "failed_precondition" => C::InvalidRequest,
         "api_error" | "server_error" | "internal" | "internal_error" => C::ProviderError,
@@ -44,19 +52,21 @@ fn from_envoy_details(details: &str) -> Option<(C, S)> {
         return None;
     }
     let d = details;
-    Some(if d.starts_with("downstream_remote_disconnect") || d.contains("downstream_") {
-        (C::ClientDisconnect, S::Client)
-    } else if d.starts_with("response_timeout") || d.contains("timeout") {
-        (C::Timeout, S::Network)
-    } else if d.starts_with("upstream_reset")
-        || d.starts_with("no_healthy_upstream")
-        || d.contains("connection_failure")
-        || d.contains("upstream_")
-    {
-        (C::UpstreamUnreachable, S::Network)
-    } else {
-        (C::ProxyError, S::Proxy)
-    })
+    Some(
+        if d.starts_with("downstream_remote_disconnect") || d.contains("downstream_") {
+            (C::ClientDisconnect, S::Client)
+        } else if d.starts_with("response_timeout") || d.contains("timeout") {
+            (C::Timeout, S::Network)
+        } else if d.starts_with("upstream_reset")
+            || d.starts_with("no_healthy_upstream")
+            || d.contains("connection_failure")
+            || d.contains("upstream_")
+        {
+            (C::UpstreamUnreachable, S::Network)
+        } else {
+            (C::ProxyError, S::Proxy)
+        },
+    )
 }
 
 /// Classify an exchange. `status` is what the client got (None: it got nothing), `code` the
@@ -99,7 +109,10 @@ mod tests {
             classify(Some(200), Some("overloaded_error"), None),
             Some((C::Overloaded, S::Provider))
         );
-        assert_eq!(classify(Some(418), None, None), Some((C::InvalidRequest, S::Provider)));
+        assert_eq!(
+            classify(Some(418), None, None),
+            Some((C::InvalidRequest, S::Provider))
+        );
         assert_eq!(
             classify(Some(503), None, Some("no_healthy_upstream")),
             Some((C::UpstreamUnreachable, S::Network))
@@ -108,6 +121,9 @@ mod tests {
             classify(Some(504), None, Some("response_timeout")),
             Some((C::Timeout, S::Network))
         );
-        assert_eq!(classify(None, None, None), Some((C::ClientDisconnect, S::Client)));
+        assert_eq!(
+            classify(None, None, None),
+            Some((C::ClientDisconnect, S::Client))
+        );
     }
 }

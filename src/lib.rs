@@ -6,7 +6,10 @@
 //! [`outbox`] batches events for the collector. The proxy-wasm layer in `filter/` (built only for
 //! wasm32) moves bytes and times between Envoy and that logic, and nothing else.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod config;
 pub mod errors;

@@ -111,7 +111,10 @@ impl PriceTable {
 
 /// Each part of the input at its own price: uncached, cache reads, cache writes; then output.
 pub fn cost_pico(price: &Price, u: &Usage) -> u128 {
-    let uncached = u.input.saturating_sub(u.cached_input).saturating_sub(u.cache_write);
+    let uncached = u
+        .input
+        .saturating_sub(u.cached_input)
+        .saturating_sub(u.cache_write);
     u128::from(uncached) * u128::from(price.input)
         + u128::from(u.cached_input) * u128::from(price.cached_input)
         + u128::from(u.cache_write) * u128::from(price.cache_write)
@@ -143,7 +146,10 @@ mod tests {
         assert_eq!(r("claude-sonnet-4-20250514"), Some("claude-sonnet-4"));
         assert_eq!(r("claude-3-5-haiku@20241022"), Some("claude-3-5-haiku"));
         assert_eq!(r("models/gemini-2.5-flash"), Some("gemini-2.5-flash"));
-        assert_eq!(r("gemini-2.5-flash-lite-preview-06-17"), Some("gemini-2.5-flash-lite"));
+        assert_eq!(
+            r("gemini-2.5-flash-lite-preview-06-17"),
+            Some("gemini-2.5-flash-lite")
+        );
         assert_eq!(r("o3-mini-2025-01-31"), Some("o3-mini"));
         // A prefix must end at a separator: `gpt-4o` is not a price for `gpt-4oz`.
         assert_eq!(r("gpt-4oz"), None);

@@ -31,13 +31,21 @@ enum State {
     ObjectStart,
     /// After `,`: a key.
     BeforeKey,
-    Key { escape: bool },
+    Key {
+        escape: bool,
+    },
     AfterKey,
     BeforeValue,
-    Str { escape: bool },
+    Str {
+        escape: bool,
+    },
     /// A number, `true`, `false` or `null`: ends at the first delimiter.
     Scalar,
-    Nested { depth: u32, in_str: bool, escape: bool },
+    Nested {
+        depth: u32,
+        in_str: bool,
+        escape: bool,
+    },
     AfterValue,
     Done,
     Invalid,
@@ -219,8 +227,7 @@ impl TopLevelScanner {
                         // The delimiter belongs to the object: look at it again.
                         continue;
                     }
-                    if !matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'.' | b'+' | b'-')
-                    {
+                    if !matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'.' | b'+' | b'-') {
                         self.state = State::Invalid;
                         return;
                     }
@@ -406,7 +413,9 @@ mod tests {
                 r#"{{"role":"user","content":"quote \" brace }} bracket ] model \"model\": {i} \\"}},"#
             ));
         }
-        doc.push_str(r#"{"role":"assistant","content":[{"type":"text","text":"{\"model\":\"fake\"}"}]}"#);
+        doc.push_str(
+            r#"{"role":"assistant","content":[{"type":"text","text":"{\"model\":\"fake\"}"}]}"#,
+        );
         doc.push_str(r#"], "temperature": 0.2, "max_tokens": 100, "stream": false, "model" : "claude-sonnet-4-5" }"#);
         let bytes = doc.as_bytes();
         let s = scan_split(bytes, REQ, bytes.len() / 2);

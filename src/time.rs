@@ -126,13 +126,26 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_rfc3339_ms(1_795_478_400_123), "2026-11-24T00:00:00.123Z");
-        assert_eq!(format_rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339_ms(1_795_478_400_123),
+            "2026-11-24T00:00:00.123Z"
+        );
+        assert_eq!(
+            format_rfc3339_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 
     #[test]
     fn round_trips() {
-        for ms in [0i64, 1, 999, 86_399_999, 1_709_164_800_000, 4_102_444_799_999] {
+        for ms in [
+            0i64,
+            1,
+            999,
+            86_399_999,
+            1_709_164_800_000,
+            4_102_444_799_999,
+        ] {
             assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms));
         }
     }

@@ -270,7 +270,7 @@ fn stream_cut_short_keeps_what_arrived() {
         request: br#"{"model":"claude-opus-4-1","stream":true}"#,
         content_type: "text/event-stream",
         status: 200,
-        response: text[..cut].as_bytes().to_vec(),
+        response: text.as_bytes()[..cut].to_vec(),
     };
     let ev = run(&case, &[&case.response]);
     assert_eq!(ev.input_tokens, Some(2520));

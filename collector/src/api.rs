@@ -68,7 +68,11 @@ async fn ingest_events(
         .await
         .map_err(|_| ApiError::PayloadTooLarge(MAX_BATCH_BYTES))?;
     let batch = ingest::parse(&bytes).inspect_err(|_| {
-        crate::log::warn(&format!("org {}: rejected a batch of {} bytes", org.name, bytes.len()));
+        crate::log::warn(&format!(
+            "org {}: rejected a batch of {} bytes",
+            org.name,
+            bytes.len()
+        ));
     })?;
     let store = state.store.clone();
     // 202 only once the transaction has committed (and, with synchronous=FULL, reached disk).
@@ -88,14 +92,22 @@ fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Ap
     q.get(name)
         .map(|v| {
             tally::time::parse_rfc3339_ms(v).ok_or_else(|| {
-                ApiError::field(name, format!("{name} must be an RFC 3339 date-time or a date"))
+                ApiError::field(
+                    name,
+                    format!("{name} must be an RFC 3339 date-time or a date"),
+                )
             })
         })
         .transpose()
 }
 
 fn status_param(v: &str) -> Result<(u16, u16), ApiError> {
-    let bad = || ApiError::field("status", "status must be a code like 429 or a class like 5xx");
+    let bad = || {
+        ApiError::field(
+            "status",
+            "status must be a code like 429 or a class like 5xx",
+        )
+    };
     if let Some(class) = v.strip_suffix("xx") {
         let c: u16 = class.parse().map_err(|_| bad())?;
         if !(1..=5).contains(&c) {

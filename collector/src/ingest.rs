@@ -15,11 +15,18 @@ const MAX_EVENTS: usize = 10_000;
 pub fn parse(body: &[u8]) -> Result<Batch, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let events: Vec<Event> = match first {
-        None => return Err(ApiError::bad("empty batch: send a JSON array or NDJSON of events")),
+        None => {
+            return Err(ApiError::bad(
+                "empty batch: send a JSON array or NDJSON of events",
+            ))
+        }
         Some(b'[') => {
             let mut de = serde_json::Deserializer::from_slice(body);
             serde_path_to_error::deserialize(&mut de).map_err(|e| {
-                ApiError::field(e.path().to_string(), format!("invalid event: {}", e.inner()))
+                ApiError::field(
+                    e.path().to_string(),
+                    format!("invalid event: {}", e.inner()),
+                )
             })?
         }
         Some(_) => {
@@ -36,7 +43,10 @@ pub fn parse(body: &[u8]) -> Result<Batch, ApiError> {
                     } else {
                         format!("[{}].{path}", out.len())
                     };
-                    ApiError::field(field, format!("line {}: invalid event: {}", i + 1, e.inner()))
+                    ApiError::field(
+                        field,
+                        format!("line {}: invalid event: {}", i + 1, e.inner()),
+                    )
                 })?;
                 out.push(ev);
             }
@@ -55,7 +65,11 @@ pub fn parse(body: &[u8]) -> Result<Batch, ApiError> {
     events
         .into_iter()
         .enumerate()
-        .map(|(i, e)| validate(&e).map(|ts| (e, ts)).map_err(|(f, m)| ApiError::field(format!("[{i}].{f}"), m)))
+        .map(|(i, e)| {
+            validate(&e)
+                .map(|ts| (e, ts))
+                .map_err(|(f, m)| ApiError::field(format!("[{i}].{f}"), m))
+        })
         .collect()
 }
 
@@ -158,7 +172,10 @@ mod tests {
     fn array_and_ndjson() {
         let one = event_json("");
         assert_eq!(parse(format!("[{one},{one}]").as_bytes()).unwrap().len(), 2);
-        assert_eq!(parse(format!("{one}\n\n{one}\n").as_bytes()).unwrap().len(), 2);
+        assert_eq!(
+            parse(format!("{one}\n\n{one}\n").as_bytes()).unwrap().len(),
+            2
+        );
     }
 
     fn field_of(body: &str) -> String {
@@ -172,14 +189,20 @@ mod tests {
     fn errors_name_the_field() {
         let good = event_json("");
         let bad_type = good.replace(r#""input_tokens":10"#, r#""input_tokens":"ten""#);
-        assert_eq!(field_of(&format!("[{good},{bad_type}]")), "[1].input_tokens");
+        assert_eq!(
+            field_of(&format!("[{good},{bad_type}]")),
+            "[1].input_tokens"
+        );
         assert_eq!(field_of(&format!("{good}\n{bad_type}")), "[1].input_tokens");
         let missing = good.replace(r#""provider":"openai","#, "");
         assert!(field_of(&format!("[{missing}]")).starts_with("[0]"));
         let bad_ts = good.replace("2026-11-24T08:00:00.000Z", "yesterday");
         assert_eq!(field_of(&format!("[{bad_ts}]")), "[0].timestamp");
         let too_cached = good.replace(r#""cached_input_tokens":0"#, r#""cached_input_tokens":11"#);
-        assert_eq!(field_of(&format!("[{too_cached}]")), "[0].cached_input_tokens");
+        assert_eq!(
+            field_of(&format!("[{too_cached}]")),
+            "[0].cached_input_tokens"
+        );
         let bad_cat = good.replace(r#""error_category":null"#, r#""error_category":"oops""#);
         assert_eq!(field_of(&format!("[{bad_cat}]")), "[0].error_category");
         let neg = good.replace(r#""output_tokens":5"#, r#""output_tokens":-5"#);

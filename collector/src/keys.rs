@@ -53,7 +53,10 @@ mod tests {
     fn bearer_parsing() {
         let k = generate();
         assert_eq!(from_authorization(&format!("Bearer {k}")), Some(k.as_str()));
-        assert_eq!(from_authorization(&format!("bearer  {k} ")), Some(k.as_str()));
+        assert_eq!(
+            from_authorization(&format!("bearer  {k} ")),
+            Some(k.as_str())
+        );
         assert_eq!(from_authorization(&format!("Basic {k}")), None);
         assert_eq!(from_authorization("Bearer tly_short"), None);
     }

@@ -15,7 +15,11 @@ use std::sync::Arc;
 use store::Store;
 
 #[derive(Parser)]
-#[command(name = "tally-collector", version, about = "Tally's event store and query API")]
+#[command(
+    name = "tally-collector",
+    version,
+    about = "Tally's event store and query API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,7 +80,9 @@ fn org(command: OrgCommand, data_dir: &std::path::Path) -> Result<(), String> {
     let store = Store::open(data_dir).map_err(|e| e.to_string())?;
     match command {
         OrgCommand::Create { name } => {
-            let key = store.create_org(&name, now_ms()).map_err(|e| e.to_string())?;
+            let key = store
+                .create_org(&name, now_ms())
+                .map_err(|e| e.to_string())?;
             eprintln!("Created org {name}. Its key is shown once, below; store it as a secret.");
             println!("{key}");
         }

@@ -161,7 +161,12 @@ impl Store {
 
     /// Store a batch in one transaction. Returns (accepted, duplicates): an event whose
     /// `request_id` the org already has is a duplicate, counted and not stored again.
-    pub fn insert_events(&self, org: &Org, batch: &Batch, now_ms: i64) -> Result<(usize, usize), StoreError> {
+    pub fn insert_events(
+        &self,
+        org: &Org,
+        batch: &Batch,
+        now_ms: i64,
+    ) -> Result<(usize, usize), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut accepted = 0;

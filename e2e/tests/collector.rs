@@ -37,7 +37,12 @@ fn start() -> Collector {
     assert!(org_cmd(&data, &["list"]).0);
     let port = free_port();
     let proc = start_collector(&data, port, &logs, "collector");
-    Collector { _dir: dir, data, port, _proc: proc }
+    Collector {
+        _dir: dir,
+        data,
+        port,
+        _proc: proc,
+    }
 }
 
 impl Collector {
@@ -96,8 +101,12 @@ fn ingest_is_idempotent_validated_and_scoped_to_the_org() {
 
     // NDJSON batch: 202 with counts.
     let e1 = event("r1", "2026-11-24T08:00:00.000Z", json!({}));
-    let e2 = event("r2", "2026-11-24T08:01:00.000Z", json!({"team": "search", "status": 429,
-        "error_category": "rate_limited", "error_source": "provider", "user": "bob"}));
+    let e2 = event(
+        "r2",
+        "2026-11-24T08:01:00.000Z",
+        json!({"team": "search", "status": 429,
+        "error_category": "rate_limited", "error_source": "provider", "user": "bob"}),
+    );
     let (s, v) = c.ingest(&acme, &format!("{e1}\n{e2}\n"));
     assert_eq!((s, v), (202, json!({"accepted": 2, "duplicates": 0})));
     // A retry of the same batch (as a JSON array) stores nothing twice.
@@ -106,15 +115,26 @@ fn ingest_is_idempotent_validated_and_scoped_to_the_org() {
 
     // A bad batch: 400 naming the field, and nothing of it stored.
     let good = event("r3", "2026-11-24T08:02:00.000Z", json!({}));
-    let bad = event("r4", "2026-11-24T08:03:00.000Z", json!({"output_tokens": "many"}));
+    let bad = event(
+        "r4",
+        "2026-11-24T08:03:00.000Z",
+        json!({"output_tokens": "many"}),
+    );
     let (s, v) = c.ingest(&acme, &json!([good, bad]).to_string());
     assert_eq!(s, 400);
     assert_eq!(v["field"], "[1].output_tokens", "{v}");
     let (_, v) = c.events(&acme, "");
-    assert_eq!(v["events"].as_array().unwrap().len(), 2, "r3 was not stored");
+    assert_eq!(
+        v["events"].as_array().unwrap().len(),
+        2,
+        "r3 was not stored"
+    );
 
     // Bad and missing keys.
-    let (s, _) = c.ingest("tly_0000000000000000000000000000000000000000", &e1.to_string());
+    let (s, _) = c.ingest(
+        "tly_0000000000000000000000000000000000000000",
+        &e1.to_string(),
+    );
     assert_eq!(s, 401);
     let (s, _, _) = send(agent().get(&c.url("/api/v1/events")), None);
     assert_eq!(s, 401);
@@ -132,20 +152,33 @@ fn ingest_is_idempotent_validated_and_scoped_to_the_org() {
     let ids = |q: &str| -> Vec<String> {
         let (s, v) = c.events(&acme, q);
         assert_eq!(s, 200, "{q}: {v}");
-        v["events"].as_array().unwrap().iter().map(|e| e["request_id"].as_str().unwrap().to_string()).collect()
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["request_id"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(ids("team=search"), ["r2"]);
     assert_eq!(ids("user=ann"), ["r1"]);
     assert_eq!(ids("status=429"), ["r2"]);
     assert_eq!(ids("status=2xx"), ["r1"]);
     assert_eq!(ids("model=gpt-4o-mini"), ["r2", "r1"]);
-    assert_eq!(ids("model=gpt-4o-mini-2024-07-18&provider=openai&feature=search&app=checkout"), ["r2", "r1"]);
+    assert_eq!(
+        ids("model=gpt-4o-mini-2024-07-18&provider=openai&feature=search&app=checkout"),
+        ["r2", "r1"]
+    );
     assert_eq!(ids("from=2026-11-24T08:00:30Z"), ["r2"]);
     assert_eq!(ids("to=2026-11-24T08:00:30Z"), ["r1"]);
     assert_eq!(ids("limit=1"), ["r2"]);
     // Hostile values are data, not SQL.
     assert!(ids("team=x'%20OR%20'1'='1").is_empty());
-    for (q, field) in [("limit=0", "limit"), ("from=yesterday", "from"), ("status=abc", "status"), ("colour=red", "colour")] {
+    for (q, field) in [
+        ("limit=0", "limit"),
+        ("from=yesterday", "from"),
+        ("status=abc", "status"),
+        ("colour=red", "colour"),
+    ] {
         let (s, v) = c.events(&acme, q);
         assert_eq!((s, v["field"].as_str()), (400, Some(field)), "{q}: {v}");
     }

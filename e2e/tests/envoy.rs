@@ -12,7 +12,13 @@ fn shipped_envoy_yaml_validates_and_bad_config_fails_at_load() {
     let run = |key: Option<&str>| {
         let mut c = Command::new(envoy_bin());
         c.current_dir(root())
-            .args(["--mode", "validate", "-c", "envoy.yaml", "--disable-hot-restart"])
+            .args([
+                "--mode",
+                "validate",
+                "-c",
+                "envoy.yaml",
+                "--disable-hot-restart",
+            ])
             .env_remove("TALLY_ORG_KEY");
         if let Some(k) = key {
             c.env("TALLY_ORG_KEY", k);
@@ -20,7 +26,8 @@ fn shipped_envoy_yaml_validates_and_bad_config_fails_at_load() {
         let out = c.output().expect("run envoy");
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     };
     let (ok, log) = run(Some("tly_0123456789abcdefghijABCDEFGHIJ0123456789"));
@@ -40,7 +47,9 @@ fn large_request_bodies_flow_and_are_metered() {
     let stack = Stack::start();
     for (mib, user) in [(3usize, "u-3mib"), (9, "u-9mib")] {
         let filler = "a".repeat(mib << 20);
-        let body = json!({"messages": [{"role": "user", "content": filler}], "model": "gpt-4o-mini"}).to_string();
+        let body =
+            json!({"messages": [{"role": "user", "content": filler}], "model": "gpt-4o-mini"})
+                .to_string();
         let (status, text, _) = send(
             agent()
                 .post(&stack.url("/v1/chat/completions"))
@@ -65,10 +74,22 @@ fn no_content_or_secret_leaves_memory() {
     const ORG_HEADER: &str = "tly_CANARYCANARYCANARYCANARYCANARYCANARY01";
     let stack = Stack::start();
     let cases = [
-        ("/v1/chat/completions", json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]})),
-        ("/v1/chat/completions", json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": PROMPT}]})),
-        ("/v1/messages", json!({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": PROMPT}]})),
-        ("/v1/messages", json!({"model": "claude-sonnet-4-5", "max_tokens": 5, "stream": true, "messages": [{"role": "user", "content": PROMPT}]})),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": PROMPT}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": PROMPT}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "claude-sonnet-4-5", "max_tokens": 5, "stream": true, "messages": [{"role": "user", "content": PROMPT}]}),
+        ),
     ];
     for (path, body) in &cases {
         let (status, text, _) = send(
@@ -86,11 +107,22 @@ fn no_content_or_secret_leaves_memory() {
         assert!(text.contains(ANSWER), "the client still gets its answer");
     }
     let events = stack.wait_events("user=privacy", cases.len());
-    let canaries = [PROMPT, ANSWER, PROVIDER_KEY, ANTHROPIC_KEY, ORG_HEADER, "CANARY"];
+    let canaries = [
+        PROMPT,
+        ANSWER,
+        PROVIDER_KEY,
+        ANTHROPIC_KEY,
+        ORG_HEADER,
+        "CANARY",
+    ];
     let api_text = serde_json::to_string(&events).unwrap();
     let (_, stats, _) = send(agent().get(&stack.admin_url("/stats")), None);
     let (_, clusters, _) = send(agent().get(&stack.admin_url("/clusters")), None);
-    let mut haystacks = vec![("events API".to_string(), api_text.into_bytes()), ("admin stats".into(), stats.into_bytes()), ("admin clusters".into(), clusters.into_bytes())];
+    let mut haystacks = vec![
+        ("events API".to_string(), api_text.into_bytes()),
+        ("admin stats".into(), stats.into_bytes()),
+        ("admin clusters".into(), clusters.into_bytes()),
+    ];
     // Every log and data file, the SQLite database and its WAL included.
     let mut files = 0;
     for dir in [stack.logs_dir(), stack.data_dir()] {
@@ -101,7 +133,10 @@ fn no_content_or_secret_leaves_memory() {
             files += 1;
         }
     }
-    assert!(files >= 7, "logs of envoy, collector, mock and the database: {files}");
+    assert!(
+        files >= 7,
+        "logs of envoy, collector, mock and the database: {files}"
+    );
     for (name, hay) in &haystacks {
         for c in canaries {
             assert!(
@@ -114,7 +149,10 @@ fn no_content_or_secret_leaves_memory() {
 
 #[test]
 fn events_wait_for_a_collector_that_is_down() {
-    let stack = Stack::start_with(Options { start_collector: false, ..Options::default() });
+    let stack = Stack::start_with(Options {
+        start_collector: false,
+        ..Options::default()
+    });
     for i in 0..5 {
         let (status, _, _) = send(
             agent()
@@ -123,15 +161,26 @@ fn events_wait_for_a_collector_that_is_down() {
                 .set("x-mock-usage", &format!("input={i},output=1")),
             Some(r#"{"model":"gpt-4o-mini","messages":[]}"#),
         );
-        assert_eq!(status, 200, "traffic is unaffected while the collector is down");
+        assert_eq!(
+            status, 200,
+            "traffic is unaffected while the collector is down"
+        );
     }
     // Let the filter fail at least once.
     common::wait_until("a failed batch", Duration::from_secs(10), || {
         stack.envoy_counter("wasmcustom.tally.events_retried") > 0
     });
-    let _collector = start_collector(&stack.data_dir(), stack.collector_port, &stack.logs_dir(), "collector-late");
+    let _collector = start_collector(
+        &stack.data_dir(),
+        stack.collector_port,
+        &stack.logs_dir(),
+        "collector-late",
+    );
     let events = stack.wait_events("user=while-down", 5);
-    let mut inputs: Vec<u64> = events.iter().map(|e| e["input_tokens"].as_u64().unwrap()).collect();
+    let mut inputs: Vec<u64> = events
+        .iter()
+        .map(|e| e["input_tokens"].as_u64().unwrap())
+        .collect();
     inputs.sort();
     assert_eq!(inputs, [0, 1, 2, 3, 4]);
     assert_eq!(stack.envoy_counter("wasmcustom.tally.events_dropped"), 0);

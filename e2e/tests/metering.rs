@@ -12,7 +12,13 @@ fn usd(pico: u64) -> f64 {
     pico as f64 / 1e12
 }
 
-fn post(stack: &Stack, path: &str, user: &str, usage: &str, body: &Value) -> (u16, String, Vec<(String, String)>) {
+fn post(
+    stack: &Stack,
+    path: &str,
+    user: &str,
+    usage: &str,
+    body: &Value,
+) -> (u16, String, Vec<(String, String)>) {
     send(
         agent()
             .post(&stack.url(path))
@@ -84,27 +90,56 @@ fn four_api_shapes_are_metered_exactly() {
     // 1. OpenAI chat completions, not streamed; the model comes after a long `messages`.
     let long = "lorem ipsum ".repeat(20_000);
     let body = json!({"messages": [{"role": "user", "content": long}], "temperature": 0.1, "model": "gpt-4o-mini"});
-    let (status, text, _) = post(&stack, "/v1/chat/completions", "u-openai", "input=1200,output=345,cached=200,reasoning=45", &body);
+    let (status, text, _) = post(
+        &stack,
+        "/v1/chat/completions",
+        "u-openai",
+        "input=1200,output=345,cached=200,reasoning=45",
+        &body,
+    );
     assert_eq!(status, 200, "{text}");
     let reply: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(reply["usage"]["prompt_tokens"], 1200, "client gets the provider's body");
+    assert_eq!(
+        reply["usage"]["prompt_tokens"], 1200,
+        "client gets the provider's body"
+    );
     let ev = &stack.wait_events("user=u-openai", 1)[0];
     // gpt-4o-mini: $0.15 in, $0.075 cached, $0.60 out per 1M.
-    check_event(ev, merge(base("u-openai"), json!({
-        "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
-        "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
-        "streaming": false, "input_tokens": 1200, "output_tokens": 345,
-        "cached_input_tokens": 200, "cache_write_tokens": 0, "reasoning_tokens": 45,
-        "cost_usd": usd(1000 * 150_000 + 200 * 75_000 + 345 * 600_000),
-    })));
+    check_event(
+        ev,
+        merge(
+            base("u-openai"),
+            json!({
+                "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
+                "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
+                "streaming": false, "input_tokens": 1200, "output_tokens": 345,
+                "cached_input_tokens": 200, "cache_write_tokens": 0, "reasoning_tokens": 45,
+                "cost_usd": usd(1000 * 150_000 + 200 * 75_000 + 345 * 600_000),
+            }),
+        ),
+    );
 
     // 2. OpenAI streamed with include_usage.
     let body = json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true},
         "messages": [{"role": "user", "content": "hi"}]});
-    let (status, text, headers) = post(&stack, "/v1/chat/completions", "u-openai-stream", "input=50,output=12,cached=0,reasoning=0", &body);
+    let (status, text, headers) = post(
+        &stack,
+        "/v1/chat/completions",
+        "u-openai-stream",
+        "input=50,output=12,cached=0,reasoning=0",
+        &body,
+    );
     assert_eq!(status, 200);
-    assert!(headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.starts_with("text/event-stream")));
-    assert!(text.ends_with("data: [DONE]\n\n"), "stream passes whole: {text}");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-type")
+                && v.starts_with("text/event-stream"))
+    );
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream passes whole: {text}"
+    );
     let last: Value = text
         .split("\n\n")
         .filter_map(|e| e.strip_prefix("data: "))
@@ -112,54 +147,99 @@ fn four_api_shapes_are_metered_exactly() {
         .last()
         .and_then(|d| serde_json::from_str(d).ok())
         .expect("a last data chunk");
-    assert_eq!(last["choices"], json!([]), "usage chunk reaches the client that asked for it");
+    assert_eq!(
+        last["choices"],
+        json!([]),
+        "usage chunk reaches the client that asked for it"
+    );
     assert_eq!(last["usage"]["prompt_tokens"], 50);
     let ev = &stack.wait_events("user=u-openai-stream", 1)[0];
-    check_event(ev, merge(base("u-openai-stream"), json!({
-        "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
-        "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
-        "streaming": true, "input_tokens": 50, "output_tokens": 12,
-        "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
-        "cost_usd": usd(50 * 150_000 + 12 * 600_000),
-    })));
+    check_event(
+        ev,
+        merge(
+            base("u-openai-stream"),
+            json!({
+                "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
+                "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
+                "streaming": true, "input_tokens": 50, "output_tokens": 12,
+                "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
+                "cost_usd": usd(50 * 150_000 + 12 * 600_000),
+            }),
+        ),
+    );
 
     // 3. Anthropic messages, not streamed, with cache reads and writes.
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 1024,
         "messages": [{"role": "user", "content": "hello"}]});
-    let (status, text, _) = post(&stack, "/v1/messages", "u-anthropic", "input=1500,output=420,cached=300,cache_write=200", &body);
+    let (status, text, _) = post(
+        &stack,
+        "/v1/messages",
+        "u-anthropic",
+        "input=1500,output=420,cached=300,cache_write=200",
+        &body,
+    );
     assert_eq!(status, 200, "{text}");
     let ev = &stack.wait_events("user=u-anthropic", 1)[0];
     // claude-sonnet-4-5: $3 in, $0.30 cache read, $3.75 cache write, $15 out per 1M.
-    check_event(ev, merge(base("u-anthropic"), json!({
-        "provider": "anthropic", "api": "messages", "endpoint": "/v1/messages",
-        "model_requested": "claude-sonnet-4-5", "model_actual": "claude-sonnet-4-5-20250929",
-        "streaming": false, "input_tokens": 1500, "output_tokens": 420,
-        "cached_input_tokens": 300, "cache_write_tokens": 200, "reasoning_tokens": 0,
-        "cost_usd": usd(1000 * 3_000_000 + 300 * 300_000 + 200 * 3_750_000 + 420 * 15_000_000),
-    })));
+    check_event(
+        ev,
+        merge(
+            base("u-anthropic"),
+            json!({
+                "provider": "anthropic", "api": "messages", "endpoint": "/v1/messages",
+                "model_requested": "claude-sonnet-4-5", "model_actual": "claude-sonnet-4-5-20250929",
+                "streaming": false, "input_tokens": 1500, "output_tokens": 420,
+                "cached_input_tokens": 300, "cache_write_tokens": 200, "reasoning_tokens": 0,
+                "cost_usd": usd(1000 * 3_000_000 + 300 * 300_000 + 200 * 3_750_000 + 420 * 15_000_000),
+            }),
+        ),
+    );
 
     // 4. Anthropic streamed: message_start usage plus the cumulative message_delta, not summed.
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": true,
         "messages": [{"role": "user", "content": "hello"}]});
-    let (status, text, _) = post(&stack, "/v1/messages", "u-anthropic-stream", "input=900,output=77,cached=100,cache_write=0", &body);
+    let (status, text, _) = post(
+        &stack,
+        "/v1/messages",
+        "u-anthropic-stream",
+        "input=900,output=77,cached=100,cache_write=0",
+        &body,
+    );
     assert_eq!(status, 200);
     assert!(text.contains("event: message_stop"), "{text}");
     let ev = &stack.wait_events("user=u-anthropic-stream", 1)[0];
-    check_event(ev, merge(base("u-anthropic-stream"), json!({
-        "provider": "anthropic", "api": "messages", "endpoint": "/v1/messages",
-        "model_requested": "claude-sonnet-4-5", "model_actual": "claude-sonnet-4-5-20250929",
-        "streaming": true, "input_tokens": 900, "output_tokens": 77,
-        "cached_input_tokens": 100, "cache_write_tokens": 0, "reasoning_tokens": 0,
-        "cost_usd": usd(800 * 3_000_000 + 100 * 300_000 + 77 * 15_000_000),
-    })));
+    check_event(
+        ev,
+        merge(
+            base("u-anthropic-stream"),
+            json!({
+                "provider": "anthropic", "api": "messages", "endpoint": "/v1/messages",
+                "model_requested": "claude-sonnet-4-5", "model_actual": "claude-sonnet-4-5-20250929",
+                "streaming": true, "input_tokens": 900, "output_tokens": 77,
+                "cached_input_tokens": 100, "cache_write_tokens": 0, "reasoning_tokens": 0,
+                "cost_usd": usd(800 * 3_000_000 + 100 * 300_000 + 77 * 15_000_000),
+            }),
+        ),
+    );
 
     // No attribution header reached the provider; credentials did, untouched.
     let seen = stack.mock_requests();
     assert_eq!(seen.len(), 4);
     for r in &seen {
-        let names: Vec<&str> = r["headers"].as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect();
-        assert!(!names.iter().any(|n| n.starts_with("x-tally-")), "{names:?}");
-        assert!(names.contains(&"authorization") && names.contains(&"x-api-key"), "{names:?}");
+        let names: Vec<&str> = r["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("x-tally-")),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"authorization") && names.contains(&"x-api-key"),
+            "{names:?}"
+        );
     }
     assert_eq!(stack.envoy_counter("wasmcustom.tally.requests_metered"), 4);
     assert_eq!(stack.envoy_counter("wasmcustom.tally.events_sent"), 4);
@@ -170,11 +250,21 @@ fn four_api_shapes_are_metered_exactly() {
 fn unknown_model_has_null_cost_and_errors_are_categorised() {
     let stack = Stack::start();
     let body = json!({"model": "my-private-finetune", "messages": []});
-    let (status, _, _) = post(&stack, "/v1/chat/completions", "u-unknown", "input=10,output=2", &body);
+    let (status, _, _) = post(
+        &stack,
+        "/v1/chat/completions",
+        "u-unknown",
+        "input=10,output=2",
+        &body,
+    );
     assert_eq!(status, 200);
     let ev = &stack.wait_events("user=u-unknown", 1)[0];
     assert_eq!(ev["input_tokens"], 10);
-    assert_eq!(ev["cost_usd"], Value::Null, "unknown model: no price, not zero");
+    assert_eq!(
+        ev["cost_usd"],
+        Value::Null,
+        "unknown model: no price, not zero"
+    );
 
     let (status, _, _) = send(
         agent()
@@ -190,7 +280,11 @@ fn unknown_model_has_null_cost_and_errors_are_categorised() {
     assert_eq!(ev["error_source"], "provider");
     assert_eq!(ev["input_tokens"], Value::Null);
     assert_eq!(ev["token_source"], Value::Null);
-    assert_eq!(ev["feature"], Value::Null, "no feature header: null, shown as untagged");
+    assert_eq!(
+        ev["feature"],
+        Value::Null,
+        "no feature header: null, shown as untagged"
+    );
 
     // Not an LLM call: passes, no event.
     let (status, _, _) = send(agent().get(&stack.url("/__mock/requests")), None);

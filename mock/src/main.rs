@@ -66,19 +66,16 @@ fn snapshot(model: &str) -> String {
     }
 }
 
-fn ask(headers: &HeaderMap, body: &[u8], path_model: Option<&str>) -> Result<Ask, Response> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": {"type": "invalid_request_error", "message": format!("body is not JSON: {e}")}})),
-        )
-            .into_response()
-    })?;
+/// Read a request; `Err` holds the message of a 400 answer.
+fn ask(headers: &HeaderMap, body: &[u8], path_model: Option<&str>) -> Result<Ask, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let model = path_model
         .map(str::to_string)
         .or_else(|| v.get("model").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_default();
-    let reply = header(headers, "x-mock-reply").unwrap_or(DEFAULT_REPLY).to_string();
+    let reply = header(headers, "x-mock-reply")
+        .unwrap_or(DEFAULT_REPLY)
+        .to_string();
     let mut usage = Usage {
         input: (body.len() as u64).div_ceil(4),
         output: reply.split_whitespace().count() as u64,
@@ -109,7 +106,9 @@ fn ask(headers: &HeaderMap, body: &[u8], path_model: Option<&str>) -> Result<Ask
         usage,
         status: header(headers, "x-mock-status").and_then(|s| s.parse().ok()),
         delay: Duration::from_millis(
-            header(headers, "x-mock-delay-ms").and_then(|s| s.parse().ok()).unwrap_or(0),
+            header(headers, "x-mock-delay-ms")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
         ),
     })
 }
@@ -123,19 +122,37 @@ fn words(text: &str) -> Vec<String> {
 }
 
 /// A response whose body is sent as separate chunks, `delay` apart.
-fn chunked(status: StatusCode, content_type: &str, chunks: Vec<String>, delay: Duration) -> Response {
-    let stream = futures_util::stream::unfold((chunks.into_iter(), true), move |(mut it, first)| async move {
-        let next = it.next()?;
-        if !first && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        Some((Ok::<Bytes, std::convert::Infallible>(Bytes::from(next)), (it, false)))
-    });
+fn chunked(
+    status: StatusCode,
+    content_type: &str,
+    chunks: Vec<String>,
+    delay: Duration,
+) -> Response {
+    let stream = futures_util::stream::unfold(
+        (chunks.into_iter(), true),
+        move |(mut it, first)| async move {
+            let next = it.next()?;
+            if !first && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((
+                Ok::<Bytes, std::convert::Infallible>(Bytes::from(next)),
+                (it, false),
+            ))
+        },
+    );
     Response::builder()
         .status(status)
         .header("content-type", content_type)
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn bad_request(message: &str) -> Response {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        json!({"error": {"type": "invalid_request_error", "message": message}}),
+    )
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response {
@@ -156,7 +173,7 @@ async fn openai_chat(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) 
     record(&seen, "POST", "/v1/chat/completions", &headers);
     let a = match ask(&headers, &body, None) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(m) => return bad_request(&m),
     };
     tokio::time::sleep(a.delay).await;
     if let Some(s) = a.status {
@@ -201,7 +218,10 @@ async fn openai_chat(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) 
         }
         format!("data: {c}\n\n")
     };
-    let mut out = vec![chunk(json!({"role": "assistant", "content": "", "refusal": null}), Value::Null)];
+    let mut out = vec![chunk(
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        Value::Null,
+    )];
     for w in words(&a.reply) {
         out.push(chunk(json!({"content": w}), Value::Null));
     }
@@ -212,14 +232,19 @@ async fn openai_chat(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) 
         out.push(format!("data: {c}\n\n"));
     }
     out.push("data: [DONE]\n\n".into());
-    chunked(StatusCode::OK, "text/event-stream; charset=utf-8", out, a.delay)
+    chunked(
+        StatusCode::OK,
+        "text/event-stream; charset=utf-8",
+        out,
+        a.delay,
+    )
 }
 
 async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
     record(&seen, "POST", "/v1/messages", &headers);
     let a = match ask(&headers, &body, None) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(m) => return bad_request(&m),
     };
     tokio::time::sleep(a.delay).await;
     if let Some(s) = a.status {
@@ -271,7 +296,10 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
             json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
         ));
     }
-    out.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    out.push(ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
     // Cumulative output, with the input fields repeated as the API now does: never to be summed.
     out.push(ev(
         "message_delta",
@@ -280,7 +308,12 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
                 "cache_read_input_tokens": u.cached, "output_tokens": u.output}}),
     ));
     out.push(ev("message_stop", json!({"type": "message_stop"})));
-    chunked(StatusCode::OK, "text/event-stream; charset=utf-8", out, a.delay)
+    chunked(
+        StatusCode::OK,
+        "text/event-stream; charset=utf-8",
+        out,
+        a.delay,
+    )
 }
 
 async fn gemini(
@@ -295,7 +328,7 @@ async fn gemini(
     };
     let a = match ask(&headers, &body, Some(model)) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(m) => return bad_request(&m),
     };
     tokio::time::sleep(a.delay).await;
     if let Some(s) = a.status {
@@ -316,9 +349,8 @@ async fn gemini(
             "cachedContentTokenCount": u.cached, "thoughtsTokenCount": u.reasoning,
             "totalTokenCount": u.input + output})
     };
-    let candidate = |text: &str| {
-        json!([{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}])
-    };
+    let candidate =
+        |text: &str| json!([{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}]);
     match method {
         "generateContent" => json_response(
             StatusCode::OK,
@@ -346,7 +378,11 @@ async fn gemini(
 }
 
 async fn requests(State(seen): State<Seen>) -> Response {
-    let list: Vec<Value> = seen.0.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default();
+    let list: Vec<Value> = seen
+        .0
+        .lock()
+        .map(|q| q.iter().cloned().collect())
+        .unwrap_or_default();
     Json(json!({"requests": list})).into_response()
 }
 

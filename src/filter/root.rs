@@ -151,7 +151,13 @@ impl Context for Root {
         self.in_flight.is_none()
     }
 
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
         if self.in_flight != Some(token) {
             return;
         }

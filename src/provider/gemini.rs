@@ -66,7 +66,10 @@ impl ResponseMeter for GeminiMeter {
                 let thoughts = u.thoughts_token_count.unwrap_or(0);
                 self.usage = Some(Usage {
                     input,
-                    output: u.candidates_token_count.unwrap_or(0).saturating_add(thoughts),
+                    output: u
+                        .candidates_token_count
+                        .unwrap_or(0)
+                        .saturating_add(thoughts),
                     cached_input: u.cached_content_token_count.unwrap_or(0),
                     cache_write: 0,
                     reasoning: thoughts,

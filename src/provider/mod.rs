@@ -87,7 +87,12 @@ pub struct Route {
 ///
 /// The path decides the API; the provider comes from `X-Tally-Provider`, else the host, else the
 /// path (each provider's paths are distinct). Anything else passes unmetered.
-pub fn detect(method: &str, path: &str, authority: &str, forced: Option<Provider>) -> Option<Route> {
+pub fn detect(
+    method: &str,
+    path: &str,
+    authority: &str,
+    forced: Option<Provider>,
+) -> Option<Route> {
     if !method.eq_ignore_ascii_case("POST") {
         return None;
     }
@@ -99,7 +104,12 @@ pub fn detect(method: &str, path: &str, authority: &str, forced: Option<Provider
     } else if let Some(api) = anthropic::api_for_path(path) {
         (Provider::Anthropic, api, None, false)
     } else if let Some((model, streaming)) = gemini::model_for_path(path) {
-        (Provider::Gemini, Api::GenerateContent, Some(model), streaming)
+        (
+            Provider::Gemini,
+            Api::GenerateContent,
+            Some(model),
+            streaming,
+        )
     } else {
         return None;
     };
@@ -171,7 +181,10 @@ mod tests {
     #[test]
     fn detects_by_path_host_and_override() {
         let r = detect("POST", "/v1/chat/completions?x=1", "127.0.0.1:10000", None).unwrap();
-        assert_eq!((r.provider, r.api), (Provider::OpenAi, Api::ChatCompletions));
+        assert_eq!(
+            (r.provider, r.api),
+            (Provider::OpenAi, Api::ChatCompletions)
+        );
         let r = detect("POST", "/v1/messages", "localhost", None).unwrap();
         assert_eq!((r.provider, r.api), (Provider::Anthropic, Api::Messages));
         let r = detect(

@@ -20,7 +20,11 @@ pub fn root() -> PathBuf {
 
 pub fn artifact(rel: &str) -> PathBuf {
     let p = root().join(rel);
-    assert!(p.exists(), "{} is missing: run `make build` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `make build` first",
+        p.display()
+    );
     p
 }
 
@@ -152,7 +156,13 @@ fn http_ok(url: &str) -> bool {
         .is_ok()
 }
 
-fn envoy_config(listen: u16, admin: u16, upstream: u16, collector: u16, filter_config: &str) -> String {
+fn envoy_config(
+    listen: u16,
+    admin: u16,
+    upstream: u16,
+    collector: u16,
+    filter_config: &str,
+) -> String {
     let wasm = artifact("target/wasm32-wasip1/release/tally.wasm");
     let cluster = |name: &str, port: u16| {
         format!(
@@ -238,8 +248,15 @@ impl Stack {
             .arg(&data)
             .output()
             .expect("org create");
-        assert!(out.status.success(), "org create: {}", String::from_utf8_lossy(&out.stderr));
-        let key = String::from_utf8(out.stdout).expect("utf8").trim().to_string();
+        assert!(
+            out.status.success(),
+            "org create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string();
 
         let mock_port = free_port();
         let mock = spawn(
@@ -260,7 +277,13 @@ impl Stack {
         let cfg = dir.path().join("envoy.yaml");
         std::fs::write(
             &cfg,
-            envoy_config(envoy_port, admin_port, mock_port, collector_port, &opts.filter_config),
+            envoy_config(
+                envoy_port,
+                admin_port,
+                mock_port,
+                collector_port,
+                &opts.filter_config,
+            ),
         )
         .expect("write envoy config");
         let envoy = spawn(
@@ -268,7 +291,11 @@ impl Stack {
             Command::new(envoy_bin())
                 .arg("-c")
                 .arg(&cfg)
-                .args(["--disable-hot-restart", "--concurrency", &opts.concurrency.to_string()])
+                .args([
+                    "--disable-hot-restart",
+                    "--concurrency",
+                    &opts.concurrency.to_string(),
+                ])
                 .args(["--log-level", "info"])
                 .env("TALLY_ORG_KEY", &key),
             &logs,
@@ -353,7 +380,10 @@ impl Stack {
     /// What reached the mock provider: method, path and header names of each request.
     pub fn mock_requests(&self) -> Vec<Value> {
         let (_, body, _) = send(
-            agent().get(&format!("http://127.0.0.1:{}/__mock/requests", self.mock_port)),
+            agent().get(&format!(
+                "http://127.0.0.1:{}/__mock/requests",
+                self.mock_port
+            )),
             None,
         );
         let v: Value = serde_json::from_str(&body).expect("json");

