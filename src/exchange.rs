@@ -223,14 +223,15 @@ impl Exchange {
             .request
             .string("model")
             .or_else(|| self.route.path_model.clone());
-        let model_actual = self.meter.model().map(str::to_string);
-        let usage = self.meter.usage();
+        let facts = self.meter.facts().clone();
+        let model_actual = facts.model;
+        let usage = facts.usage;
         let cost_usd = usage.and_then(|u| {
             let model = model_actual.as_deref().or(model_requested.as_deref())?;
             prices.cost_usd(model, &u)
         });
         let (error_category, error_source) =
-            match classify(status, self.meter.error_code(), fin.code_details) {
+            match classify(status, facts.error.as_deref(), fin.code_details) {
                 Some((c, s)) => (Some(c), Some(s)),
                 None => (None, None),
             };

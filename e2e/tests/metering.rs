@@ -76,11 +76,13 @@ fn base(user: &str) -> Value {
     })
 }
 
-fn merge(mut a: Value, b: Value) -> Value {
-    for (k, v) in b.as_object().unwrap() {
-        a[k] = v.clone();
+/// Wait for the one event of `user` and check it against the common fields plus `fields`.
+fn expect_event(stack: &Stack, user: &str, fields: Value) {
+    let mut expected = base(user);
+    for (k, v) in fields.as_object().unwrap() {
+        expected[k] = v.clone();
     }
-    a
+    check_event(&stack.wait_events(&format!("user={user}"), 1)[0], expected);
 }
 
 #[test]
@@ -103,20 +105,17 @@ fn four_api_shapes_are_metered_exactly() {
         reply["usage"]["prompt_tokens"], 1200,
         "client gets the provider's body"
     );
-    let ev = &stack.wait_events("user=u-openai", 1)[0];
     // gpt-4o-mini: $0.15 in, $0.075 cached, $0.60 out per 1M.
-    check_event(
-        ev,
-        merge(
-            base("u-openai"),
-            json!({
-                "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
-                "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
-                "streaming": false, "input_tokens": 1200, "output_tokens": 345,
-                "cached_input_tokens": 200, "cache_write_tokens": 0, "reasoning_tokens": 45,
-                "cost_usd": usd(1000 * 150_000 + 200 * 75_000 + 345 * 600_000),
-            }),
-        ),
+    expect_event(
+        &stack,
+        "u-openai",
+        json!({
+            "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
+            "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
+            "streaming": false, "input_tokens": 1200, "output_tokens": 345,
+            "cached_input_tokens": 200, "cache_write_tokens": 0, "reasoning_tokens": 45,
+            "cost_usd": usd(1000 * 150_000 + 200 * 75_000 + 345 * 600_000),
+        }),
     );
 
     // 2. OpenAI streamed with include_usage.
@@ -153,19 +152,16 @@ fn four_api_shapes_are_metered_exactly() {
         "usage chunk reaches the client that asked for it"
     );
     assert_eq!(last["usage"]["prompt_tokens"], 50);
-    let ev = &stack.wait_events("user=u-openai-stream", 1)[0];
-    check_event(
-        ev,
-        merge(
-            base("u-openai-stream"),
-            json!({
-                "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
-                "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
-                "streaming": true, "input_tokens": 50, "output_tokens": 12,
-                "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
-                "cost_usd": usd(50 * 150_000 + 12 * 600_000),
-            }),
-        ),
+    expect_event(
+        &stack,
+        "u-openai-stream",
+        json!({
+            "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
+            "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
+            "streaming": true, "input_tokens": 50, "output_tokens": 12,
+            "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
+            "cost_usd": usd(50 * 150_000 + 12 * 600_000),
+        }),
     );
 
     // 3. Anthropic messages, not streamed, with cache reads and writes.
@@ -179,20 +175,17 @@ fn four_api_shapes_are_metered_exactly() {
         &body,
     );
     assert_eq!(status, 200, "{text}");
-    let ev = &stack.wait_events("user=u-anthropic", 1)[0];
     // claude-sonnet-4-5: $3 in, $0.30 cache read, $3.75 cache write, $15 out per 1M.
-    check_event(
-        ev,
-        merge(
-            base("u-anthropic"),
-            json!({
-                "provider": "anthropic", "api": "messages", "endpoint": "/v1/messages",
-                "model_requested": "claude-sonnet-4-5", "model_actual": "claude-sonnet-4-5-20250929",
-                "streaming": false, "input_tokens": 1500, "output_tokens": 420,
-                "cached_input_tokens": 300, "cache_write_tokens": 200, "reasoning_tokens": 0,
-                "cost_usd": usd(1000 * 3_000_000 + 300 * 300_000 + 200 * 3_750_000 + 420 * 15_000_000),
-            }),
-        ),
+    expect_event(
+        &stack,
+        "u-anthropic",
+        json!({
+            "provider": "anthropic", "api": "messages", "endpoint": "/v1/messages",
+            "model_requested": "claude-sonnet-4-5", "model_actual": "claude-sonnet-4-5-20250929",
+            "streaming": false, "input_tokens": 1500, "output_tokens": 420,
+            "cached_input_tokens": 300, "cache_write_tokens": 200, "reasoning_tokens": 0,
+            "cost_usd": usd(1000 * 3_000_000 + 300 * 300_000 + 200 * 3_750_000 + 420 * 15_000_000),
+        }),
     );
 
     // 4. Anthropic streamed: message_start usage plus the cumulative message_delta, not summed.
@@ -207,19 +200,16 @@ fn four_api_shapes_are_metered_exactly() {
     );
     assert_eq!(status, 200);
     assert!(text.contains("event: message_stop"), "{text}");
-    let ev = &stack.wait_events("user=u-anthropic-stream", 1)[0];
-    check_event(
-        ev,
-        merge(
-            base("u-anthropic-stream"),
-            json!({
-                "provider": "anthropic", "api": "messages", "endpoint": "/v1/messages",
-                "model_requested": "claude-sonnet-4-5", "model_actual": "claude-sonnet-4-5-20250929",
-                "streaming": true, "input_tokens": 900, "output_tokens": 77,
-                "cached_input_tokens": 100, "cache_write_tokens": 0, "reasoning_tokens": 0,
-                "cost_usd": usd(800 * 3_000_000 + 100 * 300_000 + 77 * 15_000_000),
-            }),
-        ),
+    expect_event(
+        &stack,
+        "u-anthropic-stream",
+        json!({
+            "provider": "anthropic", "api": "messages", "endpoint": "/v1/messages",
+            "model_requested": "claude-sonnet-4-5", "model_actual": "claude-sonnet-4-5-20250929",
+            "streaming": true, "input_tokens": 900, "output_tokens": 77,
+            "cached_input_tokens": 100, "cache_write_tokens": 0, "reasoning_tokens": 0,
+            "cost_usd": usd(800 * 3_000_000 + 100 * 300_000 + 77 * 15_000_000),
+        }),
     );
 
     // No attribution header reached the provider; credentials did, untouched.

@@ -7,7 +7,7 @@
 //! events, so repeated fields are never double counted. Anthropic's `input_tokens` excludes cache
 //! reads and writes, so the total input is the sum of the three.
 
-use super::{parse_raw, Api, ErrorBody, ResponseMeter};
+use super::{parse_raw, Api, ErrorBody, Facts, ResponseMeter};
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 use serde::Deserialize;
@@ -54,8 +54,7 @@ pub struct AnthropicMeter {
     output: Option<u64>,
     cache_write: Option<u64>,
     cache_read: Option<u64>,
-    model: Option<String>,
-    error: Option<String>,
+    facts: Facts,
 }
 
 impl AnthropicMeter {
@@ -64,32 +63,7 @@ impl AnthropicMeter {
         self.output = u.output_tokens.or(self.output);
         self.cache_write = u.cache_creation_input_tokens.or(self.cache_write);
         self.cache_read = u.cache_read_input_tokens.or(self.cache_read);
-    }
-}
-
-impl ResponseMeter for AnthropicMeter {
-    fn keys(&self) -> &'static [(&'static str, usize)] {
-        KEYS
-    }
-
-    fn on_document(&mut self, doc: &TopLevelScanner) {
-        if let Some(m) = doc.string("model") {
-            self.model = Some(m);
-        }
-        if let Some(u) = parse_raw::<WireUsage>(doc.raw("usage")) {
-            self.take(u);
-        }
-        if let Some(msg) = parse_raw::<StartMessage>(doc.raw("message")) {
-            if let Some(m) = msg.model {
-                self.model = Some(m);
-            }
-            if let Some(u) = msg.usage {
-                self.take(u);
-            }
-        }
-        if let Some(e) = parse_raw::<ErrorBody>(doc.raw("error")).and_then(ErrorBody::best) {
-            self.error = Some(e);
-        }
+        self.facts.usage = self.usage();
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -105,12 +79,34 @@ impl ResponseMeter for AnthropicMeter {
             reasoning: 0,
         })
     }
+}
 
-    fn model(&self) -> Option<&str> {
-        self.model.as_deref()
+impl ResponseMeter for AnthropicMeter {
+    fn keys(&self) -> &'static [(&'static str, usize)] {
+        KEYS
     }
 
-    fn error_code(&self) -> Option<&str> {
-        self.error.as_deref()
+    fn on_document(&mut self, doc: &TopLevelScanner) {
+        if let Some(m) = doc.string("model") {
+            self.facts.model = Some(m);
+        }
+        if let Some(u) = parse_raw::<WireUsage>(doc.raw("usage")) {
+            self.take(u);
+        }
+        if let Some(msg) = parse_raw::<StartMessage>(doc.raw("message")) {
+            if let Some(m) = msg.model {
+                self.facts.model = Some(m);
+            }
+            if let Some(u) = msg.usage {
+                self.take(u);
+            }
+        }
+        if let Some(e) = parse_raw::<ErrorBody>(doc.raw("error")).and_then(ErrorBody::best) {
+            self.facts.error = Some(e);
+        }
+    }
+
+    fn facts(&self) -> &Facts {
+        &self.facts
     }
 }

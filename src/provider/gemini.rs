@@ -5,7 +5,7 @@
 //! `thoughtsTokenCount` is billed as output but not included in `candidatesTokenCount`, so it is
 //! added to output and reported as reasoning.
 
-use super::{parse_raw, ErrorBody, ResponseMeter};
+use super::{parse_raw, ErrorBody, Facts, ResponseMeter};
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 use serde::Deserialize;
@@ -47,9 +47,7 @@ struct WireUsage {
 
 #[derive(Default)]
 pub struct GeminiMeter {
-    usage: Option<Usage>,
-    model: Option<String>,
-    error: Option<String>,
+    facts: Facts,
 }
 
 impl ResponseMeter for GeminiMeter {
@@ -58,13 +56,14 @@ impl ResponseMeter for GeminiMeter {
     }
 
     fn on_document(&mut self, doc: &TopLevelScanner) {
+        let f = &mut self.facts;
         if let Some(m) = doc.string("modelVersion") {
-            self.model = Some(m);
+            f.model = Some(m);
         }
         if let Some(u) = parse_raw::<WireUsage>(doc.raw("usageMetadata")) {
             if let Some(input) = u.prompt_token_count {
                 let thoughts = u.thoughts_token_count.unwrap_or(0);
-                self.usage = Some(Usage {
+                f.usage = Some(Usage {
                     input,
                     output: u
                         .candidates_token_count
@@ -77,19 +76,11 @@ impl ResponseMeter for GeminiMeter {
             }
         }
         if let Some(e) = parse_raw::<ErrorBody>(doc.raw("error")).and_then(ErrorBody::best) {
-            self.error = Some(e);
+            f.error = Some(e);
         }
     }
 
-    fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
-
-    fn model(&self) -> Option<&str> {
-        self.model.as_deref()
-    }
-
-    fn error_code(&self) -> Option<&str> {
-        self.error.as_deref()
+    fn facts(&self) -> &Facts {
+        &self.facts
     }
 }

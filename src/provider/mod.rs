@@ -121,18 +121,24 @@ pub fn detect(
     })
 }
 
+/// What a response has told so far.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// Exact usage, once the provider has reported it.
+    pub usage: Option<Usage>,
+    /// The model the provider says it served.
+    pub model: Option<String>,
+    /// The provider's machine-readable error code or type, when the body carried an error.
+    pub error: Option<String>,
+}
+
 /// Reads one provider's response: either a whole JSON body or each SSE event's JSON data.
 pub trait ResponseMeter {
     /// Top-level keys to record from each JSON document, with the most bytes kept of each.
     fn keys(&self) -> &'static [(&'static str, usize)];
     /// Take what a finished JSON document says (a body, or one stream event).
     fn on_document(&mut self, doc: &TopLevelScanner);
-    /// Exact usage, once the provider has reported it.
-    fn usage(&self) -> Option<Usage>;
-    /// The model the provider says it served.
-    fn model(&self) -> Option<&str>;
-    /// The provider's machine-readable error code or type, when the body carried an error.
-    fn error_code(&self) -> Option<&str>;
+    fn facts(&self) -> &Facts;
 }
 
 /// The meter follows the wire format (the API), not the label: an OpenAI-compatible provider

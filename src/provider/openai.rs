@@ -6,7 +6,7 @@
 //! `prompt_tokens` already includes `cached_tokens`, and `completion_tokens` already includes
 //! `reasoning_tokens`, which is the shape of [`Usage`].
 
-use super::{parse_raw, Api, ErrorBody, ResponseMeter};
+use super::{parse_raw, Api, ErrorBody, Facts, ResponseMeter};
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 use serde::Deserialize;
@@ -83,9 +83,7 @@ struct ResponseObject {
 
 #[derive(Default)]
 pub struct OpenAiMeter {
-    usage: Option<Usage>,
-    model: Option<String>,
-    error: Option<String>,
+    facts: Facts,
 }
 
 impl ResponseMeter for OpenAiMeter {
@@ -94,37 +92,24 @@ impl ResponseMeter for OpenAiMeter {
     }
 
     fn on_document(&mut self, doc: &TopLevelScanner) {
-        if self.model.is_none() {
-            self.model = doc.string("model");
+        let f = &mut self.facts;
+        if f.model.is_none() {
+            f.model = doc.string("model");
         }
         if let Some(u) = parse_raw::<WireUsage>(doc.raw("usage")).and_then(WireUsage::into_usage) {
-            self.usage = Some(u);
+            f.usage = Some(u);
         }
         if let Some(e) = parse_raw::<ErrorBody>(doc.raw("error")).and_then(ErrorBody::best) {
-            self.error = Some(e);
+            f.error = Some(e);
         }
         if let Some(r) = parse_raw::<ResponseObject>(doc.raw("response")) {
-            if let Some(m) = r.model {
-                self.model = Some(m);
-            }
-            if let Some(u) = r.usage.and_then(WireUsage::into_usage) {
-                self.usage = Some(u);
-            }
-            if let Some(e) = r.error.and_then(ErrorBody::best) {
-                self.error = Some(e);
-            }
+            f.model = r.model.or(f.model.take());
+            f.usage = r.usage.and_then(WireUsage::into_usage).or(f.usage);
+            f.error = r.error.and_then(ErrorBody::best).or(f.error.take());
         }
     }
 
-    fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
-
-    fn model(&self) -> Option<&str> {
-        self.model.as_deref()
-    }
-
-    fn error_code(&self) -> Option<&str> {
-        self.error.as_deref()
+    fn facts(&self) -> &Facts {
+        &self.facts
     }
 }
