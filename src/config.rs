@@ -68,6 +68,7 @@ struct Raw {
     queue_max_events: Option<usize>,
     call_timeout_ms: Option<u64>,
     max_sse_event_bytes: Option<usize>,
+    max_decompressed_bytes: Option<usize>,
     #[serde(default)]
     header_aliases: BTreeMap<String, Vec<String>>,
 }
@@ -82,6 +83,8 @@ pub struct Config {
     pub queue_max_events: usize,
     pub call_timeout_ms: u64,
     pub max_sse_event_bytes: usize,
+    /// Cap on a compressed response's decoded size (bombs stop here).
+    pub max_decompressed_bytes: usize,
     /// Lower-case header name -> the field it fills (defaults and aliases).
     pub headers: Vec<(String, Field)>,
 }
@@ -181,6 +184,7 @@ impl Config {
             queue_max_events: raw.queue_max_events.unwrap_or(10_000),
             call_timeout_ms: raw.call_timeout_ms.unwrap_or(5000),
             max_sse_event_bytes: raw.max_sse_event_bytes.unwrap_or(1 << 20),
+            max_decompressed_bytes: raw.max_decompressed_bytes.unwrap_or(64 << 20),
             headers,
         };
         if cfg.collector_cluster.is_empty() {

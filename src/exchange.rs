@@ -10,6 +10,7 @@
 //! ```
 
 use crate::config::{Config, Field};
+use crate::decode::{is_identity, Decoder};
 use crate::errors::classify;
 use crate::event::Event;
 use crate::pricing::PriceTable;
@@ -65,7 +66,10 @@ pub struct Exchange {
     sse: bool,
     body: Body,
     meter: Box<dyn ResponseMeter>,
+    /// Set when the response is compressed.
+    decoder: Option<Decoder>,
     max_sse_event: usize,
+    max_decoded: usize,
 }
 
 /// A label from a header value: trimmed, bounded, printable.
@@ -138,7 +142,9 @@ pub fn begin(cfg: &Config, headers: &[(String, String)], now_unix_ms: f64) -> Be
             sse: false,
             body: Body::Pending,
             meter,
+            decoder: None,
             max_sse_event: cfg.max_sse_event_bytes,
+            max_decoded: cfg.max_decompressed_bytes,
         }
     });
     Begin { exchange, strip }
@@ -169,13 +175,16 @@ impl Exchange {
         self.status = status;
         self.ttfb_ms = Some(now_unix_ms - self.started_unix_ms);
         let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        let identity = content_encoding
-            .map(|e| e.trim().is_empty() || e.trim().eq_ignore_ascii_case("identity"))
-            .unwrap_or(true);
-        self.body = if !identity {
-            // Compressed bodies are not decoded yet: the event carries no usage.
-            Body::Ignore
-        } else if ct.starts_with("text/event-stream") {
+        if !is_identity(content_encoding) {
+            self.decoder =
+                content_encoding.and_then(|e| Decoder::for_encoding(e, self.max_decoded));
+            if self.decoder.is_none() {
+                // An encoding Tally cannot decode: no usage rather than a wrong one.
+                self.body = Body::Ignore;
+                return;
+            }
+        }
+        self.body = if ct.starts_with("text/event-stream") {
             self.sse = true;
             Body::Sse {
                 parser: SseParser::new(self.max_sse_event),
@@ -189,29 +198,19 @@ impl Exchange {
     }
 
     pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) {
-        let meter = &mut self.meter;
-        match &mut self.body {
-            Body::Json(scanner) => {
-                scanner.feed(chunk);
-                if end_of_stream || scanner.is_done() {
-                    meter.on_document(scanner);
+        let data = match &mut self.decoder {
+            None => chunk,
+            Some(d) => match d.feed(chunk) {
+                Ok(decoded) => decoded,
+                Err(_) => {
+                    // Corrupt or past the cap: stop reading this body.
                     self.body = Body::Ignore;
+                    self.decoder = None;
+                    return;
                 }
-            }
-            Body::Sse { parser, doc } => {
-                let mut on_event = |e: crate::sse::SseEvent<'_>| {
-                    doc.reset();
-                    doc.feed(e.data);
-                    meter.on_document(doc);
-                };
-                parser.feed(chunk, &mut on_event);
-                if end_of_stream {
-                    parser.finish(&mut on_event);
-                    self.body = Body::Ignore;
-                }
-            }
-            Body::Pending | Body::Ignore => {}
-        }
+            },
+        };
+        read_body(&mut self.body, self.meter.as_mut(), data, end_of_stream);
     }
 
     /// Build the event. Call once, when Envoy is done with the stream.
@@ -269,6 +268,33 @@ impl Exchange {
             rule: None,
             routed: false,
         }
+    }
+}
+
+/// Feed (decoded) response bytes to the JSON scanner or the SSE parser, and each finished
+/// document to the provider's meter.
+fn read_body(body: &mut Body, meter: &mut dyn ResponseMeter, chunk: &[u8], end_of_stream: bool) {
+    match body {
+        Body::Json(scanner) => {
+            scanner.feed(chunk);
+            if end_of_stream || scanner.is_done() {
+                meter.on_document(scanner);
+                *body = Body::Ignore;
+            }
+        }
+        Body::Sse { parser, doc } => {
+            let mut on_event = |e: crate::sse::SseEvent<'_>| {
+                doc.reset();
+                doc.feed(e.data);
+                meter.on_document(doc);
+            };
+            parser.feed(chunk, &mut on_event);
+            if end_of_stream {
+                parser.finish(&mut on_event);
+                *body = Body::Ignore;
+            }
+        }
+        Body::Pending | Body::Ignore => {}
     }
 }
 

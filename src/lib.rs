@@ -12,6 +12,7 @@
 )]
 
 pub mod config;
+pub mod decode;
 pub mod errors;
 pub mod event;
 pub mod exchange;

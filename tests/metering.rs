@@ -312,3 +312,93 @@ fn unmetered_requests_still_lose_their_tally_headers() {
         ]
     );
 }
+
+#[test]
+fn compressed_responses_are_metered_exactly() {
+    let cfg = Config::parse(b"", Some(KEY.into())).unwrap();
+    let prices = PriceTable::builtin().unwrap();
+    for (encoding, file, path, ct) in [
+        (
+            "gzip",
+            "openai/chat_completion.json.gz",
+            "/v1/chat/completions",
+            "application/json",
+        ),
+        (
+            "br",
+            "openai/chat_completion.json.br",
+            "/v1/chat/completions",
+            "application/json",
+        ),
+        (
+            "br",
+            "anthropic/message_stream.sse.br",
+            "/v1/messages",
+            "text/event-stream",
+        ),
+    ] {
+        let body = fixture(file);
+        for chunk in [1, 17, body.len()] {
+            let headers: Vec<(String, String)> = [(":method", "POST"), (":path", path)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let mut ex = begin(&cfg, &headers, 0.0).exchange.unwrap();
+            ex.on_request_body(br#"{"model":"gpt-4o"}"#);
+            ex.on_response_headers(Some(200), Some(ct), Some(encoding), 1.0);
+            for c in body.chunks(chunk) {
+                ex.on_response_body(c, false);
+            }
+            ex.on_response_body(&[], true);
+            let fin = Finish {
+                now_unix_ms: 2.0,
+                request_id: "r".into(),
+                code_details: None,
+                final_status: Some(200),
+            };
+            let ev = ex.finish(fin, &prices);
+            let want = if path == "/v1/messages" {
+                [Some(2520), Some(184), Some(2048), Some(0), Some(0)]
+            } else {
+                [Some(1117), Some(46), Some(1024), Some(0), Some(0)]
+            };
+            assert_eq!(tokens(&ev), want, "{file} in chunks of {chunk}");
+        }
+    }
+}
+
+#[test]
+fn compression_bomb_and_unknown_encoding_give_no_usage() {
+    use std::io::Write;
+    let cfg = Config::parse(br#"{"max_decompressed_bytes": 65536}"#, Some(KEY.into())).unwrap();
+    let prices = PriceTable::builtin().unwrap();
+    // A valid JSON response padded to 1 MiB of spaces before its usage: past the cap.
+    let mut doc = b"{\"model\":\"gpt-4o\",".to_vec();
+    doc.extend(std::iter::repeat_n(b' ', 1 << 20));
+    doc.extend_from_slice(br#""usage":{"prompt_tokens":1,"completion_tokens":1}}"#);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&doc).unwrap();
+    let bomb = gz.finish().unwrap();
+    for (encoding, body) in [("gzip", bomb), ("zstd", b"\x28\xb5\x2f\xfd".to_vec())] {
+        let headers: Vec<(String, String)> =
+            [(":method", "POST"), (":path", "/v1/chat/completions")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let mut ex = begin(&cfg, &headers, 0.0).exchange.unwrap();
+        ex.on_response_headers(Some(200), Some("application/json"), Some(encoding), 1.0);
+        for c in body.chunks(4096) {
+            ex.on_response_body(c, false);
+        }
+        ex.on_response_body(&[], true);
+        let fin = Finish {
+            now_unix_ms: 2.0,
+            request_id: "r".into(),
+            code_details: None,
+            final_status: Some(200),
+        };
+        let ev = ex.finish(fin, &prices);
+        assert_eq!(ev.input_tokens, None, "{encoding}");
+        assert_eq!(ev.token_source, None);
+    }
+}

@@ -282,3 +282,41 @@ fn unknown_model_has_null_cost_and_errors_are_categorised() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(stack.query_events("limit=1000").len(), 2);
 }
+
+#[test]
+fn gzipped_responses_are_metered_and_reach_the_client_as_sent() {
+    let stack = Stack::start();
+    for (path, body, user) in [
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "messages": []}),
+            "u-gz-openai",
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}),
+            "u-gz-anthropic",
+        ),
+    ] {
+        let resp = agent()
+            .post(&stack.url(path))
+            .set("accept-encoding", "gzip")
+            .set("x-mock-encoding", "gzip")
+            .set("x-mock-usage", "input=321,output=54,cached=21")
+            .set("x-tally-user", user)
+            .send_string(&body.to_string())
+            .unwrap();
+        assert_eq!(resp.header("content-encoding"), Some("gzip"));
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut resp.into_reader(), &mut raw).unwrap();
+        let mut plain = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&raw[..]), &mut plain)
+            .expect("the client gets the provider's gzip bytes");
+        assert!(plain.contains("\"usage\""));
+        let ev = &stack.wait_events(&format!("user={user}"), 1)[0];
+        assert_eq!(ev["input_tokens"], 321);
+        assert_eq!(ev["output_tokens"], 54);
+        assert_eq!(ev["cached_input_tokens"], 21);
+        assert_eq!(ev["token_source"], "exact");
+    }
+}

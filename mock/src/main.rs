@@ -10,6 +10,7 @@
 //! | `x-mock-model: name` | the model reported (default: a dated snapshot of the requested one) |
 //! | `x-mock-status: 429` | answer with that status and the provider's error body |
 //! | `x-mock-delay-ms: 20` | wait before the headers and between stream chunks |
+//! | `x-mock-encoding: gzip` | gzip the (non-streamed) JSON body, with `content-encoding: gzip` |
 //!
 //! Without `x-mock-usage`, input is the request body's length / 4 (rounded up) and output the
 //! number of words of the reply. `GET /__mock/requests` returns the method, path and header
@@ -49,6 +50,7 @@ struct Ask {
     usage: Usage,
     status: Option<u16>,
     delay: Duration,
+    gzip: bool,
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -105,6 +107,7 @@ fn ask(headers: &HeaderMap, body: &[u8], path_model: Option<&str>) -> Result<Ask
         reply,
         usage,
         status: header(headers, "x-mock-status").and_then(|s| s.parse().ok()),
+        gzip: header(headers, "x-mock-encoding") == Some("gzip"),
         delay: Duration::from_millis(
             header(headers, "x-mock-delay-ms")
                 .and_then(|s| s.parse().ok())
@@ -159,6 +162,24 @@ fn json_response(status: StatusCode, v: Value) -> Response {
     (status, Json(v)).into_response()
 }
 
+/// A JSON body, gzipped when the request asked for it.
+fn body_response(a: &Ask, v: Value) -> Response {
+    if !a.gzip {
+        return json_response(StatusCode::OK, v);
+    }
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let bytes = e
+        .write_all(v.to_string().as_bytes())
+        .and_then(|()| e.finish())
+        .unwrap_or_default();
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(Body::from(bytes))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
 fn record(seen: &Seen, method: &str, path: &str, headers: &HeaderMap) {
     let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
     if let Ok(mut q) = seen.0.lock() {
@@ -199,8 +220,8 @@ async fn openai_chat(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) 
     });
     let id = "chatcmpl-mock0001";
     if !a.stream {
-        return json_response(
-            StatusCode::OK,
+        return body_response(
+            &a,
             json!({
                 "id": id, "object": "chat.completion", "created": 1_764_000_000, "model": a.actual,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": a.reply,
@@ -265,8 +286,8 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
     let base_input = u.input.saturating_sub(u.cached + u.cache_write);
     let id = "msg_mock0001";
     if !a.stream {
-        return json_response(
-            StatusCode::OK,
+        return body_response(
+            &a,
             json!({
                 "id": id, "type": "message", "role": "assistant", "model": a.actual,
                 "content": [{"type": "text", "text": a.reply}],
