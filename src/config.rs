@@ -69,6 +69,7 @@ struct Raw {
     call_timeout_ms: Option<u64>,
     max_sse_event_bytes: Option<usize>,
     max_decompressed_bytes: Option<usize>,
+    stream_usage: Option<bool>,
     #[serde(default)]
     header_aliases: BTreeMap<String, Vec<String>>,
 }
@@ -85,6 +86,9 @@ pub struct Config {
     pub max_sse_event_bytes: usize,
     /// Cap on a compressed response's decoded size (bombs stop here).
     pub max_decompressed_bytes: usize,
+    /// Add `stream_options.include_usage` to OpenAI-style streams that lack it, and hide the
+    /// usage chunk from the client.
+    pub stream_usage: bool,
     /// Lower-case header name -> the field it fills (defaults and aliases).
     pub headers: Vec<(String, Field)>,
 }
@@ -185,6 +189,7 @@ impl Config {
             call_timeout_ms: raw.call_timeout_ms.unwrap_or(5000),
             max_sse_event_bytes: raw.max_sse_event_bytes.unwrap_or(1 << 20),
             max_decompressed_bytes: raw.max_decompressed_bytes.unwrap_or(64 << 20),
+            stream_usage: raw.stream_usage.unwrap_or(true),
             headers,
         };
         if cfg.collector_cluster.is_empty() {

@@ -14,16 +14,27 @@ use crate::decode::{is_identity, Decoder};
 use crate::errors::classify;
 use crate::event::Event;
 use crate::pricing::PriceTable;
-use crate::provider::{self, Provider, ResponseMeter, Route};
+use crate::provider::{self, Api, Provider, ResponseMeter, Route};
 use crate::scan::TopLevelScanner;
 use crate::sse::SseParser;
+use crate::stream_usage::{self, UsageChunkStripper};
 use crate::time::format_rfc3339_ms;
 use crate::usage::TokenSource;
 
 /// The most bytes of an attribution header value kept; labels, not documents.
 const MAX_LABEL: usize = 128;
 
-const REQUEST_KEYS: &[(&str, usize)] = &[("model", 256), ("stream", 16)];
+const REQUEST_KEYS: &[(&str, usize)] = &[
+    ("model", 256),
+    (
+        stream_usage::REQUEST_KEYS[0].0,
+        stream_usage::REQUEST_KEYS[0].1,
+    ),
+    (
+        stream_usage::REQUEST_KEYS[1].0,
+        stream_usage::REQUEST_KEYS[1].1,
+    ),
+];
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Attribution {
@@ -41,6 +52,8 @@ pub struct Begin {
     pub exchange: Option<Exchange>,
     /// Attribution headers to remove before the request goes upstream (lower case).
     pub strip: Vec<String>,
+    /// Remove `content-length` too: the body may grow (see `stream_usage`).
+    pub drop_content_length: bool,
 }
 
 enum Body {
@@ -68,6 +81,11 @@ pub struct Exchange {
     meter: Box<dyn ResponseMeter>,
     /// Set when the response is compressed.
     decoder: Option<Decoder>,
+    /// This request may get `stream_options.include_usage` added.
+    may_add_usage: bool,
+    /// It did: the usage chunk must be removed from the response.
+    added_usage: bool,
+    stripper: Option<UsageChunkStripper>,
     max_sse_event: usize,
     max_decoded: usize,
 }
@@ -131,7 +149,12 @@ pub fn begin(cfg: &Config, headers: &[(String, String)], now_unix_ms: f64) -> Be
     }
     let exchange = provider::detect(method, path, authority, forced).map(|route| {
         let meter = provider::response_meter(route.api);
+        let may_add_usage =
+            cfg.stream_usage && matches!(route.api, Api::ChatCompletions | Api::Completions);
         Exchange {
+            may_add_usage,
+            added_usage: false,
+            stripper: None,
             endpoint: path.split(['?', '#']).next().unwrap_or("").to_string(),
             route,
             attribution,
@@ -147,7 +170,12 @@ pub fn begin(cfg: &Config, headers: &[(String, String)], now_unix_ms: f64) -> Be
             max_decoded: cfg.max_decompressed_bytes,
         }
     });
-    Begin { exchange, strip }
+    let drop_content_length = exchange.as_ref().is_some_and(|e| e.may_add_usage);
+    Begin {
+        exchange,
+        strip,
+        drop_content_length,
+    }
 }
 
 /// What the proxy layer knows once the exchange is over.
@@ -161,8 +189,24 @@ pub struct Finish<'a> {
 }
 
 impl Exchange {
-    pub fn on_request_body(&mut self, chunk: &[u8]) {
-        self.request.feed(chunk);
+    /// Scan a request chunk. Returns the bytes to send instead of it, when it must change.
+    pub fn on_request_body(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        let close = self.request.feed(chunk)?;
+        if self.may_add_usage && stream_usage::should_insert(&self.request) {
+            self.added_usage = true;
+            return Some(stream_usage::insert_member(chunk, close));
+        }
+        None
+    }
+
+    /// The proxy could not replace the request chunk: the provider will send no usage chunk.
+    pub fn request_edit_failed(&mut self) {
+        self.added_usage = false;
+    }
+
+    /// True when response chunks may be rewritten (so a `content-length` must go).
+    pub fn rewrites_response(&self) -> bool {
+        self.stripper.is_some()
     }
 
     pub fn on_response_headers(
@@ -186,6 +230,10 @@ impl Exchange {
         }
         self.body = if ct.starts_with("text/event-stream") {
             self.sse = true;
+            // A compressed stream cannot be edited cheaply; its client keeps the usage chunk.
+            if self.added_usage && self.decoder.is_none() {
+                self.stripper = Some(UsageChunkStripper::default());
+            }
             Body::Sse {
                 parser: SseParser::new(self.max_sse_event),
                 doc: TopLevelScanner::new(self.meter.keys()),
@@ -197,20 +245,23 @@ impl Exchange {
         };
     }
 
-    pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) {
+    /// Read a response chunk. Returns the bytes to send instead of it, when it must change.
+    pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
         let data = match &mut self.decoder {
-            None => chunk,
-            Some(d) => match d.feed(chunk) {
-                Ok(decoded) => decoded,
-                Err(_) => {
-                    // Corrupt or past the cap: stop reading this body.
-                    self.body = Body::Ignore;
-                    self.decoder = None;
-                    return;
-                }
-            },
+            None => Some(chunk),
+            // Corrupt or past the cap: stop reading this body.
+            Some(d) => d.feed(chunk).ok(),
         };
-        read_body(&mut self.body, self.meter.as_mut(), data, end_of_stream);
+        match data {
+            Some(data) => read_body(&mut self.body, self.meter.as_mut(), data, end_of_stream),
+            None => {
+                self.body = Body::Ignore;
+                self.decoder = None;
+            }
+        }
+        self.stripper
+            .as_mut()
+            .and_then(|s| s.on_chunk(chunk, end_of_stream))
     }
 
     /// Build the event. Call once, when Envoy is done with the stream.

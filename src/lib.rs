@@ -21,6 +21,7 @@ pub mod pricing;
 pub mod provider;
 pub mod scan;
 pub mod sse;
+pub mod stream_usage;
 pub mod time;
 pub mod usage;
 

@@ -22,6 +22,8 @@ struct Capture {
     value: Vec<u8>,
     complete: bool,
     overflow: bool,
+    /// The key appeared at the top level, whatever became of its value.
+    seen: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,7 @@ impl TopLevelScanner {
                     value: Vec::new(),
                     complete: false,
                     overflow: false,
+                    seen: false,
                 })
                 .collect(),
             key: Vec::with_capacity(16),
@@ -92,6 +95,7 @@ impl TopLevelScanner {
             c.value.clear();
             c.complete = false;
             c.overflow = false;
+            c.seen = false;
         }
         self.key.clear();
         self.current = None;
@@ -115,6 +119,11 @@ impl TopLevelScanner {
             .map(|c| c.value.as_slice())
     }
 
+    /// Whether a wanted key appeared at the top level (even with a value too long to keep).
+    pub fn saw_key(&self, key: &str) -> bool {
+        self.captures.iter().any(|c| c.key == key && c.seen)
+    }
+
     /// A wanted value decoded as a JSON string.
     pub fn string(&self, key: &str) -> Option<String> {
         self.raw(key)
@@ -130,12 +139,14 @@ impl TopLevelScanner {
         }
     }
 
-    pub fn feed(&mut self, chunk: &[u8]) {
+    /// Scan a chunk. Returns the offset in `chunk` of the object's closing `}` when this chunk
+    /// holds it, so a caller can edit the end of a body it never held.
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
         let mut i = 0;
         while i < chunk.len() {
             let b = chunk[i];
             match self.state {
-                State::Done | State::Invalid => return,
+                State::Done | State::Invalid => return None,
                 State::BeforeRoot => match b {
                     b'{' => self.state = State::ObjectStart,
                     // A UTF-8 byte order mark is tolerated before the document.
@@ -145,7 +156,10 @@ impl TopLevelScanner {
                 },
                 State::ObjectStart | State::BeforeKey => match b {
                     b'"' => self.start_key(),
-                    b'}' if self.state == State::ObjectStart => self.state = State::Done,
+                    b'}' if self.state == State::ObjectStart => {
+                        self.state = State::Done;
+                        return Some(i);
+                    }
                     _ if is_ws(b) => {}
                     _ => self.state = State::Invalid,
                 },
@@ -186,7 +200,7 @@ impl TopLevelScanner {
                         b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => self.state = State::Scalar,
                         _ => {
                             self.state = State::Invalid;
-                            return;
+                            return None;
                         }
                     }
                     self.record(&chunk[i..=i]);
@@ -229,7 +243,7 @@ impl TopLevelScanner {
                     }
                     if !matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'.' | b'+' | b'-') {
                         self.state = State::Invalid;
-                        return;
+                        return None;
                     }
                     self.record(&chunk[i..=i]);
                 }
@@ -281,13 +295,17 @@ impl TopLevelScanner {
                 }
                 State::AfterValue => match b {
                     b',' => self.state = State::BeforeKey,
-                    b'}' => self.state = State::Done,
+                    b'}' => {
+                        self.state = State::Done;
+                        return Some(i);
+                    }
                     _ if is_ws(b) => {}
                     _ => self.state = State::Invalid,
                 },
             }
             i += 1;
         }
+        None
     }
 
     fn start_key(&mut self) {
@@ -333,6 +351,7 @@ impl TopLevelScanner {
 
     fn begin_value(&mut self) {
         if let Some(c) = self.current.and_then(|i| self.captures.get_mut(i)) {
+            c.seen = true;
             c.value.clear();
             c.complete = false;
             c.overflow = false;
@@ -508,6 +527,23 @@ mod tests {
                 Some(&br#"{"prompt_tokens":12,"completion_tokens":3}"#[..])
             );
         }
+    }
+
+    #[test]
+    fn reports_where_the_object_closes() {
+        let doc = b"{\"a\":[{}],\"b\":\"}\"} \n";
+        let close = doc.len() - 3;
+        for at in 0..=doc.len() {
+            let mut s = TopLevelScanner::new(&[]);
+            let first = s.feed(&doc[..at]);
+            let second = s.feed(&doc[at..]);
+            match (first, second) {
+                (Some(i), None) => assert_eq!(i, close),
+                (None, Some(i)) => assert_eq!(at + i, close),
+                other => panic!("split {at}: {other:?}"),
+            }
+        }
+        assert_eq!(TopLevelScanner::new(&[]).feed(b" {} "), Some(2));
     }
 
     #[test]

@@ -320,3 +320,86 @@ fn gzipped_responses_are_metered_and_reach_the_client_as_sent() {
         assert_eq!(ev["token_source"], "exact");
     }
 }
+
+/// A streamed chat completion without `stream_options`: Tally asks for usage and hides the
+/// usage chunk, so the client's bytes are the provider's (as sent with usage on) less that chunk.
+#[test]
+fn usage_is_requested_for_streams_and_hidden_from_the_client() {
+    let stack = Stack::start();
+    let body = json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let usage = "input=64,output=11,cached=0,reasoning=0";
+    let (status, through_envoy, _) = send(
+        agent()
+            .post(&stack.url("/v1/chat/completions"))
+            .set("content-type", "application/json")
+            .set("x-tally-user", "u-added")
+            .set("x-mock-usage", usage),
+        Some(&body.to_string()),
+    );
+    assert_eq!(status, 200);
+    // What the provider sends when usage is on, asked directly.
+    let mut with_usage = body.clone();
+    with_usage["stream_options"] = json!({"include_usage": true});
+    let (_, provider_bytes, _) = send(
+        agent()
+            .post(&format!(
+                "http://127.0.0.1:{}/v1/chat/completions",
+                stack.mock_port
+            ))
+            .set("x-mock-usage", usage),
+        Some(&with_usage.to_string()),
+    );
+    let events: Vec<&str> = provider_bytes.split_inclusive("\n\n").collect();
+    let usage_only: Vec<&&str> = events
+        .iter()
+        .filter(|e| e.contains(r#""choices":[]"#))
+        .collect();
+    assert_eq!(usage_only.len(), 1, "{provider_bytes}");
+    let expected: String = events
+        .iter()
+        .filter(|e| !e.contains(r#""choices":[]"#))
+        .copied()
+        .collect();
+    assert_eq!(through_envoy, expected);
+    assert!(!through_envoy.contains(r#""prompt_tokens""#));
+
+    let ev = &stack.wait_events("user=u-added", 1)[0];
+    assert_eq!(ev["input_tokens"], 64);
+    assert_eq!(ev["output_tokens"], 11);
+    assert_eq!(ev["token_source"], "exact");
+    assert_eq!(ev["streaming"], true);
+
+    // A request that is not streamed is passed as it is (no usage request added).
+    let (status, text, _) = send(
+        agent()
+            .post(&stack.url("/v1/chat/completions"))
+            .set("x-tally-user", "u-plain")
+            .set("x-mock-usage", "input=3,output=2"),
+        Some(r#"{"model":"gpt-4o-mini","messages":[]}"#),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(stack.wait_events("user=u-plain", 1)[0]["input_tokens"], 3);
+}
+
+#[test]
+fn usage_request_can_be_switched_off() {
+    let stack = Stack::start_with(common::Options {
+        filter_config: r#"{"flush_interval_ms": 100, "stream_usage": false}"#.into(),
+        ..common::Options::default()
+    });
+    let (status, text, _) = send(
+        agent()
+            .post(&stack.url("/v1/chat/completions"))
+            .set("x-tally-user", "u-off")
+            .set("x-mock-usage", "input=64,output=11"),
+        Some(r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        !text.contains("\"usage\""),
+        "the provider was not asked for usage: {text}"
+    );
+    let ev = &stack.wait_events("user=u-off", 1)[0];
+    assert_eq!(ev["streaming"], true);
+    assert_eq!(ev["input_tokens"], serde_json::Value::Null);
+}

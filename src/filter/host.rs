@@ -42,6 +42,11 @@ pub fn body(buffer: BufferType, size: usize) -> Option<Vec<u8>> {
     hostcalls::get_buffer(buffer, 0, size).ok().flatten()
 }
 
+/// Replace the current chunk of a body with `bytes`.
+pub fn replace_body(buffer: BufferType, size: usize, bytes: &[u8]) -> bool {
+    hostcalls::set_buffer(buffer, 0, size, bytes).is_ok()
+}
+
 pub fn property_bytes(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }

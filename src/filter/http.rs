@@ -53,6 +53,11 @@ impl HttpContext for Req {
                 Metrics::add(s.metrics.filter_errors, 1);
             }
         }
+        if b.drop_content_length
+            && !host::remove_header(MapType::HttpRequestHeaders, "content-length")
+        {
+            Metrics::add(s.metrics.filter_errors, 1);
+        }
         if b.exchange.is_some() {
             Metrics::add(s.metrics.requests_metered, 1);
         }
@@ -61,10 +66,17 @@ impl HttpContext for Req {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if let Some(ex) = self.exchange.as_mut() {
-            match host::body(BufferType::HttpRequestBody, body_size) {
-                Some(chunk) => ex.on_request_body(&chunk),
-                None => self.error(),
+        let Some(ex) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let Some(chunk) = host::body(BufferType::HttpRequestBody, body_size) else {
+            self.error();
+            return Action::Continue;
+        };
+        if let Some(edited) = ex.on_request_body(&chunk) {
+            if !host::replace_body(BufferType::HttpRequestBody, body_size, &edited) {
+                ex.request_edit_failed();
+                self.error();
             }
         }
         Action::Continue
@@ -80,15 +92,26 @@ impl HttpContext for Req {
                 h("content-encoding").as_deref(),
                 host::now_ms(),
             );
+            if ex.rewrites_response()
+                && !host::remove_header(MapType::HttpResponseHeaders, "content-length")
+            {
+                self.error();
+            }
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if let Some(ex) = self.exchange.as_mut() {
-            match host::body(BufferType::HttpResponseBody, body_size) {
-                Some(chunk) => ex.on_response_body(&chunk, end_of_stream),
-                None => self.error(),
+        let Some(ex) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let Some(chunk) = host::body(BufferType::HttpResponseBody, body_size) else {
+            self.error();
+            return Action::Continue;
+        };
+        if let Some(edited) = ex.on_response_body(&chunk, end_of_stream) {
+            if !host::replace_body(BufferType::HttpResponseBody, body_size, &edited) {
+                self.error();
             }
         }
         Action::Continue
