@@ -53,14 +53,20 @@ fn from_envoy_details(details: &str) -> Option<(C, S)> {
     }
     let d = details;
     Some(
-        if d.starts_with("downstream_remote_disconnect") || d.contains("downstream_") {
+        if d.starts_with("downstream_") || d.contains("downstream_remote_disconnect") {
             (C::ClientDisconnect, S::Client)
-        } else if d.starts_with("response_timeout") || d.contains("timeout") {
+        } else if d.starts_with("upstream_reset_after_response_started") {
+            // The provider's answer had begun, then its connection broke.
+            (C::ProviderError, S::Network)
+        } else if d.starts_with("response_timeout")
+            || d.starts_with("stream_idle_timeout")
+            || d.contains("timeout")
+        {
             (C::Timeout, S::Network)
         } else if d.starts_with("upstream_reset")
             || d.starts_with("no_healthy_upstream")
             || d.contains("connection_failure")
-            || d.contains("upstream_")
+            || d.starts_with("upstream_")
         {
             (C::UpstreamUnreachable, S::Network)
         } else {
@@ -70,18 +76,29 @@ fn from_envoy_details(details: &str) -> Option<(C, S)> {
 }
 
 /// Classify an exchange. `status` is what the client got (None: it got nothing), `code` the
-/// provider's error code from the body, `details` Envoy's response code details when known.
-pub fn classify(status: Option<u16>, code: Option<&str>, details: Option<&str>) -> Option<(C, S)> {
+/// provider's error code from the body, `details` Envoy's response code details when known,
+/// `interrupted` whether a stream ended before its end.
+pub fn classify(
+    status: Option<u16>,
+    code: Option<&str>,
+    details: Option<&str>,
+    interrupted: bool,
+) -> Option<(C, S)> {
     if let Some(found) = details.and_then(from_envoy_details) {
         return Some(found);
+    }
+    if let Some(c) = code.and_then(from_provider_code) {
+        return Some((c, S::Provider));
+    }
+    if interrupted {
+        // Envoy saw the upstream's response through (`via_upstream`) yet the stream never
+        // ended: the client went away.
+        return Some((C::ClientDisconnect, S::Client));
     }
     let Some(status) = status else {
         // No status and no explanation from Envoy: the client went away first.
         return Some((C::ClientDisconnect, S::Client));
     };
-    if let Some(c) = code.and_then(from_provider_code) {
-        return Some((c, S::Provider));
-    }
     from_status(status).map(|c| (c, S::Provider))
 }
 
@@ -90,39 +107,65 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classifies() {
-        assert_eq!(classify(Some(200), None, Some("via_upstream")), None);
+    fn interrupted_streams() {
         assert_eq!(
-            classify(Some(429), Some("rate_limit_exceeded"), Some("via_upstream")),
+            classify(Some(200), None, Some("via_upstream"), true),
+            Some((C::ClientDisconnect, S::Client))
+        );
+        assert_eq!(
+            classify(
+                Some(200),
+                None,
+                Some("upstream_reset_after_response_started{remote_reset}"),
+                true
+            ),
+            Some((C::ProviderError, S::Network))
+        );
+        assert_eq!(
+            classify(Some(200), Some("overloaded_error"), None, true),
+            Some((C::Overloaded, S::Provider))
+        );
+    }
+
+    #[test]
+    fn classifies() {
+        assert_eq!(classify(Some(200), None, Some("via_upstream"), false), None);
+        assert_eq!(
+            classify(
+                Some(429),
+                Some("rate_limit_exceeded"),
+                Some("via_upstream"),
+                false
+            ),
             Some((C::RateLimited, S::Provider))
         );
         assert_eq!(
-            classify(Some(400), Some("context_length_exceeded"), None),
+            classify(Some(400), Some("context_length_exceeded"), None, false),
             Some((C::ContextLength, S::Provider))
         );
         assert_eq!(
-            classify(Some(529), Some("overloaded_error"), None),
+            classify(Some(529), Some("overloaded_error"), None, false),
             Some((C::Overloaded, S::Provider))
         );
         // An error event inside a 200 stream still counts.
         assert_eq!(
-            classify(Some(200), Some("overloaded_error"), None),
+            classify(Some(200), Some("overloaded_error"), None, false),
             Some((C::Overloaded, S::Provider))
         );
         assert_eq!(
-            classify(Some(418), None, None),
+            classify(Some(418), None, None, false),
             Some((C::InvalidRequest, S::Provider))
         );
         assert_eq!(
-            classify(Some(503), None, Some("no_healthy_upstream")),
+            classify(Some(503), None, Some("no_healthy_upstream"), false),
             Some((C::UpstreamUnreachable, S::Network))
         );
         assert_eq!(
-            classify(Some(504), None, Some("response_timeout")),
+            classify(Some(504), None, Some("response_timeout"), false),
             Some((C::Timeout, S::Network))
         );
         assert_eq!(
-            classify(None, None, None),
+            classify(None, None, None, false),
             Some((C::ClientDisconnect, S::Client))
         );
     }

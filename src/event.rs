@@ -55,6 +55,11 @@ pub struct Event {
     pub cache_write_tokens: Option<u64>,
     pub reasoning_tokens: Option<u64>,
     pub token_source: Option<TokenSource>,
+    /// Output tokens as Tally counted them, when it did: for a `measured` event the same as
+    /// `output_tokens` before calibration; beside exact usage, a sample that teaches the
+    /// collector the model's exact/measured ratio.
+    #[serde(default)]
+    pub measured_output_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
     pub error_category: Option<ErrorCategory>,
     pub error_source: Option<ErrorSource>,

@@ -13,16 +13,20 @@ use crate::config::{Config, Field};
 use crate::decode::{is_identity, Decoder};
 use crate::errors::classify;
 use crate::event::Event;
+use crate::measure::{self, StreamRecord, Tokenizers};
 use crate::pricing::PriceTable;
 use crate::provider::{self, Api, Provider, ResponseMeter, Route};
 use crate::scan::TopLevelScanner;
 use crate::sse::SseParser;
 use crate::stream_usage::{self, UsageChunkStripper};
 use crate::time::format_rfc3339_ms;
-use crate::usage::TokenSource;
+use crate::usage::{TokenSource, Usage};
 
 /// The most bytes of an attribution header value kept; labels, not documents.
 const MAX_LABEL: usize = 128;
+
+/// Most bytes of stream event data kept for counting output.
+const MAX_RECORD: usize = 8 << 20;
 
 const REQUEST_KEYS: &[(&str, usize)] = &[
     ("model", 256),
@@ -77,7 +81,11 @@ pub struct Exchange {
     status: Option<u16>,
     ttfb_ms: Option<f64>,
     sse: bool,
+    /// The response body reached its end (not cut short).
+    complete: bool,
     body: Body,
+    /// A stream's event data, kept to count output if no usage arrives.
+    record: Option<StreamRecord>,
     meter: Box<dyn ResponseMeter>,
     /// Set when the response is compressed.
     decoder: Option<Decoder>,
@@ -163,7 +171,9 @@ pub fn begin(cfg: &Config, headers: &[(String, String)], now_unix_ms: f64) -> Be
             status: None,
             ttfb_ms: None,
             sse: false,
+            complete: false,
             body: Body::Pending,
+            record: None,
             meter,
             decoder: None,
             max_sse_event: cfg.max_sse_event_bytes,
@@ -230,6 +240,7 @@ impl Exchange {
         }
         self.body = if ct.starts_with("text/event-stream") {
             self.sse = true;
+            self.record = Some(StreamRecord::new(MAX_RECORD));
             // A compressed stream cannot be edited cheaply; its client keeps the usage chunk.
             if self.added_usage && self.decoder.is_none() {
                 self.stripper = Some(UsageChunkStripper::default());
@@ -247,27 +258,48 @@ impl Exchange {
 
     /// Read a response chunk. Returns the bytes to send instead of it, when it must change.
     pub fn on_response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Option<Vec<u8>> {
+        if end_of_stream {
+            self.complete = true;
+        }
+        self.read(chunk, end_of_stream);
+        self.stripper
+            .as_mut()
+            .and_then(|s| s.on_chunk(chunk, end_of_stream))
+    }
+
+    fn read(&mut self, chunk: &[u8], end_of_stream: bool) {
         let data = match &mut self.decoder {
             None => Some(chunk),
             // Corrupt or past the cap: stop reading this body.
             Some(d) => d.feed(chunk).ok(),
         };
         match data {
-            Some(data) => read_body(&mut self.body, self.meter.as_mut(), data, end_of_stream),
+            Some(data) => read_body(
+                &mut self.body,
+                self.meter.as_mut(),
+                self.record.as_mut(),
+                data,
+                end_of_stream,
+            ),
             None => {
                 self.body = Body::Ignore;
                 self.decoder = None;
             }
         }
-        self.stripper
-            .as_mut()
-            .and_then(|s| s.on_chunk(chunk, end_of_stream))
     }
 
-    /// Build the event. Call once, when Envoy is done with the stream.
-    pub fn finish(mut self, fin: Finish<'_>, prices: &PriceTable) -> Event {
-        // A body cut short still yields what it carried so far.
-        self.on_response_body(&[], true);
+    /// Build the event. Call once, when Envoy is done with the stream. `tokenizers` counts
+    /// output when the provider reported no (complete) usage.
+    pub fn finish(
+        mut self,
+        fin: Finish<'_>,
+        prices: &PriceTable,
+        tokenizers: &mut Tokenizers,
+    ) -> Event {
+        if !self.complete {
+            // A body cut short still yields what it carried so far.
+            self.read(&[], true);
+        }
         let status = fin.final_status.or(self.status);
         let model_requested = self
             .request
@@ -275,19 +307,43 @@ impl Exchange {
             .or_else(|| self.route.path_model.clone());
         let facts = self.meter.facts().clone();
         let model_actual = facts.model;
-        let usage = facts.usage;
-        let cost_usd = usage.and_then(|u| {
-            let model = model_actual.as_deref().or(model_requested.as_deref())?;
-            prices.cost_usd(model, &u)
-        });
-        let (error_category, error_source) =
-            match classify(status, facts.error.as_deref(), fin.code_details) {
-                Some((c, s)) => (Some(c), Some(s)),
-                None => (None, None),
-            };
+        let model = model_actual.as_deref().or(model_requested.as_deref());
+        let exact = facts
+            .usage
+            .filter(|_| facts.usage_final && (self.complete || !self.sse));
+        let measured = self.measure(exact.is_some(), model.unwrap_or(""), tokenizers);
+        let (usage, source) = match (exact, measured) {
+            (Some(u), _) => (Some(u), Some(TokenSource::Exact)),
+            (None, Some(m)) => {
+                // What the provider did report (the input side) stays; output is counted.
+                let partial = facts.usage.unwrap_or_default();
+                let u = Usage {
+                    output: m,
+                    reasoning: 0,
+                    ..partial
+                };
+                (Some(u), Some(TokenSource::Measured))
+            }
+            (None, None) => (None, None),
+        };
+        let input_known = exact.is_some() || facts.usage.is_some();
+        let cost_usd = usage
+            .filter(|_| input_known)
+            .and_then(|u| prices.cost_usd(model?, &u));
+        let interrupted = self.sse && !self.complete;
+        let (error_category, error_source) = match classify(
+            status,
+            facts.error.as_deref(),
+            fin.code_details,
+            interrupted,
+        ) {
+            Some((c, s)) => (Some(c), Some(s)),
+            None => (None, None),
+        };
         let streaming =
             self.sse || self.route.path_streaming || self.request.boolean("stream") == Some(true);
         let a = self.attribution;
+        let known = |f: fn(&Usage) -> u64| usage.filter(|_| input_known).map(|u| f(&u));
         Event {
             request_id: fin.request_id,
             timestamp: format_rfc3339_ms(self.started_unix_ms as i64),
@@ -301,12 +357,13 @@ impl Exchange {
             streaming,
             latency_ms: round_ms(fin.now_unix_ms - self.started_unix_ms),
             ttfb_ms: self.ttfb_ms.map(round_ms),
-            input_tokens: usage.map(|u| u.input),
+            input_tokens: known(|u| u.input),
             output_tokens: usage.map(|u| u.output),
-            cached_input_tokens: usage.map(|u| u.cached_input),
-            cache_write_tokens: usage.map(|u| u.cache_write),
-            reasoning_tokens: usage.map(|u| u.reasoning),
-            token_source: usage.map(|_| TokenSource::Exact),
+            cached_input_tokens: known(|u| u.cached_input),
+            cache_write_tokens: known(|u| u.cache_write),
+            reasoning_tokens: exact.map(|u| u.reasoning),
+            token_source: source,
+            measured_output_tokens: measured,
             cost_usd,
             error_category,
             error_source,
@@ -320,11 +377,32 @@ impl Exchange {
             routed: false,
         }
     }
+
+    /// Count a stream's output: always when exact usage is missing, and as a calibration sample
+    /// now and then when it is present and the tokenizer is loaded anyway.
+    fn measure(&self, have_exact: bool, model: &str, tokenizers: &mut Tokenizers) -> Option<u64> {
+        let record = self.record.as_ref().filter(|r| !r.truncated)?;
+        let enc = measure::encoding_for(model);
+        if have_exact && !(tokenizers.is_loaded(enc) && tokenizers.take_sample()) {
+            return None;
+        }
+        let mut text = String::new();
+        for doc in record.documents() {
+            self.meter.output_text(&doc, &mut text);
+        }
+        tokenizers.count(enc, &text)
+    }
 }
 
 /// Feed (decoded) response bytes to the JSON scanner or the SSE parser, and each finished
 /// document to the provider's meter.
-fn read_body(body: &mut Body, meter: &mut dyn ResponseMeter, chunk: &[u8], end_of_stream: bool) {
+fn read_body(
+    body: &mut Body,
+    meter: &mut dyn ResponseMeter,
+    mut record: Option<&mut StreamRecord>,
+    chunk: &[u8],
+    end_of_stream: bool,
+) {
     match body {
         Body::Json(scanner) => {
             scanner.feed(chunk);
@@ -335,6 +413,9 @@ fn read_body(body: &mut Body, meter: &mut dyn ResponseMeter, chunk: &[u8], end_o
         }
         Body::Sse { parser, doc } => {
             let mut on_event = |e: crate::sse::SseEvent<'_>| {
+                if let Some(r) = record.as_deref_mut() {
+                    r.push(e.data);
+                }
                 doc.reset();
                 doc.feed(e.data);
                 meter.on_document(doc);

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod errors;
 pub mod event;
 pub mod exchange;
+pub mod measure;
 pub mod outbox;
 pub mod pricing;
 pub mod provider;

@@ -4,6 +4,7 @@
 use tally::config::Config;
 use tally::event::{ErrorCategory, ErrorSource, Event};
 use tally::exchange::{begin, Finish};
+use tally::measure::Tokenizers;
 use tally::pricing::PriceTable;
 use tally::usage::TokenSource;
 
@@ -50,15 +51,18 @@ fn run(case: &Case<'_>, chunks: &[&[u8]]) -> Event {
     }
     ex.on_response_body(&[], true);
     let prices = PriceTable::builtin().unwrap();
-    ex.finish(
-        Finish {
-            now_unix_ms: 1_050.5,
-            request_id: "r".into(),
-            code_details: Some("via_upstream"),
-            final_status: Some(case.status),
-        },
-        &prices,
-    )
+    let fin = Finish {
+        now_unix_ms: 1_050.5,
+        request_id: "r".into(),
+        code_details: Some("via_upstream"),
+        final_status: Some(case.status),
+    };
+    // Tokenizers are built once per VM; once per test thread here.
+    TOKENIZERS.with(|t| ex.finish(fin, &prices, &mut t.borrow_mut()))
+}
+
+thread_local! {
+    static TOKENIZERS: std::cell::RefCell<Tokenizers> = std::cell::RefCell::new(Tokenizers::default());
 }
 
 /// The same event whatever the chunking: whole, split at every offset, byte by byte.
@@ -263,7 +267,7 @@ fn gemini_json_and_stream() {
 #[test]
 fn stream_cut_short_keeps_what_arrived() {
     let text = String::from_utf8(fixture("anthropic/message_stream.sse")).unwrap();
-    // Cut inside the first content delta: only message_start has arrived.
+    // Cut inside the first content delta: only message_start has arrived (and ping).
     let cut = text.find("Okay").unwrap();
     let case = Case {
         path: "/v1/messages",
@@ -273,12 +277,32 @@ fn stream_cut_short_keeps_what_arrived() {
         response: text.as_bytes()[..cut].to_vec(),
     };
     let ev = run(&case, &[&case.response]);
+    // The input side was reported (message_start); no output text arrived, so none is counted,
+    // and the provider's placeholder output count (2) is not taken as final.
     assert_eq!(ev.input_tokens, Some(2520));
-    assert_eq!(
-        ev.output_tokens,
-        Some(2),
-        "the provider's own partial count so far"
-    );
+    assert_eq!(ev.output_tokens, Some(0));
+    assert_eq!(ev.token_source, Some(TokenSource::Measured));
+
+    // Cut after two content deltas: their text is counted.
+    let cut = text.find("event: content_block_stop").unwrap();
+    let case = Case {
+        response: text.as_bytes()[..cut].to_vec(),
+        ..case
+    };
+    let ev = run(&case, &[&case.response]);
+    let counted = Tokenizers::default()
+        .count(
+            tally::measure::Encoding::O200k,
+            "Okay, let's break \"usage\":{\"output_tokens\":9999} that down",
+        )
+        .unwrap();
+    assert!(counted > 10);
+    assert_eq!(ev.output_tokens, Some(counted));
+    assert_eq!(ev.measured_output_tokens, Some(counted));
+    assert_eq!(ev.token_source, Some(TokenSource::Measured));
+    // claude-opus-4-1: $15 in, $1.50 cache read, $75 out per 1M.
+    let pico = 472 * 15_000_000 + 2048 * 1_500_000 + counted * 75_000_000;
+    assert_eq!(ev.cost_usd, Some(pico as f64 / 1e12));
 }
 
 #[test]
@@ -356,7 +380,7 @@ fn compressed_responses_are_metered_exactly() {
                 code_details: None,
                 final_status: Some(200),
             };
-            let ev = ex.finish(fin, &prices);
+            let ev = ex.finish(fin, &prices, &mut Tokenizers::default());
             let want = if path == "/v1/messages" {
                 [Some(2520), Some(184), Some(2048), Some(0), Some(0)]
             } else {
@@ -397,7 +421,7 @@ fn compression_bomb_and_unknown_encoding_give_no_usage() {
             code_details: None,
             final_status: Some(200),
         };
-        let ev = ex.finish(fin, &prices);
+        let ev = ex.finish(fin, &prices, &mut Tokenizers::default());
         assert_eq!(ev.input_tokens, None, "{encoding}");
         assert_eq!(ev.token_source, None);
     }

@@ -127,6 +127,7 @@ fn validate(e: &Event) -> Result<i64, Invalid> {
     tokens("cached_input_tokens", e.cached_input_tokens)?;
     tokens("cache_write_tokens", e.cache_write_tokens)?;
     tokens("reasoning_tokens", e.reasoning_tokens)?;
+    tokens("measured_output_tokens", e.measured_output_tokens)?;
     let cache = e
         .cached_input_tokens
         .unwrap_or(0)

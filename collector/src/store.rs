@@ -7,9 +7,17 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::Mutex;
 use tally::event::Event;
+use tally::pricing::PriceTable;
+use tally::usage::{TokenSource, Usage};
 
 /// Versioned migrations, applied in order; `PRAGMA user_version` records the last one applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_calibration.sql"),
+];
+
+/// Pairs of exact and measured output a model needs before its measured events are corrected.
+pub const MIN_CALIBRATION_SAMPLES: i64 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Org {
@@ -61,6 +69,7 @@ pub struct EventFilter {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    prices: PriceTable,
 }
 
 fn valid_org_name(name: &str) -> bool {
@@ -96,6 +105,7 @@ impl Store {
         }
         Ok(Store {
             conn: Mutex::new(conn),
+            prices: PriceTable::builtin().map_err(StoreError::Io)?,
         })
     }
 
@@ -159,8 +169,25 @@ impl Store {
             .optional()?)
     }
 
+    /// The name calibration is kept under: the listed model a name resolves to (so dated
+    /// snapshots share one ratio), else the name itself.
+    fn calibration_model(&self, e: &Event) -> Option<String> {
+        let m = e.model_actual.as_deref().or(e.model_requested.as_deref())?;
+        Some(
+            self.prices
+                .resolve(m)
+                .map_or(m, |(listed, _)| listed)
+                .to_string(),
+        )
+    }
+
     /// Store a batch in one transaction. Returns (accepted, duplicates): an event whose
     /// `request_id` the org already has is a duplicate, counted and not stored again.
+    ///
+    /// Calibration happens here too: an event with exact usage and Tally's own count adds a
+    /// sample for its model; a measured event of a model with enough samples gets its output
+    /// scaled by the model's exact/measured ratio (and its cost recomputed), and is stored as
+    /// `measured_calibrated`.
     pub fn insert_events(
         &self,
         org: &Org,
@@ -171,18 +198,62 @@ impl Store {
         let tx = conn.transaction()?;
         let mut accepted = 0;
         {
-            let mut st = tx.prepare_cached(
+            let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO events (org_id, request_id, ts_ms, timestamp, provider, api,
                     endpoint, model_requested, model_actual, status, streaming, latency_ms, ttfb_ms,
                     input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
                     reasoning_tokens, token_source, cost_usd, error_category, error_source, team,
-                    app, feature, task, session_id, user, rule, routed, received_ms)
+                    app, feature, task, session_id, user, rule, routed, received_ms,
+                    measured_output_tokens)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
+                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
             )?;
-            for (e, ts) in batch {
+            let mut ratio = tx.prepare_cached(
+                "SELECT exact_output, measured_output, samples FROM calibration
+                 WHERE org_id = ?1 AND model = ?2",
+            )?;
+            let mut sample = tx.prepare_cached(
+                "INSERT INTO calibration (org_id, model, exact_output, measured_output, samples)
+                 VALUES (?1, ?2, ?3, ?4, 1)
+                 ON CONFLICT (org_id, model) DO UPDATE SET
+                    exact_output = exact_output + excluded.exact_output,
+                    measured_output = measured_output + excluded.measured_output,
+                    samples = samples + 1",
+            )?;
+            for (original, ts) in batch {
+                let mut e = std::borrow::Cow::Borrowed(original);
+                let model = self.calibration_model(original);
+                if let (Some(TokenSource::Measured), Some(m), Some(model)) =
+                    (e.token_source, e.measured_output_tokens, model.as_deref())
+                {
+                    let learned: Option<(i64, i64, i64)> = ratio
+                        .query_row(params![org.id, model], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
+                        .optional()?;
+                    if let Some((exact, measured, n)) = learned {
+                        if n >= MIN_CALIBRATION_SAMPLES && measured > 0 {
+                            let ev = e.to_mut();
+                            let calibrated =
+                                (m as f64 * exact as f64 / measured as f64).round() as u64;
+                            ev.output_tokens = Some(calibrated);
+                            ev.token_source = Some(TokenSource::MeasuredCalibrated);
+                            if ev.cost_usd.is_some() {
+                                let usage = Usage {
+                                    input: ev.input_tokens.unwrap_or(0),
+                                    output: calibrated,
+                                    cached_input: ev.cached_input_tokens.unwrap_or(0),
+                                    cache_write: ev.cache_write_tokens.unwrap_or(0),
+                                    reasoning: 0,
+                                };
+                                ev.cost_usd = self.prices.cost_usd(model, &usage);
+                            }
+                        }
+                    }
+                }
+                let e = e.as_ref();
                 let tok = |v: Option<u64>| v.map(|n| n as i64);
-                accepted += st.execute(params![
+                let inserted = insert.execute(params![
                     org.id,
                     e.request_id,
                     ts,
@@ -214,7 +285,21 @@ impl Store {
                     e.rule,
                     e.routed,
                     now_ms,
+                    tok(e.measured_output_tokens),
                 ])?;
+                accepted += inserted;
+                // Only new events teach: a retried batch must not count its samples twice.
+                if let (1, Some(TokenSource::Exact), Some(m), Some(exact), Some(model)) = (
+                    inserted,
+                    e.token_source,
+                    e.measured_output_tokens,
+                    e.output_tokens,
+                    model,
+                ) {
+                    if m > 0 {
+                        sample.execute(params![org.id, model, exact as i64, m as i64])?;
+                    }
+                }
             }
         }
         tx.commit()?;
@@ -227,7 +312,8 @@ impl Store {
             "SELECT request_id, timestamp, provider, api, endpoint, model_requested, model_actual,
                 status, streaming, latency_ms, ttfb_ms, input_tokens, output_tokens,
                 cached_input_tokens, cache_write_tokens, reasoning_tokens, token_source, cost_usd,
-                error_category, error_source, team, app, feature, task, session_id, user, rule, routed
+                error_category, error_source, team, app, feature, task, session_id, user, rule, routed,
+                measured_output_tokens
              FROM events WHERE org_id = ?",
         );
         let mut args: Vec<rusqlite::types::Value> = vec![org.id.into()];
@@ -291,6 +377,7 @@ impl Store {
                 cache_write_tokens: tok(14)?,
                 reasoning_tokens: tok(15)?,
                 token_source: from_enum_str(r.get(16)?),
+                measured_output_tokens: tok(28)?,
                 cost_usd: r.get(17)?,
                 error_category: from_enum_str(r.get(18)?),
                 error_source: from_enum_str(r.get(19)?),

@@ -79,7 +79,7 @@ fn event(id: &str, ts: &str, extra: Value) -> Value {
         "status": 200, "streaming": false, "latency_ms": 120.5, "ttfb_ms": 80.25,
         "input_tokens": 100, "output_tokens": 20, "cached_input_tokens": 0,
         "cache_write_tokens": 0, "reasoning_tokens": 0, "token_source": "exact",
-        "cost_usd": 0.000027, "error_category": null, "error_source": null,
+        "measured_output_tokens": null, "cost_usd": 0.000027, "error_category": null, "error_source": null,
         "team": "payments", "app": "checkout", "feature": "search", "task": null,
         "session_id": null, "user": "ann", "rule": null, "routed": false
     });
@@ -223,4 +223,75 @@ fn serve_refuses_plain_http_off_loopback() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to serve plain HTTP"), "{err}");
+}
+
+#[test]
+fn measured_events_are_calibrated_per_model_once_enough_samples_exist() {
+    let c = start();
+    let (_, key, _) = org_cmd(&c.data, &["create", "acme"]);
+    let measured = |id: &str, m: u64| {
+        event(
+            id,
+            "2026-11-24T09:00:00.000Z",
+            json!({
+                "model_requested": "claude-sonnet-4-5", "model_actual": "claude-sonnet-4-5-20250929",
+                "input_tokens": 1000, "cached_input_tokens": 0, "output_tokens": m,
+                "measured_output_tokens": m, "token_source": "measured", "reasoning_tokens": null,
+                "cost_usd": 0.5,
+            }),
+        )
+    };
+    // Too few samples: stored as measured, unchanged.
+    let (s, _) = c.ingest(&key, &measured("m0", 200).to_string());
+    assert_eq!(s, 202);
+    // Exact events with Tally's own count beside them: exact 110 for every 100 counted.
+    let samples: Vec<Value> = (0..5)
+        .map(|i| {
+            event(
+                &format!("x{i}"),
+                "2026-11-24T09:00:01.000Z",
+                json!({
+                    "model_actual": format!("claude-sonnet-4-5-2025092{i}"), "output_tokens": 110,
+                    "measured_output_tokens": 100,
+                }),
+            )
+        })
+        .collect();
+    let (s, _) = c.ingest(&key, &json!(samples[..4]).to_string());
+    assert_eq!(s, 202);
+    // A retry of the same samples teaches nothing more.
+    let (_, v) = c.ingest(&key, &json!(samples[..4]).to_string());
+    assert_eq!(v["duplicates"], 4);
+    let (_, v) = c.ingest(&key, &measured("m1", 200).to_string());
+    assert_eq!(v["accepted"], 1);
+    c.ingest(&key, &samples[4].to_string());
+    c.ingest(&key, &measured("m2", 200).to_string());
+
+    let (_, v) = c.events(&key, "limit=1000");
+    let by_id = |id: &str| {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["request_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    for id in ["m0", "m1"] {
+        let e = by_id(id);
+        assert_eq!(
+            (e["token_source"].as_str(), e["output_tokens"].as_u64()),
+            (Some("measured"), Some(200)),
+            "{id}"
+        );
+    }
+    let e = by_id("m2");
+    assert_eq!(e["token_source"], "measured_calibrated");
+    assert_eq!(e["output_tokens"], 220);
+    assert_eq!(e["measured_output_tokens"], 200);
+    // Cost recomputed at claude-sonnet-4-5 prices: 1000 in at $3, 220 out at $15 per 1M.
+    assert_eq!(
+        e["cost_usd"],
+        (1000 * 3_000_000u64 + 220 * 15_000_000) as f64 / 1e12
+    );
 }

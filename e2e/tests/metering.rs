@@ -73,6 +73,7 @@ fn base(user: &str) -> Value {
         "team": "payments", "app": "checkout", "feature": "receipt-summary", "task": "summarise",
         "session_id": "sess-42", "user": user, "rule": null, "routed": false, "status": 200,
         "error_category": null, "error_source": null, "token_source": "exact",
+        "measured_output_tokens": null,
     })
 }
 
@@ -401,5 +402,79 @@ fn usage_request_can_be_switched_off() {
     );
     let ev = &stack.wait_events("user=u-off", 1)[0];
     assert_eq!(ev["streaming"], true);
-    assert_eq!(ev["input_tokens"], serde_json::Value::Null);
+    // No usage: the output is counted (o200k_base for gpt-4o-mini), the input is unknown, and
+    // so is the cost.
+    let reply = "Hello from the Tally mock provider. Usage figures are predictable.";
+    let counted = tally::measure::Tokenizers::default()
+        .count(tally::measure::Encoding::O200k, reply)
+        .unwrap();
+    assert_eq!(ev["token_source"], "measured");
+    assert_eq!(ev["output_tokens"], counted);
+    assert_eq!(ev["measured_output_tokens"], counted);
+    assert_eq!(ev["input_tokens"], Value::Null);
+    assert_eq!(ev["cost_usd"], Value::Null);
+    assert_eq!(ev["error_category"], Value::Null);
+}
+
+/// Read a response whatever happens to it (a cut stream ends in an error).
+fn read_all(resp: ureq::Response) -> String {
+    let mut raw = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut resp.into_reader(), &mut raw);
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[test]
+fn interrupted_streams_still_yield_events() {
+    let stack = Stack::start();
+    // The provider cuts the stream after message_start, the block start, ping and two text
+    // deltas: input is known from message_start, output is counted from the deltas.
+    let reply = "alpha beta gamma delta epsilon";
+    let resp = agent()
+        .post(&stack.url("/v1/messages"))
+        .set("x-tally-user", "u-cut")
+        .set("x-mock-reply", reply)
+        .set("x-mock-usage", "input=40,output=9")
+        .set("x-mock-cut-after", "5")
+        // Paced, so the headers and first events leave before the cut.
+        .set("x-mock-delay-ms", "30")
+        .send_string(r#"{"model":"claude-sonnet-4-5","max_tokens":50,"stream":true,"messages":[]}"#)
+        .unwrap();
+    let got = read_all(resp);
+    assert!(
+        got.contains("alpha") && !got.contains("message_stop"),
+        "{got}"
+    );
+    let ev = &stack.wait_events("user=u-cut", 1)[0];
+    let counted = tally::measure::Tokenizers::default()
+        .count(tally::measure::Encoding::O200k, "alpha beta ")
+        .unwrap();
+    assert_eq!(ev["input_tokens"], 40);
+    assert_eq!(ev["output_tokens"], counted);
+    assert_eq!(ev["token_source"], "measured");
+    assert_eq!(ev["error_category"], "provider_error", "{ev:#}");
+    assert_eq!(ev["error_source"], "network");
+    let pico = 40 * 3_000_000 + counted * 15_000_000;
+    assert_eq!(ev["cost_usd"], pico as f64 / 1e12);
+
+    // The client leaves mid-stream.
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", stack.envoy_port)).unwrap();
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         X-Tally-User: u-left\r\nX-Mock-Delay-Ms: 300\r\n\
+         X-Mock-Reply: one two three four five six\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).unwrap();
+    sock.write_all(body.as_bytes()).unwrap();
+    let mut first = [0u8; 512];
+    let n = sock.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(sock);
+    let ev = &stack.wait_events("user=u-left", 1)[0];
+    assert_eq!(ev["error_category"], "client_disconnect", "{ev:#}");
+    assert_eq!(ev["error_source"], "client");
+    assert_eq!(ev["token_source"], "measured");
+    assert_eq!(ev["streaming"], true);
 }

@@ -10,6 +10,7 @@
 //! | `x-mock-model: name` | the model reported (default: a dated snapshot of the requested one) |
 //! | `x-mock-status: 429` | answer with that status and the provider's error body |
 //! | `x-mock-delay-ms: 20` | wait before the headers and between stream chunks |
+//! | `x-mock-cut-after: 3` | send that many stream events, then reset the connection |
 //! | `x-mock-encoding: gzip` | gzip the (non-streamed) JSON body, with `content-encoding: gzip` |
 //!
 //! Without `x-mock-usage`, input is the request body's length / 4 (rounded up) and output the
@@ -51,6 +52,7 @@ struct Ask {
     status: Option<u16>,
     delay: Duration,
     gzip: bool,
+    cut_after: Option<usize>,
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -108,6 +110,7 @@ fn ask(headers: &HeaderMap, body: &[u8], path_model: Option<&str>) -> Result<Ask
         usage,
         status: header(headers, "x-mock-status").and_then(|s| s.parse().ok()),
         gzip: header(headers, "x-mock-encoding") == Some("gzip"),
+        cut_after: header(headers, "x-mock-cut-after").and_then(|s| s.parse().ok()),
         delay: Duration::from_millis(
             header(headers, "x-mock-delay-ms")
                 .and_then(|s| s.parse().ok())
@@ -125,25 +128,34 @@ fn words(text: &str) -> Vec<String> {
 }
 
 /// A response whose body is sent as separate chunks, `delay` apart.
-fn chunked(
-    status: StatusCode,
-    content_type: &str,
-    chunks: Vec<String>,
-    delay: Duration,
-) -> Response {
+/// A stream event response, chunk by chunk, `delay` apart; cut (the connection reset) after
+/// `cut_after` chunks when asked.
+fn event_stream(a: &Ask, content_type: &str, chunks: Vec<String>) -> Response {
+    let delay = a.delay;
+    let cut = a.cut_after.unwrap_or(usize::MAX);
     let stream = futures_util::stream::unfold(
-        (chunks.into_iter(), true),
-        move |(mut it, first)| async move {
+        (chunks.into_iter(), 0usize),
+        move |(mut it, sent)| async move {
+            if sent == cut {
+                // Let what was sent reach the peer first.
+                tokio::time::sleep(delay).await;
+                // An error in the body makes hyper abort the response mid-stream.
+                return Some((
+                    Err(std::io::Error::other("cut by x-mock-cut-after")),
+                    (it, sent + 1),
+                ));
+            }
             let next = it.next()?;
-            if !first && !delay.is_zero() {
+            if sent > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             Some((
-                Ok::<Bytes, std::convert::Infallible>(Bytes::from(next)),
-                (it, false),
+                Ok::<Bytes, std::io::Error>(Bytes::from(next)),
+                (it, sent + 1),
             ))
         },
     );
+    let status = StatusCode::OK;
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -253,12 +265,7 @@ async fn openai_chat(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) 
         out.push(format!("data: {c}\n\n"));
     }
     out.push("data: [DONE]\n\n".into());
-    chunked(
-        StatusCode::OK,
-        "text/event-stream; charset=utf-8",
-        out,
-        a.delay,
-    )
+    event_stream(&a, "text/event-stream; charset=utf-8", out)
 }
 
 async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
@@ -329,12 +336,7 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
                 "cache_read_input_tokens": u.cached, "output_tokens": u.output}}),
     ));
     out.push(ev("message_stop", json!({"type": "message_stop"})));
-    chunked(
-        StatusCode::OK,
-        "text/event-stream; charset=utf-8",
-        out,
-        a.delay,
-    )
+    event_stream(&a, "text/event-stream; charset=utf-8", out)
 }
 
 async fn gemini(
@@ -392,7 +394,7 @@ async fn gemini(
                     format!("data: {c}\r\n\r\n")
                 })
                 .collect();
-            chunked(StatusCode::OK, "text/event-stream", out, a.delay)
+            event_stream(&a, "text/event-stream", out)
         }
         _ => StatusCode::NOT_FOUND.into_response(),
     }

@@ -141,7 +141,8 @@ impl HttpContext for Req {
             code_details: details.as_deref(),
             final_status,
         };
-        let event = ex.finish(fin, &s.prices);
+        let s = &mut *s;
+        let event = ex.finish(fin, &s.prices, &mut s.tokenizers);
         match serde_json::to_string(&event) {
             Ok(line) => {
                 let now = host::now_ms() as u64;

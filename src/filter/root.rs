@@ -3,6 +3,7 @@
 use super::host::{self, Metrics};
 use super::http::Req;
 use crate::config::Config;
+use crate::measure::Tokenizers;
 use crate::outbox::{Counters, Outbox, Outcome};
 use crate::pricing::PriceTable;
 use proxy_wasm::hostcalls;
@@ -16,6 +17,8 @@ use std::time::Duration;
 pub struct Shared {
     pub cfg: Config,
     pub prices: PriceTable,
+    /// Built on the first stream that needs counting, then kept for the VM's life.
+    pub tokenizers: Tokenizers,
     pub outbox: Outbox,
     pub metrics: Metrics,
     ids: IdGen,
@@ -64,6 +67,7 @@ impl Root {
             ),
             cfg,
             prices,
+            tokenizers: Tokenizers::default(),
             metrics: self.metrics,
             ids: IdGen::seeded(),
         })));

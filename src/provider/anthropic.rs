@@ -7,7 +7,7 @@
 //! events, so repeated fields are never double counted. Anthropic's `input_tokens` excludes cache
 //! reads and writes, so the total input is the sum of the three.
 
-use super::{parse_raw, Api, ErrorBody, Facts, ResponseMeter};
+use super::{parse_raw, push_str, Api, ErrorBody, Facts, ResponseMeter};
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 use serde::Deserialize;
@@ -92,6 +92,8 @@ impl ResponseMeter for AnthropicMeter {
         }
         if let Some(u) = parse_raw::<WireUsage>(doc.raw("usage")) {
             self.take(u);
+            // Top-level usage is on a whole message body or on `message_delta`: both final.
+            self.facts.usage_final = true;
         }
         if let Some(msg) = parse_raw::<StartMessage>(doc.raw("message")) {
             if let Some(m) = msg.model {
@@ -108,5 +110,14 @@ impl ResponseMeter for AnthropicMeter {
 
     fn facts(&self) -> &Facts {
         &self.facts
+    }
+
+    fn output_text(&self, event: &serde_json::Value, out: &mut String) {
+        if event["type"] == "content_block_delta" {
+            let delta = &event["delta"];
+            for key in ["text", "partial_json", "thinking"] {
+                push_str(delta.get(key), out);
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! `thoughtsTokenCount` is billed as output but not included in `candidatesTokenCount`, so it is
 //! added to output and reported as reasoning.
 
-use super::{parse_raw, ErrorBody, Facts, ResponseMeter};
+use super::{parse_raw, push_str, ErrorBody, Facts, ResponseMeter};
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 use serde::Deserialize;
@@ -63,6 +63,8 @@ impl ResponseMeter for GeminiMeter {
         if let Some(u) = parse_raw::<WireUsage>(doc.raw("usageMetadata")) {
             if let Some(input) = u.prompt_token_count {
                 let thoughts = u.thoughts_token_count.unwrap_or(0);
+                // Running totals: final only if the stream ends normally after them.
+                f.usage_final = true;
                 f.usage = Some(Usage {
                     input,
                     output: u
@@ -82,5 +84,17 @@ impl ResponseMeter for GeminiMeter {
 
     fn facts(&self) -> &Facts {
         &self.facts
+    }
+
+    fn output_text(&self, event: &serde_json::Value, out: &mut String) {
+        for candidate in event["candidates"].as_array().into_iter().flatten() {
+            for part in candidate["content"]["parts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                push_str(part.get("text"), out);
+            }
+        }
     }
 }

@@ -124,8 +124,12 @@ pub fn detect(
 /// What a response has told so far.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Facts {
-    /// Exact usage, once the provider has reported it.
+    /// Usage as far as the provider has reported it.
     pub usage: Option<Usage>,
+    /// The provider's report is complete: no later event would change it. (Anthropic's
+    /// `message_start` has the input side and a first output count; only `message_delta`
+    /// completes it.)
+    pub usage_final: bool,
     /// The model the provider says it served.
     pub model: Option<String>,
     /// The provider's machine-readable error code or type, when the body carried an error.
@@ -139,6 +143,16 @@ pub trait ResponseMeter {
     /// Take what a finished JSON document says (a body, or one stream event).
     fn on_document(&mut self, doc: &TopLevelScanner);
     fn facts(&self) -> &Facts;
+    /// Append the generated text (content, tool-call arguments, reasoning) that one stream event
+    /// carries; used to count output when no usage arrives.
+    fn output_text(&self, event: &serde_json::Value, out: &mut String);
+}
+
+/// Append `v` when it is a string.
+pub(crate) fn push_str(v: Option<&serde_json::Value>, out: &mut String) {
+    if let Some(s) = v.and_then(serde_json::Value::as_str) {
+        out.push_str(s);
+    }
 }
 
 /// The meter follows the wire format (the API), not the label: an OpenAI-compatible provider

@@ -6,7 +6,7 @@
 //! `prompt_tokens` already includes `cached_tokens`, and `completion_tokens` already includes
 //! `reasoning_tokens`, which is the shape of [`Usage`].
 
-use super::{parse_raw, Api, ErrorBody, Facts, ResponseMeter};
+use super::{parse_raw, push_str, Api, ErrorBody, Facts, ResponseMeter};
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 use serde::Deserialize;
@@ -98,18 +98,43 @@ impl ResponseMeter for OpenAiMeter {
         }
         if let Some(u) = parse_raw::<WireUsage>(doc.raw("usage")).and_then(WireUsage::into_usage) {
             f.usage = Some(u);
+            f.usage_final = true;
         }
         if let Some(e) = parse_raw::<ErrorBody>(doc.raw("error")).and_then(ErrorBody::best) {
             f.error = Some(e);
         }
         if let Some(r) = parse_raw::<ResponseObject>(doc.raw("response")) {
             f.model = r.model.or(f.model.take());
-            f.usage = r.usage.and_then(WireUsage::into_usage).or(f.usage);
+            if let Some(u) = r.usage.and_then(WireUsage::into_usage) {
+                f.usage = Some(u);
+                f.usage_final = true;
+            }
             f.error = r.error.and_then(ErrorBody::best).or(f.error.take());
         }
     }
 
     fn facts(&self) -> &Facts {
         &self.facts
+    }
+
+    fn output_text(&self, event: &serde_json::Value, out: &mut String) {
+        // Chat completions (`delta`) and legacy completions (`text`).
+        for choice in event["choices"].as_array().into_iter().flatten() {
+            let delta = &choice["delta"];
+            for key in ["content", "refusal", "reasoning_content"] {
+                push_str(delta.get(key), out);
+            }
+            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                push_str(call["function"].get("arguments"), out);
+            }
+            push_str(choice.get("text"), out);
+        }
+        // Responses API: `response.output_text.delta`, `response.function_call_arguments.delta`...
+        if event["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(".delta"))
+        {
+            push_str(event.get("delta"), out);
+        }
     }
 }

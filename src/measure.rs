@@ -1,0 +1,228 @@
+//! Counting output tokens when the provider reports none (a stream cut short, a provider that
+//! ignores `include_usage`, the usage request switched off).
+//!
+//! While a stream passes, the JSON data of its events is kept in memory (bounded); only when the
+//! exchange ends without exact usage is the output text pulled out of it and counted with the
+//! model family's tiktoken encoding. Tokenizers are built once per VM, on the first stream that
+//! needs one, never per request and never while exact usage keeps arriving: building
+//! `o200k_base` costs about 28 MiB and 180 ms under a wasm JIT.
+//!
+//! Claude and Gemini use their own tokenizers, which are not public: for them `o200k_base` is an
+//! approximation, which the collector's calibration (exact/measured per model) corrects.
+
+use tiktoken_rs::CoreBPE;
+
+/// The BPE encodings Tally can count with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// GPT-4o, GPT-4.1, GPT-5, the o-series; the approximation for everything else.
+    O200k,
+    /// GPT-4, GPT-3.5 and the embedding models before them.
+    Cl100k,
+}
+
+/// The encoding for a model name (dated snapshots included).
+pub fn encoding_for(model: &str) -> Encoding {
+    let m = model.strip_prefix("models/").unwrap_or(model);
+    let cl100k = (m.starts_with("gpt-4") && !m.starts_with("gpt-4o") && !m.starts_with("gpt-4.1"))
+        || m.starts_with("gpt-3.5")
+        || m.starts_with("text-embedding-3")
+        || m.starts_with("text-embedding-ada");
+    if cl100k {
+        Encoding::Cl100k
+    } else {
+        Encoding::O200k
+    }
+}
+
+/// Whitespace runs longer than this are shortened before counting. The encodings' pattern has a
+/// look-ahead on whitespace, and tiktoken-rs unwraps the regex engine's result: an unbounded run
+/// could exhaust its backtracking limit, and a panic would take the VM down.
+const MAX_WS_RUN: usize = 32;
+
+/// Text pieces handed to the tokenizer at a time (cut at whitespace).
+const PIECE: usize = 4096;
+
+/// Lazily built tokenizers, one set per VM.
+#[derive(Default)]
+pub struct Tokenizers {
+    o200k: Option<CoreBPE>,
+    cl100k: Option<CoreBPE>,
+    failed: bool,
+    streams: u32,
+}
+
+/// One exact-usage stream in this many is also counted, for calibration.
+const SAMPLE_EVERY: u32 = 8;
+
+impl Tokenizers {
+    /// True for one call in [`SAMPLE_EVERY`].
+    pub fn take_sample(&mut self) -> bool {
+        self.streams = self.streams.wrapping_add(1);
+        self.streams % SAMPLE_EVERY == 1
+    }
+
+    /// Whether counting with `enc` would cost nothing more than the counting.
+    pub fn is_loaded(&self, enc: Encoding) -> bool {
+        match enc {
+            Encoding::O200k => self.o200k.is_some(),
+            Encoding::Cl100k => self.cl100k.is_some(),
+        }
+    }
+
+    fn get(&mut self, enc: Encoding) -> Option<&CoreBPE> {
+        if self.failed {
+            return None;
+        }
+        let slot = match enc {
+            Encoding::O200k => &mut self.o200k,
+            Encoding::Cl100k => &mut self.cl100k,
+        };
+        if slot.is_none() {
+            let built = match enc {
+                Encoding::O200k => tiktoken_rs::o200k_base(),
+                Encoding::Cl100k => tiktoken_rs::cl100k_base(),
+            };
+            match built {
+                Ok(bpe) => *slot = Some(bpe),
+                Err(_) => {
+                    self.failed = true;
+                    return None;
+                }
+            }
+        }
+        slot.as_ref()
+    }
+
+    /// Tokens in `text` by `enc`; `None` if the tokenizer could not be built.
+    pub fn count(&mut self, enc: Encoding, text: &str) -> Option<u64> {
+        let bpe = self.get(enc)?;
+        let mut total = 0u64;
+        for piece in pieces(text) {
+            total += bpe.encode_ordinary(&piece).len() as u64;
+        }
+        Some(total)
+    }
+}
+
+/// `text` cut into bounded pieces at whitespace, with over-long whitespace runs shortened.
+fn pieces(text: &str) -> impl Iterator<Item = String> + '_ {
+    let mut chars = text.chars().peekable();
+    std::iter::from_fn(move || {
+        chars.peek()?;
+        let mut piece = String::with_capacity(PIECE + 8);
+        let mut ws_run = 0;
+        while let Some(&c) = chars.peek() {
+            if c.is_whitespace() {
+                ws_run += 1;
+                if ws_run > MAX_WS_RUN {
+                    chars.next();
+                    continue;
+                }
+                // A long piece ends before whitespace, so words stay whole.
+                if piece.len() >= PIECE && ws_run == 1 {
+                    break;
+                }
+            } else {
+                ws_run = 0;
+            }
+            piece.push(c);
+            chars.next();
+        }
+        Some(piece)
+    })
+}
+
+/// The JSON data of a stream's events, kept until the exchange ends, so that output can be
+/// counted if no usage arrives. Bounded: past the cap nothing more is kept and the count is
+/// known to be short.
+#[derive(Debug)]
+pub struct StreamRecord {
+    data: Vec<u8>,
+    cap: usize,
+    pub truncated: bool,
+}
+
+impl StreamRecord {
+    pub fn new(cap: usize) -> Self {
+        StreamRecord {
+            data: Vec::new(),
+            cap,
+            truncated: false,
+        }
+    }
+
+    pub fn push(&mut self, event_data: &[u8]) {
+        if self.truncated {
+            return;
+        }
+        if self.data.len() + event_data.len() + 1 > self.cap {
+            self.truncated = true;
+            self.data = Vec::new();
+            return;
+        }
+        self.data.extend_from_slice(event_data);
+        self.data.push(b'\n');
+    }
+
+    /// Each kept event's JSON value, in order (events that are not JSON are skipped).
+    pub fn documents(&self) -> impl Iterator<Item = serde_json::Value> + '_ {
+        self.data
+            .split(|&b| b == b'\n')
+            .filter_map(|line| serde_json::from_slice(line).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings_by_model() {
+        assert_eq!(encoding_for("gpt-4o-mini-2024-07-18"), Encoding::O200k);
+        assert_eq!(encoding_for("gpt-4.1-nano"), Encoding::O200k);
+        assert_eq!(encoding_for("o3-mini"), Encoding::O200k);
+        assert_eq!(encoding_for("gpt-5"), Encoding::O200k);
+        assert_eq!(encoding_for("gpt-4-turbo"), Encoding::Cl100k);
+        assert_eq!(encoding_for("gpt-3.5-turbo-0125"), Encoding::Cl100k);
+        assert_eq!(encoding_for("claude-sonnet-4-5"), Encoding::O200k);
+    }
+
+    #[test]
+    fn counts_known_texts() {
+        let mut t = Tokenizers::default();
+        assert!(!t.is_loaded(Encoding::O200k));
+        // Reference counts from OpenAI's tokenizer for these encodings.
+        assert_eq!(t.count(Encoding::O200k, "Hello, world!"), Some(4));
+        assert_eq!(t.count(Encoding::Cl100k, "Hello, world!"), Some(4));
+        assert_eq!(t.count(Encoding::O200k, ""), Some(0));
+        assert!(t.is_loaded(Encoding::O200k));
+    }
+
+    #[test]
+    fn hostile_whitespace_and_long_text_do_not_panic() {
+        let mut t = Tokenizers::default();
+        let text = format!("a{}b{}", " ".repeat(200_000), "word ".repeat(50_000));
+        let n = t.count(Encoding::O200k, &text).unwrap();
+        assert!((50_000..=50_100).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn pieces_keep_words_whole_and_text_otherwise_intact() {
+        let text = "alpha beta ".repeat(2000);
+        let joined: String = pieces(&text).collect();
+        assert_eq!(joined, text);
+        assert!(pieces(&text).all(|p| p.len() <= PIECE + 16));
+    }
+
+    #[test]
+    fn record_is_bounded() {
+        let mut r = StreamRecord::new(32);
+        r.push(br#"{"a":1}"#);
+        r.push(br#"not json"#);
+        assert_eq!(r.documents().count(), 1);
+        r.push(&[b'x'; 40]);
+        assert!(r.truncated);
+        assert_eq!(r.documents().count(), 0);
+    }
+}
