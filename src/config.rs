@@ -72,6 +72,8 @@ struct Raw {
     stream_usage: Option<bool>,
     #[serde(default)]
     header_aliases: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    providers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +93,9 @@ pub struct Config {
     pub stream_usage: bool,
     /// Lower-case header name -> the field it fills (defaults and aliases).
     pub headers: Vec<(String, Field)>,
+    /// Authority (`host` or `host:port`, lower case) -> provider name, for self-hosted or
+    /// unlisted OpenAI-compatible providers.
+    pub provider_hosts: Vec<(String, String)>,
 }
 
 /// `tly_` followed by 40 base62 characters.
@@ -175,7 +180,21 @@ impl Config {
             }
         }
 
+        let mut provider_hosts = Vec::new();
+        for (host, name) in raw.providers {
+            if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+                return Err(format!("providers: {host:?} is not a host or host:port"));
+            }
+            if !crate::provider::valid_provider_name(&name) {
+                return Err(format!(
+                    "providers.{host}: {name:?} is not a provider name (1 to 32 of a-z 0-9 . _ -)"
+                ));
+            }
+            provider_hosts.push((host.to_ascii_lowercase(), name));
+        }
+
         let cfg = Config {
+            provider_hosts,
             org_key: org_key.trim().to_string(),
             collector_cluster: raw
                 .collector_cluster
@@ -276,6 +295,16 @@ mod tests {
                 "not a header name",
             ),
             (b"{not json", Some(KEY), "invalid configuration"),
+            (
+                br#"{"providers":{"vllm.local":"VLLM!"}}"#,
+                Some(KEY),
+                "not a provider name",
+            ),
+            (
+                br#"{"providers":{"http://x/":"vllm"}}"#,
+                Some(KEY),
+                "not a host",
+            ),
         ];
         for (json, env, want) in cases {
             let err = Config::parse(json, env.map(String::from)).unwrap_err();

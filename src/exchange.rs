@@ -15,7 +15,7 @@ use crate::errors::classify;
 use crate::event::Event;
 use crate::measure::{self, StreamRecord, Tokenizers};
 use crate::pricing::PriceTable;
-use crate::provider::{self, Api, Provider, ResponseMeter, Route};
+use crate::provider::{self, Api, ResponseMeter, Route};
 use crate::scan::TopLevelScanner;
 use crate::sse::SseParser;
 use crate::stream_usage::{self, UsageChunkStripper};
@@ -145,7 +145,8 @@ pub fn begin(cfg: &Config, headers: &[(String, String)], now_unix_ms: f64) -> Be
             Some(Field::Session) => &mut attribution.session_id,
             Some(Field::User) => &mut attribution.user,
             Some(Field::Provider) => {
-                forced = Provider::from_name(value);
+                let name = value.trim().to_ascii_lowercase();
+                forced = provider::valid_provider_name(&name).then_some(name);
                 continue;
             }
             // The org key header is stripped and never copied.
@@ -155,7 +156,14 @@ pub fn begin(cfg: &Config, headers: &[(String, String)], now_unix_ms: f64) -> Be
             *slot = label(value);
         }
     }
-    let exchange = provider::detect(method, path, authority, forced).map(|route| {
+    let exchange = provider::detect(
+        method,
+        path,
+        authority,
+        forced.as_deref(),
+        &cfg.provider_hosts,
+    )
+    .map(|route| {
         let meter = provider::response_meter(route.api);
         let may_add_usage =
             cfg.stream_usage && matches!(route.api, Api::ChatCompletions | Api::Completions);
@@ -348,7 +356,7 @@ impl Exchange {
             request_id: fin.request_id,
             timestamp: format_rfc3339_ms(self.started_unix_ms as i64),
             org_id: None,
-            provider: self.route.provider.name().to_string(),
+            provider: self.route.provider,
             api: self.route.api.name().to_string(),
             endpoint: self.endpoint,
             model_requested,

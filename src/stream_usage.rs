@@ -128,7 +128,8 @@ impl UsageChunkStripper {
         Some(out)
     }
 
-    /// An event whose data is a chunk with `"choices": []` and a non-null `usage`.
+    /// An event whose data is a chunk with a non-null `usage` and no choices: `[]`, `null`
+    /// (some compatible providers) or no `choices` at all.
     fn is_usage_only(&mut self, event: &[u8]) -> bool {
         self.doc.reset();
         let mut any = false;
@@ -145,11 +146,18 @@ impl UsageChunkStripper {
         if !any || !self.doc.is_done() {
             return false;
         }
-        let empty_choices = self.doc.raw("choices").is_some_and(|c| {
-            c.iter()
-                .filter(|b| !b.is_ascii_whitespace())
-                .eq(b"[]".iter())
-        });
+        // `[]`, `null` (some compatible providers), or no `choices` key at all.
+        let empty_choices = match self.doc.raw("choices") {
+            Some(c) => {
+                let c: Vec<u8> = c
+                    .iter()
+                    .copied()
+                    .filter(|b| !b.is_ascii_whitespace())
+                    .collect();
+                c == b"[]" || c == b"null"
+            }
+            None => !self.doc.saw_key("choices"),
+        };
         let usage = self.doc.raw("usage").is_some_and(|u| u != b"null");
         empty_choices && usage
     }
@@ -227,6 +235,17 @@ data: [DONE]\n\n";
         let (out, removed) = strip_all(stream, &[10]);
         assert_eq!(out, stream);
         assert_eq!(removed, 0);
+    }
+
+    #[test]
+    fn null_choices_count_as_empty() {
+        let stream = b"data: {\"choices\":[{\"delta\":{}}]}\n\ndata: {\"choices\":null,\"usage\":{\"prompt_tokens\":1}}\n\ndata: [DONE]\n\n";
+        let (out, removed) = strip_all(stream, &[3]);
+        assert_eq!(
+            out,
+            b"data: {\"choices\":[{\"delta\":{}}]}\n\ndata: [DONE]\n\n"
+        );
+        assert_eq!(removed, 1);
     }
 
     #[test]

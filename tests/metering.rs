@@ -426,3 +426,146 @@ fn compression_bomb_and_unknown_encoding_give_no_usage() {
         assert_eq!(ev.token_source, None);
     }
 }
+
+fn usd(pico: u64) -> Option<f64> {
+    Some(pico as f64 / 1e12)
+}
+
+#[test]
+fn openai_responses_api_json_and_streams() {
+    let case = Case {
+        path: "/v1/responses",
+        request: br#"{"model":"gpt-4.1","input":"Tell me a story"}"#,
+        content_type: "application/json",
+        status: 200,
+        response: fixture("openai/responses.json"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.api, "responses");
+        assert_eq!(ev.model_actual.as_deref(), Some("gpt-4.1-2025-04-14"));
+        assert_eq!(tokens(ev), [Some(36), Some(87), Some(0), Some(0), Some(0)]);
+        assert_eq!(ev.cost_usd, usd(36 * 2_000_000 + 87 * 8_000_000));
+    });
+    for file in [
+        "openai/responses_stream.sse",
+        "openai/responses_stream_incomplete.sse",
+    ] {
+        let case = Case {
+            path: "/v1/responses",
+            request: br#"{"model":"o4-mini","input":"hi","stream":true}"#,
+            content_type: "text/event-stream",
+            status: 200,
+            response: fixture(file),
+        };
+        check_every_split(&case, |ev| {
+            assert!(ev.streaming);
+            assert_eq!(
+                ev.model_actual.as_deref(),
+                Some("o4-mini-2025-04-16"),
+                "{file}"
+            );
+            assert_eq!(
+                tokens(ev),
+                [Some(1200), Some(640), Some(1024), Some(0), Some(576)],
+                "{file}"
+            );
+            assert_eq!(ev.token_source, Some(TokenSource::Exact));
+            assert_eq!(
+                ev.error_category, None,
+                "{file}: stopping at a limit is no error"
+            );
+            assert_eq!(
+                ev.cost_usd,
+                usd(176 * 1_100_000 + 1024 * 275_000 + 640 * 4_400_000)
+            );
+        });
+    }
+    let case = Case {
+        path: "/v1/responses",
+        request: br#"{"model":"gpt-4.1","input":"hi","stream":true}"#,
+        content_type: "text/event-stream",
+        status: 200,
+        response: fixture("openai/responses_stream_failed.sse"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(tokens(ev), [Some(210), Some(0), Some(0), Some(0), Some(0)]);
+        assert_eq!(ev.error_category, Some(ErrorCategory::ProviderError));
+        assert_eq!(ev.error_source, Some(ErrorSource::Provider));
+    });
+}
+
+#[test]
+fn openai_embeddings_and_legacy_completions() {
+    let case = Case {
+        path: "/v1/embeddings",
+        request: br#"{"input":"The food was delicious","model":"text-embedding-3-small"}"#,
+        content_type: "application/json",
+        status: 200,
+        response: fixture("openai/embeddings.json"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.api, "embeddings");
+        assert_eq!(tokens(ev), [Some(8), Some(0), Some(0), Some(0), Some(0)]);
+        assert_eq!(ev.cost_usd, usd(8 * 20_000));
+    });
+    let case = Case {
+        path: "/v1/completions",
+        request: br#"{"model":"gpt-3.5-turbo-instruct","prompt":"Say this is a test","stream":true,"stream_options":{"include_usage":true}}"#,
+        content_type: "text/event-stream",
+        status: 200,
+        response: fixture("openai/completions_stream.sse"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.api, "completions");
+        assert_eq!(tokens(ev), [Some(5), Some(4), Some(0), Some(0), Some(0)]);
+    });
+}
+
+#[test]
+fn openai_compatible_quirks() {
+    for (file, want) in [
+        // Usage on the last content chunk (choices not empty).
+        (
+            "openai/compat_usage_on_last_choice.sse",
+            [Some(40), Some(2)],
+        ),
+        // Usage chunk with `"choices": null`.
+        ("openai/compat_choices_null.sse", [Some(12), Some(8)]),
+        // Groq: usage in `x_groq.usage`.
+        ("openai/groq_x_groq.sse", [Some(48), Some(7)]),
+    ] {
+        let case = Case {
+            path: "/openai/v1/chat/completions",
+            request: br#"{"model":"m","stream":true,"messages":[]}"#,
+            content_type: "text/event-stream",
+            status: 200,
+            response: fixture(file),
+        };
+        check_every_split(&case, |ev| {
+            assert_eq!([ev.input_tokens, ev.output_tokens], want, "{file}");
+            assert_eq!(ev.token_source, Some(TokenSource::Exact), "{file}");
+        });
+    }
+}
+
+#[test]
+fn azure_deployment_names_the_model_when_the_body_does_not() {
+    let case = Case {
+        path: "/openai/deployments/prod-chat/chat/completions?api-version=2024-10-21",
+        request: br#"{"messages":[{"role":"user","content":"hi"}]}"#,
+        content_type: "application/json",
+        status: 200,
+        response: fixture("openai/azure_chat_completion.json"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.provider, "azure");
+        assert_eq!(
+            ev.endpoint,
+            "/openai/deployments/prod-chat/chat/completions"
+        );
+        assert_eq!(ev.model_requested.as_deref(), Some("prod-chat"));
+        assert_eq!(ev.model_actual.as_deref(), Some("gpt-4o-2024-11-20"));
+        assert_eq!(tokens(ev), [Some(19), Some(9), Some(0), Some(0), Some(0)]);
+        assert_eq!(ev.cost_usd, usd(19 * 2_500_000 + 9 * 10_000_000));
+    });
+}

@@ -12,11 +12,11 @@ use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 use serde::Deserialize;
 
+/// `/v1/messages`, also behind a prefix (`/anthropic/v1/messages`). Not `count_tokens`.
 pub fn api_for_path(path: &str) -> Option<Api> {
-    match path {
-        "/v1/messages" => Some(Api::Messages),
-        _ => None,
-    }
+    path.trim_end_matches('/')
+        .ends_with("/v1/messages")
+        .then_some(Api::Messages)
 }
 
 const KEYS: &[(&str, usize)] = &[

@@ -10,11 +10,10 @@ use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 use serde::Deserialize;
 
-/// `(model, streaming)` from `/v1beta/models/{model}:{method}` (also `/v1/`).
+/// `(model, streaming)` from `.../models/{model}:{method}`: `/v1beta/models/...`, `/v1/...`, and
+/// Vertex AI's `/v1/projects/{p}/locations/{l}/publishers/google/models/...`.
 pub fn model_for_path(path: &str) -> Option<(String, bool)> {
-    let rest = path
-        .strip_prefix("/v1beta/models/")
-        .or_else(|| path.strip_prefix("/v1/models/"))?;
+    let (_, rest) = path.rsplit_once("/models/")?;
     let (model, method) = rest.rsplit_once(':')?;
     if model.is_empty() || model.contains('/') {
         return None;

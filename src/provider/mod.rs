@@ -11,41 +11,43 @@ pub mod openai;
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    OpenAi,
-    Anthropic,
-    Gemini,
+/// Hosts of providers Tally knows, and their names in events. All but Anthropic and Gemini
+/// speak the OpenAI wire formats.
+const KNOWN_HOSTS: &[(&str, &str)] = &[
+    ("api.openai.com", "openai"),
+    ("api.anthropic.com", "anthropic"),
+    ("generativelanguage.googleapis.com", "gemini"),
+    ("api.groq.com", "groq"),
+    ("api.mistral.ai", "mistral"),
+    ("api.deepseek.com", "deepseek"),
+    ("api.together.xyz", "together"),
+    ("api.fireworks.ai", "fireworks"),
+    ("openrouter.ai", "openrouter"),
+    ("api.x.ai", "xai"),
+];
+
+/// A provider name as events carry it: 1 to 32 of `a-z 0-9 . _ -`.
+pub fn valid_provider_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
-impl Provider {
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::OpenAi => "openai",
-            Provider::Anthropic => "anthropic",
-            Provider::Gemini => "gemini",
-        }
+/// The provider a host belongs to, from the known list (Azure by its domain).
+pub fn provider_for_host(authority: &str) -> Option<&'static str> {
+    let host = authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(authority, |(h, _)| h)
+        .to_ascii_lowercase();
+    if host.ends_with(".openai.azure.com") || host.ends_with(".cognitiveservices.azure.com") {
+        return Some("azure");
     }
-
-    /// Names accepted in `X-Tally-Provider` (case-insensitive).
-    pub fn from_name(name: &str) -> Option<Provider> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "openai" => Some(Provider::OpenAi),
-            "anthropic" => Some(Provider::Anthropic),
-            "gemini" | "google" => Some(Provider::Gemini),
-            _ => None,
-        }
-    }
-
-    fn from_authority(authority: &str) -> Option<Provider> {
-        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-        match host.to_ascii_lowercase().as_str() {
-            "api.openai.com" => Some(Provider::OpenAi),
-            "api.anthropic.com" => Some(Provider::Anthropic),
-            "generativelanguage.googleapis.com" => Some(Provider::Gemini),
-            _ => None,
-        }
-    }
+    KNOWN_HOSTS
+        .iter()
+        .find(|(h, _)| *h == host)
+        .map(|(_, name)| *name)
 }
 
 /// The API shape of a request, which decides how its response is read.
@@ -75,9 +77,10 @@ impl Api {
 /// What the request line tells about a metered call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub provider: Provider,
+    /// The provider's name in events (`openai`, `azure`, `groq`, `vllm`, ...).
+    pub provider: String,
     pub api: Api,
-    /// Gemini names the model in the path, not the body.
+    /// Gemini names the model in the path, Azure the deployment: used when the body names none.
     pub path_model: Option<String>,
     /// Gemini's `streamGenerateContent` streams whatever the body says.
     pub path_streaming: bool,
@@ -85,36 +88,47 @@ pub struct Route {
 
 /// Decide whether a request is a metered LLM call, and of which provider and API.
 ///
-/// The path decides the API; the provider comes from `X-Tally-Provider`, else the host, else the
-/// path (each provider's paths are distinct). Anything else passes unmetered.
+/// The path decides the API (and so the wire format). The provider's name comes from
+/// `forced` (`X-Tally-Provider`), else the configured `hosts` (authority, or host without port),
+/// else the known provider hosts, else the path's own provider. Anything else passes unmetered.
 pub fn detect(
     method: &str,
     path: &str,
     authority: &str,
-    forced: Option<Provider>,
+    forced: Option<&str>,
+    hosts: &[(String, String)],
 ) -> Option<Route> {
     if !method.eq_ignore_ascii_case("POST") {
         return None;
     }
     let path = path.split(['?', '#']).next().unwrap_or("");
-    let by_host = Provider::from_authority(authority);
-    let (provider, api, path_model, path_streaming) = if let Some(api) = openai::api_for_path(path)
-    {
-        (Provider::OpenAi, api, None, false)
-    } else if let Some(api) = anthropic::api_for_path(path) {
-        (Provider::Anthropic, api, None, false)
-    } else if let Some((model, streaming)) = gemini::model_for_path(path) {
-        (
-            Provider::Gemini,
-            Api::GenerateContent,
-            Some(model),
-            streaming,
-        )
-    } else {
-        return None;
-    };
+    let (by_path, api, path_model, path_streaming) =
+        if let Some((api, deployment)) = openai::api_for_path(path) {
+            let name = if deployment.is_some() {
+                "azure"
+            } else {
+                "openai"
+            };
+            (name, api, deployment, false)
+        } else if let Some(api) = anthropic::api_for_path(path) {
+            ("anthropic", api, None, false)
+        } else if let Some((model, streaming)) = gemini::model_for_path(path) {
+            ("gemini", Api::GenerateContent, Some(model), streaming)
+        } else {
+            return None;
+        };
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    let configured = hosts
+        .iter()
+        .find(|(h, _)| h.eq_ignore_ascii_case(authority))
+        .or_else(|| hosts.iter().find(|(h, _)| h.eq_ignore_ascii_case(host)))
+        .map(|(_, name)| name.as_str());
+    let provider = forced
+        .or(configured)
+        .or_else(|| provider_for_host(authority))
+        .unwrap_or(by_path);
     Some(Route {
-        provider: forced.or(by_host).unwrap_or(provider),
+        provider: provider.to_string(),
         api,
         path_model,
         path_streaming,
@@ -199,33 +213,86 @@ mod tests {
     use super::*;
 
     #[test]
-    fn detects_by_path_host_and_override() {
-        let r = detect("POST", "/v1/chat/completions?x=1", "127.0.0.1:10000", None).unwrap();
+    fn detects_by_path_host_config_and_override() {
+        let none: &[(String, String)] = &[];
+        let d = |path: &str, host: &str, forced: Option<&str>| {
+            detect("POST", path, host, forced, none).map(|r| (r.provider, r.api, r.path_model))
+        };
         assert_eq!(
-            (r.provider, r.api),
-            (Provider::OpenAi, Api::ChatCompletions)
+            d("/v1/chat/completions?x=1", "127.0.0.1:10000", None),
+            Some(("openai".into(), Api::ChatCompletions, None))
         );
-        let r = detect("POST", "/v1/messages", "localhost", None).unwrap();
-        assert_eq!((r.provider, r.api), (Provider::Anthropic, Api::Messages));
+        assert_eq!(
+            d("/v1/messages", "localhost", None),
+            Some(("anthropic".into(), Api::Messages, None))
+        );
         let r = detect(
             "POST",
             "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
             "generativelanguage.googleapis.com",
             None,
+            none,
         )
         .unwrap();
-        assert_eq!(r.provider, Provider::Gemini);
+        assert_eq!(r.provider, "gemini");
         assert_eq!(r.path_model.as_deref(), Some("gemini-2.5-flash"));
         assert!(r.path_streaming);
-        let r = detect(
-            "POST",
-            "/v1/chat/completions",
-            "api.openai.com",
-            Some(Provider::Anthropic),
-        )
-        .unwrap();
-        assert_eq!(r.provider, Provider::Anthropic);
-        assert_eq!(detect("GET", "/v1/models", "api.openai.com", None), None);
-        assert_eq!(detect("POST", "/v1/files", "api.openai.com", None), None);
+        // Azure: deployment in the path, resource host.
+        assert_eq!(
+            d(
+                "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+                "acme.openai.azure.com",
+                None
+            ),
+            Some((
+                "azure".into(),
+                Api::ChatCompletions,
+                Some("prod-gpt4o".into())
+            ))
+        );
+        // OpenAI-compatible hosts and their path prefixes.
+        assert_eq!(
+            d("/openai/v1/chat/completions", "api.groq.com", None).map(|r| r.0),
+            Some("groq".into())
+        );
+        assert_eq!(
+            d(
+                "/inference/v1/chat/completions",
+                "api.fireworks.ai:443",
+                None
+            )
+            .map(|r| r.0),
+            Some("fireworks".into())
+        );
+        assert_eq!(
+            d("/api/v1/chat/completions", "openrouter.ai", None).map(|r| r.0),
+            Some("openrouter".into())
+        );
+        assert_eq!(
+            d("/chat/completions", "api.deepseek.com", None).map(|r| r.0),
+            Some("deepseek".into())
+        );
+        // Configured hosts, by authority then host; the header wins over all.
+        let hosts = vec![
+            ("vllm.internal:8000".to_string(), "vllm".to_string()),
+            ("ollama.local".to_string(), "ollama".to_string()),
+        ];
+        let c = |host: &str, forced| {
+            detect("POST", "/v1/chat/completions", host, forced, &hosts).map(|r| r.provider)
+        };
+        assert_eq!(c("vllm.internal:8000", None), Some("vllm".into()));
+        assert_eq!(c("ollama.local:11434", None), Some("ollama".into()));
+        assert_eq!(c("api.openai.com", Some("mistral")), Some("mistral".into()));
+        assert_eq!(d("/v1/models", "api.openai.com", None), None);
+        assert_eq!(detect("GET", "/v1/chat/completions", "x", None, none), None);
+        assert_eq!(d("/v1/files", "api.openai.com", None), None);
+    }
+
+    #[test]
+    fn provider_names() {
+        assert!(valid_provider_name("vllm"));
+        assert!(valid_provider_name("together_ai"));
+        assert!(!valid_provider_name("Bad Name"));
+        assert!(!valid_provider_name(""));
     }
 }

@@ -11,16 +11,25 @@ use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 use serde::Deserialize;
 
-/// Paths (without query) of the OpenAI APIs that are metered; `/openai/deployments/...` is Azure's.
-pub fn api_for_path(path: &str) -> Option<Api> {
-    let tail = path.strip_prefix("/v1").unwrap_or(path);
-    match tail {
-        "/chat/completions" => Some(Api::ChatCompletions),
-        "/responses" => Some(Api::Responses),
-        "/completions" => Some(Api::Completions),
-        "/embeddings" => Some(Api::Embeddings),
-        _ => None,
-    }
+/// The API of a path (without query), by its last segments, so that every OpenAI-compatible
+/// mount works: `/v1/chat/completions`, `/openai/v1/...` (Groq), `/inference/v1/...`
+/// (Fireworks), `/api/v1/...` (OpenRouter), `/chat/completions` (DeepSeek). Azure's
+/// `/openai/deployments/{deployment}/...` also yields the deployment name.
+pub fn api_for_path(path: &str) -> Option<(Api, Option<String>)> {
+    let path = path.trim_end_matches('/');
+    let (api, rest) = [
+        ("/chat/completions", Api::ChatCompletions),
+        ("/responses", Api::Responses),
+        ("/completions", Api::Completions),
+        ("/embeddings", Api::Embeddings),
+    ]
+    .iter()
+    .find_map(|(tail, api)| path.strip_suffix(tail).map(|rest| (*api, rest)))?;
+    let deployment = rest
+        .strip_prefix("/openai/deployments/")
+        .filter(|d| !d.is_empty() && !d.contains('/'))
+        .map(str::to_string);
+    Some((api, deployment))
 }
 
 const KEYS: &[(&str, usize)] = &[
@@ -29,6 +38,8 @@ const KEYS: &[(&str, usize)] = &[
     ("error", 8192),
     // Responses API stream events carry the whole response object, output included.
     ("response", 8 << 20),
+    // Groq's streams put usage in `x_groq.usage` on the last chunk.
+    ("x_groq", 4096),
 ];
 
 #[derive(Deserialize)]
@@ -72,6 +83,12 @@ impl WireUsage {
 }
 
 #[derive(Deserialize)]
+struct XGroq {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
 struct ResponseObject {
     #[serde(default)]
     model: Option<String>,
@@ -102,6 +119,13 @@ impl ResponseMeter for OpenAiMeter {
         }
         if let Some(e) = parse_raw::<ErrorBody>(doc.raw("error")).and_then(ErrorBody::best) {
             f.error = Some(e);
+        }
+        if let Some(u) = parse_raw::<XGroq>(doc.raw("x_groq"))
+            .and_then(|x| x.usage)
+            .and_then(WireUsage::into_usage)
+        {
+            f.usage = Some(u);
+            f.usage_final = true;
         }
         if let Some(r) = parse_raw::<ResponseObject>(doc.raw("response")) {
             f.model = r.model.or(f.model.take());
