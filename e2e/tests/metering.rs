@@ -478,3 +478,136 @@ fn interrupted_streams_still_yield_events() {
     assert_eq!(ev["token_source"], "measured");
     assert_eq!(ev["streaming"], true);
 }
+
+/// Every other API shape through Envoy: exact tokens, models, provider and cost.
+#[test]
+fn more_api_shapes_through_envoy() {
+    let stack = Stack::start();
+    let p = |pico: u64| pico as f64 / 1e12;
+    // (user, path, body, extra request headers, expected event fields)
+    type Case<'a> = (&'a str, &'a str, Value, Vec<(&'a str, &'a str)>, Value);
+    let cases: Vec<Case> = vec![
+        (
+            "u-responses",
+            "/v1/responses",
+            json!({"model": "gpt-4.1", "input": "hi"}),
+            vec![(
+                "x-mock-usage",
+                "input=500,output=120,cached=100,reasoning=20",
+            )],
+            json!({"api": "responses", "provider": "openai", "streaming": false,
+                "model_actual": "gpt-4.1", "input_tokens": 500, "output_tokens": 120,
+                "cached_input_tokens": 100, "reasoning_tokens": 20, "token_source": "exact",
+                "cost_usd": p(400 * 2_000_000 + 100 * 500_000 + 120 * 8_000_000)}),
+        ),
+        (
+            "u-responses-stream",
+            "/v1/responses",
+            json!({"model": "o4-mini", "input": "hi", "stream": true}),
+            vec![("x-mock-usage", "input=60,output=30,cached=0,reasoning=10")],
+            json!({"api": "responses", "streaming": true, "input_tokens": 60,
+                "output_tokens": 30, "reasoning_tokens": 10, "token_source": "exact",
+                "cost_usd": p(60 * 1_100_000 + 30 * 4_400_000)}),
+        ),
+        (
+            "u-embeddings",
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": "the food was delicious"}),
+            vec![("x-mock-usage", "input=42")],
+            json!({"api": "embeddings", "input_tokens": 42, "output_tokens": 0,
+                "cost_usd": p(42 * 20_000)}),
+        ),
+        (
+            "u-completions",
+            "/v1/completions",
+            json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Say hi", "stream": true}),
+            vec![("x-mock-usage", "input=5,output=4")],
+            json!({"api": "completions", "streaming": true, "input_tokens": 5,
+                "output_tokens": 4, "token_source": "exact"}),
+        ),
+        (
+            "u-azure",
+            "/openai/deployments/prod-chat/chat/completions?api-version=2024-10-21",
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+            vec![
+                ("x-mock-usage", "input=19,output=9"),
+                ("x-mock-model", "gpt-4o-2024-11-20"),
+                ("api-key", "azure-key-0001"),
+            ],
+            json!({"provider": "azure", "endpoint": "/openai/deployments/prod-chat/chat/completions",
+                "model_requested": "prod-chat", "model_actual": "gpt-4o-2024-11-20",
+                "input_tokens": 19, "output_tokens": 9,
+                "cost_usd": p(19 * 2_500_000 + 9 * 10_000_000)}),
+        ),
+        (
+            "u-groq",
+            "/openai/v1/chat/completions",
+            json!({"model": "llama-3.3-70b-versatile", "stream": true, "messages": []}),
+            vec![
+                ("x-mock-usage", "input=48,output=7"),
+                ("x-tally-provider", "Groq"),
+            ],
+            json!({"provider": "groq", "model_actual": "llama-3.3-70b-versatile",
+                "input_tokens": 48, "output_tokens": 7, "token_source": "exact"}),
+        ),
+        (
+            "u-gemini",
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            json!({"contents": [{"parts": [{"text": "hi"}]}]}),
+            vec![(
+                "x-mock-usage",
+                "input=1204,output=387,cached=1024,reasoning=352",
+            )],
+            json!({"provider": "gemini", "api": "generate_content", "streaming": false,
+                "model_requested": "gemini-2.5-flash", "input_tokens": 1204,
+                "output_tokens": 387, "cached_input_tokens": 1024, "reasoning_tokens": 352,
+                "cost_usd": p(180 * 300_000 + 1024 * 30_000 + 387 * 2_500_000)}),
+        ),
+        (
+            "u-gemini-stream",
+            "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+            json!({"contents": [{"parts": [{"text": "hi"}]}]}),
+            vec![("x-mock-usage", "input=9,output=1141,reasoning=1021")],
+            json!({"provider": "gemini", "streaming": true, "model_requested": "gemini-2.5-pro",
+                "input_tokens": 9, "output_tokens": 1141, "reasoning_tokens": 1021,
+                "token_source": "exact", "cost_usd": p(9 * 1_250_000 + 1141 * 10_000_000)}),
+        ),
+    ];
+    for (user, path, body, headers, want) in &cases {
+        let mut req = agent()
+            .post(&stack.url(path))
+            .set("content-type", "application/json")
+            .set("x-tally-user", user);
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let (status, text, _) = send(req, Some(&body.to_string()));
+        assert_eq!(status, 200, "{user}: {text}");
+        let ev = &stack.wait_events(&format!("user={user}"), 1)[0];
+        for (k, v) in want.as_object().unwrap() {
+            assert_eq!(&ev[k], v, "{user}: {k} in {ev:#}");
+        }
+        assert_eq!(ev["status"], 200);
+        assert_eq!(ev["error_category"], Value::Null, "{user}");
+    }
+    // The Azure key passed through untouched; no attribution header went upstream.
+    for r in stack.mock_requests() {
+        let names: Vec<&str> = r["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("x-tally-")),
+            "{names:?}"
+        );
+        if r["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/openai/deployments/")
+        {
+            assert!(names.contains(&"api-key"));
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! `tally-mock`: an offline stand-in for the OpenAI, Anthropic and Gemini APIs.
 //!
-//! Serves the wire formats Tally meters (chat completions, messages, generateContent; each
-//! streamed or not) with usage that a test can predict. Request headers steer it:
+//! Serves the wire formats Tally meters (OpenAI chat completions, completions, Responses and
+//! embeddings, also under Groq's `/openai/v1` and Azure's deployment paths; Anthropic messages;
+//! Gemini generateContent; each streamed or not) with usage that a test can predict. Request headers steer it:
 //!
 //! | header | effect |
 //! |---|---|
@@ -202,11 +203,31 @@ fn record(seen: &Seen, method: &str, path: &str, headers: &HeaderMap) {
     }
 }
 
-async fn openai_chat(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
-    record(&seen, "POST", "/v1/chat/completions", &headers);
+/// Every OpenAI-format path, whatever its prefix (`/v1`, `/openai/v1`, Azure's
+/// `/openai/deployments/{deployment}`), by its last segments.
+async fn openai(
+    State(seen): State<Seen>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    record(&seen, "POST", &path, &headers);
+    let deployment = path
+        .strip_prefix("/openai/deployments/")
+        .and_then(|rest| rest.split('/').next())
+        .map(str::to_string);
     let a = match ask(&headers, &body, None) {
         Ok(a) => a,
         Err(m) => return bad_request(&m),
+    };
+    let a = Ask {
+        actual: if a.actual.is_empty() {
+            deployment.unwrap_or_default()
+        } else {
+            a.actual
+        },
+        ..a
     };
     tokio::time::sleep(a.delay).await;
     if let Some(s) = a.status {
@@ -221,6 +242,94 @@ async fn openai_chat(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) 
             json!({"error": {"message": "mock error", "type": kind, "param": null, "code": code}}),
         );
     }
+    if path.ends_with("/chat/completions") {
+        openai_chat(a)
+    } else if path.ends_with("/responses") {
+        openai_responses(a)
+    } else if path.ends_with("/embeddings") {
+        body_response(
+            &a,
+            json!({"object": "list", "model": a.actual,
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.0123, -0.0456, 0.0789]}],
+                "usage": {"prompt_tokens": a.usage.input, "total_tokens": a.usage.input}}),
+        )
+    } else if path.ends_with("/completions") {
+        openai_completions(a)
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+/// Legacy completions: `choices[].text`, usage last when asked.
+fn openai_completions(a: Ask) -> Response {
+    let u = a.usage;
+    let usage = json!({"prompt_tokens": u.input, "completion_tokens": u.output,
+        "total_tokens": u.input + u.output});
+    if !a.stream {
+        return body_response(
+            &a,
+            json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_764_000_000,
+                "model": a.actual, "choices": [{"text": a.reply, "index": 0, "logprobs": null,
+                "finish_reason": "stop"}], "usage": usage}),
+        );
+    }
+    let mut out: Vec<String> = words(&a.reply)
+        .into_iter()
+        .map(|w| {
+            let c = json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_764_000_000,
+                "model": a.actual, "choices": [{"text": w, "index": 0, "logprobs": null,
+                "finish_reason": null}]});
+            format!("data: {c}\n\n")
+        })
+        .collect();
+    if a.include_usage {
+        let c = json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_764_000_000,
+            "model": a.actual, "choices": [], "usage": usage});
+        out.push(format!("data: {c}\n\n"));
+    }
+    out.push("data: [DONE]\n\n".into());
+    event_stream(&a, "text/event-stream; charset=utf-8", out)
+}
+
+/// The Responses API: usage inside `response` of `response.completed`.
+fn openai_responses(a: Ask) -> Response {
+    let u = a.usage;
+    let usage = json!({"input_tokens": u.input, "input_tokens_details": {"cached_tokens": u.cached},
+        "output_tokens": u.output, "output_tokens_details": {"reasoning_tokens": u.reasoning},
+        "total_tokens": u.input + u.output});
+    let response = |status: &str, usage: Value, text: &str| {
+        json!({"id": "resp_mock", "object": "response", "created_at": 1_764_000_000,
+            "status": status, "error": null, "model": a.actual,
+            "output": if text.is_empty() { json!([]) } else { json!([{"type": "message",
+                "id": "msg_mock", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}]) },
+            "usage": usage})
+    };
+    if !a.stream {
+        return body_response(&a, response("completed", usage, &a.reply));
+    }
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = vec![ev(
+        "response.created",
+        json!({"type": "response.created", "sequence_number": 0,
+            "response": response("in_progress", Value::Null, "")}),
+    )];
+    for (i, w) in words(&a.reply).into_iter().enumerate() {
+        out.push(ev(
+            "response.output_text.delta",
+            json!({"type": "response.output_text.delta", "sequence_number": i + 1,
+                "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": w}),
+        ));
+    }
+    out.push(ev(
+        "response.completed",
+        json!({"type": "response.completed", "sequence_number": 999,
+            "response": response("completed", usage, &a.reply)}),
+    ));
+    event_stream(&a, "text/event-stream; charset=utf-8", out)
+}
+
+fn openai_chat(a: Ask) -> Response {
     let u = a.usage;
     let usage = json!({
         "prompt_tokens": u.input,
@@ -433,7 +542,12 @@ async fn main() {
         std::process::exit(2);
     }
     let app = Router::new()
-        .route("/v1/chat/completions", post(openai_chat))
+        .route("/v1/chat/completions", post(openai))
+        .route("/v1/completions", post(openai))
+        .route("/v1/responses", post(openai))
+        .route("/v1/embeddings", post(openai))
+        .route("/openai/v1/chat/completions", post(openai))
+        .route("/openai/deployments/{deployment}/{*api}", post(openai))
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1beta/models/{*rest}", post(gemini))
         .route("/__mock/requests", get(requests))

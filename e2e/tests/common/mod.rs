@@ -364,8 +364,28 @@ impl Stack {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert_eq!(last.len(), n, "events for {query}: {last:#?}");
+        if last.len() != n {
+            panic!(
+                "events for {query}: expected {n}, got {}: {last:#?}\n{}",
+                last.len(),
+                self.log_tails()
+            );
+        }
         last
+    }
+
+    /// The last lines of every log of the stack, for failure messages.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        if let Ok(dir) = std::fs::read_dir(self.logs_dir()) {
+            for entry in dir.flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                out.push_str(&format!("--- {}\n{tail}\n", entry.path().display()));
+            }
+        }
+        out
     }
 
     /// An Envoy counter from the admin stats (0 when absent).
