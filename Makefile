@@ -8,7 +8,7 @@ ENVOY   := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM    := target/wasm32-wasip1/release/tally.wasm
 
-.PHONY: build run demo test lint fmt envoy wasm-target clean
+.PHONY: build run demo test lint fmt prices envoy wasm-target clean
 
 build: envoy wasm-target
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
@@ -42,6 +42,11 @@ lint: wasm-target
 
 fmt:
 	$(CARGO) fmt --all
+
+# Regenerate src/prices.json from LiteLLM's price map (the JSON in the litellm package on PyPI),
+# or from a given file: make prices PRICES_FILE=path/to/model_prices_and_context_window.json
+prices:
+	python3 scripts/prices.py $(if $(PRICES_FILE),--file $(PRICES_FILE))
 
 clean:
 	$(CARGO) clean

@@ -337,7 +337,7 @@ impl Exchange {
         let input_known = exact.is_some() || facts.usage.is_some();
         let cost_usd = usage
             .filter(|_| input_known)
-            .and_then(|u| prices.cost_usd(model?, &u));
+            .and_then(|u| prices.cost_usd(&self.route.provider, model?, &u));
         let interrupted = self.sse && !self.complete;
         let (error_category, error_source) = match classify(
             status,

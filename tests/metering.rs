@@ -50,7 +50,6 @@ fn run(case: &Case<'_>, chunks: &[&[u8]]) -> Event {
         ex.on_response_body(c, false);
     }
     ex.on_response_body(&[], true);
-    let prices = PriceTable::builtin().unwrap();
     let fin = Finish {
         now_unix_ms: 1_050.5,
         request_id: "r".into(),
@@ -58,10 +57,11 @@ fn run(case: &Case<'_>, chunks: &[&[u8]]) -> Event {
         final_status: Some(case.status),
     };
     // Tokenizers are built once per VM; once per test thread here.
-    TOKENIZERS.with(|t| ex.finish(fin, &prices, &mut t.borrow_mut()))
+    PRICES.with(|prices| TOKENIZERS.with(|t| ex.finish(fin, prices, &mut t.borrow_mut())))
 }
 
 thread_local! {
+    static PRICES: PriceTable = PriceTable::builtin().unwrap();
     static TOKENIZERS: std::cell::RefCell<Tokenizers> = std::cell::RefCell::new(Tokenizers::default());
 }
 

@@ -169,16 +169,11 @@ impl Store {
             .optional()?)
     }
 
-    /// The name calibration is kept under: the listed model a name resolves to (so dated
-    /// snapshots share one ratio), else the name itself.
-    fn calibration_model(&self, e: &Event) -> Option<String> {
+    /// The name calibration is kept under: the model without a trailing snapshot date
+    /// (`-20250929`, `-2024-07-18`, `@20241022`), so that snapshots of a model share one ratio.
+    fn calibration_model(e: &Event) -> Option<String> {
         let m = e.model_actual.as_deref().or(e.model_requested.as_deref())?;
-        Some(
-            self.prices
-                .resolve(m)
-                .map_or(m, |(listed, _)| listed)
-                .to_string(),
-        )
+        Some(strip_snapshot_date(m).to_string())
     }
 
     /// Store a batch in one transaction. Returns (accepted, duplicates): an event whose
@@ -222,7 +217,7 @@ impl Store {
             )?;
             for (original, ts) in batch {
                 let mut e = std::borrow::Cow::Borrowed(original);
-                let model = self.calibration_model(original);
+                let model = Self::calibration_model(original);
                 if let (Some(TokenSource::Measured), Some(m), Some(model)) =
                     (e.token_source, e.measured_output_tokens, model.as_deref())
                 {
@@ -246,7 +241,7 @@ impl Store {
                                     cache_write: ev.cache_write_tokens.unwrap_or(0),
                                     reasoning: 0,
                                 };
-                                ev.cost_usd = self.prices.cost_usd(model, &usage);
+                                ev.cost_usd = self.prices.cost_usd(&ev.provider, model, &usage);
                             }
                         }
                     }
@@ -395,6 +390,28 @@ impl Store {
     }
 }
 
+fn strip_snapshot_date(model: &str) -> &str {
+    let b = model.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let n = b.len();
+    // -YYYYMMDD or @YYYYMMDD
+    if n > 9 && matches!(b[n - 9], b'-' | b'@') && digits(n - 8..n) {
+        return &model[..n - 9];
+    }
+    // -YYYY-MM-DD
+    if n > 11
+        && b[n - 11] == b'-'
+        && digits(n - 10..n - 6)
+        && b[n - 6] == b'-'
+        && digits(n - 5..n - 3)
+        && b[n - 3] == b'-'
+        && digits(n - 2..n)
+    {
+        return &model[..n - 11];
+    }
+    model
+}
+
 /// The JSON name of a unit enum (`"rate_limited"`), for storage as TEXT.
 fn enum_str<T: serde::Serialize>(v: T) -> String {
     match serde_json::to_value(v) {
@@ -405,4 +422,19 @@ fn enum_str<T: serde::Serialize>(v: T) -> String {
 
 fn from_enum_str<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T> {
     s.and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_snapshot_date as s;
+
+    #[test]
+    fn snapshot_dates() {
+        assert_eq!(s("claude-sonnet-4-5-20250929"), "claude-sonnet-4-5");
+        assert_eq!(s("gpt-4o-mini-2024-07-18"), "gpt-4o-mini");
+        assert_eq!(s("claude-3-5-haiku@20241022"), "claude-3-5-haiku");
+        assert_eq!(s("gpt-4o"), "gpt-4o");
+        assert_eq!(s("o3-mini"), "o3-mini");
+        assert_eq!(s("model-123"), "model-123");
+    }
 }

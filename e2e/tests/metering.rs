@@ -523,7 +523,8 @@ fn more_api_shapes_through_envoy() {
             json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Say hi", "stream": true}),
             vec![("x-mock-usage", "input=5,output=4")],
             json!({"api": "completions", "streaming": true, "input_tokens": 5,
-                "output_tokens": 4, "token_source": "exact"}),
+                "output_tokens": 4, "token_source": "exact",
+                "cost_usd": p(5 * 1_500_000 + 4 * 2_000_000)}),
         ),
         (
             "u-azure",
