@@ -8,7 +8,7 @@ ENVOY   := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM    := target/wasm32-wasip1/release/tally.wasm
 
-.PHONY: build run demo test lint fmt prices envoy wasm-target clean
+.PHONY: build run demo test test-wasm lint fmt prices envoy wasm-target clean
 
 build: envoy wasm-target
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
@@ -31,9 +31,14 @@ run: build
 demo: build
 	python3 scripts/tally_run.py --demo
 
-# Unit tests (metering logic, collector) and end-to-end tests in a real Envoy.
-test: build
+# Unit tests (metering logic, collector), the metering logic again as 32-bit WebAssembly under
+# Node's WASI, and end-to-end tests in a real Envoy.
+test: build test-wasm
 	$(CARGO) test --release -j $(JOBS) --workspace
+
+test-wasm: wasm-target
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/scripts/wasi-runner.mjs" \
+		$(CARGO) test --release -j $(JOBS) --target wasm32-wasip1 -p tally --lib --tests
 
 lint: wasm-target
 	$(CARGO) fmt --all --check

@@ -67,15 +67,24 @@ thread_local! {
 
 /// The same event whatever the chunking: whole, split at every offset, byte by byte.
 fn check_every_split(case: &Case<'_>, check: impl Fn(&Event)) {
+    // Beside exact usage, Tally's own count is a calibration sample taken one stream in
+    // several once a tokenizer is loaded: not part of what must be equal.
+    let run = |chunks: &[&[u8]]| {
+        let mut ev = run(case, chunks);
+        if ev.token_source == Some(TokenSource::Exact) {
+            ev.measured_output_tokens = None;
+        }
+        ev
+    };
     let body = &case.response;
-    let whole = run(case, &[body]);
+    let whole = run(&[body]);
     check(&whole);
     for at in 0..=body.len() {
-        let ev = run(case, &[&body[..at], &body[at..]]);
+        let ev = run(&[&body[..at], &body[at..]]);
         assert_eq!(ev, whole, "split at {at}");
     }
     let bytes: Vec<&[u8]> = body.chunks(1).collect();
-    assert_eq!(run(case, &bytes), whole, "byte by byte");
+    assert_eq!(run(&bytes), whole, "byte by byte");
 }
 
 fn crlf(b: &[u8]) -> Vec<u8> {

@@ -120,8 +120,10 @@ fn serve(data_dir: PathBuf, listen: SocketAddr) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        // The bound address, so that `--listen 127.0.0.1:0` tells which port it got.
+        let bound = listener.local_addr().unwrap_or(listen);
         log::info(&format!(
-            "tally-collector listening on http://{listen} (data in {})",
+            "tally-collector listening on http://{bound} (data in {})",
             data_dir.display()
         ));
         axum::serve(listener, api::router(api::AppState { store }))

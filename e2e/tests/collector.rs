@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{agent, artifact, free_port, send, start_collector};
+use common::{agent, artifact, send, start_collector};
 use serde_json::{json, Value};
 use std::process::Command;
 
@@ -35,8 +35,7 @@ fn start() -> Collector {
     std::fs::create_dir_all(&logs).unwrap();
     // The store is created by the CLI before the server starts, as `make run` does.
     assert!(org_cmd(&data, &["list"]).0);
-    let port = free_port();
-    let proc = start_collector(&data, port, &logs, "collector");
+    let (proc, port) = start_collector(&data, 0, &logs, "collector");
     Collector {
         _dir: dir,
         data,

@@ -561,7 +561,8 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    eprintln!("tally-mock listening on http://{listen}");
+    let bound = listener.local_addr().unwrap_or(listen);
+    eprintln!("tally-mock listening on http://{bound}");
     if let Err(e) = axum::serve(listener, app).await {
         eprintln!("tally-mock: {e}");
         std::process::exit(1);

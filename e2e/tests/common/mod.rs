@@ -258,39 +258,37 @@ impl Stack {
             .trim()
             .to_string();
 
-        let mock_port = free_port();
-        let mock = spawn(
+        // Every server binds port 0 and says which port it got: no race for free ports
+        // between tests running side by side.
+        let mut mock = spawn(
             "mock",
-            Command::new(artifact("target/release/tally-mock"))
-                .args(["--listen", &format!("127.0.0.1:{mock_port}")]),
+            Command::new(artifact("target/release/tally-mock")).args(["--listen", "127.0.0.1:0"]),
             &logs,
         );
+        let mock_port = announced_port(&mut mock, &logs);
 
-        let collector_port = free_port();
-        let mut stack_collector = None;
-        if opts.start_collector {
-            stack_collector = Some(start_collector(&data, collector_port, &logs, "collector"));
-        }
+        let (stack_collector, collector_port) = if opts.start_collector {
+            let (p, port) = start_collector(&data, 0, &logs, "collector");
+            (Some(p), port)
+        } else {
+            // Reserved for a collector started later; nothing listens there meanwhile.
+            (None, free_port())
+        };
 
-        let envoy_port = free_port();
-        let admin_port = free_port();
         let cfg = dir.path().join("envoy.yaml");
         std::fs::write(
             &cfg,
-            envoy_config(
-                envoy_port,
-                admin_port,
-                mock_port,
-                collector_port,
-                &opts.filter_config,
-            ),
+            envoy_config(0, 0, mock_port, collector_port, &opts.filter_config),
         )
         .expect("write envoy config");
-        let envoy = spawn(
+        let admin_file = dir.path().join("admin-address");
+        let mut envoy = spawn(
             "envoy",
             Command::new(envoy_bin())
                 .arg("-c")
                 .arg(&cfg)
+                .arg("--admin-address-path")
+                .arg(&admin_file)
                 .args([
                     "--disable-hot-restart",
                     "--concurrency",
@@ -300,6 +298,31 @@ impl Stack {
                 .env("TALLY_ORG_KEY", &key),
             &logs,
         );
+        let mut admin = String::new();
+        wait_until("envoy's admin address", Duration::from_secs(30), || {
+            assert!(envoy.alive(), "envoy exited; see {}", logs.display());
+            admin = std::fs::read_to_string(&admin_file).unwrap_or_default();
+            admin.contains(':')
+        });
+        let admin_port: u16 = admin
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("admin port");
+        wait_until("envoy to be ready", Duration::from_secs(30), || {
+            http_ok(&format!("http://127.0.0.1:{admin_port}/ready"))
+        });
+        // `/listeners` answers `llm::127.0.0.1:PORT`.
+        let (_, listeners, _) = send(
+            agent().get(&format!("http://127.0.0.1:{admin_port}/listeners")),
+            None,
+        );
+        let envoy_port: u16 = listeners
+            .lines()
+            .find_map(|l| l.strip_prefix("llm::127.0.0.1:"))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("listener port in {listeners:?}"));
         let stack = Stack {
             dir,
             key,
@@ -311,12 +334,6 @@ impl Stack {
             collector: stack_collector,
             mock,
         };
-        wait_until("the mock provider", Duration::from_secs(15), || {
-            TcpStream::connect(("127.0.0.1", mock_port)).is_ok()
-        });
-        wait_until("envoy to be ready", Duration::from_secs(30), || {
-            http_ok(&format!("http://127.0.0.1:{admin_port}/ready"))
-        });
         stack
     }
 
@@ -411,8 +428,9 @@ impl Stack {
     }
 }
 
-pub fn start_collector(data: &Path, port: u16, logs: &Path, name: &'static str) -> Proc {
-    let p = spawn(
+/// Start a collector on `port` (0: any) and return it with the port it listens on.
+pub fn start_collector(data: &Path, port: u16, logs: &Path, name: &'static str) -> (Proc, u16) {
+    let mut p = spawn(
         name,
         Command::new(artifact("target/release/tally-collector"))
             .args(["serve", "--data-dir"])
@@ -420,8 +438,32 @@ pub fn start_collector(data: &Path, port: u16, logs: &Path, name: &'static str) 
             .args(["--listen", &format!("127.0.0.1:{port}")]),
         logs,
     );
+    let port = announced_port(&mut p, logs);
     wait_until("the collector", Duration::from_secs(15), || {
         http_ok(&format!("http://127.0.0.1:{port}/healthz"))
     });
-    p
+    (p, port)
+}
+
+/// The port a server of ours announced on stderr: `... listening on http://127.0.0.1:PORT`.
+pub fn announced_port(p: &mut Proc, logs: &Path) -> u16 {
+    let log = logs.join(format!("{}.stderr.log", p.name));
+    let mut port = None;
+    wait_until(
+        &format!("{} to listen", p.name),
+        Duration::from_secs(15),
+        || {
+            assert!(p.alive(), "{} exited; see {}", p.name, log.display());
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            port = text
+                .split("listening on http://127.0.0.1:")
+                .nth(1)
+                .and_then(|rest| {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse().ok()
+                });
+            port.is_some()
+        },
+    );
+    port.unwrap_or_default()
 }
