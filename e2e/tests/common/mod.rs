@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 use std::fs::File;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -323,7 +323,7 @@ impl Stack {
             .find_map(|l| l.strip_prefix("llm::127.0.0.1:"))
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or_else(|| panic!("listener port in {listeners:?}"));
-        let stack = Stack {
+        Stack {
             dir,
             key,
             envoy_port,
@@ -333,8 +333,7 @@ impl Stack {
             envoy,
             collector: stack_collector,
             mock,
-        };
-        stack
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
