@@ -578,3 +578,31 @@ fn azure_deployment_names_the_model_when_the_body_does_not() {
         assert_eq!(ev.cost_usd, usd(19 * 2_500_000 + 9 * 10_000_000));
     });
 }
+
+#[test]
+fn tokenizer_is_not_built_while_exact_usage_arrives() {
+    let cfg = Config::parse(b"", Some(KEY.into())).unwrap();
+    let prices = PriceTable::builtin().unwrap();
+    let mut tokenizers = Tokenizers::default();
+    let headers: Vec<(String, String)> = [(":method", "POST"), (":path", "/v1/chat/completions")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for _ in 0..20 {
+        let mut ex = begin(&cfg, &headers, 0.0).exchange.unwrap();
+        ex.on_request_body(br#"{"model":"o3-mini","stream":true}"#);
+        ex.on_response_headers(Some(200), Some("text/event-stream"), None, 1.0);
+        ex.on_response_body(&fixture("openai/chat_completion_stream.sse"), true);
+        let fin = Finish {
+            now_unix_ms: 2.0,
+            request_id: "r".into(),
+            code_details: None,
+            final_status: Some(200),
+        };
+        let ev = ex.finish(fin, &prices, &mut tokenizers);
+        assert_eq!(ev.token_source, Some(TokenSource::Exact));
+        assert_eq!(ev.measured_output_tokens, None);
+    }
+    assert!(!tokenizers.is_loaded(tally::measure::Encoding::O200k));
+    assert!(!tokenizers.is_loaded(tally::measure::Encoding::Cl100k));
+}

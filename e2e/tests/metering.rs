@@ -385,13 +385,17 @@ fn usage_is_requested_for_streams_and_hidden_from_the_client() {
 #[test]
 fn usage_request_can_be_switched_off() {
     let stack = Stack::start_with(common::Options {
-        filter_config: r#"{"flush_interval_ms": 100, "stream_usage": false}"#.into(),
+        filter_config: r#"{"flush_interval_ms": 100, "stream_usage": false,
+            "header_aliases": {"feature": ["Helicone-Property-Feature"], "team": ["X-ModelTrack-Team"]}}"#
+            .into(),
         ..common::Options::default()
     });
     let (status, text, _) = send(
         agent()
             .post(&stack.url("/v1/chat/completions"))
             .set("x-tally-user", "u-off")
+            .set("Helicone-Property-Feature", "search-rerank")
+            .set("X-ModelTrack-Team", "relevance")
             .set("x-mock-usage", "input=64,output=11"),
         Some(r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#),
     );
@@ -414,6 +418,15 @@ fn usage_request_can_be_switched_off() {
     assert_eq!(ev["input_tokens"], Value::Null);
     assert_eq!(ev["cost_usd"], Value::Null);
     assert_eq!(ev["error_category"], Value::Null);
+    // Other tools' headers, configured as aliases, fill the same fields and never go upstream.
+    assert_eq!(ev["feature"], "search-rerank");
+    assert_eq!(ev["team"], "relevance");
+    let last = stack.mock_requests().pop().unwrap();
+    let names = last["headers"].to_string();
+    assert!(
+        !names.contains("helicone") && !names.contains("modeltrack"),
+        "{names}"
+    );
 }
 
 /// Read a response whatever happens to it (a cut stream ends in an error).
@@ -477,6 +490,22 @@ fn interrupted_streams_still_yield_events() {
     assert_eq!(ev["error_source"], "client");
     assert_eq!(ev["token_source"], "measured");
     assert_eq!(ev["streaming"], true);
+
+    // Envoy gives up on a slow provider: a timeout, from the network.
+    let (status, _, _) = send(
+        agent()
+            .post(&stack.url("/v1/chat/completions"))
+            .set("x-tally-user", "u-timeout")
+            .set("x-test-short-timeout", "1")
+            .set("x-mock-delay-ms", "2000"),
+        Some(r#"{"model":"gpt-4o-mini","messages":[]}"#),
+    );
+    assert_eq!(status, 504);
+    let ev = &stack.wait_events("user=u-timeout", 1)[0];
+    assert_eq!(ev["status"], 504);
+    assert_eq!(ev["error_category"], "timeout", "{ev:#}");
+    assert_eq!(ev["error_source"], "network");
+    assert_eq!(ev["model_requested"], "gpt-4o-mini");
 }
 
 /// Every other API shape through Envoy: exact tokens, models, provider and cost.

@@ -196,6 +196,9 @@ static_resources:
             - name: providers
               domains: ["*"]
               routes:
+              # For timeout tests: a route that gives the upstream 200 ms.
+              - match: {{ prefix: "/", headers: [{{ name: x-test-short-timeout, present_match: true }}] }}
+                route: {{ cluster: openai, timeout: 0.2s }}
               - match: {{ prefix: "/v1/messages" }}
                 route: {{ cluster: anthropic, timeout: 60s }}
               - match: {{ prefix: "/v1beta/" }}
