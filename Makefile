@@ -8,7 +8,7 @@ ENVOY   := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM    := target/wasm32-wasip1/release/tally.wasm
 
-.PHONY: build run demo test test-wasm lint fmt prices envoy wasm-target clean
+.PHONY: build build-fault run demo test test-wasm lint fmt prices envoy wasm-target clean
 
 build: envoy wasm-target
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
@@ -31,9 +31,13 @@ run: build
 demo: build
 	python3 scripts/tally_run.py --demo
 
+# The filter with fault injection, for the fail-open test (never shipped).
+build-fault: wasm-target
+	$(CARGO) build --profile fault --features fault-injection -j $(JOBS) --target wasm32-wasip1 -p tally
+
 # Unit tests (metering logic, collector), the metering logic again as 32-bit WebAssembly under
 # Node's WASI, and end-to-end tests in a real Envoy.
-test: build test-wasm
+test: build build-fault test-wasm
 	$(CARGO) test --release -j $(JOBS) --workspace
 
 test-wasm: wasm-target
@@ -44,6 +48,7 @@ lint: wasm-target
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release -j $(JOBS) --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release -j $(JOBS) --target wasm32-wasip1 -p tally -- -D warnings
+	$(CARGO) clippy --release -j $(JOBS) --target wasm32-wasip1 -p tally --features fault-injection -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

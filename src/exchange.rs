@@ -24,6 +24,9 @@ use crate::usage::{TokenSource, Usage};
 
 /// The most bytes of an attribution header value kept; labels, not documents.
 const MAX_LABEL: usize = 128;
+/// The most bytes of a model name and of an endpoint kept (the collector's limits).
+const MAX_MODEL: usize = 256;
+const MAX_ENDPOINT: usize = 1024;
 
 /// Most bytes of stream event data kept for counting output.
 const MAX_RECORD: usize = 8 << 20;
@@ -100,20 +103,31 @@ pub struct Exchange {
 
 /// A label from a header value: trimmed, bounded, printable.
 fn label(value: &str) -> Option<String> {
-    let v = value.trim();
-    if v.is_empty() {
-        return None;
-    }
-    let mut out = String::with_capacity(v.len().min(MAX_LABEL));
-    for c in v.chars() {
-        if out.len() + c.len_utf8() > MAX_LABEL {
+    clean(value, MAX_LABEL)
+}
+
+/// Text that came from a client or a provider, made fit for an event (the collector refuses
+/// empty, over-long or control-character values, and one refused event would cost its batch):
+/// control characters dropped, trimmed, cut at `max` bytes on a character boundary; `None` if
+/// nothing is left.
+fn clean(value: &str, max: usize) -> Option<String> {
+    let mut out = String::with_capacity(value.len().min(max));
+    for c in value.trim().chars() {
+        if out.len() + c.len_utf8() > max {
             break;
         }
         if !c.is_control() {
             out.push(c);
         }
     }
-    Some(out)
+    let trimmed = out.trim();
+    if trimmed.is_empty() {
+        None
+    } else if trimmed.len() == out.len() {
+        Some(out)
+    } else {
+        Some(trimmed.to_string())
+    }
 }
 
 /// Read the request headers. `headers` are (name, value) as Envoy gives them, names lower case,
@@ -318,7 +332,8 @@ impl Exchange {
         let model = model_actual.as_deref().or(model_requested.as_deref());
         let exact = facts
             .usage
-            .filter(|_| facts.usage_final && (self.complete || !self.sse));
+            .filter(|_| facts.usage_final && (self.complete || !self.sse))
+            .map(Usage::consistent);
         let measured = self.measure(exact.is_some(), model.unwrap_or(""), tokenizers);
         let (usage, source) = match (exact, measured) {
             (Some(u), _) => (Some(u), Some(TokenSource::Exact)),
@@ -329,7 +344,8 @@ impl Exchange {
                     output: m,
                     reasoning: 0,
                     ..partial
-                };
+                }
+                .consistent();
                 (Some(u), Some(TokenSource::Measured))
             }
             (None, None) => (None, None),
@@ -358,9 +374,9 @@ impl Exchange {
             org_id: None,
             provider: self.route.provider,
             api: self.route.api.name().to_string(),
-            endpoint: self.endpoint,
-            model_requested,
-            model_actual,
+            endpoint: clean(&self.endpoint, MAX_ENDPOINT).unwrap_or_else(|| "/".into()),
+            model_requested: model_requested.and_then(|m| clean(&m, MAX_MODEL)),
+            model_actual: model_actual.and_then(|m| clean(&m, MAX_MODEL)),
             status,
             streaming,
             latency_ms: round_ms(fin.now_unix_ms - self.started_unix_ms),
@@ -438,7 +454,26 @@ fn read_body(
     }
 }
 
-/// Milliseconds to the microsecond, never negative (clocks can step).
+#[cfg(test)]
+mod tests {
+    use super::clean;
+
+    #[test]
+    fn cleaned_text_is_never_empty_or_over_long() {
+        assert_eq!(clean("  gpt-4o  ", 256).as_deref(), Some("gpt-4o"));
+        assert_eq!(clean("", 256), None);
+        assert_eq!(clean(" \u{0}\t\n ", 256), None);
+        assert_eq!(clean("a\u{7}b", 256).as_deref(), Some("ab"));
+        assert_eq!(clean("ééé", 5).as_deref(), Some("éé"));
+        assert_eq!(clean("ab \u{1}", 3).as_deref(), Some("ab"));
+    }
+}
+
+/// Milliseconds to the microsecond, within 0 and a week (clocks can step).
 fn round_ms(ms: f64) -> f64 {
-    (ms.max(0.0) * 1000.0).round() / 1000.0
+    const WEEK_MS: f64 = 7.0 * 86_400_000.0;
+    if !ms.is_finite() {
+        return 0.0;
+    }
+    (ms.clamp(0.0, WEEK_MS) * 1000.0).round() / 1000.0
 }

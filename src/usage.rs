@@ -13,6 +13,50 @@ pub struct Usage {
     pub reasoning: u64,
 }
 
+/// More tokens than any request has; also the collector's bound.
+pub const MAX_TOKENS: u64 = 1_000_000_000_000;
+
+impl Usage {
+    /// The same usage with its parts made consistent, whatever a provider sent: every count
+    /// within [`MAX_TOKENS`], cache reads and writes within the input, reasoning within the
+    /// output. (An event the collector refuses would cost its whole batch.)
+    pub fn consistent(self) -> Usage {
+        let input = self.input.min(MAX_TOKENS);
+        let output = self.output.min(MAX_TOKENS);
+        let cached_input = self.cached_input.min(input);
+        Usage {
+            input,
+            output,
+            cached_input,
+            cache_write: self.cache_write.min(input - cached_input),
+            reasoning: self.reasoning.min(output),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inconsistent_reports_are_bounded() {
+        let u = Usage {
+            input: 10,
+            output: 5,
+            cached_input: 8,
+            cache_write: 8,
+            reasoning: 9,
+        }
+        .consistent();
+        assert_eq!((u.cached_input, u.cache_write, u.reasoning), (8, 2, 5));
+        let big = Usage {
+            input: u64::MAX,
+            ..Usage::default()
+        };
+        assert_eq!(big.consistent().input, MAX_TOKENS);
+    }
+}
+
 /// How the token figures of an event were obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -67,9 +67,14 @@ async fn ingest_events(
     let bytes = axum::body::to_bytes(body, MAX_BATCH_BYTES)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(MAX_BATCH_BYTES))?;
-    let batch = ingest::parse(&bytes).inspect_err(|_| {
+    let batch = ingest::parse(&bytes).inspect_err(|e| {
+        // The field's name only: values could be labels a client chose.
+        let field = match e {
+            ApiError::BadRequest { field, .. } => field.as_deref().unwrap_or("-"),
+            _ => "-",
+        };
         crate::log::warn(&format!(
-            "org {}: rejected a batch of {} bytes",
+            "org {}: rejected a batch of {} bytes (field {field})",
             org.name,
             bytes.len()
         ));

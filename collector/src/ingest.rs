@@ -9,7 +9,7 @@ use tally::time::parse_rfc3339_ms;
 pub type Batch = Vec<(Event, i64)>;
 
 /// Far above any real request, far below SQLite's i64.
-const MAX_TOKENS: u64 = 1_000_000_000_000;
+const MAX_TOKENS: u64 = tally::usage::MAX_TOKENS;
 const MAX_EVENTS: usize = 10_000;
 
 pub fn parse(body: &[u8]) -> Result<Batch, ApiError> {

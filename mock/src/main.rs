@@ -12,6 +12,8 @@
 //! | `x-mock-status: 429` | answer with that status and the provider's error body |
 //! | `x-mock-delay-ms: 20` | wait before the headers and between stream chunks |
 //! | `x-mock-cut-after: 3` | send that many stream events, then reset the connection |
+//! | `x-mock-raw-b64: <base64>` | answer exactly these bytes (with `x-mock-raw-type` as the content type and `x-mock-raw-encoding` as the content encoding): hostile responses for tests |
+//! | `x-mock-raw-file: /path` | the same, with the bytes of a file (too large for a header) |
 //! | `x-mock-encoding: gzip` | gzip the (non-streamed) JSON body, with `content-encoding: gzip` |
 //!
 //! Without `x-mock-usage`, input is the request body's length / 4 (rounded up) and output the
@@ -193,6 +195,39 @@ fn body_response(a: &Ask, v: Value) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// The response a test dictated byte for byte, if it did.
+fn raw_response(headers: &HeaderMap) -> Option<Response> {
+    use base64::Engine;
+    let bytes = if let Some(path) = header(headers, "x-mock-raw-file") {
+        match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => return Some(bad_request(&format!("x-mock-raw-file: {e}"))),
+        }
+    } else {
+        let b64 = header(headers, "x-mock-raw-b64")?;
+        match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(b) => b,
+            Err(e) => return Some(bad_request(&format!("x-mock-raw-b64: {e}"))),
+        }
+    };
+    let mut r = Response::builder().status(
+        header(headers, "x-mock-status")
+            .and_then(|s| s.parse().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK),
+    );
+    if let Some(t) = header(headers, "x-mock-raw-type") {
+        r = r.header("content-type", t);
+    }
+    if let Some(e) = header(headers, "x-mock-raw-encoding") {
+        r = r.header("content-encoding", e);
+    }
+    Some(
+        r.body(Body::from(bytes))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+    )
+}
+
 fn record(seen: &Seen, method: &str, path: &str, headers: &HeaderMap) {
     let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
     if let Ok(mut q) = seen.0.lock() {
@@ -213,6 +248,9 @@ async fn openai(
 ) -> Response {
     let path = uri.path().to_string();
     record(&seen, "POST", &path, &headers);
+    if let Some(r) = raw_response(&headers) {
+        return r;
+    }
     let deployment = path
         .strip_prefix("/openai/deployments/")
         .and_then(|rest| rest.split('/').next())
@@ -379,6 +417,9 @@ fn openai_chat(a: Ask) -> Response {
 
 async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
     record(&seen, "POST", "/v1/messages", &headers);
+    if let Some(r) = raw_response(&headers) {
+        return r;
+    }
     let a = match ask(&headers, &body, None) {
         Ok(a) => a,
         Err(m) => return bad_request(&m),

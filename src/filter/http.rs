@@ -42,6 +42,8 @@ impl HttpContext for Req {
             self.error();
             return Action::Continue;
         };
+        #[cfg(feature = "fault-injection")]
+        super::fault::check(&headers);
         let Ok(s) = shared.try_borrow() else {
             self.error();
             return Action::Continue;

@@ -7,6 +7,8 @@
 //! Fail open: no callback returns anything but `Continue`, every host error is counted and
 //! ignored, and a request whose state cannot be read is simply not metered.
 
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod host;
 mod http;
 mod root;

@@ -122,6 +122,10 @@ pub fn send(req: ureq::Request, body: Option<&str>) -> (u16, String, Vec<(String
 pub struct Options {
     /// The filter's JSON configuration.
     pub filter_config: String,
+    /// The filter module, relative to the repository root.
+    pub wasm: &'static str,
+    /// A collector port to use instead of starting a collector (see `start_collector`).
+    pub collector_port: Option<u16>,
     pub concurrency: u32,
     pub start_collector: bool,
 }
@@ -130,6 +134,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             filter_config: r#"{"flush_interval_ms": 100}"#.into(),
+            wasm: "target/wasm32-wasip1/release/tally.wasm",
+            collector_port: None,
             concurrency: 1,
             start_collector: true,
         }
@@ -162,8 +168,9 @@ fn envoy_config(
     upstream: u16,
     collector: u16,
     filter_config: &str,
+    wasm: &str,
 ) -> String {
-    let wasm = artifact("target/wasm32-wasip1/release/tally.wasm");
+    let wasm = artifact(wasm);
     let cluster = |name: &str, port: u16| {
         format!(
             r#"
@@ -270,18 +277,27 @@ impl Stack {
         );
         let mock_port = announced_port(&mut mock, &logs);
 
-        let (stack_collector, collector_port) = if opts.start_collector {
-            let (p, port) = start_collector(&data, 0, &logs, "collector");
-            (Some(p), port)
-        } else {
+        let (stack_collector, collector_port) = match (opts.start_collector, opts.collector_port) {
+            (true, _) => {
+                let (p, port) = start_collector(&data, 0, &logs, "collector");
+                (Some(p), port)
+            }
+            (false, Some(port)) => (None, port),
             // Reserved for a collector started later; nothing listens there meanwhile.
-            (None, free_port())
+            (false, None) => (None, free_port()),
         };
 
         let cfg = dir.path().join("envoy.yaml");
         std::fs::write(
             &cfg,
-            envoy_config(0, 0, mock_port, collector_port, &opts.filter_config),
+            envoy_config(
+                0,
+                0,
+                mock_port,
+                collector_port,
+                &opts.filter_config,
+                opts.wasm,
+            ),
         )
         .expect("write envoy config");
         let admin_file = dir.path().join("admin-address");
