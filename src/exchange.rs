@@ -454,6 +454,15 @@ fn read_body(
     }
 }
 
+/// Milliseconds to the microsecond, within 0 and a week (clocks can step).
+fn round_ms(ms: f64) -> f64 {
+    const WEEK_MS: f64 = 7.0 * 86_400_000.0;
+    if !ms.is_finite() {
+        return 0.0;
+    }
+    (ms.clamp(0.0, WEEK_MS) * 1000.0).round() / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::clean;
@@ -467,13 +476,4 @@ mod tests {
         assert_eq!(clean("ééé", 5).as_deref(), Some("éé"));
         assert_eq!(clean("ab \u{1}", 3).as_deref(), Some("ab"));
     }
-}
-
-/// Milliseconds to the microsecond, within 0 and a week (clocks can step).
-fn round_ms(ms: f64) -> f64 {
-    const WEEK_MS: f64 = 7.0 * 86_400_000.0;
-    if !ms.is_finite() {
-        return 0.0;
-    }
-    (ms.clamp(0.0, WEEK_MS) * 1000.0).round() / 1000.0
 }
