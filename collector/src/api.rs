@@ -27,7 +27,27 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(list_events))
         .route("/healthz", get(healthz))
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// Headers every answer carries: nothing here may be framed, sniffed or cached by a proxy,
+/// and pages may load only what the collector itself serves.
+async fn security_headers(mut resp: axum::response::Response) -> axum::response::Response {
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (
+            "content-security-policy",
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        h.insert(name, header::HeaderValue::from_static(value));
+    }
+    resp
 }
 
 fn now_ms() -> i64 {

@@ -25,6 +25,14 @@ pub fn hash(key: &str) -> String {
     hex
 }
 
+/// Equality whose time depends only on the lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The key from `Authorization: Bearer <key>`, if it has the shape of one.
 pub fn from_authorization(value: &str) -> Option<&str> {
     let (scheme, key) = value.trim().split_once(' ')?;
@@ -47,6 +55,13 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(hash(&a).len(), 64);
         assert_ne!(hash(&a), hash(&b));
+    }
+
+    #[test]
+    fn constant_time_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
     #[test]

@@ -153,20 +153,22 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The enabled org a key belongs to. The key is looked up by its SHA-256 (an index probe
+    /// that reveals nothing useful about the key); the stored hash is then compared again in
+    /// constant time.
     pub fn org_for_key(&self, key: &str) -> Result<Option<Org>, StoreError> {
-        Ok(self
+        let hash = keys::hash(key);
+        let found: Option<(i64, String, String)> = self
             .conn()
             .query_row(
-                "SELECT id, name FROM orgs WHERE key_hash = ?1 AND disabled = 0",
-                params![keys::hash(key)],
-                |r| {
-                    Ok(Org {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                    })
-                },
+                "SELECT id, name, key_hash FROM orgs WHERE key_hash = ?1 AND disabled = 0",
+                params![hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .optional()?)
+            .optional()?;
+        Ok(found
+            .filter(|(_, _, stored)| keys::constant_time_eq(stored.as_bytes(), hash.as_bytes()))
+            .map(|(id, name, _)| Org { id, name }))
     }
 
     /// The name calibration is kept under: the model without a trailing snapshot date

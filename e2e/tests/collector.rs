@@ -294,3 +294,63 @@ fn measured_events_are_calibrated_per_model_once_enough_samples_exist() {
         (1000 * 3_000_000u64 + 220 * 15_000_000) as f64 / 1e12
     );
 }
+
+#[test]
+fn a_202_batch_survives_kill_9_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (ok, key, _) = org_cmd(&data, &["create", "acme"]);
+    assert!(ok);
+    for round in 0..3 {
+        let (mut proc, port) = start_collector(&data, 0, &logs, "collector");
+        let batch: Vec<Value> = (0..200)
+            .map(|i| {
+                event(
+                    &format!("r{round}-{i}"),
+                    "2026-11-24T08:00:00.000Z",
+                    json!({}),
+                )
+            })
+            .collect();
+        let (s, _, _) = send(
+            agent()
+                .post(&format!("http://127.0.0.1:{port}/v1/events"))
+                .set("authorization", &format!("Bearer {key}")),
+            Some(&json!(batch).to_string()),
+        );
+        assert_eq!(s, 202);
+        // SIGKILL the moment the 202 is in: no shutdown, no checkpoint.
+        proc.stop();
+    }
+    let (_proc, port) = start_collector(&data, 0, &logs, "collector");
+    let (s, body, _) = send(
+        agent()
+            .get(&format!("http://127.0.0.1:{port}/api/v1/events?limit=1000"))
+            .set("authorization", &format!("Bearer {key}")),
+        None,
+    );
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["events"].as_array().unwrap().len(), 600);
+}
+
+#[test]
+fn answers_carry_security_headers() {
+    let c = start();
+    for path in ["/healthz", "/api/v1/events", "/nope"] {
+        let (_, _, headers) = send(agent().get(&c.url(path)), None);
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("x-frame-options").as_deref(), Some("DENY"), "{path}");
+        assert_eq!(get("x-content-type-options").as_deref(), Some("nosniff"));
+        assert!(get("content-security-policy")
+            .unwrap()
+            .contains("frame-ancestors 'none'"));
+    }
+}

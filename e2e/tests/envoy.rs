@@ -107,6 +107,7 @@ fn no_content_or_secret_leaves_memory() {
         assert!(text.contains(ANSWER), "the client still gets its answer");
     }
     let events = stack.wait_events("user=privacy", cases.len());
+    // The org key the filter sends with (from Envoy's environment) is a secret too.
     let canaries = [
         PROMPT,
         ANSWER,
@@ -114,15 +115,23 @@ fn no_content_or_secret_leaves_memory() {
         ANTHROPIC_KEY,
         ORG_HEADER,
         "CANARY",
+        stack.key.as_str(),
     ];
     let api_text = serde_json::to_string(&events).unwrap();
-    let (_, stats, _) = send(agent().get(&stack.admin_url("/stats")), None);
-    let (_, clusters, _) = send(agent().get(&stack.admin_url("/clusters")), None);
-    let mut haystacks = vec![
-        ("events API".to_string(), api_text.into_bytes()),
-        ("admin stats".into(), stats.into_bytes()),
-        ("admin clusters".into(), clusters.into_bytes()),
-    ];
+    let mut haystacks = vec![("events API".to_string(), api_text.into_bytes())];
+    // Everything Envoy's admin interface would hand an operator.
+    for path in [
+        "/stats",
+        "/stats/prometheus",
+        "/clusters",
+        "/config_dump",
+        "/server_info",
+        "/listeners",
+    ] {
+        let (status, body, _) = send(agent().get(&stack.admin_url(path)), None);
+        assert_eq!(status, 200, "{path}");
+        haystacks.push((format!("admin {path}"), body.into_bytes()));
+    }
     // Every log and data file, the SQLite database and its WAL included.
     let mut files = 0;
     for dir in [stack.logs_dir(), stack.data_dir()] {
