@@ -8,7 +8,7 @@ ENVOY   := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM    := target/wasm32-wasip1/release/tally.wasm
 
-.PHONY: build build-fault run demo test test-wasm lint fmt prices envoy wasm-target clean
+.PHONY: build build-fault run demo test test-wasm fuzz soak lint fmt prices envoy wasm-target clean
 
 build: envoy wasm-target
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
@@ -52,6 +52,23 @@ lint: wasm-target
 
 fmt:
 	$(CARGO) fmt --all
+
+# Fuzz the parsers with libFuzzer (cargo-fuzz, on stable with `-s none`), each for FUZZ_SECONDS,
+# seeded from the fixtures. A crash stops the run and leaves its input in fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := scan sse exchange decode ingest
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		cd fuzz && cargo fuzz run -s none -j $(JOBS) $$t corpus/$$t ../fixtures/openai ../fixtures/anthropic ../fixtures/gemini \
+			-- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10; cd ..; \
+	done
+
+# Minutes of mixed traffic through Envoy with the collector restarted midway; not in `make test`.
+SOAK_SECONDS ?= 180
+soak: build
+	TALLY_SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --release -j $(JOBS) -p tally-e2e --test soak -- --ignored --nocapture
 
 # Regenerate src/prices.json from LiteLLM's price map (the JSON in the litellm package on PyPI),
 # or from a given file: make prices PRICES_FILE=path/to/model_prices_and_context_window.json

@@ -1,11 +1,6 @@
 //! `tally-collector`: stores Tally's metering events and serves the query API.
 
-mod api;
-mod error;
-mod ingest;
-mod keys;
-mod log;
-mod store;
+use tally_collector::{api, log, store};
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;

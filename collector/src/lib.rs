@@ -1,0 +1,10 @@
+//! The collector's parts, as a library so that tests and fuzz targets reach them: `api` (HTTP
+//! routes), `ingest` (batch parsing and validation), `store` (SQLite), `keys`, `error`, `log`.
+//! The binary (`main.rs`) is the CLI.
+
+pub mod api;
+pub mod error;
+pub mod ingest;
+pub mod keys;
+pub mod log;
+pub mod store;
