@@ -41,7 +41,7 @@ test: build build-fault test-wasm
 	$(CARGO) test --release -j $(JOBS) --workspace
 
 test-wasm: wasm-target
-	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/scripts/wasi-runner.mjs" \
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(CURDIR)/scripts/wasi-run.sh" \
 		$(CARGO) test --release -j $(JOBS) --target wasm32-wasip1 -p tally --lib --tests
 
 lint: wasm-target

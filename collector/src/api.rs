@@ -2,6 +2,8 @@
 
 use crate::error::ApiError;
 use crate::ingest;
+use crate::metrics::Metrics;
+use crate::rollup;
 use crate::store::{EventFilter, Org, Store, StoreError};
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -19,12 +21,16 @@ pub const MAX_BATCH_BYTES: usize = 16 << 20;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(ingest_events))
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/summary", get(summary))
+        .route("/api/v1/timeseries", get(timeseries))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::map_response(security_headers))
@@ -83,7 +89,24 @@ async fn ingest_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let org = authenticate(&state, &headers).await?;
+    let started = std::time::Instant::now();
+    let result = ingest(&state, &headers, body).await;
+    state
+        .metrics
+        .batch(result.as_ref().map(|(a, d)| (*a, *d)), started.elapsed());
+    let (accepted, duplicates) = result?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"accepted": accepted, "duplicates": duplicates})),
+    ))
+}
+
+async fn ingest(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(usize, usize), ApiError> {
+    let org = authenticate(state, headers).await?;
     let bytes = axum::body::to_bytes(body, MAX_BATCH_BYTES)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(MAX_BATCH_BYTES))?;
@@ -100,13 +123,14 @@ async fn ingest_events(
         ));
     })?;
     let store = state.store.clone();
+    let metrics = state.metrics.clone();
     // 202 only once the transaction has committed (and, with synchronous=FULL, reached disk).
-    let (accepted, duplicates) =
-        blocking(move || store.insert_events(&org, &batch, now_ms())).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"accepted": accepted, "duplicates": duplicates})),
-    ))
+    blocking(move || {
+        let (accepted, duplicates, new) = store.insert_events(&org, &batch, now_ms())?;
+        metrics.events(&org.name, &batch, &new);
+        Ok((accepted, duplicates))
+    })
+    .await
 }
 
 const EVENT_PARAMS: [&str; 11] = [
@@ -183,6 +207,157 @@ async fn list_events(
     let store = state.store.clone();
     let events = blocking(move || store.query_events(&org, &filter)).await?;
     Ok(Json(json!({ "events": events })))
+}
+
+/// Only the listed parameters, or a 400 naming the stranger.
+fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::field(
+            k.clone(),
+            format!("unknown parameter; use {}", allowed.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn group_by(q: &HashMap<String, String>) -> Result<Option<&'static str>, ApiError> {
+    match q.get("group_by").map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(g) => rollup::DIMENSIONS
+            .iter()
+            .find(|d| **d == g)
+            .map(|d| Some(*d))
+            .ok_or_else(|| {
+                ApiError::field(
+                    "group_by",
+                    format!("group_by must be one of {}", rollup::DIMENSIONS.join(", ")),
+                )
+            }),
+    }
+}
+
+/// `from`/`to`, defaulting to the last 24 hours; `to` after `from`, a range of 400 days at most.
+fn range(q: &HashMap<String, String>, now: i64) -> Result<(i64, i64), ApiError> {
+    let to = time_param(q, "to")?.unwrap_or(now);
+    let from = time_param(q, "from")?.unwrap_or(to - rollup::DAY);
+    if from >= to {
+        return Err(ApiError::field("from", "from must be before to"));
+    }
+    if to - from > 400 * rollup::DAY {
+        return Err(ApiError::field("from", "a range may span 400 days at most"));
+    }
+    Ok((from, to))
+}
+
+/// A key as the API shows it: `null` for the total and for events without that label.
+fn key_json(dim: Option<&str>, key: &str) -> serde_json::Value {
+    if dim.is_none() || key.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::String(key.to_string())
+    }
+}
+
+fn figures(a: &rollup::Agg) -> serde_json::Map<String, serde_json::Value> {
+    let ms = |v: Option<f64>| v.map(|x| (x * 1000.0).round() / 1000.0);
+    let mut m = serde_json::Map::new();
+    m.insert("requests".into(), json!(a.requests));
+    m.insert("errors".into(), json!(a.errors));
+    m.insert("input_tokens".into(), json!(a.input_tokens));
+    m.insert("output_tokens".into(), json!(a.output_tokens));
+    // Sums of f64 costs, rounded to the pico-dollar the filter prices in.
+    m.insert("cost_usd".into(), json!((a.cost_usd * 1e12).round() / 1e12));
+    m.insert("latency_p50_ms".into(), json!(ms(a.latency.quantile(0.5))));
+    m.insert("latency_p95_ms".into(), json!(ms(a.latency.quantile(0.95))));
+    m.insert("ttfb_p50_ms".into(), json!(ms(a.ttfb.quantile(0.5))));
+    m
+}
+
+async fn summary(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let org = authenticate(&state, &headers).await?;
+    only(&q, &["group_by", "from", "to"])?;
+    let dim = group_by(&q)?;
+    let now = now_ms();
+    let (from, to) = range(&q, now)?;
+    let store = state.store.clone();
+    let rows = blocking(move || store.summary(&org, dim, from, to, now)).await?;
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(key, agg)| {
+            let mut m = figures(agg);
+            m.insert("key".into(), key_json(dim, key));
+            serde_json::Value::Object(m)
+        })
+        .collect();
+    Ok(Json(json!({
+        "group_by": dim,
+        "from": tally::time::format_rfc3339_ms(from),
+        "to": tally::time::format_rfc3339_ms(to),
+        "rows": rows,
+    })))
+}
+
+async fn timeseries(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let org = authenticate(&state, &headers).await?;
+    only(&q, &["bucket", "group_by", "from", "to"])?;
+    let dim = group_by(&q)?;
+    let bucket = match q.get("bucket").map(String::as_str) {
+        None | Some("hour") => rollup::HOUR,
+        Some("minute") => rollup::MINUTE,
+        Some("day") => rollup::DAY,
+        Some(_) => {
+            return Err(ApiError::field(
+                "bucket",
+                "bucket must be minute, hour or day",
+            ))
+        }
+    };
+    let (from, to) = range(&q, now_ms())?;
+    if (to - from) / bucket > 10_000 {
+        return Err(ApiError::field(
+            "bucket",
+            "more than 10000 buckets: choose a larger bucket or a shorter range",
+        ));
+    }
+    let store = state.store.clone();
+    let rows = blocking(move || store.timeseries(&org, bucket, dim, from, to)).await?;
+    let points: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(t, key, agg)| {
+            let mut m = figures(agg);
+            m.insert("bucket".into(), json!(tally::time::format_rfc3339_ms(*t)));
+            m.insert("key".into(), key_json(dim, key));
+            serde_json::Value::Object(m)
+        })
+        .collect();
+    Ok(Json(json!({
+        "bucket": q.get("bucket").map_or("hour", String::as_str),
+        "group_by": dim,
+        "points": points,
+    })))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let store = state.store.clone();
+    let db_bytes = tokio::task::spawn_blocking(move || store.db_bytes())
+        .await
+        .unwrap_or(0);
+    let text = state.metrics.render(db_bytes);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -7,4 +7,7 @@ pub mod error;
 pub mod ingest;
 pub mod keys;
 pub mod log;
+pub mod metrics;
+pub mod rollup;
+pub mod sketch;
 pub mod store;

@@ -30,6 +30,9 @@ enum Command {
         /// Address to listen on; plain HTTP only on loopback.
         #[arg(long, default_value = "127.0.0.1:9700")]
         listen: SocketAddr,
+        /// Delete raw events older than this many days (hourly); rollups are kept.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        retention_days: Option<u32>,
     },
     /// Manage orgs and their keys.
     Org {
@@ -48,6 +51,10 @@ enum OrgCommand {
     RotateKey { name: String },
     /// List orgs.
     List,
+    /// Refuse an org's key from now on (its data stays).
+    Disable { name: String },
+    /// Accept an org's key again.
+    Enable { name: String },
 }
 
 fn now_ms() -> i64 {
@@ -59,7 +66,11 @@ fn now_ms() -> i64 {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { data_dir, listen } => serve(data_dir, listen),
+        Command::Serve {
+            data_dir,
+            listen,
+            retention_days,
+        } => serve(data_dir, listen, retention_days),
         Command::Org { command, data_dir } => org(command, &data_dir),
     };
     match result {
@@ -86,6 +97,16 @@ fn org(command: OrgCommand, data_dir: &std::path::Path) -> Result<(), String> {
             eprintln!("New key for org {name}; the previous key no longer works.");
             println!("{key}");
         }
+        OrgCommand::Disable { name } => {
+            store.set_disabled(&name, true).map_err(|e| e.to_string())?;
+            eprintln!("Org {name} disabled: its key is refused from now on.");
+        }
+        OrgCommand::Enable { name } => {
+            store
+                .set_disabled(&name, false)
+                .map_err(|e| e.to_string())?;
+            eprintln!("Org {name} enabled.");
+        }
         OrgCommand::List => {
             for (name, created, disabled) in store.list_orgs().map_err(|e| e.to_string())? {
                 println!(
@@ -99,7 +120,7 @@ fn org(command: OrgCommand, data_dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-fn serve(data_dir: PathBuf, listen: SocketAddr) -> Result<(), String> {
+fn serve(data_dir: PathBuf, listen: SocketAddr, retention_days: Option<u32>) -> Result<(), String> {
     if !listen.ip().is_loopback() {
         return Err(format!(
             "refusing to serve plain HTTP on {listen}: org keys would cross the network in clear. \
@@ -115,16 +136,40 @@ fn serve(data_dir: PathBuf, listen: SocketAddr) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        if let Some(days) = retention_days {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // The first tick is immediate: prune at start, then hourly.
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+                loop {
+                    tick.tick().await;
+                    let s = store.clone();
+                    match tokio::task::spawn_blocking(move || s.prune(days, now_ms())).await {
+                        Ok(Ok(n)) if n > 0 => log::info(&format!(
+                            "retention: deleted {n} events older than {days} days"
+                        )),
+                        Ok(Err(e)) => log::error(&format!("retention: {e}")),
+                        _ => {}
+                    }
+                }
+            });
+        }
         // The bound address, so that `--listen 127.0.0.1:0` tells which port it got.
         let bound = listener.local_addr().unwrap_or(listen);
         log::info(&format!(
             "tally-collector listening on http://{bound} (data in {})",
             data_dir.display()
         ));
-        axum::serve(listener, api::router(api::AppState { store }))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| format!("server: {e}"))?;
+        axum::serve(
+            listener,
+            api::router(api::AppState {
+                store,
+                metrics: Default::default(),
+            }),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server: {e}"))?;
         log::info("tally-collector stopped");
         Ok(())
     })

@@ -3,7 +3,9 @@
 
 use crate::ingest::Batch;
 use crate::keys;
+use crate::rollup::{self, Agg, Pending, DAY, HOUR, MINUTE};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use tally::event::Event;
@@ -14,7 +16,11 @@ use tally::usage::{TokenSource, Usage};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_calibration.sql"),
+    include_str!("../migrations/0003_rollups.sql"),
 ];
+
+/// Minute rollups are kept this long; older ranges are answered from hour rollups.
+pub const MINUTE_ROLLUP_DAYS: i64 = 31;
 
 /// Pairs of exact and measured output a model needs before its measured events are corrected.
 pub const MIN_CALIBRATION_SAMPLES: i64 = 5;
@@ -100,6 +106,10 @@ impl Store {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.unchecked_transaction()?;
             tx.execute_batch(sql)?;
+            if i == 2 {
+                // Rollups start from the events already stored.
+                rebuild_rollups(&tx)?;
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
@@ -146,6 +156,18 @@ impl Store {
         Ok(key)
     }
 
+    /// Disable (or enable again) an org: a disabled org's key gets 401 at once.
+    pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError> {
+        let n = self.conn().execute(
+            "UPDATE orgs SET disabled = ?1 WHERE name = ?2",
+            params![disabled, name],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchOrg(name.into()));
+        }
+        Ok(())
+    }
+
     pub fn list_orgs(&self) -> Result<Vec<(String, i64, bool)>, StoreError> {
         let conn = self.conn();
         let mut st = conn.prepare("SELECT name, created_ms, disabled FROM orgs ORDER BY name")?;
@@ -178,8 +200,9 @@ impl Store {
         Some(strip_snapshot_date(m).to_string())
     }
 
-    /// Store a batch in one transaction. Returns (accepted, duplicates): an event whose
-    /// `request_id` the org already has is a duplicate, counted and not stored again.
+    /// Store a batch in one transaction. Returns (accepted, duplicates, the indexes of the
+    /// events newly stored): an event whose `request_id` the org already has is a duplicate,
+    /// counted and not stored again.
     ///
     /// Calibration happens here too: an event with exact usage and Tally's own count adds a
     /// sample for its model; a measured event of a model with enough samples gets its output
@@ -190,10 +213,12 @@ impl Store {
         org: &Org,
         batch: &Batch,
         now_ms: i64,
-    ) -> Result<(usize, usize), StoreError> {
+    ) -> Result<(usize, usize, Vec<usize>), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut accepted = 0;
+        let mut new = Vec::with_capacity(batch.len());
+        let mut pending = Pending::default();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO events (org_id, request_id, ts_ms, timestamp, provider, api,
@@ -217,7 +242,7 @@ impl Store {
                     measured_output = measured_output + excluded.measured_output,
                     samples = samples + 1",
             )?;
-            for (original, ts) in batch {
+            for (index, (original, ts)) in batch.iter().enumerate() {
                 let mut e = std::borrow::Cow::Borrowed(original);
                 let model = Self::calibration_model(original);
                 if let (Some(TokenSource::Measured), Some(m), Some(model)) =
@@ -285,6 +310,10 @@ impl Store {
                     tok(e.measured_output_tokens),
                 ])?;
                 accepted += inserted;
+                if inserted == 1 {
+                    pending.add(e, *ts);
+                    new.push(index);
+                }
                 // Only new events teach: a retried batch must not count its samples twice.
                 if let (1, Some(TokenSource::Exact), Some(m), Some(exact), Some(model)) = (
                     inserted,
@@ -299,8 +328,109 @@ impl Store {
                 }
             }
         }
+        pending.write(&tx, org.id)?;
         tx.commit()?;
-        Ok((accepted, batch.len() - accepted))
+        Ok((accepted, batch.len() - accepted, new))
+    }
+
+    /// Figures per key of `dim` (or the total, for `None`) over `[from, to)`, minute resolution.
+    pub fn summary(
+        &self,
+        org: &Org,
+        dim: Option<&str>,
+        from: i64,
+        to: i64,
+        now: i64,
+    ) -> Result<Vec<(String, Agg)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT key, requests, errors, input_tokens, output_tokens, cost_usd, latency, ttfb
+             FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3
+               AND bucket_ms >= ?4 AND bucket_ms < ?5",
+        )?;
+        let mut out: HashMap<String, Agg> = HashMap::new();
+        for (g, start, end) in rollup::plan(align(from, now), align(to, now)) {
+            let rows = st.query_map(params![org.id, g, dim.unwrap_or("all"), start, end], |r| {
+                Ok((r.get::<_, String>(0)?, rollup_row(r)?))
+            })?;
+            for row in rows {
+                let (key, agg) = row?;
+                out.entry(key).or_default().merge(&agg);
+            }
+        }
+        let mut rows: Vec<(String, Agg)> = out.into_iter().collect();
+        rows.sort_by(|a, b| {
+            b.1.cost_usd
+                .total_cmp(&a.1.cost_usd)
+                .then(b.1.requests.cmp(&a.1.requests))
+                .then(a.0.cmp(&b.0))
+        });
+        Ok(rows)
+    }
+
+    /// Figures per bucket (and per key of `dim`) over `[from, to)`; `bucket` is
+    /// [`MINUTE`], [`HOUR`] or [`DAY`] (days from hour rows, UTC).
+    pub fn timeseries(
+        &self,
+        org: &Org,
+        bucket: i64,
+        dim: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, String, Agg)>, StoreError> {
+        let g = if bucket == MINUTE { MINUTE } else { HOUR };
+        // Every bucket that starts in [from, to), from its first minute.
+        let from = from.div_euclid(bucket) * bucket;
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT bucket_ms, key, requests, errors, input_tokens, output_tokens, cost_usd,
+                latency, ttfb
+             FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3
+               AND bucket_ms >= ?4 AND bucket_ms < ?5",
+        )?;
+        let mut out: std::collections::BTreeMap<(i64, String), Agg> = Default::default();
+        let rows = st.query_map(params![org.id, g, dim.unwrap_or("all"), from, to], |r| {
+            let b: i64 = r.get(0)?;
+            let key: String = r.get(1)?;
+            let agg = rollup::row_agg_at(r, 2)?;
+            Ok((b, key, agg))
+        })?;
+        for row in rows {
+            let (b, key, agg) = row?;
+            out.entry((b.div_euclid(bucket) * bucket, key))
+                .or_default()
+                .merge(&agg);
+        }
+        Ok(out.into_iter().map(|((b, k), a)| (b, k, a)).collect())
+    }
+
+    /// Delete raw events older than `days` (rollups stay: hour rows for ever, minute rows for
+    /// [`MINUTE_ROLLUP_DAYS`]). Returns how many events went.
+    pub fn prune(&self, days: u32, now: i64) -> Result<usize, StoreError> {
+        let conn = self.conn();
+        let cutoff = now - i64::from(days) * DAY;
+        let n = conn.execute("DELETE FROM events WHERE ts_ms < ?1", params![cutoff])?;
+        conn.execute(
+            "DELETE FROM rollups WHERE granularity_ms = ?1 AND bucket_ms < ?2",
+            params![MINUTE, now - MINUTE_ROLLUP_DAYS * DAY],
+        )?;
+        Ok(n)
+    }
+
+    /// Size of the database files (main, WAL), for the metrics.
+    pub fn db_bytes(&self) -> u64 {
+        let conn = self.conn();
+        let path = conn.path().map(std::path::PathBuf::from);
+        drop(conn);
+        let Some(path) = path else { return 0 };
+        ["", "-wal"]
+            .iter()
+            .filter_map(|sfx| {
+                let mut p = path.clone().into_os_string();
+                p.push(sfx);
+                std::fs::metadata(p).ok().map(|m| m.len())
+            })
+            .sum()
     }
 
     /// An org's events, newest first.
@@ -412,6 +542,84 @@ fn strip_snapshot_date(model: &str) -> &str {
         return &model[..n - 11];
     }
     model
+}
+
+/// A range end on a minute boundary; past the minute-rollup horizon, on an hour boundary.
+fn align(t: i64, now: i64) -> i64 {
+    if t < now - MINUTE_ROLLUP_DAYS * DAY {
+        t.div_euclid(HOUR) * HOUR
+    } else {
+        t.div_euclid(MINUTE) * MINUTE
+    }
+}
+
+fn rollup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agg> {
+    rollup::row_agg_at(r, 1)
+}
+
+/// Rebuild every rollup from the stored events (once, when the rollups first appear).
+fn rebuild_rollups(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM rollups", [])?;
+    let orgs: Vec<i64> = {
+        let mut st = tx.prepare("SELECT DISTINCT org_id FROM events")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for org in orgs {
+        let mut pending = Pending::default();
+        {
+            let mut st = tx.prepare(
+                "SELECT ts_ms, provider, model_requested, model_actual, latency_ms, ttfb_ms,
+                    input_tokens, output_tokens, cost_usd, error_category, team, app, feature,
+                    task, user
+                 FROM events WHERE org_id = ?1",
+            )?;
+            let rows = st.query_map(params![org], |r| {
+                let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
+                    Ok(r.get::<_, Option<i64>>(i)?.map(|n| n as u64))
+                };
+                let ev = Event {
+                    request_id: String::new(),
+                    timestamp: String::new(),
+                    org_id: None,
+                    provider: r.get(1)?,
+                    api: String::new(),
+                    endpoint: String::new(),
+                    model_requested: r.get(2)?,
+                    model_actual: r.get(3)?,
+                    status: None,
+                    streaming: false,
+                    latency_ms: r.get(4)?,
+                    ttfb_ms: r.get(5)?,
+                    input_tokens: tok(6)?,
+                    output_tokens: tok(7)?,
+                    cached_input_tokens: None,
+                    cache_write_tokens: None,
+                    reasoning_tokens: None,
+                    token_source: None,
+                    measured_output_tokens: None,
+                    cost_usd: r.get(8)?,
+                    error_category: from_enum_str(r.get(9)?),
+                    error_source: None,
+                    team: r.get(10)?,
+                    app: r.get(11)?,
+                    feature: r.get(12)?,
+                    task: r.get(13)?,
+                    session_id: None,
+                    user: r.get(14)?,
+                    rule: None,
+                    routed: false,
+                };
+                Ok((r.get::<_, i64>(0)?, ev))
+            })?;
+            for row in rows {
+                let (ts, ev) = row?;
+                pending.add(&ev, ts);
+            }
+        }
+        pending.write(tx, org)?;
+    }
+    Ok(())
 }
 
 /// The JSON name of a unit enum (`"rate_limited"`), for storage as TEXT.

@@ -354,3 +354,257 @@ fn answers_carry_security_headers() {
             .contains("frame-ancestors 'none'"));
     }
 }
+
+/// Events at known times and latencies, to check rollups against the raw figures.
+fn timed(id: &str, ts: &str, extra: Value) -> Value {
+    event(id, ts, extra)
+}
+
+#[test]
+fn summary_and_timeseries_come_from_rollups_and_match_the_events() {
+    let c = start();
+    let (_, key, _) = org_cmd(&c.data, &["create", "acme"]);
+    let (_, other, _) = org_cmd(&c.data, &["create", "globex"]);
+    // 300 events over three hours (one every 36 s from 07:00), in two features (one untagged),
+    // two models; latencies 1..=300 ms; every tenth an error.
+    let mut batch = Vec::new();
+    for i in 0..300u64 {
+        let ts = tally::time::format_rfc3339_ms(1_795_503_600_000 + (i as i64) * 36_000);
+        let feature = if i % 3 == 0 {
+            Value::Null
+        } else {
+            json!("search")
+        };
+        let model = if i % 2 == 0 {
+            "gpt-4o-mini"
+        } else {
+            "claude-sonnet-4-5"
+        };
+        let mut extra = json!({"feature": feature, "model_actual": model, "latency_ms": (i + 1) as f64,
+            "ttfb_ms": 1.0, "input_tokens": 10, "output_tokens": 2, "cost_usd": 0.001});
+        if i % 10 == 0 {
+            extra["error_category"] = json!("rate_limited");
+            extra["error_source"] = json!("provider");
+            extra["status"] = json!(429);
+        }
+        batch.push(timed(&format!("e{i}"), &ts, extra));
+    }
+    for chunk in batch.chunks(70) {
+        let (s, _) = c.ingest(&key, &json!(chunk).to_string());
+        assert_eq!(s, 202);
+    }
+    let get = |k: &str, path: &str| {
+        let (s, b, _) = send(
+            agent()
+                .get(&c.url(path))
+                .set("authorization", &format!("Bearer {k}")),
+            None,
+        );
+        assert_eq!(s, 200, "{path}: {b}");
+        serde_json::from_str::<Value>(&b).unwrap()
+    };
+    // 07:00 to 10:00 covers everything; 07:10 to 09:40 mixes minute and hour rollups.
+    let whole = "from=2026-11-24T07:00:00Z&to=2026-11-24T10:00:00Z";
+    let v = get(&key, &format!("/api/v1/summary?{whole}"));
+    let total = &v["rows"][0];
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(total["key"], Value::Null);
+    assert_eq!(total["requests"], 300);
+    assert_eq!(total["errors"], 30);
+    assert_eq!(total["input_tokens"], 3000);
+    assert_eq!(total["output_tokens"], 600);
+    assert_eq!(total["cost_usd"], 0.3);
+    // Exact p50 of 1..=300 (lower quantile) is 150, p95 is 285: within 1 %.
+    let p50 = total["latency_p50_ms"].as_f64().unwrap();
+    let p95 = total["latency_p95_ms"].as_f64().unwrap();
+    assert!((p50 - 150.0).abs() <= 1.5, "{p50}");
+    assert!((p95 - 285.0).abs() <= 2.85, "{p95}");
+    // Within the sketch's 1 % (the bound is reached exactly at a bucket edge).
+    assert!((total["ttfb_p50_ms"].as_f64().unwrap() - 1.0).abs() <= 0.0101);
+
+    let v = get(&key, &format!("/api/v1/summary?group_by=feature&{whole}"));
+    let rows: Vec<(String, u64)> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().to_string(),
+                r["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [("search".to_string(), 200), ("untagged".to_string(), 100)]
+    );
+
+    // Minute edges plus whole hours: events from 07:10:00 to 09:39:59 are i in [17, 266].
+    let v = get(
+        &key,
+        "/api/v1/summary?group_by=model&from=2026-11-24T07:10:00Z&to=2026-11-24T09:40:00Z",
+    );
+    let n: u64 = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(n, (17..=266).count() as u64);
+
+    let v = get(&key, &format!("/api/v1/timeseries?bucket=hour&{whole}"));
+    let per_hour: Vec<u64> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_hour, [100, 100, 100]);
+    assert_eq!(v["points"][0]["bucket"], "2026-11-24T07:00:00.000Z");
+    let v = get(
+        &key,
+        &format!("/api/v1/timeseries?bucket=day&group_by=model&{whole}"),
+    );
+    assert_eq!(v["points"].as_array().unwrap().len(), 2);
+    let v = get(
+        &key,
+        "/api/v1/timeseries?bucket=minute&from=2026-11-24T07:00:00Z&to=2026-11-24T07:03:00Z",
+    );
+    let per_minute: Vec<u64> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        per_minute,
+        [2, 2, 1],
+        "events at :00, :36, 1:12, 1:48, 2:24"
+    );
+
+    // Another org sees nothing; bad parameters are named.
+    assert_eq!(
+        get(&other, &format!("/api/v1/summary?{whole}"))["rows"],
+        json!([])
+    );
+    for (q, field) in [
+        ("/api/v1/summary?group_by=colour", "group_by"),
+        (
+            "/api/v1/summary?from=2026-11-24T10:00:00Z&to=2026-11-24T09:00:00Z",
+            "from",
+        ),
+        ("/api/v1/timeseries?bucket=week", "bucket"),
+        (
+            "/api/v1/timeseries?bucket=minute&from=2026-01-01&to=2026-11-01",
+            "bucket",
+        ),
+        ("/api/v1/summary?limit=3", "limit"),
+    ] {
+        let (s, b, _) = send(
+            agent()
+                .get(&c.url(q))
+                .set("authorization", &format!("Bearer {key}")),
+            None,
+        );
+        let v: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!((s, v["field"].as_str()), (400, Some(field)), "{q}");
+    }
+}
+
+#[test]
+fn metrics_show_health_and_spend_by_org_provider_and_model() {
+    let c = start();
+    let (_, key, _) = org_cmd(&c.data, &["create", "acme"]);
+    let e1 = event("m1", "2026-11-24T08:00:00.000Z", json!({"cost_usd": 0.25}));
+    c.ingest(&key, &e1.to_string());
+    c.ingest(&key, &e1.to_string());
+    c.ingest(&key, "not json");
+    let (s, text, headers) = send(agent().get(&c.url("/metrics")), None);
+    assert_eq!(s, 200);
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.starts_with("text/plain")));
+    for line in [
+        "tally_collector_ingest_batches_total{outcome=\"accepted\"} 2",
+        "tally_collector_ingest_batches_total{outcome=\"rejected\"} 1",
+        "tally_collector_ingest_events_total 1",
+        "tally_collector_ingest_duplicates_total 1",
+        "tally_cost_usd_total{org=\"acme\",provider=\"openai\",model=\"gpt-4o-mini-2024-07-18\"} 0.25",
+        "tally_requests_total{org=\"acme\",provider=\"openai\",model=\"gpt-4o-mini-2024-07-18\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    assert!(text.contains("tally_collector_db_bytes "));
+    assert!(!text.contains("team="), "no unbounded labels");
+}
+
+#[test]
+fn disabled_orgs_are_refused_at_once_and_retention_prunes_old_events() {
+    let c = start();
+    let (_, key, _) = org_cmd(&c.data, &["create", "acme"]);
+    assert_eq!(c.events(&key, "").0, 200);
+    assert!(org_cmd(&c.data, &["disable", "acme"]).0);
+    assert_eq!(c.events(&key, "").0, 401);
+    assert!(org_cmd(&c.data, &["enable", "acme"]).0);
+    assert_eq!(c.events(&key, "").0, 200);
+    let (ok, _, err) = org_cmd(&c.data, &["disable", "nobody"]);
+    assert!(!ok && err.contains("no org"), "{err}");
+
+    // Retention: an old and a new event; serving with --retention-days 30 prunes the old one at
+    // start, and its rollups stay.
+    let old = event("old", "2020-01-01T00:00:00.000Z", json!({}));
+    let now = tally::time::format_rfc3339_ms(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    );
+    let new = event("new", &now, json!({}));
+    c.ingest(&key, &json!([old, new]).to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = common::spawn(
+        "collector-retention",
+        Command::new(artifact("target/release/tally-collector"))
+            .args([
+                "serve",
+                "--retention-days",
+                "30",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&c.data),
+        dir.path(),
+    );
+    let port = common::announced_port(&mut p, dir.path());
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    common::wait_until(
+        "old events pruned",
+        std::time::Duration::from_secs(10),
+        || {
+            let (_, b, _) = send(
+                agent()
+                    .get(&url("/api/v1/events"))
+                    .set("authorization", &format!("Bearer {key}")),
+                None,
+            );
+            let v: Value = serde_json::from_str(&b).unwrap_or_default();
+            v["events"]
+                .as_array()
+                .is_some_and(|e| e.len() == 1 && e[0]["request_id"] == "new")
+        },
+    );
+    let (_, b, _) = send(
+        agent()
+            .get(&url(
+                "/api/v1/summary?from=2019-12-31T00:00:00Z&to=2020-01-02T00:00:00Z",
+            ))
+            .set("authorization", &format!("Bearer {key}")),
+        None,
+    );
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        v["rows"][0]["requests"], 1,
+        "rollups outlive raw events: {v}"
+    );
+}
