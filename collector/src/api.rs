@@ -22,6 +22,8 @@ pub const MAX_BATCH_BYTES: usize = 16 << 20;
 pub struct AppState {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
+    /// Served over TLS: session cookies are marked `Secure`.
+    pub tls: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -30,7 +32,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/summary", get(summary))
         .route("/api/v1/timeseries", get(timeseries))
+        .route("/api/v1/events.csv", get(export_events))
+        .route("/api/v1/session", get(crate::web::session_info))
         .route("/metrics", get(metrics))
+        .route("/", get(crate::web::index))
+        .route(
+            "/login",
+            get(crate::web::login_page).post(crate::web::login),
+        )
+        .route("/logout", post(crate::web::logout))
+        .route("/assets/{file}", get(crate::web::asset))
         .route("/healthz", get(healthz))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::map_response(security_headers))
@@ -48,7 +59,9 @@ async fn security_headers(mut resp: axum::response::Response) -> axum::response:
         ),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        // `same-origin`, not `no-referrer`: with the latter browsers send `Origin: null` on the
+        // dashboard's own form posts, and the origin check would refuse them.
+        ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
     ] {
         h.insert(name, header::HeaderValue::from_static(value));
@@ -56,13 +69,13 @@ async fn security_headers(mut resp: axum::response::Response) -> axum::response:
     resp
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-async fn blocking<T: Send + 'static>(
+pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -71,6 +84,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// The org of a read call: by org key, or by the dashboard's session cookie.
+async fn reader(state: &AppState, headers: &HeaderMap) -> Result<Org, ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return authenticate(state, headers).await;
+    }
+    crate::web::current_session(state, headers)
+        .await
+        .map(|s| s.org)
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// The org of an org key (`Authorization: Bearer tly_...`).
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Org, ApiError> {
     let key = headers
         .get(header::AUTHORIZATION)
@@ -171,29 +196,30 @@ fn status_param(v: &str) -> Result<(u16, u16), ApiError> {
     Ok((s, s))
 }
 
-async fn list_events(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<impl IntoResponse, ApiError> {
-    let org = authenticate(&state, &headers).await?;
-    if let Some(unknown) = q.keys().find(|k| !EVENT_PARAMS.contains(&k.as_str())) {
-        return Err(ApiError::field(
-            unknown.clone(),
-            format!("unknown parameter; use {}", EVENT_PARAMS.join(", ")),
-        ));
-    }
+/// The filters of the events list and its CSV export; `limit` defaults to `default` and may be
+/// at most `max`.
+fn event_filter(
+    q: &HashMap<String, String>,
+    default: u32,
+    max: u32,
+) -> Result<EventFilter, ApiError> {
+    only(q, &EVENT_PARAMS)?;
     let limit = match q.get("limit") {
-        None => 100,
+        None => default,
         Some(v) => match v.parse::<u32>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => return Err(ApiError::field("limit", "limit must be 1 to 1000")),
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                return Err(ApiError::field(
+                    "limit",
+                    format!("limit must be 1 to {max}"),
+                ))
+            }
         },
     };
     let s = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
-    let filter = EventFilter {
-        from_ms: time_param(&q, "from")?,
-        to_ms: time_param(&q, "to")?,
+    Ok(EventFilter {
+        from_ms: time_param(q, "from")?,
+        to_ms: time_param(q, "to")?,
         limit,
         team: s("team"),
         app: s("app"),
@@ -203,10 +229,42 @@ async fn list_events(
         provider: s("provider"),
         user: s("user"),
         status: q.get("status").map(|v| status_param(v)).transpose()?,
-    };
+    })
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let org = reader(&state, &headers).await?;
+    let filter = event_filter(&q, 100, 1000)?;
     let store = state.store.clone();
     let events = blocking(move || store.query_events(&org, &filter)).await?;
     Ok(Json(json!({ "events": events })))
+}
+
+/// The same filters as the events list, as CSV (up to 100 000 rows, newest first).
+async fn export_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let org = reader(&state, &headers).await?;
+    let filter = event_filter(&q, 10_000, 100_000)?;
+    let store = state.store.clone();
+    let events = blocking(move || store.query_events(&org, &filter)).await?;
+    let csv = crate::csv::events(&events);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"tally-events.csv\"",
+            ),
+        ],
+        csv,
+    ))
 }
 
 /// Only the listed parameters, or a 400 naming the stranger.
@@ -267,6 +325,8 @@ fn figures(a: &rollup::Agg) -> serde_json::Map<String, serde_json::Value> {
     m.insert("output_tokens".into(), json!(a.output_tokens));
     // Sums of f64 costs, rounded to the pico-dollar the filter prices in.
     m.insert("cost_usd".into(), json!((a.cost_usd * 1e12).round() / 1e12));
+    let avg = (a.requests > 0).then(|| a.latency_sum_ms / a.requests as f64);
+    m.insert("latency_avg_ms".into(), json!(ms(avg)));
     m.insert("latency_p50_ms".into(), json!(ms(a.latency.quantile(0.5))));
     m.insert("latency_p95_ms".into(), json!(ms(a.latency.quantile(0.95))));
     m.insert("ttfb_p50_ms".into(), json!(ms(a.ttfb.quantile(0.5))));
@@ -278,7 +338,7 @@ async fn summary(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let org = authenticate(&state, &headers).await?;
+    let org = reader(&state, &headers).await?;
     only(&q, &["group_by", "from", "to"])?;
     let dim = group_by(&q)?;
     let now = now_ms();
@@ -306,7 +366,7 @@ async fn timeseries(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let org = authenticate(&state, &headers).await?;
+    let org = reader(&state, &headers).await?;
     only(&q, &["bucket", "group_by", "from", "to"])?;
     let dim = group_by(&q)?;
     let bucket = match q.get("bucket").map(String::as_str) {

@@ -16,6 +16,13 @@ pub fn generate() -> String {
     key
 }
 
+/// A random URL-safe token (40 base62 characters), for sessions and CSRF.
+pub fn random_token() -> String {
+    (0..40)
+        .map(|_| ALPHABET[OsRng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
 pub fn hash(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
     let mut hex = String::with_capacity(64);

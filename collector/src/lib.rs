@@ -3,6 +3,7 @@
 //! The binary (`main.rs`) is the CLI.
 
 pub mod api;
+pub mod csv;
 pub mod error;
 pub mod ingest;
 pub mod keys;
@@ -11,3 +12,5 @@ pub mod metrics;
 pub mod rollup;
 pub mod sketch;
 pub mod store;
+pub mod users;
+pub mod web;

@@ -33,6 +33,19 @@ enum Command {
         /// Delete raw events older than this many days (hourly); rollups are kept.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36500))]
         retention_days: Option<u32>,
+        /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Manage the people who sign in to the dashboard.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        #[arg(long, default_value = "data", global = true)]
+        data_dir: PathBuf,
     },
     /// Manage orgs and their keys.
     Org {
@@ -40,6 +53,17 @@ enum Command {
         command: OrgCommand,
         #[arg(long, default_value = "data", global = true)]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user to an org; the password is read from standard input (one line).
+    Add {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -70,7 +94,10 @@ fn main() -> ExitCode {
             data_dir,
             listen,
             retention_days,
-        } => serve(data_dir, listen, retention_days),
+            tls_cert,
+            tls_key,
+        } => serve(data_dir, listen, retention_days, tls_cert.zip(tls_key)),
+        Command::User { command, data_dir } => user(command, &data_dir),
         Command::Org { command, data_dir } => org(command, &data_dir),
     };
     match result {
@@ -120,11 +147,35 @@ fn org(command: OrgCommand, data_dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-fn serve(data_dir: PathBuf, listen: SocketAddr, retention_days: Option<u32>) -> Result<(), String> {
-    if !listen.ip().is_loopback() {
+fn user(command: UserCommand, data_dir: &std::path::Path) -> Result<(), String> {
+    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+    match command {
+        UserCommand::Add { org, email } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| format!("reading the password from standard input: {e}"))?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            store
+                .add_user(&org, &email, password, now_ms())
+                .map_err(|e| e.to_string())?;
+            eprintln!("User {email} added to org {org}.");
+        }
+    }
+    Ok(())
+}
+
+fn serve(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    retention_days: Option<u32>,
+    tls: Option<(PathBuf, PathBuf)>,
+) -> Result<(), String> {
+    if tls.is_none() && !listen.ip().is_loopback() {
         return Err(format!(
-            "refusing to serve plain HTTP on {listen}: org keys would cross the network in clear. \
-             Listen on a loopback address (127.0.0.1) behind a TLS-terminating proxy"
+            "refusing to serve plain HTTP on {listen}: org keys, passwords and session cookies \
+             would cross the network in clear. Give --tls-cert and --tls-key, or listen on a \
+             loopback address (127.0.0.1)"
         ));
     }
     let store = Arc::new(Store::open(&data_dir).map_err(|e| e.to_string())?);
@@ -132,7 +183,15 @@ fn serve(data_dir: PathBuf, listen: SocketAddr, retention_days: Option<u32>) -> 
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
+    let state = api::AppState {
+        store: store.clone(),
+        metrics: Default::default(),
+        tls: tls.is_some(),
+    };
     runtime.block_on(async move {
+        if let Some((cert, key)) = tls {
+            return serve_tls(listen, &cert, &key, state, &data_dir).await;
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -160,19 +219,59 @@ fn serve(data_dir: PathBuf, listen: SocketAddr, retention_days: Option<u32>) -> 
             "tally-collector listening on http://{bound} (data in {})",
             data_dir.display()
         ));
-        axum::serve(
-            listener,
-            api::router(api::AppState {
-                store,
-                metrics: Default::default(),
-            }),
-        )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server: {e}"))?;
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| format!("server: {e}"))?;
         log::info("tally-collector stopped");
         Ok(())
     })
+}
+
+async fn serve_tls(
+    listen: SocketAddr,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    state: api::AppState,
+    data_dir: &std::path::Path,
+) -> Result<(), String> {
+    // rustls with the ring provider (no C toolchain beyond cc needed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .map_err(|e| {
+            format!(
+                "TLS: cannot use {} and {}: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    let server = axum_server::bind_rustls(listen, config).handle(handle.clone());
+    let serving = tokio::spawn(server.serve(api::router(state).into_make_service()));
+    match handle.listening().await {
+        Some(bound) => log::info(&format!(
+            "tally-collector listening on https://{bound} (data in {})",
+            data_dir.display()
+        )),
+        None => {
+            return Err(match serving.await {
+                Ok(Err(e)) => format!("cannot listen on {listen}: {e}"),
+                _ => format!("cannot listen on {listen}"),
+            })
+        }
+    }
+    serving
+        .await
+        .map_err(|e| format!("server: {e}"))?
+        .map_err(|e| format!("server: {e}"))?;
+    log::info("tally-collector stopped");
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -14,24 +14,54 @@ pub const MINUTE: i64 = 60_000;
 pub const HOUR: i64 = 3_600_000;
 pub const DAY: i64 = 86_400_000;
 
-/// Dimensions a summary or time series can be grouped by.
-pub const DIMENSIONS: [&str; 7] = [
-    "feature", "model", "provider", "team", "app", "task", "user",
+/// Dimensions a summary or time series can be grouped by. `provider_model` keys are
+/// `provider/model`; `error` keys are `category/source`, for failed requests only.
+pub const DIMENSIONS: [&str; 9] = [
+    "feature",
+    "model",
+    "provider",
+    "team",
+    "app",
+    "task",
+    "user",
+    "provider_model",
+    "error",
 ];
 
-/// The key an event has in a dimension ("" for none; a request with no feature is `untagged`).
-fn key_of(e: &Event, dim: &str) -> String {
+fn enum_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// The key an event has in a dimension ("" for none; a request with no feature is `untagged`);
+/// `None` when the event has no row in that dimension (a success, for `error`).
+fn key_of(e: &Event, dim: &str) -> Option<String> {
+    let model = || {
+        e.model_actual
+            .as_ref()
+            .or(e.model_requested.as_ref())
+            .cloned()
+            .unwrap_or_default()
+    };
     let v = match dim {
-        "feature" => return e.feature.clone().unwrap_or_else(|| "untagged".into()),
-        "model" => e.model_actual.as_ref().or(e.model_requested.as_ref()),
-        "provider" => return e.provider.clone(),
+        "feature" => return Some(e.feature.clone().unwrap_or_else(|| "untagged".into())),
+        "model" => return Some(model()),
+        "provider_model" => return Some(format!("{}/{}", e.provider, model())),
+        "error" => {
+            let c = e.error_category.as_ref()?;
+            let s = e.error_source.as_ref().map(enum_name).unwrap_or_default();
+            return Some(format!("{}/{s}", enum_name(c)));
+        }
+        "provider" => return Some(e.provider.clone()),
         "team" => e.team.as_ref(),
         "app" => e.app.as_ref(),
         "task" => e.task.as_ref(),
         "user" => e.user.as_ref(),
         _ => None,
     };
-    v.cloned().unwrap_or_default()
+    Some(v.cloned().unwrap_or_default())
 }
 
 /// One rollup row's figures.
@@ -42,6 +72,7 @@ pub struct Agg {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cost_usd: f64,
+    pub latency_sum_ms: f64,
     pub latency: Sketch,
     pub ttfb: Sketch,
 }
@@ -55,6 +86,7 @@ impl Agg {
         self.input_tokens += e.input_tokens.unwrap_or(0);
         self.output_tokens += e.output_tokens.unwrap_or(0);
         self.cost_usd += e.cost_usd.unwrap_or(0.0);
+        self.latency_sum_ms += e.latency_ms;
         self.latency.add(e.latency_ms);
         if let Some(t) = e.ttfb_ms {
             self.ttfb.add(t);
@@ -67,6 +99,7 @@ impl Agg {
         self.input_tokens += o.input_tokens;
         self.output_tokens += o.output_tokens;
         self.cost_usd += o.cost_usd;
+        self.latency_sum_ms += o.latency_sum_ms;
         self.latency.merge(&o.latency);
         self.ttfb.merge(&o.ttfb);
     }
@@ -88,10 +121,9 @@ impl Pending {
                 .or_default()
                 .add(e);
             for dim in DIMENSIONS {
-                self.rows
-                    .entry((g, bucket, dim, key_of(e, dim)))
-                    .or_default()
-                    .add(e);
+                if let Some(key) = key_of(e, dim) {
+                    self.rows.entry((g, bucket, dim, key)).or_default().add(e);
+                }
             }
         }
     }
@@ -99,14 +131,15 @@ impl Pending {
     /// Merge the batch's figures into the stored rows.
     pub fn write(self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
         let mut read = tx.prepare_cached(
-            "SELECT requests, errors, input_tokens, output_tokens, cost_usd, latency, ttfb
+            "SELECT requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms,
+                latency, ttfb
              FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3 AND key = ?4
                AND bucket_ms = ?5",
         )?;
         let mut write = tx.prepare_cached(
             "INSERT OR REPLACE INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests,
-                errors, input_tokens, output_tokens, cost_usd, latency, ttfb)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         for ((g, bucket, dim, key), mut agg) in self.rows {
             let stored = read
@@ -126,6 +159,7 @@ impl Pending {
                 agg.input_tokens as i64,
                 agg.output_tokens as i64,
                 agg.cost_usd,
+                agg.latency_sum_ms,
                 agg.latency.to_bytes(),
                 agg.ttfb.to_bytes(),
             ])?;
@@ -135,7 +169,7 @@ impl Pending {
 }
 
 /// A rollup row's figures from the columns
-/// `requests, errors, input_tokens, output_tokens, cost_usd, latency, ttfb`.
+/// `requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb`.
 pub fn row_agg(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agg> {
     row_agg_at(r, 0)
 }
@@ -152,8 +186,9 @@ pub fn row_agg_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Agg> {
         input_tokens: r.get::<_, i64>(at + 2)? as u64,
         output_tokens: r.get::<_, i64>(at + 3)? as u64,
         cost_usd: r.get(at + 4)?,
-        latency: sketch(5)?,
-        ttfb: sketch(6)?,
+        latency_sum_ms: r.get(at + 5)?,
+        latency: sketch(6)?,
+        ttfb: sketch(7)?,
     })
 }
 

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_calibration.sql"),
     include_str!("../migrations/0003_rollups.sql"),
+    include_str!("../migrations/0004_users.sql"),
 ];
 
 /// Minute rollups are kept this long; older ranges are answered from hour rollups.
@@ -119,7 +120,7 @@ impl Store {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -344,7 +345,8 @@ impl Store {
     ) -> Result<Vec<(String, Agg)>, StoreError> {
         let conn = self.conn();
         let mut st = conn.prepare_cached(
-            "SELECT key, requests, errors, input_tokens, output_tokens, cost_usd, latency, ttfb
+            "SELECT key, requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms,
+                latency, ttfb
              FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3
                AND bucket_ms >= ?4 AND bucket_ms < ?5",
         )?;
@@ -384,7 +386,7 @@ impl Store {
         let conn = self.conn();
         let mut st = conn.prepare_cached(
             "SELECT bucket_ms, key, requests, errors, input_tokens, output_tokens, cost_usd,
-                latency, ttfb
+                latency_sum_ms, latency, ttfb
              FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3
                AND bucket_ms >= ?4 AND bucket_ms < ?5",
         )?;
@@ -452,10 +454,18 @@ impl Store {
             sql.push_str(" AND ts_ms < ?");
             args.push(v.into());
         }
+        if let Some(feature) = &f.feature {
+            // Requests with no feature are shown, and found, as `untagged`.
+            if feature == "untagged" {
+                sql.push_str(" AND (feature IS NULL OR feature = ?)");
+            } else {
+                sql.push_str(" AND feature = ?");
+            }
+            args.push(feature.clone().into());
+        }
         for (col, v) in [
             ("team", &f.team),
             ("app", &f.app),
-            ("feature", &f.feature),
             ("task", &f.task),
             ("provider", &f.provider),
             ("user", &f.user),
@@ -571,7 +581,7 @@ fn rebuild_rollups(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
             let mut st = tx.prepare(
                 "SELECT ts_ms, provider, model_requested, model_actual, latency_ms, ttfb_ms,
                     input_tokens, output_tokens, cost_usd, error_category, team, app, feature,
-                    task, user
+                    task, user, error_source
                  FROM events WHERE org_id = ?1",
             )?;
             let rows = st.query_map(params![org], |r| {
@@ -600,7 +610,7 @@ fn rebuild_rollups(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
                     measured_output_tokens: None,
                     cost_usd: r.get(8)?,
                     error_category: from_enum_str(r.get(9)?),
-                    error_source: None,
+                    error_source: from_enum_str(r.get(15)?),
                     team: r.get(10)?,
                     app: r.get(11)?,
                     feature: r.get(12)?,
