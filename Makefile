@@ -8,7 +8,7 @@ ENVOY   := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM    := target/wasm32-wasip1/release/tally.wasm
 
-.PHONY: dashboard-deps build build-fault run demo test test-wasm test-browser fuzz soak lint fmt prices envoy wasm-target clean
+.PHONY: bench-query dashboard-deps build build-fault run demo test test-wasm test-browser fuzz soak lint fmt prices envoy wasm-target clean
 
 build: envoy wasm-target dashboard-deps
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
@@ -82,6 +82,11 @@ fuzz: dashboard-deps
 SOAK_SECONDS ?= 180
 soak: build
 	TALLY_SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --release -j $(JOBS) -p tally-e2e --test soak -- --ignored --nocapture
+
+# Summary and time-series query latency over EVENTS synthetic events (30 days of traffic).
+EVENTS ?= 1000000
+bench-query: dashboard-deps
+	$(CARGO) run --release -j $(JOBS) -p tally-collector --example query_bench -- $(EVENTS)
 
 # Regenerate src/prices.json from LiteLLM's price map (the JSON in the litellm package on PyPI),
 # or from a given file: make prices PRICES_FILE=path/to/model_prices_and_context_window.json

@@ -380,6 +380,12 @@ async fn timeseries(
             ))
         }
     };
+    if bucket < rollup::finest(dim) {
+        return Err(ApiError::field(
+            "group_by",
+            "this dimension is kept per hour and per day: use bucket=hour or day",
+        ));
+    }
     let (from, to) = range(&q, now_ms())?;
     if (to - from) / bucket > 10_000 {
         return Err(ApiError::field(

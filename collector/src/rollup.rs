@@ -1,18 +1,34 @@
-//! Rollups: per-minute and per-hour aggregates of events, per dimension, kept up to date at
-//! ingest (in the batch's transaction), and the queries that read them.
+//! Rollups: per-minute, per-hour and per-day aggregates of events, per dimension, kept up to
+//! date at ingest (in the batch's transaction), and the queries that read them.
 //!
-//! A query over `[from, to)` (minute resolution) reads hour rows for the whole hours inside the
-//! range and minute rows for the edges, so a summary over a month touches about 720 hour rows
-//! and at most 118 minute rows per key, whatever the number of events.
+//! A query over `[from, to)` reads day rows for the whole days inside the range, hour rows for
+//! the whole hours left at its edges, and minute rows for the rest, so a summary over a month
+//! touches at most about 30 + 46 + 118 rows per key, whatever the number of events. The total and
+//! the low-cardinality dimensions (feature, model, provider, provider_model, error) are kept per
+//! minute; the people-sized ones (team, app, task, user) per hour and day only, and their ranges
+//! are answered at hour resolution (edges rounded down to the hour).
 
 use crate::sketch::Sketch;
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Transaction};
 use std::collections::HashMap;
 use tally::event::Event;
 
 pub const MINUTE: i64 = 60_000;
 pub const HOUR: i64 = 3_600_000;
 pub const DAY: i64 = 86_400_000;
+
+/// Dimensions kept per minute (the others, per hour and day).
+pub const MINUTE_DIMENSIONS: [&str; 5] =
+    ["feature", "model", "provider", "provider_model", "error"];
+
+/// The finest granularity a dimension (`None`: the total) is kept at.
+pub fn finest(dim: Option<&str>) -> i64 {
+    match dim {
+        None => MINUTE,
+        Some(d) if MINUTE_DIMENSIONS.contains(&d) => MINUTE,
+        Some(_) => HOUR,
+    }
+}
 
 /// Dimensions a summary or time series can be grouped by. `provider_model` keys are
 /// `provider/model`; `error` keys are `category/source`, for failed requests only.
@@ -114,13 +130,16 @@ pub struct Pending {
 impl Pending {
     /// Count a newly stored event (ts in Unix ms) into every row it belongs to.
     pub fn add(&mut self, e: &Event, ts: i64) {
-        for g in [MINUTE, HOUR] {
+        for g in [MINUTE, HOUR, DAY] {
             let bucket = ts.div_euclid(g) * g;
             self.rows
                 .entry((g, bucket, "all", String::new()))
                 .or_default()
                 .add(e);
             for dim in DIMENSIONS {
+                if g == MINUTE && !MINUTE_DIMENSIONS.contains(&dim) {
+                    continue;
+                }
                 if let Some(key) = key_of(e, dim) {
                     self.rows.entry((g, bucket, dim, key)).or_default().add(e);
                 }
@@ -128,26 +147,24 @@ impl Pending {
         }
     }
 
-    /// Merge the batch's figures into the stored rows.
+    /// Merge the batch's figures into the stored rows: one upsert per row, sketches merged by
+    /// the `sketch_merge` SQL function (see [`register`]).
     pub fn write(self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
-        let mut read = tx.prepare_cached(
-            "SELECT requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms,
-                latency, ttfb
-             FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3 AND key = ?4
-               AND bucket_ms = ?5",
-        )?;
         let mut write = tx.prepare_cached(
-            "INSERT OR REPLACE INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests,
-                errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests, errors,
+                input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (org_id, granularity_ms, dim, key, bucket_ms) DO UPDATE SET
+                requests = requests + excluded.requests,
+                errors = errors + excluded.errors,
+                input_tokens = input_tokens + excluded.input_tokens,
+                output_tokens = output_tokens + excluded.output_tokens,
+                cost_usd = cost_usd + excluded.cost_usd,
+                latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
+                latency = sketch_merge(latency, excluded.latency),
+                ttfb = sketch_merge(ttfb, excluded.ttfb)",
         )?;
-        for ((g, bucket, dim, key), mut agg) in self.rows {
-            let stored = read
-                .query_row(params![org_id, g, dim, key, bucket], row_agg)
-                .optional()?;
-            if let Some(s) = stored {
-                agg.merge(&s);
-            }
+        for ((g, bucket, dim, key), agg) in self.rows {
             write.execute(params![
                 org_id,
                 g,
@@ -166,6 +183,26 @@ impl Pending {
         }
         Ok(())
     }
+}
+
+/// Register `sketch_merge(a, b)`: the merge of two sketch blobs (a blob that does not decode
+/// counts as empty).
+pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "sketch_merge",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let blob = |i: usize| -> rusqlite::Result<Sketch> {
+                let b: Vec<u8> = ctx.get(i)?;
+                Ok(Sketch::from_bytes(&b).unwrap_or_default())
+            };
+            let mut a = blob(0)?;
+            a.merge(&blob(1)?);
+            Ok(a.to_bytes())
+        },
+    )
 }
 
 /// A rollup row's figures from the columns
@@ -192,26 +229,39 @@ pub fn row_agg_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Agg> {
     })
 }
 
-/// The parts of `[from, to)` (both on minute boundaries) to read: whole hours from hour rows,
-/// the rest from minute rows. Returns (granularity, start, end) triples.
-pub fn plan(from: i64, to: i64) -> Vec<(i64, i64, i64)> {
-    if from >= to {
-        return Vec::new();
+/// The parts of `[from, to)` to read, coarsest first: whole days from day rows, whole hours
+/// from hour rows, the rest from rows of `finest` (minute or hour) granularity. `from` and `to`
+/// must be on `finest` boundaries. Returns (granularity, start, end) triples.
+pub fn plan(from: i64, to: i64, finest: i64) -> Vec<(i64, i64, i64)> {
+    fn split(from: i64, to: i64, levels: &[i64], out: &mut Vec<(i64, i64, i64)>) {
+        if from >= to {
+            return;
+        }
+        let Some((&g, finer)) = levels.split_first() else {
+            return;
+        };
+        if finer.is_empty() {
+            out.push((g, from, to));
+            return;
+        }
+        let start = from.div_euclid(g) * g + if from.rem_euclid(g) == 0 { 0 } else { g };
+        let end = to.div_euclid(g) * g;
+        if start >= end {
+            split(from, to, finer, out);
+            return;
+        }
+        out.push((g, start, end));
+        split(from, start, finer, out);
+        split(end, to, finer, out);
     }
-    let h_start = from.div_euclid(HOUR) * HOUR + if from % HOUR == 0 { 0 } else { HOUR };
-    let h_end = to.div_euclid(HOUR) * HOUR;
-    if h_start >= h_end {
-        return vec![(MINUTE, from, to)];
-    }
-    let mut parts = Vec::new();
-    if from < h_start {
-        parts.push((MINUTE, from, h_start));
-    }
-    parts.push((HOUR, h_start, h_end));
-    if h_end < to {
-        parts.push((MINUTE, h_end, to));
-    }
-    parts
+    let levels: &[i64] = if finest == MINUTE {
+        &[DAY, HOUR, MINUTE]
+    } else {
+        &[DAY, HOUR]
+    };
+    let mut out = Vec::new();
+    split(from, to, levels, &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -221,16 +271,31 @@ mod tests {
     #[test]
     fn plans_cover_the_range_exactly_once() {
         let m = MINUTE;
-        assert_eq!(plan(0, 0), vec![]);
-        assert_eq!(plan(5 * m, 30 * m), vec![(MINUTE, 5 * m, 30 * m)]);
+        assert_eq!(plan(0, 0, MINUTE), vec![]);
+        assert_eq!(plan(5 * m, 30 * m, MINUTE), vec![(MINUTE, 5 * m, 30 * m)]);
         assert_eq!(
-            plan(5 * m, 3 * HOUR + 7 * m),
+            plan(5 * m, 3 * HOUR + 7 * m, MINUTE),
             vec![
-                (MINUTE, 5 * m, HOUR),
                 (HOUR, HOUR, 3 * HOUR),
+                (MINUTE, 5 * m, HOUR),
                 (MINUTE, 3 * HOUR, 3 * HOUR + 7 * m)
             ]
         );
-        assert_eq!(plan(HOUR, 2 * HOUR), vec![(HOUR, HOUR, 2 * HOUR)]);
+        assert_eq!(plan(HOUR, 2 * HOUR, MINUTE), vec![(HOUR, HOUR, 2 * HOUR)]);
+        // Two days and a bit: one whole day in the middle, hours and minutes at both edges.
+        let parts = plan(23 * HOUR + 30 * m, 2 * DAY + HOUR + 10 * m, MINUTE);
+        assert_eq!(parts[0], (DAY, DAY, 2 * DAY));
+        let covered: i64 = parts.iter().map(|(_, a, b)| b - a).sum();
+        assert_eq!(covered, 2 * DAY + HOUR + 10 * m - (23 * HOUR + 30 * m));
+        let mut sorted: Vec<_> = parts.iter().map(|(_, a, b)| (*a, *b)).collect();
+        sorted.sort();
+        assert!(
+            sorted.windows(2).all(|w| w[0].1 == w[1].0),
+            "contiguous: {sorted:?}"
+        );
+        // Hour-only dimensions never read minutes.
+        assert!(plan(0, 3 * DAY + 5 * HOUR, HOUR)
+            .iter()
+            .all(|p| p.0 != MINUTE));
     }
 }

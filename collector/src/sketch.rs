@@ -10,8 +10,6 @@
 //! Stored as a blob: a version byte, then `(bucket delta, count)` pairs as LEB128 varints,
 //! buckets ascending (zig-zag for the first, since buckets of values below 1 ms are negative).
 
-use std::collections::BTreeMap;
-
 /// Relative accuracy of every quantile.
 pub const ALPHA: f64 = 0.01;
 const MIN_VALUE: f64 = 0.001;
@@ -21,9 +19,12 @@ fn gamma() -> f64 {
     (1.0 + ALPHA) / (1.0 - ALPHA)
 }
 
+/// Counts per bucket, dense from `offset` (merging thousands of rollup rows is then additions
+/// into one array, with no map to rebalance).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sketch {
-    buckets: BTreeMap<i32, u64>,
+    offset: i32,
+    counts: Vec<u64>,
     count: u64,
 }
 
@@ -58,8 +59,33 @@ fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
 }
 
 impl Sketch {
+    /// The counter of bucket `k`, growing the array to reach it.
+    fn slot(&mut self, k: i32) -> &mut u64 {
+        if self.counts.is_empty() {
+            self.offset = k;
+        }
+        if k < self.offset {
+            let grow = (self.offset - k) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.offset = k;
+        }
+        let i = (k - self.offset) as usize;
+        if i >= self.counts.len() {
+            self.counts.resize(i + 1, 0);
+        }
+        &mut self.counts[i]
+    }
+
+    fn buckets(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| (self.offset + i as i32, *c))
+    }
+
     pub fn add(&mut self, v: f64) {
-        *self.buckets.entry(key(v)).or_insert(0) += 1;
+        *self.slot(key(v)) += 1;
         self.count += 1;
     }
 
@@ -68,10 +94,22 @@ impl Sketch {
     }
 
     pub fn merge(&mut self, other: &Sketch) {
-        for (k, c) in &other.buckets {
-            *self.buckets.entry(*k).or_insert(0) += c;
+        for (k, c) in other.buckets() {
+            *self.slot(k) += c;
         }
         self.count += other.count;
+    }
+
+    /// Merge a stored blob straight in, without building a sketch for it; false (and nothing
+    /// merged) for a blob this version did not write.
+    pub fn merge_bytes(&mut self, bytes: &[u8]) -> bool {
+        match Sketch::from_bytes(bytes) {
+            Some(s) => {
+                self.merge(&s);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The `q`-quantile (0..=1), within [`ALPHA`] relative error; `None` when empty.
@@ -82,11 +120,11 @@ impl Sketch {
         // The rank, counted from 0, of the value answering q (lower quantile).
         let rank = (q.clamp(0.0, 1.0) * (self.count - 1) as f64).floor() as u64;
         let mut seen = 0;
-        for (k, c) in &self.buckets {
+        for (k, c) in self.buckets() {
             seen += c;
             if seen > rank {
                 let g = gamma();
-                let v = 2.0 * g.powi(*k) / (g + 1.0);
+                let v = 2.0 * g.powi(k) / (g + 1.0);
                 return Some(if v <= MIN_VALUE * g { MIN_VALUE } else { v });
             }
         }
@@ -94,17 +132,17 @@ impl Sketch {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.buckets.len() * 3);
+        let mut out = Vec::with_capacity(1 + self.counts.len() * 3);
         out.push(VERSION);
         let mut prev: Option<i32> = None;
-        for (k, c) in &self.buckets {
+        for (k, c) in self.buckets() {
             match prev {
                 // Zig-zag: the first key may be negative.
                 None => put_varint(&mut out, ((k << 1) ^ (k >> 31)) as u32 as u64),
                 Some(p) => put_varint(&mut out, (k - p) as u64),
             }
-            put_varint(&mut out, *c);
-            prev = Some(*k);
+            put_varint(&mut out, c);
+            prev = Some(k);
         }
         out
     }
@@ -127,7 +165,11 @@ impl Sketch {
                 Some(p) => p.checked_add(i32::try_from(raw).ok()?)?,
             };
             let c = get_varint(bytes, &mut pos)?;
-            s.buckets.insert(k, c);
+            // Keys ascend, within the range a latency can have.
+            if prev.is_some_and(|p| k <= p) || !(-2000..=4000).contains(&k) {
+                return None;
+            }
+            *s.slot(k) += c;
             s.count = s.count.checked_add(c)?;
             prev = Some(k);
         }

@@ -93,6 +93,7 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         let conn = Connection::open(dir.join("tally.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        rollup::register(&conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -351,7 +352,9 @@ impl Store {
                AND bucket_ms >= ?4 AND bucket_ms < ?5",
         )?;
         let mut out: HashMap<String, Agg> = HashMap::new();
-        for (g, start, end) in rollup::plan(align(from, now), align(to, now)) {
+        let finest = rollup::finest(dim);
+        let (from, to) = (align(from, now, finest), align(to, now, finest));
+        for (g, start, end) in rollup::plan(from, to, finest) {
             let rows = st.query_map(params![org.id, g, dim.unwrap_or("all"), start, end], |r| {
                 Ok((r.get::<_, String>(0)?, rollup_row(r)?))
             })?;
@@ -371,7 +374,7 @@ impl Store {
     }
 
     /// Figures per bucket (and per key of `dim`) over `[from, to)`; `bucket` is
-    /// [`MINUTE`], [`HOUR`] or [`DAY`] (days from hour rows, UTC).
+    /// [`MINUTE`], [`HOUR`] or [`DAY`] (UTC), read from rows of that granularity.
     pub fn timeseries(
         &self,
         org: &Org,
@@ -380,7 +383,8 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<Vec<(i64, String, Agg)>, StoreError> {
-        let g = if bucket == MINUTE { MINUTE } else { HOUR };
+        // Day buckets from day rows, hour buckets from hour rows, minute buckets from minute rows.
+        let g = bucket;
         // Every bucket that starts in [from, to), from its first minute.
         let from = from.div_euclid(bucket) * bucket;
         let conn = self.conn();
@@ -554,13 +558,15 @@ fn strip_snapshot_date(model: &str) -> &str {
     model
 }
 
-/// A range end on a minute boundary; past the minute-rollup horizon, on an hour boundary.
-fn align(t: i64, now: i64) -> i64 {
-    if t < now - MINUTE_ROLLUP_DAYS * DAY {
-        t.div_euclid(HOUR) * HOUR
+/// A range end on a boundary of the finest rows kept (minute rows only for the last
+/// [`MINUTE_ROLLUP_DAYS`] days).
+fn align(t: i64, now: i64, finest: i64) -> i64 {
+    let g = if finest == MINUTE && t >= now - MINUTE_ROLLUP_DAYS * DAY {
+        MINUTE
     } else {
-        t.div_euclid(MINUTE) * MINUTE
-    }
+        HOUR
+    };
+    t.div_euclid(g) * g
 }
 
 fn rollup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agg> {

@@ -608,3 +608,110 @@ fn disabled_orgs_are_refused_at_once_and_retention_prunes_old_events() {
         "rollups outlive raw events: {v}"
     );
 }
+
+/// One HTTP/1.1 exchange over TLS, trusting only `ca` (DER) for `localhost`.
+fn https(port: u16, ca: &[u8], request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.to_vec().into()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn tls_serves_https_and_marks_session_cookies_secure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).unwrap();
+    let (ok, _, _) = org_cmd(&data, &["create", "acme"]);
+    assert!(ok);
+    let out = Command::new(artifact("target/release/tally-collector"))
+        .args([
+            "user",
+            "add",
+            "--org",
+            "acme",
+            "--email",
+            "ann@acme.test",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"correct horse battery staple\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    let mut p = common::spawn(
+        "collector-tls",
+        Command::new(artifact("target/release/tally-collector"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .arg("--tls-cert")
+            .arg(&cert_pem)
+            .arg("--tls-key")
+            .arg(&key_pem),
+        dir.path(),
+    );
+    let port = common::announced_port(&mut p, dir.path());
+    let ca = cert.cert.der().to_vec();
+    let health = https(
+        port,
+        &ca,
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let body = "email=ann%40acme.test&password=correct+horse+battery+staple";
+    let login = https(
+        port,
+        &ca,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    let cookie = login
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie in {login}"));
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(cookie.contains(flag), "{flag} missing: {cookie}");
+    }
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let (s, _) = std::net::TcpStream::connect(("127.0.0.1", port))
+        .map(|mut sock| {
+            use std::io::{Read, Write};
+            let _ = sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut buf = [0u8; 64];
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let n = sock.read(&mut buf).unwrap_or(0);
+            (String::from_utf8_lossy(&buf[..n]).into_owned(), ())
+        })
+        .unwrap();
+    assert!(!s.starts_with("HTTP/1.1 200"), "{s}");
+}

@@ -463,25 +463,23 @@ pub fn start_collector(data: &Path, port: u16, logs: &Path, name: &'static str) 
     (p, port)
 }
 
-/// The port a server of ours announced on stderr: `... listening on http://127.0.0.1:PORT`.
+/// The port a server of ours announced on stderr: `... listening on http(s)://127.0.0.1:PORT`.
 pub fn announced_port(p: &mut Proc, logs: &Path) -> u16 {
     let log = logs.join(format!("{}.stderr.log", p.name));
     let mut port = None;
-    wait_until(
-        &format!("{} to listen", p.name),
-        Duration::from_secs(15),
-        || {
-            assert!(p.alive(), "{} exited; see {}", p.name, log.display());
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            port = text
-                .split("listening on http://127.0.0.1:")
-                .nth(1)
-                .and_then(|rest| {
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    digits.parse().ok()
-                });
-            port.is_some()
-        },
-    );
+    let what = format!("{} to listen (see {})", p.name, log.display());
+    wait_until(&what, Duration::from_secs(15), || {
+        assert!(p.alive(), "{} exited; see {}", p.name, log.display());
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        port = text
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split("127.0.0.1:").nth(1))
+            .and_then(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            });
+        port.is_some()
+    });
     port.unwrap_or_default()
 }
