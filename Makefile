@@ -8,7 +8,7 @@ ENVOY   := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM    := target/wasm32-wasip1/release/tally.wasm
 
-.PHONY: bench-query dashboard-deps build build-fault run demo test test-wasm test-browser fuzz soak lint fmt prices envoy wasm-target clean
+.PHONY: bench bench-query dashboard-deps build build-fault run demo test test-wasm test-browser fuzz soak lint fmt prices envoy wasm-target clean
 
 build: envoy wasm-target dashboard-deps
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
@@ -82,6 +82,13 @@ fuzz: dashboard-deps
 SOAK_SECONDS ?= 180
 soak: build
 	TALLY_SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --release -j $(JOBS) -p tally-e2e --test soak -- --ignored --nocapture
+
+# The filter's cost beside bare Envoy, the collector's ingest rate and query latency; writes
+# BENCHMARKS.md and bench/results/*.png. Installs wrk (apt-get) and matplotlib (.venv) if missing.
+bench: build
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	@$(VENV)/bin/python -c "import matplotlib" 2>/dev/null || $(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib
+	$(VENV)/bin/python bench/run.py
 
 # Summary and time-series query latency over EVENTS synthetic events (30 days of traffic).
 EVENTS ?= 1000000

@@ -229,6 +229,27 @@ pub fn row_agg_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Agg> {
     })
 }
 
+/// Add a row's figures (columns from `at`, as for [`row_agg_at`]) into `a`.
+pub fn merge_row(a: &mut Agg, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<()> {
+    a.requests += r.get::<_, i64>(at)? as u64;
+    a.errors += r.get::<_, i64>(at + 1)? as u64;
+    a.input_tokens += r.get::<_, i64>(at + 2)? as u64;
+    a.output_tokens += r.get::<_, i64>(at + 3)? as u64;
+    a.cost_usd += r.get::<_, f64>(at + 4)?;
+    a.latency_sum_ms += r.get::<_, f64>(at + 5)?;
+    a.latency.merge_bytes(
+        r.get_ref(at + 6)?
+            .as_blob()
+            .map_err(rusqlite::Error::from)?,
+    );
+    a.ttfb.merge_bytes(
+        r.get_ref(at + 7)?
+            .as_blob()
+            .map_err(rusqlite::Error::from)?,
+    );
+    Ok(())
+}
+
 /// The parts of `[from, to)` to read, coarsest first: whole days from day rows, whole hours
 /// from hour rows, the rest from rows of `finest` (minute or hour) granularity. `from` and `to`
 /// must be on `finest` boundaries. Returns (granularity, start, end) triples.

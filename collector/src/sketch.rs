@@ -103,13 +103,47 @@ impl Sketch {
     /// Merge a stored blob straight in, without building a sketch for it; false (and nothing
     /// merged) for a blob this version did not write.
     pub fn merge_bytes(&mut self, bytes: &[u8]) -> bool {
-        match Sketch::from_bytes(bytes) {
-            Some(s) => {
-                self.merge(&s);
-                true
-            }
-            None => false,
+        // Validate first, so that a bad blob merges nothing; then add in place (no allocation
+        // beyond growing this sketch's own array).
+        if Sketch::parse(bytes, |_, _| {}).is_none() {
+            return false;
         }
+        let mut total = 0u64;
+        let _ = Sketch::parse(bytes, |k, c| {
+            *self.slot(k) += c;
+            total += c;
+        });
+        self.count += total;
+        true
+    }
+
+    /// Walk a blob's (bucket, count) pairs; `None` if it is not a blob this version wrote.
+    fn parse(bytes: &[u8], mut each: impl FnMut(i32, u64)) -> Option<()> {
+        if bytes.first() != Some(&VERSION) {
+            return None;
+        }
+        let mut pos = 1;
+        let mut prev: Option<i32> = None;
+        let mut total = 0u64;
+        while pos < bytes.len() {
+            let raw = get_varint(bytes, &mut pos)?;
+            let k = match prev {
+                None => {
+                    let z = u32::try_from(raw).ok()?;
+                    ((z >> 1) as i32) ^ -((z & 1) as i32)
+                }
+                Some(p) => p.checked_add(i32::try_from(raw).ok()?)?,
+            };
+            let c = get_varint(bytes, &mut pos)?;
+            // Keys ascend, within the range a latency can have.
+            if prev.is_some_and(|p| k <= p) || !(-2000..=4000).contains(&k) {
+                return None;
+            }
+            total = total.checked_add(c)?;
+            each(k, c);
+            prev = Some(k);
+        }
+        Some(())
     }
 
     /// The `q`-quantile (0..=1), within [`ALPHA`] relative error; `None` when empty.
@@ -149,31 +183,8 @@ impl Sketch {
 
     /// A sketch from its blob; `None` for bytes this version did not write.
     pub fn from_bytes(bytes: &[u8]) -> Option<Sketch> {
-        if bytes.first() != Some(&VERSION) {
-            return None;
-        }
-        let mut pos = 1;
         let mut s = Sketch::default();
-        let mut prev: Option<i32> = None;
-        while pos < bytes.len() {
-            let raw = get_varint(bytes, &mut pos)?;
-            let k = match prev {
-                None => {
-                    let z = u32::try_from(raw).ok()?;
-                    ((z >> 1) as i32) ^ -((z & 1) as i32)
-                }
-                Some(p) => p.checked_add(i32::try_from(raw).ok()?)?,
-            };
-            let c = get_varint(bytes, &mut pos)?;
-            // Keys ascend, within the range a latency can have.
-            if prev.is_some_and(|p| k <= p) || !(-2000..=4000).contains(&k) {
-                return None;
-            }
-            *s.slot(k) += c;
-            s.count = s.count.checked_add(c)?;
-            prev = Some(k);
-        }
-        Some(s)
+        s.merge_bytes(bytes).then_some(s)
     }
 }
 

@@ -355,12 +355,16 @@ impl Store {
         let finest = rollup::finest(dim);
         let (from, to) = (align(from, now, finest), align(to, now, finest));
         for (g, start, end) in rollup::plan(from, to, finest) {
-            let rows = st.query_map(params![org.id, g, dim.unwrap_or("all"), start, end], |r| {
-                Ok((r.get::<_, String>(0)?, rollup_row(r)?))
-            })?;
-            for row in rows {
-                let (key, agg) = row?;
-                out.entry(key).or_default().merge(&agg);
+            let mut rows = st.query(params![org.id, g, dim.unwrap_or("all"), start, end])?;
+            // Merge straight from the row: no owned key unless new, sketches added in place.
+            while let Some(r) = rows.next()? {
+                let key = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+                if !out.contains_key(key) {
+                    out.insert(key.to_string(), Agg::default());
+                }
+                if let Some(a) = out.get_mut(key) {
+                    rollup::merge_row(a, r, 1)?;
+                }
             }
         }
         let mut rows: Vec<(String, Agg)> = out.into_iter().collect();
@@ -567,10 +571,6 @@ fn align(t: i64, now: i64, finest: i64) -> i64 {
         HOUR
     };
     t.div_euclid(g) * g
-}
-
-fn rollup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agg> {
-    rollup::row_agg_at(r, 1)
 }
 
 /// Rebuild every rollup from the stored events (once, when the rollups first appear).

@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""`make bench`: the filter's cost beside bare Envoy, and the collector's ingest and query figures.
+
+Side by side in one run, on this machine:
+- One Envoy process (1 worker) with two listeners identical but for the Tally filter, both in
+  front of a second Envoy that answers from memory (buffer filter + direct_response: it reads the
+  whole request, then replies at once), so the upstream never limits the rate.
+- wrk (1 thread, on the other core) drives each workload against each listener in interleaved
+  rounds; medians are reported: throughput ratio, added p50 and p99 latency, Envoy CPU per
+  request (from /proc), and the wasm VMs' memory (RSS of the process with and without the filter).
+- The collector's ingest rate with batches as the filter sends them, over HTTP, and the query
+  benchmark (make bench-query).
+
+Writes BENCHMARKS.md and bench/results/*.png. Loopback only; every run is bounded in time.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENVOY = os.path.join(ROOT, ".venv/bin/envoy")
+WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/tally.wasm")
+COLLECTOR = os.path.join(ROOT, "target/release/tally-collector")
+RESULTS = os.path.join(ROOT, "bench/results")
+SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
+QUERY_EVENTS = int(os.environ.get("BENCH_QUERY_EVENTS", "1000000"))
+TICK = os.sysconf("SC_CLK_TCK")
+
+procs = []
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args, log, env=None):
+    p = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    procs.append(p)
+    return p
+
+
+def stop_all():
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read().decode()
+    except Exception:
+        return None, ""
+
+
+def wait_ready(admin, what, limit=30):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if get(f"http://127.0.0.1:{admin}/ready")[0] == 200:
+            return
+        time.sleep(0.1)
+    sys.exit(f"bench: {what} not ready")
+
+
+def static_cluster(name, port):
+    return f"""
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]"""
+
+
+def hcm(name, port, route_cluster, filters):
+    return f"""
+  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: {route_cluster}, timeout: 30s}}}}]}}]
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"""
+
+
+TALLY_FILTER = f"""
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: tally
+                root_id: tally
+                failure_policy: FAIL_OPEN
+                configuration: {{"@type": type.googleapis.com/google.protobuf.StringValue, value: "{{}}"}}
+                vm_config:
+                  vm_id: tally
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{WASM}"}}}}
+                  environment_variables: {{host_env_keys: ["TALLY_ORG_KEY"]}}"""
+
+
+def responder_config(port, admin, routes):
+    """An Envoy that buffers each request whole, then answers from memory: `routes` is a list of
+    (path prefix, content type, body file, header that must be present or None), first match wins."""
+    rs = []
+    for path, ctype, body_file, header in routes:
+        match = f'{{prefix: "{path}"' + (f', headers: [{{name: {header}, present_match: true}}]' if header else "") + "}"
+        rs.append(f'{{match: {match}, direct_response: {{status: 200, body: {{filename: "{body_file}"}}}}, '
+                  f'response_headers_to_add: [{{header: {{key: content-type, value: "{ctype}"}}}}]}}')
+    return f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: responder
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: responder
+          route_config:
+            max_direct_response_body_size_bytes: 4194304
+            virtual_hosts: [{{name: all, domains: ["*"], routes: [{", ".join(rs)}]}}]
+          http_filters:
+          - name: envoy.filters.http.buffer
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer, max_request_bytes: 4194304}}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"""
+
+
+def proxy_config(admin, listeners, upstream, collector):
+    return (f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:""" + "".join(listeners) + """
+  clusters:""" + static_cluster("upstream", upstream) + static_cluster("tally_collector", collector) + "\n")
+
+
+def wrk(port, requests_file, seconds):
+    env = dict(os.environ, BENCH_REQUESTS=requests_file)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s",
+         os.path.join(ROOT, "bench/wrk.lua"), f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, env=env, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+    return {"rps": rps, "requests": total, "p50_us": pct(50), "p99_us": pct(99),
+            "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else ""}
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    for tool in ("wrk",):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is missing (make bench installs it with apt-get)")
+    for path in (ENVOY, WASM, COLLECTOR):
+        if not os.path.exists(path):
+            sys.exit(f"bench: {path} is missing: run make build")
+    os.makedirs(RESULTS, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="tally-bench-")
+    signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
+    try:
+        run(tmp)
+    finally:
+        stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write(tmp, name, data):
+    path = os.path.join(tmp, name)
+    with open(path, "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def run(tmp):
+    # Bodies: a chat completion with usage, an Anthropic message, a 200-chunk stream.
+    chat = json.dumps({"id": "chatcmpl-b", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 60}, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 512, "completion_tokens": 60, "total_tokens": 572,
+                                 "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}})
+    messages = json.dumps({"id": "msg_b", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+                           "content": [{"type": "text", "text": "word " * 60}], "stop_reason": "end_turn",
+                           "usage": {"input_tokens": 500, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 60}})
+    stream = "".join(
+        'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{"content":"tok%d "},"finish_reason":null}]}\n\n' % i
+        for i in range(199))
+    stream += 'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18","choices":[],"usage":{"prompt_tokens":50,"completion_tokens":199,"total_tokens":249}}\n\ndata: [DONE]\n\n'
+    gemini = json.dumps({"candidates": [{"content": {"parts": [{"text": "word " * 60}], "role": "model"}, "index": 0}],
+                         "usageMetadata": {"promptTokenCount": 400, "candidatesTokenCount": 60, "totalTokenCount": 460}, "modelVersion": "gemini-2.5-flash"})
+    resp_port, resp_admin = free_port(), free_port()
+    responder_yaml = responder_config(resp_port, resp_admin, [
+        ("/v1/chat/completions", "text/event-stream", write(tmp, "stream.sse", stream), "x-bench-stream"),
+        ("/v1/chat/completions", "application/json", write(tmp, "chat.json", chat), None),
+        ("/v1/messages", "application/json", write(tmp, "messages.json", messages), None),
+        ("/v1beta/models/", "application/json", write(tmp, "gemini.json", gemini), None),
+    ])
+    start([ENVOY, "-c", write(tmp, "responder.yaml", responder_yaml), "--disable-hot-restart", "--concurrency", "1",
+           "--log-level", "warn"], os.path.join(tmp, "responder.log"))
+    wait_ready(resp_admin, "the responder")
+
+    # Collector.
+    data = os.path.join(tmp, "data")
+    key = subprocess.run([COLLECTOR, "org", "create", "bench", "--data-dir", data], capture_output=True, text=True).stdout.strip()
+    col_port = free_port()
+    collector = start([COLLECTOR, "serve", "--listen", f"127.0.0.1:{col_port}", "--data-dir", data], os.path.join(tmp, "collector.log"))
+    for _ in range(100):
+        if get(f"http://127.0.0.1:{col_port}/healthz")[0] == 200:
+            break
+        time.sleep(0.1)
+
+    # Request bodies: a 2 KB chat request, a streamed one, a 1 MiB one, and a provider mix.
+    small = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 1900}]})
+    streamed = json.dumps({"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
+                           "messages": [{"role": "user", "content": "x" * 1900}]})
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * (1 << 20)}], "model": "gpt-4o-mini"})
+    anth = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 256, "messages": [{"role": "user", "content": "x" * 1900}]})
+    gem = json.dumps({"contents": [{"parts": [{"text": "x" * 1900}]}]})
+    f = lambda n, s: write(tmp, n, s)
+    workloads = {
+        "chat, 2 KB request": [("/v1/chat/completions", "", f("small.json", small))],
+        "streamed, 200 SSE chunks": [("/v1/chat/completions", "x-bench-stream:1", f("streamed.json", streamed))],
+        "1 MiB request": [("/v1/chat/completions", "", f("big.json", big))],
+        "mixed providers": [("/v1/chat/completions", "", f("small2.json", small)),
+                            ("/v1/messages", "anthropic-version:2023-06-01", f("anth.json", anth)),
+                            ("/v1beta/models/gemini-2.5-flash:generateContent", "", f("gem.json", gem)),
+                            ("/v1/chat/completions", "x-bench-stream:1", f("streamed2.json", streamed))],
+    }
+
+    bare_port, tally_port, admin = free_port(), free_port(), free_port()
+    listeners = [hcm("bare", bare_port, "upstream", ""), hcm("tally", tally_port, "upstream", TALLY_FILTER)]
+    env = dict(os.environ, TALLY_ORG_KEY=key)
+    proxy = start([ENVOY, "-c", write(tmp, "proxy.yaml", proxy_config(admin, listeners, resp_port, col_port)),
+                   "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"], os.path.join(tmp, "proxy.log"), env)
+    wait_ready(admin, "the proxy")
+
+    # Memory: the same process without the filter, for the wasm VMs' share of RSS.
+    bare_admin = free_port()
+    bare_only = start([ENVOY, "-c", write(tmp, "bare.yaml", proxy_config(bare_admin, [hcm("bare", free_port(), "upstream", "")], resp_port, col_port)),
+                       "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"], os.path.join(tmp, "bare.log"))
+    wait_ready(bare_admin, "the bare proxy")
+
+    results = {}
+    for name, reqs in workloads.items():
+        rf = write(tmp, "req-" + re.sub(r"\W+", "-", name) + ".tsv", "".join(f"{p}\t{h}\t{b}\n" for p, h, b in reqs))
+        wrk(tally_port, rf, 2)  # warm-up
+        wrk(bare_port, rf, 2)
+        runs = {"bare": [], "tally": []}
+        for r in range(ROUNDS):
+            order = ["bare", "tally"] if r % 2 == 0 else ["tally", "bare"]
+            for which in order:
+                port = bare_port if which == "bare" else tally_port
+                c0 = cpu_seconds(proxy.pid)
+                w = wrk(port, rf, SECONDS)
+                w["cpu_us_per_req"] = (cpu_seconds(proxy.pid) - c0) * 1e6 / max(w["requests"], 1)
+                runs[which].append(w)
+        med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_us", "p99_us", "cpu_us_per_req")}
+               for k, v in runs.items()}
+        bad = sum(x["non2xx"] for v in runs.values() for x in v)
+        results[name] = {"median": med, "non2xx": bad}
+        print(f"{name}: bare {med['bare']['rps']:.0f}/s, tally {med['tally']['rps']:.0f}/s "
+              f"({med['tally']['rps'] / med['bare']['rps']:.1%}), p50 +{med['tally']['p50_us'] - med['bare']['p50_us']:.0f} us, "
+              f"p99 +{med['tally']['p99_us'] - med['bare']['p99_us']:.0f} us, non-2xx {bad}", flush=True)
+
+    mem = {"with_filter_kib": rss_kib(proxy.pid), "without_kib": rss_kib(bare_only.pid)}
+    _, stats = get(f"http://127.0.0.1:{admin}/stats?filter=tally")
+    metered = re.search(r"wasmcustom\.tally\.requests_metered: (\d+)", stats)
+    dropped = re.search(r"wasmcustom\.tally\.events_dropped: (\d+)", stats)
+    mem["metered"] = int(metered.group(1)) if metered else 0
+    mem["dropped"] = int(dropped.group(1)) if dropped else 0
+
+    # Collector ingest over HTTP, batches of 200 as the filter sends them.
+    env = dict(os.environ, BENCH_KEY=key, BENCH_BATCH="200")
+    out = subprocess.run(["wrk", "-t2", "-c4", f"-d{SECONDS}s", "-s", os.path.join(ROOT, "bench/ingest.lua"),
+                          f"http://127.0.0.1:{col_port}"], capture_output=True, text=True, env=env, timeout=SECONDS + 30).stdout
+    batches = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    ingest = {"events_per_s": batches * 200, "non2xx": int(non2xx.group(1)) if non2xx else 0}
+    print(f"collector ingest: {ingest['events_per_s']:.0f} events/s", flush=True)
+
+    # Query latency.
+    q = subprocess.run(["cargo", "run", "--release", "-q", "-p", "tally-collector", "--example", "query_bench", "--",
+                        str(QUERY_EVENTS)], capture_output=True, text=True, cwd=ROOT, timeout=3600).stdout
+    report(results, mem, ingest, q)
+
+
+def chart(results):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    names = list(results)
+    ratio = [100 * results[n]["median"]["tally"]["rps"] / results[n]["median"]["bare"]["rps"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.barh(names, ratio, color="#2f6fed")
+    ax.axvline(95, color="#c23b3b", linestyle="--", label="goal: 95 %")
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("throughput with Tally, % of bare Envoy (median)")
+    ax.legend(loc="lower right")
+    for i, v in enumerate(ratio):
+        ax.text(v + 1, i, f"{v:.1f} %", va="center")
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "throughput.png"), dpi=110)
+    added = [results[n]["median"]["tally"]["p50_us"] - results[n]["median"]["bare"]["p50_us"] for n in names]
+    added99 = [results[n]["median"]["tally"]["p99_us"] - results[n]["median"]["bare"]["p99_us"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    y = range(len(names))
+    ax.barh([i + 0.2 for i in y], added, height=0.4, label="p50", color="#2f6fed")
+    ax.barh([i - 0.2 for i in y], added99, height=0.4, label="p99", color="#e0823d")
+    ax.set_yticks(list(y), names)
+    ax.axvline(50, color="#c23b3b", linestyle="--", label="goal: p50 +50 µs")
+    ax.set_xlabel("latency added by Tally, µs (median of rounds)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "latency.png"), dpi=110)
+    return ["throughput.png", "latency.png"]
+
+
+def report(results, mem, ingest, query):
+    charts = chart(results)
+    cpu = open("/proc/cpuinfo").read()
+    model = re.search(r"model name\s+: (.*)", cpu)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Produced by `make bench` (bench/run.py) on this machine: "
+        f"{os.cpu_count()} cores ({model.group(1) if model else 'unknown CPU'}), Envoy 1.40.0 with 1 worker, "
+        f"wrk 1 thread × {CONNECTIONS} connections, {ROUNDS} interleaved rounds of {SECONDS} s per listener and "
+        "workload; medians. Upstream: a second Envoy answering from memory after reading each request whole.",
+        "",
+        "## The filter beside bare Envoy",
+        "",
+        "| workload | bare req/s | Tally req/s | ratio | p50 added | p99 added | Envoy CPU/req bare | with Tally |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, r in results.items():
+        b, t = r["median"]["bare"], r["median"]["tally"]
+        lines.append(f"| {n} | {b['rps']:.0f} | {t['rps']:.0f} | {t['rps'] / b['rps']:.1%} | "
+                     f"{t['p50_us'] - b['p50_us']:+.0f} µs | {t['p99_us'] - b['p99_us']:+.0f} µs | "
+                     f"{b['cpu_us_per_req']:.1f} µs | {t['cpu_us_per_req']:.1f} µs |")
+    lines += ["", *[f"![{c}](bench/results/{c})" for c in charts], "",
+              f"Memory: Envoy RSS with the filter (2 wasm VMs: main thread and worker, tokenizer not loaded) "
+              f"{mem['with_filter_kib'] / 1024:.0f} MiB, the same Envoy without it {mem['without_kib'] / 1024:.0f} MiB: "
+              f"{(mem['with_filter_kib'] - mem['without_kib']) / 2048:.1f} MiB per VM. "
+              f"Requests metered during the run: {mem['metered']}, events dropped: {mem['dropped']}.",
+              "",
+              "## Collector",
+              "",
+              f"Ingest over HTTP, batches of 200 events as the filter sends them (wrk, 2 threads × 4 connections, "
+              f"{SECONDS} s, SQLite WAL with synchronous=FULL, rollups updated in the same transaction): "
+              f"**{ingest['events_per_s']:.0f} events/s** ({ingest['non2xx']} non-2xx).",
+              "",
+              "Queries (`make bench-query`, the dashboard's summaries and time series from rollups):",
+              "",
+              query.strip(),
+              ""]
+    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
