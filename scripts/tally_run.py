@@ -115,6 +115,32 @@ def org_key():
     return key
 
 
+DASHBOARD_USER = "admin@tally.local"
+
+
+def dashboard_login():
+    """A dashboard user for the local org, created once; its password kept in
+    .run/dashboard_password (mode 0600)."""
+    path = os.path.join(STATE, "dashboard_password")
+    if os.path.exists(path):
+        with open(path) as f:
+            password = f.read().strip()
+        if password:
+            return password
+    import secrets
+    password = secrets.token_urlsafe(18)
+    out = subprocess.run([COLLECTOR, "user", "add", "--org", "default", "--email", DASHBOARD_USER,
+                          "--data-dir", DATA], input=password + "\n", capture_output=True, text=True)
+    if out.returncode != 0:
+        if "already exists" in out.stderr:
+            return None
+        fail(out.stderr.strip())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
+
+
 def demo_config():
     """envoy.yaml with the provider clusters replaced by plain-HTTP clusters to the mock."""
     with open(os.path.join(ROOT, "envoy.yaml")) as f:
@@ -186,6 +212,7 @@ def main():
         fail("ports in use: " + ", ".join(busy) + ". Is another `make run` still running?")
 
     key = org_key()
+    password = dashboard_login()
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(0)))
 
     collector = start("collector", [COLLECTOR, "serve", "--data-dir", DATA, "--listen", "127.0.0.1:9700"])
@@ -206,6 +233,7 @@ Tally is running{" (demo: offline, mock provider on 127.0.0.1:%d)" % MOCK_PORT i
 
   Envoy listener   http://127.0.0.1:10000   (OpenAI base_url .../v1, Anthropic base_url ...)
   Envoy admin      http://127.0.0.1:9901/stats?filter=tally
+  Dashboard        http://127.0.0.1:9700/   sign in as {DASHBOARD_USER}, password {password or "(see .run/dashboard_password)"}
   Collector API    http://127.0.0.1:9700/api/v1/events
   Org key          {key}
                    (also in .run/org_key; use it as: Authorization: Bearer <key>)

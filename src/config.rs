@@ -67,6 +67,7 @@ struct Raw {
     flush_interval_ms: Option<u64>,
     queue_max_events: Option<usize>,
     call_timeout_ms: Option<u64>,
+    max_event_age_ms: Option<u64>,
     max_sse_event_bytes: Option<usize>,
     max_decompressed_bytes: Option<usize>,
     stream_usage: Option<bool>,
@@ -85,6 +86,8 @@ pub struct Config {
     pub flush_interval_ms: u64,
     pub queue_max_events: usize,
     pub call_timeout_ms: u64,
+    /// An event not delivered after this long is dropped (counted).
+    pub max_event_age_ms: u64,
     pub max_sse_event_bytes: usize,
     /// Cap on a compressed response's decoded size (bombs stop here).
     pub max_decompressed_bytes: usize,
@@ -206,6 +209,7 @@ impl Config {
             flush_interval_ms: raw.flush_interval_ms.unwrap_or(1000),
             queue_max_events: raw.queue_max_events.unwrap_or(10_000),
             call_timeout_ms: raw.call_timeout_ms.unwrap_or(5000),
+            max_event_age_ms: raw.max_event_age_ms.unwrap_or(6 * 3_600_000),
             max_sse_event_bytes: raw.max_sse_event_bytes.unwrap_or(1 << 20),
             max_decompressed_bytes: raw.max_decompressed_bytes.unwrap_or(64 << 20),
             stream_usage: raw.stream_usage.unwrap_or(true),
@@ -223,6 +227,12 @@ impl Config {
             1_000_000,
         )?;
         within("call_timeout_ms", cfg.call_timeout_ms, 100, 600_000)?;
+        within(
+            "max_event_age_ms",
+            cfg.max_event_age_ms,
+            1000,
+            7 * 86_400_000,
+        )?;
         within(
             "max_sse_event_bytes",
             cfg.max_sse_event_bytes as u64,

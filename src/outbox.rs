@@ -4,7 +4,8 @@
 //! has waited `flush_interval`; one batch is in flight at a time, and its events stay at the head
 //! of the queue until the collector accepts them, so a failed call loses nothing and is retried
 //! with exponential backoff. When the queue is full, new events are dropped and counted: memory
-//! stays bounded whatever the collector does. A batch the collector rejects as malformed (400,
+//! stays bounded whatever the collector does. Nothing is retried for ever: an event still
+//! undelivered after `max_age` is dropped and counted. A batch the collector rejects as malformed (400,
 //! 413) is dropped and counted too, since sending it again would fail again.
 
 use std::collections::VecDeque;
@@ -19,6 +20,7 @@ pub struct Counters {
     pub retried: u64,
     pub dropped_full: u64,
     pub dropped_rejected: u64,
+    pub dropped_expired: u64,
 }
 
 /// How a batch call ended.
@@ -43,7 +45,9 @@ impl Outcome {
 
 #[derive(Debug)]
 pub struct Outbox {
-    queue: VecDeque<String>,
+    /// (queued at, NDJSON line)
+    queue: VecDeque<(u64, String)>,
+    max_age_ms: u64,
     batch_max: usize,
     queue_max: usize,
     flush_interval_ms: u64,
@@ -60,6 +64,7 @@ impl Outbox {
     pub fn new(batch_max: usize, queue_max: usize, flush_interval_ms: u64) -> Self {
         Outbox {
             queue: VecDeque::new(),
+            max_age_ms: u64::MAX,
             batch_max: batch_max.max(1),
             queue_max: queue_max.max(1),
             flush_interval_ms,
@@ -69,6 +74,12 @@ impl Outbox {
             backoff_ms: BACKOFF_START_MS,
             counters: Counters::default(),
         }
+    }
+
+    /// Drop events that have waited longer than this (default: never).
+    pub fn with_max_age(mut self, max_age_ms: u64) -> Self {
+        self.max_age_ms = max_age_ms;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -88,7 +99,7 @@ impl Outbox {
         if self.queue.len() == self.in_flight {
             self.oldest_ms = Some(now_ms);
         }
-        self.queue.push_back(line);
+        self.queue.push_back((now_ms, line));
         self.counters.queued += 1;
         true
     }
@@ -96,7 +107,19 @@ impl Outbox {
     /// The NDJSON body of the next batch, if one is due now. The caller must report its outcome
     /// with [`Outbox::complete`] (or [`Outbox::abandon`] if it could not be sent at all).
     pub fn take_batch(&mut self, now_ms: u64) -> Option<(Vec<u8>, usize)> {
-        if self.in_flight > 0 || self.queue.is_empty() || now_ms < self.not_before_ms {
+        if self.in_flight > 0 {
+            return None;
+        }
+        // Events older than the limit go, counted: nothing is retried for ever.
+        while self
+            .queue
+            .front()
+            .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > self.max_age_ms)
+        {
+            self.queue.pop_front();
+            self.counters.dropped_expired += 1;
+        }
+        if self.queue.is_empty() || now_ms < self.not_before_ms {
             return None;
         }
         let full = self.queue.len() >= self.batch_max;
@@ -107,9 +130,9 @@ impl Outbox {
             return None;
         }
         let n = self.queue.len().min(self.batch_max);
-        let size: usize = self.queue.iter().take(n).map(|l| l.len() + 1).sum();
+        let size: usize = self.queue.iter().take(n).map(|(_, l)| l.len() + 1).sum();
         let mut body = Vec::with_capacity(size);
-        for line in self.queue.iter().take(n) {
+        for (_, line) in self.queue.iter().take(n) {
             body.extend_from_slice(line.as_bytes());
             body.push(b'\n');
         }
@@ -222,6 +245,18 @@ mod tests {
         }
         assert_eq!(o.len(), 3);
         assert_eq!(o.counters.dropped_full, 2);
+    }
+
+    #[test]
+    fn events_are_not_retried_for_ever() {
+        let mut o = Outbox::new(10, 10, 100).with_max_age(60_000);
+        o.push("old".into(), 0);
+        o.take_batch(100).unwrap();
+        o.complete(Outcome::Retry, 100);
+        o.push("new".into(), 30_000);
+        let (body, _) = o.take_batch(61_000).unwrap();
+        assert_eq!(lines(&body), vec!["new"]);
+        assert_eq!(o.counters.dropped_expired, 1);
     }
 
     #[test]

@@ -353,7 +353,9 @@ impl Store {
         )?;
         let mut out: HashMap<String, Agg> = HashMap::new();
         let finest = rollup::finest(dim);
-        let (from, to) = (align(from, now, finest), align(to, now, finest));
+        // The range widens to whole units of the finest rows: from rounds down, to rounds up
+        // (so "the last 24 hours" includes the hour, or minute, in progress).
+        let (from, to) = (align(from, now, finest, false), align(to, now, finest, true));
         for (g, start, end) in rollup::plan(from, to, finest) {
             let mut rows = st.query(params![org.id, g, dim.unwrap_or("all"), start, end])?;
             // Merge straight from the row: no owned key unless new, sketches added in place.
@@ -563,14 +565,19 @@ fn strip_snapshot_date(model: &str) -> &str {
 }
 
 /// A range end on a boundary of the finest rows kept (minute rows only for the last
-/// [`MINUTE_ROLLUP_DAYS`] days).
-fn align(t: i64, now: i64, finest: i64) -> i64 {
+/// [`MINUTE_ROLLUP_DAYS`] days), rounded down, or up for the end of a range.
+fn align(t: i64, now: i64, finest: i64, up: bool) -> i64 {
     let g = if finest == MINUTE && t >= now - MINUTE_ROLLUP_DAYS * DAY {
         MINUTE
     } else {
         HOUR
     };
-    t.div_euclid(g) * g
+    let down = t.div_euclid(g) * g;
+    if up && down < t {
+        down + g
+    } else {
+        down
+    }
 }
 
 /// Rebuild every rollup from the stored events (once, when the rollups first appear).

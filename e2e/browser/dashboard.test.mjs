@@ -128,7 +128,7 @@ test('overview, chart, breakdowns, models, errors and log show the seeded figure
     ['untagged', '$0.50', '25.0%', '2', '50.0%'],
   ]);
   await page.selectOption('#breakdown-by', 'team');
-  await page.waitForFunction(() => document.querySelector('#breakdown tbody tr td').textContent === 'payments');
+  await page.waitForFunction(() => document.querySelector('#breakdown tbody tr td')?.textContent === 'payments');
   assert.deepEqual((await cells(page, 'breakdown')).map((r) => [r[0], r[1]]), [['payments', '$1.50'], ['support', '$0.50']]);
 
   const models = await cells(page, 'models');

@@ -119,6 +119,21 @@ fn no_content_or_secret_leaves_memory() {
     ];
     let api_text = serde_json::to_string(&events).unwrap();
     let mut haystacks = vec![("events API".to_string(), api_text.into_bytes())];
+    // The collector's own outputs: metrics, summaries, the CSV export.
+    for path in [
+        "/metrics",
+        "/api/v1/summary?group_by=user",
+        "/api/v1/events.csv",
+    ] {
+        let (status, body, _) = send(
+            agent()
+                .get(&stack.collector_url(path))
+                .set("authorization", &format!("Bearer {}", stack.key)),
+            None,
+        );
+        assert_eq!(status, 200, "{path}");
+        haystacks.push((format!("collector {path}"), body.into_bytes()));
+    }
     // Everything Envoy's admin interface would hand an operator.
     for path in [
         "/stats",

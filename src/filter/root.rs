@@ -64,7 +64,8 @@ impl Root {
                 cfg.batch_max_events,
                 cfg.queue_max_events,
                 cfg.flush_interval_ms,
-            ),
+            )
+            .with_max_age(cfg.max_event_age_ms),
             cfg,
             prices,
             tokenizers: Tokenizers::default(),
@@ -133,7 +134,8 @@ impl Root {
         Metrics::add(m.events_retried, c.retried - r.retried);
         Metrics::add(
             m.events_dropped,
-            (c.dropped_full + c.dropped_rejected) - (r.dropped_full + r.dropped_rejected),
+            (c.dropped_full + c.dropped_rejected + c.dropped_expired)
+                - (r.dropped_full + r.dropped_rejected + r.dropped_expired),
         );
         self.reported = c;
     }
