@@ -355,7 +355,10 @@ impl Store {
         let finest = rollup::finest(dim);
         // The range widens to whole units of the finest rows: from rounds down, to rounds up
         // (so "the last 24 hours" includes the hour, or minute, in progress).
-        let (from, to) = (align(from, now, finest, false), align(to, now, finest, true));
+        let (from, to) = (
+            align(from, now, finest, false),
+            align(to, now, finest, true),
+        );
         for (g, start, end) in rollup::plan(from, to, finest) {
             let mut rows = st.query(params![org.id, g, dim.unwrap_or("all"), start, end])?;
             // Merge straight from the row: no owned key unless new, sketches added in place.
