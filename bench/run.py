@@ -373,6 +373,9 @@ def chart(results):
     return ["throughput.png", "latency.png"]
 
 
+NOTES_MARKER = "<!-- Analysis: written by hand, kept when make bench regenerates the above. -->"
+
+
 def report(results, mem, ingest, query):
     charts = chart(results)
     cpu = open("/proc/cpuinfo").read()
@@ -414,8 +417,16 @@ def report(results, mem, ingest, query):
               "",
               query.strip(),
               ""]
-    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    out = os.path.join(ROOT, "BENCHMARKS.md")
+    # Hand-written analysis below the marker survives a regeneration.
+    notes = ""
+    if os.path.exists(out):
+        with open(out) as f:
+            old = f.read()
+        if NOTES_MARKER in old:
+            notes = old[old.index(NOTES_MARKER):]
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n" + (notes or NOTES_MARKER + "\n"))
     print("wrote BENCHMARKS.md")
 
 
