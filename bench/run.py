@@ -90,7 +90,9 @@ def static_cluster(name, port):
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]"""
 
 
-def hcm(name, port, route_cluster, filters):
+def hcm(name, port, routes, filters):
+    """A listener with an HTTP connection manager: `routes` is the YAML of its route list,
+    `filters` the YAML of the HTTP filters before the router."""
     return f"""
   - name: {name}
     address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
@@ -101,11 +103,19 @@ def hcm(name, port, route_cluster, filters):
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {name}
           route_config:
-            virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: {route_cluster}, timeout: 30s}}}}]}}]
+            max_direct_response_body_size_bytes: 4194304
+            virtual_hosts: [{{name: all, domains: ["*"], routes: [{routes}]}}]
           http_filters:{filters}
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"""
 
+
+# Every request to the `upstream` cluster.
+PROXY_ROUTES = '{match: {prefix: "/"}, route: {cluster: upstream, timeout: 30s}}'
+
+BUFFER_FILTER = """
+          - name: envoy.filters.http.buffer
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer, max_request_bytes: 4194304}"""
 
 # The filter's JSON configuration for the run (BENCH_FILTER_CONFIG), as a YAML string.
 FILTER_CONFIG = json.dumps(os.environ.get("BENCH_FILTER_CONFIG", "{}"))
@@ -134,26 +144,9 @@ def responder_config(port, admin, routes):
         match = f'{{prefix: "{path}"' + (f', headers: [{{name: {header}, present_match: true}}]' if header else "") + "}"
         rs.append(f'{{match: {match}, direct_response: {{status: 200, body: {{filename: "{body_file}"}}}}, '
                   f'response_headers_to_add: [{{header: {{key: content-type, value: "{ctype}"}}}}]}}')
-    return f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+    return (f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
-  listeners:
-  - name: responder
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: responder
-          route_config:
-            max_direct_response_body_size_bytes: 4194304
-            virtual_hosts: [{{name: all, domains: ["*"], routes: [{", ".join(rs)}]}}]
-          http_filters:
-          - name: envoy.filters.http.buffer
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer, max_request_bytes: 4194304}}
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"""
+  listeners:""" + hcm("responder", port, ", ".join(rs), BUFFER_FILTER) + "\n")
 
 
 def proxy_config(admin, listeners, upstream, collector):
@@ -278,7 +271,7 @@ def run(tmp):
     }
 
     bare_port, tally_port, admin = free_port(), free_port(), free_port()
-    listeners = [hcm("bare", bare_port, "upstream", ""), hcm("tally", tally_port, "upstream", TALLY_FILTER)]
+    listeners = [hcm("bare", bare_port, PROXY_ROUTES, ""), hcm("tally", tally_port, PROXY_ROUTES, TALLY_FILTER)]
     env = dict(os.environ, TALLY_ORG_KEY=key)
     sink = os.environ.get("BENCH_SINK_EVENTS", "1") == "1"
     proxy = start([ENVOY, "-c", write(tmp, "proxy.yaml", proxy_config(admin, listeners, resp_port, resp_port if sink else col_port)),
@@ -287,7 +280,7 @@ def run(tmp):
 
     # Memory: the same process without the filter, for the wasm VMs' share of RSS.
     bare_admin = free_port()
-    bare_only = start([ENVOY, "-c", write(tmp, "bare.yaml", proxy_config(bare_admin, [hcm("bare", free_port(), "upstream", "")], resp_port, col_port)),
+    bare_only = start([ENVOY, "-c", write(tmp, "bare.yaml", proxy_config(bare_admin, [hcm("bare", free_port(), PROXY_ROUTES, "")], resp_port, col_port)),
                        "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"], os.path.join(tmp, "bare.log"))
     wait_ready(bare_admin, "the bare proxy")
 

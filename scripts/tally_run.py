@@ -92,14 +92,27 @@ def stop_all():
             p.wait()
 
 
-def org_key():
-    """The local org's key: created once and kept in .run/org_key (mode 0600)."""
-    path = os.path.join(STATE, "org_key")
+def read_secret(name):
+    """A secret kept in .run/NAME, or None."""
+    path = os.path.join(STATE, name)
     if os.path.exists(path):
         with open(path) as f:
-            key = f.read().strip()
-        if key:
-            return key
+            return f.read().strip() or None
+    return None
+
+
+def write_secret(name, value):
+    """Keep a secret in .run/NAME, readable by its owner only (mode 0600)."""
+    fd = os.open(os.path.join(STATE, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+
+
+def org_key():
+    """The local org's key: created once and kept in .run/org_key."""
+    key = read_secret("org_key")
+    if key:
+        return key
     cmd = [COLLECTOR, "org", "create", "default", "--data-dir", DATA]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0 and "already exists" in out.stderr:
@@ -109,9 +122,7 @@ def org_key():
     if out.returncode != 0:
         fail(out.stderr.strip())
     key = out.stdout.strip()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+    write_secret("org_key", key)
     return key
 
 
@@ -120,13 +131,10 @@ DASHBOARD_USER = "admin@tally.local"
 
 def dashboard_login():
     """A dashboard user for the local org, created once; its password kept in
-    .run/dashboard_password (mode 0600)."""
-    path = os.path.join(STATE, "dashboard_password")
-    if os.path.exists(path):
-        with open(path) as f:
-            password = f.read().strip()
-        if password:
-            return password
+    .run/dashboard_password."""
+    password = read_secret("dashboard_password")
+    if password:
+        return password
     import secrets
     password = secrets.token_urlsafe(18)
     out = subprocess.run([COLLECTOR, "user", "add", "--org", "default", "--email", DASHBOARD_USER,
@@ -135,9 +143,7 @@ def dashboard_login():
         if "already exists" in out.stderr:
             return None
         fail(out.stderr.strip())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(password + "\n")
+    write_secret("dashboard_password", password)
     return password
 
 

@@ -108,17 +108,6 @@ impl Agg {
             self.ttfb.add(t);
         }
     }
-
-    pub fn merge(&mut self, o: &Agg) {
-        self.requests += o.requests;
-        self.errors += o.errors;
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-        self.cost_usd += o.cost_usd;
-        self.latency_sum_ms += o.latency_sum_ms;
-        self.latency.merge(&o.latency);
-        self.ttfb.merge(&o.ttfb);
-    }
 }
 
 /// Rollup rows touched by a batch: (granularity, bucket, dim, key) -> figures.
@@ -194,42 +183,17 @@ pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         2,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
         |ctx| {
-            let blob = |i: usize| -> rusqlite::Result<Sketch> {
-                let b: Vec<u8> = ctx.get(i)?;
-                Ok(Sketch::from_bytes(&b).unwrap_or_default())
-            };
-            let mut a = blob(0)?;
-            a.merge(&blob(1)?);
-            Ok(a.to_bytes())
+            let (a, b): (Vec<u8>, Vec<u8>) = (ctx.get(0)?, ctx.get(1)?);
+            let mut merged = Sketch::from_bytes(&a).unwrap_or_default();
+            merged.merge_bytes(&b);
+            Ok(merged.to_bytes())
         },
     )
 }
 
-/// A rollup row's figures from the columns
-/// `requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb`.
-pub fn row_agg(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agg> {
-    row_agg_at(r, 0)
-}
-
-/// The same, with those columns starting at `at`.
-pub fn row_agg_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Agg> {
-    let sketch = |i: usize| -> rusqlite::Result<Sketch> {
-        let b: Vec<u8> = r.get(at + i)?;
-        Ok(Sketch::from_bytes(&b).unwrap_or_default())
-    };
-    Ok(Agg {
-        requests: r.get::<_, i64>(at)? as u64,
-        errors: r.get::<_, i64>(at + 1)? as u64,
-        input_tokens: r.get::<_, i64>(at + 2)? as u64,
-        output_tokens: r.get::<_, i64>(at + 3)? as u64,
-        cost_usd: r.get(at + 4)?,
-        latency_sum_ms: r.get(at + 5)?,
-        latency: sketch(6)?,
-        ttfb: sketch(7)?,
-    })
-}
-
-/// Add a row's figures (columns from `at`, as for [`row_agg_at`]) into `a`.
+/// Add a rollup row's figures into `a`: the columns `requests, errors, input_tokens,
+/// output_tokens, cost_usd, latency_sum_ms, latency, ttfb`, starting at `at`. Sketches are added
+/// straight from their blobs.
 pub fn merge_row(a: &mut Agg, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<()> {
     a.requests += r.get::<_, i64>(at)? as u64;
     a.errors += r.get::<_, i64>(at + 1)? as u64;

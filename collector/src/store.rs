@@ -404,17 +404,12 @@ impl Store {
                AND bucket_ms >= ?4 AND bucket_ms < ?5",
         )?;
         let mut out: std::collections::BTreeMap<(i64, String), Agg> = Default::default();
-        let rows = st.query_map(params![org.id, g, dim.unwrap_or("all"), from, to], |r| {
+        let mut rows = st.query(params![org.id, g, dim.unwrap_or("all"), from, to])?;
+        while let Some(r) = rows.next()? {
             let b: i64 = r.get(0)?;
             let key: String = r.get(1)?;
-            let agg = rollup::row_agg_at(r, 2)?;
-            Ok((b, key, agg))
-        })?;
-        for row in rows {
-            let (b, key, agg) = row?;
-            out.entry((b.div_euclid(bucket) * bucket, key))
-                .or_default()
-                .merge(&agg);
+            let a = out.entry((b.div_euclid(bucket) * bucket, key)).or_default();
+            rollup::merge_row(a, r, 2)?;
         }
         Ok(out.into_iter().map(|((b, k), a)| (b, k, a)).collect())
     }

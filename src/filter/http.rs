@@ -137,8 +137,9 @@ impl HttpContext for Req {
             .map(i64::from_le_bytes)
             .and_then(|c| u16::try_from(c).ok())
             .filter(|&c| c != 0);
+        let now = host::now_ms();
         let fin = Finish {
-            now_unix_ms: host::now_ms(),
+            now_unix_ms: now,
             request_id: s.next_request_id(),
             code_details: details.as_deref(),
             final_status,
@@ -147,8 +148,7 @@ impl HttpContext for Req {
         let event = ex.finish(fin, &s.prices, &mut s.tokenizers);
         match serde_json::to_string(&event) {
             Ok(line) => {
-                let now = host::now_ms() as u64;
-                s.outbox.push(line, now);
+                s.outbox.push(line, now as u64);
             }
             Err(_) => Metrics::add(s.metrics.filter_errors, 1),
         }
