@@ -131,14 +131,20 @@ fn clean(value: &str, max: usize) -> Option<String> {
 }
 
 /// Read the request headers. `headers` are (name, value) as Envoy gives them, names lower case,
-/// pseudo-headers included. Credential headers are never looked at beyond their names.
-pub fn begin(cfg: &Config, headers: &[(String, String)], now_unix_ms: f64) -> Begin {
-    let mut strip = Vec::new();
+/// pseudo-headers included; borrowed, so that the proxy layer need not copy them. Credential
+/// headers are never looked at beyond their names.
+pub fn begin<N: AsRef<str>, V: AsRef<str>>(
+    cfg: &Config,
+    headers: &[(N, V)],
+    now_unix_ms: f64,
+) -> Begin {
+    let mut strip: Vec<String> = Vec::new();
     let mut attribution = Attribution::default();
     let mut forced = None;
     let (mut method, mut path, mut authority) = ("", "", "");
     for (name, value) in headers {
-        match name.as_str() {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        match name {
             ":method" => method = value,
             ":path" => path = value,
             ":authority" => authority = value,
@@ -148,8 +154,8 @@ pub fn begin(cfg: &Config, headers: &[(String, String)], now_unix_ms: f64) -> Be
         if field.is_none() && !name.starts_with("x-tally-") {
             continue;
         }
-        if !strip.contains(name) {
-            strip.push(name.clone());
+        if !strip.iter().any(|s| s == name) {
+            strip.push(name.to_string());
         }
         let slot = match field {
             Some(Field::Team) => &mut attribution.team,
@@ -234,6 +240,13 @@ impl Exchange {
     /// The proxy could not replace the request chunk: the provider will send no usage chunk.
     pub fn request_edit_failed(&mut self) {
         self.added_usage = false;
+    }
+
+    /// Whether Envoy's own account of the response (final status, code details) can add anything:
+    /// not when the filter saw the response's status and its end, which is every answered
+    /// request. Saves the host calls that read them.
+    pub fn needs_proxy_details(&self) -> bool {
+        !(self.complete && self.status.is_some())
     }
 
     /// True when response chunks may be rewritten (so a `content-length` must go).

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod errors;
 pub mod event;
 pub mod exchange;
+pub mod header_map;
 pub mod measure;
 pub mod outbox;
 pub mod pricing;
@@ -26,5 +27,5 @@ pub mod stream_usage;
 pub mod time;
 pub mod usage;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "filter"))]
 mod filter;

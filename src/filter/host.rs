@@ -1,8 +1,22 @@
 //! Host calls wrapped so that a failure is a value, never a panic, plus the filter's counters.
 
+use crate::header_map;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
+use std::borrow::Cow;
 use std::time::UNIX_EPOCH;
+
+/// The ABI call itself: the SDK's wrapper copies each header into its own `String`.
+mod abi {
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        pub fn proxy_get_header_map_pairs(
+            map_type: u32,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
+    }
+}
 
 /// Milliseconds since the Unix epoch by the host's clock; 0.0 if the host cannot say.
 pub fn now_ms() -> f64 {
@@ -12,18 +26,48 @@ pub fn now_ms() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-/// All headers of a map, values lossily decoded. Header names are tokens (ASCII); values may hold
-/// any byte, which the SDK's `get_map` would panic on.
-pub fn headers(map: MapType) -> Option<Vec<(String, String)>> {
-    let pairs = hostcalls::get_map_bytes(map).ok()?;
-    Some(
-        pairs
-            .into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-            .collect(),
-    )
+/// A header map in the one buffer the host serialized it into: one host call for the whole map,
+/// no copy per header.
+pub struct Headers {
+    raw: Vec<u8>,
 }
 
+impl Headers {
+    pub fn read(map: MapType) -> Option<Headers> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer it got from `proxy_on_memory_allocate` (a boxed
+        // slice of exactly `size` bytes, alignment 1), whose ownership passes to us.
+        let raw = unsafe {
+            if abi::proxy_get_header_map_pairs(map as u32, &mut data, &mut size) != 0 {
+                return None;
+            }
+            if data.is_null() {
+                Vec::new()
+            } else {
+                Vec::from_raw_parts(data, size, size)
+            }
+        };
+        Some(Headers { raw })
+    }
+
+    /// (name, value) pairs, values decoded lossily (they may hold any byte; names are tokens
+    /// and a name that is not text is skipped). Valid UTF-8, the usual case, is borrowed.
+    pub fn pairs(&self) -> Vec<(&str, Cow<'_, str>)> {
+        header_map::pairs(&self.raw)
+            .filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, String::from_utf8_lossy(v))))
+            .collect()
+    }
+
+    /// The first value of `name` (lower case).
+    pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        header_map::pairs(&self.raw)
+            .find(|(k, _)| *k == name.as_bytes())
+            .map(|(_, v)| String::from_utf8_lossy(v))
+    }
+}
+
+/// A header of a map by name, in one host call; for maps read once.
 pub fn header(map: MapType, name: &str) -> Option<String> {
     hostcalls::get_map_value_bytes(map, name)
         .ok()

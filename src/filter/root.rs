@@ -21,6 +21,8 @@ pub struct Shared {
     pub tokenizers: Tokenizers,
     pub outbox: Outbox,
     pub metrics: Metrics,
+    /// Requests metered since the last report to Envoy's counter.
+    pub metered: std::cell::Cell<u64>,
     ids: IdGen,
 }
 
@@ -70,6 +72,7 @@ impl Root {
             prices,
             tokenizers: Tokenizers::default(),
             metrics: self.metrics,
+            metered: std::cell::Cell::new(0),
             ids: IdGen::seeded(),
         })));
         Ok(())
@@ -218,6 +221,9 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if let Some(s) = self.shared.as_ref().and_then(|s| s.try_borrow().ok()) {
+            Metrics::add(self.metrics.requests_metered, s.metered.take());
+        }
         self.flush();
     }
 
