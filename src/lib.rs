@@ -26,6 +26,7 @@ pub mod sse;
 pub mod stream_usage;
 pub mod time;
 pub mod usage;
+pub mod vocab;
 
 #[cfg(all(target_arch = "wasm32", feature = "filter"))]
 mod filter;

@@ -5,7 +5,8 @@
 //! exchange ends without exact usage is the output text pulled out of it and counted with the
 //! model family's tiktoken encoding. Tokenizers are built once per VM, on the first stream that
 //! needs one, never per request and never while exact usage keeps arriving: building
-//! `o200k_base` costs about 28 MiB and 180 ms under a wasm JIT.
+//! `o200k_base` costs about 28 MiB and 180 ms under a wasm JIT. Until then only the compressed
+//! vocabularies ([`crate::vocab`]) sit in the VM's memory.
 //!
 //! Claude and Gemini use their own tokenizers, which are not public: for them `o200k_base` is an
 //! approximation, which the collector's calibration (exact/measured per model) corrects.
@@ -79,11 +80,7 @@ impl Tokenizers {
             Encoding::Cl100k => &mut self.cl100k,
         };
         if slot.is_none() {
-            let built = match enc {
-                Encoding::O200k => tiktoken_rs::o200k_base(),
-                Encoding::Cl100k => tiktoken_rs::cl100k_base(),
-            };
-            match built {
+            match crate::vocab::tokenizer(enc) {
                 Ok(bpe) => *slot = Some(bpe),
                 Err(_) => {
                     self.failed = true;
