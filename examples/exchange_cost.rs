@@ -1,11 +1,14 @@
 //! Native cost of the metering logic for one request (no Envoy, no wasm): headers, a 2 KB
-//! request body, a JSON response with usage, the event, its JSON line. For profiling
-//! (`valgrind --tool=callgrind target/release/examples/exchange_cost`) and quick timing.
+//! request body, a JSON response with usage (or, with `stream` as second argument, a 200-chunk
+//! SSE stream), the event, its JSON line. For profiling
+//! (`valgrind --tool=callgrind target/release/examples/exchange_cost 2000 [stream]`) and quick
+//! timing; built for wasm32-wasip1 it also runs under Node's V8 (`scripts/wasi-run.sh`).
 
 use tally::config::Config;
 use tally::exchange::{begin, Finish};
 use tally::measure::Tokenizers;
 use tally::pricing::PriceTable;
+use tally::request_id::IdGen;
 
 fn main() {
     let n: u32 = std::env::args()
@@ -39,27 +42,45 @@ fn main() {
         r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(1900)
     );
-    let response = include_bytes!("../fixtures/openai/chat_completion.json");
+    let stream = std::env::args().nth(2).as_deref() == Some("stream");
+    let mut sse = String::new();
+    for i in 0..199 {
+        sse.push_str(&format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    sse.push_str("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],\"usage\":{\"prompt_tokens\":50,\"completion_tokens\":199,\"total_tokens\":249}}\n\ndata: [DONE]\n\n");
+    let (response, content_type): (&[u8], _) = if stream {
+        (sse.as_bytes(), "text/event-stream")
+    } else {
+        (
+            include_bytes!("../fixtures/openai/chat_completion.json"),
+            "application/json",
+        )
+    };
+    let mut ids = IdGen::new(7);
     let t = std::time::Instant::now();
     let mut bytes = 0;
-    for i in 0..n {
+    for _ in 0..n {
         let b = begin(&cfg, &headers, 1000.0);
         let mut ex = b.exchange.expect("metered");
         let _ = ex.on_request_body(body.as_bytes());
         let _ = ex.on_request_body(&[]);
-        ex.on_response_headers(Some(200), Some("application/json"), None, 1010.0);
+        ex.on_response_headers(Some(200), Some(content_type), None, 1010.0);
         let _ = ex.on_response_body(response, true);
         let ev = ex.finish(
             Finish {
                 now_unix_ms: 1050.0,
-                request_id: format!("r{i}"),
+                request_id: ids.next_uuid(),
                 code_details: Some("via_upstream"),
                 final_status: Some(200),
             },
             &prices,
             &mut tokenizers,
         );
-        bytes += serde_json::to_string(&ev).map(|s| s.len()).unwrap_or(0);
+        let mut line = Vec::with_capacity(1024);
+        ev.write_json(&mut line);
+        bytes += line.len();
     }
     let per = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
     println!("{per:.2} us per request natively ({n} requests, {bytes} event bytes)");

@@ -111,6 +111,16 @@ fn label(value: &str) -> Option<String> {
 /// control characters dropped, trimmed, cut at `max` bytes on a character boundary; `None` if
 /// nothing is left.
 fn clean(value: &str, max: usize) -> Option<String> {
+    // The usual case: printable ASCII, already trimmed and short enough.
+    let b = value.as_bytes();
+    if !b.is_empty()
+        && b.len() <= max
+        && b.iter().all(|c| (0x21..0x7f).contains(c) || *c == b' ')
+        && b[0] != b' '
+        && b[b.len() - 1] != b' '
+    {
+        return Some(value.to_string());
+    }
     let mut out = String::with_capacity(value.len().min(max));
     for c in value.trim().chars() {
         if out.len() + c.len_utf8() > max {

@@ -21,6 +21,7 @@ pub mod measure;
 pub mod outbox;
 pub mod pricing;
 pub mod provider;
+pub mod request_id;
 pub mod scan;
 pub mod sse;
 pub mod stream_usage;

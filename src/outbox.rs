@@ -46,7 +46,7 @@ impl Outcome {
 #[derive(Debug)]
 pub struct Outbox {
     /// (queued at, NDJSON line)
-    queue: VecDeque<(u64, String)>,
+    queue: VecDeque<(u64, Vec<u8>)>,
     max_age_ms: u64,
     batch_max: usize,
     queue_max: usize,
@@ -92,6 +92,12 @@ impl Outbox {
 
     /// Queue one serialized event; false (and counted) when the queue is full.
     pub fn push(&mut self, line: String, now_ms: u64) -> bool {
+        self.push_bytes(line.into_bytes(), now_ms)
+    }
+
+    /// Queue one event's JSON line (UTF-8, no newline), as [`crate::event::Event::write_json`]
+    /// writes it.
+    pub fn push_bytes(&mut self, line: Vec<u8>, now_ms: u64) -> bool {
         if self.queue.len() >= self.queue_max {
             self.counters.dropped_full += 1;
             return false;
@@ -133,7 +139,7 @@ impl Outbox {
         let size: usize = self.queue.iter().take(n).map(|(_, l)| l.len() + 1).sum();
         let mut body = Vec::with_capacity(size);
         for (_, line) in self.queue.iter().take(n) {
-            body.extend_from_slice(line.as_bytes());
+            body.extend_from_slice(line);
             body.push(b'\n');
         }
         self.in_flight = n;

@@ -163,18 +163,30 @@ impl TopLevelScanner {
                     _ if is_ws(b) => {}
                     _ => self.state = State::Invalid,
                 },
-                State::Key { escape } => {
-                    if escape {
-                        self.push_key(b);
-                        self.state = State::Key { escape: false };
-                    } else if b == b'"' {
-                        self.end_key();
-                    } else {
-                        if b == b'\\' {
-                            self.key_escaped = true;
-                            self.state = State::Key { escape: true };
+                State::Key { escape: true } => {
+                    self.push_key(&chunk[i..=i]);
+                    self.state = State::Key { escape: false };
+                }
+                State::Key { escape: false } => {
+                    // The rest of the key in one search, not byte by byte.
+                    match memchr::memchr2(b'"', b'\\', &chunk[i..]) {
+                        None => {
+                            self.push_key(&chunk[i..]);
+                            return None;
                         }
-                        self.push_key(b);
+                        Some(off) => {
+                            let j = i + off;
+                            self.push_key(&chunk[i..=j]);
+                            if chunk[j] == b'"' {
+                                self.key.pop();
+                                self.end_key();
+                            } else {
+                                self.key_escaped = true;
+                                self.state = State::Key { escape: true };
+                            }
+                            i = j + 1;
+                            continue;
+                        }
                     }
                 }
                 State::AfterKey => match b {
@@ -223,16 +235,20 @@ impl TopLevelScanner {
                     continue;
                 }
                 State::Scalar => {
-                    if is_ws(b) || b == b',' || b == b'}' {
+                    let start = i;
+                    while i < chunk.len() && class(chunk[i]) == SCALAR {
+                        i += 1;
+                    }
+                    self.record(&chunk[start..i]);
+                    // A scalar may go on in the next chunk.
+                    let &d = chunk.get(i)?;
+                    if is_ws(d) || d == b',' || d == b'}' {
                         self.end_value();
                         // The delimiter belongs to the object: look at it again.
                         continue;
                     }
-                    if !matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'.' | b'+' | b'-') {
-                        self.state = State::Invalid;
-                        return None;
-                    }
-                    self.record(&chunk[i..=i]);
+                    self.state = State::Invalid;
+                    return None;
                 }
                 State::Nested {
                     depth,
@@ -258,7 +274,13 @@ impl TopLevelScanner {
                             }
                             continue;
                         }
-                        let c = chunk[i];
+                        // Everything but quotes and brackets is skipped in a tight loop.
+                        while i < chunk.len() && class(chunk[i]) != STRUCTURAL {
+                            i += 1;
+                        }
+                        let Some(&c) = chunk.get(i) else {
+                            break;
+                        };
                         i += 1;
                         match c {
                             b'"' => in_str = true,
@@ -307,12 +329,13 @@ impl TopLevelScanner {
         self.state = State::Key { escape: false };
     }
 
-    fn push_key(&mut self, b: u8) {
-        if self.key.len() < MAX_KEY {
-            self.key.push(b);
-        } else {
+    /// Keys past [`MAX_KEY`] bytes are never wanted: only the overflow is remembered.
+    fn push_key(&mut self, bytes: &[u8]) {
+        let room = MAX_KEY + 1 - self.key.len().min(MAX_KEY + 1);
+        if bytes.len() > room {
             self.key_overflow = true;
         }
+        self.key.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
     fn end_key(&mut self) {
@@ -399,6 +422,31 @@ fn string_end(chunk: &[u8], mut i: usize, mut escape: bool) -> (Option<usize>, b
             }
         }
     }
+}
+
+const OTHER: u8 = 0;
+/// Bytes that can continue a number or a literal (`true`, `false`, `null`).
+const SCALAR: u8 = 1;
+/// Quotes and brackets: what nesting depth and strings turn on.
+const STRUCTURAL: u8 = 2;
+
+static CLASSES: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = match c {
+            b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'.' | b'+' | b'-' => SCALAR,
+            b'"' | b'{' | b'}' | b'[' | b']' => STRUCTURAL,
+            _ => OTHER,
+        };
+        b += 1;
+    }
+    t
+};
+
+fn class(b: u8) -> u8 {
+    CLASSES[usize::from(b)]
 }
 
 fn is_ws(b: u8) -> bool {

@@ -68,3 +68,13 @@ pub enum TokenSource {
     /// Counted by Tally, then corrected by the collector's learned ratio.
     MeasuredCalibrated,
 }
+
+impl TokenSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenSource::Exact => "exact",
+            TokenSource::Measured => "measured",
+            TokenSource::MeasuredCalibrated => "measured_calibrated",
+        }
+    }
+}

@@ -157,11 +157,8 @@ impl HttpContext for Req {
         };
         let s = &mut *s;
         let event = ex.finish(fin, &s.prices, &mut s.tokenizers);
-        match serde_json::to_string(&event) {
-            Ok(line) => {
-                s.outbox.push(line, now as u64);
-            }
-            Err(_) => Metrics::add(s.metrics.filter_errors, 1),
-        }
+        let mut line = Vec::with_capacity(1024);
+        event.write_json(&mut line);
+        s.outbox.push_bytes(line, now as u64);
     }
 }

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::measure::Tokenizers;
 use crate::outbox::{Counters, Outbox, Outcome};
 use crate::pricing::PriceTable;
+use crate::request_id::IdGen;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType};
@@ -73,7 +74,7 @@ impl Root {
             tokenizers: Tokenizers::default(),
             metrics: self.metrics,
             metered: std::cell::Cell::new(0),
-            ids: IdGen::seeded(),
+            ids: seeded_ids(),
         })));
         Ok(())
     }
@@ -236,45 +237,12 @@ impl RootContext for Root {
     }
 }
 
-/// Request ids: random UUIDv4 strings from a per-VM generator seeded by the host's entropy.
-/// Envoy's `x-request-id` is not used, as a client can set it and make ids collide.
-struct IdGen {
-    state: u64,
-}
-
-impl IdGen {
-    fn seeded() -> IdGen {
-        let mut seed = [0u8; 8];
-        if getrandom::getrandom(&mut seed).is_err() {
-            // Without entropy, time still separates VMs well enough for ids.
-            seed = (host::now_ms() as u64).to_le_bytes();
-        }
-        IdGen {
-            state: u64::from_le_bytes(seed),
-        }
+/// A generator seeded by the host's entropy (time, when there is none).
+fn seeded_ids() -> IdGen {
+    let mut seed = [0u8; 8];
+    if getrandom::getrandom(&mut seed).is_err() {
+        // Without entropy, time still separates VMs well enough for ids.
+        seed = (host::now_ms() as u64).to_le_bytes();
     }
-
-    /// SplitMix64: fast, and good enough for identifiers (not for secrets).
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn next_uuid(&mut self) -> String {
-        let hi = self.next_u64();
-        let lo = self.next_u64();
-        let hi = (hi & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
-        let lo = (lo & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            hi >> 32,
-            (hi >> 16) & 0xFFFF,
-            hi & 0xFFFF,
-            lo >> 48,
-            lo & 0xFFFF_FFFF_FFFF
-        )
-    }
+    IdGen::new(u64::from_le_bytes(seed))
 }
