@@ -463,6 +463,11 @@ fn read_body(
                 if let Some(r) = record.as_deref_mut() {
                     r.push(e.data);
                 }
+                if let Some(probe) = meter.needs_only() {
+                    if !probe.may_hold(e.data) {
+                        return;
+                    }
+                }
                 doc.reset();
                 doc.feed(e.data);
                 meter.on_document(doc);

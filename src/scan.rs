@@ -11,6 +11,8 @@
 //! recorded before that point stay available. A key seen twice keeps its last value, as most
 //! JSON parsers (and the providers') do.
 
+use std::sync::OnceLock;
+
 /// Longest key compared against the wanted keys; longer keys are never wanted.
 const MAX_KEY: usize = 64;
 
@@ -275,7 +277,7 @@ impl TopLevelScanner {
                             continue;
                         }
                         // Everything but quotes and brackets is skipped in a tight loop.
-                        while i < chunk.len() && class(chunk[i]) != STRUCTURAL {
+                        while i < chunk.len() && class(chunk[i]) < STRUCTURAL {
                             i += 1;
                         }
                         let Some(&c) = chunk.get(i) else {
@@ -424,11 +426,43 @@ fn string_end(chunk: &[u8], mut i: usize, mut escape: bool) -> (Option<usize>, b
     }
 }
 
+/// A cheap test for whether a document may hold one of a few keys: false only when no `"key"`
+/// appears in it literally and no `\\u` escape could spell one. It lets a stream event that
+/// cannot matter skip the scan; when in doubt, it says yes.
+pub struct KeyProbe {
+    /// The keys in quotes, as they appear in JSON.
+    quoted: &'static [&'static str],
+    finders: OnceLock<Vec<memchr::memmem::Finder<'static>>>,
+}
+
+impl KeyProbe {
+    pub const fn new(quoted: &'static [&'static str]) -> Self {
+        KeyProbe {
+            quoted,
+            finders: OnceLock::new(),
+        }
+    }
+
+    pub fn may_hold(&self, data: &[u8]) -> bool {
+        // Searchers are built once: building one costs more than a search.
+        let finders = self.finders.get_or_init(|| {
+            self.quoted
+                .iter()
+                .map(|q| memchr::memmem::Finder::new(q.as_bytes()))
+                .collect()
+        });
+        memchr::memchr_iter(b'\\', data).any(|at| data.get(at + 1) == Some(&b'u'))
+            || finders.iter().any(|f| f.find(data).is_some())
+    }
+}
+
 const OTHER: u8 = 0;
 /// Bytes that can continue a number or a literal (`true`, `false`, `null`).
 const SCALAR: u8 = 1;
-/// Quotes and brackets: what nesting depth and strings turn on.
+/// Brackets: what nesting depth turns on.
 const STRUCTURAL: u8 = 2;
+/// Quotes and backslashes: what strings turn on.
+const QUOTE_OR_BACKSLASH: u8 = 3;
 
 static CLASSES: [u8; 256] = {
     let mut t = [OTHER; 256];
@@ -437,7 +471,8 @@ static CLASSES: [u8; 256] = {
         let c = b as u8;
         t[b] = match c {
             b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'.' | b'+' | b'-' => SCALAR,
-            b'"' | b'{' | b'}' | b'[' | b']' => STRUCTURAL,
+            b'"' | b'\\' => QUOTE_OR_BACKSLASH,
+            b'{' | b'}' | b'[' | b']' => STRUCTURAL,
             _ => OTHER,
         };
         b += 1;
@@ -456,6 +491,21 @@ fn is_ws(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_probe_is_never_wrong_when_it_says_no() {
+        let probe = KeyProbe::new(&["\"usage\"", "\"error\""]);
+        assert!(probe.may_hold(br#"{"choices":[],"usage":{"prompt_tokens":1}}"#));
+        assert!(probe.may_hold(br#"{"error":{}}"#));
+        // Escaped key names could spell a wanted key: scanned.
+        assert!(probe.may_hold(br#"{"us\u0061ge":{}}"#));
+        assert!(
+            !probe.may_hold(br#"{"id":"c","choices":[{"delta":{"content":"usage of error\n"}}]}"#)
+        );
+        assert!(!probe.may_hold(br#"{"usages":1,"errors":2}"#));
+        assert!(!probe.may_hold(b"[DONE]"));
+        assert!(!probe.may_hold(b"\"usage"));
+    }
 
     const REQ: &[(&str, usize)] = &[("model", 256), ("stream", 16)];
 

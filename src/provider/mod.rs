@@ -156,6 +156,11 @@ pub trait ResponseMeter {
     fn keys(&self) -> &'static [(&'static str, usize)];
     /// Take what a finished JSON document says (a body, or one stream event).
     fn on_document(&mut self, doc: &TopLevelScanner);
+    /// Keys such that a stream event with none of them at its top level would teach this meter
+    /// nothing now (so it need not be scanned); `None` while every event may matter.
+    fn needs_only(&self) -> Option<&'static crate::scan::KeyProbe> {
+        None
+    }
     fn facts(&self) -> &Facts;
     /// Append the generated text (content, tool-call arguments, reasoning) that one stream event
     /// carries; used to count output when no usage arrives.

@@ -7,7 +7,7 @@
 //! `reasoning_tokens`, which is the shape of [`Usage`].
 
 use super::{parse_raw, push_str, Api, ErrorBody, Facts, ResponseMeter};
-use crate::scan::TopLevelScanner;
+use crate::scan::{KeyProbe, TopLevelScanner};
 use crate::usage::Usage;
 use serde::Deserialize;
 
@@ -106,6 +106,14 @@ pub struct OpenAiMeter {
 impl ResponseMeter for OpenAiMeter {
     fn keys(&self) -> &'static [(&'static str, usize)] {
         KEYS
+    }
+
+    /// Once the model is known, only usage, errors and Responses API objects matter: the
+    /// hundreds of content chunks of a stream need not be scanned.
+    fn needs_only(&self) -> Option<&'static KeyProbe> {
+        static LATER_KEYS: KeyProbe =
+            KeyProbe::new(&["\"usage\"", "\"error\"", "\"response\"", "\"x_groq\""]);
+        self.facts.model.is_some().then_some(&LATER_KEYS)
     }
 
     fn on_document(&mut self, doc: &TopLevelScanner) {
