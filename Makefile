@@ -83,11 +83,16 @@ SOAK_SECONDS ?= 180
 soak: build
 	TALLY_SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --release -j $(JOBS) -p tally-e2e --test soak -- --ignored --nocapture
 
-# The filter's cost beside bare Envoy, the collector's ingest rate and query latency; writes
-# BENCHMARKS.md and bench/results/*.png. Installs wrk (apt-get) and matplotlib (.venv) if missing.
+# The filter's cost beside bare Envoy and a no-op wasm filter, LiteLLM's proxy on the same
+# workloads, the collector's ingest rate and query latency; writes BENCHMARKS.md and
+# bench/results/*.png. Installs wrk (apt-get), matplotlib (.venv) and LiteLLM (.venv-litellm)
+# if missing. BENCH_SECONDS, BENCH_ROUNDS, BENCH_ONLY=chat,streamed, BENCH_SKIP_LITELLM=1 narrow it.
+LITELLM_VERSION ?= 1.108.7
 bench: build
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	@$(VENV)/bin/python -c "import matplotlib" 2>/dev/null || $(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib
+	@test -x .venv-litellm/bin/litellm || { python3 -m venv .venv-litellm && .venv-litellm/bin/pip install --quiet --disable-pip-version-check 'litellm[proxy]==$(LITELLM_VERSION)'; }
+	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 --manifest-path bench/noop-filter/Cargo.toml --target-dir target
 	$(VENV)/bin/python bench/run.py
 
 # Summary and time-series query latency over EVENTS synthetic events (30 days of traffic).

@@ -2,12 +2,18 @@
 """`make bench`: the filter's cost beside bare Envoy, and the collector's ingest and query figures.
 
 Side by side in one run, on this machine:
-- One Envoy process (1 worker) with two listeners identical but for the Tally filter, both in
-  front of a second Envoy that answers from memory (buffer filter + direct_response: it reads the
-  whole request, then replies at once), so the upstream never limits the rate.
-- wrk (1 thread, on the other core) drives each workload against each listener in interleaved
-  rounds; medians are reported: throughput ratio, added p50 and p99 latency, Envoy CPU per
-  request (from /proc), and the wasm VMs' memory (RSS of the process with and without the filter).
+- One Envoy process (1 worker) with three listeners identical but for their HTTP filters: none
+  (bare Envoy), a proxy-wasm filter that does nothing (bench/noop-filter: what any wasm filter
+  costs in this Envoy), and Tally; all in front of a second Envoy that answers from memory
+  (buffer filter + direct_response: it reads the whole request, then replies at once), so the
+  upstream never limits the rate.
+- wrk (1 thread) drives each workload against each listener in interleaved rounds; medians are
+  reported: throughput ratio, added p50 and p99 latency, Envoy CPU per request (from /proc).
+- Memory: RSS of Envoy with the filter at 1 and 3 workers, beside bare Envoy, gives what each
+  wasm VM adds and what the module costs once; then one stream without usage makes a VM build
+  its tokenizer, and the RSS it adds is reported.
+- LiteLLM's proxy (PyPI `litellm[proxy]`, in its own virtualenv) in front of the same upstream,
+  on the same workloads, for the alternative users would otherwise deploy.
 - The collector's ingest rate with batches as the filter sends them, over HTTP, and the query
   benchmark (make bench-query).
 
@@ -29,6 +35,9 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENVOY = os.path.join(ROOT, ".venv/bin/envoy")
 WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/tally.wasm")
+NOOP_WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/noop_filter.wasm")
+LITELLM = os.path.join(ROOT, ".venv-litellm/bin/litellm")
+SKIP_LITELLM = os.environ.get("BENCH_SKIP_LITELLM") == "1"
 COLLECTOR = os.path.join(ROOT, "target/release/tally-collector")
 RESULTS = os.path.join(ROOT, "bench/results")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
@@ -136,6 +145,11 @@ TALLY_FILTER = f"""
                   environment_variables: {{host_env_keys: ["TALLY_ORG_KEY"]}}"""
 
 
+def noop_filter():
+    return (TALLY_FILTER.replace(WASM, NOOP_WASM).replace("vm_id: tally", "vm_id: noop")
+            .replace("name: tally", "name: noop").replace("root_id: tally", "root_id: noop"))
+
+
 def responder_config(port, admin, routes):
     """An Envoy that buffers each request whole, then answers from memory: `routes` is a list of
     (path prefix, content type, body file, header that must be present or None), first match wins."""
@@ -156,10 +170,10 @@ static_resources:
   clusters:""" + static_cluster("upstream", upstream) + static_cluster("tally_collector", collector) + "\n")
 
 
-def wrk(port, requests_file, seconds):
+def wrk(port, requests_file, seconds, connections=None):
     env = dict(os.environ, BENCH_REQUESTS=requests_file)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s",
+        ["wrk", "-t1", f"-c{connections or CONNECTIONS}", f"-d{seconds}s", "--latency", "-s",
          os.path.join(ROOT, "bench/wrk.lua"), f"http://127.0.0.1:{port}"],
         capture_output=True, text=True, env=env, timeout=seconds + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -192,7 +206,7 @@ def main():
     for tool in ("wrk",):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is missing (make bench installs it with apt-get)")
-    for path in (ENVOY, WASM, COLLECTOR):
+    for path in (ENVOY, WASM, NOOP_WASM, COLLECTOR):
         if not os.path.exists(path):
             sys.exit(f"bench: {path} is missing: run make build")
     os.makedirs(RESULTS, exist_ok=True)
@@ -227,8 +241,13 @@ def run(tmp):
     stream += 'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18","choices":[],"usage":{"prompt_tokens":50,"completion_tokens":199,"total_tokens":249}}\n\ndata: [DONE]\n\n'
     gemini = json.dumps({"candidates": [{"content": {"parts": [{"text": "word " * 60}], "role": "model"}, "index": 0}],
                          "usageMetadata": {"promptTokenCount": 400, "candidatesTokenCount": 60, "totalTokenCount": 460}, "modelVersion": "gemini-2.5-flash"})
+    bare_stream = stream.replace(',"usage":{"prompt_tokens":50,"completion_tokens":199,"total_tokens":249}', "")
     resp_port, resp_admin = free_port(), free_port()
     responder_yaml = responder_config(resp_port, resp_admin, [
+        # A stream whose provider sends no usage: the filter must count it (tokenizer memory).
+        ("/v1/chat/completions", "text/event-stream", write(tmp, "nousage.sse", bare_stream), "x-bench-no-usage"),
+        # LiteLLM cannot pass the stream header on: its streamed model is mounted here.
+        ("/stream/v1/chat/completions", "text/event-stream", write(tmp, "stream2.sse", stream), None),
         # The filter's batches go here (2xx, nothing stored) unless BENCH_SINK_EVENTS=0: on this
         # 2-core machine a collector storing ~15 000 events/s would compete with Envoy and wrk
         # for the CPU, and its cost is measured on its own below.
@@ -270,50 +289,57 @@ def run(tmp):
                             ("/v1/chat/completions", "x-bench-stream:1", f("streamed2.json", streamed))],
     }
 
-    bare_port, tally_port, admin = free_port(), free_port(), free_port()
-    listeners = [hcm("bare", bare_port, PROXY_ROUTES, ""), hcm("tally", tally_port, PROXY_ROUTES, TALLY_FILTER)]
+    ports = {"bare": free_port(), "noop": free_port(), "tally": free_port()}
+    admin = free_port()
+    listeners = [hcm("bare", ports["bare"], PROXY_ROUTES, ""), hcm("noop", ports["noop"], PROXY_ROUTES, noop_filter()),
+                 hcm("tally", ports["tally"], PROXY_ROUTES, TALLY_FILTER)]
     env = dict(os.environ, TALLY_ORG_KEY=key)
     sink = os.environ.get("BENCH_SINK_EVENTS", "1") == "1"
     proxy = start([ENVOY, "-c", write(tmp, "proxy.yaml", proxy_config(admin, listeners, resp_port, resp_port if sink else col_port)),
                    "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"], os.path.join(tmp, "proxy.log"), env)
     wait_ready(admin, "the proxy")
 
-    # Memory: the same process without the filter, for the wasm VMs' share of RSS.
-    bare_admin = free_port()
-    bare_only = start([ENVOY, "-c", write(tmp, "bare.yaml", proxy_config(bare_admin, [hcm("bare", free_port(), PROXY_ROUTES, "")], resp_port, col_port)),
-                       "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"], os.path.join(tmp, "bare.log"))
-    wait_ready(bare_admin, "the bare proxy")
-
     results = {}
     for name, reqs in workloads.items():
         if ONLY and not any(name.startswith(o) for o in ONLY):
             continue
         rf = write(tmp, "req-" + re.sub(r"\W+", "-", name) + ".tsv", "".join(f"{p}\t{h}\t{b}\n" for p, h, b in reqs))
-        wrk(tally_port, rf, 2)  # warm-up
-        wrk(bare_port, rf, 2)
-        runs = {"bare": [], "tally": []}
+        for port in ports.values():
+            wrk(port, rf, 2)  # warm-up
+        runs = {k: [] for k in ports}
+        order = list(ports)
         for r in range(ROUNDS):
-            order = ["bare", "tally"] if r % 2 == 0 else ["tally", "bare"]
-            for which in order:
-                port = bare_port if which == "bare" else tally_port
+            for which in (order if r % 2 == 0 else order[::-1]):
                 c0 = cpu_seconds(proxy.pid)
-                w = wrk(port, rf, SECONDS)
+                w = wrk(ports[which], rf, SECONDS)
                 w["cpu_us_per_req"] = (cpu_seconds(proxy.pid) - c0) * 1e6 / max(w["requests"], 1)
                 runs[which].append(w)
         med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_us", "p99_us", "cpu_us_per_req")}
                for k, v in runs.items()}
-        bad = sum(x["non2xx"] for v in runs.values() for x in v)
+        # Latency without queueing: one connection, one request at a time.
+        light = {"bare": [], "tally": []}
+        for r in range(ROUNDS):
+            for which in (["bare", "tally"] if r % 2 == 0 else ["tally", "bare"]):
+                light[which].append(wrk(ports[which], rf, max(SECONDS // 2, 2), connections=1))
+        for k, v in light.items():
+            med[k]["light_p50_us"] = statistics.median(x["p50_us"] for x in v)
+            med[k]["light_p99_us"] = statistics.median(x["p99_us"] for x in v)
+        bad = sum(x["non2xx"] for v in runs.values() for x in v) + sum(x["non2xx"] for v in light.values() for x in v)
         results[name] = {"median": med, "non2xx": bad}
-        print(f"{name}: bare {med['bare']['rps']:.0f}/s, tally {med['tally']['rps']:.0f}/s "
-              f"({med['tally']['rps'] / med['bare']['rps']:.1%}), p50 +{med['tally']['p50_us'] - med['bare']['p50_us']:.0f} us, "
-              f"p99 +{med['tally']['p99_us'] - med['bare']['p99_us']:.0f} us, non-2xx {bad}", flush=True)
+        print(f"{name}: bare {med['bare']['rps']:.0f}/s, no-op wasm {med['noop']['rps'] / med['bare']['rps']:.1%}, "
+              f"tally {med['tally']['rps']:.0f}/s ({med['tally']['rps'] / med['bare']['rps']:.1%}), "
+              f"p50 +{med['tally']['p50_us'] - med['bare']['p50_us']:.0f} us, "
+              f"p99 +{med['tally']['p99_us'] - med['bare']['p99_us']:.0f} us, one connection: p50 "
+              f"+{med['tally']['light_p50_us'] - med['bare']['light_p50_us']:.0f} us, non-2xx {bad}", flush=True)
 
-    mem = {"with_filter_kib": rss_kib(proxy.pid), "without_kib": rss_kib(bare_only.pid)}
     _, stats = get(f"http://127.0.0.1:{admin}/stats?filter=tally")
-    metered = re.search(r"wasmcustom\.tally\.requests_metered: (\d+)", stats)
-    dropped = re.search(r"wasmcustom\.tally\.events_dropped: (\d+)", stats)
-    mem["metered"] = int(metered.group(1)) if metered else 0
-    mem["dropped"] = int(dropped.group(1)) if dropped else 0
+    counter = lambda n: int(m.group(1)) if (m := re.search(rf"wasmcustom\.tally\.{n}: (\d+)", stats)) else 0
+    mem = memory(tmp, resp_port, key, workloads)
+    mem["metered"], mem["dropped"], mem["errors"] = counter("requests_metered"), counter("events_dropped"), counter("filter_errors")
+    proxy.kill()
+    proxy.wait()
+
+    litellm = {} if SKIP_LITELLM else litellm_runs(tmp, resp_port, ports, workloads, results)
 
     if SKIP_COLLECTOR:
         return
@@ -329,10 +355,97 @@ def run(tmp):
     # Query latency.
     q = subprocess.run(["cargo", "run", "--release", "-q", "-p", "tally-collector", "--example", "query_bench", "--",
                         str(QUERY_EVENTS)], capture_output=True, text=True, cwd=ROOT, timeout=3600).stdout
-    report(results, mem, ingest, q)
+    report(results, mem, litellm, ingest, q)
 
 
-def chart(results):
+def memory(tmp, resp_port, key, workloads):
+    """RSS of Envoy alone, and with the filter, at 1 and 3 workers after the same traffic; then
+    what one VM's tokenizer adds."""
+    rf = write(tmp, "mem-req.tsv", "".join(f"{p}\t{h}\t{b}\n" for p, h, b in workloads["mixed providers"]))
+    nousage = write(tmp, "mem-nousage.tsv", "/v1/chat/completions\tx-bench-no-usage:1\t"
+                    + workloads["streamed, 200 SSE chunks"][0][2] + "\n")
+    rss = {}
+    for which in ("bare", "tally"):
+        for workers in (1, 3):
+            port, admin = free_port(), free_port()
+            filters = TALLY_FILTER if which == "tally" else ""
+            p = start([ENVOY, "-c", write(tmp, f"mem-{which}-{workers}.yaml", proxy_config(admin, [hcm("l", port, PROXY_ROUTES, filters)], resp_port, resp_port)),
+                       "--disable-hot-restart", "--concurrency", str(workers), "--log-level", "warn"],
+                      os.path.join(tmp, f"mem-{which}-{workers}.log"), dict(os.environ, TALLY_ORG_KEY=key))
+            wait_ready(admin, "the memory probe")
+            wrk(port, rf, 3)
+            time.sleep(1)
+            rss[(which, workers)] = rss_kib(p.pid) / 1024
+            if which == "tally" and workers == 1:
+                # Streams without usage: the one worker VM builds its tokenizer (once).
+                wrk(port, nousage, 2)
+                time.sleep(1)
+                rss["tokenizer"] = rss_kib(p.pid) / 1024 - rss[(which, workers)]
+            p.kill()
+            p.wait()
+    print(f"memory: {rss}", flush=True)
+    per_vm = ((rss[("tally", 3)] - rss[("tally", 1)]) - (rss[("bare", 3)] - rss[("bare", 1)])) / 2
+    return {"bare_mib": rss[("bare", 1)], "tally_mib": rss[("tally", 1)], "per_vm_mib": per_vm,
+            "once_mib": rss[("tally", 1)] - rss[("bare", 1)] - per_vm, "tokenizer_mib": rss["tokenizer"],
+            "module_mb": os.path.getsize(WASM) / 1e6}
+
+
+def litellm_runs(tmp, resp_port, ports, workloads, results):
+    """LiteLLM's proxy in front of the same upstream: one worker process (Envoy has one), its
+    cost tracking on (every response is priced), run beside bare Envoy on the same workloads."""
+    if not os.path.exists(LITELLM):
+        print("bench: LiteLLM is missing (make bench installs it); skipped", flush=True)
+        return {}
+    cfg = write(tmp, "litellm.yaml", f"""model_list:
+  - model_name: gpt-4o-mini
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "http://127.0.0.1:{resp_port}/v1", api_key: sk-bench}}
+  - model_name: gpt-4o-mini-stream
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "http://127.0.0.1:{resp_port}/stream/v1", api_key: sk-bench}}
+litellm_settings: {{telemetry: false, drop_params: true}}
+""")
+    port = free_port()
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR", NO_DOCS="True")
+    p = start([LITELLM, "--config", cfg, "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+              os.path.join(tmp, "litellm.log"), env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and get(f"http://127.0.0.1:{port}/health/liveliness")[0] != 200:
+        time.sleep(0.5)
+    if get(f"http://127.0.0.1:{port}/health/liveliness")[0] != 200:
+        print("bench: LiteLLM did not start; see its log", flush=True)
+        p.kill()
+        return {}
+    out = {}
+    for name in ("chat, 2 KB request", "streamed, 200 SSE chunks", "1 MiB request"):
+        if name not in results:
+            continue
+        path, headers, body_file = workloads[name][0]
+        if name.startswith("streamed"):
+            with open(body_file) as f:
+                body = f.read().replace('"gpt-4o-mini"', '"gpt-4o-mini-stream"', 1)
+            body_file = write(tmp, "litellm-stream.json", body)
+        rf = write(tmp, "litellm-" + re.sub(r"\W+", "-", name) + ".tsv", f"{path}\t{headers}\t{body_file}\n")
+        wrk(port, rf, 2)
+        bare_rf = write(tmp, "bare-" + os.path.basename(rf), "".join(f"{p}\t{h}\t{b}\n" for p, h, b in workloads[name]))
+        target = {"bare": (ports["bare"], bare_rf), "litellm": (port, rf)}
+        runs = {"bare": [], "litellm": []}
+        light = {"bare": [], "litellm": []}
+        for r in range(ROUNDS):
+            for which in (["bare", "litellm"] if r % 2 == 0 else ["litellm", "bare"]):
+                runs[which].append(wrk(*target[which], SECONDS))
+                light[which].append(wrk(*target[which], max(SECONDS // 2, 2), connections=1))
+        med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_us", "p99_us")} for k, v in runs.items()}
+        for k, v in light.items():
+            med[k]["light_p50_us"] = statistics.median(x["p50_us"] for x in v)
+        bad = sum(x["non2xx"] for v in (runs["litellm"], light["litellm"]) for x in v)
+        out[name] = {"median": med, "non2xx": bad}
+        print(f"LiteLLM {name}: {med['litellm']['rps']:.0f}/s ({med['litellm']['rps'] / med['bare']['rps']:.1%} of bare Envoy), "
+              f"one connection: p50 +{med['litellm']['light_p50_us'] - med['bare']['light_p50_us']:.0f} us, non-2xx {bad}", flush=True)
+    p.kill()
+    p.wait()
+    return out
+
+
+def chart(results, litellm):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -340,26 +453,35 @@ def chart(results):
     except ImportError:
         return []
     names = list(results)
-    ratio = [100 * results[n]["median"]["tally"]["rps"] / results[n]["median"]["bare"]["rps"] for n in names]
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.barh(names, ratio, color="#2f6fed")
+    ratio = lambda r, k: 100 * r["median"][k]["rps"] / r["median"]["bare"]["rps"]
+    series = [("no-op wasm filter", [ratio(results[n], "noop") for n in names], "#9aa5b1"),
+              ("Tally", [ratio(results[n], "tally") for n in names], "#2f6fed")]
+    if litellm:
+        series.append(("LiteLLM proxy", [ratio(litellm[n], "litellm") if n in litellm else 0 for n in names], "#e0823d"))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    h = 0.8 / len(series)
+    for k, (label, values, color) in enumerate(series):
+        ys = [i + (len(series) - 1 - k) * h - 0.4 + h / 2 for i in range(len(names))]
+        ax.barh(ys, values, height=h, label=label, color=color)
+        for y, v in zip(ys, values):
+            if v:
+                ax.text(v + 1, y, f"{v:.1f} %", va="center", fontsize=7)
+    ax.set_yticks(range(len(names)), names)
     ax.axvline(95, color="#c23b3b", linestyle="--", label="goal: 95 %")
-    ax.set_xlim(0, 105)
-    ax.set_xlabel("throughput with Tally, % of bare Envoy (median)")
-    ax.legend(loc="lower right")
-    for i, v in enumerate(ratio):
-        ax.text(v + 1, i, f"{v:.1f} %", va="center")
+    ax.set_xlim(0, 110)
+    ax.set_xlabel("throughput, % of bare Envoy (median of interleaved rounds)")
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, "throughput.png"), dpi=110)
-    added = [results[n]["median"]["tally"]["p50_us"] - results[n]["median"]["bare"]["p50_us"] for n in names]
-    added99 = [results[n]["median"]["tally"]["p99_us"] - results[n]["median"]["bare"]["p99_us"] for n in names]
+    added = [results[n]["median"]["tally"]["light_p50_us"] - results[n]["median"]["bare"]["light_p50_us"] for n in names]
+    added99 = [results[n]["median"]["tally"]["light_p99_us"] - results[n]["median"]["bare"]["light_p99_us"] for n in names]
     fig, ax = plt.subplots(figsize=(8, 3.2))
     y = range(len(names))
     ax.barh([i + 0.2 for i in y], added, height=0.4, label="p50", color="#2f6fed")
     ax.barh([i - 0.2 for i in y], added99, height=0.4, label="p99", color="#e0823d")
     ax.set_yticks(list(y), names)
     ax.axvline(50, color="#c23b3b", linestyle="--", label="goal: p50 +50 µs")
-    ax.set_xlabel("latency added by Tally, µs (median of rounds)")
+    ax.set_xlabel("latency added by Tally, one connection, µs (median of rounds)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, "latency.png"), dpi=110)
@@ -369,8 +491,8 @@ def chart(results):
 NOTES_MARKER = "<!-- Analysis: written by hand, kept when make bench regenerates the above. -->"
 
 
-def report(results, mem, ingest, query):
-    charts = chart(results)
+def report(results, mem, litellm, ingest, query):
+    charts = chart(results, litellm)
     cpu = open("/proc/cpuinfo").read()
     model = re.search(r"model name\s+: (.*)", cpu)
     lines = [
@@ -386,21 +508,51 @@ def report(results, mem, ingest, query):
         "",
         "## The filter beside bare Envoy",
         "",
-        "| workload | bare req/s | Tally req/s | ratio | p50 added | p99 added | Envoy CPU/req bare | with Tally |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Three listeners of one Envoy, identical but for their HTTP filters: none, a proxy-wasm filter that "
+        "does nothing (`bench/noop-filter`: the floor any wasm filter pays in this Envoy), and Tally.",
+        "",
+        "Throughput at saturation (16 connections), and the latency Tally adds to a request on its own "
+        "(one connection, one request at a time: no queueing, which at saturation dominates).",
+        "",
+        "| workload | bare req/s | no-op wasm filter | Tally req/s | Tally ratio | p50 added, 1 conn | p99 added, 1 conn | Envoy CPU/req bare | no-op | Tally |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n, r in results.items():
-        b, t = r["median"]["bare"], r["median"]["tally"]
-        lines.append(f"| {n} | {b['rps']:.0f} | {t['rps']:.0f} | {t['rps'] / b['rps']:.1%} | "
-                     f"{t['p50_us'] - b['p50_us']:+.0f} µs | {t['p99_us'] - b['p99_us']:+.0f} µs | "
-                     f"{b['cpu_us_per_req']:.1f} µs | {t['cpu_us_per_req']:.1f} µs |")
+        b, o, t = r["median"]["bare"], r["median"]["noop"], r["median"]["tally"]
+        lines.append(f"| {n} | {b['rps']:.0f} | {o['rps'] / b['rps']:.1%} | {t['rps']:.0f} | {t['rps'] / b['rps']:.1%} | "
+                     f"{t['light_p50_us'] - b['light_p50_us']:+.0f} µs | {t['light_p99_us'] - b['light_p99_us']:+.0f} µs | "
+                     f"{b['cpu_us_per_req']:.1f} µs | {o['cpu_us_per_req']:.1f} µs | {t['cpu_us_per_req']:.1f} µs |")
     lines += ["", *[f"![{c}](bench/results/{c})" for c in charts], "",
-              f"Memory: Envoy RSS with the filter (2 wasm VMs: main thread and worker, tokenizer not loaded) "
-              f"{mem['with_filter_kib'] / 1024:.0f} MiB, the same Envoy without it {mem['without_kib'] / 1024:.0f} MiB: "
-              f"{(mem['with_filter_kib'] - mem['without_kib']) / 2048:.1f} MiB per VM. "
-              f"Requests metered during the run: {mem['metered']}, events dropped: {mem['dropped']}.",
-              "",
-              "## Collector",
+              f"Memory (RSS after the mixed workload, tokenizer not loaded): each wasm VM adds "
+              f"**{mem['per_vm_mib']:.1f} MiB** (Envoy at 3 workers against 1, with the filter and without); the "
+              f"module ({mem['module_mb']:.1f} MB) costs {mem['once_mib']:.1f} MiB once per process (V8's compiled "
+              f"code and Envoy's copies of the module). Envoy alone: {mem['bare_mib']:.0f} MiB; with Tally and "
+              f"1 worker: {mem['tally_mib']:.0f} MiB. Streams without usage then made the worker's VM build its "
+              f"tokenizer: **+{mem['tokenizer_mib']:.1f} MiB**, once. "
+              f"Requests metered during the run: {mem['metered']}, events dropped: {mem['dropped']}, "
+              f"filter errors: {mem['errors']}.",
+              ""]
+    if litellm:
+        lines += ["## LiteLLM's proxy on the same workloads",
+                  "",
+                  "`litellm[proxy]` from PyPI (its own virtualenv), one worker process like Envoy's one worker, in "
+                  "front of the same in-memory upstream, pricing every response with its local cost map; "
+                  "interleaved with bare Envoy in the same way. Its database spend logs need a PostgreSQL database "
+                  "and Prisma's engines, which Prisma downloads at first start: not reachable from this machine, "
+                  "so they are off.",
+                  "",
+                  "| workload | bare Envoy req/s | LiteLLM req/s | LiteLLM ratio | LiteLLM p50 added, 1 conn | Tally ratio | Tally p50 added, 1 conn |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for n, r in litellm.items():
+            b, l = r["median"]["bare"], r["median"]["litellm"]
+            t = results[n]["median"]
+            lines.append(f"| {n} | {b['rps']:.0f} | {l['rps']:.0f} | {l['rps'] / b['rps']:.1%} | "
+                         f"{(l['light_p50_us'] - b['light_p50_us']) / 1000:+.2f} ms | {t['tally']['rps'] / t['bare']['rps']:.1%} | "
+                         f"{(t['tally']['light_p50_us'] - t['bare']['light_p50_us']) / 1000:+.2f} ms |")
+        bad = sum(r["non2xx"] for r in litellm.values())
+        lines += ["", f"LiteLLM answers that were not 2xx during its runs: {bad}."]
+        lines.append("")
+    lines += ["## Collector",
               "",
               f"Ingest over HTTP, batches of 200 events as the filter sends them (wrk, 2 threads × 4 connections, "
               f"{SECONDS} s, SQLite WAL with synchronous=FULL, rollups updated in the same transaction): "

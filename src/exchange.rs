@@ -253,10 +253,11 @@ impl Exchange {
     }
 
     /// Whether Envoy's own account of the response (final status, code details) can add anything:
-    /// not when the filter saw the response's status and its end, which is every answered
-    /// request. Saves the host calls that read them.
+    /// not when the filter saw a 2xx response through to its end, which is most requests. An
+    /// error status may be Envoy's own reply (a route timeout's 504), which only the details tell
+    /// apart from the provider's. Saves the host calls that read them.
     pub fn needs_proxy_details(&self) -> bool {
-        !(self.complete && self.status.is_some())
+        !(self.complete && self.status.is_some_and(|s| (200..300).contains(&s)))
     }
 
     /// True when response chunks may be rewritten (so a `content-length` must go).
