@@ -103,16 +103,19 @@ impl Sketch {
     /// Merge a stored blob straight in, without building a sketch for it; false (and nothing
     /// merged) for a blob this version did not write.
     pub fn merge_bytes(&mut self, bytes: &[u8]) -> bool {
-        // Validate first, so that a bad blob merges nothing; then add in place (no allocation
-        // beyond growing this sketch's own array).
-        if Sketch::parse(bytes, |_, _| {}).is_none() {
-            return false;
-        }
+        // Add in place as the blob is read (one pass: summaries merge thousands of blobs). A bad
+        // blob is taken back out: the same walk stops at the same place, so it undoes exactly
+        // what it added, and nothing stays merged.
         let mut total = 0u64;
-        let _ = Sketch::parse(bytes, |k, c| {
+        if Sketch::parse(bytes, |k, c| {
             *self.slot(k) += c;
             total += c;
-        });
+        })
+        .is_none()
+        {
+            let _ = Sketch::parse(bytes, |k, c| *self.slot(k) -= c);
+            return false;
+        }
         self.count += total;
         true
     }
@@ -242,5 +245,26 @@ mod tests {
         assert_eq!(Sketch::from_bytes(&[VERSION, 0x80]), None);
         assert_eq!(s.quantile(0.0), Some(MIN_VALUE));
         assert_eq!(Sketch::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn a_blob_bad_halfway_merges_nothing() {
+        let mut other = Sketch::default();
+        for v in [0.001, 5.0, 70.0, 3000.0] {
+            other.add(v);
+        }
+        let mut bad = other.to_bytes();
+        // A key that does not ascend, after four good pairs.
+        bad.extend_from_slice(&[0, 1]);
+        let mut s = Sketch::default();
+        for v in [1.0, 2.0, 50_000.0] {
+            s.add(v);
+        }
+        let before: Vec<_> = s.buckets().collect();
+        assert!(!s.merge_bytes(&bad));
+        assert_eq!(s.buckets().collect::<Vec<_>>(), before);
+        assert_eq!(s.count(), 3);
+        assert!(s.merge_bytes(&other.to_bytes()));
+        assert_eq!(s.count(), 7);
     }
 }
