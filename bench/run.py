@@ -38,6 +38,8 @@ WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/tally.wasm")
 NOOP_WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/noop_filter.wasm")
 LITELLM = os.path.join(ROOT, ".venv-litellm/bin/litellm")
 SKIP_LITELLM = os.environ.get("BENCH_SKIP_LITELLM") == "1"
+# LiteLLM refuses to start without a master key; a fixed one serves this loopback-only run.
+LITELLM_KEY = "sk-bench-" + "0" * 32
 COLLECTOR = os.path.join(ROOT, "target/release/tally-collector")
 RESULTS = os.path.join(ROOT, "bench/results")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
@@ -173,9 +175,12 @@ static_resources:
 def wrk(port, requests_file, seconds, connections=None):
     env = dict(os.environ, BENCH_REQUESTS=requests_file)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections or CONNECTIONS}", f"-d{seconds}s", "--latency", "-s",
+        ["wrk", "-t1", f"-c{connections or CONNECTIONS}", "--timeout", "10s", f"-d{seconds}s", "--latency", "-s",
          os.path.join(ROOT, "bench/wrk.lua"), f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, env=env, timeout=seconds + 30).stdout
+        capture_output=True, text=True, env=env, timeout=seconds + 30)
+    out, err = out.stdout, out.stderr
+    if not re.search(r"Requests/sec:\s+([\d.]+)", out):
+        raise RuntimeError(f"wrk against port {port} printed no figures:\n{out}\n{err}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -336,10 +341,9 @@ def run(tmp):
     counter = lambda n: int(m.group(1)) if (m := re.search(rf"wasmcustom\.tally\.{n}: (\d+)", stats)) else 0
     mem = memory(tmp, resp_port, key, workloads)
     mem["metered"], mem["dropped"], mem["errors"] = counter("requests_metered"), counter("events_dropped"), counter("filter_errors")
+    litellm = {} if SKIP_LITELLM else litellm_runs(tmp, resp_port, ports, workloads, results)
     proxy.kill()
     proxy.wait()
-
-    litellm = {} if SKIP_LITELLM else litellm_runs(tmp, resp_port, ports, workloads, results)
 
     if SKIP_COLLECTOR:
         return
@@ -402,6 +406,7 @@ def litellm_runs(tmp, resp_port, ports, workloads, results):
   - model_name: gpt-4o-mini-stream
     litellm_params: {{model: openai/gpt-4o-mini, api_base: "http://127.0.0.1:{resp_port}/stream/v1", api_key: sk-bench}}
 litellm_settings: {{telemetry: false, drop_params: true}}
+general_settings: {{master_key: {LITELLM_KEY}}}
 """)
     port = free_port()
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR", NO_DOCS="True")
@@ -411,7 +416,8 @@ litellm_settings: {{telemetry: false, drop_params: true}}
     while time.monotonic() < deadline and get(f"http://127.0.0.1:{port}/health/liveliness")[0] != 200:
         time.sleep(0.5)
     if get(f"http://127.0.0.1:{port}/health/liveliness")[0] != 200:
-        print("bench: LiteLLM did not start; see its log", flush=True)
+        with open(os.path.join(tmp, "litellm.log"), errors="replace") as f:
+            print("bench: LiteLLM did not start:\n" + f.read()[-2000:], flush=True)
         p.kill()
         return {}
     out = {}
@@ -423,7 +429,9 @@ litellm_settings: {{telemetry: false, drop_params: true}}
             with open(body_file) as f:
                 body = f.read().replace('"gpt-4o-mini"', '"gpt-4o-mini-stream"', 1)
             body_file = write(tmp, "litellm-stream.json", body)
-        rf = write(tmp, "litellm-" + re.sub(r"\W+", "-", name) + ".tsv", f"{path}\t{headers}\t{body_file}\n")
+        auth = f"Authorization:Bearer {LITELLM_KEY}"
+        rf = write(tmp, "litellm-" + re.sub(r"\W+", "-", name) + ".tsv",
+                   f"{path}\t{'|'.join(h for h in (headers, auth) if h)}\t{body_file}\n")
         wrk(port, rf, 2)
         bare_rf = write(tmp, "bare-" + os.path.basename(rf), "".join(f"{p}\t{h}\t{b}\n" for p, h, b in workloads[name]))
         target = {"bare": (ports["bare"], bare_rf), "litellm": (port, rf)}
