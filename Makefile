@@ -86,7 +86,8 @@ soak: build
 # The filter's cost beside bare Envoy and a no-op wasm filter, LiteLLM's proxy on the same
 # workloads, the collector's ingest rate and query latency; writes BENCHMARKS.md and
 # bench/results/*.png. Installs wrk (apt-get), matplotlib (.venv) and LiteLLM (.venv-litellm)
-# if missing. BENCH_SECONDS, BENCH_ROUNDS, BENCH_ONLY=chat,streamed, BENCH_SKIP_LITELLM=1 narrow it.
+# if missing. BENCH_SECONDS, BENCH_ROUNDS, BENCH_ONLY=chat,streamed, BENCH_SKIP_LITELLM=1 narrow it;
+# BENCH_REPORT_ONLY=1 redraws the report from bench/results/results.json.
 LITELLM_VERSION ?= 1.108.7
 bench: build
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }

@@ -208,6 +208,12 @@ def rss_kib(pid):
 
 
 def main():
+    if os.environ.get("BENCH_REPORT_ONLY") == "1":
+        # Charts and BENCHMARKS.md again from the last run's figures (bench/results/results.json).
+        with open(os.path.join(RESULTS, "results.json")) as f:
+            r = json.load(f)
+        report(r["results"], r["memory"], r["litellm"], r["ingest"], r["query"])
+        return
     for tool in ("wrk",):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is missing (make bench installs it with apt-get)")
@@ -359,6 +365,8 @@ def run(tmp):
     # Query latency.
     q = subprocess.run(["cargo", "run", "--release", "-q", "-p", "tally-collector", "--example", "query_bench", "--",
                         str(QUERY_EVENTS)], capture_output=True, text=True, cwd=ROOT, timeout=3600).stdout
+    with open(os.path.join(RESULTS, "results.json"), "w") as f:
+        json.dump({"results": results, "memory": mem, "litellm": litellm, "ingest": ingest, "query": q}, f, indent=1)
     report(results, mem, litellm, ingest, q)
 
 
@@ -466,19 +474,19 @@ def chart(results, litellm):
               ("Tally", [ratio(results[n], "tally") for n in names], "#2f6fed")]
     if litellm:
         series.append(("LiteLLM proxy", [ratio(litellm[n], "litellm") if n in litellm else 0 for n in names], "#e0823d"))
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = plt.subplots(figsize=(9.5, 3.8))
     h = 0.8 / len(series)
     for k, (label, values, color) in enumerate(series):
         ys = [i + (len(series) - 1 - k) * h - 0.4 + h / 2 for i in range(len(names))]
         ax.barh(ys, values, height=h, label=label, color=color)
         for y, v in zip(ys, values):
             if v:
-                ax.text(v + 1, y, f"{v:.1f} %", va="center", fontsize=7)
+                ax.text(v + 1, y, f"{v:.1f} %" if v >= 1 else f"{v:.2f} %", va="center", fontsize=7)
     ax.set_yticks(range(len(names)), names)
     ax.axvline(95, color="#c23b3b", linestyle="--", label="goal: 95 %")
     ax.set_xlim(0, 110)
     ax.set_xlabel("throughput, % of bare Envoy (median of interleaved rounds)")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, "throughput.png"), dpi=110)
     added = [results[n]["median"]["tally"]["light_p50_us"] - results[n]["median"]["bare"]["light_p50_us"] for n in names]
