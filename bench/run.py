@@ -45,7 +45,8 @@ RESULTS = os.path.join(ROOT, "bench/results")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
-QUERY_EVENTS = int(os.environ.get("BENCH_QUERY_EVENTS", "1000000"))
+# Stored events for the query benchmark, one run per size (10 M takes about 15 minutes and 4 GB).
+QUERY_EVENTS = [int(n) for n in os.environ.get("BENCH_QUERY_EVENTS", "1000000,10000000").split(",") if n]
 # Workloads to run (comma-separated names' first words), all by default.
 ONLY = [w for w in os.environ.get("BENCH_ONLY", "").split(",") if w]
 SKIP_COLLECTOR = os.environ.get("BENCH_SKIP_COLLECTOR") == "1"
@@ -362,9 +363,11 @@ def run(tmp):
     ingest = {"events_per_s": batches * 200, "non2xx": int(non2xx.group(1)) if non2xx else 0}
     print(f"collector ingest: {ingest['events_per_s']:.0f} events/s", flush=True)
 
-    # Query latency.
-    q = subprocess.run(["cargo", "run", "--release", "-q", "-p", "tally-collector", "--example", "query_bench", "--",
-                        str(QUERY_EVENTS)], capture_output=True, text=True, cwd=ROOT, timeout=3600).stdout
+    # Query latency, at each size.
+    q = "\n\n".join(
+        subprocess.run(["cargo", "run", "--release", "-q", "-p", "tally-collector", "--example", "query_bench", "--",
+                        str(n)], capture_output=True, text=True, cwd=ROOT, timeout=7200).stdout.strip()
+        for n in QUERY_EVENTS)
     with open(os.path.join(RESULTS, "results.json"), "w") as f:
         json.dump({"results": results, "memory": mem, "litellm": litellm, "ingest": ingest, "query": q}, f, indent=1)
     report(results, mem, litellm, ingest, q)
