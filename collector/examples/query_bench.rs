@@ -153,7 +153,7 @@ fn main() -> Result<(), String> {
             })
             .collect();
         store
-            .insert_events(&org, &batch, now)
+            .insert_events(&org, std::sync::Arc::new(batch), now)
             .map_err(|e| e.to_string())?;
         i += batch_size;
     }

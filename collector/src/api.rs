@@ -151,7 +151,8 @@ async fn ingest(
     let metrics = state.metrics.clone();
     // 202 only once the transaction has committed (and, with synchronous=FULL, reached disk).
     blocking(move || {
-        let (accepted, duplicates, new) = store.insert_events(&org, &batch, now_ms())?;
+        let batch = std::sync::Arc::new(batch);
+        let (accepted, duplicates, new) = store.insert_events(&org, batch.clone(), now_ms())?;
         metrics.events(&org.name, &batch, &new);
         Ok((accepted, duplicates))
     })

@@ -8,10 +8,11 @@
 //! minute; the people-sized ones (team, app, task, user) per hour and day only, and their ranges
 //! are answered at hour resolution (edges rounded down to the hour).
 
-use crate::sketch::Sketch;
+use crate::sketch::{self, Sketch};
 use rusqlite::{params, Transaction};
+use std::borrow::Cow;
 use std::collections::HashMap;
-use tally::event::Event;
+use tally::event::{ErrorSource, Event};
 
 pub const MINUTE: i64 = 60_000;
 pub const HOUR: i64 = 3_600_000;
@@ -44,40 +45,32 @@ pub const DIMENSIONS: [&str; 9] = [
     "error",
 ];
 
-fn enum_name<T: serde::Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 /// The key an event has in a dimension ("" for none; a request with no feature is `untagged`);
 /// `None` when the event has no row in that dimension (a success, for `error`).
-fn key_of(e: &Event, dim: &str) -> Option<String> {
+fn key_of<'e>(e: &'e Event, dim: &str) -> Option<Cow<'e, str>> {
     let model = || {
         e.model_actual
-            .as_ref()
-            .or(e.model_requested.as_ref())
-            .cloned()
+            .as_deref()
+            .or(e.model_requested.as_deref())
             .unwrap_or_default()
     };
     let v = match dim {
-        "feature" => return Some(e.feature.clone().unwrap_or_else(|| "untagged".into())),
-        "model" => return Some(model()),
-        "provider_model" => return Some(format!("{}/{}", e.provider, model())),
+        "feature" => e.feature.as_deref().or(Some("untagged")),
+        "model" => Some(model()),
+        "provider_model" => return Some(Cow::Owned(format!("{}/{}", e.provider, model()))),
         "error" => {
-            let c = e.error_category.as_ref()?;
-            let s = e.error_source.as_ref().map(enum_name).unwrap_or_default();
-            return Some(format!("{}/{s}", enum_name(c)));
+            let c = e.error_category?;
+            let s = e.error_source.map(ErrorSource::name).unwrap_or_default();
+            return Some(Cow::Owned(format!("{}/{s}", c.name())));
         }
-        "provider" => return Some(e.provider.clone()),
-        "team" => e.team.as_ref(),
-        "app" => e.app.as_ref(),
-        "task" => e.task.as_ref(),
-        "user" => e.user.as_ref(),
+        "provider" => Some(e.provider.as_str()),
+        "team" => e.team.as_deref(),
+        "app" => e.app.as_deref(),
+        "task" => e.task.as_deref(),
+        "user" => e.user.as_deref(),
         _ => None,
     };
-    Some(v.cloned().unwrap_or_default())
+    Some(Cow::Borrowed(v.unwrap_or_default()))
 }
 
 /// One rollup row's figures.
@@ -94,7 +87,8 @@ pub struct Agg {
 }
 
 impl Agg {
-    fn add(&mut self, e: &Event) {
+    /// Count an event in; `latency` and `ttfb` are its sketch buckets, found once per event.
+    fn add(&mut self, e: &Event, latency: i32, ttfb: Option<i32>) {
         self.requests += 1;
         if e.error_category.is_some() {
             self.errors += 1;
@@ -103,34 +97,59 @@ impl Agg {
         self.output_tokens += e.output_tokens.unwrap_or(0);
         self.cost_usd += e.cost_usd.unwrap_or(0.0);
         self.latency_sum_ms += e.latency_ms;
-        self.latency.add(e.latency_ms);
-        if let Some(t) = e.ttfb_ms {
-            self.ttfb.add(t);
+        self.latency.add_bucket(latency);
+        if let Some(t) = ttfb {
+            self.ttfb.add_bucket(t);
         }
     }
 }
 
-/// Rollup rows touched by a batch: (granularity, bucket, dim, key) -> figures.
+/// Rollup rows touched by a batch. Each (dimension, key) pair gets a number once per batch, so
+/// an event's rows are found by hashing integers, not strings, and its labels are not copied.
 #[derive(Default)]
 pub struct Pending {
-    rows: HashMap<(i64, i64, &'static str, String), Agg>,
+    /// Per dimension ("all" first, then [`DIMENSIONS`]): key -> number.
+    ids: [HashMap<String, u32>; 1 + DIMENSIONS.len()],
+    /// Number -> (dimension, key).
+    keys: Vec<(&'static str, String)>,
+    /// (granularity, bucket, number) -> figures.
+    rows: HashMap<(i64, i64, u32), Agg>,
 }
 
 impl Pending {
+    fn id(&mut self, d: usize, dim: &'static str, key: &str) -> u32 {
+        if let Some(&id) = self.ids[d].get(key) {
+            return id;
+        }
+        let id = self.keys.len() as u32;
+        self.keys.push((dim, key.to_string()));
+        self.ids[d].insert(key.to_string(), id);
+        id
+    }
+
     /// Count a newly stored event (ts in Unix ms) into every row it belongs to.
     pub fn add(&mut self, e: &Event, ts: i64) {
+        let latency = sketch::bucket(e.latency_ms);
+        let ttfb = e.ttfb_ms.map(sketch::bucket);
+        // The event's key in each dimension, and whether the dimension is kept per minute.
+        let mut mine = [(0u32, true); 1 + DIMENSIONS.len()];
+        let mut n = 0;
+        mine[n] = (self.id(0, "all", ""), true);
+        n += 1;
+        for (d, dim) in DIMENSIONS.iter().enumerate() {
+            if let Some(key) = key_of(e, dim) {
+                mine[n] = (self.id(d + 1, dim, &key), MINUTE_DIMENSIONS.contains(dim));
+                n += 1;
+            }
+        }
         for g in [MINUTE, HOUR, DAY] {
             let bucket = ts.div_euclid(g) * g;
-            self.rows
-                .entry((g, bucket, "all", String::new()))
-                .or_default()
-                .add(e);
-            for dim in DIMENSIONS {
-                if g == MINUTE && !MINUTE_DIMENSIONS.contains(&dim) {
-                    continue;
-                }
-                if let Some(key) = key_of(e, dim) {
-                    self.rows.entry((g, bucket, dim, key)).or_default().add(e);
+            for &(id, per_minute) in &mine[..n] {
+                if g != MINUTE || per_minute {
+                    self.rows
+                        .entry((g, bucket, id))
+                        .or_default()
+                        .add(e, latency, ttfb);
                 }
             }
         }
@@ -153,7 +172,10 @@ impl Pending {
                 latency = sketch_merge(latency, excluded.latency),
                 ttfb = sketch_merge(ttfb, excluded.ttfb)",
         )?;
-        for ((g, bucket, dim, key), agg) in self.rows {
+        for ((g, bucket, id), agg) in self.rows {
+            let Some((dim, key)) = self.keys.get(id as usize) else {
+                continue;
+            };
             write.execute(params![
                 org_id,
                 g,

@@ -28,7 +28,8 @@ pub struct Sketch {
     count: u64,
 }
 
-fn key(v: f64) -> i32 {
+/// The bucket a value lands in.
+pub fn bucket(v: f64) -> i32 {
     let v = if v.is_finite() {
         v.max(MIN_VALUE)
     } else {
@@ -85,7 +86,12 @@ impl Sketch {
     }
 
     pub fn add(&mut self, v: f64) {
-        *self.slot(key(v)) += 1;
+        self.add_bucket(bucket(v));
+    }
+
+    /// Count one value whose [`bucket`] is known.
+    pub fn add_bucket(&mut self, k: i32) {
+        *self.slot(k) += 1;
         self.count += 1;
     }
 

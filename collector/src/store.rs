@@ -7,8 +7,8 @@ use crate::rollup::{self, Agg, Pending, DAY, HOUR, MINUTE};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
-use tally::event::Event;
+use std::sync::{Arc, Mutex};
+use tally::event::{ErrorCategory, ErrorSource, Event};
 use tally::pricing::PriceTable;
 use tally::usage::{TokenSource, Usage};
 
@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_calibration.sql"),
     include_str!("../migrations/0003_rollups.sql"),
     include_str!("../migrations/0004_users.sql"),
+    include_str!("../migrations/0005_rollups_by_time.sql"),
 ];
 
 /// Minute rollups are kept this long; older ranges are answered from hour rollups.
@@ -76,7 +77,32 @@ pub struct EventFilter {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// A second connection, read-only, for authentication and the read API: in WAL mode it
+    /// reads while `conn` writes, so an ingest transaction delays neither.
+    read: Mutex<Connection>,
+    /// Batches waiting for the next ingest transaction (see [`Store::insert_events`]).
+    queue: Mutex<Vec<Arc<Job>>>,
     prices: PriceTable,
+}
+
+/// What storing a batch gives: (accepted, duplicates, the indexes of the events newly stored).
+pub type Stored = (usize, usize, Vec<usize>);
+
+/// A batch waiting to be stored, and its outcome once a transaction has taken it.
+struct Job {
+    org_id: i64,
+    batch: Arc<Batch>,
+    now_ms: i64,
+    outcome: Mutex<Option<Result<Stored, StoreError>>>,
+}
+
+/// At most this many events in one ingest transaction: batches waiting beyond it go in the next.
+const MAX_GROUP_EVENTS: usize = 20_000;
+
+/// A lock, even after a panic in another holder: SQLite rolls back a transaction cut short, and
+/// the ingest queue only ever holds whole jobs.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn valid_org_name(name: &str) -> bool {
@@ -115,15 +141,24 @@ impl Store {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
+        let read = Connection::open(dir.join("tally.db"))?;
+        read.busy_timeout(std::time::Duration::from_secs(5))?;
+        read.pragma_update(None, "query_only", "ON")?;
         Ok(Store {
             conn: Mutex::new(conn),
+            read: Mutex::new(read),
+            queue: Mutex::new(Vec::new()),
             prices: PriceTable::builtin().map_err(StoreError::Io)?,
         })
     }
 
     pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.conn)
+    }
+
+    /// The read-only connection.
+    pub(crate) fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        lock(&self.read)
     }
 
     /// Create an org and return its key: the only time the key exists outside the caller.
@@ -183,7 +218,7 @@ impl Store {
     pub fn org_for_key(&self, key: &str) -> Result<Option<Org>, StoreError> {
         let hash = keys::hash(key);
         let found: Option<(i64, String, String)> = self
-            .conn()
+            .reader()
             .query_row(
                 "SELECT id, name, key_hash FROM orgs WHERE key_hash = ?1 AND disabled = 0",
                 params![hash],
@@ -202,9 +237,16 @@ impl Store {
         Some(strip_snapshot_date(m).to_string())
     }
 
-    /// Store a batch in one transaction. Returns (accepted, duplicates, the indexes of the
-    /// events newly stored): an event whose `request_id` the org already has is a duplicate,
-    /// counted and not stored again.
+    /// Store a batch, all or nothing, and return once it is committed (and, with
+    /// synchronous=FULL, on disk). Returns (accepted, duplicates, the indexes of the events
+    /// newly stored): an event whose `request_id` the org already has is a duplicate, counted
+    /// and not stored again.
+    ///
+    /// Group commit: batches that arrive while a transaction is being written wait, and the
+    /// next caller to get the connection stores all of them in one transaction, so they share
+    /// one sync to disk and their rollup rows are written once. If that transaction fails, each
+    /// of its batches is tried again in a transaction of its own, so that one bad batch fails
+    /// alone.
     ///
     /// Calibration happens here too: an event with exact usage and Tally's own count adds a
     /// sample for its model; a measured event of a model with enough samples gets its output
@@ -213,14 +255,95 @@ impl Store {
     pub fn insert_events(
         &self,
         org: &Org,
-        batch: &Batch,
+        batch: Arc<Batch>,
         now_ms: i64,
-    ) -> Result<(usize, usize, Vec<usize>), StoreError> {
-        let mut conn = self.conn();
+    ) -> Result<Stored, StoreError> {
+        let job = Arc::new(Job {
+            org_id: org.id,
+            batch,
+            now_ms,
+            outcome: Mutex::new(None),
+        });
+        lock(&self.queue).push(job.clone());
+        loop {
+            let mut conn = self.conn();
+            // Whoever held the connection before may have stored this batch already.
+            if let Some(done) = lock(&job.outcome).take() {
+                return done;
+            }
+            let group: Vec<Arc<Job>> = {
+                let mut queue = lock(&self.queue);
+                let (mut n, mut events) = (0, 0);
+                while let Some(j) = queue.get(n) {
+                    if n > 0 && events + j.batch.len() > MAX_GROUP_EVENTS {
+                        break;
+                    }
+                    events += j.batch.len();
+                    n += 1;
+                }
+                queue.drain(..n).collect()
+            };
+            if group.is_empty() {
+                // Only a holder of the connection takes batches, and it records every outcome
+                // before it lets go; a holder that panicked lost them.
+                return Err(StoreError::Io("a queued batch was lost".into()));
+            }
+            match self.store_group(&mut conn, &group) {
+                Ok(outcomes) => {
+                    for (j, o) in group.iter().zip(outcomes) {
+                        *lock(&j.outcome) = Some(Ok(o));
+                    }
+                }
+                Err(e) if group.len() == 1 => *lock(&group[0].outcome) = Some(Err(e)),
+                Err(_) => {
+                    for j in &group {
+                        let o = self
+                            .store_group(&mut conn, std::slice::from_ref(j))
+                            .map(|mut o| o.swap_remove(0));
+                        *lock(&j.outcome) = Some(o);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Store batches in one transaction; their outcomes, in order.
+    fn store_group(
+        &self,
+        conn: &mut Connection,
+        group: &[Arc<Job>],
+    ) -> Result<Vec<Stored>, StoreError> {
         let tx = conn.transaction()?;
+        // Rollup rows per org, written once for the whole group.
+        let mut pending: Vec<(i64, Pending)> = Vec::new();
+        let mut outcomes = Vec::with_capacity(group.len());
+        for j in group {
+            let i = match pending.iter().position(|(org, _)| *org == j.org_id) {
+                Some(i) => i,
+                None => {
+                    pending.push((j.org_id, Pending::default()));
+                    pending.len() - 1
+                }
+            };
+            outcomes.push(self.store_batch(&tx, j, &mut pending[i].1)?);
+        }
+        for (org, p) in pending {
+            p.write(&tx, org)?;
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Insert one batch's events, counting the new ones into `pending`.
+    fn store_batch(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        job: &Job,
+        pending: &mut Pending,
+    ) -> Result<Stored, StoreError> {
+        let (org_id, batch, now_ms) = (job.org_id, &job.batch, job.now_ms);
         let mut accepted = 0;
         let mut new = Vec::with_capacity(batch.len());
-        let mut pending = Pending::default();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO events (org_id, request_id, ts_ms, timestamp, provider, api,
@@ -251,7 +374,7 @@ impl Store {
                     (e.token_source, e.measured_output_tokens, model.as_deref())
                 {
                     let learned: Option<(i64, i64, i64)> = ratio
-                        .query_row(params![org.id, model], |r| {
+                        .query_row(params![org_id, model], |r| {
                             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                         })
                         .optional()?;
@@ -278,7 +401,7 @@ impl Store {
                 let e = e.as_ref();
                 let tok = |v: Option<u64>| v.map(|n| n as i64);
                 let inserted = insert.execute(params![
-                    org.id,
+                    org_id,
                     e.request_id,
                     ts,
                     tally::time::format_rfc3339_ms(*ts),
@@ -296,10 +419,10 @@ impl Store {
                     tok(e.cached_input_tokens),
                     tok(e.cache_write_tokens),
                     tok(e.reasoning_tokens),
-                    e.token_source.map(enum_str),
+                    e.token_source.map(TokenSource::name),
                     e.cost_usd,
-                    e.error_category.map(enum_str),
-                    e.error_source.map(enum_str),
+                    e.error_category.map(ErrorCategory::name),
+                    e.error_source.map(ErrorSource::name),
                     e.team,
                     e.app,
                     e.feature,
@@ -325,13 +448,11 @@ impl Store {
                     model,
                 ) {
                     if m > 0 {
-                        sample.execute(params![org.id, model, exact as i64, m as i64])?;
+                        sample.execute(params![org_id, model, exact as i64, m as i64])?;
                     }
                 }
             }
         }
-        pending.write(&tx, org.id)?;
-        tx.commit()?;
         Ok((accepted, batch.len() - accepted, new))
     }
 
@@ -344,7 +465,7 @@ impl Store {
         to: i64,
         now: i64,
     ) -> Result<Vec<(String, Agg)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut st = conn.prepare_cached(
             "SELECT key, requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms,
                 latency, ttfb
@@ -396,7 +517,7 @@ impl Store {
         let g = bucket;
         // Every bucket that starts in [from, to), from its first minute.
         let from = from.div_euclid(bucket) * bucket;
-        let conn = self.conn();
+        let conn = self.reader();
         let mut st = conn.prepare_cached(
             "SELECT bucket_ms, key, requests, errors, input_tokens, output_tokens, cost_usd,
                 latency_sum_ms, latency, ttfb
@@ -420,10 +541,21 @@ impl Store {
         let conn = self.conn();
         let cutoff = now - i64::from(days) * DAY;
         let n = conn.execute("DELETE FROM events WHERE ts_ms < ?1", params![cutoff])?;
-        conn.execute(
-            "DELETE FROM rollups WHERE granularity_ms = ?1 AND bucket_ms < ?2",
-            params![MINUTE, now - MINUTE_ROLLUP_DAYS * DAY],
+        // One range of the table per org and dimension (rollups are keyed by time within them).
+        let mut expire = conn.prepare_cached(
+            "DELETE FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3
+               AND bucket_ms < ?4",
         )?;
+        let orgs: Vec<i64> = {
+            let mut st = conn.prepare_cached("SELECT id FROM orgs")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for org in orgs {
+            for dim in std::iter::once("all").chain(rollup::MINUTE_DIMENSIONS) {
+                expire.execute(params![org, MINUTE, dim, now - MINUTE_ROLLUP_DAYS * DAY])?;
+            }
+        }
         Ok(n)
     }
 
@@ -497,7 +629,7 @@ impl Store {
         sql.push_str(" ORDER BY ts_ms DESC, request_id DESC LIMIT ?");
         args.push(i64::from(f.limit).into());
 
-        let conn = self.conn();
+        let conn = self.reader();
         let mut st = conn.prepare_cached(&sql)?;
         let rows = st.query_map(params_from_iter(args), |r| {
             let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
@@ -643,14 +775,6 @@ fn rebuild_rollups(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The JSON name of a unit enum (`"rate_limited"`), for storage as TEXT.
-fn enum_str<T: serde::Serialize>(v: T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 fn from_enum_str<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T> {
     s.and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok())
 }
@@ -658,6 +782,158 @@ fn from_enum_str<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T>
 #[cfg(test)]
 mod tests {
     use super::strip_snapshot_date as s;
+    use super::*;
+    use tally::time::parse_rfc3339_ms;
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("tally-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A batch of successful events: (request id, timestamp, user).
+    fn batch(events: &[(&str, &str, &str)]) -> Batch {
+        let lines: Vec<String> = events
+            .iter()
+            .map(|(id, ts, user)| {
+                format!(
+                    r#"{{"request_id":"{id}","timestamp":"{ts}","provider":"openai","api":"chat_completions","endpoint":"/v1/chat/completions","model_requested":"gpt-4o-mini","status":200,"streaming":false,"latency_ms":120.0,"input_tokens":10,"output_tokens":5,"cost_usd":0.25,"user":"{user}","routed":false}}"#
+                )
+            })
+            .collect();
+        crate::ingest::parse(lines.join("\n").as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn batches_waiting_together_commit_together_and_a_failing_one_fails_alone() {
+        let dir = temp_dir("group");
+        let store = Arc::new(Store::open(&dir).unwrap());
+        store.create_org("acme", 0).unwrap();
+        let acme = Org {
+            id: 1,
+            name: "acme".into(),
+        };
+        // No such org: its events break the foreign key, so its transaction fails.
+        let ghost = Org {
+            id: 999,
+            name: "ghost".into(),
+        };
+        let ts = "2026-01-01T10:00:00.000Z";
+        let jobs = [
+            (acme.clone(), batch(&[("a1", ts, "u1"), ("a2", ts, "u2")])),
+            (acme.clone(), batch(&[("b1", ts, "u1")])),
+            (ghost, batch(&[("g1", ts, "u1")])),
+            // One event again: a duplicate, as if the batches had come one after the other.
+            (acme.clone(), batch(&[("a1", ts, "u1"), ("c1", ts, "u3")])),
+        ];
+        // Hold the connection while the four queue up: whoever gets it next stores them as one
+        // group.
+        let held = store.conn();
+        let threads: Vec<_> = jobs
+            .into_iter()
+            .map(|(org, b)| {
+                let store = store.clone();
+                std::thread::spawn(move || store.insert_events(&org, Arc::new(b), 0))
+            })
+            .collect();
+        for _ in 0..500 {
+            if lock(&store.queue).len() == 4 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(lock(&store.queue).len(), 4);
+        drop(held);
+        let outcomes: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(outcomes[0].as_ref().unwrap(), &(2, 0, vec![0, 1]));
+        assert_eq!(outcomes[1].as_ref().unwrap(), &(1, 0, vec![0]));
+        assert!(
+            matches!(outcomes[2], Err(StoreError::Db(_))),
+            "{:?}",
+            outcomes[2]
+        );
+        assert_eq!(outcomes[3].as_ref().unwrap(), &(1, 1, vec![1]));
+        let from = parse_rfc3339_ms("2026-01-01T00:00:00.000Z").unwrap();
+        let total = store
+            .summary(&acme, None, from, from + DAY, from + DAY)
+            .unwrap();
+        assert_eq!(total[0].1.requests, 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rollups_move_to_time_ordered_keys_and_old_minute_rows_expire() {
+        let dir = temp_dir("migration");
+        let batch = batch(&[
+            ("a", "2026-01-01T10:00:00.000Z", "u1"),
+            ("b", "2026-01-01T10:30:00.000Z", "u2"),
+            ("c", "2026-03-01T10:00:00.000Z", "u1"),
+        ]);
+        // A database as the previous schema (4) left it, rollups keyed by key before time.
+        {
+            let mut conn = Connection::open(dir.join("tally.db")).unwrap();
+            rollup::register(&conn).unwrap();
+            for sql in &MIGRATIONS[..4] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 4).unwrap();
+            conn.execute(
+                "INSERT INTO orgs (name, key_hash, created_ms) VALUES ('acme', 'h', 0)",
+                [],
+            )
+            .unwrap();
+            let mut pending = Pending::default();
+            for (e, ts) in &batch {
+                pending.add(e, *ts);
+            }
+            let tx = conn.transaction().unwrap();
+            pending.write(&tx, 1).unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&dir).unwrap();
+        let org = Org {
+            id: 1,
+            name: "acme".into(),
+        };
+        let jan = parse_rfc3339_ms("2026-01-01T00:00:00.000Z").unwrap();
+        let mar = parse_rfc3339_ms("2026-03-02T00:00:00.000Z").unwrap();
+        let users = store.summary(&org, Some("user"), jan, mar, mar).unwrap();
+        let figures: Vec<_> = users
+            .iter()
+            .map(|(k, a)| (k.as_str(), a.requests, a.latency.count()))
+            .collect();
+        assert_eq!(figures, [("u1", 2, 2), ("u2", 1, 1)]);
+        let old_index: i64 = store
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'rollups_by_time'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_index, 0);
+        // Pruned on March 15th: minute rows older than 31 days (January's) go; March's, and
+        // every hour and day row, stay.
+        let count = |g: i64| -> i64 {
+            store
+                .conn()
+                .query_row(
+                    "SELECT count(*) FROM rollups WHERE granularity_ms = ?1",
+                    params![g],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let (minutes, hours) = (count(MINUTE), count(HOUR));
+        let now = parse_rfc3339_ms("2026-03-15T00:00:00.000Z").unwrap();
+        store.prune(3650, now).unwrap();
+        // Per minute: "all", feature, model, provider and provider_model (no error: all
+        // succeeded), for 3 distinct minutes, 2 of them in January.
+        assert_eq!((minutes, count(MINUTE)), (15, 5));
+        assert_eq!(count(HOUR), hours);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn snapshot_dates() {

@@ -144,7 +144,7 @@ impl Store {
     /// The live session a cookie token belongs to (not expired, org not disabled).
     pub fn session(&self, token: &str, now_ms: i64) -> Result<Option<Session>, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row(
                 "SELECT o.id, o.name, u.email, s.csrf FROM sessions s
                  JOIN users u ON u.id = s.user_id JOIN orgs o ON o.id = u.org_id
