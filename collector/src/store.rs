@@ -829,21 +829,23 @@ mod tests {
         ];
         // Hold the connection while the four queue up: whoever gets it next stores them as one
         // group.
+        // Each thread starts only once the one before has queued its batch, so the queue holds
+        // them in the order listed whatever the scheduler does.
         let held = store.conn();
-        let threads: Vec<_> = jobs
-            .into_iter()
-            .map(|(org, b)| {
-                let store = store.clone();
-                std::thread::spawn(move || store.insert_events(&org, Arc::new(b), 0))
-            })
-            .collect();
-        for _ in 0..500 {
-            if lock(&store.queue).len() == 4 {
-                break;
+        let mut threads = Vec::new();
+        for (i, (org, b)) in jobs.into_iter().enumerate() {
+            let s = store.clone();
+            threads.push(std::thread::spawn(move || {
+                s.insert_events(&org, Arc::new(b), 0)
+            }));
+            for _ in 0..500 {
+                if lock(&store.queue).len() > i {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            assert_eq!(lock(&store.queue).len(), i + 1);
         }
-        assert_eq!(lock(&store.queue).len(), 4);
         drop(held);
         let outcomes: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(outcomes[0].as_ref().unwrap(), &(2, 0, vec![0, 1]));
