@@ -435,7 +435,7 @@ impl Exchange {
             return None;
         }
         let mut text = String::new();
-        for doc in record.documents() {
+        for doc in record.documents(self.max_sse_event) {
             self.meter.output_text(&doc, &mut text);
         }
         tokenizers.count(enc, &text)
@@ -447,7 +447,7 @@ impl Exchange {
 fn read_body(
     body: &mut Body,
     meter: &mut dyn ResponseMeter,
-    mut record: Option<&mut StreamRecord>,
+    record: Option<&mut StreamRecord>,
     chunk: &[u8],
     end_of_stream: bool,
 ) {
@@ -460,10 +460,10 @@ fn read_body(
             }
         }
         Body::Sse { parser, doc } => {
+            if let Some(r) = record {
+                r.push(chunk);
+            }
             let mut on_event = |e: crate::sse::SseEvent<'_>| {
-                if let Some(r) = record.as_deref_mut() {
-                    r.push(e.data);
-                }
                 if let Some(probe) = meter.needs_only() {
                     if !probe.may_hold(e.data) {
                         return;

@@ -11,6 +11,7 @@
 //! Claude and Gemini use their own tokenizers, which are not public: for them `o200k_base` is an
 //! approximation, which the collector's calibration (exact/measured per model) corrects.
 
+use crate::sse::{SseEvent, SseParser};
 use tiktoken_rs::CoreBPE;
 
 /// The BPE encodings Tally can count with.
@@ -130,9 +131,10 @@ fn pieces(text: &str) -> impl Iterator<Item = String> + '_ {
     })
 }
 
-/// The JSON data of a stream's events, kept until the exchange ends, so that output can be
-/// counted if no usage arrives. Bounded: past the cap nothing more is kept and the count is
-/// known to be short.
+/// A stream's (decoded) bytes, kept until the exchange ends, so that output can be counted if
+/// no usage arrives. Whole chunks are kept, one copy each, rather than each event's data: the
+/// events are parsed again only in the rare exchange that needs counting. Bounded: past the cap
+/// nothing more is kept and the count is known to be short.
 #[derive(Debug)]
 pub struct StreamRecord {
     data: Vec<u8>,
@@ -149,24 +151,31 @@ impl StreamRecord {
         }
     }
 
-    pub fn push(&mut self, event_data: &[u8]) {
+    pub fn push(&mut self, chunk: &[u8]) {
         if self.truncated {
             return;
         }
-        if self.data.len() + event_data.len() + 1 > self.cap {
+        if self.data.len() + chunk.len() > self.cap {
             self.truncated = true;
             self.data = Vec::new();
             return;
         }
-        self.data.extend_from_slice(event_data);
-        self.data.push(b'\n');
+        self.data.extend_from_slice(chunk);
     }
 
-    /// Each kept event's JSON value, in order (events that are not JSON are skipped).
-    pub fn documents(&self) -> impl Iterator<Item = serde_json::Value> + '_ {
-        self.data
-            .split(|&b| b == b'\n')
-            .filter_map(|line| serde_json::from_slice(line).ok())
+    /// Each event's JSON value, in order, as a parser with the same event cap saw them
+    /// (events that are not JSON are skipped).
+    pub fn documents(&self, max_event: usize) -> Vec<serde_json::Value> {
+        let mut docs = Vec::new();
+        let mut on_event = |e: SseEvent<'_>| {
+            if let Ok(v) = serde_json::from_slice(e.data) {
+                docs.push(v);
+            }
+        };
+        let mut parser = SseParser::new(max_event);
+        parser.feed(&self.data, &mut on_event);
+        parser.finish(&mut on_event);
+        docs
     }
 }
 
@@ -213,13 +222,24 @@ mod tests {
     }
 
     #[test]
-    fn record_is_bounded() {
-        let mut r = StreamRecord::new(32);
-        r.push(br#"{"a":1}"#);
-        r.push(br#"not json"#);
-        assert_eq!(r.documents().count(), 1);
-        r.push(&[b'x'; 40]);
+    fn record_is_bounded_and_gives_the_events_back() {
+        let mut r = StreamRecord::new(128);
+        r.push(b"data: {\"a\":");
+        r.push(b"1}\n\ndata: not json\n\n: comment\ndata: {\"b\":\ndata: 2}\n\ndata: {}");
+        let docs = r.documents(1024);
+        // Split across chunks, spread over two data lines, unterminated at the end: all kept.
+        assert_eq!(
+            docs,
+            vec![
+                serde_json::json!({"a": 1}),
+                serde_json::json!({"b": 2}),
+                serde_json::json!({})
+            ]
+        );
+        // The event cap applies as it did live.
+        assert_eq!(r.documents(8).len(), 1);
+        r.push(&[b'x'; 60]);
         assert!(r.truncated);
-        assert_eq!(r.documents().count(), 0);
+        assert!(r.documents(1024).is_empty());
     }
 }

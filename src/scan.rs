@@ -11,8 +11,6 @@
 //! recorded before that point stay available. A key seen twice keeps its last value, as most
 //! JSON parsers (and the providers') do.
 
-use std::sync::OnceLock;
-
 /// Longest key compared against the wanted keys; longer keys are never wanted.
 const MAX_KEY: usize = 64;
 
@@ -429,30 +427,121 @@ fn string_end(chunk: &[u8], mut i: usize, mut escape: bool) -> (Option<usize>, b
 /// A cheap test for whether a document may hold one of a few keys: false only when no `"key"`
 /// appears in it literally and no `\\u` escape could spell one. It lets a stream event that
 /// cannot matter skip the scan; when in doubt, it says yes.
+///
+/// One pass for all keys: a key can only start where a quote is followed by the first letter of
+/// some key, and an escape where a backslash is followed by `u`; only those places are compared.
+/// In wasm the pass looks at 16 bytes at a time, where most stream events have no such place.
 pub struct KeyProbe {
     /// The keys in quotes, as they appear in JSON.
     quoted: &'static [&'static str],
-    finders: OnceLock<Vec<memchr::memmem::Finder<'static>>>,
+    /// The letter after each key's opening quote, repeated to fill the four slots.
+    #[cfg_attr(
+        not(all(target_arch = "wasm32", target_feature = "simd128")),
+        allow(dead_code)
+    )]
+    firsts: [u8; 4],
+    /// Every key is quoted and at most four letters open them: the one-pass search applies.
+    one_pass: bool,
 }
 
 impl KeyProbe {
     pub const fn new(quoted: &'static [&'static str]) -> Self {
+        let mut firsts = [0u8; 4];
+        let (mut n, mut k, mut one_pass) = (0, 0, !quoted.is_empty());
+        while k < quoted.len() && one_pass {
+            let b = quoted[k].as_bytes();
+            if b.len() < 2 || b[0] != b'"' {
+                one_pass = false;
+                break;
+            }
+            let mut j = 0;
+            while j < n && firsts[j] != b[1] {
+                j += 1;
+            }
+            if j == n {
+                if n == firsts.len() {
+                    one_pass = false;
+                    break;
+                }
+                firsts[n] = b[1];
+                n += 1;
+            }
+            k += 1;
+        }
+        while n > 0 && n < firsts.len() {
+            firsts[n] = firsts[0];
+            n += 1;
+        }
         KeyProbe {
             quoted,
-            finders: OnceLock::new(),
+            firsts,
+            one_pass,
         }
     }
 
     pub fn may_hold(&self, data: &[u8]) -> bool {
-        // Searchers are built once: building one costs more than a search.
-        let finders = self.finders.get_or_init(|| {
-            self.quoted
-                .iter()
-                .map(|q| memchr::memmem::Finder::new(q.as_bytes()))
-                .collect()
-        });
-        memchr::memchr_iter(b'\\', data).any(|at| data.get(at + 1) == Some(&b'u'))
-            || finders.iter().any(|f| f.find(data).is_some())
+        if !self.one_pass {
+            return memchr::memmem::find(data, b"\\u").is_some()
+                || self
+                    .quoted
+                    .iter()
+                    .any(|q| memchr::memmem::find(data, q.as_bytes()).is_some());
+        }
+        let (found, from) = self.vector_pass(data);
+        found
+            || memchr::memchr2_iter(b'"', b'\\', data.get(from..).unwrap_or(&[]))
+                .any(|off| self.starts_here(data, from + off))
+    }
+
+    /// Whether a key or a `\\u` escape starts at `at`.
+    fn starts_here(&self, data: &[u8], at: usize) -> bool {
+        let rest = data.get(at..).unwrap_or(&[]);
+        rest.starts_with(b"\\u") || self.quoted.iter().any(|q| rest.starts_with(q.as_bytes()))
+    }
+
+    /// The 16-byte blocks: whether one holds a key or an escape, and where the rest begins.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    fn vector_pass(&self, data: &[u8]) -> (bool, usize) {
+        use core::arch::wasm32::{
+            u8x16_bitmask, u8x16_eq, u8x16_splat, v128, v128_and, v128_load, v128_or,
+        };
+        let [f0, f1, f2, f3] = self.firsts.map(|c| u8x16_splat(c));
+        let (quote, backslash, u) = (u8x16_splat(b'"'), u8x16_splat(b'\\'), u8x16_splat(b'u'));
+        let mut i = 0;
+        // Each block also needs the byte after it: the letter that follows a quote.
+        while i + 17 <= data.len() {
+            // SAFETY: i + 17 <= data.len(), so the 16 bytes at i and at i + 1 are in bounds;
+            // v128_load has no alignment requirement.
+            let (here, next) = unsafe {
+                let p = data.as_ptr().add(i);
+                (
+                    v128_load(p.cast::<v128>()),
+                    v128_load(p.add(1).cast::<v128>()),
+                )
+            };
+            let first = v128_or(
+                v128_or(u8x16_eq(next, f0), u8x16_eq(next, f1)),
+                v128_or(u8x16_eq(next, f2), u8x16_eq(next, f3)),
+            );
+            let places = v128_or(
+                v128_and(u8x16_eq(here, quote), first),
+                v128_and(u8x16_eq(here, backslash), u8x16_eq(next, u)),
+            );
+            let mut bits = u8x16_bitmask(places);
+            while bits != 0 {
+                if self.starts_here(data, i + bits.trailing_zeros() as usize) {
+                    return (true, i);
+                }
+                bits &= bits - 1;
+            }
+            i += 16;
+        }
+        (false, i)
+    }
+
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    fn vector_pass(&self, _data: &[u8]) -> (bool, usize) {
+        (false, 0)
     }
 }
 
@@ -505,6 +594,89 @@ mod tests {
         assert!(!probe.may_hold(br#"{"usages":1,"errors":2}"#));
         assert!(!probe.may_hold(b"[DONE]"));
         assert!(!probe.may_hold(b"\"usage"));
+    }
+
+    /// What the probe must answer: a plain search for each key and for `\u`.
+    fn plain(keys: &[&str], d: &[u8]) -> bool {
+        let has = |n: &[u8]| d.windows(n.len()).any(|w| w == n);
+        has(b"\\u") || keys.iter().any(|k| has(k.as_bytes()))
+    }
+
+    #[test]
+    fn key_probe_agrees_with_a_plain_search_wherever_the_key_falls() {
+        const KEYS: &[&str] = &["\"usage\"", "\"error\"", "\"response\"", "\"x_groq\""];
+        static PROBE: KeyProbe = KeyProbe::new(KEYS);
+        let needles = [
+            "\"usage\"",
+            "\"error\"",
+            "\"response\"",
+            "\"x_groq\"",
+            "\\u0061",
+            "\"usag",
+            "\"usages\"",
+            "\"u",
+            "\\",
+            "\\n",
+            "\"x_gro\"",
+            "\"e",
+        ];
+        // Every offset around the 16-byte blocks, and the tail after them.
+        for needle in needles {
+            for len in [0, 1, 2, 15, 16, 17, 18, 31, 32, 33, 48, 70] {
+                for at in 0..=len {
+                    let mut d: Vec<u8> = b"{\"id\":\"c\",\"choices\":[{\"delta\":\"ok\"}]}\"ab\"cd\"ef\"gh\"ij\"kl\"mn"
+                        .iter()
+                        .copied()
+                        .cycle()
+                        .take(len)
+                        .collect();
+                    d.splice(at..at, needle.bytes());
+                    assert_eq!(
+                        PROBE.may_hold(&d),
+                        plain(KEYS, &d),
+                        "{needle} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        // Random documents over the bytes that matter.
+        let alphabet = b"\"\\uerxsagpon_:{}o ";
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 90) as usize;
+            let d: Vec<u8> = (0..len)
+                .map(|i| alphabet[((seed >> (i % 50)) as usize + i * 7) % alphabet.len()])
+                .collect();
+            assert_eq!(
+                PROBE.may_hold(&d),
+                plain(KEYS, &d),
+                "{:?}",
+                String::from_utf8_lossy(&d)
+            );
+        }
+    }
+
+    #[test]
+    fn key_probe_falls_back_for_keys_it_cannot_search_in_one_pass() {
+        // Five opening letters, and keys without quotes: the plain search answers.
+        const FIVE: &[&str] = &["\"a\"", "\"b\"", "\"c\"", "\"d\"", "\"e\""];
+        const BARE: &[&str] = &["usage"];
+        let (five, bare) = (KeyProbe::new(FIVE), KeyProbe::new(BARE));
+        assert!(!five.one_pass && !bare.one_pass);
+        for d in [
+            &b"{\"e\":1}"[..],
+            b"{\"f\":1}",
+            b"usage",
+            b"{\"x\":\"\\u0041\"}",
+            b"",
+        ] {
+            assert_eq!(five.may_hold(d), plain(FIVE, d));
+            assert_eq!(bare.may_hold(d), plain(BARE, d));
+        }
+        assert!(!KeyProbe::new(&[]).may_hold(b"{\"usage\":1}"));
     }
 
     const REQ: &[(&str, usize)] = &[("model", 256), ("stream", 16)];

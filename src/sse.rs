@@ -65,7 +65,7 @@ impl SseParser {
                     return;
                 }
                 Some(p) => {
-                    self.push_line_bytes(&rest[..p]);
+                    let line = &rest[..p];
                     let cr = rest[p] == b'\r';
                     rest = &rest[p + 1..];
                     if cr {
@@ -75,7 +75,20 @@ impl SseParser {
                             Some(_) => {}
                         }
                     }
-                    self.end_line(on_event);
+                    if self.line.is_empty() && !self.oversized {
+                        // The usual case, a whole line inside the chunk: read it where it is.
+                        if self.data.len() + line.len() > self.max_event {
+                            // As `push_line_bytes` would: the event ends, dropped, with this line.
+                            self.oversized = true;
+                            self.data.clear();
+                            self.take_line(&[], on_event);
+                        } else {
+                            self.take_line(line, on_event);
+                        }
+                    } else {
+                        self.push_line_bytes(line);
+                        self.end_line(on_event);
+                    }
                 }
             }
         }
@@ -103,8 +116,15 @@ impl SseParser {
         self.line.extend_from_slice(bytes);
     }
 
+    /// The buffered line is complete.
     fn end_line(&mut self, on_event: &mut dyn FnMut(SseEvent<'_>)) {
-        let mut line: &[u8] = &self.line;
+        let buffered = std::mem::take(&mut self.line);
+        self.take_line(&buffered, on_event);
+        self.line = buffered;
+        self.line.clear();
+    }
+
+    fn take_line(&mut self, mut line: &[u8], on_event: &mut dyn FnMut(SseEvent<'_>)) {
         if self.first_line {
             self.first_line = false;
             if let [0xEF, 0xBB, 0xBF, tail @ ..] = line {
@@ -117,21 +137,16 @@ impl SseParser {
                 self.oversized = false;
                 self.dropped = self.dropped.saturating_add(1);
                 self.reset_event();
-                self.line.clear();
                 return;
             }
             self.dispatch(on_event);
             return;
         }
         if self.oversized {
-            self.line.clear();
             return;
         }
         let (name, value) = match line.iter().position(|&b| b == b':') {
-            Some(0) => {
-                self.line.clear();
-                return;
-            }
+            Some(0) => return,
             Some(p) => {
                 let v = &line[p + 1..];
                 (&line[..p], v.strip_prefix(b" ").unwrap_or(v))
@@ -152,7 +167,6 @@ impl SseParser {
             }
             _ => {}
         }
-        self.line.clear();
     }
 
     fn dispatch(&mut self, on_event: &mut dyn FnMut(SseEvent<'_>)) {
@@ -260,6 +274,25 @@ mod tests {
         let got = collect(&mut p, &[big.as_bytes()]);
         assert_eq!(got, vec![("message".to_string(), "ok".to_string())]);
         assert_eq!(p.dropped, 1);
+    }
+
+    #[test]
+    fn the_cap_drops_the_same_events_wherever_chunks_split() {
+        // With a cap of 24: the first event fits (10 + 12 bytes of lines), the third's one line
+        // does not, and the fourth's second line takes it over (10 + 15).
+        let s: &[u8] = b"data: 0123456789\ndata: abcdef\n\ndata: ok\n\nevent: e\ndata: 0123456789012345678901\n\ndata: 0123456789\ndata: abcdefghi\n\ndata: z\n\n";
+        let msg = |d: &str| ("message".to_string(), d.to_string());
+        let mut p = SseParser::new(24);
+        let whole = collect(&mut p, &[s]);
+        assert_eq!(whole, vec![msg("0123456789\nabcdef"), msg("ok"), msg("z")]);
+        assert_eq!(p.dropped, 2);
+        for a in 0..=s.len() {
+            for b in a..=s.len() {
+                let mut p = SseParser::new(24);
+                let got = collect(&mut p, &[&s[..a], &s[a..b], &s[b..]]);
+                assert_eq!((got, p.dropped), (whole.clone(), 2), "splits at {a},{b}");
+            }
+        }
     }
 
     #[test]
