@@ -83,5 +83,10 @@ fn main() {
         bytes += line.len();
     }
     let per = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
-    println!("{per:.2} us per request natively ({n} requests, {bytes} event bytes)");
+    let how = if cfg!(target_arch = "wasm32") {
+        "in wasm"
+    } else {
+        "natively"
+    };
+    println!("{per:.2} us per request {how} ({n} requests, {bytes} event bytes)");
 }
