@@ -1,10 +1,13 @@
-//! The body scanner: no panic, and the same answer however the input is chunked.
+//! The body scanner: no panic, and the same answer however the input is chunked; the key probe:
+//! the same answer as a plain search.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally::scan::TopLevelScanner;
+use tally::scan::{KeyProbe, TopLevelScanner};
 
 const KEYS: &[(&str, usize)] = &[("model", 256), ("stream", 16), ("usage", 4096)];
+const QUOTED: &[&str] = &["\"usage\"", "\"error\"", "\"response\"", "\"x_groq\""];
+static PROBE: KeyProbe = KeyProbe::new(QUOTED);
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, doc)) = data.split_first() else {
@@ -21,4 +24,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(whole.raw(k), split.raw(k), "{k}");
     }
     assert_eq!(whole.is_done(), split.is_done());
+    let has = |n: &[u8]| doc.windows(n.len()).any(|w| w == n);
+    let plain = has(b"\\u") || QUOTED.iter().any(|q| has(q.as_bytes()));
+    assert_eq!(PROBE.may_hold(doc), plain);
 });
