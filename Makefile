@@ -85,13 +85,14 @@ soak: build
 
 # The filter's cost beside bare Envoy and a no-op wasm filter, LiteLLM's proxy on the same
 # workloads, the collector's ingest rate and query latency; writes BENCHMARKS.md and
-# bench/results/*.png. Installs wrk (apt-get), matplotlib (.venv) and LiteLLM (.venv-litellm)
-# if missing. BENCH_SECONDS, BENCH_ROUNDS, BENCH_ONLY=chat,streamed, BENCH_SKIP_LITELLM=1 narrow it;
+# bench/results/*.png, with instruction counts per request under callgrind. Installs wrk and
+# valgrind (apt-get), matplotlib (.venv) and LiteLLM (.venv-litellm)
+# if missing. BENCH_SECONDS, BENCH_ROUNDS, BENCH_ONLY=chat,streamed, BENCH_SKIP_LITELLM=1, BENCH_SKIP_INSTRUCTIONS=1 narrow it;
 # BENCH_QUERY_EVENTS=1000000 skips the 10 M query run (3 to 4 minutes here, 4 GB of disk); BENCH_REPORT_ONLY=1
 # redraws the report from bench/results/results.json.
 LITELLM_VERSION ?= 1.108.7
 bench: build
-	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	@command -v wrk >/dev/null && command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind; }
 	@$(VENV)/bin/python -c "import matplotlib" 2>/dev/null || $(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib
 	@test -x .venv-litellm/bin/litellm || { python3 -m venv .venv-litellm && .venv-litellm/bin/pip install --quiet --disable-pip-version-check 'litellm[proxy]==$(LITELLM_VERSION)'; }
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 --manifest-path bench/noop-filter/Cargo.toml --target-dir target
