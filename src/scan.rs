@@ -430,13 +430,17 @@ fn string_end(chunk: &[u8], mut i: usize, mut escape: bool) -> (Option<usize>, b
 ///
 /// One pass for all keys: a key can only start where a quote is followed by the first letter of
 /// some key, and an escape where a backslash is followed by `u`; only those places are compared.
-/// In wasm the pass looks at 16 bytes at a time, where most stream events have no such place.
+/// The pass looks at 16 bytes at a time (wasm SIMD, or SSE2 natively), where most stream events
+/// have no such place.
 pub struct KeyProbe {
     /// The keys in quotes, as they appear in JSON.
     quoted: &'static [&'static str],
     /// The letter after each key's opening quote, repeated to fill the four slots.
     #[cfg_attr(
-        not(all(target_arch = "wasm32", target_feature = "simd128")),
+        not(any(
+            all(target_arch = "wasm32", target_feature = "simd128"),
+            target_arch = "x86_64"
+        )),
         allow(dead_code)
     )]
     firsts: [u8; 4],
@@ -539,7 +543,62 @@ impl KeyProbe {
         (false, i)
     }
 
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    /// The same pass with SSE2 (part of every x86-64), so that native builds (tests, fuzzing,
+    /// `examples/exchange_cost` under callgrind) run what the module runs.
+    #[cfg(target_arch = "x86_64")]
+    fn vector_pass(&self, data: &[u8]) -> (bool, usize) {
+        // SAFETY: SSE2 is part of x86-64: every CPU this build can run on has it.
+        unsafe { self.vector_pass_sse2(data) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "sse2")]
+    fn vector_pass_sse2(&self, data: &[u8]) -> (bool, usize) {
+        use core::arch::x86_64::{
+            __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8,
+            _mm_or_si128, _mm_set1_epi8,
+        };
+        let [f0, f1, f2, f3] = self.firsts.map(|c| _mm_set1_epi8(c as i8));
+        let (quote, backslash, u) = (
+            _mm_set1_epi8(b'"' as i8),
+            _mm_set1_epi8(b'\\' as i8),
+            _mm_set1_epi8(b'u' as i8),
+        );
+        let mut i = 0;
+        while i + 17 <= data.len() {
+            // SAFETY: i + 17 <= data.len(), so the 16 bytes at i and at i + 1 are in bounds;
+            // _mm_loadu_si128 has no alignment requirement.
+            let (here, next) = unsafe {
+                let p = data.as_ptr().add(i);
+                (
+                    _mm_loadu_si128(p.cast::<__m128i>()),
+                    _mm_loadu_si128(p.add(1).cast::<__m128i>()),
+                )
+            };
+            let first = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(next, f0), _mm_cmpeq_epi8(next, f1)),
+                _mm_or_si128(_mm_cmpeq_epi8(next, f2), _mm_cmpeq_epi8(next, f3)),
+            );
+            let places = _mm_or_si128(
+                _mm_and_si128(_mm_cmpeq_epi8(here, quote), first),
+                _mm_and_si128(_mm_cmpeq_epi8(here, backslash), _mm_cmpeq_epi8(next, u)),
+            );
+            let mut bits = _mm_movemask_epi8(places) as u32;
+            while bits != 0 {
+                if self.starts_here(data, i + bits.trailing_zeros() as usize) {
+                    return (true, i);
+                }
+                bits &= bits - 1;
+            }
+            i += 16;
+        }
+        (false, i)
+    }
+
+    #[cfg(not(any(
+        all(target_arch = "wasm32", target_feature = "simd128"),
+        target_arch = "x86_64"
+    )))]
     fn vector_pass(&self, _data: &[u8]) -> (bool, usize) {
         (false, 0)
     }
