@@ -504,6 +504,32 @@ impl KeyProbe {
     }
 
     /// The 16-byte blocks: whether one holds a key or an escape, and where the rest begins.
+    /// `places(i)` is the bitmask of the block at `i` (bit k: a quote before a first letter, or
+    /// a backslash before `u`, at i + k); it is only asked where i + 17 <= data.len(), since each
+    /// block also needs the byte after it.
+    #[cfg_attr(
+        not(any(
+            all(target_arch = "wasm32", target_feature = "simd128"),
+            target_arch = "x86_64"
+        )),
+        allow(dead_code)
+    )]
+    #[inline(always)]
+    fn blocks(&self, data: &[u8], places: impl Fn(usize) -> u32) -> (bool, usize) {
+        let mut i = 0;
+        while i + 17 <= data.len() {
+            let mut bits = places(i);
+            while bits != 0 {
+                if self.starts_here(data, i + bits.trailing_zeros() as usize) {
+                    return (true, i);
+                }
+                bits &= bits - 1;
+            }
+            i += 16;
+        }
+        (false, i)
+    }
+
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     fn vector_pass(&self, data: &[u8]) -> (bool, usize) {
         use core::arch::wasm32::{
@@ -511,11 +537,9 @@ impl KeyProbe {
         };
         let [f0, f1, f2, f3] = self.firsts.map(|c| u8x16_splat(c));
         let (quote, backslash, u) = (u8x16_splat(b'"'), u8x16_splat(b'\\'), u8x16_splat(b'u'));
-        let mut i = 0;
-        // Each block also needs the byte after it: the letter that follows a quote.
-        while i + 17 <= data.len() {
-            // SAFETY: i + 17 <= data.len(), so the 16 bytes at i and at i + 1 are in bounds;
-            // v128_load has no alignment requirement.
+        self.blocks(data, |i| {
+            // SAFETY: `blocks` asks only where i + 17 <= data.len(), so the 16 bytes at i and
+            // at i + 1 are in bounds; v128_load has no alignment requirement.
             let (here, next) = unsafe {
                 let p = data.as_ptr().add(i);
                 (
@@ -527,20 +551,11 @@ impl KeyProbe {
                 v128_or(u8x16_eq(next, f0), u8x16_eq(next, f1)),
                 v128_or(u8x16_eq(next, f2), u8x16_eq(next, f3)),
             );
-            let places = v128_or(
+            u32::from(u8x16_bitmask(v128_or(
                 v128_and(u8x16_eq(here, quote), first),
                 v128_and(u8x16_eq(here, backslash), u8x16_eq(next, u)),
-            );
-            let mut bits = u8x16_bitmask(places);
-            while bits != 0 {
-                if self.starts_here(data, i + bits.trailing_zeros() as usize) {
-                    return (true, i);
-                }
-                bits &= bits - 1;
-            }
-            i += 16;
-        }
-        (false, i)
+            )))
+        })
     }
 
     /// The same pass with SSE2 (part of every x86-64), so that native builds (tests, fuzzing,
@@ -564,10 +579,8 @@ impl KeyProbe {
             _mm_set1_epi8(b'\\' as i8),
             _mm_set1_epi8(b'u' as i8),
         );
-        let mut i = 0;
-        while i + 17 <= data.len() {
-            // SAFETY: i + 17 <= data.len(), so the 16 bytes at i and at i + 1 are in bounds;
-            // _mm_loadu_si128 has no alignment requirement.
+        self.blocks(data, |i| {
+            // SAFETY: as in the wasm pass; _mm_loadu_si128 has no alignment requirement.
             let (here, next) = unsafe {
                 let p = data.as_ptr().add(i);
                 (
@@ -579,20 +592,11 @@ impl KeyProbe {
                 _mm_or_si128(_mm_cmpeq_epi8(next, f0), _mm_cmpeq_epi8(next, f1)),
                 _mm_or_si128(_mm_cmpeq_epi8(next, f2), _mm_cmpeq_epi8(next, f3)),
             );
-            let places = _mm_or_si128(
+            _mm_movemask_epi8(_mm_or_si128(
                 _mm_and_si128(_mm_cmpeq_epi8(here, quote), first),
                 _mm_and_si128(_mm_cmpeq_epi8(here, backslash), _mm_cmpeq_epi8(next, u)),
-            );
-            let mut bits = _mm_movemask_epi8(places) as u32;
-            while bits != 0 {
-                if self.starts_here(data, i + bits.trailing_zeros() as usize) {
-                    return (true, i);
-                }
-                bits &= bits - 1;
-            }
-            i += 16;
-        }
-        (false, i)
+            )) as u32
+        })
     }
 
     #[cfg(not(any(
