@@ -176,6 +176,13 @@ static_resources:
   listeners:""" + hcm("responder", port, ", ".join(rs), BUFFER_FILTER) + "\n")
 
 
+def three_listeners():
+    """Ports and listeners identical but for their HTTP filters: none, the no-op filter, Tally."""
+    ports = {"bare": free_port(), "noop": free_port(), "tally": free_port()}
+    filters = {"bare": "", "noop": noop_filter(), "tally": TALLY_FILTER}
+    return ports, [hcm(k, ports[k], PROXY_ROUTES, filters[k]) for k in ports]
+
+
 def proxy_config(admin, listeners, upstream, collector):
     return (f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
@@ -311,10 +318,8 @@ def run(tmp):
                             ("/v1/chat/completions", "x-bench-stream:1", f("streamed2.json", streamed))],
     }
 
-    ports = {"bare": free_port(), "noop": free_port(), "tally": free_port()}
+    ports, listeners = three_listeners()
     admin = free_port()
-    listeners = [hcm("bare", ports["bare"], PROXY_ROUTES, ""), hcm("noop", ports["noop"], PROXY_ROUTES, noop_filter()),
-                 hcm("tally", ports["tally"], PROXY_ROUTES, TALLY_FILTER)]
     env = dict(os.environ, TALLY_ORG_KEY=key)
     sink = os.environ.get("BENCH_SINK_EVENTS", "1") == "1"
     proxy = start([ENVOY, "-c", write(tmp, "proxy.yaml", proxy_config(admin, listeners, resp_port, resp_port if sink else col_port)),
@@ -457,10 +462,8 @@ def instructions(tmp, resp_port, key, workloads):
         print("bench: valgrind (or the Envoy binary) is missing; instruction counts skipped", flush=True)
         return {}
     import http.client
-    ports = {"bare": free_port(), "noop": free_port(), "tally": free_port()}
+    ports, listeners = three_listeners()
     admin = free_port()
-    listeners = [hcm("bare", ports["bare"], PROXY_ROUTES, ""), hcm("noop", ports["noop"], PROXY_ROUTES, noop_filter()),
-                 hcm("tally", ports["tally"], PROXY_ROUTES, TALLY_FILTER)]
     out = os.path.join(tmp, "callgrind.out")
     p = start(["valgrind", "--tool=callgrind", "--smc-check=all", "--compress-strings=no", "--compress-pos=no",
                f"--callgrind-out-file={out}", binary, "-c",

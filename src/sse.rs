@@ -76,15 +76,14 @@ impl SseParser {
                         }
                     }
                     if self.line.is_empty() && !self.oversized {
-                        // The usual case, a whole line inside the chunk: read it where it is.
-                        if self.data.len() + line.len() > self.max_event {
-                            // As `push_line_bytes` would: the event ends, dropped, with this line.
-                            self.oversized = true;
-                            self.data.clear();
-                            self.take_line(&[], on_event);
+                        // The usual case, a whole line inside the chunk: read it where it is. A
+                        // line past the cap ends its event, dropped, as a buffered one would.
+                        let line = if self.overflows(line.len()) {
+                            &[][..]
                         } else {
-                            self.take_line(line, on_event);
-                        }
+                            line
+                        };
+                        self.take_line(line, on_event);
                     } else {
                         self.push_line_bytes(line);
                         self.end_line(on_event);
@@ -104,16 +103,22 @@ impl SseParser {
     }
 
     fn push_line_bytes(&mut self, bytes: &[u8]) {
-        if self.oversized {
-            return;
-        }
-        if self.line.len() + self.data.len() + bytes.len() > self.max_event {
-            self.oversized = true;
-            self.line.clear();
-            self.data.clear();
+        if self.oversized || self.overflows(bytes.len()) {
             return;
         }
         self.line.extend_from_slice(bytes);
+    }
+
+    /// Whether `more` line bytes would take the event past the cap; if so the event is marked
+    /// oversized and what it held is let go.
+    fn overflows(&mut self, more: usize) -> bool {
+        if self.line.len() + self.data.len() + more <= self.max_event {
+            return false;
+        }
+        self.oversized = true;
+        self.line.clear();
+        self.data.clear();
+        true
     }
 
     /// The buffered line is complete.

@@ -828,9 +828,8 @@ mod tests {
             (acme.clone(), batch(&[("a1", ts, "u1"), ("c1", ts, "u3")])),
         ];
         // Hold the connection while the four queue up: whoever gets it next stores them as one
-        // group.
-        // Each thread starts only once the one before has queued its batch, so the queue holds
-        // them in the order listed whatever the scheduler does.
+        // group. Each thread starts only once the one before has queued its batch, so the queue
+        // holds them in the order listed whatever the scheduler does.
         let held = store.conn();
         let mut threads = Vec::new();
         for (i, (org, b)) in jobs.into_iter().enumerate() {
