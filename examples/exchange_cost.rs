@@ -71,7 +71,7 @@ fn main() {
         let ev = ex.finish(
             Finish {
                 now_unix_ms: 1050.0,
-                request_id: ids.next_uuid(),
+                request_id: ids.next_uuid(1050),
                 code_details: Some("via_upstream"),
                 final_status: Some(200),
             },

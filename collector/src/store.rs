@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_rollups.sql"),
     include_str!("../migrations/0004_users.sql"),
     include_str!("../migrations/0005_rollups_by_time.sql"),
+    include_str!("../migrations/0006_events_by_arrival.sql"),
 ];
 
 /// Minute rollups are kept this long; older ranges are answered from hour rollups.
@@ -933,6 +934,81 @@ mod tests {
         // succeeded), for 3 distinct minutes, 2 of them in January.
         assert_eq!((minutes, count(MINUTE)), (15, 5));
         assert_eq!(count(HOUR), hours);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn events_move_to_a_rowid_table_and_stay_unique_by_request_id() {
+        let dir = temp_dir("migration6");
+        // A database as schema 5 left it: events keyed by (org_id, request_id), no rowid.
+        {
+            let conn = Connection::open(dir.join("tally.db")).unwrap();
+            rollup::register(&conn).unwrap();
+            for sql in &MIGRATIONS[..5] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            conn.execute(
+                "INSERT INTO orgs (name, key_hash, created_ms) VALUES ('acme', 'h', 0)",
+                [],
+            )
+            .unwrap();
+            for (id, ts, measured) in [("b", 2000, None), ("a", 1000, Some(7))] {
+                conn.execute(
+                    "INSERT INTO events (org_id, request_id, ts_ms, timestamp, provider, api,
+                        endpoint, streaming, latency_ms, routed, received_ms,
+                        measured_output_tokens)
+                     VALUES (1, ?1, ?2, 't', 'openai', 'chat_completions', '/v1/chat/completions',
+                        0, 1.5, 0, 5, ?3)",
+                    params![id, ts, measured],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(&dir).unwrap();
+        let rows: Vec<(String, i64, Option<i64>)> = {
+            let conn = store.conn();
+            let sql: String = conn
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE name = 'events'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+            let indexes: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE tbl_name = 'events' AND type = 'index'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(indexes, 2, "events_by_time and the unique request id index");
+            let mut st = conn
+                .prepare(
+                    "SELECT request_id, ts_ms, measured_output_tokens FROM events ORDER BY rowid",
+                )
+                .unwrap();
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            rows
+        };
+        assert_eq!(
+            rows,
+            [("a".into(), 1000, Some(7)), ("b".into(), 2000, None)]
+        );
+        // A request id the org already has is still a duplicate; a new one is stored.
+        let org = Org {
+            id: 1,
+            name: "acme".into(),
+        };
+        let ts = "2026-01-01T10:00:00.000Z";
+        let again = batch(&[("a", ts, "u1"), ("c", ts, "u1")]);
+        let stored = store.insert_events(&org, Arc::new(again), 0).unwrap();
+        assert_eq!(stored, (1, 1, vec![1]));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

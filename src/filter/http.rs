@@ -151,7 +151,7 @@ impl HttpContext for Req {
         let now = host::now_ms();
         let fin = Finish {
             now_unix_ms: now,
-            request_id: s.next_request_id(),
+            request_id: s.next_request_id(now),
             code_details: details.as_deref(),
             final_status,
         };

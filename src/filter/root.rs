@@ -28,8 +28,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn next_request_id(&mut self) -> String {
-        self.ids.next_uuid()
+    pub fn next_request_id(&mut self, unix_ms: f64) -> String {
+        // `as` saturates: a clock before 1970 gives time 0, not a panic.
+        self.ids.next_uuid(unix_ms as u64)
     }
 }
 
