@@ -3,7 +3,12 @@
 -- bytes) at a random place when ids are random (UUIDv4, from older filters or other clients):
 -- every event of a batch dirtied its own table page, and each page went to the WAL at commit.
 -- Now rows append, and only the small index entries land at random.
+--
+-- `seq` numbers events in arrival order and is never reused (AUTOINCREMENT), so that
+-- rollup_progress can say which events the rollups already count: rollups are written about
+-- once a second, and at start the collector counts the events stored after that point.
 CREATE TABLE events_v6 (
+    seq                    INTEGER PRIMARY KEY AUTOINCREMENT,
     org_id                 INTEGER NOT NULL REFERENCES orgs(id),
     request_id             TEXT    NOT NULL,
     ts_ms                  INTEGER NOT NULL,
@@ -39,7 +44,11 @@ CREATE TABLE events_v6 (
     UNIQUE (org_id, request_id)
 );
 
-INSERT INTO events_v6
+INSERT INTO events_v6 (org_id, request_id, ts_ms, timestamp, provider, api, endpoint,
+        model_requested, model_actual, status, streaming, latency_ms, ttfb_ms, input_tokens,
+        output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens, token_source,
+        cost_usd, error_category, error_source, team, app, feature, task, session_id, user, rule,
+        routed, received_ms, measured_output_tokens)
     SELECT org_id, request_id, ts_ms, timestamp, provider, api, endpoint, model_requested,
         model_actual, status, streaming, latency_ms, ttfb_ms, input_tokens, output_tokens,
         cached_input_tokens, cache_write_tokens, reasoning_tokens, token_source, cost_usd,
@@ -50,3 +59,10 @@ INSERT INTO events_v6
 DROP TABLE events;
 ALTER TABLE events_v6 RENAME TO events;
 CREATE INDEX events_by_time ON events (org_id, ts_ms DESC);
+
+-- The rollups count every event up to this seq (all of them, at this migration).
+CREATE TABLE rollup_progress (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    events_seq INTEGER NOT NULL
+);
+INSERT INTO rollup_progress (id, events_seq) SELECT 1, coalesce(max(seq), 0) FROM events;

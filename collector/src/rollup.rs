@@ -87,6 +87,18 @@ pub struct Agg {
 }
 
 impl Agg {
+    /// Add another row's figures.
+    fn merge(&mut self, o: &Agg) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cost_usd += o.cost_usd;
+        self.latency_sum_ms += o.latency_sum_ms;
+        self.latency.merge(&o.latency);
+        self.ttfb.merge(&o.ttfb);
+    }
+
     /// Count an event in; `latency` and `ttfb` are its sketch buckets, found once per event.
     fn add(&mut self, e: &Event, latency: i32, ttfb: Option<i32>) {
         self.requests += 1;
@@ -117,6 +129,25 @@ pub struct Pending {
 }
 
 impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Add another `Pending`'s rows into these.
+    pub fn merge(&mut self, other: &Pending) {
+        for (&(g, bucket, id), agg) in &other.rows {
+            let Some((dim, key)) = other.keys.get(id as usize) else {
+                continue;
+            };
+            let d = DIMENSIONS
+                .iter()
+                .position(|x| x == dim)
+                .map_or(0, |i| i + 1);
+            let mine = self.id(d, dim, key);
+            self.rows.entry((g, bucket, mine)).or_default().merge(agg);
+        }
+    }
+
     fn id(&mut self, d: usize, dim: &'static str, key: &str) -> u32 {
         if let Some(&id) = self.ids[d].get(key) {
             return id;
@@ -157,7 +188,7 @@ impl Pending {
 
     /// Merge the batch's figures into the stored rows: one upsert per row, sketches merged by
     /// the `sketch_merge` SQL function (see [`register`]).
-    pub fn write(self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
+    pub fn write(&self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
         let mut write = tx.prepare_cached(
             "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests, errors,
                 input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb)
@@ -172,7 +203,7 @@ impl Pending {
                 latency = sketch_merge(latency, excluded.latency),
                 ttfb = sketch_merge(ttfb, excluded.ttfb)",
         )?;
-        for ((g, bucket, id), agg) in self.rows {
+        for (&(g, bucket, id), agg) in &self.rows {
             let Some((dim, key)) = self.keys.get(id as usize) else {
                 continue;
             };

@@ -83,7 +83,62 @@ pub struct Store {
     read: Mutex<Connection>,
     /// Batches waiting for the next ingest transaction (see [`Store::insert_events`]).
     queue: Mutex<Vec<Arc<Job>>>,
+    /// Rollup rows of committed events not yet written (see [`Unwritten`]). Locked after `conn`.
+    unwritten: Mutex<Unwritten>,
     prices: PriceTable,
+}
+
+/// Rollup rows are written about once a second, not in every ingest transaction: a batch's
+/// events touch hundreds of rows (one per user, team, feature... per hour and per day), and
+/// writing them for every batch took most of the write connection's time. Until written, they
+/// wait here; every read of the rollups writes them first, so reads stay exact, and after a crash
+/// `Store::open` counts again the events stored after `rollup_progress`.
+#[derive(Default)]
+struct Unwritten {
+    /// Per org.
+    rows: Vec<(i64, Pending)>,
+    /// The last event (`seq`) these rows count; the database's rollups count those before.
+    through: i64,
+    /// When the oldest of these rows was counted.
+    since: Option<std::time::Instant>,
+}
+
+/// How long rollup rows may wait before an ingest transaction writes them.
+const ROLLUP_WRITE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Unwritten {
+    fn is_empty(&self) -> bool {
+        self.rows.iter().all(|(_, p)| p.is_empty())
+    }
+
+    fn add(&mut self, org: i64, p: &Pending) {
+        match self.rows.iter_mut().find(|(o, _)| *o == org) {
+            Some((_, mine)) => mine.merge(p),
+            None => {
+                let mut mine = Pending::default();
+                mine.merge(p);
+                self.rows.push((org, mine));
+            }
+        }
+        self.since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Write the rows and the progress mark in `tx`; the caller clears them once it commits.
+    fn write(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        for (org, p) in &self.rows {
+            p.write(tx, *org)?;
+        }
+        tx.execute(
+            "UPDATE rollup_progress SET events_seq = ?1",
+            params![self.through],
+        )?;
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.since = None;
+    }
 }
 
 /// What storing a batch gives: (accepted, duplicates, the indexes of the events newly stored).
@@ -93,6 +148,9 @@ pub type Stored = (usize, usize, Vec<usize>);
 struct Job {
     org_id: i64,
     batch: Arc<Batch>,
+    /// The batch's rollup rows as if every event were new and stored as sent, counted before
+    /// the batch queues, so not while it holds the write connection.
+    rollup: Pending,
     now_ms: i64,
     outcome: Mutex<Option<Result<Stored, StoreError>>>,
 }
@@ -137,11 +195,26 @@ impl Store {
             tx.execute_batch(sql)?;
             if i == 2 {
                 // Rollups start from the events already stored.
-                rebuild_rollups(&tx)?;
+                tx.execute("DELETE FROM rollups", [])?;
+                roll_up(&tx, None)?;
             }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
+        // Events stored after the last rollup write (the collector stopped before the next one):
+        // count them now.
+        let through = {
+            let tx = conn.unchecked_transaction()?;
+            let done: i64 =
+                tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
+            let through = roll_up(&tx, Some(done))?.map_or(done, |last| last.max(done));
+            tx.execute(
+                "UPDATE rollup_progress SET events_seq = ?1",
+                params![through],
+            )?;
+            tx.commit()?;
+            through
+        };
         let read = Connection::open(dir.join("tally.db"))?;
         read.busy_timeout(std::time::Duration::from_secs(5))?;
         read.pragma_update(None, "query_only", "ON")?;
@@ -149,6 +222,10 @@ impl Store {
             conn: Mutex::new(conn),
             read: Mutex::new(read),
             queue: Mutex::new(Vec::new()),
+            unwritten: Mutex::new(Unwritten {
+                through,
+                ..Default::default()
+            }),
             prices: PriceTable::builtin().map_err(StoreError::Io)?,
         })
     }
@@ -259,8 +336,13 @@ impl Store {
         batch: Arc<Batch>,
         now_ms: i64,
     ) -> Result<Stored, StoreError> {
+        let mut rollup = Pending::default();
+        for (e, ts) in batch.iter() {
+            rollup.add(e, *ts);
+        }
         let job = Arc::new(Job {
             org_id: org.id,
+            rollup,
             batch,
             now_ms,
             outcome: Mutex::new(None),
@@ -315,36 +397,55 @@ impl Store {
         group: &[Arc<Job>],
     ) -> Result<Vec<Stored>, StoreError> {
         let tx = conn.transaction()?;
-        // Rollup rows per org, written once for the whole group.
-        let mut pending: Vec<(i64, Pending)> = Vec::new();
+        // Each batch's rollup rows (its own, or counted again: see `store_batch`); and the
+        // last event stored.
+        let mut counted = Vec::with_capacity(group.len());
+        let mut last = None;
         let mut outcomes = Vec::with_capacity(group.len());
         for j in group {
-            let i = match pending.iter().position(|(org, _)| *org == j.org_id) {
-                Some(i) => i,
-                None => {
-                    pending.push((j.org_id, Pending::default()));
-                    pending.len() - 1
-                }
-            };
-            outcomes.push(self.store_batch(&tx, j, &mut pending[i].1)?);
+            let (stored, again) = self.store_batch(&tx, j, &mut last)?;
+            outcomes.push(stored);
+            counted.push(again);
         }
-        for (org, p) in pending {
-            p.write(&tx, org)?;
+        let mut unwritten = lock(&self.unwritten);
+        let due = unwritten
+            .since
+            .is_some_and(|t| t.elapsed() >= ROLLUP_WRITE_EVERY);
+        if due {
+            unwritten.write(&tx)?;
         }
         tx.commit()?;
+        // Only now: rows of a transaction that failed must not be counted.
+        if due {
+            unwritten.clear();
+        }
+        for (j, again) in group.iter().zip(&counted) {
+            let p = again.as_ref().unwrap_or(&j.rollup);
+            if !p.is_empty() {
+                unwritten.add(j.org_id, p);
+            }
+        }
+        if let Some(seq) = last {
+            unwritten.through = seq;
+        }
         Ok(outcomes)
     }
 
-    /// Insert one batch's events, counting the new ones into `pending`.
+    /// Insert one batch's events; `last` becomes the `seq` of the last one stored. Returns,
+    /// besides the outcome, the batch's rollup rows counted again when `job.rollup` does not
+    /// fit: some events were duplicates, or had their output calibrated.
     fn store_batch(
         &self,
         tx: &rusqlite::Transaction<'_>,
         job: &Job,
-        pending: &mut Pending,
-    ) -> Result<Stored, StoreError> {
+        last: &mut Option<i64>,
+    ) -> Result<(Stored, Option<Pending>), StoreError> {
         let (org_id, batch, now_ms) = (job.org_id, &job.batch, job.now_ms);
         let mut accepted = 0;
         let mut new = Vec::with_capacity(batch.len());
+        // Calibrated events, counted as stored.
+        let mut calibrated_rows = Pending::default();
+        let mut calibrated_at = Vec::new();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO events (org_id, request_id, ts_ms, timestamp, provider, api,
@@ -386,6 +487,7 @@ impl Store {
                                 (m as f64 * exact as f64 / measured as f64).round() as u64;
                             ev.output_tokens = Some(calibrated);
                             ev.token_source = Some(TokenSource::MeasuredCalibrated);
+                            calibrated_at.push(index);
                             if ev.cost_usd.is_some() {
                                 let usage = Usage {
                                     input: ev.input_tokens.unwrap_or(0),
@@ -437,8 +539,11 @@ impl Store {
                 ])?;
                 accepted += inserted;
                 if inserted == 1 {
-                    pending.add(e, *ts);
                     new.push(index);
+                    *last = Some(tx.last_insert_rowid());
+                    if calibrated_at.last() == Some(&index) {
+                        calibrated_rows.add(e, *ts);
+                    }
                 }
                 // Only new events teach: a retried batch must not count its samples twice.
                 if let (1, Some(TokenSource::Exact), Some(m), Some(exact), Some(model)) = (
@@ -454,7 +559,34 @@ impl Store {
                 }
             }
         }
-        Ok((accepted, batch.len() - accepted, new))
+        let again = (new.len() < batch.len() || !calibrated_at.is_empty()).then(|| {
+            let mut rows = calibrated_rows;
+            for &i in &new {
+                if let (Err(_), Some((e, ts))) = (calibrated_at.binary_search(&i), batch.get(i)) {
+                    rows.add(e, *ts);
+                }
+            }
+            rows
+        });
+        Ok(((accepted, batch.len() - accepted, new), again))
+    }
+
+    /// Write the rollup rows still waiting (see [`Unwritten`]), so that the table counts every
+    /// stored event. Reads of the rollups call it first.
+    pub fn write_rollups(&self) -> Result<(), StoreError> {
+        if lock(&self.unwritten).is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let mut unwritten = lock(&self.unwritten);
+        if unwritten.is_empty() {
+            return Ok(());
+        }
+        let tx = conn.transaction()?;
+        unwritten.write(&tx)?;
+        tx.commit()?;
+        unwritten.clear();
+        Ok(())
     }
 
     /// Figures per key of `dim` (or the total, for `None`) over `[from, to)`, minute resolution.
@@ -466,6 +598,7 @@ impl Store {
         to: i64,
         now: i64,
     ) -> Result<Vec<(String, Agg)>, StoreError> {
+        self.write_rollups()?;
         let conn = self.reader();
         let mut st = conn.prepare_cached(
             "SELECT key, requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms,
@@ -518,6 +651,7 @@ impl Store {
         let g = bucket;
         // Every bucket that starts in [from, to), from its first minute.
         let from = from.div_euclid(bucket) * bucket;
+        self.write_rollups()?;
         let conn = self.reader();
         let mut st = conn.prepare_cached(
             "SELECT bucket_ms, key, requests, errors, input_tokens, output_tokens, cost_usd,
@@ -539,6 +673,7 @@ impl Store {
     /// Delete raw events older than `days` (rollups stay: hour rows for ever, minute rows for
     /// [`MINUTE_ROLLUP_DAYS`]). Returns how many events went.
     pub fn prune(&self, days: u32, now: i64) -> Result<usize, StoreError> {
+        self.write_rollups()?;
         let conn = self.conn();
         let cutoff = now - i64::from(days) * DAY;
         let n = conn.execute("DELETE FROM events WHERE ts_ms < ?1", params![cutoff])?;
@@ -711,24 +846,30 @@ fn align(t: i64, now: i64, finest: i64, up: bool) -> i64 {
     }
 }
 
-/// Rebuild every rollup from the stored events (once, when the rollups first appear).
-fn rebuild_rollups(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM rollups", [])?;
+/// Count stored events into the rollups: all of them (`None`: when the rollups first appear,
+/// before events had a `seq`), or those after `seq`. Returns the last `seq` counted, if any.
+fn roll_up(tx: &rusqlite::Transaction<'_>, after: Option<i64>) -> rusqlite::Result<Option<i64>> {
+    // `after` is bound as ?1 in every query; without it (and without a seq) the test is true.
+    let since = if after.is_some() {
+        "seq > ?1"
+    } else {
+        "?1 IS NULL"
+    };
     let orgs: Vec<i64> = {
-        let mut st = tx.prepare("SELECT DISTINCT org_id FROM events")?;
-        let rows = st.query_map([], |r| r.get(0))?;
+        let mut st = tx.prepare(&format!("SELECT DISTINCT org_id FROM events WHERE {since}"))?;
+        let rows = st.query_map(params![after], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
     for org in orgs {
         let mut pending = Pending::default();
         {
-            let mut st = tx.prepare(
+            let mut st = tx.prepare(&format!(
                 "SELECT ts_ms, provider, model_requested, model_actual, latency_ms, ttfb_ms,
                     input_tokens, output_tokens, cost_usd, error_category, team, app, feature,
                     task, user, error_source
-                 FROM events WHERE org_id = ?1",
-            )?;
-            let rows = st.query_map(params![org], |r| {
+                 FROM events WHERE {since} AND org_id = ?2"
+            ))?;
+            let rows = st.query_map(params![after, org], |r| {
                 let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
                     Ok(r.get::<_, Option<i64>>(i)?.map(|n| n as u64))
                 };
@@ -773,7 +914,12 @@ fn rebuild_rollups(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
         }
         pending.write(tx, org)?;
     }
-    Ok(())
+    match after {
+        Some(a) => tx.query_row("SELECT max(seq) FROM events WHERE seq > ?1", [a], |r| {
+            r.get(0)
+        }),
+        None => Ok(None),
+    }
 }
 
 fn from_enum_str<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T> {
@@ -1009,6 +1155,61 @@ mod tests {
         let again = batch(&[("a", ts, "u1"), ("c", ts, "u1")]);
         let stored = store.insert_events(&org, Arc::new(again), 0).unwrap();
         assert_eq!(stored, (1, 1, vec![1]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rollup_rows_wait_until_read_and_are_counted_again_after_a_crash() {
+        let dir = temp_dir("deferred");
+        let org = Org {
+            id: 1,
+            name: "acme".into(),
+        };
+        let ts = "2026-01-01T10:00:00.000Z";
+        let day = parse_rfc3339_ms("2026-01-01T00:00:00.000Z").unwrap();
+        let rows = |s: &Store| -> (i64, i64) {
+            let conn = s.conn();
+            let n = conn
+                .query_row("SELECT count(*) FROM rollups", [], |r| r.get(0))
+                .unwrap();
+            let done = conn
+                .query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))
+                .unwrap();
+            (n, done)
+        };
+        {
+            let store = Store::open(&dir).unwrap();
+            store.create_org("acme", 0).unwrap();
+            let b = batch(&[("a", ts, "u1"), ("b", ts, "u2")]);
+            store.insert_events(&org, Arc::new(b), 0).unwrap();
+            // Stored, not yet rolled up.
+            assert_eq!(rows(&store), (0, 0));
+            // A read writes the rows first, with the mark of the last event they count.
+            let total = store
+                .summary(&org, None, day, day + DAY, day + DAY)
+                .unwrap();
+            assert_eq!(total[0].1.requests, 2);
+            let (n, done) = rows(&store);
+            assert!(n > 0);
+            assert_eq!(done, 2);
+            let b = batch(&[("c", ts, "u1"), ("a", ts, "u1")]);
+            assert_eq!(
+                store.insert_events(&org, Arc::new(b), 0).unwrap(),
+                (1, 1, vec![0])
+            );
+            // Dropped as a crash would leave it: event c stored, its rows not written.
+            assert_eq!(rows(&store), (n, 2));
+        }
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(rows(&store).1, 3);
+        let users = store
+            .summary(&org, Some("user"), day, day + DAY, day + DAY)
+            .unwrap();
+        let figures: Vec<_> = users
+            .iter()
+            .map(|(k, a)| (k.as_str(), a.requests))
+            .collect();
+        assert_eq!(figures, [("u1", 2), ("u2", 1)]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

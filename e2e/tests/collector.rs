@@ -293,6 +293,21 @@ fn measured_events_are_calibrated_per_model_once_enough_samples_exist() {
         e["cost_usd"],
         (1000 * 3_000_000u64 + 220 * 15_000_000) as f64 / 1e12
     );
+    // The rollups count events as stored: m2 calibrated, the retried samples once.
+    let (s, b, _) = send(
+        agent()
+            .get(&c.url("/api/v1/summary?from=2026-11-24T09:00:00Z&to=2026-11-24T10:00:00Z"))
+            .set("authorization", &format!("Bearer {key}")),
+        None,
+    );
+    assert_eq!(s, 200, "{b}");
+    let total = &serde_json::from_str::<Value>(&b).unwrap()["rows"][0];
+    // 200 (m0) + 200 (m1) + 5 x 110 (samples) + 220 (m2).
+    assert_eq!(
+        (total["requests"].as_u64(), total["output_tokens"].as_u64()),
+        (Some(8), Some(1170)),
+        "{b}"
+    );
 }
 
 #[test]
@@ -334,6 +349,18 @@ fn a_202_batch_survives_kill_9_at_once() {
     assert_eq!(s, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["events"].as_array().unwrap().len(), 600);
+    // The rollups too: rows not yet written at a kill are counted again from the events at start.
+    let (s, body, _) = send(
+        agent()
+            .get(&format!(
+                "http://127.0.0.1:{port}/api/v1/summary?from=2026-11-24T08:00:00Z&to=2026-11-24T09:00:00Z"
+            ))
+            .set("authorization", &format!("Bearer {key}")),
+        None,
+    );
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["rows"][0]["requests"], 600, "{body}");
 }
 
 #[test]
