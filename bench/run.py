@@ -707,8 +707,9 @@ def report(results, mem, litellm, ingest, query, instr):
         lines.append("")
     lines += ["## Collector",
               "",
-              f"Ingest over HTTP, batches of 200 events as the filter sends them (wrk, 2 threads × 4 connections, "
-              f"{SECONDS} s, SQLite WAL with synchronous=FULL, rollups updated in the same transaction): "
+              f"Ingest over HTTP, batches of 200 events as the filter sends them, with UUIDv7 request ids spread "
+              f"over the current second (wrk, 2 threads × 4 connections, {SECONDS} s, SQLite WAL with "
+              f"synchronous=FULL, a 202 only once the batch is on disk, rollup rows written about once a second): "
               f"**{ingest['events_per_s']:.0f} events/s** ({ingest['non2xx']} non-2xx).",
               "",
               "Queries (`make bench-query`, the dashboard's summaries and time series from rollups):",

@@ -306,6 +306,61 @@ pub fn plan(from: i64, to: i64, finest: i64) -> Vec<(i64, i64, i64)> {
 mod tests {
     use super::*;
 
+    /// A Pending's rows by (granularity, bucket, dimension, key), comparable whatever the ids.
+    #[allow(clippy::type_complexity)]
+    fn view(
+        p: &Pending,
+    ) -> std::collections::BTreeMap<(i64, i64, String, String), (u64, u64, u64, u64, u64)> {
+        p.rows
+            .iter()
+            .map(|(&(g, b, id), a)| {
+                let (dim, key) = &p.keys[id as usize];
+                (
+                    (g, b, dim.to_string(), key.clone()),
+                    (
+                        a.requests,
+                        a.errors,
+                        a.input_tokens,
+                        a.output_tokens,
+                        a.latency.count(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merged_rows_are_the_rows_of_all_the_events() {
+        let event = |i: u64| -> (Event, i64) {
+            let e: Event = serde_json::from_value(serde_json::json!({
+                "request_id": format!("r{i}"), "timestamp": "2026-01-01T00:00:00.000Z",
+                "provider": if i % 2 == 0 { "openai" } else { "anthropic" },
+                "api": "chat_completions", "endpoint": "/v1/chat/completions",
+                "model_requested": format!("m{}", i % 3), "streaming": false,
+                "latency_ms": 10.0 * i as f64, "input_tokens": i, "output_tokens": 2 * i,
+                "user": format!("u{}", i % 4), "routed": false,
+                "error_category": if i % 5 == 0 { Some("rate_limited") } else { None },
+            }))
+            .unwrap();
+            (e, i as i64 * 50 * MINUTE)
+        };
+        let events: Vec<_> = (0..40).map(event).collect();
+        let (mut all, mut a, mut b) = (Pending::default(), Pending::default(), Pending::default());
+        for (i, (e, ts)) in events.iter().enumerate() {
+            all.add(e, *ts);
+            if i % 3 == 0 {
+                a.add(e, *ts)
+            } else {
+                b.add(e, *ts)
+            }
+        }
+        let mut merged = Pending::default();
+        merged.merge(&a);
+        merged.merge(&b);
+        assert_eq!(view(&merged), view(&all));
+        assert!(view(&all).len() > 100);
+    }
+
     #[test]
     fn plans_cover_the_range_exactly_once() {
         let m = MINUTE;
