@@ -188,7 +188,8 @@ fn serve(
         metrics: Default::default(),
         tls: tls.is_some(),
     };
-    runtime.block_on(async move {
+    let at_exit = store.clone();
+    let served = runtime.block_on(async move {
         if let Some((cert, key)) = tls {
             return serve_tls(listen, &cert, &key, state, &data_dir).await;
         }
@@ -223,9 +224,16 @@ fn serve(
             .with_graceful_shutdown(shutdown_signal())
             .await
             .map_err(|e| format!("server: {e}"))?;
-        log::info("tally-collector stopped");
         Ok(())
-    })
+    });
+    // Rollup rows still waiting: written now rather than counted again at the next start.
+    if let Err(e) = at_exit.write_rollups() {
+        log::error(&format!("writing rollups at exit: {e}"));
+    }
+    if served.is_ok() {
+        log::info("tally-collector stopped");
+    }
+    served
 }
 
 async fn serve_tls(
@@ -270,7 +278,6 @@ async fn serve_tls(
         .await
         .map_err(|e| format!("server: {e}"))?
         .map_err(|e| format!("server: {e}"))?;
-    log::info("tally-collector stopped");
     Ok(())
 }
 

@@ -214,12 +214,18 @@ impl Store {
             let tx = conn.unchecked_transaction()?;
             let done: i64 =
                 tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
-            let through = roll_up(&tx, Some(done))?.map_or(done, |last| last.max(done));
+            let (counted, last) = roll_up(&tx, Some(done))?;
+            let through = last.map_or(done, |last| last.max(done));
             tx.execute(
                 "UPDATE rollup_progress SET events_seq = ?1",
                 params![through],
             )?;
             tx.commit()?;
+            if counted > 0 {
+                crate::log::info(&format!(
+                    "rollups: counted {counted} events stored after the last rollup write"
+                ));
+            }
             through
         };
         let read = Connection::open(dir.join("tally.db"))?;
@@ -854,9 +860,14 @@ fn align(t: i64, now: i64, finest: i64, up: bool) -> i64 {
 }
 
 /// Count stored events into the rollups: all of them (`None`: when the rollups first appear,
-/// before events had a `seq`), or those after `seq`. Returns the last `seq` counted, if any.
-fn roll_up(tx: &rusqlite::Transaction<'_>, after: Option<i64>) -> rusqlite::Result<Option<i64>> {
+/// before events had a `seq`), or those after `seq`. Returns how many were counted, and the last
+/// `seq` counted, if any.
+fn roll_up(
+    tx: &rusqlite::Transaction<'_>,
+    after: Option<i64>,
+) -> rusqlite::Result<(usize, Option<i64>)> {
     // `after` is bound as ?1 in every query; without it (and without a seq) the test is true.
+    let mut counted = 0;
     let since = if after.is_some() {
         "seq > ?1"
     } else {
@@ -917,16 +928,18 @@ fn roll_up(tx: &rusqlite::Transaction<'_>, after: Option<i64>) -> rusqlite::Resu
             for row in rows {
                 let (ts, ev) = row?;
                 pending.add(&ev, ts);
+                counted += 1;
             }
         }
         pending.write(tx, org)?;
     }
-    match after {
+    let last = match after {
         Some(a) => tx.query_row("SELECT max(seq) FROM events WHERE seq > ?1", [a], |r| {
             r.get(0)
-        }),
-        None => Ok(None),
-    }
+        })?,
+        None => None,
+    };
+    Ok((counted, last))
 }
 
 fn from_enum_str<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T> {

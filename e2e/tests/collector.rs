@@ -350,6 +350,11 @@ fn a_202_batch_survives_kill_9_at_once() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["events"].as_array().unwrap().len(), 600);
     // The rollups too: rows not yet written at a kill are counted again from the events at start.
+    let log = std::fs::read_to_string(logs.join("collector.stderr.log")).unwrap();
+    assert!(
+        log.contains("rollups: counted 200 events stored after the last rollup write"),
+        "{log}"
+    );
     let (s, body, _) = send(
         agent()
             .get(&format!(
@@ -361,6 +366,41 @@ fn a_202_batch_survives_kill_9_at_once() {
     assert_eq!(s, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["rows"][0]["requests"], 600, "{body}");
+}
+
+#[test]
+fn a_clean_stop_writes_the_waiting_rollup_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (_, key, _) = org_cmd(&data, &["create", "acme"]);
+    let (mut proc, port) = start_collector(&data, 0, &logs, "first");
+    let batch: Vec<Value> = (0..50)
+        .map(|i| event(&format!("t{i}"), "2026-11-24T08:00:00.000Z", json!({})))
+        .collect();
+    let (s, _, _) = send(
+        agent()
+            .post(&format!("http://127.0.0.1:{port}/v1/events"))
+            .set("authorization", &format!("Bearer {key}")),
+        Some(&json!(batch).to_string()),
+    );
+    assert_eq!(s, 202);
+    assert!(proc.terminate(), "no clean exit on SIGTERM");
+    let (_proc, port) = start_collector(&data, 0, &logs, "second");
+    let log = std::fs::read_to_string(logs.join("second.stderr.log")).unwrap();
+    assert!(!log.contains("rollups: counted"), "{log}");
+    let (s, body, _) = send(
+        agent()
+            .get(&format!(
+                "http://127.0.0.1:{port}/api/v1/summary?from=2026-11-24T08:00:00Z&to=2026-11-24T09:00:00Z"
+            ))
+            .set("authorization", &format!("Bearer {key}")),
+        None,
+    );
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["rows"][0]["requests"], 50, "{body}");
 }
 
 #[test]
