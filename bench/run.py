@@ -53,6 +53,8 @@ QUERY_EVENTS = [int(n) for n in os.environ.get("BENCH_QUERY_EVENTS", "1000000,10
 # Workloads to run (comma-separated names' first words), all by default.
 ONLY = [w for w in os.environ.get("BENCH_ONLY", "").split(",") if w]
 SKIP_COLLECTOR = os.environ.get("BENCH_SKIP_COLLECTOR") == "1"
+# BENCH_COLLECTOR_ONLY=1 measures the collector again and keeps the filter's figures of the last
+# run (bench/results/results.json); BENCH_REPORT_ONLY=1 rewrites the report from them.
 SKIP_INSTRUCTIONS = os.environ.get("BENCH_SKIP_INSTRUCTIONS") == "1"
 # Requests per listener and workload under callgrind: first to warm up (V8 tiers hot code up),
 # then counted.
@@ -232,6 +234,20 @@ def main():
             r = json.load(f)
         report(r["results"], r["memory"], r["litellm"], r["ingest"], r["query"], r.get("instructions", {}))
         return
+    if os.environ.get("BENCH_COLLECTOR_ONLY") == "1":
+        # The collector's figures again, the filter's kept from the last run.
+        with open(os.path.join(RESULTS, "results.json")) as f:
+            r = json.load(f)
+        tmp = tempfile.mkdtemp(prefix="tally-bench-")
+        try:
+            r["ingest"], r["query"] = collector_figures(*start_collector(tmp))
+        finally:
+            stop_all()
+            shutil.rmtree(tmp, ignore_errors=True)
+        with open(os.path.join(RESULTS, "results.json"), "w") as f:
+            json.dump(r, f, indent=1)
+        report(r["results"], r["memory"], r["litellm"], r["ingest"], r["query"], r.get("instructions", {}))
+        return
     for tool in ("wrk",):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is missing (make bench installs it with apt-get)")
@@ -290,15 +306,7 @@ def run(tmp):
            "--log-level", "warn"], os.path.join(tmp, "responder.log"))
     wait_ready(resp_admin, "the responder")
 
-    # Collector.
-    data = os.path.join(tmp, "data")
-    key = subprocess.run([COLLECTOR, "org", "create", "bench", "--data-dir", data], capture_output=True, text=True).stdout.strip()
-    col_port = free_port()
-    collector = start([COLLECTOR, "serve", "--listen", f"127.0.0.1:{col_port}", "--data-dir", data], os.path.join(tmp, "collector.log"))
-    for _ in range(100):
-        if get(f"http://127.0.0.1:{col_port}/healthz")[0] == 200:
-            break
-        time.sleep(0.1)
+    col_port, key = start_collector(tmp)
 
     # Request bodies: a 2 KB chat request, a streamed one, a 1 MiB one, and a provider mix.
     small = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 1900}]})
@@ -372,7 +380,28 @@ def run(tmp):
 
     if SKIP_COLLECTOR:
         return
-    # Collector ingest over HTTP, batches of 200 as the filter sends them.
+    ingest, q = collector_figures(col_port, key)
+    with open(os.path.join(RESULTS, "results.json"), "w") as f:
+        json.dump({"results": results, "memory": mem, "litellm": litellm, "ingest": ingest, "query": q,
+                   "instructions": instr}, f, indent=1)
+    report(results, mem, litellm, ingest, q, instr)
+
+
+def start_collector(tmp):
+    """A collector with a fresh store and an org; its port and the org's key."""
+    data = os.path.join(tmp, "data")
+    key = subprocess.run([COLLECTOR, "org", "create", "bench", "--data-dir", data], capture_output=True, text=True).stdout.strip()
+    col_port = free_port()
+    start([COLLECTOR, "serve", "--listen", f"127.0.0.1:{col_port}", "--data-dir", data], os.path.join(tmp, "collector.log"))
+    for _ in range(100):
+        if get(f"http://127.0.0.1:{col_port}/healthz")[0] == 200:
+            break
+        time.sleep(0.1)
+    return col_port, key
+
+
+def collector_figures(col_port, key):
+    """Ingest over HTTP, batches of 200 as the filter sends them; then query latency at each size."""
     env = dict(os.environ, BENCH_KEY=key, BENCH_BATCH="200")
     out = subprocess.run(["wrk", "-t2", "-c4", f"-d{SECONDS}s", "-s", os.path.join(ROOT, "bench/ingest.lua"),
                           f"http://127.0.0.1:{col_port}"], capture_output=True, text=True, env=env, timeout=SECONDS + 30).stdout
@@ -386,10 +415,7 @@ def run(tmp):
         subprocess.run(["cargo", "run", "--release", "-q", "-p", "tally-collector", "--example", "query_bench", "--",
                         str(n)], capture_output=True, text=True, cwd=ROOT, timeout=7200).stdout.strip()
         for n in QUERY_EVENTS)
-    with open(os.path.join(RESULTS, "results.json"), "w") as f:
-        json.dump({"results": results, "memory": mem, "litellm": litellm, "ingest": ingest, "query": q,
-                   "instructions": instr}, f, indent=1)
-    report(results, mem, litellm, ingest, q, instr)
+    return ingest, q
 
 
 def memory(tmp, resp_port, key, workloads):

@@ -133,6 +133,11 @@ impl Pending {
         self.rows.is_empty()
     }
 
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
     /// Add another `Pending`'s rows into these.
     pub fn merge(&mut self, other: &Pending) {
         for (&(g, bucket, id), agg) in &other.rows {
@@ -334,12 +339,12 @@ mod tests {
         let event = |i: u64| -> (Event, i64) {
             let e: Event = serde_json::from_value(serde_json::json!({
                 "request_id": format!("r{i}"), "timestamp": "2026-01-01T00:00:00.000Z",
-                "provider": if i % 2 == 0 { "openai" } else { "anthropic" },
+                "provider": if i.is_multiple_of(2) { "openai" } else { "anthropic" },
                 "api": "chat_completions", "endpoint": "/v1/chat/completions",
                 "model_requested": format!("m{}", i % 3), "streaming": false,
                 "latency_ms": 10.0 * i as f64, "input_tokens": i, "output_tokens": 2 * i,
                 "user": format!("u{}", i % 4), "routed": false,
-                "error_category": if i % 5 == 0 { Some("rate_limited") } else { None },
+                "error_category": if i.is_multiple_of(5) { Some("rate_limited") } else { None },
             }))
             .unwrap();
             (e, i as i64 * 50 * MINUTE)

@@ -111,14 +111,16 @@ impl Unwritten {
         self.rows.iter().all(|(_, p)| p.is_empty())
     }
 
-    fn add(&mut self, org: i64, p: &Pending) {
+    fn add(&mut self, org: i64, mut p: Pending) {
         match self.rows.iter_mut().find(|(o, _)| *o == org) {
-            Some((_, mine)) => mine.merge(p),
-            None => {
-                let mut mine = Pending::default();
-                mine.merge(p);
-                self.rows.push((org, mine));
+            Some((_, mine)) => {
+                // Merge the smaller into the larger.
+                if p.len() > mine.len() {
+                    std::mem::swap(mine, &mut p);
+                }
+                mine.merge(&p);
             }
+            None => self.rows.push((org, p)),
         }
         self.since.get_or_insert_with(std::time::Instant::now);
     }
@@ -150,13 +152,17 @@ struct Job {
     batch: Arc<Batch>,
     /// The batch's rollup rows as if every event were new and stored as sent, counted before
     /// the batch queues, so not while it holds the write connection.
-    rollup: Pending,
+    /// Taken once the batch is committed.
+    rollup: Mutex<Pending>,
     now_ms: i64,
     outcome: Mutex<Option<Result<Stored, StoreError>>>,
 }
 
 /// The page size of a new database.
 const PAGE_SIZE: i64 = 16_384;
+
+/// The write connection's page cache, in KiB (SQLite takes a negative size as KiB).
+const WRITE_CACHE_KIB: i64 = -32_768;
 
 /// At most this many events in one ingest transaction: batches waiting beyond it go in the next.
 const MAX_GROUP_EVENTS: usize = 20_000;
@@ -187,6 +193,10 @@ impl Store {
         // scattered index entries take fewer of them (ingest over HTTP: +15 %).
         conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // SQLite's default cache is 2 000 KiB: 125 pages of 16 KiB. Rollup upserts then read
+        // most pages from the OS again (a bulk load over 30 days ran at 15 300 events/s; 22 500
+        // with this).
+        conn.pragma_update(None, "cache_size", WRITE_CACHE_KIB)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -355,7 +365,7 @@ impl Store {
         }
         let job = Arc::new(Job {
             org_id: org.id,
-            rollup,
+            rollup: Mutex::new(rollup),
             batch,
             now_ms,
             outcome: Mutex::new(None),
@@ -432,8 +442,8 @@ impl Store {
         if due {
             unwritten.clear();
         }
-        for (j, again) in group.iter().zip(&counted) {
-            let p = again.as_ref().unwrap_or(&j.rollup);
+        for (j, again) in group.iter().zip(counted) {
+            let p = again.unwrap_or_else(|| std::mem::take(&mut *lock(&j.rollup)));
             if !p.is_empty() {
                 unwritten.add(j.org_id, p);
             }
@@ -484,7 +494,10 @@ impl Store {
             )?;
             for (index, (original, ts)) in batch.iter().enumerate() {
                 let mut e = std::borrow::Cow::Borrowed(original);
-                let model = Self::calibration_model(original);
+                // Calibration reads and teaches only with Tally's own count beside the event.
+                let model = original
+                    .measured_output_tokens
+                    .and_then(|_| Self::calibration_model(original));
                 if let (Some(TokenSource::Measured), Some(m), Some(model)) =
                     (e.token_source, e.measured_output_tokens, model.as_deref())
                 {
