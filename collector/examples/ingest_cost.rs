@@ -2,56 +2,36 @@
 //! events `bench/ingest.lua` sends), then store them, batch by batch, in a fresh store. Prints
 //! the time per event of each part. For profiling the collector's ingest path without HTTP:
 //!
-//!     valgrind --tool=callgrind target/release/examples/ingest_cost 100
-//!     target/release/examples/ingest_cost 2000 [uuid]
+//!     valgrind --tool=callgrind target/release/examples/ingest_cost 100 v7
+//!     target/release/examples/ingest_cost 2000 [v7|uuid]
 //!
-//! With `uuid`, request ids are random UUIDs (Envoy's `x-request-id`), so inserts land all over
-//! the events table instead of at one end.
+//! Request ids: sequential by default (`bench-7-123`); with `v7`, UUIDv7 as the filter makes
+//! them, spread over a second as batches from many filters are; with `uuid`, in no order at all
+//! (random ids, as older filters and other clients send), so that inserts land all over the
+//! unique index.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tally::request_id::IdGen;
 use tally_collector::store::Store;
 
 const BATCH: usize = 200;
 
-/// A small deterministic generator (SplitMix64), so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+/// Spread `n` over 64 bits (a multiplicative hash): ids in no order, and jitter, repeatably.
+fn spread(n: u64) -> u64 {
+    n.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
 }
 
-fn body(rng: &mut Rng, batch: usize, uuid: bool, v7: bool) -> Vec<u8> {
+fn body(ids: &mut IdGen, batch: usize, uuid: bool, v7: bool) -> Vec<u8> {
     let mut out = String::with_capacity(BATCH * 700);
     for j in 1..=BATCH {
+        let n = (batch * BATCH + j) as u64;
         let id = if v7 {
-            // 50 000 events/s from VMs that each flush up to 1 s late.
-            let ms = 1_780_000_000_000u64 + ((batch * BATCH + j) as u64) / 50 + rng.next() % 1000;
-            let (a, b) = (rng.next(), rng.next());
-            format!(
-                "{:08x}-{:04x}-7{:03x}-a{:03x}-{:012x}",
-                ms >> 16,
-                ms & 0xffff,
-                a & 0xfff,
-                b >> 52,
-                b & 0xffff_ffff_ffff
-            )
+            // The filter's ids: 50 000 events/s from VMs that each flush up to 1 s late.
+            ids.next_uuid(1_780_000_000_000 + n / 50 + spread(n) % 1000)
         } else if uuid {
-            let (a, b) = (rng.next(), rng.next());
-            format!(
-                "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
-                a >> 32,
-                (a >> 16) & 0xffff,
-                a & 0xfff,
-                b >> 52,
-                b & 0xffff_ffff_ffff
-            )
+            // Random ids: the time part in no order either.
+            ids.next_uuid(spread(n) >> 16)
         } else {
             format!("bench-{batch}-{j}")
         };
@@ -85,8 +65,8 @@ fn main() -> Result<(), String> {
         .org_for_key(&key)
         .map_err(|e| e.to_string())?
         .ok_or("org missing")?;
-    let mut rng = Rng(42);
-    let bodies: Vec<Vec<u8>> = (0..batches).map(|b| body(&mut rng, b, uuid, v7)).collect();
+    let mut ids = IdGen::new(42);
+    let bodies: Vec<Vec<u8>> = (0..batches).map(|b| body(&mut ids, b, uuid, v7)).collect();
 
     let (mut parsing, mut storing) = (Duration::ZERO, Duration::ZERO);
     for b in &bodies {

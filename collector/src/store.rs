@@ -1043,6 +1043,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A database as schema `version` left it, with the org `acme` (id 1).
+    fn database_at(dir: &Path, version: usize) -> Connection {
+        let conn = Connection::open(dir.join("tally.db")).unwrap();
+        rollup::register(&conn).unwrap();
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        conn.execute(
+            "INSERT INTO orgs (name, key_hash, created_ms) VALUES ('acme', 'h', 0)",
+            [],
+        )
+        .unwrap();
+        conn
+    }
+
     #[test]
     fn rollups_move_to_time_ordered_keys_and_old_minute_rows_expire() {
         let dir = temp_dir("migration");
@@ -1053,17 +1070,7 @@ mod tests {
         ]);
         // A database as the previous schema (4) left it, rollups keyed by key before time.
         {
-            let mut conn = Connection::open(dir.join("tally.db")).unwrap();
-            rollup::register(&conn).unwrap();
-            for sql in &MIGRATIONS[..4] {
-                conn.execute_batch(sql).unwrap();
-            }
-            conn.pragma_update(None, "user_version", 4).unwrap();
-            conn.execute(
-                "INSERT INTO orgs (name, key_hash, created_ms) VALUES ('acme', 'h', 0)",
-                [],
-            )
-            .unwrap();
+            let mut conn = database_at(&dir, 4);
             let mut pending = Pending::default();
             for (e, ts) in &batch {
                 pending.add(e, *ts);
@@ -1121,17 +1128,7 @@ mod tests {
         let dir = temp_dir("migration6");
         // A database as schema 5 left it: events keyed by (org_id, request_id), no rowid.
         {
-            let conn = Connection::open(dir.join("tally.db")).unwrap();
-            rollup::register(&conn).unwrap();
-            for sql in &MIGRATIONS[..5] {
-                conn.execute_batch(sql).unwrap();
-            }
-            conn.pragma_update(None, "user_version", 5).unwrap();
-            conn.execute(
-                "INSERT INTO orgs (name, key_hash, created_ms) VALUES ('acme', 'h', 0)",
-                [],
-            )
-            .unwrap();
+            let conn = database_at(&dir, 5);
             for (id, ts, measured) in [("b", 2000, None), ("a", 1000, Some(7))] {
                 conn.execute(
                     "INSERT INTO events (org_id, request_id, ts_ms, timestamp, provider, api,

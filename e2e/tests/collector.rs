@@ -294,19 +294,17 @@ fn measured_events_are_calibrated_per_model_once_enough_samples_exist() {
         (1000 * 3_000_000u64 + 220 * 15_000_000) as f64 / 1e12
     );
     // The rollups count events as stored: m2 calibrated, the retried samples once.
-    let (s, b, _) = send(
-        agent()
-            .get(&c.url("/api/v1/summary?from=2026-11-24T09:00:00Z&to=2026-11-24T10:00:00Z"))
-            .set("authorization", &format!("Bearer {key}")),
-        None,
+    let v = api_get(
+        c.port,
+        &key,
+        "/api/v1/summary?from=2026-11-24T09:00:00Z&to=2026-11-24T10:00:00Z",
     );
-    assert_eq!(s, 200, "{b}");
-    let total = &serde_json::from_str::<Value>(&b).unwrap()["rows"][0];
+    let total = &v["rows"][0];
     // 200 (m0) + 200 (m1) + 5 x 110 (samples) + 220 (m2).
     assert_eq!(
         (total["requests"].as_u64(), total["output_tokens"].as_u64()),
         (Some(8), Some(1170)),
-        "{b}"
+        "{v}"
     );
 }
 
@@ -340,14 +338,7 @@ fn a_202_batch_survives_kill_9_at_once() {
         proc.stop();
     }
     let (_proc, port) = start_collector(&data, 0, &logs, "collector");
-    let (s, body, _) = send(
-        agent()
-            .get(&format!("http://127.0.0.1:{port}/api/v1/events?limit=1000"))
-            .set("authorization", &format!("Bearer {key}")),
-        None,
-    );
-    assert_eq!(s, 200);
-    let v: Value = serde_json::from_str(&body).unwrap();
+    let v = api_get(port, &key, "/api/v1/events?limit=1000");
     assert_eq!(v["events"].as_array().unwrap().len(), 600);
     // The rollups too: rows not yet written at a kill are counted again from the events at start.
     let log = std::fs::read_to_string(logs.join("collector.stderr.log")).unwrap();
@@ -355,17 +346,23 @@ fn a_202_batch_survives_kill_9_at_once() {
         log.contains("rollups: counted 200 events stored after the last rollup write"),
         "{log}"
     );
+    let v = api_get(port, &key, EIGHT_TO_NINE);
+    assert_eq!(v["rows"][0]["requests"], 600, "{v}");
+}
+
+/// The summary of 2026-11-24 from 08:00 to 09:00.
+const EIGHT_TO_NINE: &str = "/api/v1/summary?from=2026-11-24T08:00:00Z&to=2026-11-24T09:00:00Z";
+
+/// GET a path of the API of the collector on `port` with an org key: its JSON (status 200).
+fn api_get(port: u16, key: &str, path: &str) -> Value {
     let (s, body, _) = send(
         agent()
-            .get(&format!(
-                "http://127.0.0.1:{port}/api/v1/summary?from=2026-11-24T08:00:00Z&to=2026-11-24T09:00:00Z"
-            ))
+            .get(&format!("http://127.0.0.1:{port}{path}"))
             .set("authorization", &format!("Bearer {key}")),
         None,
     );
-    assert_eq!(s, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["rows"][0]["requests"], 600, "{body}");
+    assert_eq!(s, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 #[test]
@@ -390,17 +387,8 @@ fn a_clean_stop_writes_the_waiting_rollup_rows() {
     let (_proc, port) = start_collector(&data, 0, &logs, "second");
     let log = std::fs::read_to_string(logs.join("second.stderr.log")).unwrap();
     assert!(!log.contains("rollups: counted"), "{log}");
-    let (s, body, _) = send(
-        agent()
-            .get(&format!(
-                "http://127.0.0.1:{port}/api/v1/summary?from=2026-11-24T08:00:00Z&to=2026-11-24T09:00:00Z"
-            ))
-            .set("authorization", &format!("Bearer {key}")),
-        None,
-    );
-    assert_eq!(s, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["rows"][0]["requests"], 50, "{body}");
+    let v = api_get(port, &key, EIGHT_TO_NINE);
+    assert_eq!(v["rows"][0]["requests"], 50, "{v}");
 }
 
 #[test]
