@@ -318,21 +318,7 @@ fn a_202_batch_survives_kill_9_at_once() {
     assert!(ok);
     for round in 0..3 {
         let (mut proc, port) = start_collector(&data, 0, &logs, "collector");
-        let batch: Vec<Value> = (0..200)
-            .map(|i| {
-                event(
-                    &format!("r{round}-{i}"),
-                    "2026-11-24T08:00:00.000Z",
-                    json!({}),
-                )
-            })
-            .collect();
-        let (s, _, _) = send(
-            agent()
-                .post(&format!("http://127.0.0.1:{port}/v1/events"))
-                .set("authorization", &format!("Bearer {key}")),
-            Some(&json!(batch).to_string()),
-        );
+        let s = post_at_eight(port, &key, (0..200).map(|i| format!("r{round}-{i}")));
         assert_eq!(s, 202);
         // SIGKILL the moment the 202 is in: no shutdown, no checkpoint.
         proc.stop();
@@ -352,6 +338,21 @@ fn a_202_batch_survives_kill_9_at_once() {
 
 /// The summary of 2026-11-24 from 08:00 to 09:00.
 const EIGHT_TO_NINE: &str = "/api/v1/summary?from=2026-11-24T08:00:00Z&to=2026-11-24T09:00:00Z";
+
+/// POST a batch of events with these ids, at 2026-11-24T08:00, to the collector on `port`; the
+/// status.
+fn post_at_eight(port: u16, key: &str, ids: impl Iterator<Item = String>) -> u16 {
+    let batch: Vec<Value> = ids
+        .map(|id| event(&id, "2026-11-24T08:00:00.000Z", json!({})))
+        .collect();
+    let (s, _, _) = send(
+        agent()
+            .post(&format!("http://127.0.0.1:{port}/v1/events"))
+            .set("authorization", &format!("Bearer {key}")),
+        Some(&json!(batch).to_string()),
+    );
+    s
+}
 
 /// GET a path of the API of the collector on `port` with an org key: its JSON (status 200).
 fn api_get(port: u16, key: &str, path: &str) -> Value {
@@ -373,16 +374,10 @@ fn a_clean_stop_writes_the_waiting_rollup_rows() {
     std::fs::create_dir_all(&logs).unwrap();
     let (_, key, _) = org_cmd(&data, &["create", "acme"]);
     let (mut proc, port) = start_collector(&data, 0, &logs, "first");
-    let batch: Vec<Value> = (0..50)
-        .map(|i| event(&format!("t{i}"), "2026-11-24T08:00:00.000Z", json!({})))
-        .collect();
-    let (s, _, _) = send(
-        agent()
-            .post(&format!("http://127.0.0.1:{port}/v1/events"))
-            .set("authorization", &format!("Bearer {key}")),
-        Some(&json!(batch).to_string()),
+    assert_eq!(
+        post_at_eight(port, &key, (0..50).map(|i| format!("t{i}"))),
+        202
     );
-    assert_eq!(s, 202);
     assert!(proc.terminate(), "no clean exit on SIGTERM");
     let (_proc, port) = start_collector(&data, 0, &logs, "second");
     let log = std::fs::read_to_string(logs.join("second.stderr.log")).unwrap();
