@@ -89,7 +89,8 @@ soak: build
 # valgrind (apt-get), matplotlib (.venv) and LiteLLM (.venv-litellm)
 # if missing. BENCH_SECONDS, BENCH_ROUNDS, BENCH_ONLY=chat,streamed, BENCH_SKIP_LITELLM=1, BENCH_SKIP_INSTRUCTIONS=1 narrow it;
 # BENCH_QUERY_EVENTS=1000000 skips the 10 M query run (3 to 4 minutes here, 4 GB of disk); BENCH_REPORT_ONLY=1
-# redraws the report from bench/results/results.json.
+# redraws the report from bench/results/results.json, and BENCH_COLLECTOR_ONLY=1 measures the collector
+# again, keeping the filter's figures from there.
 LITELLM_VERSION ?= 1.108.7
 bench: build
 	@command -v wrk >/dev/null && command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind; }

@@ -392,15 +392,22 @@ impl Stack {
 
     /// `GET /api/v1/events` with a query string, as this stack's org.
     pub fn query_events(&self, query: &str) -> Vec<Value> {
+        self.api(&format!("/api/v1/events?{query}"))["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// GET a path of the collector's API with the org key: its JSON (status 200).
+    pub fn api(&self, path: &str) -> Value {
         let (status, body, _) = send(
             agent()
-                .get(&self.collector_url(&format!("/api/v1/events?{query}")))
+                .get(&self.collector_url(path))
                 .set("Authorization", &format!("Bearer {}", self.key)),
             None,
         );
         assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).expect("json");
-        v["events"].as_array().cloned().unwrap_or_default()
+        serde_json::from_str(&body).expect("json")
     }
 
     /// Wait until the collector holds exactly `n` events matching `query` and return them.
