@@ -345,9 +345,10 @@ impl Store {
     ///
     /// Group commit: batches that arrive while a transaction is being written wait, and the
     /// next caller to get the connection stores all of them in one transaction, so they share
-    /// one sync to disk and their rollup rows are written once. If that transaction fails, each
-    /// of its batches is tried again in a transaction of its own, so that one bad batch fails
-    /// alone.
+    /// one sync to disk. If that transaction fails, each of its batches is tried again in a
+    /// transaction of its own, so that one bad batch fails alone. The batch's rollup rows are
+    /// counted before it queues, and join the rows waiting to be written once it is committed
+    /// (see [`Unwritten`]).
     ///
     /// Calibration happens here too: an event with exact usage and Tally's own count adds a
     /// sample for its model; a measured event of a model with enough samples gets its output
