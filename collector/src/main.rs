@@ -179,6 +179,12 @@ fn serve(
         ));
     }
     let store = Arc::new(Store::open(&data_dir).map_err(|e| e.to_string())?);
+    let counted = store.recount_rollups().map_err(|e| e.to_string())?;
+    if counted > 0 {
+        log::info(&format!(
+            "rollups: counted {counted} events stored after the last rollup write"
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -92,7 +92,7 @@ pub struct Store {
 /// events touch hundreds of rows (one per user, team, feature... per hour and per day), and
 /// writing them for every batch took most of the write connection's time. Until written, they
 /// wait here; every read of the rollups writes them first, so reads stay exact, and after a crash
-/// `Store::open` counts again the events stored after `rollup_progress`.
+/// [`Store::recount_rollups`] counts again the events stored after `rollup_progress`.
 #[derive(Default)]
 struct Unwritten {
     /// Per org.
@@ -218,26 +218,8 @@ impl Store {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
-        // Events stored after the last rollup write (the collector stopped before the next one):
-        // count them now.
-        let through = {
-            let tx = conn.unchecked_transaction()?;
-            let done: i64 =
-                tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
-            let (counted, last) = roll_up(&tx, Some(done))?;
-            let through = last.map_or(done, |last| last.max(done));
-            tx.execute(
-                "UPDATE rollup_progress SET events_seq = ?1",
-                params![through],
-            )?;
-            tx.commit()?;
-            if counted > 0 {
-                crate::log::info(&format!(
-                    "rollups: counted {counted} events stored after the last rollup write"
-                ));
-            }
-            through
-        };
+        let through: i64 =
+            conn.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
         let read = Connection::open(dir.join("tally.db"))?;
         read.busy_timeout(std::time::Duration::from_secs(5))?;
         read.pragma_update(None, "query_only", "ON")?;
@@ -251,6 +233,25 @@ impl Store {
             }),
             prices: PriceTable::builtin().map_err(StoreError::Io)?,
         })
+    }
+
+    /// Count into the rollups the events stored after the last rollup write (a collector
+    /// stopped before its next one); how many. Only the serving process may: a running
+    /// collector counts such events in memory, and would count them twice.
+    pub fn recount_rollups(&self) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let mut unwritten = lock(&self.unwritten);
+        let tx = conn.transaction()?;
+        let done: i64 = tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
+        let (counted, last) = roll_up(&tx, Some(done))?;
+        let through = last.map_or(done, |last| last.max(done));
+        tx.execute(
+            "UPDATE rollup_progress SET events_seq = ?1",
+            params![through],
+        )?;
+        tx.commit()?;
+        unwritten.through = unwritten.through.max(through);
+        Ok(counted)
     }
 
     pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -1237,6 +1238,9 @@ mod tests {
             assert_eq!(rows(&store), (n, 2));
         }
         let store = Store::open(&dir).unwrap();
+        // Opening alone counts nothing (a CLI command beside a running collector opens it too).
+        assert_eq!(rows(&store).1, 2);
+        assert_eq!(store.recount_rollups().unwrap(), 1);
         assert_eq!(rows(&store).1, 3);
         let users = store
             .summary(&org, Some("user"), day, day + DAY, day + DAY)

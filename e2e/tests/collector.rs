@@ -387,6 +387,19 @@ fn a_clean_stop_writes_the_waiting_rollup_rows() {
 }
 
 #[test]
+fn a_cli_command_beside_a_running_collector_counts_nothing_twice() {
+    let c = start();
+    let (_, key, _) = org_cmd(&c.data, &["create", "acme"]);
+    let s = post_at_eight(c.port, &key, (0..30).map(|i| format!("k{i}")));
+    assert_eq!(s, 202);
+    // The CLI opens the database while the collector holds these events' rollup rows in memory.
+    let (ok, _, _) = org_cmd(&c.data, &["create", "other"]);
+    assert!(ok);
+    let v = api_get(c.port, &key, EIGHT_TO_NINE);
+    assert_eq!(v["rows"][0]["requests"], 30, "{v}");
+}
+
+#[test]
 fn answers_carry_security_headers() {
     let c = start();
     for path in ["/healthz", "/api/v1/events", "/nope"] {
