@@ -227,26 +227,33 @@ def rss_kib(pid):
     return 0
 
 
+def last_results():
+    with open(os.path.join(RESULTS, "results.json")) as f:
+        return json.load(f)
+
+
+def report_results(r):
+    report(r["results"], r["memory"], r["litellm"], r["ingest"], r["query"], r.get("instructions", {}))
+
+
+def save_and_report(r):
+    """Keep the figures (bench/results/results.json), then draw the charts and write BENCHMARKS.md."""
+    with open(os.path.join(RESULTS, "results.json"), "w") as f:
+        json.dump(r, f, indent=1)
+    report_results(r)
+
+
+def collector_again(tmp):
+    """The collector's figures again, the filter's kept from the last run."""
+    r = last_results()
+    r["ingest"], r["query"] = collector_figures(*start_collector(tmp))
+    save_and_report(r)
+
+
 def main():
     if os.environ.get("BENCH_REPORT_ONLY") == "1":
-        # Charts and BENCHMARKS.md again from the last run's figures (bench/results/results.json).
-        with open(os.path.join(RESULTS, "results.json")) as f:
-            r = json.load(f)
-        report(r["results"], r["memory"], r["litellm"], r["ingest"], r["query"], r.get("instructions", {}))
-        return
-    if os.environ.get("BENCH_COLLECTOR_ONLY") == "1":
-        # The collector's figures again, the filter's kept from the last run.
-        with open(os.path.join(RESULTS, "results.json")) as f:
-            r = json.load(f)
-        tmp = tempfile.mkdtemp(prefix="tally-bench-")
-        try:
-            r["ingest"], r["query"] = collector_figures(*start_collector(tmp))
-        finally:
-            stop_all()
-            shutil.rmtree(tmp, ignore_errors=True)
-        with open(os.path.join(RESULTS, "results.json"), "w") as f:
-            json.dump(r, f, indent=1)
-        report(r["results"], r["memory"], r["litellm"], r["ingest"], r["query"], r.get("instructions", {}))
+        # Charts and BENCHMARKS.md again from the last run's figures.
+        report_results(last_results())
         return
     for tool in ("wrk",):
         if not shutil.which(tool):
@@ -258,7 +265,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="tally-bench-")
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
     try:
-        run(tmp)
+        (collector_again if os.environ.get("BENCH_COLLECTOR_ONLY") == "1" else run)(tmp)
     finally:
         stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -381,10 +388,8 @@ def run(tmp):
     if SKIP_COLLECTOR:
         return
     ingest, q = collector_figures(col_port, key)
-    with open(os.path.join(RESULTS, "results.json"), "w") as f:
-        json.dump({"results": results, "memory": mem, "litellm": litellm, "ingest": ingest, "query": q,
-                   "instructions": instr}, f, indent=1)
-    report(results, mem, litellm, ingest, q, instr)
+    save_and_report({"results": results, "memory": mem, "litellm": litellm, "ingest": ingest, "query": q,
+                     "instructions": instr})
 
 
 def start_collector(tmp):
