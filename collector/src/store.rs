@@ -108,10 +108,13 @@ const ROLLUP_WRITE_EVERY: std::time::Duration = std::time::Duration::from_secs(1
 
 impl Unwritten {
     fn is_empty(&self) -> bool {
-        self.rows.iter().all(|(_, p)| p.is_empty())
+        self.rows.is_empty()
     }
 
     fn add(&mut self, org: i64, mut p: Pending) {
+        if p.is_empty() {
+            return;
+        }
         match self.rows.iter_mut().find(|(o, _)| *o == org) {
             Some((_, mine)) => {
                 // Merge the smaller into the larger.
@@ -446,9 +449,7 @@ impl Store {
         }
         for (j, again) in group.iter().zip(counted) {
             let p = again.unwrap_or_else(|| std::mem::take(&mut *lock(&j.rollup)));
-            if !p.is_empty() {
-                unwritten.add(j.org_id, p);
-            }
+            unwritten.add(j.org_id, p);
         }
         if let Some(seq) = last {
             unwritten.through = seq;

@@ -308,14 +308,26 @@ fn measured_events_are_calibrated_per_model_once_enough_samples_exist() {
     );
 }
 
-#[test]
-fn a_202_batch_survives_kill_9_at_once() {
+/// A data directory with the org `acme`, for collectors a test starts and stops itself:
+/// (the temporary directory, the data directory, the logs directory, acme's key).
+fn acme_data() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    String,
+) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let (ok, key, _) = org_cmd(&data, &["create", "acme"]);
     assert!(ok);
+    (dir, data, logs, key)
+}
+
+#[test]
+fn a_202_batch_survives_kill_9_at_once() {
+    let (_dir, data, logs, key) = acme_data();
     for round in 0..3 {
         let (mut proc, port) = start_collector(&data, 0, &logs, "collector");
         let s = post_at_eight(port, &key, (0..200).map(|i| format!("r{round}-{i}")));
@@ -368,11 +380,7 @@ fn api_get(port: u16, key: &str, path: &str) -> Value {
 
 #[test]
 fn a_clean_stop_writes_the_waiting_rollup_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let (_, key, _) = org_cmd(&data, &["create", "acme"]);
+    let (_dir, data, logs, key) = acme_data();
     let (mut proc, port) = start_collector(&data, 0, &logs, "first");
     assert_eq!(
         post_at_eight(port, &key, (0..50).map(|i| format!("t{i}"))),
