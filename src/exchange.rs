@@ -17,7 +17,7 @@ use crate::measure::{self, StreamRecord, Tokenizers};
 use crate::pricing::PriceTable;
 use crate::provider::{self, Api, ResponseMeter, Route};
 use crate::scan::TopLevelScanner;
-use crate::sse::SseParser;
+use crate::sse::{SseEvent, SseParser, SseSink};
 use crate::stream_usage::{self, UsageChunkStripper};
 use crate::time::format_rfc3339_ms;
 use crate::usage::{TokenSource, Usage};
@@ -463,23 +463,44 @@ fn read_body(
             if let Some(r) = record {
                 r.push(chunk);
             }
-            let mut on_event = |e: crate::sse::SseEvent<'_>| {
-                if let Some(probe) = meter.needs_only() {
-                    if !probe.may_hold(e.data) {
-                        return;
-                    }
-                }
-                doc.reset();
-                doc.feed(e.data);
-                meter.on_document(doc);
-            };
-            parser.feed(chunk, &mut on_event);
+            let mut sink = Documents { meter, doc };
+            parser.feed(chunk, &mut sink);
             if end_of_stream {
-                parser.finish(&mut on_event);
+                parser.finish(&mut sink);
                 *body = Body::Ignore;
             }
         }
         Body::Pending | Body::Ignore => {}
+    }
+}
+
+/// Stream events on their way to the meter, each scanned as a JSON document. Once the meter
+/// needs only some keys, events that cannot hold one are not scanned, and whole runs of them are
+/// not even parsed (the SSE parser passes over them).
+struct Documents<'a> {
+    meter: &'a mut dyn ResponseMeter,
+    doc: &'a mut TopLevelScanner,
+}
+
+impl SseSink for Documents<'_> {
+    fn event(&mut self, e: SseEvent<'_>) {
+        if let Some(probe) = self.meter.needs_only() {
+            if !probe.may_hold(e.data) {
+                return;
+            }
+        }
+        self.doc.reset();
+        self.doc.feed(e.data);
+        self.meter.on_document(self.doc);
+    }
+
+    /// A key in an event's data is in the raw bytes too, at the same place: a line's value is
+    /// its bytes, and data lines are joined by LF, which no quoted key holds.
+    fn wanted_from(&mut self, ahead: &[u8]) -> usize {
+        match self.meter.needs_only() {
+            Some(probe) => probe.first_place(ahead).unwrap_or(ahead.len()),
+            None => 0,
+        }
     }
 }
 

@@ -484,17 +484,25 @@ impl KeyProbe {
     }
 
     pub fn may_hold(&self, data: &[u8]) -> bool {
+        self.first_place(data).is_some()
+    }
+
+    /// Where the first key or `\\u` escape starts in `data`, if any: nothing before it can be a
+    /// wanted key, so a caller may pass over what precedes it.
+    pub fn first_place(&self, data: &[u8]) -> Option<usize> {
         if !self.one_pass {
-            return memchr::memmem::find(data, b"\\u").is_some()
-                || self
-                    .quoted
-                    .iter()
-                    .any(|q| memchr::memmem::find(data, q.as_bytes()).is_some());
+            return std::iter::once(&"\\u")
+                .chain(self.quoted)
+                .filter_map(|q| memchr::memmem::find(data, q.as_bytes()))
+                .min();
         }
-        let (found, from) = self.vector_pass(data);
-        found
-            || memchr::memchr2_iter(b'"', b'\\', data.get(from..).unwrap_or(&[]))
-                .any(|off| self.starts_here(data, from + off))
+        let from = match self.vector_pass(data) {
+            Ok(at) => return Some(at),
+            Err(from) => from,
+        };
+        memchr::memchr2_iter(b'"', b'\\', data.get(from..).unwrap_or(&[]))
+            .map(|off| from + off)
+            .find(|&at| self.starts_here(data, at))
     }
 
     /// Whether a key or a `\\u` escape starts at `at`.
@@ -503,7 +511,8 @@ impl KeyProbe {
         rest.starts_with(b"\\u") || self.quoted.iter().any(|q| rest.starts_with(q.as_bytes()))
     }
 
-    /// The 16-byte blocks: whether one holds a key or an escape, and where the rest begins.
+    /// The 16-byte blocks: `Ok` with where the first key or escape starts, or `Err` with where
+    /// the bytes the blocks did not cover begin.
     /// `places(i)` is the bitmask of the block at `i` (bit k: a quote before a first letter, or
     /// a backslash before `u`, at i + k); it is only asked where i + 17 <= data.len(), since each
     /// block also needs the byte after it.
@@ -515,23 +524,24 @@ impl KeyProbe {
         allow(dead_code)
     )]
     #[inline(always)]
-    fn blocks(&self, data: &[u8], places: impl Fn(usize) -> u32) -> (bool, usize) {
+    fn blocks(&self, data: &[u8], places: impl Fn(usize) -> u32) -> Result<usize, usize> {
         let mut i = 0;
         while i + 17 <= data.len() {
             let mut bits = places(i);
             while bits != 0 {
-                if self.starts_here(data, i + bits.trailing_zeros() as usize) {
-                    return (true, i);
+                let at = i + bits.trailing_zeros() as usize;
+                if self.starts_here(data, at) {
+                    return Ok(at);
                 }
                 bits &= bits - 1;
             }
             i += 16;
         }
-        (false, i)
+        Err(i)
     }
 
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    fn vector_pass(&self, data: &[u8]) -> (bool, usize) {
+    fn vector_pass(&self, data: &[u8]) -> Result<usize, usize> {
         use core::arch::wasm32::{
             u8x16_bitmask, u8x16_eq, u8x16_splat, v128, v128_and, v128_load, v128_or,
         };
@@ -561,14 +571,14 @@ impl KeyProbe {
     /// The same pass with SSE2 (part of every x86-64), so that native builds (tests, fuzzing,
     /// `examples/exchange_cost` under callgrind) run what the module runs.
     #[cfg(target_arch = "x86_64")]
-    fn vector_pass(&self, data: &[u8]) -> (bool, usize) {
+    fn vector_pass(&self, data: &[u8]) -> Result<usize, usize> {
         // SAFETY: SSE2 is part of x86-64: every CPU this build can run on has it.
         unsafe { self.vector_pass_sse2(data) }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "sse2")]
-    fn vector_pass_sse2(&self, data: &[u8]) -> (bool, usize) {
+    fn vector_pass_sse2(&self, data: &[u8]) -> Result<usize, usize> {
         use core::arch::x86_64::{
             __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8,
             _mm_or_si128, _mm_set1_epi8,
@@ -603,8 +613,8 @@ impl KeyProbe {
         all(target_arch = "wasm32", target_feature = "simd128"),
         target_arch = "x86_64"
     )))]
-    fn vector_pass(&self, _data: &[u8]) -> (bool, usize) {
-        (false, 0)
+    fn vector_pass(&self, _data: &[u8]) -> Result<usize, usize> {
+        Err(0)
     }
 }
 
@@ -659,10 +669,12 @@ mod tests {
         assert!(!probe.may_hold(b"\"usage"));
     }
 
-    /// What the probe must answer: a plain search for each key and for `\u`.
-    fn plain(keys: &[&str], d: &[u8]) -> bool {
-        let has = |n: &[u8]| d.windows(n.len()).any(|w| w == n);
-        has(b"\\u") || keys.iter().any(|k| has(k.as_bytes()))
+    /// What the probe must answer: the first offset where a plain search finds a key or `\u`.
+    fn plain(keys: &[&str], d: &[u8]) -> Option<usize> {
+        (0..d.len()).find(|&at| {
+            let rest = &d[at..];
+            rest.starts_with(b"\\u") || keys.iter().any(|k| rest.starts_with(k.as_bytes()))
+        })
     }
 
     #[test]
@@ -695,10 +707,11 @@ mod tests {
                         .collect();
                     d.splice(at..at, needle.bytes());
                     assert_eq!(
-                        PROBE.may_hold(&d),
+                        PROBE.first_place(&d),
                         plain(KEYS, &d),
                         "{needle} at {at} of {len}"
                     );
+                    assert_eq!(PROBE.may_hold(&d), plain(KEYS, &d).is_some());
                 }
             }
         }
@@ -714,7 +727,7 @@ mod tests {
                 .map(|i| alphabet[((seed >> (i % 50)) as usize + i * 7) % alphabet.len()])
                 .collect();
             assert_eq!(
-                PROBE.may_hold(&d),
+                PROBE.first_place(&d),
                 plain(KEYS, &d),
                 "{:?}",
                 String::from_utf8_lossy(&d)
@@ -736,8 +749,8 @@ mod tests {
             b"{\"x\":\"\\u0041\"}",
             b"",
         ] {
-            assert_eq!(five.may_hold(d), plain(FIVE, d));
-            assert_eq!(bare.may_hold(d), plain(BARE, d));
+            assert_eq!(five.first_place(d), plain(FIVE, d));
+            assert_eq!(bare.first_place(d), plain(BARE, d));
         }
         assert!(!KeyProbe::new(&[]).may_hold(b"{\"usage\":1}"));
     }

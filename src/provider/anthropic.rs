@@ -8,7 +8,7 @@
 //! reads and writes, so the total input is the sum of the three.
 
 use super::{parse_raw, push_str, Api, ErrorBody, Facts, ResponseMeter};
-use crate::scan::TopLevelScanner;
+use crate::scan::{KeyProbe, TopLevelScanner};
 use crate::usage::Usage;
 use serde::Deserialize;
 
@@ -84,6 +84,14 @@ impl AnthropicMeter {
 impl ResponseMeter for AnthropicMeter {
     fn keys(&self) -> &'static [(&'static str, usize)] {
         KEYS
+    }
+
+    /// Only these keys teach the meter anything: a stream's many `content_block_delta` events
+    /// (and pings) need not be scanned.
+    fn needs_only(&self) -> Option<&'static KeyProbe> {
+        static READ_KEYS: KeyProbe =
+            KeyProbe::new(&["\"model\"", "\"usage\"", "\"message\"", "\"error\""]);
+        Some(&READ_KEYS)
     }
 
     fn on_document(&mut self, doc: &TopLevelScanner) {
