@@ -126,8 +126,7 @@ impl TopLevelScanner {
 
     /// A wanted value decoded as a JSON string.
     pub fn string(&self, key: &str) -> Option<String> {
-        self.raw(key)
-            .and_then(|raw| serde_json::from_slice::<String>(raw).ok())
+        json_string(self.raw(key)?).ok().flatten()
     }
 
     /// A wanted value decoded as a JSON boolean.
@@ -421,6 +420,123 @@ fn string_end(chunk: &[u8], mut i: usize, mut escape: bool) -> (Option<usize>, b
                 i = j + 1;
             }
         }
+    }
+}
+
+/// Hand `f` each member of the JSON object `raw` (a value the scanner recorded, such as a
+/// `usage` object): its key as written between the quotes (escapes left as they are, so an
+/// escaped key matches no name), and its value's raw text. Read as the scanner reads a document:
+/// the object's own structure is checked, nested values are only delimited, and a repeated key
+/// is handed over again (so the last one wins). False, after whatever members came before, when
+/// `raw` is not such an object.
+pub fn for_each_member(raw: &[u8], mut f: impl FnMut(&[u8], &[u8])) -> bool {
+    let ws = |mut i: usize| {
+        while raw.get(i).is_some_and(|&b| is_ws(b)) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = ws(0);
+    if raw.get(i) != Some(&b'{') {
+        return false;
+    }
+    i = ws(i + 1);
+    if raw.get(i) == Some(&b'}') {
+        return ws(i + 1) == raw.len();
+    }
+    loop {
+        if raw.get(i) != Some(&b'"') {
+            return false;
+        }
+        let key_start = i + 1;
+        let Some(key_end) = string_end(raw, key_start, false).0 else {
+            return false;
+        };
+        i = ws(key_end + 1);
+        if raw.get(i) != Some(&b':') {
+            return false;
+        }
+        let value_start = ws(i + 1);
+        let Some(value_end) = value_end(raw, value_start) else {
+            return false;
+        };
+        f(&raw[key_start..key_end], &raw[value_start..value_end]);
+        i = ws(value_end);
+        match raw.get(i) {
+            Some(b',') => i = ws(i + 1),
+            Some(b'}') => return ws(i + 1) == raw.len(),
+            _ => return false,
+        }
+    }
+}
+
+/// Where the value starting at `i` ends (one past its last byte).
+fn value_end(raw: &[u8], i: usize) -> Option<usize> {
+    match *raw.get(i)? {
+        b'"' => string_end(raw, i + 1, false).0.map(|e| e + 1),
+        b'{' | b'[' => {
+            let (mut depth, mut j) = (0u32, i);
+            while j < raw.len() {
+                match raw[j] {
+                    b'"' => j = string_end(raw, j + 1, false).0?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let end = i + raw[i..].iter().take_while(|&&b| class(b) == SCALAR).count();
+            (end > i).then_some(end)
+        }
+    }
+}
+
+/// A value of a type other than the one asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WrongType;
+
+/// A value read as serde reads an `Option<String>`: `null` is `None`, a string its text, anything
+/// else an error.
+pub fn json_string(v: &[u8]) -> Result<Option<String>, WrongType> {
+    if v == b"null" {
+        return Ok(None);
+    }
+    // The usual string has no escape and no control character: its bytes are the text.
+    if let [b'"', text @ .., b'"'] = v {
+        if !text.iter().any(|&b| b == b'\\' || b == b'"' || b < 0x20) {
+            return String::from_utf8(text.to_vec())
+                .map(Some)
+                .map_err(|_| WrongType);
+        }
+    }
+    serde_json::from_slice::<String>(v)
+        .map(Some)
+        .map_err(|_| WrongType)
+}
+
+/// A member value read as serde reads an `Option<u64>`: `null` is `None`; an unsigned integer
+/// that fits is its value; anything else (a sign, a fraction, an exponent, a string, a number
+/// past `u64`, a leading zero) is an error.
+pub fn json_u64(v: &[u8]) -> Result<Option<u64>, WrongType> {
+    match v {
+        b"null" => Ok(None),
+        [b'0'] => Ok(Some(0)),
+        [b'1'..=b'9', ..] if v.iter().all(u8::is_ascii_digit) => v
+            .iter()
+            .try_fold(0u64, |n, &d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+            .map(Some)
+            .ok_or(WrongType),
+        _ => Err(WrongType),
     }
 }
 
@@ -921,5 +1037,106 @@ mod tests {
             assert_eq!(s.raw("z"), Some(&b"null"[..]));
             assert_eq!(s.boolean("stream"), Some(false));
         }
+    }
+
+    fn members(raw: &[u8]) -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let ok = for_each_member(raw, |k, v| {
+            out.push((
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            ))
+        });
+        ok.then_some(out)
+    }
+
+    #[test]
+    fn members_of_an_object() {
+        let pairs = |p: &[(&str, &str)]| {
+            Some(
+                p.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let doc = br#" {
+  "prompt_tokens": 1117 ,"s":"a \"}] {[\\","n":{"x":[1,{"y":"}"}],"z":null},
+  "a":[],"t":true,"f":-1.5e3, "k\u0061":7,"prompt_tokens":2
+}
+"#;
+        assert_eq!(
+            members(doc),
+            pairs(&[
+                ("prompt_tokens", "1117"),
+                ("s", r#""a \"}] {[\\""#),
+                ("n", r#"{"x":[1,{"y":"}"}],"z":null}"#),
+                ("a", "[]"),
+                ("t", "true"),
+                ("f", "-1.5e3"),
+                // Escapes are left as written: no wanted name matches them.
+                (r"k\u0061", "7"),
+                // A repeated key comes again: the last one wins.
+                ("prompt_tokens", "2"),
+            ])
+        );
+        assert_eq!(members(b"{}"), pairs(&[]));
+        assert_eq!(members(b" { } "), pairs(&[]));
+        for bad in [
+            &b""[..],
+            b"null",
+            b"[1]",
+            b"{",
+            b"{\"a\"}",
+            b"{\"a\":}",
+            b"{\"a\":1,}",
+            b"{\"a\":1 \"b\":2}",
+            b"{\"a\":1}x",
+            b"{\"a\":[1,2}",
+            b"{\"a\":\"x}",
+            b"{\"a:1}",
+            b"{a:1}",
+        ] {
+            assert_eq!(members(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn integers_and_strings_read_as_serde_reads_them() {
+        for v in [
+            "0",
+            "7",
+            "1117",
+            "18446744073709551615",
+            "18446744073709551616",
+            "01",
+            "-1",
+            "1.0",
+            "1e2",
+            "\"5\"",
+            "null",
+            "true",
+            "",
+            "99999999999999999999",
+        ] {
+            let serde = serde_json::from_str::<Option<u64>>(v).map_err(|_| WrongType);
+            assert_eq!(json_u64(v.as_bytes()), serde, "{v:?}");
+        }
+        for v in [
+            r#""gpt-4o""#,
+            r#""""#,
+            r#""caf\u00e9 \"q\" \\ \n""#,
+            "\"caf\u{e9}\"",
+            "\"a\tb\"",
+            "\"a\u{1}b\"",
+            "null",
+            "7",
+            r#""unterminated"#,
+            r#""\x""#,
+        ] {
+            let serde = serde_json::from_str::<Option<String>>(v).map_err(|_| WrongType);
+            assert_eq!(json_string(v.as_bytes()), serde, "{v:?}");
+        }
+        // Not UTF-8: refused as serde refuses it.
+        assert_eq!(json_string(b"\"\xff\""), Err(WrongType));
     }
 }

@@ -7,10 +7,9 @@
 //! events, so repeated fields are never double counted. Anthropic's `input_tokens` excludes cache
 //! reads and writes, so the total input is the sum of the three.
 
-use super::{parse_raw, push_str, Api, ErrorBody, Facts, ResponseMeter};
-use crate::scan::{KeyProbe, TopLevelScanner};
+use super::{count, parse_raw, push_str, read_object, Api, ErrorBody, Facts, ResponseMeter};
+use crate::scan::{json_string, KeyProbe, TopLevelScanner};
 use crate::usage::Usage;
-use serde::Deserialize;
 
 /// `/v1/messages`, also behind a prefix (`/anthropic/v1/messages`). Not `count_tokens`.
 pub fn api_for_path(path: &str) -> Option<Api> {
@@ -28,24 +27,26 @@ const KEYS: &[(&str, usize)] = &[
     ("message", 64 << 10),
 ];
 
-#[derive(Deserialize, Default)]
+#[derive(Default)]
 struct WireUsage {
-    #[serde(default)]
     input_tokens: Option<u64>,
-    #[serde(default)]
     output_tokens: Option<u64>,
-    #[serde(default)]
     cache_creation_input_tokens: Option<u64>,
-    #[serde(default)]
     cache_read_input_tokens: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct StartMessage {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    usage: Option<WireUsage>,
+impl WireUsage {
+    fn read(raw: Option<&[u8]>) -> Option<WireUsage> {
+        let mut u = WireUsage::default();
+        read_object(raw, |k, v| match k {
+            b"input_tokens" => count(&mut u.input_tokens, v),
+            b"output_tokens" => count(&mut u.output_tokens, v),
+            b"cache_creation_input_tokens" => count(&mut u.cache_creation_input_tokens, v),
+            b"cache_read_input_tokens" => count(&mut u.cache_read_input_tokens, v),
+            _ => true,
+        })?;
+        Some(u)
+    }
 }
 
 #[derive(Default)]
@@ -98,16 +99,27 @@ impl ResponseMeter for AnthropicMeter {
         if let Some(m) = doc.string("model") {
             self.facts.model = Some(m);
         }
-        if let Some(u) = parse_raw::<WireUsage>(doc.raw("usage")) {
+        if let Some(u) = WireUsage::read(doc.raw("usage")) {
             self.take(u);
             // Top-level usage is on a whole message body or on `message_delta`: both final.
             self.facts.usage_final = true;
         }
-        if let Some(msg) = parse_raw::<StartMessage>(doc.raw("message")) {
-            if let Some(m) = msg.model {
+        // `message_start`: the message without content.
+        let (mut model, mut usage) = (None, None);
+        if read_object(doc.raw("message"), |k, v| match k {
+            b"model" => json_string(v).map(|m| model = m).is_ok(),
+            b"usage" => {
+                usage = WireUsage::read(Some(v));
+                usage.is_some() || v == b"null"
+            }
+            _ => true,
+        })
+        .is_some()
+        {
+            if let Some(m) = model {
                 self.facts.model = Some(m);
             }
-            if let Some(u) = msg.usage {
+            if let Some(u) = usage {
                 self.take(u);
             }
         }

@@ -5,10 +5,9 @@
 //! `thoughtsTokenCount` is billed as output but not included in `candidatesTokenCount`, so it is
 //! added to output and reported as reasoning.
 
-use super::{parse_raw, push_str, ErrorBody, Facts, ResponseMeter};
+use super::{count, parse_raw, push_str, read_object, ErrorBody, Facts, ResponseMeter};
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
-use serde::Deserialize;
 
 /// `(model, streaming)` from `.../models/{model}:{method}`: `/v1beta/models/...`, `/v1/...`, and
 /// Vertex AI's `/v1/projects/{p}/locations/{l}/publishers/google/models/...`.
@@ -31,17 +30,26 @@ const KEYS: &[(&str, usize)] = &[
     ("error", 8192),
 ];
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Default)]
 struct WireUsage {
-    #[serde(default)]
     prompt_token_count: Option<u64>,
-    #[serde(default)]
     candidates_token_count: Option<u64>,
-    #[serde(default)]
     cached_content_token_count: Option<u64>,
-    #[serde(default)]
     thoughts_token_count: Option<u64>,
+}
+
+impl WireUsage {
+    fn read(raw: Option<&[u8]>) -> Option<WireUsage> {
+        let mut u = WireUsage::default();
+        read_object(raw, |k, v| match k {
+            b"promptTokenCount" => count(&mut u.prompt_token_count, v),
+            b"candidatesTokenCount" => count(&mut u.candidates_token_count, v),
+            b"cachedContentTokenCount" => count(&mut u.cached_content_token_count, v),
+            b"thoughtsTokenCount" => count(&mut u.thoughts_token_count, v),
+            _ => true,
+        })?;
+        Some(u)
+    }
 }
 
 #[derive(Default)]
@@ -59,7 +67,7 @@ impl ResponseMeter for GeminiMeter {
         if let Some(m) = doc.string("modelVersion") {
             f.model = Some(m);
         }
-        if let Some(u) = parse_raw::<WireUsage>(doc.raw("usageMetadata")) {
+        if let Some(u) = WireUsage::read(doc.raw("usageMetadata")) {
             if let Some(input) = u.prompt_token_count {
                 let thoughts = u.thoughts_token_count.unwrap_or(0);
                 // Running totals: final only if the stream ends normally after them.

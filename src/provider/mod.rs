@@ -186,6 +186,22 @@ pub fn response_meter(api: Api) -> Box<dyn ResponseMeter> {
     }
 }
 
+/// Read a recorded object's members without serde (usage objects are read once per request):
+/// `take(key, value)` says false when a member it reads has a value of the wrong type. `None`
+/// when there is no object, it is not one, or a member was wrong (as serde's derive fails).
+pub(crate) fn read_object(
+    raw: Option<&[u8]>,
+    mut take: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Option<()> {
+    let mut typed = true;
+    (crate::scan::for_each_member(raw?, |k, v| typed &= take(k, v)) && typed).then_some(())
+}
+
+/// A count into `slot`: false when the value is not `null` or an unsigned integer.
+pub(crate) fn count(slot: &mut Option<u64>, v: &[u8]) -> bool {
+    crate::scan::json_u64(v).map(|n| *slot = n).is_ok()
+}
+
 /// Parse a recorded raw value as `T`, ignoring values of the wrong shape (and JSON `null`).
 pub(crate) fn parse_raw<'a, T: serde::Deserialize<'a>>(raw: Option<&'a [u8]>) -> Option<T> {
     raw.and_then(|r| serde_json::from_slice::<Option<T>>(r).ok().flatten())
@@ -299,5 +315,125 @@ mod tests {
         assert!(valid_provider_name("together_ai"));
         assert!(!valid_provider_name("Bad Name"));
         assert!(!valid_provider_name(""));
+    }
+
+    /// What a meter takes from one JSON document.
+    fn facts_of(api: Api, doc: &str) -> Facts {
+        let mut meter = response_meter(api);
+        let mut scanner = TopLevelScanner::new(meter.keys());
+        scanner.feed(doc.as_bytes());
+        meter.on_document(&scanner);
+        meter.facts().clone()
+    }
+
+    fn usage(
+        input: u64,
+        output: u64,
+        cached_input: u64,
+        cache_write: u64,
+        reasoning: u64,
+    ) -> Usage {
+        Usage {
+            input,
+            output,
+            cached_input,
+            cache_write,
+            reasoning,
+        }
+    }
+
+    #[test]
+    fn usage_objects_read_without_serde() {
+        let openai = |u: &str| facts_of(Api::ChatCompletions, &format!(r#"{{"usage":{u}}}"#)).usage;
+        assert_eq!(
+            openai(
+                r#"{ "prompt_tokens" : 1117, "completion_tokens": 46, "total_tokens": 1163,
+                "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 7, "note": "a \"}\" b"},
+                "extra": [{"x": [1, "]"]}], "tier": "default" }"#
+            ),
+            Some(usage(1117, 46, 1024, 0, 7))
+        );
+        // The Responses API's names, details given as null, unknown members of every type.
+        assert_eq!(
+            openai(
+                r#"{"input_tokens":10,"output_tokens":5,"input_tokens_details":null,"output_tokens_details":{"reasoning_tokens":2},"x":true}"#
+            ),
+            Some(usage(10, 5, 0, 0, 2))
+        );
+        assert_eq!(openai(r#"{"prompt_tokens":3}"#), Some(usage(3, 0, 0, 0, 0)));
+        // A repeated member: the last one wins, details whole.
+        assert_eq!(
+            openai(
+                r#"{"prompt_tokens":1,"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4},"prompt_tokens_details":{}}"#
+            ),
+            Some(usage(9, 0, 0, 0, 0))
+        );
+        // No input count, a count of the wrong type, a broken object: no usage at all.
+        for bad in [
+            r#"{"completion_tokens":5}"#,
+            r#"{"prompt_tokens":"5"}"#,
+            r#"{"prompt_tokens":5,"completion_tokens":-1}"#,
+            r#"{"prompt_tokens":5,"completion_tokens":2.0}"#,
+            r#"{"prompt_tokens":5,"prompt_tokens_details":3}"#,
+            r#"{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":"1"}}"#,
+            r#"{"pr\u006fmpt_tokens":5}"#,
+            "null",
+            "[]",
+        ] {
+            assert_eq!(openai(bad), None, "{bad}");
+        }
+        // Groq's `x_groq.usage` and the Responses API's `response` object.
+        assert_eq!(
+            facts_of(
+                Api::ChatCompletions,
+                r#"{"choices":[],"x_groq":{"id":"r","usage":{"prompt_tokens":8,"completion_tokens":2}}}"#
+            )
+            .usage,
+            Some(usage(8, 2, 0, 0, 0))
+        );
+        let r = facts_of(
+            Api::Responses,
+            r#"{"type":"response.completed","response":{"id":"r","model":"gpt-4.1","output":[{"content":[{"text":"{\"usage\":1}"}]}],"usage":{"input_tokens":6,"output_tokens":3,"input_tokens_details":{"cached_tokens":1}},"error":null}}"#,
+        );
+        assert_eq!(
+            (r.model.as_deref(), r.usage),
+            (Some("gpt-4.1"), Some(usage(6, 3, 1, 0, 0)))
+        );
+        let r = facts_of(
+            Api::Responses,
+            r#"{"response":{"model":"m","error":{"code":"server_error"},"usage":null}}"#,
+        );
+        assert_eq!(
+            (r.model.as_deref(), r.usage, r.error.as_deref()),
+            (Some("m"), None, Some("server_error"))
+        );
+
+        let anthropic = facts_of(
+            Api::Messages,
+            r#"{"model":"claude-sonnet-4-5","usage":{"input_tokens":500,"cache_creation_input_tokens":20,"cache_read_input_tokens":100,"output_tokens":60,"service_tier":"standard","cache_creation":{"ephemeral_5m_input_tokens":20}}}"#,
+        );
+        assert_eq!(anthropic.usage, Some(usage(620, 60, 100, 20, 0)));
+        let start = facts_of(
+            Api::Messages,
+            r#"{"type":"message_start","message":{"id":"m","model":"claude-x","content":[],"usage":{"input_tokens":25,"output_tokens":1}}}"#,
+        );
+        assert_eq!(
+            (start.model.as_deref(), start.usage),
+            (Some("claude-x"), Some(usage(25, 1, 0, 0, 0)))
+        );
+        assert_eq!(
+            facts_of(Api::Messages, r#"{"usage":{"input_tokens":null}}"#).usage,
+            None
+        );
+
+        let gemini = facts_of(
+            Api::GenerateContent,
+            r#"{"usageMetadata":{"promptTokenCount":400,"candidatesTokenCount":60,"thoughtsTokenCount":12,"cachedContentTokenCount":100,"promptTokensDetails":[{"modality":"TEXT","tokenCount":400}]},"modelVersion":"gemini-2.5-flash"}"#,
+        );
+        assert_eq!(
+            (gemini.model.as_deref(), gemini.usage),
+            (Some("gemini-2.5-flash"), Some(usage(400, 72, 100, 0, 12)))
+        );
     }
 }

@@ -6,10 +6,9 @@
 //! `prompt_tokens` already includes `cached_tokens`, and `completion_tokens` already includes
 //! `reasoning_tokens`, which is the shape of [`Usage`].
 
-use super::{parse_raw, push_str, Api, ErrorBody, Facts, ResponseMeter};
-use crate::scan::{KeyProbe, TopLevelScanner};
+use super::{count, parse_raw, push_str, read_object, Api, ErrorBody, Facts, ResponseMeter};
+use crate::scan::{json_string, KeyProbe, TopLevelScanner};
 use crate::usage::Usage;
-use serde::Deserialize;
 
 /// The API of a path (without query), by its last segments, so that every OpenAI-compatible
 /// mount works: `/v1/chat/completions`, `/openai/v1/...` (Groq), `/inference/v1/...`
@@ -42,60 +41,49 @@ const KEYS: &[(&str, usize)] = &[
     ("x_groq", 4096),
 ];
 
-#[derive(Deserialize)]
-struct Details {
-    #[serde(default)]
+/// Both usage shapes: chat/completions/embeddings (`prompt_tokens`, `*_tokens_details`) and
+/// Responses (`input_tokens`, `*_tokens_details` under those names).
+#[derive(Default)]
+struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
     cached_tokens: Option<u64>,
-    #[serde(default)]
     reasoning_tokens: Option<u64>,
 }
 
-/// Both usage shapes: chat/completions/embeddings (`prompt_tokens`) and Responses (`input_tokens`).
-#[derive(Deserialize)]
-struct WireUsage {
-    #[serde(default, alias = "input_tokens")]
-    prompt_tokens: Option<u64>,
-    #[serde(default, alias = "output_tokens")]
-    completion_tokens: Option<u64>,
-    #[serde(default, alias = "input_tokens_details")]
-    prompt_tokens_details: Option<Details>,
-    #[serde(default, alias = "output_tokens_details")]
-    completion_tokens_details: Option<Details>,
-}
-
 impl WireUsage {
+    fn read(raw: Option<&[u8]>) -> Option<WireUsage> {
+        let mut u = WireUsage::default();
+        read_object(raw, |k, v| match k {
+            b"prompt_tokens" | b"input_tokens" => count(&mut u.prompt_tokens, v),
+            b"completion_tokens" | b"output_tokens" => count(&mut u.completion_tokens, v),
+            b"prompt_tokens_details" | b"input_tokens_details" => {
+                detail(v, b"cached_tokens", &mut u.cached_tokens)
+            }
+            b"completion_tokens_details" | b"output_tokens_details" => {
+                detail(v, b"reasoning_tokens", &mut u.reasoning_tokens)
+            }
+            _ => true,
+        })?;
+        Some(u)
+    }
+
     fn into_usage(self) -> Option<Usage> {
         let input = self.prompt_tokens?;
         Some(Usage {
             input,
             output: self.completion_tokens.unwrap_or(0),
-            cached_input: self
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
+            cached_input: self.cached_tokens.unwrap_or(0),
             cache_write: 0,
-            reasoning: self
-                .completion_tokens_details
-                .and_then(|d| d.reasoning_tokens)
-                .unwrap_or(0),
+            reasoning: self.reasoning_tokens.unwrap_or(0),
         })
     }
 }
 
-#[derive(Deserialize)]
-struct XGroq {
-    #[serde(default)]
-    usage: Option<WireUsage>,
-}
-
-#[derive(Deserialize)]
-struct ResponseObject {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    usage: Option<WireUsage>,
-    #[serde(default)]
-    error: Option<ErrorBody>,
+/// One count of a details object (`null`: none); the whole object replaces an earlier one.
+fn detail(v: &[u8], name: &[u8], slot: &mut Option<u64>) -> bool {
+    *slot = None;
+    v == b"null" || read_object(Some(v), |k, v| k != name || count(slot, v)).is_some()
 }
 
 #[derive(Default)]
@@ -121,27 +109,50 @@ impl ResponseMeter for OpenAiMeter {
         if f.model.is_none() {
             f.model = doc.string("model");
         }
-        if let Some(u) = parse_raw::<WireUsage>(doc.raw("usage")).and_then(WireUsage::into_usage) {
+        if let Some(u) = WireUsage::read(doc.raw("usage")).and_then(WireUsage::into_usage) {
             f.usage = Some(u);
             f.usage_final = true;
         }
         if let Some(e) = parse_raw::<ErrorBody>(doc.raw("error")).and_then(ErrorBody::best) {
             f.error = Some(e);
         }
-        if let Some(u) = parse_raw::<XGroq>(doc.raw("x_groq"))
-            .and_then(|x| x.usage)
-            .and_then(WireUsage::into_usage)
+        // Groq's streams: `x_groq.usage` on the last chunk.
+        let mut groq = None;
+        if read_object(doc.raw("x_groq"), |k, v| {
+            k != b"usage" || {
+                groq = WireUsage::read(Some(v));
+                groq.is_some() || v == b"null"
+            }
+        })
+        .is_some()
         {
-            f.usage = Some(u);
-            f.usage_final = true;
-        }
-        if let Some(r) = parse_raw::<ResponseObject>(doc.raw("response")) {
-            f.model = r.model.or(f.model.take());
-            if let Some(u) = r.usage.and_then(WireUsage::into_usage) {
+            if let Some(u) = groq.and_then(WireUsage::into_usage) {
                 f.usage = Some(u);
                 f.usage_final = true;
             }
-            f.error = r.error.and_then(ErrorBody::best).or(f.error.take());
+        }
+        // The Responses API's stream events carry the response object.
+        let (mut model, mut usage, mut error) = (None, None, None);
+        if read_object(doc.raw("response"), |k, v| match k {
+            b"model" => json_string(v).map(|m| model = m).is_ok(),
+            b"usage" => {
+                usage = WireUsage::read(Some(v));
+                usage.is_some() || v == b"null"
+            }
+            b"error" => {
+                error = parse_raw::<ErrorBody>(Some(v));
+                error.is_some() || v == b"null"
+            }
+            _ => true,
+        })
+        .is_some()
+        {
+            f.model = model.or(f.model.take());
+            if let Some(u) = usage.and_then(WireUsage::into_usage) {
+                f.usage = Some(u);
+                f.usage_final = true;
+            }
+            f.error = error.and_then(ErrorBody::best).or(f.error.take());
         }
     }
 
