@@ -609,7 +609,10 @@ impl KeyProbe {
         if !self.one_pass {
             return std::iter::once(&"\\u")
                 .chain(self.quoted)
-                .filter_map(|q| memchr::memmem::find(data, q.as_bytes()))
+                .filter_map(|q| {
+                    memchr::memmem::find_iter(data, q.as_bytes())
+                        .find(|&at| self.starts_here(data, at))
+                })
                 .min();
         }
         let from = match self.vector_pass(data) {
@@ -621,10 +624,16 @@ impl KeyProbe {
             .find(|&at| self.starts_here(data, at))
     }
 
-    /// Whether a key or a `\\u` escape starts at `at`.
+    /// Whether a key or a `\\u` escape starts at `at`. A key whose value is `null` does not
+    /// count: every meter reads `null` as absent, and an OpenAI stream that reports usage carries
+    /// `"usage":null` in every chunk before the last.
     fn starts_here(&self, data: &[u8], at: usize) -> bool {
         let rest = data.get(at..).unwrap_or(&[]);
-        rest.starts_with(b"\\u") || self.quoted.iter().any(|q| rest.starts_with(q.as_bytes()))
+        rest.starts_with(b"\\u")
+            || self.quoted.iter().any(|q| {
+                rest.strip_prefix(q.as_bytes())
+                    .is_some_and(|after| !is_null_member_value(after))
+            })
     }
 
     /// The 16-byte blocks: `Ok` with where the first key or escape starts, or `Err` with where
@@ -762,6 +771,21 @@ fn class(b: u8) -> u8 {
     CLASSES[usize::from(b)]
 }
 
+/// `after` (what follows a quoted key) is `: null` and a delimiter, whitespace allowed. Bytes cut
+/// short say no: the key may have a value.
+fn is_null_member_value(after: &[u8]) -> bool {
+    fn skip_ws(b: &[u8]) -> &[u8] {
+        b.iter().position(|&c| !is_ws(c)).map_or(&[], |p| &b[p..])
+    }
+    match skip_ws(after) {
+        [b':', value @ ..] => matches!(
+            skip_ws(value),
+            [b'n', b'u', b'l', b'l', d, ..] if is_ws(*d) || matches!(d, b',' | b'}' | b']')
+        ),
+        _ => false,
+    }
+}
+
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
@@ -786,11 +810,47 @@ mod tests {
     }
 
     /// What the probe must answer: the first offset where a plain search finds a key or `\u`.
+    /// (A key followed by `: null` and a delimiter does not count.)
     fn plain(keys: &[&str], d: &[u8]) -> Option<usize> {
+        let null_after = |after: &[u8]| {
+            let t = String::from_utf8_lossy(after);
+            let t = t.trim_start_matches([' ', '\t', '\n', '\r']);
+            t.strip_prefix(':').is_some_and(|v| {
+                let v = v.trim_start_matches([' ', '\t', '\n', '\r']);
+                v.len() > 4
+                    && v.starts_with("null")
+                    && matches!(
+                        v.as_bytes()[4],
+                        b' ' | b'\t' | b'\n' | b'\r' | b',' | b'}' | b']'
+                    )
+            })
+        };
         (0..d.len()).find(|&at| {
             let rest = &d[at..];
-            rest.starts_with(b"\\u") || keys.iter().any(|k| rest.starts_with(k.as_bytes()))
+            rest.starts_with(b"\\u")
+                || keys
+                    .iter()
+                    .any(|k| rest.starts_with(k.as_bytes()) && !null_after(&rest[k.len()..]))
         })
+    }
+
+    #[test]
+    fn keys_whose_value_is_null_teach_nothing() {
+        let probe = KeyProbe::new(&["\"usage\"", "\"error\""]);
+        let at = |d: &str| probe.first_place(d.as_bytes());
+        assert_eq!(at(r#"{"choices":[],"usage":null}"#), None);
+        assert_eq!(at("{\"usage\" :\n null ,\"error\":{}}"), Some(18));
+        assert_eq!(
+            at(r#"{"usage":null,"usage":{"prompt_tokens":1}}"#),
+            Some(14)
+        );
+        // Cut short, or not quite null: it may be a value.
+        assert_eq!(at(r#"{"usage":nul"#), Some(1));
+        assert_eq!(at(r#"{"usage":null"#), Some(1));
+        assert_eq!(at(r#"{"usage":nullx}"#), Some(1));
+        assert_eq!(at(r#"{"usage":"null"}"#), Some(1));
+        let slow = KeyProbe::new(&["\"a\"", "\"b\"", "\"c\"", "\"d\"", "\"usage\""]);
+        assert_eq!(slow.first_place(br#"{"usage":null,"a":1}"#), Some(14));
     }
 
     #[test]
@@ -810,6 +870,10 @@ mod tests {
             "\\n",
             "\"x_gro\"",
             "\"e",
+            "\"usage\":null}",
+            "\"error\" : null,",
+            "\"usage\":null",
+            "\"x_groq\":\nnull\n",
         ];
         // Every offset around the 16-byte blocks, and the tail after them.
         for needle in needles {
@@ -832,7 +896,7 @@ mod tests {
             }
         }
         // Random documents over the bytes that matter.
-        let alphabet = b"\"\\uerxsagpon_:{}o ";
+        let alphabet = b"\"\\uerxsagpon_:{}o lnul,";
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         for _ in 0..20_000 {
             seed ^= seed << 13;
