@@ -83,7 +83,7 @@ SOAK_SECONDS ?= 180
 soak: build
 	TALLY_SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --release -j $(JOBS) -p tally-e2e --test soak -- --ignored --nocapture
 
-# The filter's cost beside bare Envoy and a no-op wasm filter, LiteLLM's proxy on the same
+# The filter's cost beside bare Envoy and a no-op wasm filter (also on a paced stream from tally-mock), LiteLLM's proxy on the same
 # workloads, the collector's ingest rate and query latency; writes BENCHMARKS.md and
 # bench/results/*.png, with instruction counts per request under callgrind. Installs wrk and
 # valgrind (apt-get), matplotlib (.venv) and LiteLLM (.venv-litellm)

@@ -9,13 +9,16 @@ Side by side in one run, on this machine:
   upstream never limits the rate.
 - wrk (1 thread) drives each workload against each listener in interleaved rounds; medians are
   reported: throughput ratio, added p50 and p99 latency, Envoy CPU per request (from /proc).
+- A paced stream: tally-mock (a third upstream, behind the same three listeners) sends 200
+  events 1 ms apart, each its own chunk, as providers do; Envoy's CPU per request, since the
+  pacing sets the rate.
 - Memory: RSS of Envoy with the filter at 1 and 3 workers, beside bare Envoy, gives what each
   wasm VM adds and what the module costs once; then one stream without usage makes a VM build
   its tokenizer, and the RSS it adds is reported.
 - LiteLLM's proxy (PyPI `litellm[proxy]`, in its own virtualenv) in front of the same upstream,
   on the same workloads, for the alternative users would otherwise deploy.
-- Instructions per request, counted by callgrind in the same three listeners (chat and
-  streamed): exact where timings on a shared VM drift, and split by binary (Envoy, the wasm
+- Instructions per request, counted by callgrind in the same three listeners (chat, streamed
+  and the paced stream): exact where timings on a shared VM drift, and split by binary (Envoy, the wasm
   code V8 compiled, libc).
 - The collector's ingest rate with batches as the filter sends them, over HTTP, and the query
   benchmark (make bench-query).
@@ -44,6 +47,12 @@ SKIP_LITELLM = os.environ.get("BENCH_SKIP_LITELLM") == "1"
 # LiteLLM refuses to start without a master key; a fixed one serves this loopback-only run.
 LITELLM_KEY = "sk-bench-" + "0" * 32
 COLLECTOR = os.path.join(ROOT, "target/release/tally-collector")
+MOCK = os.path.join(ROOT, "target/release/tally-mock")
+# Streams as providers send them: tally-mock writes each event on its own, this far apart.
+PACED_EVENTS = 200
+PACED_DELAY_MS = 1
+# Requests per listener under callgrind for that workload (each lasts PACED_EVENTS ms or more).
+PACED_INSTR_REQUESTS = int(os.environ.get("BENCH_PACED_INSTR_REQUESTS", "20"))
 RESULTS = os.path.join(ROOT, "bench/results")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -61,7 +70,7 @@ SKIP_INSTRUCTIONS = os.environ.get("BENCH_SKIP_INSTRUCTIONS") == "1"
 INSTR_WARMUP = int(os.environ.get("BENCH_INSTR_WARMUP", "300"))
 INSTR_REQUESTS = int(os.environ.get("BENCH_INSTR_REQUESTS", "300"))
 # Workloads counted (names' first words): a request under callgrind takes about 50 times longer.
-INSTR_ONLY = [w for w in os.environ.get("BENCH_INSTR_ONLY", "chat,streamed").split(",") if w]
+INSTR_ONLY = [w for w in os.environ.get("BENCH_INSTR_ONLY", "chat,streamed,paced").split(",") if w]
 TICK = os.sysconf("SC_CLK_TCK")
 
 procs = []
@@ -136,6 +145,9 @@ def hcm(name, port, routes, filters):
 
 # Every request to the `upstream` cluster.
 PROXY_ROUTES = '{match: {prefix: "/"}, route: {cluster: upstream, timeout: 30s}}'
+# The three listeners also send paced streams (`x-bench-paced`) to tally-mock (`provider`).
+PACED_ROUTE = ('{match: {prefix: "/", headers: [{name: x-bench-paced, present_match: true}]}, '
+               'route: {cluster: provider, timeout: 30s}}')
 
 BUFFER_FILTER = """
           - name: envoy.filters.http.buffer
@@ -182,14 +194,33 @@ def three_listeners():
     """Ports and listeners identical but for their HTTP filters: none, the no-op filter, Tally."""
     ports = {"bare": free_port(), "noop": free_port(), "tally": free_port()}
     filters = {"bare": "", "noop": noop_filter(), "tally": TALLY_FILTER}
-    return ports, [hcm(k, ports[k], PROXY_ROUTES, filters[k]) for k in ports]
+    return ports, [hcm(k, ports[k], PACED_ROUTE + ", " + PROXY_ROUTES, filters[k]) for k in ports]
 
 
-def proxy_config(admin, listeners, upstream, collector):
+def proxy_config(admin, listeners, upstream, collector, provider=None):
     return (f"""admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
   listeners:""" + "".join(listeners) + """
-  clusters:""" + static_cluster("upstream", upstream) + static_cluster("tally_collector", collector) + "\n")
+  clusters:""" + static_cluster("upstream", upstream) + static_cluster("tally_collector", collector)
+            + (static_cluster("provider", provider) if provider else "") + "\n")
+
+
+def start_mock(tmp):
+    """tally-mock, the paced streams' provider; its port."""
+    port = free_port()
+    start([MOCK, "--listen", f"127.0.0.1:{port}"], os.path.join(tmp, "mock.log"))
+    for _ in range(100):
+        if get(f"http://127.0.0.1:{port}/__mock/requests")[0] == 200:
+            return port
+        time.sleep(0.1)
+    raise RuntimeError("bench: tally-mock did not start")
+
+
+def paced_request(tmp, streamed_body):
+    """A request file for the paced stream: PACED_EVENTS events (role, words, finish), usage, [DONE]."""
+    words = " ".join(["tok"] * (PACED_EVENTS - 2))
+    return write(tmp, "req-paced.tsv", f"/v1/chat/completions\tx-bench-paced:1|x-mock-delay-ms:{PACED_DELAY_MS}|"
+                                      f"x-mock-reply:{words}\t{streamed_body}\n")
 
 
 def wrk(port, requests_file, seconds, connections=None):
@@ -213,6 +244,24 @@ def wrk(port, requests_file, seconds, connections=None):
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else ""}
 
 
+def interleaved(ports, proxy, rf):
+    """Each listener in turn for SECONDS, ROUNDS times, the order reversed every other round, after
+    a warm-up: the runs, and their medians with Envoy's CPU per request."""
+    for port in ports.values():
+        wrk(port, rf, 2)
+    runs = {k: [] for k in ports}
+    order = list(ports)
+    for r in range(ROUNDS):
+        for which in (order if r % 2 == 0 else order[::-1]):
+            c0 = cpu_seconds(proxy.pid)
+            w = wrk(ports[which], rf, SECONDS)
+            w["cpu_us_per_req"] = (cpu_seconds(proxy.pid) - c0) * 1e6 / max(w["requests"], 1)
+            runs[which].append(w)
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_us", "p99_us", "cpu_us_per_req")}
+           for k, v in runs.items()}
+    return runs, med
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -233,7 +282,8 @@ def last_results():
 
 
 def report_results(r):
-    report(r["results"], r["memory"], r["litellm"], r["ingest"], r["query"], r.get("instructions", {}))
+    report(r["results"], r["memory"], r["litellm"], r["ingest"], r["query"], r.get("instructions", {}),
+           r.get("paced", {}))
 
 
 def save_and_report(r):
@@ -287,8 +337,9 @@ def run(tmp):
     messages = json.dumps({"id": "msg_b", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
                            "content": [{"type": "text", "text": "word " * 60}], "stop_reason": "end_turn",
                            "usage": {"input_tokens": 500, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 60}})
+    # As OpenAI streams when the request asks for usage: `"usage":null` in every chunk but the last.
     stream = "".join(
-        'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{"content":"tok%d "},"finish_reason":null}]}\n\n' % i
+        'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{"content":"tok%d "},"finish_reason":null}],"usage":null}\n\n' % i
         for i in range(199))
     stream += 'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18","choices":[],"usage":{"prompt_tokens":50,"completion_tokens":199,"total_tokens":249}}\n\ndata: [DONE]\n\n'
     gemini = json.dumps({"candidates": [{"content": {"parts": [{"text": "word " * 60}], "role": "model"}, "index": 0}],
@@ -314,6 +365,7 @@ def run(tmp):
     wait_ready(resp_admin, "the responder")
 
     col_port, key = start_collector(tmp)
+    mock_port = start_mock(tmp)
 
     # Request bodies: a 2 KB chat request, a streamed one, a 1 MiB one, and a provider mix.
     small = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 1900}]})
@@ -337,7 +389,8 @@ def run(tmp):
     admin = free_port()
     env = dict(os.environ, TALLY_ORG_KEY=key)
     sink = os.environ.get("BENCH_SINK_EVENTS", "1") == "1"
-    proxy = start([ENVOY, "-c", write(tmp, "proxy.yaml", proxy_config(admin, listeners, resp_port, resp_port if sink else col_port)),
+    proxy = start([ENVOY, "-c", write(tmp, "proxy.yaml", proxy_config(admin, listeners, resp_port, resp_port if sink else col_port,
+                                                                        mock_port)),
                    "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"], os.path.join(tmp, "proxy.log"), env)
     wait_ready(admin, "the proxy")
 
@@ -346,18 +399,7 @@ def run(tmp):
         if ONLY and not any(name.startswith(o) for o in ONLY):
             continue
         rf = write(tmp, "req-" + re.sub(r"\W+", "-", name) + ".tsv", "".join(f"{p}\t{h}\t{b}\n" for p, h, b in reqs))
-        for port in ports.values():
-            wrk(port, rf, 2)  # warm-up
-        runs = {k: [] for k in ports}
-        order = list(ports)
-        for r in range(ROUNDS):
-            for which in (order if r % 2 == 0 else order[::-1]):
-                c0 = cpu_seconds(proxy.pid)
-                w = wrk(ports[which], rf, SECONDS)
-                w["cpu_us_per_req"] = (cpu_seconds(proxy.pid) - c0) * 1e6 / max(w["requests"], 1)
-                runs[which].append(w)
-        med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50_us", "p99_us", "cpu_us_per_req")}
-               for k, v in runs.items()}
+        runs, med = interleaved(ports, proxy, rf)
         # Latency without queueing: one connection, one request at a time.
         light = {"bare": [], "noop": [], "tally": []}
         for r in range(ROUNDS):
@@ -376,6 +418,15 @@ def run(tmp):
               f"+{med['tally']['light_p50_us'] - med['bare']['light_p50_us']:.0f} us "
               f"(no-op +{med['noop']['light_p50_us'] - med['bare']['light_p50_us']:.0f} us), non-2xx {bad}", flush=True)
 
+    paced_rf = paced_request(tmp, workloads["streamed, 200 SSE chunks"][0][2])
+    paced = {}
+    if not ONLY or "paced" in ONLY:
+        runs, med = interleaved(ports, proxy, paced_rf)
+        paced = {"median": med, "non2xx": sum(x["non2xx"] for v in runs.values() for x in v)}
+        print(f"paced stream: Envoy CPU per request bare {med['bare']['cpu_us_per_req']:.0f} us, no-op "
+              f"{med['noop']['cpu_us_per_req']:.0f} us, tally {med['tally']['cpu_us_per_req']:.0f} us; "
+              f"{med['tally']['rps']:.1f} req/s; non-2xx {paced['non2xx']}", flush=True)
+
     _, stats = get(f"http://127.0.0.1:{admin}/stats?filter=tally")
     counter = lambda n: int(m.group(1)) if (m := re.search(rf"wasmcustom\.tally\.{n}: (\d+)", stats)) else 0
     mem = memory(tmp, resp_port, key, workloads)
@@ -383,13 +434,13 @@ def run(tmp):
     litellm = {} if SKIP_LITELLM else litellm_runs(tmp, resp_port, ports, workloads, results)
     proxy.kill()
     proxy.wait()
-    instr = {} if SKIP_INSTRUCTIONS else instructions(tmp, resp_port, key, workloads)
+    instr = {} if SKIP_INSTRUCTIONS else instructions(tmp, resp_port, key, workloads, mock_port, paced_rf)
 
     if SKIP_COLLECTOR:
         return
     ingest, q = collector_figures(col_port, key)
     save_and_report({"results": results, "memory": mem, "litellm": litellm, "ingest": ingest, "query": q,
-                     "instructions": instr})
+                     "instructions": instr, "paced": paced})
 
 
 def start_collector(tmp):
@@ -483,7 +534,10 @@ def callgrind_costs(path):
     return by_object
 
 
-def instructions(tmp, resp_port, key, workloads):
+PACED = f"paced stream, {PACED_EVENTS} events {PACED_DELAY_MS} ms apart"
+
+
+def instructions(tmp, resp_port, key, workloads, mock_port, paced_rf):
     """Instructions the proxy Envoy executes per request, counted by callgrind: exact and
     repeatable where timings on a shared VM are not. Same three listeners; for each workload
     and listener, requests one at a time, first to warm up, then counted from a zeroed counter
@@ -498,7 +552,7 @@ def instructions(tmp, resp_port, key, workloads):
     out = os.path.join(tmp, "callgrind.out")
     p = start(["valgrind", "--tool=callgrind", "--smc-check=all", "--compress-strings=no", "--compress-pos=no",
                f"--callgrind-out-file={out}", binary, "-c",
-               write(tmp, "instr.yaml", proxy_config(admin, listeners, resp_port, resp_port)),
+               write(tmp, "instr.yaml", proxy_config(admin, listeners, resp_port, resp_port, mock_port)),
                "--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"],
               os.path.join(tmp, "instr.log"), dict(os.environ, TALLY_ORG_KEY=key))
     # Compiling the module under valgrind takes minutes.
@@ -521,14 +575,18 @@ def instructions(tmp, resp_port, key, workloads):
         subprocess.run(["callgrind_control", *args, str(p.pid)], capture_output=True, timeout=300)
 
     counts = {}
-    for name, reqs in workloads.items():
+    with open(paced_rf) as f:
+        paced = [tuple(f.read().rstrip("\n").split("\t"))]
+    for name, reqs in [*workloads.items(), (PACED, paced)]:
         if not any(name.startswith(o) for o in (ONLY or INSTR_ONLY)):
             continue
+        # A paced stream lasts its pacing and more: fewer of them.
+        warm, n = (PACED_INSTR_REQUESTS, PACED_INSTR_REQUESTS) if reqs is paced else (INSTR_WARMUP, INSTR_REQUESTS)
         counts[name] = {}
         for which, port in ports.items():
-            drive(port, reqs, INSTR_WARMUP)
+            drive(port, reqs, warm)
             control("-z")
-            drive(port, reqs, INSTR_REQUESTS)
+            drive(port, reqs, n)
             control("-d", which)
             dumps = sorted((f for f in os.listdir(tmp) if f.startswith("callgrind.out.")),
                            key=lambda f: int(f.rsplit(".", 1)[1]))
@@ -537,7 +595,7 @@ def instructions(tmp, resp_port, key, workloads):
             for obj, c in costs.items():
                 k = ("envoy" if obj == binary else "jit" if obj in ("?", "???") else
                      "libc" if "/libc.so" in obj else "other")
-                group[k] += c / INSTR_REQUESTS
+                group[k] += c / n
             counts[name][which] = group
         c = counts[name]
         print(f"{name}: instructions per request: bare {sum(c['bare'].values()):.0f}, "
@@ -656,7 +714,7 @@ def chart(results, litellm):
 NOTES_MARKER = "<!-- Analysis: written by hand, kept when make bench regenerates the above. -->"
 
 
-def report(results, mem, litellm, ingest, query, instr):
+def report(results, mem, litellm, ingest, query, instr, paced):
     charts = chart(results, litellm)
     cpu = open("/proc/cpuinfo").read()
     model = re.search(r"model name\s+: (.*)", cpu)
@@ -698,11 +756,31 @@ def report(results, mem, litellm, ingest, query, instr):
               f"Requests metered during the run: {mem['metered']}, events dropped: {mem['dropped']}, "
               f"filter errors: {mem['errors']}.",
               ""]
+    if paced:
+        m = paced["median"]
+        b, o, t = (m[k]["cpu_us_per_req"] for k in ("bare", "noop", "tally"))
+        lines += ["## Streams as providers send them",
+                  "",
+                  f"`tally-mock` sends a streamed chat completion's {PACED_EVENTS} events each on its own, "
+                  f"{PACED_DELAY_MS} ms apart, as a provider generating tokens does, so Envoy hands the filter "
+                  "each event in a callback of its own (the streamed workload above arrives in a few large "
+                  f"pieces). The pacing sets the rate (about {m['tally']['rps']:.0f} requests/s at {CONNECTIONS} "
+                  "connections on every listener), so the figure is Envoy's CPU per request, in interleaved "
+                  "rounds as above.",
+                  "",
+                  "| | bare | no-op wasm filter | Tally |",
+                  "|---|---:|---:|---:|",
+                  f"| Envoy CPU per request | {b:.0f} µs | {o:.0f} µs | {t:.0f} µs |",
+                  f"| added per event | – | {(o - b) / PACED_EVENTS:.2f} µs | {(t - b) / PACED_EVENTS:.2f} µs |",
+                  "",
+                  f"Answers that were not 2xx: {paced['non2xx']}.",
+                  ""]
     if instr:
         lines += ["## Instructions per request",
                   "",
                   f"Counted by callgrind in the same three listeners of one Envoy: {INSTR_REQUESTS} requests one at a "
-                  f"time per listener and workload after {INSTR_WARMUP} to warm up, counters zeroed in between; the "
+                  f"time per listener and workload after {INSTR_WARMUP} to warm up ({PACED_INSTR_REQUESTS} and "
+                  f"{PACED_INSTR_REQUESTS} of the paced stream), counters zeroed in between; the "
                   "filter's event batches and timers are counted as they fall. Unlike the timings above, these "
                   "counts repeat to within about 3 % from run to run. Unnamed code is what V8 compiled: the wasm "
                   "module and its call stubs. Large copies weigh more here than in time: callgrind counts each "

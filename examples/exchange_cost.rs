@@ -1,6 +1,7 @@
 //! Native cost of the metering logic for one request (no Envoy, no wasm): headers, a 2 KB
 //! request body, a JSON response with usage (or, with `stream` as second argument, a 200-chunk
-//! SSE stream), the event, its JSON line. For profiling
+//! SSE stream in one piece; with `paced`, the same stream one event per piece, as a provider
+//! sends it), the event, its JSON line. For profiling
 //! (`valgrind --tool=callgrind target/release/examples/exchange_cost 2000 [stream]`) and quick
 //! timing; built for wasm32-wasip1 it also runs under Node's V8 (`scripts/wasi-run.sh`).
 
@@ -42,11 +43,12 @@ fn main() {
         r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(1900)
     );
-    let stream = std::env::args().nth(2).as_deref() == Some("stream");
+    let mode = std::env::args().nth(2).unwrap_or_default();
+    let (stream, paced) = (mode == "stream" || mode == "paced", mode == "paced");
     let mut sse = String::new();
     for i in 0..199 {
         sse.push_str(&format!(
-            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}],\"usage\":null}}\n\n"
         ));
     }
     sse.push_str("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],\"usage\":{\"prompt_tokens\":50,\"completion_tokens\":199,\"total_tokens\":249}}\n\ndata: [DONE]\n\n");
@@ -58,6 +60,14 @@ fn main() {
             "application/json",
         )
     };
+    // The paced stream's pieces: one event each.
+    let mut events: Vec<&[u8]> = Vec::new();
+    let mut rest = response;
+    while let Some(end) = rest.windows(2).position(|w| w == b"\n\n") {
+        let (event, tail) = rest.split_at(end + 2);
+        events.push(event);
+        rest = tail;
+    }
     let mut ids = IdGen::new(7);
     let t = std::time::Instant::now();
     let mut bytes = 0;
@@ -67,7 +77,14 @@ fn main() {
         let _ = ex.on_request_body(body.as_bytes());
         let _ = ex.on_request_body(&[]);
         ex.on_response_headers(Some(200), Some(content_type), None, 1010.0);
-        let _ = ex.on_response_body(response, true);
+        if paced {
+            for event in &events {
+                let _ = ex.on_response_body(event, false);
+            }
+            let _ = ex.on_response_body(&[], true);
+        } else {
+            let _ = ex.on_response_body(response, true);
+        }
         let ev = ex.finish(
             Finish {
                 now_unix_ms: 1050.0,
