@@ -10,8 +10,8 @@ Side by side in one run, on this machine:
 - wrk (1 thread) drives each workload against each listener in interleaved rounds; medians are
   reported: throughput ratio, added p50 and p99 latency, Envoy CPU per request (from /proc).
 - A paced stream: tally-mock (a third upstream, behind the same three listeners) sends 200
-  events 1 ms apart, each its own chunk, as providers do; Envoy's CPU per request, since the
-  pacing sets the rate.
+  events 1 ms apart, each its own chunk, as providers do. The pacing sets the rate, so the
+  figures are per request: instructions (below) and Envoy's CPU time, which is noise at that rate.
 - Memory: RSS of Envoy with the filter at 1 and 3 workers, beside bare Envoy, gives what each
   wasm VM adds and what the module costs once; then one stream without usage makes a VM build
   its tokenizer, and the RSS it adds is reported.
