@@ -217,10 +217,12 @@ def start_mock(tmp):
 
 
 def paced_request(tmp, streamed_body):
-    """A request file for the paced stream: PACED_EVENTS events (role, words, finish), usage, [DONE]."""
+    """The paced stream's request, PACED_EVENTS events (role, words, finish), usage, [DONE]: as a
+    (path, headers, body file) list, and written out for wrk."""
     words = " ".join(["tok"] * (PACED_EVENTS - 2))
-    return write(tmp, "req-paced.tsv", f"/v1/chat/completions\tx-bench-paced:1|x-mock-delay-ms:{PACED_DELAY_MS}|"
-                                      f"x-mock-reply:{words}\t{streamed_body}\n")
+    reqs = [("/v1/chat/completions", f"x-bench-paced:1|x-mock-delay-ms:{PACED_DELAY_MS}|x-mock-reply:{words}",
+             streamed_body)]
+    return reqs, write(tmp, "req-paced.tsv", "".join(f"{p}\t{h}\t{b}\n" for p, h, b in reqs))
 
 
 def wrk(port, requests_file, seconds, connections=None):
@@ -418,7 +420,7 @@ def run(tmp):
               f"+{med['tally']['light_p50_us'] - med['bare']['light_p50_us']:.0f} us "
               f"(no-op +{med['noop']['light_p50_us'] - med['bare']['light_p50_us']:.0f} us), non-2xx {bad}", flush=True)
 
-    paced_rf = paced_request(tmp, workloads["streamed, 200 SSE chunks"][0][2])
+    paced_reqs, paced_rf = paced_request(tmp, workloads["streamed, 200 SSE chunks"][0][2])
     paced = {}
     if not ONLY or "paced" in ONLY:
         runs, med = interleaved(ports, proxy, paced_rf)
@@ -434,7 +436,7 @@ def run(tmp):
     litellm = {} if SKIP_LITELLM else litellm_runs(tmp, resp_port, ports, workloads, results)
     proxy.kill()
     proxy.wait()
-    instr = {} if SKIP_INSTRUCTIONS else instructions(tmp, resp_port, key, workloads, mock_port, paced_rf)
+    instr = {} if SKIP_INSTRUCTIONS else instructions(tmp, resp_port, key, workloads, mock_port, paced_reqs)
 
     if SKIP_COLLECTOR:
         return
@@ -537,7 +539,7 @@ def callgrind_costs(path):
 PACED = f"paced stream, {PACED_EVENTS} events {PACED_DELAY_MS} ms apart"
 
 
-def instructions(tmp, resp_port, key, workloads, mock_port, paced_rf):
+def instructions(tmp, resp_port, key, workloads, mock_port, paced):
     """Instructions the proxy Envoy executes per request, counted by callgrind: exact and
     repeatable where timings on a shared VM are not. Same three listeners; for each workload
     and listener, requests one at a time, first to warm up, then counted from a zeroed counter
@@ -575,8 +577,6 @@ def instructions(tmp, resp_port, key, workloads, mock_port, paced_rf):
         subprocess.run(["callgrind_control", *args, str(p.pid)], capture_output=True, timeout=300)
 
     counts = {}
-    with open(paced_rf) as f:
-        paced = [tuple(f.read().rstrip("\n").split("\t"))]
     for name, reqs in [*workloads.items(), (PACED, paced)]:
         if not any(name.startswith(o) for o in (ONLY or INSTR_ONLY)):
             continue

@@ -74,7 +74,8 @@ pub struct SseParser {
     first_line: bool,
     max_event: usize,
     oversized: bool,
-    /// Events dropped because they exceeded the cap.
+    /// Events dropped because they exceeded the cap (of those parsed: events a sink had passed
+    /// over are not counted).
     pub dropped: u32,
 }
 

@@ -7,7 +7,9 @@
 //! events, so repeated fields are never double counted. Anthropic's `input_tokens` excludes cache
 //! reads and writes, so the total input is the sum of the three.
 
-use super::{count, parse_raw, push_str, read_object, Api, ErrorBody, Facts, ResponseMeter};
+use super::{
+    count, member, parse_raw, push_str, read_object, Api, ErrorBody, Facts, ResponseMeter,
+};
 use crate::scan::{json_string, KeyProbe, TopLevelScanner};
 use crate::usage::Usage;
 
@@ -108,10 +110,7 @@ impl ResponseMeter for AnthropicMeter {
         let (mut model, mut usage) = (None, None);
         if read_object(doc.raw("message"), |k, v| match k {
             b"model" => json_string(v).map(|m| model = m).is_ok(),
-            b"usage" => {
-                usage = WireUsage::read(Some(v));
-                usage.is_some() || v == b"null"
-            }
+            b"usage" => member(&mut usage, v, |v| WireUsage::read(Some(v))),
             _ => true,
         })
         .is_some()

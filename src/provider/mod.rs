@@ -197,6 +197,17 @@ pub(crate) fn read_object(
     (crate::scan::for_each_member(raw?, |k, v| typed &= take(k, v)) && typed).then_some(())
 }
 
+/// A member object read into `slot` by `read`: false when the value is neither `null` nor
+/// readable (a wrong type, as serde's derive fails on it).
+pub(crate) fn member<T>(
+    slot: &mut Option<T>,
+    v: &[u8],
+    read: impl FnOnce(&[u8]) -> Option<T>,
+) -> bool {
+    *slot = read(v);
+    slot.is_some() || v == b"null"
+}
+
 /// A count into `slot`: false when the value is not `null` or an unsigned integer.
 pub(crate) fn count(slot: &mut Option<u64>, v: &[u8]) -> bool {
     crate::scan::json_u64(v).map(|n| *slot = n).is_ok()

@@ -6,7 +6,9 @@
 //! `prompt_tokens` already includes `cached_tokens`, and `completion_tokens` already includes
 //! `reasoning_tokens`, which is the shape of [`Usage`].
 
-use super::{count, parse_raw, push_str, read_object, Api, ErrorBody, Facts, ResponseMeter};
+use super::{
+    count, member, parse_raw, push_str, read_object, Api, ErrorBody, Facts, ResponseMeter,
+};
 use crate::scan::{json_string, KeyProbe, TopLevelScanner};
 use crate::usage::Usage;
 
@@ -119,10 +121,7 @@ impl ResponseMeter for OpenAiMeter {
         // Groq's streams: `x_groq.usage` on the last chunk.
         let mut groq = None;
         if read_object(doc.raw("x_groq"), |k, v| {
-            k != b"usage" || {
-                groq = WireUsage::read(Some(v));
-                groq.is_some() || v == b"null"
-            }
+            k != b"usage" || member(&mut groq, v, |v| WireUsage::read(Some(v)))
         })
         .is_some()
         {
@@ -135,14 +134,8 @@ impl ResponseMeter for OpenAiMeter {
         let (mut model, mut usage, mut error) = (None, None, None);
         if read_object(doc.raw("response"), |k, v| match k {
             b"model" => json_string(v).map(|m| model = m).is_ok(),
-            b"usage" => {
-                usage = WireUsage::read(Some(v));
-                usage.is_some() || v == b"null"
-            }
-            b"error" => {
-                error = parse_raw::<ErrorBody>(Some(v));
-                error.is_some() || v == b"null"
-            }
+            b"usage" => member(&mut usage, v, |v| WireUsage::read(Some(v))),
+            b"error" => member(&mut error, v, |v| parse_raw::<ErrorBody>(Some(v))),
             _ => true,
         })
         .is_some()
