@@ -482,7 +482,7 @@ def memory(tmp, resp_port, key, workloads):
     rf = write(tmp, "mem-req.tsv", "".join(f"{p}\t{h}\t{b}\n" for p, h, b in workloads["mixed providers"]))
     nousage = write(tmp, "mem-nousage.tsv", "/v1/chat/completions\tx-bench-no-usage:1\t"
                     + workloads["streamed, 200 SSE chunks"][0][2] + "\n")
-    rss = {}
+    rss, stats = {}, {}
     for which in ("bare", "tally"):
         for workers in (1, 3):
             port, admin = free_port(), free_port()
@@ -492,20 +492,33 @@ def memory(tmp, resp_port, key, workloads):
                       os.path.join(tmp, f"mem-{which}-{workers}.log"), dict(os.environ, TALLY_ORG_KEY=key))
             wait_ready(admin, "the memory probe")
             wrk(port, rf, 3)
-            time.sleep(1)
+            # Past the filter's next tick, which reports its gauges.
+            time.sleep(1.5)
             rss[(which, workers)] = rss_kib(p.pid) / 1024
+            if which == "tally":
+                stats[workers] = (gauge(admin, "vms"), gauge(admin, "vm_memory_bytes") / 2**20)
             if which == "tally" and workers == 1:
                 # Streams without usage: the one worker VM builds its tokenizer (once).
                 wrk(port, nousage, 2)
-                time.sleep(1)
+                time.sleep(1.5)
                 rss["tokenizer"] = rss_kib(p.pid) / 1024 - rss[(which, workers)]
+                stats["tokenizer"] = gauge(admin, "vm_memory_bytes") / 2**20 - stats[1][1]
             p.kill()
             p.wait()
-    print(f"memory: {rss}", flush=True)
+    print(f"memory: {rss}; the filter's gauges: {stats}", flush=True)
     per_vm = ((rss[("tally", 3)] - rss[("tally", 1)]) - (rss[("bare", 3)] - rss[("bare", 1)])) / 2
     return {"bare_mib": rss[("bare", 1)], "tally_mib": rss[("tally", 1)], "per_vm_mib": per_vm,
             "once_mib": rss[("tally", 1)] - rss[("bare", 1)] - per_vm, "tokenizer_mib": rss["tokenizer"],
-            "module_mb": os.path.getsize(WASM) / 1e6}
+            "module_mb": os.path.getsize(WASM) / 1e6,
+            "vms": (stats[1][0], stats[3][0]), "linear_per_vm_mib": (stats[3][1] - stats[1][1]) / 2,
+            "linear_tokenizer_mib": stats["tokenizer"]}
+
+
+def gauge(admin, name):
+    """One of the filter's gauges, summed over its VMs, from Envoy's stats."""
+    _, stats = get(f"http://127.0.0.1:{admin}/stats?filter=tally")
+    m = re.search(rf"wasmcustom\.tally\.{name}: (\d+)", stats)
+    return int(m.group(1)) if m else 0
 
 
 def envoy_binary():
@@ -753,7 +766,12 @@ def report(results, mem, litellm, ingest, query, instr, paced):
               f"code and Envoy's copies of the module). Envoy alone: {mem['bare_mib']:.0f} MiB; with Tally and "
               f"1 worker: {mem['tally_mib']:.0f} MiB. Streams without usage then made the worker's VM build its "
               f"tokenizer: **+{mem['tokenizer_mib']:.1f} MiB**, once. "
-              f"Requests metered during the run: {mem['metered']}, events dropped: {mem['dropped']}, "
+              + (f"By the filter's own gauges in Envoy's stats (`wasmcustom.tally.vm_memory_bytes`, the linear "
+                 f"memory of its VMs, {mem['vms'][0]} at 1 worker and {mem['vms'][1]} at 3): "
+                 f"**{mem['linear_per_vm_mib']:.1f} MiB** per worker VM, and "
+                 f"**+{mem['linear_tokenizer_mib']:.1f} MiB** in the VM that built the tokenizer. "
+                 if "linear_per_vm_mib" in mem else "")
+              + f"Requests metered during the run: {mem['metered']}, events dropped: {mem['dropped']}, "
               f"filter errors: {mem['errors']}.",
               ""]
     if paced:

@@ -45,8 +45,12 @@ impl Outcome {
 
 #[derive(Debug)]
 pub struct Outbox {
-    /// (queued at, NDJSON line)
-    queue: VecDeque<(u64, Vec<u8>)>,
+    /// The waiting events' NDJSON lines, each with its newline, back to back from `head`: a
+    /// batch is one slice of it, and an event costs its bytes, not an allocation of its own.
+    buf: Vec<u8>,
+    head: usize,
+    /// (queued at, length of the line in `buf`), oldest first.
+    lines: VecDeque<(u64, usize)>,
     max_age_ms: u64,
     batch_max: usize,
     queue_max: usize,
@@ -63,7 +67,9 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(batch_max: usize, queue_max: usize, flush_interval_ms: u64) -> Self {
         Outbox {
-            queue: VecDeque::new(),
+            buf: Vec::new(),
+            head: 0,
+            lines: VecDeque::new(),
             max_age_ms: u64::MAX,
             batch_max: batch_max.max(1),
             queue_max: queue_max.max(1),
@@ -83,31 +89,50 @@ impl Outbox {
     }
 
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.lines.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.lines.is_empty()
     }
 
     /// Queue one serialized event; false (and counted) when the queue is full.
-    pub fn push(&mut self, line: String, now_ms: u64) -> bool {
-        self.push_bytes(line.into_bytes(), now_ms)
+    pub fn push(&mut self, line: &str, now_ms: u64) -> bool {
+        self.push_with(now_ms, |buf| buf.extend_from_slice(line.as_bytes()))
     }
 
-    /// Queue one event's JSON line (UTF-8, no newline), as [`crate::event::Event::write_json`]
-    /// writes it.
-    pub fn push_bytes(&mut self, line: Vec<u8>, now_ms: u64) -> bool {
-        if self.queue.len() >= self.queue_max {
+    /// Queue one event, written by `write` as one JSON line (UTF-8, no newline) straight into
+    /// the queue, as [`crate::event::Event::write_json`] writes it. False (and counted, and
+    /// `write` not called) when the queue is full.
+    pub fn push_with(&mut self, now_ms: u64, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        if self.lines.len() >= self.queue_max {
             self.counters.dropped_full += 1;
             return false;
         }
-        if self.queue.len() == self.in_flight {
+        if self.lines.len() == self.in_flight {
             self.oldest_ms = Some(now_ms);
         }
-        self.queue.push_back((now_ms, line));
+        let start = self.buf.len();
+        write(&mut self.buf);
+        self.buf.push(b'\n');
+        self.lines.push_back((now_ms, self.buf.len() - start));
         self.counters.queued += 1;
         true
+    }
+
+    /// Forget the `n` oldest events. The bytes before `head` are reclaimed once they are at
+    /// least half of the buffer, so each byte is moved at most about once.
+    fn pop_front(&mut self, n: usize) {
+        for (_, len) in self.lines.drain(..n.min(self.lines.len())) {
+            self.head += len;
+        }
+        if self.lines.is_empty() {
+            self.buf.clear();
+            self.head = 0;
+        } else if self.head >= self.buf.len() / 2 {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
     }
 
     /// The NDJSON body of the next batch, if one is due now. The caller must report its outcome
@@ -117,33 +142,29 @@ impl Outbox {
             return None;
         }
         // Events older than the limit go, counted: nothing is retried for ever.
-        while self
-            .queue
-            .front()
-            .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > self.max_age_ms)
-        {
-            self.queue.pop_front();
-            self.counters.dropped_expired += 1;
+        let expired = self
+            .lines
+            .iter()
+            .take_while(|(t, _)| now_ms.saturating_sub(*t) > self.max_age_ms)
+            .count();
+        if expired > 0 {
+            self.pop_front(expired);
+            self.counters.dropped_expired += expired as u64;
         }
-        if self.queue.is_empty() || now_ms < self.not_before_ms {
+        if self.lines.is_empty() || now_ms < self.not_before_ms {
             return None;
         }
-        let full = self.queue.len() >= self.batch_max;
+        let full = self.lines.len() >= self.batch_max;
         let waited = self
             .oldest_ms
             .is_some_and(|t| now_ms.saturating_sub(t) >= self.flush_interval_ms);
         if !full && !waited {
             return None;
         }
-        let n = self.queue.len().min(self.batch_max);
-        let size: usize = self.queue.iter().take(n).map(|(_, l)| l.len() + 1).sum();
-        let mut body = Vec::with_capacity(size);
-        for (_, line) in self.queue.iter().take(n) {
-            body.extend_from_slice(line);
-            body.push(b'\n');
-        }
+        let n = self.lines.len().min(self.batch_max);
+        let size: usize = self.lines.iter().take(n).map(|&(_, len)| len).sum();
         self.in_flight = n;
-        Some((body, n))
+        Some((self.buf[self.head..self.head + size].to_vec(), n))
     }
 
     /// The batch in flight ended.
@@ -152,7 +173,7 @@ impl Outbox {
         self.in_flight = 0;
         match outcome {
             Outcome::Accepted | Outcome::Rejected => {
-                self.queue.drain(..n.min(self.queue.len()));
+                self.pop_front(n);
                 if outcome == Outcome::Accepted {
                     self.counters.sent += n as u64;
                 } else {
@@ -160,7 +181,7 @@ impl Outbox {
                 }
                 self.backoff_ms = BACKOFF_START_MS;
                 self.not_before_ms = 0;
-                self.oldest_ms = if self.queue.is_empty() {
+                self.oldest_ms = if self.lines.is_empty() {
                     None
                 } else {
                     // The rest waited at least as long as this call took; send it soon.
@@ -179,7 +200,7 @@ impl Outbox {
 
     /// Make whatever waits due at once (shutdown).
     pub fn flush_now(&mut self) {
-        if self.queue.len() > self.in_flight {
+        if self.lines.len() > self.in_flight {
             self.oldest_ms = Some(0);
             self.not_before_ms = 0;
         }
@@ -206,14 +227,14 @@ mod tests {
     #[test]
     fn flushes_by_size_and_by_time() {
         let mut o = Outbox::new(3, 10, 1000);
-        o.push("a".into(), 0);
-        o.push("b".into(), 10);
+        o.push("a", 0);
+        o.push("b", 10);
         assert!(o.take_batch(500).is_none(), "not full, not old enough");
         let (body, n) = o.take_batch(1000).unwrap();
         assert_eq!((lines(&body), n), (vec!["a".into(), "b".into()], 2));
         o.complete(Outcome::Accepted, 1001);
         for x in ["c", "d", "e", "f"] {
-            o.push(x.into(), 1100);
+            o.push(x, 1100);
         }
         let (body, n) = o.take_batch(1100).unwrap();
         assert_eq!((lines(&body).len(), n), (3, 3), "full batch goes at once");
@@ -226,12 +247,12 @@ mod tests {
     #[test]
     fn failures_keep_events_and_back_off() {
         let mut o = Outbox::new(10, 10, 100);
-        o.push("a".into(), 0);
+        o.push("a", 0);
         let (_, n) = o.take_batch(100).unwrap();
         assert_eq!(n, 1);
         o.complete(Outcome::Retry, 100);
         assert!(o.take_batch(599).is_none(), "backing off 500 ms");
-        o.push("b".into(), 300);
+        o.push("b", 300);
         let (body, _) = o.take_batch(600).unwrap();
         assert_eq!(lines(&body), vec!["a", "b"], "order kept, nothing lost");
         o.complete(Outcome::Retry, 600);
@@ -244,10 +265,49 @@ mod tests {
     }
 
     #[test]
+    fn batches_are_the_waiting_lines_in_order_as_the_buffer_is_reclaimed() {
+        // Against a plain list of lines: pushes, batches that succeed, fail or are refused, in
+        // a pattern that reclaims the buffer at every stage (half spent, all spent).
+        let mut o = Outbox::new(3, 8, 0);
+        let mut model: VecDeque<String> = VecDeque::new();
+        let mut next = 0;
+        let (mut moved, mut kept_in_place) = (false, false);
+        for step in 0..400u64 {
+            for _ in 0..(step % 7) {
+                let line = format!("{{\"n\":{next},\"pad\":\"{}\"}}", "x".repeat(next % 7));
+                next += 1;
+                let kept = o.push_with(step, |buf| buf.extend_from_slice(line.as_bytes()));
+                assert_eq!(kept, model.len() < 8);
+                if kept {
+                    model.push_back(line);
+                }
+            }
+            let Some((body, n)) = o.take_batch(step) else {
+                assert!(model.is_empty());
+                continue;
+            };
+            let want: Vec<String> = model.iter().take(3).cloned().collect();
+            assert_eq!((lines(&body), n), (want, model.len().min(3)));
+            let outcome = [Outcome::Accepted, Outcome::Retry, Outcome::Rejected][step as usize % 3];
+            o.complete(outcome, step);
+            // No backoff in this test: a retry may go again at once.
+            o.not_before_ms = 0;
+            if outcome != Outcome::Retry {
+                model.drain(..n);
+                moved |= o.head == 0 && !model.is_empty();
+                kept_in_place |= o.head > 0;
+            }
+            assert_eq!(o.len(), model.len());
+        }
+        assert!(o.counters.dropped_full > 0 && o.counters.sent > 100);
+        assert!(moved && kept_in_place, "both ways of reclaiming were taken");
+    }
+
+    #[test]
     fn full_queue_drops_new_events_and_counts_them() {
         let mut o = Outbox::new(2, 3, 100);
         for i in 0..5 {
-            o.push(i.to_string(), 0);
+            o.push(&i.to_string(), 0);
         }
         assert_eq!(o.len(), 3);
         assert_eq!(o.counters.dropped_full, 2);
@@ -256,10 +316,10 @@ mod tests {
     #[test]
     fn events_are_not_retried_for_ever() {
         let mut o = Outbox::new(10, 10, 100).with_max_age(60_000);
-        o.push("old".into(), 0);
+        o.push("old", 0);
         o.take_batch(100).unwrap();
         o.complete(Outcome::Retry, 100);
-        o.push("new".into(), 30_000);
+        o.push("new", 30_000);
         let (body, _) = o.take_batch(61_000).unwrap();
         assert_eq!(lines(&body), vec!["new"]);
         assert_eq!(o.counters.dropped_expired, 1);
@@ -268,7 +328,7 @@ mod tests {
     #[test]
     fn rejected_batches_are_dropped_and_counted() {
         let mut o = Outbox::new(2, 10, 100);
-        o.push("bad".into(), 0);
+        o.push("bad", 0);
         o.take_batch(100).unwrap();
         o.complete(Outcome::from_status(Some(400)), 100);
         assert!(o.is_empty());

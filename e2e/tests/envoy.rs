@@ -194,6 +194,11 @@ fn events_wait_for_a_collector_that_is_down() {
     common::wait_until("a failed batch", Duration::from_secs(10), || {
         stack.envoy_counter("wasmcustom.tally.events_retried") > 0
     });
+    // Envoy's stats show them waiting, and none once the collector has them.
+    assert_eq!(
+        stack.wait_stat("wasmcustom.tally.events_waiting", |n| n == 5),
+        5
+    );
     let _collector = start_collector(
         &stack.data_dir(),
         stack.collector_port,
@@ -208,4 +213,8 @@ fn events_wait_for_a_collector_that_is_down() {
     inputs.sort();
     assert_eq!(inputs, [0, 1, 2, 3, 4]);
     assert_eq!(stack.envoy_counter("wasmcustom.tally.events_dropped"), 0);
+    assert_eq!(
+        stack.wait_stat("wasmcustom.tally.events_waiting", |n| n == 0),
+        0
+    );
 }

@@ -390,6 +390,18 @@ fn usage_request_can_be_switched_off() {
             .into(),
         ..common::Options::default()
     });
+    // Each VM counts itself and its linear memory in gauges: at one worker, the VM Envoy loads
+    // the module into and its copies on the main thread and the worker. No tokenizer yet, and
+    // each within the 8 MiB a VM may take.
+    const MIB: u64 = 1 << 20;
+    let vms = stack.wait_stat("wasmcustom.tally.vms", |n| n == 3);
+    assert_eq!(vms, 3);
+    let memory = stack.envoy_counter("wasmcustom.tally.vm_memory_bytes");
+    assert_eq!(memory % 65_536, 0, "whole wasm pages: {memory}");
+    assert!(
+        (MIB..=8 * MIB).contains(&(memory / vms)),
+        "{memory} bytes in {vms} VMs"
+    );
     let (status, text, _) = send(
         agent()
             .post(&stack.url("/v1/chat/completions"))
@@ -415,6 +427,25 @@ fn usage_request_can_be_switched_off() {
     assert_eq!(ev["token_source"], "measured");
     assert_eq!(ev["output_tokens"], counted);
     assert_eq!(ev["measured_output_tokens"], counted);
+    // The worker's VM built its tokenizer for this stream: at most 30 MiB more, once.
+    let grown = stack.wait_stat("wasmcustom.tally.vm_memory_bytes", |m| m > memory) - memory;
+    assert!((10 * MIB..=30 * MIB).contains(&grown), "{grown} bytes");
+    // A second such stream reuses it.
+    let (status, _, _) = send(
+        agent()
+            .post(&stack.url("/v1/chat/completions"))
+            .set("x-tally-user", "u-off-again"),
+        Some(r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#),
+    );
+    assert_eq!(status, 200);
+    let again = &stack.wait_events("user=u-off-again", 1)[0];
+    assert_eq!(again["measured_output_tokens"], counted);
+    // Ticks every 50 ms: a few of them pass.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        stack.envoy_counter("wasmcustom.tally.vm_memory_bytes"),
+        memory + grown
+    );
     assert_eq!(ev["input_tokens"], Value::Null);
     assert_eq!(ev["cost_usd"], Value::Null);
     assert_eq!(ev["error_category"], Value::Null);

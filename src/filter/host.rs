@@ -99,6 +99,12 @@ pub fn property(path: &[&str]) -> Option<String> {
     property_bytes(path).and_then(|b| String::from_utf8(b).ok())
 }
 
+/// The VM's linear memory in bytes: it only grows, so it is the most the VM has held.
+pub fn memory_bytes() -> i64 {
+    let pages = core::arch::wasm32::memory_size(0);
+    i64::try_from(pages.saturating_mul(65_536)).unwrap_or(i64::MAX)
+}
+
 pub fn log(level: proxy_wasm::types::LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
@@ -113,11 +119,18 @@ pub struct Metrics {
     pub events_dropped: Option<u32>,
     pub batches_failed: Option<u32>,
     pub filter_errors: Option<u32>,
+    /// Gauges summed over the VMs of the plugin (each VM adds its own share): how many VMs run,
+    /// their linear memory (so that memory per VM is read from Envoy's stats), and the events
+    /// not yet accepted by the collector.
+    pub vms: Option<u32>,
+    pub vm_memory_bytes: Option<u32>,
+    pub events_waiting: Option<u32>,
 }
 
 impl Metrics {
     pub fn define() -> Metrics {
         let c = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        let g = |name: &str| hostcalls::define_metric(MetricType::Gauge, name).ok();
         Metrics {
             requests_metered: c("tally.requests_metered"),
             events_queued: c("tally.events_queued"),
@@ -126,6 +139,18 @@ impl Metrics {
             events_dropped: c("tally.events_dropped"),
             batches_failed: c("tally.batches_failed"),
             filter_errors: c("tally.filter_errors"),
+            vms: g("tally.vms"),
+            vm_memory_bytes: g("tally.vm_memory_bytes"),
+            events_waiting: g("tally.events_waiting"),
+        }
+    }
+
+    /// Move a gauge by `delta`, up or down.
+    pub fn shift(id: Option<u32>, delta: i64) {
+        if let Some(id) = id {
+            if delta != 0 {
+                let _ = hostcalls::increment_metric(id, delta);
+            }
         }
     }
 

@@ -157,8 +157,6 @@ impl HttpContext for Req {
         };
         let s = &mut *s;
         let event = ex.finish(fin, &s.prices, &mut s.tokenizers);
-        let mut line = Vec::with_capacity(1024);
-        event.write_json(&mut line);
-        s.outbox.push_bytes(line, now as u64);
+        s.outbox.push_with(now as u64, |buf| event.write_json(buf));
     }
 }

@@ -41,6 +41,10 @@ pub struct Root {
     reported: Counters,
     in_flight: Option<u32>,
     stopping: bool,
+    /// This VM's share of the gauges, taken back when it stops.
+    counted_vm: bool,
+    reported_memory: i64,
+    reported_waiting: i64,
 }
 
 impl Root {
@@ -51,7 +55,20 @@ impl Root {
             reported: Counters::default(),
             in_flight: None,
             stopping: false,
+            counted_vm: false,
+            reported_memory: 0,
+            reported_waiting: 0,
         }
+    }
+
+    /// Bring this VM's share of the gauges up to date (a host call only for one that moved).
+    fn report_gauges(&mut self, waiting: usize) {
+        let memory = host::memory_bytes();
+        Metrics::shift(self.metrics.vm_memory_bytes, memory - self.reported_memory);
+        self.reported_memory = memory;
+        let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
+        Metrics::shift(self.metrics.events_waiting, waiting - self.reported_waiting);
+        self.reported_waiting = waiting;
     }
 
     fn configure(&mut self, size: usize) -> Result<(), String> {
@@ -59,10 +76,14 @@ impl Root {
         let env_key = std::env::var("TALLY_ORG_KEY").ok();
         let cfg = Config::parse(&json, env_key)?;
         let prices = PriceTable::builtin()?;
-        let tick = (cfg.flush_interval_ms / 2).clamp(20, 1000);
+        let tick = (cfg.flush_interval_ms / 2).clamp(20, 50);
         hostcalls::set_tick_period(Duration::from_millis(tick))
             .map_err(|s| format!("cannot set the flush timer: {s:?}"))?;
         self.metrics = Metrics::define();
+        if !self.counted_vm {
+            Metrics::shift(self.metrics.vms, 1);
+            self.counted_vm = true;
+        }
         self.shared = Some(Rc::new(RefCell::new(Shared {
             outbox: Outbox::new(
                 cfg.batch_max_events,
@@ -149,6 +170,13 @@ impl Root {
 impl Context for Root {
     fn on_done(&mut self) -> bool {
         self.stopping = true;
+        if self.counted_vm {
+            Metrics::shift(self.metrics.vms, -1);
+            self.report_gauges(0);
+            Metrics::shift(self.metrics.vm_memory_bytes, -self.reported_memory);
+            self.counted_vm = false;
+            self.reported_memory = 0;
+        }
         let pending = self
             .shared
             .as_ref()
@@ -214,7 +242,10 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
         match self.configure(size) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.report_gauges(0);
+                true
+            }
             Err(e) => {
                 host::log(LogLevel::Critical, &format!("configuration rejected: {e}"));
                 false
@@ -227,6 +258,11 @@ impl RootContext for Root {
             Metrics::add(self.metrics.requests_metered, s.metered.take());
         }
         self.flush();
+        if self.counted_vm {
+            let waiting = self.shared.as_ref().and_then(|s| s.try_borrow().ok());
+            let waiting = waiting.map_or(0, |s| s.outbox.len());
+            self.report_gauges(waiting);
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

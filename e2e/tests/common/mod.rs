@@ -454,6 +454,19 @@ impl Stack {
             .unwrap_or(0)
     }
 
+    /// Envoy's stat `name` once `done` says so (the filter reports some on its timer), or its
+    /// last value after 5 s.
+    pub fn wait_stat(&self, name: &str, done: impl Fn(u64) -> bool) -> u64 {
+        let start = Instant::now();
+        loop {
+            let v = self.envoy_counter(name);
+            if done(v) || start.elapsed() > Duration::from_secs(5) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// What reached the mock provider: method, path and header names of each request.
     pub fn mock_requests(&self) -> Vec<Value> {
         let (_, body, _) = send(
