@@ -11,7 +11,7 @@
 use crate::sketch::{self, Sketch};
 use rusqlite::{params, Transaction};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use tally::event::{ErrorSource, Event};
 
 pub const MINUTE: i64 = 60_000;
@@ -118,6 +118,7 @@ impl Agg {
 
 /// Rollup rows touched by a batch. Each (dimension, key) pair gets a number once per batch, so
 /// an event's rows are found by hashing integers, not strings, and its labels are not copied.
+/// The maps hash with foldhash: SipHash was half the cost of counting an event in.
 #[derive(Default)]
 pub struct Pending {
     /// Per dimension ("all" first, then [`DIMENSIONS`]): key -> number.
