@@ -38,7 +38,18 @@ pub fn parse(body: &[u8]) -> Result<Batch, ApiError> {
         },
         Some(_) => {
             let mut out = Vec::new();
-            for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+            // Lines found with memchr: a closure per byte was a twelfth of the parse.
+            let mut rest = body;
+            let lines = std::iter::from_fn(|| {
+                if rest.is_empty() {
+                    return None;
+                }
+                let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+                let line = &rest[..end];
+                rest = rest.get(end + 1..).unwrap_or_default();
+                Some(line)
+            });
+            for (i, line) in lines.enumerate() {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
@@ -206,6 +217,14 @@ mod tests {
             "[1].input_tokens"
         );
         assert_eq!(field_of(&format!("{good}\n{bad_type}")), "[1].input_tokens");
+        // Blank lines are skipped, yet counted in the line number.
+        match parse(format!("\n{good}\r\n\n{bad_type}\n").as_bytes()) {
+            Err(ApiError::BadRequest { message, field }) => {
+                assert!(message.starts_with("line 4: "), "{message}");
+                assert_eq!(field.as_deref(), Some("[1].input_tokens"));
+            }
+            other => panic!("{other:?}"),
+        }
         let missing = good.replace(r#""provider":"openai","#, "");
         assert!(field_of(&format!("[{missing}]")).starts_with("[0]"));
         let bad_ts = good.replace("2026-11-24T08:00:00.000Z", "yesterday");

@@ -9,9 +9,9 @@
 //! are answered at hour resolution (edges rounded down to the hour).
 
 use crate::sketch::{self, Sketch};
+use foldhash::HashMap;
 use rusqlite::{params, Transaction};
 use std::borrow::Cow;
-use foldhash::HashMap;
 use tally::event::{ErrorSource, Event};
 
 pub const MINUTE: i64 = 60_000;
