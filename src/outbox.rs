@@ -11,6 +11,8 @@
 use std::collections::VecDeque;
 
 const BACKOFF_START_MS: u64 = 500;
+/// Bytes per block of the queue: about a hundred events.
+const BLOCK: usize = 64 * 1024;
 const BACKOFF_MAX_MS: u64 = 30_000;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +47,16 @@ impl Outcome {
 
 #[derive(Debug)]
 pub struct Outbox {
-    /// The waiting events' NDJSON lines, each with its newline, back to back from `head`: a
-    /// batch is one slice of it, and an event costs its bytes, not an allocation of its own.
-    buf: Vec<u8>,
+    /// The waiting events' NDJSON lines, each with its newline, back to back in blocks of
+    /// [`BLOCK`] bytes (a line never spans two): an event costs its bytes, not an allocation of
+    /// its own, and memory follows the queue without the spare capacity and the copies of one
+    /// buffer that doubles as it grows.
+    blocks: VecDeque<Vec<u8>>,
+    /// Where the oldest line starts in the first block.
     head: usize,
-    /// (queued at, length of the line in `buf`), oldest first.
+    /// Where an event is written before it is queued; kept from one event to the next.
+    scratch: Vec<u8>,
+    /// (queued at, length of the line), oldest first.
     lines: VecDeque<(u64, usize)>,
     max_age_ms: u64,
     batch_max: usize,
@@ -67,8 +74,9 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(batch_max: usize, queue_max: usize, flush_interval_ms: u64) -> Self {
         Outbox {
-            buf: Vec::new(),
+            blocks: VecDeque::new(),
             head: 0,
+            scratch: Vec::new(),
             lines: VecDeque::new(),
             max_age_ms: u64::MAX,
             batch_max: batch_max.max(1),
@@ -101,9 +109,9 @@ impl Outbox {
         self.push_with(now_ms, |buf| buf.extend_from_slice(line.as_bytes()))
     }
 
-    /// Queue one event, written by `write` as one JSON line (UTF-8, no newline) straight into
-    /// the queue, as [`crate::event::Event::write_json`] writes it. False (and counted, and
-    /// `write` not called) when the queue is full.
+    /// Queue one event, written by `write` as one JSON line (UTF-8, no newline), as
+    /// [`crate::event::Event::write_json`] writes it. False (and counted, and `write` not
+    /// called) when the queue is full.
     pub fn push_with(&mut self, now_ms: u64, write: impl FnOnce(&mut Vec<u8>)) -> bool {
         if self.lines.len() >= self.queue_max {
             self.counters.dropped_full += 1;
@@ -112,26 +120,38 @@ impl Outbox {
         if self.lines.len() == self.in_flight {
             self.oldest_ms = Some(now_ms);
         }
-        let start = self.buf.len();
-        write(&mut self.buf);
-        self.buf.push(b'\n');
-        self.lines.push_back((now_ms, self.buf.len() - start));
+        self.scratch.clear();
+        write(&mut self.scratch);
+        self.scratch.push(b'\n');
+        let len = self.scratch.len();
+        let fits = self
+            .blocks
+            .back()
+            .is_some_and(|b| b.capacity() - b.len() >= len);
+        if !fits {
+            self.blocks.push_back(Vec::with_capacity(BLOCK.max(len)));
+        }
+        if let Some(block) = self.blocks.back_mut() {
+            block.extend_from_slice(&self.scratch);
+        }
+        self.lines.push_back((now_ms, len));
         self.counters.queued += 1;
         true
     }
 
-    /// Forget the `n` oldest events. The bytes before `head` are reclaimed once they are at
-    /// least half of the buffer, so each byte is moved at most about once.
+    /// Forget the `n` oldest events, and each block once all of its lines are gone (the last
+    /// one is kept, emptied, for the next events).
     fn pop_front(&mut self, n: usize) {
         for (_, len) in self.lines.drain(..n.min(self.lines.len())) {
             self.head += len;
-        }
-        if self.lines.is_empty() {
-            self.buf.clear();
-            self.head = 0;
-        } else if self.head >= self.buf.len() / 2 {
-            self.buf.drain(..self.head);
-            self.head = 0;
+            if self.blocks.front().is_some_and(|b| self.head >= b.len()) {
+                self.head = 0;
+                if self.blocks.len() > 1 {
+                    self.blocks.pop_front();
+                } else if let Some(b) = self.blocks.front_mut() {
+                    b.clear();
+                }
+            }
         }
     }
 
@@ -163,8 +183,19 @@ impl Outbox {
         }
         let n = self.lines.len().min(self.batch_max);
         let size: usize = self.lines.iter().take(n).map(|&(_, len)| len).sum();
+        let mut body = Vec::with_capacity(size);
+        let (mut block, mut at) = (0, self.head);
+        for &(_, len) in self.lines.iter().take(n) {
+            if self.blocks.get(block).is_some_and(|b| at >= b.len()) {
+                block += 1;
+                at = 0;
+            }
+            let line = self.blocks.get(block).and_then(|b| b.get(at..at + len));
+            body.extend_from_slice(line.unwrap_or_default());
+            at += len;
+        }
         self.in_flight = n;
-        Some((self.buf[self.head..self.head + size].to_vec(), n))
+        Some((body, n))
     }
 
     /// The batch in flight ended.
@@ -265,16 +296,21 @@ mod tests {
     }
 
     #[test]
-    fn batches_are_the_waiting_lines_in_order_as_the_buffer_is_reclaimed() {
-        // Against a plain list of lines: pushes, batches that succeed, fail or are refused, in
-        // a pattern that reclaims the buffer at every stage (half spent, all spent).
+    fn batches_are_the_waiting_lines_in_order_across_blocks() {
+        // Against a plain list of lines: pushes, batches that succeed, fail or are refused.
+        // Lines of up to 40 KB fill blocks in one to a few lines, and every 50th is longer than
+        // a block, so lines meet block ends in every way.
         let mut o = Outbox::new(3, 8, 0);
         let mut model: VecDeque<String> = VecDeque::new();
-        let mut next = 0;
-        let (mut moved, mut kept_in_place) = (false, false);
+        let (mut next, mut most_blocks) = (0, 0);
         for step in 0..400u64 {
             for _ in 0..(step % 7) {
-                let line = format!("{{\"n\":{next},\"pad\":\"{}\"}}", "x".repeat(next % 7));
+                let pad = if next % 50 == 49 {
+                    BLOCK + 10
+                } else {
+                    next * 7919 % 40_000
+                };
+                let line = format!("{{\"n\":{next},\"pad\":\"{}\"}}", "x".repeat(pad));
                 next += 1;
                 let kept = o.push_with(step, |buf| buf.extend_from_slice(line.as_bytes()));
                 assert_eq!(kept, model.len() < 8);
@@ -282,6 +318,9 @@ mod tests {
                     model.push_back(line);
                 }
             }
+            most_blocks = most_blocks.max(o.blocks.len());
+            // No block ever grew past its first size.
+            assert!(o.blocks.iter().all(|b| b.capacity() <= BLOCK + 64));
             let Some((body, n)) = o.take_batch(step) else {
                 assert!(model.is_empty());
                 continue;
@@ -294,13 +333,17 @@ mod tests {
             o.not_before_ms = 0;
             if outcome != Outcome::Retry {
                 model.drain(..n);
-                moved |= o.head == 0 && !model.is_empty();
-                kept_in_place |= o.head > 0;
             }
             assert_eq!(o.len(), model.len());
         }
         assert!(o.counters.dropped_full > 0 && o.counters.sent > 100);
-        assert!(moved && kept_in_place, "both ways of reclaiming were taken");
+        assert!(most_blocks >= 4, "{most_blocks}");
+        // Once empty, one block is left for the next events.
+        while let Some((_, n)) = o.take_batch(1_000) {
+            o.complete(Outcome::Accepted, 1_000);
+            assert!(n > 0);
+        }
+        assert!(o.is_empty() && o.blocks.len() == 1 && o.blocks[0].is_empty());
     }
 
     #[test]

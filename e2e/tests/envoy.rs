@@ -218,3 +218,32 @@ fn events_wait_for_a_collector_that_is_down() {
         0
     );
 }
+
+#[test]
+fn waiting_events_cost_their_size_in_memory() {
+    // The collector is down: 2 000 events wait in the worker's VM, and its memory grows by
+    // their bytes (about 0.6 KB each here), not by an allocation per event or a buffer that
+    // doubles.
+    let stack = Stack::start_with(Options {
+        start_collector: false,
+        ..Options::default()
+    });
+    let before = stack.wait_stat("wasmcustom.tally.vm_memory_bytes", |m| m > 0);
+    for i in 0..2000 {
+        let (status, _, _) = send(
+            agent()
+                .post(&stack.url("/v1/chat/completions"))
+                .set("x-tally-user", "while-down")
+                .set("x-tally-team", "payments")
+                .set("x-mock-usage", &format!("input={i},output=1")),
+            Some(r#"{"model":"gpt-4o-mini","messages":[]}"#),
+        );
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        stack.wait_stat("wasmcustom.tally.events_waiting", |n| n == 2000),
+        2000
+    );
+    let grown = stack.envoy_counter("wasmcustom.tally.vm_memory_bytes") - before;
+    assert!(grown <= 2000 * 1024, "{grown} bytes for 2000 events");
+}
