@@ -11,9 +11,9 @@
 use std::collections::VecDeque;
 
 const BACKOFF_START_MS: u64 = 500;
+const BACKOFF_MAX_MS: u64 = 30_000;
 /// Bytes per block of the queue: about a hundred events.
 const BLOCK: usize = 64 * 1024;
-const BACKOFF_MAX_MS: u64 = 30_000;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {

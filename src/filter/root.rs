@@ -172,10 +172,10 @@ impl Context for Root {
         self.stopping = true;
         if self.counted_vm {
             Metrics::shift(self.metrics.vms, -1);
-            self.report_gauges(0);
             Metrics::shift(self.metrics.vm_memory_bytes, -self.reported_memory);
+            Metrics::shift(self.metrics.events_waiting, -self.reported_waiting);
             self.counted_vm = false;
-            self.reported_memory = 0;
+            (self.reported_memory, self.reported_waiting) = (0, 0);
         }
         let pending = self
             .shared
