@@ -126,15 +126,49 @@ async fn ingest_events(
     ))
 }
 
+/// How much of a body over [`MAX_BATCH_BYTES`] is read, and dropped, before the 413 goes out.
+const DRAIN_LIMIT: usize = 4 * MAX_BATCH_BYTES;
+
+/// The batch's bytes, at most [`MAX_BATCH_BYTES`]. A larger body is still read to its end (up to
+/// [`DRAIN_LIMIT`]) before the 413: a client still sending when the server stops reading meets a
+/// reset connection instead of the answer.
+async fn read_batch(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        return Err(ApiError::PayloadTooLarge(MAX_BATCH_BYTES));
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(MAX_BATCH_BYTES));
+    let mut read = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad(format!("cannot read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        read = read.saturating_add(data.len());
+        if read <= MAX_BATCH_BYTES {
+            bytes.extend_from_slice(&data);
+        } else if read > DRAIN_LIMIT {
+            break;
+        } else {
+            bytes = Vec::new();
+        }
+    }
+    if read > MAX_BATCH_BYTES {
+        return Err(ApiError::PayloadTooLarge(MAX_BATCH_BYTES));
+    }
+    Ok(bytes)
+}
+
 async fn ingest(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(usize, usize), ApiError> {
     let org = authenticate(state, headers).await?;
-    let bytes = axum::body::to_bytes(body, MAX_BATCH_BYTES)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(MAX_BATCH_BYTES))?;
+    let bytes = read_batch(headers, body).await?;
     let batch = ingest::parse(&bytes).inspect_err(|e| {
         // The field's name only: values could be labels a client chose.
         let field = match e {
