@@ -429,10 +429,9 @@ def run(tmp):
               f"{med['noop']['cpu_us_per_req']:.0f} us, tally {med['tally']['cpu_us_per_req']:.0f} us; "
               f"{med['tally']['rps']:.1f} req/s; non-2xx {paced['non2xx']}", flush=True)
 
-    _, stats = get(f"http://127.0.0.1:{admin}/stats?filter=tally")
-    counter = lambda n: int(m.group(1)) if (m := re.search(rf"wasmcustom\.tally\.{n}: (\d+)", stats)) else 0
-    mem = memory(tmp, resp_port, key, workloads)
-    mem["metered"], mem["dropped"], mem["errors"] = counter("requests_metered"), counter("events_dropped"), counter("filter_errors")
+    counts = {k: tally_stat(admin, n) for k, n in
+              (("metered", "requests_metered"), ("dropped", "events_dropped"), ("errors", "filter_errors"))}
+    mem = memory(tmp, resp_port, key, workloads) | counts
     litellm = {} if SKIP_LITELLM else litellm_runs(tmp, resp_port, ports, workloads, results)
     proxy.kill()
     proxy.wait()
@@ -496,13 +495,13 @@ def memory(tmp, resp_port, key, workloads):
             time.sleep(1.5)
             rss[(which, workers)] = rss_kib(p.pid) / 1024
             if which == "tally":
-                stats[workers] = (gauge(admin, "vms"), gauge(admin, "vm_memory_bytes") / 2**20)
+                stats[workers] = (tally_stat(admin, "vms"), tally_stat(admin, "vm_memory_bytes") / 2**20)
             if which == "tally" and workers == 1:
                 # Streams without usage: the one worker VM builds its tokenizer (once).
                 wrk(port, nousage, 2)
                 time.sleep(1.5)
                 rss["tokenizer"] = rss_kib(p.pid) / 1024 - rss[(which, workers)]
-                stats["tokenizer"] = gauge(admin, "vm_memory_bytes") / 2**20 - stats[1][1]
+                stats["tokenizer"] = tally_stat(admin, "vm_memory_bytes") / 2**20 - stats[1][1]
             p.kill()
             p.wait()
     print(f"memory: {rss}; the filter's gauges: {stats}", flush=True)
@@ -514,8 +513,8 @@ def memory(tmp, resp_port, key, workloads):
             "linear_tokenizer_mib": stats["tokenizer"]}
 
 
-def gauge(admin, name):
-    """One of the filter's gauges, summed over its VMs, from Envoy's stats."""
+def tally_stat(admin, name):
+    """One of the filter's counters or gauges (a gauge summed over its VMs), from Envoy's stats."""
     _, stats = get(f"http://127.0.0.1:{admin}/stats?filter=tally")
     m = re.search(rf"wasmcustom\.tally\.{name}: (\d+)", stats)
     return int(m.group(1)) if m else 0

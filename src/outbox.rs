@@ -105,7 +105,8 @@ impl Outbox {
     }
 
     /// Queue one serialized event; false (and counted) when the queue is full.
-    pub fn push(&mut self, line: &str, now_ms: u64) -> bool {
+    #[cfg(test)]
+    fn push(&mut self, line: &str, now_ms: u64) -> bool {
         self.push_with(now_ms, |buf| buf.extend_from_slice(line.as_bytes()))
     }
 

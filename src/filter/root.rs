@@ -254,13 +254,13 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.flush();
+        let mut waiting = 0;
         if let Some(s) = self.shared.as_ref().and_then(|s| s.try_borrow().ok()) {
             Metrics::add(self.metrics.requests_metered, s.metered.take());
+            waiting = s.outbox.len();
         }
-        self.flush();
         if self.counted_vm {
-            let waiting = self.shared.as_ref().and_then(|s| s.try_borrow().ok());
-            let waiting = waiting.map_or(0, |s| s.outbox.len());
             self.report_gauges(waiting);
         }
     }
