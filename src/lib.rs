@@ -16,6 +16,7 @@ pub mod decode;
 pub mod errors;
 pub mod event;
 pub mod exchange;
+pub mod handoff;
 pub mod header_map;
 pub mod measure;
 pub mod outbox;

@@ -23,6 +23,8 @@ pub struct Counters {
     pub dropped_full: u64,
     pub dropped_rejected: u64,
     pub dropped_expired: u64,
+    /// Events taken over from a VM that stopped (see `handoff`); counted there as queued.
+    pub adopted: u64,
 }
 
 /// How a batch call ended.
@@ -183,6 +185,13 @@ impl Outbox {
             return None;
         }
         let n = self.lines.len().min(self.batch_max);
+        let body = self.copy_lines(n);
+        self.in_flight = n;
+        Some((body, n))
+    }
+
+    /// The `n` oldest lines, back to back.
+    fn copy_lines(&self, n: usize) -> Vec<u8> {
         let size: usize = self.lines.iter().take(n).map(|&(_, len)| len).sum();
         let mut body = Vec::with_capacity(size);
         let (mut block, mut at) = (0, self.head);
@@ -195,8 +204,30 @@ impl Outbox {
             body.extend_from_slice(line.unwrap_or_default());
             at += len;
         }
-        self.in_flight = n;
-        Some((body, n))
+        body
+    }
+
+    /// Every waiting event, the batch in flight included, as NDJSON: what a stopping VM hands
+    /// over (see `handoff`).
+    pub fn export(&self) -> Vec<u8> {
+        self.copy_lines(self.lines.len())
+    }
+
+    /// Queue the NDJSON lines another VM handed over, as due at once. Returns how many were
+    /// taken; the rest did not fit and are counted as dropped.
+    pub fn adopt(&mut self, ndjson: &[u8], now_ms: u64) -> usize {
+        let mut taken = 0;
+        for line in ndjson.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            if self.push_with(now_ms, |buf| buf.extend_from_slice(line)) {
+                self.counters.queued -= 1;
+                self.counters.adopted += 1;
+                taken += 1;
+            }
+        }
+        if taken > 0 {
+            self.flush_now();
+        }
+        taken
     }
 
     /// The batch in flight ended.
@@ -380,5 +411,33 @@ mod tests {
         assert_eq!(Outcome::from_status(None), Outcome::Retry);
         assert_eq!(Outcome::from_status(Some(503)), Outcome::Retry);
         assert_eq!(Outcome::from_status(Some(202)), Outcome::Accepted);
+    }
+
+    #[test]
+    fn export_and_adopt_move_every_waiting_event_once() {
+        let mut a = Outbox::new(2, 100, 1000);
+        for i in 0..5 {
+            assert!(a.push(&format!("{{\"n\":{i}}}"), 0));
+        }
+        // A batch in flight is handed over too: the VM may die before its answer.
+        let (batch, n) = a.take_batch(5000).unwrap();
+        assert_eq!(n, 2);
+        let all = a.export();
+        assert!(all.starts_with(&batch));
+        assert_eq!(lines(&all).len(), 5);
+
+        let mut b = Outbox::new(200, 4, 60_000);
+        assert!(b.push("{\"own\":1}", 0));
+        assert_eq!(b.adopt(&all, 100_000), 3);
+        assert_eq!(b.counters.queued, 1);
+        assert_eq!(b.counters.adopted, 3);
+        assert_eq!(b.counters.dropped_full, 2);
+        // Adopted events are due at once, not after another flush interval.
+        let (body, n) = b.take_batch(100_001).unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(
+            lines(&body),
+            ["{\"own\":1}", "{\"n\":0}", "{\"n\":1}", "{\"n\":2}"]
+        );
     }
 }

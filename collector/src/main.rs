@@ -39,6 +39,11 @@ enum Command {
         /// TLS private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Serve plain HTTP on a non-loopback address because something in front already
+        /// authenticates and encrypts it: a mesh sidecar terminating mTLS, or a private
+        /// container network.
+        #[arg(long, conflicts_with = "tls_cert")]
+        plaintext_behind_mesh: bool,
     },
     /// Manage the people who sign in to the dashboard.
     User {
@@ -96,7 +101,14 @@ fn main() -> ExitCode {
             retention_days,
             tls_cert,
             tls_key,
-        } => serve(data_dir, listen, retention_days, tls_cert.zip(tls_key)),
+            plaintext_behind_mesh,
+        } => serve(
+            data_dir,
+            listen,
+            retention_days,
+            tls_cert.zip(tls_key),
+            plaintext_behind_mesh,
+        ),
         Command::User { command, data_dir } => user(command, &data_dir),
         Command::Org { command, data_dir } => org(command, &data_dir),
     };
@@ -170,12 +182,23 @@ fn serve(
     listen: SocketAddr,
     retention_days: Option<u32>,
     tls: Option<(PathBuf, PathBuf)>,
+    plaintext_behind_mesh: bool,
 ) -> Result<(), String> {
     if tls.is_none() && !listen.ip().is_loopback() {
-        return Err(format!(
-            "refusing to serve plain HTTP on {listen}: org keys, passwords and session cookies \
-             would cross the network in clear. Give --tls-cert and --tls-key, or listen on a \
-             loopback address (127.0.0.1)"
+        if !plaintext_behind_mesh {
+            return Err(format!(
+                "refusing to serve plain HTTP on {listen}: org keys, passwords and session \
+                 cookies would cross the network in clear. Give --tls-cert and --tls-key, listen \
+                 on a loopback address (127.0.0.1), or, behind a mesh sidecar that terminates \
+                 mTLS or on a private container network, --plaintext-behind-mesh"
+            ));
+        }
+        // Said once at start, so that whoever reads the log knows what this collector trusts.
+        log::info(&format!(
+            "--plaintext-behind-mesh: serving plain HTTP on {listen}, trusting what sits in front \
+             (a mesh sidecar terminating mTLS, or a private container network) to authenticate \
+             and encrypt every connection; anything that reaches this port directly talks to it \
+             in clear, org keys included, so let only the sidecar or that network reach it"
         ));
     }
     let store = Arc::new(Store::open(&data_dir).map_err(|e| e.to_string())?);

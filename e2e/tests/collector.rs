@@ -5,6 +5,7 @@ mod common;
 use common::{agent, artifact, send, start_collector};
 use serde_json::{json, Value};
 use std::process::Command;
+use std::time::Duration;
 
 struct Collector {
     _dir: tempfile::TempDir,
@@ -222,6 +223,73 @@ fn serve_refuses_plain_http_off_loopback() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to serve plain HTTP"), "{err}");
+    assert!(err.contains("--plaintext-behind-mesh"), "{err}");
+}
+
+/// Behind a mesh the collector listens on the pod's address in plain HTTP, the sidecar
+/// terminating mTLS; it serves only when told so, and says in its log what it then trusts.
+#[test]
+fn serve_plain_http_off_loopback_only_behind_a_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut p = common::spawn(
+        "collector",
+        Command::new(artifact("target/release/tally-collector"))
+            .args(["serve", "--listen", "0.0.0.0:0", "--plaintext-behind-mesh"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data")),
+        &logs,
+    );
+    let log = logs.join("collector.stderr.log");
+    let mut port = 0u16;
+    common::wait_until("the collector to listen", Duration::from_secs(15), || {
+        assert!(
+            p.alive(),
+            "collector exited: {:?}",
+            std::fs::read_to_string(&log)
+        );
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        port = text
+            .split("listening on http://0.0.0.0:")
+            .nth(1)
+            .map(|r| {
+                r.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        port != 0
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("--plaintext-behind-mesh: serving plain HTTP on 0.0.0.0:0, trusting"),
+        "{text}"
+    );
+    let (s, _, _) = send(
+        agent().get(&format!("http://127.0.0.1:{port}/healthz")),
+        None,
+    );
+    assert_eq!(s, 200);
+    // TLS and plain HTTP at once is a contradiction, refused before anything starts.
+    let out = Command::new(artifact("target/release/tally-collector"))
+        .args([
+            "serve",
+            "--plaintext-behind-mesh",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

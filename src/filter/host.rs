@@ -119,6 +119,9 @@ pub struct Metrics {
     pub events_dropped: Option<u32>,
     pub batches_failed: Option<u32>,
     pub filter_errors: Option<u32>,
+    /// Events a stopping VM handed over, and events a running VM took over (`handoff`).
+    pub events_handed_over: Option<u32>,
+    pub events_adopted: Option<u32>,
     /// Gauges summed over the VMs of the plugin (each VM adds its own share): how many VMs run,
     /// their linear memory (so that memory per VM is read from Envoy's stats), and the events
     /// not yet accepted by the collector.
@@ -139,6 +142,8 @@ impl Metrics {
             events_dropped: c("tally.events_dropped"),
             batches_failed: c("tally.batches_failed"),
             filter_errors: c("tally.filter_errors"),
+            events_handed_over: c("tally.events_handed_over"),
+            events_adopted: c("tally.events_adopted"),
             vms: g("tally.vms"),
             vm_memory_bytes: g("tally.vm_memory_bytes"),
             events_waiting: g("tally.events_waiting"),

@@ -9,6 +9,7 @@
 
 #[cfg(feature = "fault-injection")]
 mod fault;
+mod handover;
 mod host;
 mod http;
 mod root;

@@ -1,5 +1,6 @@
 //! One per VM: configuration, prices, the outbox and the batch calls to the collector.
 
+use super::handover;
 use super::host::{self, Metrics};
 use super::http::Req;
 use crate::config::Config;
@@ -45,7 +46,14 @@ pub struct Root {
     counted_vm: bool,
     reported_memory: i64,
     reported_waiting: i64,
+    /// Events in this VM's hand-over record, once stopping (see `crate::handoff`).
+    handed_over: Option<usize>,
+    /// When to look next for events that a stopped VM left behind.
+    next_adoption_ms: u64,
 }
+
+/// How often a running VM looks for events left by a VM that stopped.
+const ADOPT_EVERY_MS: u64 = 500;
 
 impl Root {
     pub fn new() -> Self {
@@ -58,7 +66,83 @@ impl Root {
             counted_vm: false,
             reported_memory: 0,
             reported_waiting: 0,
+            handed_over: None,
+            next_adoption_ms: 0,
         }
+    }
+
+    /// Stopping: keep this VM's hand-over record equal to what it still has to send, since
+    /// Envoy may tear the VM down before its calls are answered (a new module by ECDS does).
+    fn hand_over(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Ok(s) = shared.try_borrow() else {
+            return;
+        };
+        let waiting = s.outbox.len();
+        if self.handed_over == Some(waiting) || (waiting == 0 && self.handed_over.is_none()) {
+            return;
+        }
+        let lines = s.outbox.export();
+        drop(s);
+        if handover::publish(&lines, host::now_ms() as u64) {
+            let before = self.handed_over.unwrap_or(0);
+            Metrics::add(
+                self.metrics.events_handed_over,
+                waiting.saturating_sub(before) as u64,
+            );
+            self.handed_over = (waiting > 0).then_some(waiting);
+        } else {
+            Metrics::add(self.metrics.filter_errors, 1);
+            host::log(
+                LogLevel::Warn,
+                &format!("stopping with {waiting} events waiting; they could not be handed over to the other VMs (shared data full or refused)"),
+            );
+        }
+    }
+
+    /// Running: take over the events of VMs that stopped and were torn down before sending
+    /// them (their records outlived the grace period).
+    fn adopt_abandoned(&mut self, now: u64) {
+        if now < self.next_adoption_ms {
+            return;
+        }
+        self.next_adoption_ms = now + ADOPT_EVERY_MS;
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Ok(mut s) = shared.try_borrow_mut() else {
+            return;
+        };
+        let grace = s.cfg.call_timeout_ms.saturating_mul(2).max(1000);
+        let Some((lines, malformed)) = handover::take_abandoned(now, grace) else {
+            return;
+        };
+        let before = s.outbox.counters.dropped_full;
+        let taken = s.outbox.adopt(&lines, now);
+        let dropped = s.outbox.counters.dropped_full - before;
+        drop(s);
+        Metrics::add(self.metrics.events_adopted, taken as u64);
+        if malformed > 0 {
+            Metrics::add(self.metrics.filter_errors, 1);
+        }
+        host::log(
+            LogLevel::Info,
+            &format!(
+                "took over {taken} events left by a VM that stopped before sending them{}{}",
+                if dropped > 0 {
+                    format!("; {dropped} did not fit in the queue")
+                } else {
+                    String::new()
+                },
+                if malformed > 0 {
+                    format!("; {malformed} malformed bytes dropped")
+                } else {
+                    String::new()
+                },
+            ),
+        );
     }
 
     /// Bring this VM's share of the gauges up to date (a host call only for one that moved).
@@ -185,6 +269,7 @@ impl Context for Root {
         if !pending {
             return true;
         }
+        self.hand_over();
         self.flush();
         // Done once the last batch is answered (see on_http_call_response).
         self.in_flight.is_none()
@@ -227,10 +312,15 @@ impl Context for Root {
                 let empty = s.outbox.is_empty();
                 drop(s);
                 self.report(c);
-                if self.stopping && (empty || outcome != Outcome::Accepted) {
-                    // Shutting down: what could not be sent now cannot wait.
-                    let _ = hostcalls::done();
-                    return;
+                if self.stopping {
+                    // The record follows what is left: what was sent is not sent again.
+                    self.hand_over();
+                    if empty || outcome != Outcome::Accepted {
+                        // What could not be sent now stays in the record, for a VM that goes
+                        // on; this one cannot wait.
+                        let _ = hostcalls::done();
+                        return;
+                    }
                 }
             }
         }
@@ -254,6 +344,12 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if self.stopping {
+            // Requests that were still running add their events.
+            self.hand_over();
+        } else {
+            self.adopt_abandoned(host::now_ms() as u64);
+        }
         self.flush();
         let mut waiting = 0;
         if let Some(s) = self.shared.as_ref().and_then(|s| s.try_borrow().ok()) {

@@ -143,6 +143,15 @@ pub struct Options {
     pub collector_port: Option<u16>,
     pub concurrency: u32,
     pub start_collector: bool,
+    /// The wasm filter's `code` (YAML flow mapping) instead of the local file `wasm`, e.g. a
+    /// `remote` fetch.
+    pub code: Option<String>,
+    /// Take the wasm filter from this ECDS file (`config_discovery`) instead of inline.
+    pub ecds_file: Option<PathBuf>,
+    /// More clusters, as YAML list items indented by two spaces.
+    pub extra_clusters: String,
+    /// Extra environment for Envoy.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -153,6 +162,10 @@ impl Default for Options {
             collector_port: None,
             concurrency: 1,
             start_collector: true,
+            code: None,
+            ecds_file: None,
+            extra_clusters: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -177,15 +190,51 @@ fn http_ok(url: &str) -> bool {
         .is_ok()
 }
 
-fn envoy_config(
-    listen: u16,
-    admin: u16,
-    upstream: u16,
-    collector: u16,
-    filter_config: &str,
-    wasm: &str,
-) -> String {
-    let wasm = artifact(wasm);
+/// The typed config of the stack's wasm filter (YAML, at the left margin).
+pub fn wasm_typed_config(filter_config: &str, code: &str) -> String {
+    let filter_json = serde_json::to_string(filter_config).expect("string");
+    format!(
+        r#""@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+config:
+  name: tally
+  root_id: tally
+  failure_policy: FAIL_OPEN
+  configuration:
+    "@type": type.googleapis.com/google.protobuf.StringValue
+    value: {filter_json}
+  vm_config:
+    vm_id: tally
+    runtime: envoy.wasm.runtime.v8
+    code: {code}
+    environment_variables:
+      host_env_keys: ["TALLY_ORG_KEY"]
+"#
+    )
+}
+
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+/// An ECDS file (a discovery response) that gives the filter named `tally` this config.
+pub fn ecds_resource(filter_config: &str, code: &str) -> String {
+    format!(
+        "resources:\n- \"@type\": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig\n  name: tally\n  typed_config:\n{}",
+        indent(&wasm_typed_config(filter_config, code), 4)
+    )
+}
+
+/// `code` for a local module file.
+pub fn local_code(wasm: &Path) -> String {
+    format!("{{ local: {{ filename: \"{}\" }} }}", wasm.display())
+}
+
+fn envoy_config(listen: u16, admin: u16, upstream: u16, collector: u16, opts: &Options) -> String {
+    let code = opts
+        .code
+        .clone()
+        .unwrap_or_else(|| local_code(&artifact(opts.wasm)));
     let cluster = |name: &str, port: u16| {
         format!(
             r#"
@@ -199,9 +248,27 @@ fn envoy_config(
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
         )
     };
-    let filter_json = serde_json::to_string(filter_config).expect("string");
+    let wasm_filter = match &opts.ecds_file {
+        // How Istio delivers a WasmPlugin: the filter's config comes by extension config
+        // discovery, here from a file that Envoy watches.
+        Some(path) => format!(
+            r#"          - name: tally
+            config_discovery:
+              config_source:
+                path_config_source: {{ path: "{}" }}
+                resource_api_version: V3
+              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
+"#,
+            path.display()
+        ),
+        None => format!(
+            "          - name: envoy.filters.http.wasm\n            typed_config:\n{}",
+            indent(&wasm_typed_config(&opts.filter_config, &code), 14)
+        ),
+    };
     format!(
-        r#"admin:
+        r#"node: {{ id: tally-test, cluster: tally-test }}
+admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 static_resources:
   listeners:
@@ -228,28 +295,13 @@ static_resources:
               - match: {{ prefix: "/" }}
                 route: {{ cluster: openai, timeout: 60s }}
           http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: tally
-                root_id: tally
-                failure_policy: FAIL_OPEN
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {filter_json}
-                vm_config:
-                  vm_id: tally
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: "{wasm}" }} }}
-                  environment_variables:
-                    host_env_keys: ["TALLY_ORG_KEY"]
-          - name: envoy.filters.http.router
+{wasm_filter}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:{openai}{anthropic}{gemini}{collector}
+{extra}
 "#,
-        wasm = wasm.display(),
+        extra = opts.extra_clusters,
         openai = cluster("openai", upstream),
         anthropic = cluster("anthropic", upstream),
         gemini = cluster("gemini", upstream),
@@ -303,18 +355,8 @@ impl Stack {
         };
 
         let cfg = dir.path().join("envoy.yaml");
-        std::fs::write(
-            &cfg,
-            envoy_config(
-                0,
-                0,
-                mock_port,
-                collector_port,
-                &opts.filter_config,
-                opts.wasm,
-            ),
-        )
-        .expect("write envoy config");
+        std::fs::write(&cfg, envoy_config(0, 0, mock_port, collector_port, &opts))
+            .expect("write envoy config");
         let admin_file = dir.path().join("admin-address");
         let mut envoy = spawn(
             "envoy",
@@ -329,7 +371,8 @@ impl Stack {
                     &opts.concurrency.to_string(),
                 ])
                 .args(["--log-level", "info"])
-                .env("TALLY_ORG_KEY", &key),
+                .env("TALLY_ORG_KEY", &key)
+                .envs(opts.env.iter().map(|(k, v)| (k, v))),
             &logs,
         );
         let mut admin = String::new();
