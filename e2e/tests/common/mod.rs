@@ -152,6 +152,8 @@ pub struct Options {
     pub extra_clusters: String,
     /// Extra environment for Envoy.
     pub env: Vec<(String, String)>,
+    /// The collector cluster's name (default `tally_collector`), e.g. as Istio names it.
+    pub collector_cluster: Option<String>,
 }
 
 impl Default for Options {
@@ -166,6 +168,7 @@ impl Default for Options {
             ecds_file: None,
             extra_clusters: String::new(),
             env: Vec::new(),
+            collector_cluster: None,
         }
     }
 }
@@ -238,11 +241,11 @@ fn envoy_config(listen: u16, admin: u16, upstream: u16, collector: u16, opts: &O
     let cluster = |name: &str, port: u16| {
         format!(
             r#"
-  - name: {name}
+  - name: "{name}"
     type: STATIC
     connect_timeout: 1s
     load_assignment:
-      cluster_name: {name}
+      cluster_name: "{name}"
       endpoints:
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"#
@@ -305,7 +308,12 @@ static_resources:
         openai = cluster("openai", upstream),
         anthropic = cluster("anthropic", upstream),
         gemini = cluster("gemini", upstream),
-        collector = cluster("tally_collector", collector),
+        collector = cluster(
+            opts.collector_cluster
+                .as_deref()
+                .unwrap_or("tally_collector"),
+            collector
+        ),
     )
 }
 
