@@ -8,7 +8,7 @@ ENVOY   := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM    := target/wasm32-wasip1/release/tally.wasm
 
-.PHONY: bench bench-query dashboard-deps build build-fault run demo test test-wasm test-browser fuzz soak lint fmt prices envoy wasm-target clean
+.PHONY: bench bench-query dashboard-deps build build-fault run demo test test-wasm test-browser test-deps test-deploy test-containers oci oci-push fuzz soak lint fmt prices envoy wasm-target clean
 
 build: envoy wasm-target dashboard-deps
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
@@ -43,9 +43,30 @@ build-fault: wasm-target
 
 # Unit tests (metering logic, collector), the metering logic again as 32-bit WebAssembly under
 # Node's WASI, and end-to-end tests in a real Envoy.
-test: build build-fault test-wasm
+test: build build-fault test-wasm test-deps
 	$(CARGO) test --release -j $(JOBS) --workspace
 	$(MAKE) test-browser
+	$(MAKE) test-deploy
+	$(MAKE) test-containers
+
+# Debian packages that the delivery tests run for real (a registry, and skopeo to read images
+# back from it), installed with apt-get when missing.
+test-deps:
+	@missing=""; for p in docker-registry skopeo; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make test: installing with apt-get:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# Everything deploy/ ships, against the Kubernetes, Istio, Envoy Gateway and Gateway API schemas
+# (strict where the schemas allow it). Installs kubernetes-validate and cloudcoil-models-istio
+# (pip, into .venv) and @kubernetes-models (npm, into e2e/deploy/node_modules).
+test-deploy: envoy
+	@$(VENV)/bin/python -c "import kubernetes_validate, cloudcoil.models.istio" 2>/dev/null || { \
+		echo "make test-deploy: installing kubernetes-validate and cloudcoil-models-istio into .venv (pip)"; \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0 cloudcoil==0.6.0 cloudcoil-models-istio==1.24.2.1; }
+	cd e2e/deploy && npm ci --no-audit --no-fund --silent
+	$(VENV)/bin/python e2e/deploy/validate.py
 
 # The dashboard in Debian's headless Chromium, driven by playwright-core (never a browser
 # download). Installs chromium with apt-get when it is missing.
@@ -103,6 +124,17 @@ bench: build
 EVENTS ?= 1000000
 bench-query: dashboard-deps
 	$(CARGO) run --release -j $(JOBS) -p tally-collector --example query_bench -- $(EVENTS)
+
+# The filter as an OCI image layout in target/oci/ (tags OCI_TAG and OCI_TAG-wasm; see
+# scripts/oci.py), and pushed: make oci-push REGISTRY=host:port/repo:tag
+OCI_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+oci: wasm-target
+	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
+	python3 scripts/oci.py build --tag $(OCI_TAG)
+
+oci-push: oci
+	@test -n "$(REGISTRY)" || { echo "usage: make oci-push REGISTRY=host[:port]/repo:tag"; exit 2; }
+	python3 scripts/oci.py push $(REGISTRY)
 
 # Regenerate src/prices.json from LiteLLM's price map (the JSON in the litellm package on PyPI),
 # or from a given file: make prices PRICES_FILE=path/to/model_prices_and_context_window.json
