@@ -58,6 +58,24 @@ test-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+# docker-compose.yml brought up for real with podman-compose (e2e/containers/test_compose.py),
+# over the static collector and mock that collector/Dockerfile builds (x86_64-unknown-linux-musl).
+# Installs podman, runc and musl-tools (apt-get), podman-compose (pip, into .venv) and the musl
+# target (rustup) when missing. Needs root (a network namespace of its own).
+MUSL := x86_64-unknown-linux-musl
+test-containers: build
+	@missing=""; for p in podman:podman runc:runc musl-gcc:musl-tools; do \
+		command -v $${p%%:*} >/dev/null || missing="$$missing $${p#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make test-containers: installing with apt-get:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@test -x $(VENV)/bin/podman-compose || { echo "make test-containers: installing podman-compose into .venv (pip)"; \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check podman-compose==1.6.0; }
+	@rustup target list --installed | grep -qx $(MUSL) || rustup target add $(MUSL)
+	$(CARGO) build --release -j $(JOBS) --target $(MUSL) -p tally-collector -p tally-mock
+	python3 e2e/containers/test_compose.py
+
 # Everything deploy/ ships, against the Kubernetes, Istio, Envoy Gateway and Gateway API schemas
 # (strict where the schemas allow it). Installs kubernetes-validate and cloudcoil-models-istio
 # (pip, into .venv) and @kubernetes-models (npm, into e2e/deploy/node_modules).

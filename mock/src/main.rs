@@ -562,8 +562,15 @@ async fn requests(State(seen): State<Seen>) -> Response {
 #[tokio::main]
 async fn main() {
     let mut listen: SocketAddr = ([127, 0, 0, 1], 9800).into();
+    // The mock answers anyone with fake completions: off loopback only where a private network
+    // (compose's offline profile) keeps it out of reach, and only when told so.
+    let mut private_network = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--private-network" {
+            private_network = true;
+            continue;
+        }
         match (arg.as_str(), args.next()) {
             ("--listen", Some(v)) => match v.parse() {
                 Ok(a) => listen = a,
@@ -573,13 +580,16 @@ async fn main() {
                 }
             },
             _ => {
-                eprintln!("usage: tally-mock [--listen 127.0.0.1:9800]");
+                eprintln!("usage: tally-mock [--listen 127.0.0.1:9800] [--private-network]");
                 std::process::exit(2);
             }
         }
     }
-    if !listen.ip().is_loopback() {
-        eprintln!("tally-mock: serves loopback addresses only");
+    if !listen.ip().is_loopback() && !private_network {
+        eprintln!(
+            "tally-mock: serves loopback addresses only, unless --private-network says that \
+             {listen} is on a private container network"
+        );
         std::process::exit(2);
     }
     let app = Router::new()
