@@ -8,10 +8,10 @@ EnvoyExtensionPolicy (`oci://...`):
 - `TAG` (the "compat" image): an ordinary OCI image whose one layer is a tar.gz holding
   `plugin.wasm`, what `FROM scratch` + `COPY plugin.wasm ./` would build; every registry and
   tool handles it;
-- `TAG-wasm` (the wasm artifact): config `application/vnd.module.wasm.config.v1+json` and the
-  module itself as a layer `application/vnd.module.wasm.content.layer.v1+wasm`, so that the
-  registry's blob URL of that layer serves the raw module (Envoy's `vm_config.code.remote`
-  loads it from there).
+- `TAG-wasm` (the wasm artifact): config `application/vnd.module.wasm.config.v1+json` and two
+  layers, the module itself (`application/vnd.module.wasm.content.layer.v1+wasm`) and that
+  config, as Istio's fetcher requires; the registry's blob URL of the module's layer serves the
+  raw module (Envoy's `vm_config.code.remote` loads it from there).
 
 The bytes are reproducible: tar and gzip carry no time stamps, JSON is written with sorted keys,
 so the same tally.wasm gives the same digests.
@@ -107,12 +107,15 @@ def images(wasm, version):
         "annotations": labels,
     })
     blob(wasm)
-    wasm_config = blob(canonical({}))
+    wasm_config = blob(canonical({"rootIds": ["tally"]}))
     artifact = canonical({
         "schemaVersion": 2,
         "mediaType": MANIFEST,
         "config": descriptor(WASM_CONFIG, wasm_config),
-        "layers": [descriptor(WASM_LAYER, wasm, {"org.opencontainers.image.title": "plugin.wasm"})],
+        # Istio's fetcher takes this shape only with exactly two layers (solo.io's wasm image
+        # spec): the module, and its config again as a layer.
+        "layers": [descriptor(WASM_LAYER, wasm, {"org.opencontainers.image.title": "plugin.wasm"}),
+                   descriptor(WASM_CONFIG, wasm_config)],
         "annotations": labels,
     })
     return blobs, [("", compat), (ARTIFACT_SUFFIX, artifact)]

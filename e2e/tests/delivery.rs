@@ -182,11 +182,13 @@ fn oci_image_survives_a_real_registry_byte_for_byte() {
         m["config"]["mediaType"],
         "application/vnd.module.wasm.config.v1+json"
     );
-    let layer = &m["layers"][0];
-    assert_eq!(
-        layer["mediaType"],
-        "application/vnd.module.wasm.content.layer.v1+wasm"
-    );
+    // As Istio's fetcher reads this shape: exactly two layers, one of them the raw module.
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    let layer = layers
+        .iter()
+        .find(|l| l["mediaType"] == "application/vnd.module.wasm.content.layer.v1+wasm")
+        .expect("the module's layer");
     assert_eq!(
         sha256_hex(&blob(&pulled, layer["digest"].as_str().unwrap())),
         sha256_hex(&wasm)
