@@ -7,7 +7,8 @@
   those models accept unknown fields and snake_case names, so every model is switched to
   extra="forbid" and aliases only, and rebuilt.
 - Envoy Gateway and Gateway API kinds: npm @kubernetes-models (validate-gateway.mjs): types,
-  enums and required fields (those models accept unknown fields).
+  enums and required fields by the models' validators, field names against the models' type
+  declarations (the validators accept unknown fields).
 - A kind none of these knows fails.
 
 Run by `make test-deploy` (which installs the packages into .venv and e2e/deploy/node_modules).
@@ -154,9 +155,15 @@ def self_check(docs):
     d = find("WasmPlugin"); d["kind"] = "WasmPlugins"; broken.append(d)
     for d in broken:
         assert validate(d), f"a broken object passed: {json.dumps(d)[:300]}"
-    d = find("EnvoyExtensionPolicy"); d["spec"]["wasm"][0]["code"]["type"] = "Bogus"
-    assert validate_gateway([d]) != [[]], "a broken EnvoyExtensionPolicy passed"
-    print(f"self-check: {len(broken) + 1} broken copies refused")
+    gateway = []
+    d = find("EnvoyExtensionPolicy"); d["spec"]["wasm"][0]["code"]["type"] = "Bogus"; gateway.append(d)
+    d = find("EnvoyExtensionPolicy"); d["spec"]["wasm"][0]["failopen"] = True; gateway.append(d)
+    d = find("EnvoyExtensionPolicy"); d["spec"]["wasm"][0]["code"]["image"]["uri"] = "x"; gateway.append(d)
+    d = find("HTTPRoute"); d["spec"]["rules"][0]["backendRefs"][0]["prot"] = 1; gateway.append(d)
+    d = find("EnvoyProxy"); d["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]["envs"] = []; gateway.append(d)
+    for d, errs in zip(gateway, validate_gateway(gateway)):
+        assert errs, f"a broken object passed: {json.dumps(d)[:300]}"
+    print(f"self-check: {len(broken) + len(gateway)} broken copies refused")
 
 
 def main():
