@@ -99,6 +99,15 @@ pub struct Event {
     pub task: Option<String>,
     pub session_id: Option<String>,
     pub user: Option<String>,
+    /// Mesh identity of the caller (node metadata on a sidecar, the peer's SPIFFE ID at a
+    /// gateway); absent from events of filters older than these fields.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub workload: Option<String>,
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    #[serde(default)]
+    pub principal: Option<String>,
     pub rule: Option<String>,
     #[serde(default)]
     pub routed: bool,
@@ -140,6 +149,9 @@ impl Event {
         w.str("task", self.task.as_deref());
         w.str("session_id", self.session_id.as_deref());
         w.str("user", self.user.as_deref());
+        w.str("namespace", self.namespace.as_deref());
+        w.str("workload", self.workload.as_deref());
+        w.str("principal", self.principal.as_deref());
         w.str("rule", self.rule.as_deref());
         w.raw("routed", if self.routed { "true" } else { "false" });
         w.out.push(b'}');
@@ -278,6 +290,9 @@ mod tests {
             task: None,
             session_id: None,
             user: None,
+            namespace: Some("payments".into()),
+            workload: None,
+            principal: Some("spiffe://cluster.local/ns/payments/sa/checkout".into()),
             rule: None,
             routed: false,
         }

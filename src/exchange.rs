@@ -421,6 +421,9 @@ impl Exchange {
             task: a.task,
             session_id: a.session_id,
             user: a.user,
+            namespace: None,
+            workload: None,
+            principal: None,
             rule: None,
             routed: false,
         }

@@ -89,6 +89,9 @@ fn event(rng: &mut Rng, i: u64, ts: i64) -> Event {
         task: label(rng, "task", 30),
         session_id: None,
         user: label(rng, "user", 500),
+        namespace: None,
+        workload: None,
+        principal: None,
         rule: None,
         routed: false,
     }

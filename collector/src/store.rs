@@ -829,6 +829,9 @@ impl Store {
                 task: r.get(23)?,
                 session_id: r.get(24)?,
                 user: r.get(25)?,
+                namespace: None,
+                workload: None,
+                principal: None,
                 rule: r.get(26)?,
                 routed: r.get(27)?,
             })
@@ -936,6 +939,9 @@ fn roll_up(
                     task: r.get(13)?,
                     session_id: None,
                     user: r.get(14)?,
+                    namespace: None,
+                    workload: None,
+                    principal: None,
                     rule: None,
                     routed: false,
                 };
