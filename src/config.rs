@@ -4,6 +4,7 @@
 //! fails the plugin's configuration with a message that says which, instead of surfacing later
 //! as lost events.
 
+use crate::identity::{self, Source};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -75,11 +76,73 @@ struct Raw {
     header_aliases: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     providers: BTreeMap<String, String>,
+    collector_token: Option<String>,
+    org_from_request: Option<bool>,
+    require_org_key: Option<bool>,
+    controls_refresh_ms: Option<u64>,
+    key_set_missing: Option<String>,
+    #[serde(default)]
+    identity: RawIdentity,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    node: Option<bool>,
+    peer_certificate: Option<bool>,
+    trust_domain: Option<String>,
+    #[serde(default)]
+    attribution: BTreeMap<String, String>,
+}
+
+/// What a filter that requires org keys does before it has ever had the collector's key set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySetMissing {
+    /// Let requests through unmetered (the default: the filter never breaks traffic on its own).
+    Pass,
+    /// Refuse them with 401 until the key set arrives.
+    Refuse,
+}
+
+/// Where events get mesh identity from, and which attribution it fills.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// Istio's node metadata, read once per VM (a sidecar's own workload).
+    pub node: bool,
+    /// The downstream peer's SPIFFE ID from its mTLS certificate, per request (a gateway).
+    pub peer_certificate: bool,
+    pub trust_domain: String,
+    /// Attribution fields filled from identity when a request has no header for them.
+    pub attribution: Vec<(Field, Source)>,
+}
+
+impl IdentityConfig {
+    /// Node labels the mapping reads (`label:<name>`).
+    pub fn labels(&self) -> Vec<String> {
+        self.attribution
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Source::Label(l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub org_key: String,
+    /// The filter's own org key: its batches' credential without a mesh token, and the org of
+    /// requests that carry no key.
+    pub org_key: Option<String>,
+    /// A mesh token (`tlm_...`): batches of several orgs' events.
+    pub collector_token: Option<String>,
+    /// Each request's event belongs to the org of its `X-Tally-Key`.
+    pub org_from_request: bool,
+    /// A request without a valid `X-Tally-Key` is refused (401).
+    pub require_org_key: bool,
+    pub controls_refresh_ms: u64,
+    pub key_set_missing: KeySetMissing,
+    pub identity: IdentityConfig,
     pub collector_cluster: String,
     pub collector_authority: String,
     pub batch_max_events: usize,
@@ -103,9 +166,27 @@ pub struct Config {
 
 /// `tly_` followed by 40 base62 characters.
 pub fn is_org_key(key: &str) -> bool {
+    is_secret(key, "tly_")
+}
+
+/// `tlm_` followed by 40 base62 characters.
+pub fn is_mesh_token(key: &str) -> bool {
+    is_secret(key, "tlm_")
+}
+
+fn is_secret(key: &str, prefix: &str) -> bool {
     key.len() == 44
-        && key.starts_with("tly_")
+        && key.starts_with(prefix)
         && key.as_bytes()[4..].iter().all(u8::is_ascii_alphanumeric)
+}
+
+/// Values from Envoy's environment (`vm_config.environment_variables.host_env_keys`).
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    /// `TALLY_ORG_KEY`
+    pub org_key: Option<String>,
+    /// `TALLY_COLLECTOR_TOKEN`
+    pub collector_token: Option<String>,
 }
 
 fn is_header_name(name: &str) -> bool {
@@ -128,6 +209,17 @@ impl Config {
     /// Parse the plugin configuration. `env_org_key` is `TALLY_ORG_KEY` from the VM environment,
     /// used when the JSON sets no `org_key`. An empty configuration means all defaults.
     pub fn parse(json: &[u8], env_org_key: Option<String>) -> Result<Config, String> {
+        Config::parse_env(
+            json,
+            Env {
+                org_key: env_org_key,
+                collector_token: None,
+            },
+        )
+    }
+
+    /// [`Config::parse`] with every value Envoy's environment may give.
+    pub fn parse_env(json: &[u8], env: Env) -> Result<Config, String> {
         let trimmed = json.iter().all(u8::is_ascii_whitespace);
         let raw: Raw = if trimmed {
             serde_json::from_str("{}")
@@ -136,23 +228,58 @@ impl Config {
         }
         .map_err(|e| format!("invalid configuration: {e}"))?;
 
-        let org_key = match (raw.org_key, env_org_key) {
-            (Some(k), _) => k,
-            (None, Some(k)) if !k.is_empty() => k,
-            _ => {
-                return Err(
-                    "no org key: set TALLY_ORG_KEY in Envoy's environment (and list it in \
-                     vm_config.environment_variables.host_env_keys) or org_key in the configuration"
-                        .into(),
-                )
-            }
-        };
-        if !is_org_key(org_key.trim()) {
-            // Never echo the value: it may be a real secret with a typo.
+        let nonempty =
+            |v: Option<String>| v.map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
+        let org_key = nonempty(raw.org_key).or_else(|| nonempty(env.org_key));
+        let collector_token =
+            nonempty(raw.collector_token).or_else(|| nonempty(env.collector_token));
+        if org_key.is_none() && collector_token.is_none() {
+            return Err(
+                "no org key: set TALLY_ORG_KEY in Envoy's environment (and list it in \
+                 vm_config.environment_variables.host_env_keys) or org_key in the configuration \
+                 (or, for a filter serving several orgs, a mesh token: TALLY_COLLECTOR_TOKEN or \
+                 collector_token)"
+                    .into(),
+            );
+        }
+        // Never echo the values: they may be real secrets with a typo.
+        if org_key.as_deref().is_some_and(|k| !is_org_key(k)) {
             return Err(
                 "org key is malformed: expected tly_ followed by 40 letters or digits".into(),
             );
         }
+        if collector_token
+            .as_deref()
+            .is_some_and(|k| !is_mesh_token(k))
+        {
+            return Err(
+                "collector token is malformed: expected tlm_ followed by 40 letters or digits"
+                    .into(),
+            );
+        }
+        let require_org_key = raw.require_org_key.unwrap_or(false);
+        let org_from_request = raw.org_from_request.unwrap_or(false) || require_org_key;
+        if org_from_request && collector_token.is_none() {
+            return Err(format!(
+                "{} needs a mesh token (collector_token, or TALLY_COLLECTOR_TOKEN): the filter \
+                 sends events of several orgs, which one org's key cannot",
+                if require_org_key {
+                    "require_org_key"
+                } else {
+                    "org_from_request"
+                }
+            ));
+        }
+        let key_set_missing = match raw.key_set_missing.as_deref() {
+            None | Some("pass") => KeySetMissing::Pass,
+            Some("refuse") => KeySetMissing::Refuse,
+            Some(other) => {
+                return Err(format!(
+                    "key_set_missing must be \"pass\" or \"refuse\", got {other:?}"
+                ))
+            }
+        };
+        let identity = parse_identity(raw.identity)?;
 
         let mut headers: Vec<(String, Field)> =
             FIELDS.iter().map(|(f, h)| (h.to_string(), *f)).collect();
@@ -198,7 +325,13 @@ impl Config {
 
         let cfg = Config {
             provider_hosts,
-            org_key: org_key.trim().to_string(),
+            org_key,
+            collector_token,
+            org_from_request,
+            require_org_key,
+            controls_refresh_ms: raw.controls_refresh_ms.unwrap_or(2000),
+            key_set_missing,
+            identity,
             collector_cluster: raw
                 .collector_cluster
                 .unwrap_or_else(|| "tally_collector".into()),
@@ -228,6 +361,12 @@ impl Config {
         )?;
         within("call_timeout_ms", cfg.call_timeout_ms, 100, 600_000)?;
         within(
+            "controls_refresh_ms",
+            cfg.controls_refresh_ms,
+            100,
+            3_600_000,
+        )?;
+        within(
             "max_event_age_ms",
             cfg.max_event_age_ms,
             1000,
@@ -245,6 +384,20 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The credential of the filter's calls to the collector: the mesh token, else the org key.
+    pub fn bearer(&self) -> &str {
+        self.collector_token
+            .as_deref()
+            .or(self.org_key.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// Whether the filter needs the collector's key set (`GET /v1/controls`): to check request
+    /// keys, or to name its own org in events sent with a mesh token.
+    pub fn needs_key_set(&self) -> bool {
+        self.org_from_request || self.collector_token.is_some()
+    }
+
     /// The attribution field a request header fills, if any.
     pub fn field_for_header(&self, lower_name: &str) -> Option<Field> {
         self.headers
@@ -252,6 +405,47 @@ impl Config {
             .find(|(h, _)| h == lower_name)
             .map(|(_, f)| *f)
     }
+}
+
+fn parse_identity(raw: RawIdentity) -> Result<IdentityConfig, String> {
+    let trust_domain = raw
+        .trust_domain
+        .map(|t| t.trim().to_string())
+        .unwrap_or_else(|| "cluster.local".into());
+    let domain_ok = !trust_domain.is_empty()
+        && trust_domain.len() <= 255
+        && trust_domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if !domain_ok {
+        return Err(format!(
+            "identity.trust_domain: {trust_domain:?} is not a trust domain (letters, digits, - . _)"
+        ));
+    }
+    let mut attribution = Vec::new();
+    for (field_name, source) in raw.attribution {
+        let field = Field::from_name(&field_name)
+            .filter(|f| identity::mappable(*f))
+            .ok_or_else(|| {
+                format!(
+                    "identity.attribution: {field_name:?} is not an attribution field (team, app, \
+                     feature, task, session or user)"
+                )
+            })?;
+        let source = Source::parse(&source).ok_or_else(|| {
+            format!(
+                "identity.attribution.{field_name}: {source:?} is not an identity source \
+                 (namespace, workload, service_account, principal, cluster, mesh or label:NAME)"
+            )
+        })?;
+        attribution.push((field, source));
+    }
+    Ok(IdentityConfig {
+        node: raw.node.unwrap_or(true),
+        peer_certificate: raw.peer_certificate.unwrap_or(false),
+        trust_domain,
+        attribution,
+    })
 }
 
 #[cfg(test)]
@@ -263,7 +457,11 @@ mod tests {
     #[test]
     fn defaults_with_env_key() {
         let c = Config::parse(b"", Some(KEY.into())).unwrap();
-        assert_eq!(c.org_key, KEY);
+        assert_eq!(c.org_key.as_deref(), Some(KEY));
+        assert_eq!(c.bearer(), KEY);
+        assert!(!c.needs_key_set());
+        assert!(c.identity.node && !c.identity.peer_certificate);
+        assert_eq!(c.identity.trust_domain, "cluster.local");
         assert_eq!(c.collector_cluster, "tally_collector");
         assert_eq!(c.field_for_header("x-tally-feature"), Some(Field::Feature));
     }
@@ -286,6 +484,46 @@ mod tests {
     fn bad_configurations_say_why() {
         let cases: &[(&[u8], Option<&str>, &str)] = &[
             (b"{}", None, "no org key"),
+            (
+                br#"{"org_from_request":true}"#,
+                Some(KEY),
+                "needs a mesh token",
+            ),
+            (
+                br#"{"require_org_key":true}"#,
+                Some(KEY),
+                "require_org_key needs",
+            ),
+            (
+                br#"{"collector_token":"tlm_x"}"#,
+                None,
+                "collector token is malformed",
+            ),
+            (
+                br#"{"key_set_missing":"maybe"}"#,
+                Some(KEY),
+                "key_set_missing must be",
+            ),
+            (
+                br#"{"identity":{"attribution":{"team":"pod"}}}"#,
+                Some(KEY),
+                "not an identity source",
+            ),
+            (
+                br#"{"identity":{"attribution":{"key":"namespace"}}}"#,
+                Some(KEY),
+                "not an attribution field",
+            ),
+            (
+                br#"{"identity":{"trust_domain":"a/b"}}"#,
+                Some(KEY),
+                "not a trust domain",
+            ),
+            (
+                br#"{"identity":{"nodes":true}}"#,
+                Some(KEY),
+                "unknown field",
+            ),
             (br#"{"org_key":"tly_short"}"#, None, "malformed"),
             (br#"{"colector_cluster":"x"}"#, Some(KEY), "unknown field"),
             (br#"{"batch_max_events":0}"#, Some(KEY), "batch_max_events"),
@@ -320,6 +558,31 @@ mod tests {
             let err = Config::parse(json, env.map(String::from)).unwrap_err();
             assert!(err.contains(want), "{err} should mention {want}");
         }
+    }
+
+    #[test]
+    fn a_fleet_for_many_orgs() {
+        const TOKEN: &str = "tlm_0123456789abcdefghijABCDEFGHIJ0123456789";
+        let c = Config::parse_env(
+            br#"{"require_org_key":true,"key_set_missing":"refuse","identity":{"peer_certificate":true,"trust_domain":"corp.example","attribution":{"team":"namespace","app":"label:app"}}}"#,
+            Env {
+                org_key: None,
+                collector_token: Some(TOKEN.into()),
+            },
+        )
+        .unwrap();
+        assert!(c.org_from_request && c.require_org_key && c.needs_key_set());
+        assert_eq!(c.bearer(), TOKEN);
+        assert_eq!(c.org_key, None);
+        assert_eq!(c.key_set_missing, KeySetMissing::Refuse);
+        assert_eq!(
+            c.identity.attribution,
+            vec![
+                (Field::App, Source::Label("app".into())),
+                (Field::Team, Source::Namespace)
+            ]
+        );
+        assert_eq!(c.identity.labels(), vec!["app".to_string()]);
     }
 
     #[test]

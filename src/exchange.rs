@@ -13,7 +13,9 @@ use crate::config::{Config, Field};
 use crate::decode::{is_identity, Decoder};
 use crate::errors::classify;
 use crate::event::Event;
+use crate::identity::Identity;
 use crate::measure::{self, StreamRecord, Tokenizers};
+use crate::org_keys::{self, KeyHash};
 use crate::pricing::PriceTable;
 use crate::provider::{self, Api, ResponseMeter, Route};
 use crate::scan::TopLevelScanner;
@@ -57,6 +59,9 @@ pub struct Attribution {
 pub struct Begin {
     /// `Some` when the request is a metered LLM call.
     pub exchange: Option<Exchange>,
+    /// The SHA-256 of the request's org key (`X-Tally-Key`), hashed as it was read: the key
+    /// itself is never kept.
+    pub key: Option<KeyHash>,
     /// Attribution headers to remove before the request goes upstream (lower case).
     pub strip: Vec<String>,
     /// Remove `content-length` too: the body may grow (see `stream_usage`).
@@ -79,6 +84,10 @@ pub struct Exchange {
     route: Route,
     endpoint: String,
     attribution: Attribution,
+    identity: Option<Identity>,
+    /// The org the event belongs to, when the filter names it (org keys per request, or a
+    /// mesh token); None: the org of the key the batch is sent with.
+    org: Option<String>,
     started_unix_ms: f64,
     request: TopLevelScanner,
     status: Option<u16>,
@@ -151,6 +160,7 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
     let mut strip: Vec<String> = Vec::new();
     let mut attribution = Attribution::default();
     let mut forced = None;
+    let mut key = None;
     let (mut method, mut path, mut authority) = ("", "", "");
     for (name, value) in headers {
         let (name, value) = (name.as_ref(), value.as_ref());
@@ -179,8 +189,14 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
                 forced = provider::valid_provider_name(&name).then_some(name);
                 continue;
             }
-            // The org key header is stripped and never copied.
-            Some(Field::Key) | None => continue,
+            // The org key is hashed where it lies and never copied.
+            Some(Field::Key) => {
+                if key.is_none() {
+                    key = Some(org_keys::hash(value));
+                }
+                continue;
+            }
+            None => continue,
         };
         if slot.is_none() {
             *slot = label(value);
@@ -204,6 +220,8 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
             endpoint: path.split(['?', '#']).next().unwrap_or("").to_string(),
             route,
             attribution,
+            identity: None,
+            org: None,
             started_unix_ms: now_unix_ms,
             request: TopLevelScanner::new(REQUEST_KEYS),
             status: None,
@@ -221,6 +239,7 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
     let drop_content_length = exchange.as_ref().is_some_and(|e| e.may_add_usage);
     Begin {
         exchange,
+        key,
         strip,
         drop_content_length,
     }
@@ -237,6 +256,40 @@ pub struct Finish<'a> {
 }
 
 impl Exchange {
+    /// The API the request speaks (refusals answer in its error format).
+    pub fn api(&self) -> Api {
+        self.route.api
+    }
+
+    /// The caller's mesh identity: it goes on the event, and fills the attribution fields the
+    /// request's headers left empty, as `mapping` says (headers win).
+    pub fn set_identity(
+        &mut self,
+        identity: Identity,
+        mapping: &[(Field, crate::identity::Source)],
+    ) {
+        for (field, source) in mapping {
+            let slot = match field {
+                Field::Team => &mut self.attribution.team,
+                Field::App => &mut self.attribution.app,
+                Field::Feature => &mut self.attribution.feature,
+                Field::Task => &mut self.attribution.task,
+                Field::Session => &mut self.attribution.session_id,
+                Field::User => &mut self.attribution.user,
+                Field::Provider | Field::Key => continue,
+            };
+            if slot.is_none() {
+                *slot = identity.get(source).and_then(label);
+            }
+        }
+        self.identity = Some(identity);
+    }
+
+    /// The org the event belongs to (see `org_keys`).
+    pub fn set_org(&mut self, org: Option<String>) {
+        self.org = org;
+    }
+
     /// Scan a request chunk. Returns the bytes to send instead of it, when it must change.
     pub fn on_request_body(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
         let close = self.request.feed(chunk)?;
@@ -391,11 +444,12 @@ impl Exchange {
         let streaming =
             self.sse || self.route.path_streaming || self.request.boolean("stream") == Some(true);
         let a = self.attribution;
+        let mut identity = self.identity;
         let known = |f: fn(&Usage) -> u64| usage.filter(|_| input_known).map(|u| f(&u));
         Event {
             request_id: fin.request_id,
             timestamp: format_rfc3339_ms(self.started_unix_ms as i64),
-            org_id: None,
+            org_id: self.org,
             provider: self.route.provider,
             api: self.route.api.name().to_string(),
             endpoint: clean(&self.endpoint, MAX_ENDPOINT).unwrap_or_else(|| "/".into()),
@@ -421,9 +475,9 @@ impl Exchange {
             task: a.task,
             session_id: a.session_id,
             user: a.user,
-            namespace: None,
-            workload: None,
-            principal: None,
+            namespace: identity.as_mut().and_then(|i| i.namespace.take()),
+            workload: identity.as_mut().and_then(|i| i.workload.take()),
+            principal: identity.and_then(|i| i.principal),
             rule: None,
             routed: false,
         }

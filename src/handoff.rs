@@ -2,196 +2,201 @@
 //!
 //! When a control plane delivers a new module (Istio by ECDS), Envoy starts new VMs and tears
 //! the old ones down as soon as their last request ends: a stopping VM's batch calls are cut off
-//! with it (measured: an ECDS update under load lost the events still queued). So a stopping VM
-//! writes what it still holds into shared data, which every VM of the same `vm_id` in that Envoy
-//! reads, and keeps sending it itself. Once it has sent everything it takes its record back. A
-//! record still there after a grace period belongs to a VM that did not live to send it, and any
-//! running VM adopts it. At worst both send the same events; the collector is idempotent on
-//! `request_id`, so nothing is counted twice, and nothing is lost.
+//! with it (measured: an ECDS update under load lost the events still queued). So a stopping
+//! root context writes what it still holds into shared data, which every VM of the same `vm_id`
+//! in that Envoy reads (Istio leaves `vm_id` empty: every plugin of the proxy shares it), and
+//! keeps sending it itself, rewriting its record as its queue changes and taking it back once
+//! everything is sent. A record still there after a grace period belongs to a VM that did not
+//! live to send it, and a running VM with room in its queue adopts it. At worst both send the
+//! same events; the collector is idempotent on `request_id`, so nothing is counted twice.
 //!
-//! The shared value is a sequence of records, each a header line and the NDJSON it carries:
+//! Keys are scoped by a hash of the collector credential and cluster (`scope`): only a filter
+//! that sends to the same collector with the same credential finds them (another plugin of the
+//! proxy, or a Tally of another org, never adopts these events). Each writer has a record key
+//! of its own holding its NDJSON, and the scope's index lists the records, so running VMs poll
+//! a few bytes, not the events:
 //!
 //! ```text
-//! record = "T" writer SP written-at-ms SP length LF ndjson   ; length = bytes of ndjson
-//! writer = 16HEXDIG                                          ; the writing VM's id
+//! index  = *entry
+//! entry  = "T" writer SP written-at-ms SP events LF   ; writer = 16HEXDIG
+//! record = ndjson                                      ; at index-key "." writer
 //! ```
 
-/// Key of the shared-data value (one per `vm_id` in an Envoy).
-pub const KEY: &str = "tally.handoff";
-/// The shared value stays below this; events that would pass it are dropped and counted.
-pub const MAX_BYTES: usize = 64 << 20;
+/// The scope of a filter's records: a hash of the credential its batches carry and of its
+/// collector cluster (the credential itself never appears in a key).
+pub fn scope(bearer: &str, collector_cluster: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(bearer.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(collector_cluster.as_bytes())
+        .finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
 
-/// One record: who wrote it, when, and its events' NDJSON lines.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record<'a> {
+/// The index key of a scope.
+pub fn index_key(scope: &str) -> String {
+    format!("tally.handoff.{scope}")
+}
+
+/// The record key of one writer.
+pub fn record_key(scope: &str, writer: u64) -> String {
+    format!("tally.handoff.{scope}.{writer:016x}")
+}
+
+/// One record in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
     pub writer: u64,
     pub written_ms: u64,
-    pub lines: &'a [u8],
+    pub events: u64,
 }
 
-/// The records of a shared value; parsing stops at the first malformed byte (the rest is
-/// returned as its length, to be counted and dropped).
-pub fn parse(value: &[u8]) -> (Vec<Record<'_>>, usize) {
-    let mut records = Vec::new();
+/// The entries of an index, and the bytes of a malformed tail (ignored; rewritten away).
+pub fn parse_index(value: &[u8]) -> (Vec<Entry>, usize) {
+    let mut entries = Vec::new();
     let mut rest = value;
     while !rest.is_empty() {
-        let Some(record) = parse_one(rest) else {
-            return (records, rest.len());
+        let Some(end) = rest.iter().take(64).position(|&b| b == b'\n') else {
+            return (entries, rest.len());
         };
-        let used = record.1;
-        records.push(record.0);
-        rest = &rest[used..];
+        let Some(e) = parse_entry(&rest[..end]) else {
+            return (entries, rest.len());
+        };
+        entries.push(e);
+        rest = &rest[end + 1..];
     }
-    (records, 0)
+    (entries, 0)
 }
 
-fn parse_one(buf: &[u8]) -> Option<(Record<'_>, usize)> {
-    let header_end = buf.iter().take(64).position(|&b| b == b'\n')?;
-    let header = std::str::from_utf8(buf.get(..header_end)?).ok()?;
-    let mut fields = header.strip_prefix('T')?.split(' ');
-    let writer = u64::from_str_radix(fields.next()?, 16).ok()?;
-    let written_ms = fields.next()?.parse().ok()?;
-    let len: usize = fields.next()?.parse().ok()?;
-    if fields.next().is_some() {
-        return None;
-    }
-    let start = header_end + 1;
-    let lines = buf.get(start..start.checked_add(len)?)?;
-    Some((
-        Record {
-            writer,
-            written_ms,
-            lines,
-        },
-        start + len,
-    ))
+fn parse_entry(line: &[u8]) -> Option<Entry> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut f = text.strip_prefix('T')?.split(' ');
+    let writer = f.next().filter(|w| w.len() == 16)?;
+    let e = Entry {
+        writer: u64::from_str_radix(writer, 16).ok()?,
+        written_ms: f.next()?.parse().ok()?,
+        events: f.next()?.parse().ok()?,
+    };
+    f.next().is_none().then_some(e)
 }
 
-/// Append a record to `out`.
-pub fn write(out: &mut Vec<u8>, writer: u64, written_ms: u64, lines: &[u8]) {
-    out.extend_from_slice(format!("T{writer:016x} {written_ms} {}\n", lines.len()).as_bytes());
-    out.extend_from_slice(lines);
+fn write(entries: impl IntoIterator<Item = Entry>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        out.extend_from_slice(
+            format!("T{:016x} {} {}\n", e.writer, e.written_ms, e.events).as_bytes(),
+        );
+    }
+    out
 }
 
-/// `value` with the records of `writer` removed and one new record of `lines` added (none when
-/// `lines` is empty); false when it would pass [`MAX_BYTES`] (then `value` is returned without
-/// the new record).
-pub fn replace_own(value: &[u8], writer: u64, now_ms: u64, lines: &[u8]) -> (Vec<u8>, bool) {
-    let (records, _) = parse(value);
-    let mut out = Vec::with_capacity(value.len() + lines.len() + 48);
-    for r in records.iter().filter(|r| r.writer != writer) {
-        write(&mut out, r.writer, r.written_ms, r.lines);
-    }
-    if lines.is_empty() {
-        return (out, true);
-    }
-    if out.len() + lines.len() + 48 > MAX_BYTES {
-        return (out, false);
-    }
-    write(&mut out, writer, now_ms, lines);
-    (out, true)
+/// The index with `writer`'s entry replaced by `entry` (removed when `None`).
+pub fn with_entry(index: &[u8], writer: u64, entry: Option<Entry>) -> Vec<u8> {
+    let (entries, _) = parse_index(index);
+    write(
+        entries
+            .into_iter()
+            .filter(|e| e.writer != writer)
+            .chain(entry),
+    )
 }
 
-/// What an adopter takes from `value`: the records older than `grace_ms` (their lines,
-/// concatenated), the value to leave behind, and the bytes of any malformed tail (dropped).
-pub struct Adoption {
-    pub taken: Vec<u8>,
-    pub left: Vec<u8>,
-    pub malformed: usize,
-}
-
-pub fn adopt(value: &[u8], now_ms: u64, grace_ms: u64) -> Adoption {
-    let (records, malformed) = parse(value);
+/// The records an adopter takes: those older than `grace_ms`, oldest first, as long as their
+/// events fit in `room`; and the index without them. `None` when there is nothing to take.
+pub fn choose(
+    index: &[u8],
+    now_ms: u64,
+    grace_ms: u64,
+    room: u64,
+) -> Option<(Vec<Entry>, Vec<u8>)> {
+    let (mut entries, malformed) = parse_index(index);
+    entries.sort_by_key(|e| e.written_ms);
     let mut taken = Vec::new();
     let mut left = Vec::new();
-    for r in records {
-        if now_ms.saturating_sub(r.written_ms) >= grace_ms {
-            taken.extend_from_slice(r.lines);
+    let mut room = room;
+    for e in entries {
+        if now_ms.saturating_sub(e.written_ms) >= grace_ms && e.events <= room {
+            room -= e.events;
+            taken.push(e);
         } else {
-            write(&mut left, r.writer, r.written_ms, r.lines);
+            left.push(e);
         }
     }
-    Adoption {
-        taken,
-        left,
-        malformed,
-    }
+    (!taken.is_empty() || malformed > 0).then(|| (taken, write(left)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn entry(writer: u64, written_ms: u64, events: u64) -> Entry {
+        Entry {
+            writer,
+            written_ms,
+            events,
+        }
+    }
+
     #[test]
-    fn records_round_trip_and_each_writer_keeps_one() {
-        let (v, ok) = replace_own(b"", 7, 1000, b"{\"a\":1}\n{\"a\":2}\n");
-        assert!(ok);
-        let (v, _) = replace_own(&v, 9, 1500, b"{\"b\":1}\n");
-        let (v, _) = replace_own(&v, 7, 2000, b"{\"a\":2}\n");
-        let (records, bad) = parse(&v);
-        assert_eq!(bad, 0);
+    fn each_writer_keeps_one_entry() {
+        let i = with_entry(b"", 7, Some(entry(7, 1000, 2)));
+        let i = with_entry(&i, 9, Some(entry(9, 1500, 1)));
+        let i = with_entry(&i, 7, Some(entry(7, 2000, 1)));
         assert_eq!(
-            records,
-            vec![
-                Record {
-                    writer: 9,
-                    written_ms: 1500,
-                    lines: b"{\"b\":1}\n"
-                },
-                Record {
-                    writer: 7,
-                    written_ms: 2000,
-                    lines: b"{\"a\":2}\n"
-                },
-            ]
+            parse_index(&i),
+            (vec![entry(9, 1500, 1), entry(7, 2000, 1)], 0)
         );
         // Taking one's record back once everything is sent.
-        let (v, _) = replace_own(&v, 7, 3000, b"");
-        assert_eq!(parse(&v).0.len(), 1);
+        let i = with_entry(&i, 7, None);
+        assert_eq!(parse_index(&i).0, vec![entry(9, 1500, 1)]);
+        assert_eq!(record_key("ab", 7), "tally.handoff.ab.0000000000000007");
+        let s = scope("tly_secret", "tally_collector");
+        assert_eq!(s.len(), 16);
+        assert!(!s.contains("secret"));
+        assert_ne!(s, scope("tly_secret", "other"));
     }
 
     #[test]
-    fn only_records_past_the_grace_period_are_adopted() {
-        let (v, _) = replace_own(b"", 1, 1000, b"old\n");
-        let (v, _) = replace_own(&v, 2, 5000, b"new\n");
-        let a = adopt(&v, 6000, 2000);
-        assert_eq!(a.taken, b"old\n");
-        assert_eq!(a.malformed, 0);
-        let (left, _) = parse(&a.left);
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].writer, 2);
-        let a = adopt(&a.left, 7000, 2000);
-        assert_eq!(a.taken, b"new\n");
-        assert!(a.left.is_empty());
+    fn adopters_take_expired_records_that_fit() {
+        let i = with_entry(b"", 1, Some(entry(1, 1000, 5)));
+        let i = with_entry(&i, 2, Some(entry(2, 1100, 50)));
+        let i = with_entry(&i, 3, Some(entry(3, 5000, 1)));
+        // Record 2 does not fit in a queue with room for 10; record 3 is within its grace.
+        let (taken, left) = choose(&i, 6000, 2000, 10).unwrap();
+        assert_eq!(taken, vec![entry(1, 1000, 5)]);
+        assert_eq!(
+            parse_index(&left).0,
+            vec![entry(2, 1100, 50), entry(3, 5000, 1)]
+        );
+        assert_eq!(choose(&left, 6000, 2000, 10), None);
+        let (taken, left) = choose(&left, 8000, 2000, 100).unwrap();
+        assert_eq!(taken.len(), 2);
+        assert!(left.is_empty());
     }
 
     #[test]
-    fn malformed_values_are_measured_and_never_panic() {
-        let (good, _) = replace_own(b"", 3, 10, b"x\n");
+    fn malformed_indexes_never_panic_and_are_rewritten() {
+        let good = with_entry(b"", 3, Some(entry(3, 10, 1)));
         for bad in [
             &b"garbage"[..],
-            b"T0000000000000003 10 99\nshort",
-            b"Tzz 1 1\nx",
-            b"T0000000000000003 10 1 extra\nx",
+            b"Tzz 1 1\n",
+            b"T0000000000000003 10 1 extra\n",
+            b"T3 10 1\n",
             b"\n",
         ] {
             let mut v = good.clone();
             v.extend_from_slice(bad);
-            let a = adopt(&v, 10_000, 0);
-            assert_eq!(a.taken, b"x\n");
-            assert_eq!(a.malformed, bad.len(), "{:?}", String::from_utf8_lossy(bad));
+            let (entries, malformed) = parse_index(&v);
+            assert_eq!(entries, vec![entry(3, 10, 1)]);
+            assert_eq!(malformed, bad.len(), "{:?}", String::from_utf8_lossy(bad));
+            // Nothing expired to take, but the index is rewritten without the garbage.
+            let (taken, left) = choose(&v, 11, 1000, 10).unwrap();
+            assert!(taken.is_empty());
+            assert_eq!(left, good);
         }
-        // Every prefix of a valid value parses without panicking.
         for cut in 0..good.len() {
-            let _ = parse(&good[..cut]);
+            let _ = parse_index(&good[..cut]);
         }
-    }
-
-    #[test]
-    fn the_value_stays_bounded() {
-        let big = vec![b'x'; MAX_BYTES - 10];
-        let (v, ok) = replace_own(b"", 1, 0, &big);
-        assert!(!ok);
-        assert!(v.is_empty());
     }
 }

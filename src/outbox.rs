@@ -213,21 +213,33 @@ impl Outbox {
         self.copy_lines(self.lines.len())
     }
 
-    /// Queue the NDJSON lines another VM handed over, as due at once. Returns how many were
-    /// taken; the rest did not fit and are counted as dropped.
-    pub fn adopt(&mut self, ndjson: &[u8], now_ms: u64) -> usize {
+    /// Queue the NDJSON lines another VM handed over, queued since `queued_ms` (so that
+    /// `max_age` still counts from then), and due at once (a backoff in progress still holds).
+    /// Returns how many were taken; the rest did not fit and are counted as dropped.
+    pub fn adopt(&mut self, ndjson: &[u8], queued_ms: u64) -> usize {
         let mut taken = 0;
         for line in ndjson.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            if self.push_with(now_ms, |buf| buf.extend_from_slice(line)) {
+            if self.push_with(queued_ms, |buf| buf.extend_from_slice(line)) {
                 self.counters.queued -= 1;
                 self.counters.adopted += 1;
                 taken += 1;
             }
         }
         if taken > 0 {
-            self.flush_now();
+            self.oldest_ms = Some(0);
         }
         taken
+    }
+
+    /// Room left in the queue, in events.
+    pub fn room(&self) -> usize {
+        self.queue_max.saturating_sub(self.lines.len())
+    }
+
+    /// A number that changes whenever the queue's content does (for the hand-over record).
+    pub fn generation(&self) -> u64 {
+        let c = &self.counters;
+        c.queued + c.adopted + c.sent + c.dropped_full + c.dropped_rejected + c.dropped_expired
     }
 
     /// The batch in flight ended.
@@ -428,7 +440,11 @@ mod tests {
 
         let mut b = Outbox::new(200, 4, 60_000);
         assert!(b.push("{\"own\":1}", 0));
+        assert_eq!(b.room(), 3);
+        let before = b.generation();
         assert_eq!(b.adopt(&all, 100_000), 3);
+        assert_ne!(b.generation(), before);
+        assert_eq!(b.room(), 0);
         assert_eq!(b.counters.queued, 1);
         assert_eq!(b.counters.adopted, 3);
         assert_eq!(b.counters.dropped_full, 2);

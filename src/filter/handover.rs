@@ -1,37 +1,28 @@
-//! The host side of [`crate::handoff`]: the shared value in Envoy's shared data, changed with
-//! compare-and-swap since every VM of the Envoy may write it at once.
+//! The host side of [`crate::handoff`]: the index and the records in Envoy's shared data. The
+//! index is changed with compare-and-swap, since every VM of the Envoy may write it at once;
+//! a record has one writer.
 
-use crate::handoff;
+use crate::handoff::{self, Entry};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
-use std::cell::Cell;
 
-thread_local! {
-    // A VM is one instance of the module, single-threaded: this is per VM.
-    static VM_ID: Cell<u64> = const { Cell::new(0) };
+/// Make sure the scope's index exists, so that every later change has a CAS token to check
+/// (a first write without one would overwrite whatever another VM wrote at the same moment).
+pub fn init(scope: &str) {
+    let key = handoff::index_key(scope);
+    if let Ok((None, _)) = hostcalls::get_shared_data(&key) {
+        let _ = hostcalls::set_shared_data(&key, Some(b""), None);
+    }
 }
 
-/// This VM's id in hand-over records, drawn once.
-pub fn vm_id() -> u64 {
-    VM_ID.with(|id| {
-        if id.get() == 0 {
-            let mut seed = [0u8; 8];
-            if getrandom::getrandom(&mut seed).is_err() {
-                seed = (super::host::now_ms() as u64).to_le_bytes();
-            }
-            id.set(u64::from_le_bytes(seed) | 1);
-        }
-        id.get()
-    })
-}
-
-/// Apply `change` to the shared value (None: nothing to write), retrying when another VM wrote
-/// in between; what `change` returned once its value is stored.
-fn update<T>(mut change: impl FnMut(&[u8]) -> Option<(Vec<u8>, T)>) -> Option<T> {
+/// Apply `change` to the index (None: nothing to write), retrying when another VM wrote in
+/// between; what `change` returned once its value is stored.
+fn update<T>(scope: &str, mut change: impl FnMut(&[u8]) -> Option<(Vec<u8>, T)>) -> Option<T> {
+    let key = handoff::index_key(scope);
     for _ in 0..16 {
-        let (value, cas) = hostcalls::get_shared_data(handoff::KEY).ok()?;
+        let (value, cas) = hostcalls::get_shared_data(&key).ok()?;
         let (new, out) = change(value.as_deref().unwrap_or_default())?;
-        match hostcalls::set_shared_data(handoff::KEY, Some(&new), cas) {
+        match hostcalls::set_shared_data(&key, Some(&new), cas) {
             Ok(()) => return Some(out),
             Err(Status::CasMismatch) => continue,
             Err(_) => return None,
@@ -40,25 +31,43 @@ fn update<T>(mut change: impl FnMut(&[u8]) -> Option<(Vec<u8>, T)>) -> Option<T>
     None
 }
 
-/// Store this VM's record with `lines` (empty: take it back). False when it could not be
-/// stored, or did not fit.
-pub fn publish(lines: &[u8], now_ms: u64) -> bool {
-    let id = vm_id();
-    update(|value| {
-        let (new, fits) = handoff::replace_own(value, id, now_ms, lines);
-        (new != value).then_some((new, fits))
-    })
-    .unwrap_or(lines.is_empty())
+/// Store `writer`'s record (`events` NDJSON lines), or take it back when `events` is 0.
+pub fn publish(scope: &str, writer: u64, lines: &[u8], events: u64, now_ms: u64) -> bool {
+    let record = handoff::record_key(scope, writer);
+    if events > 0 && hostcalls::set_shared_data(&record, Some(lines), None).is_err() {
+        return false;
+    }
+    let entry = (events > 0).then_some(Entry {
+        writer,
+        written_ms: now_ms,
+        events,
+    });
+    let stored = update(scope, |index| {
+        let new = handoff::with_entry(index, writer, entry);
+        (new != index).then_some((new, ()))
+    });
+    if events == 0 {
+        let _ = hostcalls::set_shared_data(&record, Some(b""), None);
+    }
+    stored.is_some() || events == 0
 }
 
-/// Take the records left longer than `grace_ms`: their NDJSON lines, and the bytes of malformed
-/// data dropped with them.
-pub fn take_abandoned(now_ms: u64, grace_ms: u64) -> Option<(Vec<u8>, usize)> {
-    update(|value| {
-        if value.is_empty() {
-            return None;
-        }
-        let a = handoff::adopt(value, now_ms, grace_ms);
-        (!a.taken.is_empty() || a.malformed > 0).then_some((a.left, (a.taken, a.malformed)))
-    })
+/// Take the records left longer than `grace_ms` whose events fit in `room`: each record's
+/// NDJSON with the time it was written.
+pub fn take_abandoned(scope: &str, now_ms: u64, grace_ms: u64, room: u64) -> Vec<(Vec<u8>, u64)> {
+    let chosen = update(scope, |index| {
+        handoff::choose(index, now_ms, grace_ms, room).map(|(taken, left)| (left, taken))
+    });
+    let Some(taken) = chosen else {
+        return Vec::new();
+    };
+    taken
+        .into_iter()
+        .filter_map(|e| {
+            let key = handoff::record_key(scope, e.writer);
+            let (lines, _) = hostcalls::get_shared_data(&key).ok()?;
+            let _ = hostcalls::set_shared_data(&key, Some(b""), None);
+            lines.map(|l| (l, e.written_ms))
+        })
+        .collect()
 }

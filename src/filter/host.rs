@@ -122,6 +122,11 @@ pub struct Metrics {
     /// Events a stopping VM handed over, and events a running VM took over (`handoff`).
     pub events_handed_over: Option<u32>,
     pub events_adopted: Option<u32>,
+    /// Requests refused for their org key (401), requests passed unmetered for want of an org,
+    /// and failed polls of the collector's key set.
+    pub requests_refused_key: Option<u32>,
+    pub requests_unattributed: Option<u32>,
+    pub controls_failed: Option<u32>,
     /// Gauges summed over the VMs of the plugin (each VM adds its own share): how many VMs run,
     /// their linear memory (so that memory per VM is read from Envoy's stats), and the events
     /// not yet accepted by the collector.
@@ -144,6 +149,9 @@ impl Metrics {
             filter_errors: c("tally.filter_errors"),
             events_handed_over: c("tally.events_handed_over"),
             events_adopted: c("tally.events_adopted"),
+            requests_refused_key: c("tally.requests_refused_key"),
+            requests_unattributed: c("tally.requests_unattributed"),
+            controls_failed: c("tally.controls_failed"),
             vms: g("tally.vms"),
             vm_memory_bytes: g("tally.vm_memory_bytes"),
             events_waiting: g("tally.events_waiting"),

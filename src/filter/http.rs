@@ -3,7 +3,10 @@
 
 use super::host::{self, Metrics};
 use super::root::Shared;
+use crate::config::KeySetMissing;
 use crate::exchange::{begin, Exchange, Finish};
+use crate::identity::Identity;
+use crate::org_keys::{unauthorized_body, Decision, Policy};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::RefCell;
@@ -62,11 +65,49 @@ impl HttpContext for Req {
         {
             Metrics::add(s.metrics.filter_errors, 1);
         }
-        if b.exchange.is_some() {
-            // Counted here, reported to Envoy on the timer: one host call fewer per request.
-            s.metered.set(s.metered.get() + 1);
+        let Some(mut ex) = b.exchange else {
+            return Action::Continue;
+        };
+        // At a gateway the caller is the peer of the mTLS connection; on a sidecar, the node.
+        let identity = if s.cfg.identity.peer_certificate {
+            host::property(&["connection", "uri_san_peer_certificate"])
+                .and_then(|uri| Identity::from_spiffe(&uri))
+        } else {
+            s.node_identity.clone()
+        };
+        if let Some(id) = identity {
+            ex.set_identity(id, &s.cfg.identity.attribution);
         }
-        self.exchange = b.exchange;
+        let policy = Policy {
+            org_from_request: s.cfg.org_from_request,
+            require_org_key: s.cfg.require_org_key,
+            refuse_without_key_set: s.cfg.key_set_missing == KeySetMissing::Refuse,
+            token: s.cfg.collector_token.is_some(),
+            own_key: s.own_key.as_ref(),
+            keys: s.keys.as_ref(),
+        };
+        match policy.decide(b.key.as_ref()) {
+            Decision::Meter(org) => {
+                ex.set_org(org);
+                // Counted here, reported to Envoy on the timer: one host call fewer per request.
+                s.metered.set(s.metered.get() + 1);
+                self.exchange = Some(ex);
+            }
+            Decision::Unattributed => Metrics::add(s.metrics.requests_unattributed, 1),
+            Decision::Refuse(why) => {
+                // A configured decision: the provider never sees the request, and no event is
+                // made (it has no org).
+                Metrics::add(s.metrics.requests_refused_key, 1);
+                let (content_type, body) = unauthorized_body(ex.api(), why);
+                drop(s);
+                self.send_http_response(
+                    401,
+                    vec![("content-type", content_type)],
+                    Some(body.as_bytes()),
+                );
+                return Action::Pause;
+            }
+        }
         Action::Continue
     }
 

@@ -7,6 +7,7 @@
 //! Fail open: no callback returns anything but `Continue`, every host error is counted and
 //! ignored, and a request whose state cannot be read is simply not metered.
 
+mod controls;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod handover;

@@ -1,10 +1,13 @@
 //! One per VM: configuration, prices, the outbox and the batch calls to the collector.
 
+use super::controls::Controls;
 use super::handover;
 use super::host::{self, Metrics};
 use super::http::Req;
-use crate::config::Config;
+use crate::config::{Config, Env};
+use crate::identity::Identity;
 use crate::measure::Tokenizers;
+use crate::org_keys::{self, KeyHash, KeySet};
 use crate::outbox::{Counters, Outbox, Outcome};
 use crate::pricing::PriceTable;
 use crate::request_id::IdGen;
@@ -25,6 +28,12 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Requests metered since the last report to Envoy's counter.
     pub metered: std::cell::Cell<u64>,
+    /// The keys requests may carry, from the collector (None until the first answer).
+    pub keys: Option<KeySet>,
+    /// The SHA-256 of the filter's own org key.
+    pub own_key: Option<KeyHash>,
+    /// This proxy's own workload (a sidecar), from Istio's node metadata.
+    pub node_identity: Option<Identity>,
     ids: IdGen,
 }
 
@@ -46,10 +55,16 @@ pub struct Root {
     counted_vm: bool,
     reported_memory: i64,
     reported_waiting: i64,
-    /// Events in this VM's hand-over record, once stopping (see `crate::handoff`).
-    handed_over: Option<usize>,
+    /// This root context's id in hand-over records, and the scope of its records (see
+    /// `crate::handoff`).
+    writer: u64,
+    scope: String,
+    /// The outbox generation of the last hand-over record written (None: no record).
+    handed_gen: Option<u64>,
+    handover_warned: bool,
     /// When to look next for events that a stopped VM left behind.
     next_adoption_ms: u64,
+    controls: Controls,
 }
 
 /// How often a running VM looks for events left by a VM that stopped.
@@ -66,13 +81,18 @@ impl Root {
             counted_vm: false,
             reported_memory: 0,
             reported_waiting: 0,
-            handed_over: None,
+            writer: 0,
+            scope: String::new(),
+            handed_gen: None,
+            handover_warned: false,
             next_adoption_ms: 0,
+            controls: Controls::default(),
         }
     }
 
-    /// Stopping: keep this VM's hand-over record equal to what it still has to send, since
-    /// Envoy may tear the VM down before its calls are answered (a new module by ECDS does).
+    /// Stopping: keep this root context's hand-over record equal to what it still has to
+    /// send, since Envoy may tear the VM down before its calls are answered (a new module by
+    /// ECDS does).
     fn hand_over(&mut self) {
         let Some(shared) = self.shared.clone() else {
             return;
@@ -80,30 +100,31 @@ impl Root {
         let Ok(s) = shared.try_borrow() else {
             return;
         };
-        let waiting = s.outbox.len();
-        if self.handed_over == Some(waiting) || (waiting == 0 && self.handed_over.is_none()) {
+        let (waiting, generation) = (s.outbox.len(), s.outbox.generation());
+        if self.handed_gen == Some(generation) || (waiting == 0 && self.handed_gen.is_none()) {
             return;
         }
         let lines = s.outbox.export();
         drop(s);
-        if handover::publish(&lines, host::now_ms() as u64) {
-            let before = self.handed_over.unwrap_or(0);
-            Metrics::add(
-                self.metrics.events_handed_over,
-                waiting.saturating_sub(before) as u64,
-            );
-            self.handed_over = (waiting > 0).then_some(waiting);
-        } else {
+        let now = host::now_ms() as u64;
+        if handover::publish(&self.scope, self.writer, &lines, waiting as u64, now) {
+            if self.handed_gen.is_none() {
+                // What the VM still held when it stopped.
+                Metrics::add(self.metrics.events_handed_over, waiting as u64);
+            }
+            self.handed_gen = (waiting > 0).then_some(generation);
+        } else if !self.handover_warned {
+            self.handover_warned = true;
             Metrics::add(self.metrics.filter_errors, 1);
             host::log(
                 LogLevel::Warn,
-                &format!("stopping with {waiting} events waiting; they could not be handed over to the other VMs (shared data full or refused)"),
+                &format!("stopping with {waiting} events waiting; they could not be handed over to the other VMs (shared data refused them)"),
             );
         }
     }
 
     /// Running: take over the events of VMs that stopped and were torn down before sending
-    /// them (their records outlived the grace period).
+    /// them (their records outlived the grace period), as many as the queue has room for.
     fn adopt_abandoned(&mut self, now: u64) {
         if now < self.next_adoption_ms {
             return;
@@ -116,33 +137,126 @@ impl Root {
             return;
         };
         let grace = s.cfg.call_timeout_ms.saturating_mul(2).max(1000);
-        let Some((lines, malformed)) = handover::take_abandoned(now, grace) else {
+        let records = handover::take_abandoned(&self.scope, now, grace, s.outbox.room() as u64);
+        if records.is_empty() {
             return;
-        };
-        let before = s.outbox.counters.dropped_full;
-        let taken = s.outbox.adopt(&lines, now);
-        let dropped = s.outbox.counters.dropped_full - before;
+        }
+        let taken: usize = records
+            .iter()
+            .map(|(lines, written)| s.outbox.adopt(lines, *written))
+            .sum();
         drop(s);
         Metrics::add(self.metrics.events_adopted, taken as u64);
-        if malformed > 0 {
-            Metrics::add(self.metrics.filter_errors, 1);
-        }
         host::log(
             LogLevel::Info,
             &format!(
-                "took over {taken} events left by a VM that stopped before sending them{}{}",
-                if dropped > 0 {
-                    format!("; {dropped} did not fit in the queue")
-                } else {
-                    String::new()
-                },
-                if malformed > 0 {
-                    format!("; {malformed} malformed bytes dropped")
-                } else {
-                    String::new()
-                },
+                "took over {taken} events from {} records of VMs that stopped before sending them",
+                records.len()
             ),
         );
+    }
+
+    /// Use a newer key set if the Envoy has one, and poll the collector when due, if this VM
+    /// holds the poller's lease.
+    fn sync_controls(&mut self, now: u64) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Ok(mut s) = shared.try_borrow_mut() else {
+            return;
+        };
+        if !s.cfg.needs_key_set() {
+            return;
+        }
+        match self.controls.newer(&self.scope) {
+            Some(Ok(keys)) => {
+                if s.keys.is_none() {
+                    host::log(
+                        LogLevel::Info,
+                        &format!("org keys: {} accepted, from the collector", keys.len()),
+                    );
+                }
+                s.keys = Some(keys);
+            }
+            Some(Err(e)) => {
+                Metrics::add(self.metrics.filter_errors, 1);
+                host::log(
+                    LogLevel::Warn,
+                    &format!("org keys: {e}; the last key set stays"),
+                );
+            }
+            None => {}
+        }
+        if self.controls.in_flight.is_some() || now < self.controls.next_poll_ms {
+            return;
+        }
+        let (refresh, timeout) = (s.cfg.controls_refresh_ms, s.cfg.call_timeout_ms);
+        self.controls.next_poll_ms = now + refresh;
+        if !self
+            .controls
+            .lead(&self.scope, self.writer, now, now + refresh + timeout)
+        {
+            return;
+        }
+        let auth = format!("Bearer {}", s.cfg.bearer());
+        let etag = Controls::etag(&self.scope);
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", "/v1/controls"),
+            (":authority", s.cfg.collector_authority.as_str()),
+            ("authorization", auth.as_str()),
+        ];
+        // Only with a key set in hand: a VM that has none needs the whole body.
+        if !etag.is_empty() && s.keys.is_some() {
+            headers.push(("if-none-match", etag.as_str()));
+        }
+        match hostcalls::dispatch_http_call(
+            &s.cfg.collector_cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(timeout),
+        ) {
+            Ok(token) => self.controls.in_flight = Some(token),
+            Err(_) => self.controls_failed("the call could not be made"),
+        }
+    }
+
+    fn controls_answered(&mut self, body_size: usize) {
+        let status = host::header(MapType::HttpCallResponseHeaders, ":status");
+        match status.as_deref() {
+            Some("200") => {
+                let body =
+                    host::body(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
+                let etag =
+                    host::header(MapType::HttpCallResponseHeaders, "etag").unwrap_or_default();
+                // Checked before it is shared: a bad answer never replaces a good key set.
+                if let Err(e) = KeySet::parse(&body) {
+                    return self.controls_failed(&e);
+                }
+                if !Controls::store(&self.scope, &body, &etag) {
+                    return self.controls_failed("shared data refused the key set");
+                }
+                self.controls.failures = 0;
+                self.sync_controls(host::now_ms() as u64);
+            }
+            Some("304") => self.controls.failures = 0,
+            other => self.controls_failed(&format!(
+                "the collector answered {}",
+                other.unwrap_or("nothing")
+            )),
+        }
+    }
+
+    fn controls_failed(&mut self, why: &str) {
+        Metrics::add(self.metrics.controls_failed, 1);
+        self.controls.failures += 1;
+        if self.controls.failures == 1 {
+            host::log(
+                LogLevel::Warn,
+                &format!("org keys: polling /v1/controls failed ({why}); the last key set stays"),
+            );
+        }
     }
 
     /// Bring this VM's share of the gauges up to date (a host call only for one that moved).
@@ -157,17 +271,34 @@ impl Root {
 
     fn configure(&mut self, size: usize) -> Result<(), String> {
         let json = host::body(BufferType::PluginConfiguration, size).unwrap_or_default();
-        let env_key = std::env::var("TALLY_ORG_KEY").ok();
-        let cfg = Config::parse(&json, env_key)?;
+        let env = Env {
+            org_key: std::env::var("TALLY_ORG_KEY").ok(),
+            collector_token: std::env::var("TALLY_COLLECTOR_TOKEN").ok(),
+        };
+        let cfg = Config::parse_env(&json, env)?;
+        let node_identity = if cfg.identity.node {
+            Identity::from_node(
+                |k| host::property(&["node", "metadata", k]),
+                |l| host::property(&["node", "metadata", "LABELS", l]),
+                &cfg.identity.trust_domain,
+                &cfg.identity.labels(),
+            )
+        } else {
+            None
+        };
         let prices = PriceTable::builtin()?;
         let tick = (cfg.flush_interval_ms / 2).clamp(20, 50);
         hostcalls::set_tick_period(Duration::from_millis(tick))
             .map_err(|s| format!("cannot set the flush timer: {s:?}"))?;
         self.metrics = Metrics::define();
+        self.writer = seeded_ids().next_u64() | 1;
+        self.scope = crate::handoff::scope(cfg.bearer(), &cfg.collector_cluster);
+        handover::init(&self.scope);
         if !self.counted_vm {
             Metrics::shift(self.metrics.vms, 1);
             self.counted_vm = true;
         }
+        let own_key = cfg.org_key.as_deref().map(org_keys::hash);
         self.shared = Some(Rc::new(RefCell::new(Shared {
             outbox: Outbox::new(
                 cfg.batch_max_events,
@@ -180,6 +311,9 @@ impl Root {
             tokenizers: Tokenizers::default(),
             metrics: self.metrics,
             metered: std::cell::Cell::new(0),
+            keys: None,
+            own_key,
+            node_identity,
             ids: seeded_ids(),
         })));
         Ok(())
@@ -203,7 +337,7 @@ impl Root {
         let Some((body, _n)) = s.outbox.take_batch(now) else {
             return;
         };
-        let auth = format!("Bearer {}", s.cfg.org_key);
+        let auth = format!("Bearer {}", s.cfg.bearer());
         let headers = vec![
             (":method", "POST"),
             (":path", "/v1/events"),
@@ -279,9 +413,14 @@ impl Context for Root {
         &mut self,
         token: u32,
         _headers: usize,
-        _body: usize,
+        body_size: usize,
         _trailers: usize,
     ) {
+        if self.controls.in_flight == Some(token) {
+            self.controls.in_flight = None;
+            self.controls_answered(body_size);
+            return;
+        }
         if self.in_flight != Some(token) {
             return;
         }
@@ -348,7 +487,9 @@ impl RootContext for Root {
             // Requests that were still running add their events.
             self.hand_over();
         } else {
-            self.adopt_abandoned(host::now_ms() as u64);
+            let now = host::now_ms() as u64;
+            self.adopt_abandoned(now);
+            self.sync_controls(now);
         }
         self.flush();
         let mut waiting = 0;

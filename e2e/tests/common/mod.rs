@@ -194,7 +194,7 @@ fn http_ok(url: &str) -> bool {
 }
 
 /// The typed config of the stack's wasm filter (YAML, at the left margin).
-pub fn wasm_typed_config(filter_config: &str, code: &str) -> String {
+pub fn wasm_typed_config(filter_config: &str, code: &str, vm_id: &str) -> String {
     let filter_json = serde_json::to_string(filter_config).expect("string");
     format!(
         r#""@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -206,11 +206,11 @@ config:
     "@type": type.googleapis.com/google.protobuf.StringValue
     value: {filter_json}
   vm_config:
-    vm_id: tally
+    vm_id: "{vm_id}"
     runtime: envoy.wasm.runtime.v8
     code: {code}
     environment_variables:
-      host_env_keys: ["TALLY_ORG_KEY"]
+      host_env_keys: ["TALLY_ORG_KEY", "TALLY_COLLECTOR_TOKEN"]
 "#
     )
 }
@@ -220,11 +220,12 @@ fn indent(text: &str, n: usize) -> String {
     text.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
 
-/// An ECDS file (a discovery response) that gives the filter named `tally` this config.
+/// An ECDS file (a discovery response) that gives the filter named `tally` this config, with
+/// an empty `vm_id` as Istio sets it (every plugin of the proxy shares its shared data).
 pub fn ecds_resource(filter_config: &str, code: &str) -> String {
     format!(
         "resources:\n- \"@type\": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig\n  name: tally\n  typed_config:\n{}",
-        indent(&wasm_typed_config(filter_config, code), 4)
+        indent(&wasm_typed_config(filter_config, code, ""), 4)
     )
 }
 
@@ -266,7 +267,7 @@ fn envoy_config(listen: u16, admin: u16, upstream: u16, collector: u16, opts: &O
         ),
         None => format!(
             "          - name: envoy.filters.http.wasm\n            typed_config:\n{}",
-            indent(&wasm_typed_config(&opts.filter_config, &code), 14)
+            indent(&wasm_typed_config(&opts.filter_config, &code, "tally"), 14)
         ),
     };
     format!(
