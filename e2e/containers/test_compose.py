@@ -54,6 +54,7 @@ def dockerfile_stage(name):
 def build_images(work, env):
     ctx = os.path.join(work, "ctx")
     os.makedirs(os.path.join(ctx, "out", "data"))
+    os.makedirs(os.path.join(ctx, "out", "tmp"))
     for b in ("tally-collector", "tally-mock"):
         shutil.copy(os.path.join(MUSL, b), os.path.join(ctx, "out", b))
     images = {}
@@ -133,7 +134,7 @@ def main():
 
         # As the compose file's header says: an org, its key printed once.
         key = run(compose + ["run", "--rm", "-T", "collector", "org", "create", "acme",
-                             "--data-dir", "/data"], env=dict(env, TALLY_ORG_KEY="unset")).stdout.strip().splitlines()[-1]
+                             "--data-dir", "/data"], env=env).stdout.strip().splitlines()[-1]
         assert re.fullmatch(r"tly_[0-9A-Za-z]{40}", key), key
         env["TALLY_ORG_KEY"] = key
         up = True

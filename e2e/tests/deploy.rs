@@ -140,6 +140,16 @@ fn the_collector_cluster_envoy_gateway_adds_is_valid_envoy_config() {
     assert!(configs
         .iter()
         .any(|(_, c)| c["collector_cluster"] == cluster["name"]));
+    // Envoy reads the CA file: the one the EnvoyProxy mounts, stood in for by a real bundle.
+    let mut cluster = cluster.clone();
+    let tls = &mut cluster["transport_socket"]["typed_config"]["common_tls_context"];
+    assert_eq!(
+        tls["validation_context"]["trusted_ca"]["filename"],
+        "/etc/tally/ca.crt"
+    );
+    let ca = dir.path().join("ca.crt");
+    std::fs::copy("/etc/ssl/certs/ca-certificates.crt", &ca).unwrap();
+    tls["validation_context"]["trusted_ca"]["filename"] = json!(ca);
     let (ok, log) = validate_bootstrap(
         dir.path(),
         &json!({"static_resources": {"clusters": [cluster]}}),
