@@ -154,6 +154,16 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// The collector cluster's name (default `tally_collector`), e.g. as Istio names it.
     pub collector_cluster: Option<String>,
+    /// Envoy's `node.metadata` (a YAML flow mapping), e.g. what Istio's injector writes.
+    pub node_metadata: Option<String>,
+    /// The listener's TLS (PEM files: certificate, key, CA of the client certificates it
+    /// requires), as a gateway terminating the mesh's mTLS.
+    pub listener_tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// More orgs to create (besides `acme`) and give, with acme, a mesh token that Envoy gets
+    /// as TALLY_COLLECTOR_TOKEN.
+    pub token_orgs: Vec<&'static str>,
+    /// Give Envoy acme's key as TALLY_ORG_KEY (default true).
+    pub org_key_env: bool,
 }
 
 impl Default for Options {
@@ -169,6 +179,10 @@ impl Default for Options {
             extra_clusters: String::new(),
             env: Vec::new(),
             collector_cluster: None,
+            node_metadata: None,
+            listener_tls: None,
+            token_orgs: Vec::new(),
+            org_key_env: true,
         }
     }
 }
@@ -176,6 +190,10 @@ impl Default for Options {
 pub struct Stack {
     pub dir: tempfile::TempDir,
     pub key: String,
+    /// Every org's key, acme's included.
+    pub keys: std::collections::BTreeMap<String, String>,
+    /// The mesh token, when `token_orgs` asked for one.
+    pub token: Option<String>,
     pub envoy_port: u16,
     pub admin_port: u16,
     pub collector_port: u16,
@@ -271,7 +289,7 @@ fn envoy_config(listen: u16, admin: u16, upstream: u16, collector: u16, opts: &O
         ),
     };
     format!(
-        r#"node: {{ id: tally-test, cluster: tally-test }}
+        r#"node: {{ id: tally-test, cluster: tally-test, metadata: {node_metadata} }}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 static_resources:
@@ -279,7 +297,8 @@ static_resources:
   - name: llm
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
     filter_chains:
-    - filters:
+    - {tls}
+      filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -306,6 +325,24 @@ static_resources:
 {extra}
 "#,
         extra = opts.extra_clusters,
+        node_metadata = opts.node_metadata.as_deref().unwrap_or("{}"),
+        tls = opts.listener_tls.as_ref().map_or(String::new(), |(cert, key, ca)| format!(
+            r#"
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{ filename: "{}" }}
+              private_key: {{ filename: "{}" }}
+            validation_context:
+              trusted_ca: {{ filename: "{}" }}"#,
+            cert.display(),
+            key.display(),
+            ca.display()
+        )),
         openai = cluster("openai", upstream),
         anthropic = cluster("anthropic", upstream),
         gemini = cluster("gemini", upstream),
@@ -343,6 +380,33 @@ impl Stack {
             .expect("utf8")
             .trim()
             .to_string();
+        let mut keys = std::collections::BTreeMap::from([("acme".to_string(), key.clone())]);
+        let cli = |args: &[&str]| {
+            let out = Command::new(artifact("target/release/tally-collector"))
+                .args(args)
+                .arg("--data-dir")
+                .arg(&data)
+                .output()
+                .expect("tally-collector");
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout)
+                .expect("utf8")
+                .trim()
+                .to_string()
+        };
+        let mut token = None;
+        if !opts.token_orgs.is_empty() {
+            let mut grant = vec!["token", "create", "tally-test", "--org", "acme"];
+            for org in &opts.token_orgs {
+                keys.insert(org.to_string(), cli(&["org", "create", org]));
+                grant.extend(["--org", org]);
+            }
+            token = Some(cli(&grant));
+        }
 
         // Every server binds port 0 and says which port it got: no race for free ports
         // between tests running side by side.
@@ -380,7 +444,10 @@ impl Stack {
                     &opts.concurrency.to_string(),
                 ])
                 .args(["--log-level", "info"])
-                .env("TALLY_ORG_KEY", &key)
+                .env_remove("TALLY_ORG_KEY")
+                .env_remove("TALLY_COLLECTOR_TOKEN")
+                .envs(opts.org_key_env.then(|| ("TALLY_ORG_KEY", key.as_str())))
+                .envs(token.as_deref().map(|t| ("TALLY_COLLECTOR_TOKEN", t)))
                 .envs(opts.env.iter().map(|(k, v)| (k, v))),
             &logs,
         );
@@ -412,6 +479,8 @@ impl Stack {
         Stack {
             dir,
             key,
+            keys,
+            token,
             envoy_port,
             admin_port,
             collector_port,

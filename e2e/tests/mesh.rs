@@ -1,0 +1,359 @@
+//! Spend by workload with no app changes, and org keys the proxy enforces, in real Envoy: a
+//! bootstrap whose node metadata is what Istio's injector writes; a listener that requires
+//! client certificates with SPIFFE IDs (a test CA made here); one Envoy for two orgs with a mesh
+//! token; rotation, disabling and collector outages.
+
+mod common;
+
+use common::{agent, artifact, send, Options, Stack};
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn chat(stack: &Stack, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = agent()
+        .post(&stack.url("/v1/chat/completions"))
+        .set("content-type", "application/json")
+        .set("x-mock-usage", "input=10,output=3");
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let (status, body, _) = send(req, Some(r#"{"model":"gpt-4o-mini","messages":[]}"#));
+    (status, body)
+}
+
+/// The events of `feature` in the org of `key`, once there are `n`.
+fn events_of(stack: &Stack, key: &str, feature: &str, n: usize) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let (status, body, _) = send(
+            agent()
+                .get(&stack.collector_url(&format!("/api/v1/events?feature={feature}")))
+                .set("authorization", &format!("Bearer {key}")),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let events = v["events"].as_array().cloned().unwrap_or_default();
+        if events.len() >= n || start.elapsed() > Duration::from_secs(15) {
+            assert_eq!(
+                events.len(),
+                n,
+                "{feature}: {events:#?}\n{}",
+                stack.log_tails()
+            );
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_sidecar_knows_its_workload_from_node_metadata() {
+    let stack = Stack::start_with(Options {
+        // As Istio's injector writes it (a subset): strings, and the pod's labels as a map.
+        node_metadata: Some(
+            r#"{ NAMESPACE: payments, WORKLOAD_NAME: checkout-v2, SERVICE_ACCOUNT: checkout,
+                 CLUSTER_ID: Kubernetes, MESH_ID: cluster.local,
+                 LABELS: { app: checkout, "security.istio.io/tlsMode": istio } }"#
+                .into(),
+        ),
+        filter_config: r#"{"flush_interval_ms": 100, "identity": {"trust_domain": "corp.example",
+            "attribution": {"team": "namespace", "app": "label:app"}}}"#
+            .into(),
+        ..Options::default()
+    });
+    assert_eq!(chat(&stack, &[("x-tally-feature", "node")]).0, 200);
+    assert_eq!(
+        chat(
+            &stack,
+            &[("x-tally-feature", "node-team"), ("x-tally-team", "growth")]
+        )
+        .0,
+        200
+    );
+    let ev = &events_of(&stack, &stack.key, "node", 1)[0];
+    assert_eq!(ev["namespace"], "payments");
+    assert_eq!(ev["workload"], "checkout-v2");
+    assert_eq!(
+        ev["principal"],
+        "spiffe://corp.example/ns/payments/sa/checkout"
+    );
+    assert_eq!(ev["team"], "payments");
+    assert_eq!(ev["app"], "checkout");
+    // A request whose headers name a team keeps it.
+    let ev = &events_of(&stack, &stack.key, "node-team", 1)[0];
+    assert_eq!(ev["team"], "growth");
+    assert_eq!(ev["app"], "checkout");
+    assert_eq!(ev["namespace"], "payments");
+    // The rollups group by it.
+    let summary = stack.api("/api/v1/summary?group_by=namespace");
+    let row = summary["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "payments")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["requests"], 2, "{summary}");
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate with a SPIFFE ID,
+/// as PEM files in `dir`: (server cert, server key, CA, client cert, client key).
+fn mesh_certs(dir: &std::path::Path, spiffe: &str) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca_cert, &ca_key)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client.subject_alt_names = vec![SanType::URI(spiffe.try_into().unwrap())];
+    let client = client.signed_by(&client_key, &ca_cert, &ca_key).unwrap();
+    let files = [
+        ("server.pem", server.pem()),
+        ("server.key", server_key.serialize_pem()),
+        ("ca.pem", ca_cert.pem()),
+        ("client.pem", client.pem()),
+        ("client.key", client_key.serialize_pem()),
+    ];
+    files.map(|(name, pem)| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    })
+}
+
+#[test]
+fn a_gateway_knows_its_caller_from_the_peer_certificate() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let spiffe = "spiffe://cluster.local/ns/search/sa/indexer";
+    let [cert, key, ca, client_cert, client_key] = mesh_certs(certs_dir.path(), spiffe);
+    let stack = Stack::start_with(Options {
+        listener_tls: Some((cert, key, ca.clone())),
+        filter_config: r#"{"flush_interval_ms": 100, "identity": {"node": false,
+            "peer_certificate": true, "attribution": {"team": "namespace"}}}"#
+            .into(),
+        ..Options::default()
+    });
+    let url = format!("https://127.0.0.1:{}/v1/chat/completions", stack.envoy_port);
+    let curl = |with_cert: bool| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca)
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "x-tally-feature: peer",
+            ])
+            .args(["-H", "x-mock-usage: input=10,output=3"])
+            .args(["--data", r#"{"model":"gpt-4o-mini","messages":[]}"#, &url]);
+        if with_cert {
+            c.arg("--cert")
+                .arg(&client_cert)
+                .arg("--key")
+                .arg(&client_key);
+        }
+        String::from_utf8(c.output().unwrap().stdout).unwrap()
+    };
+    assert_eq!(curl(true), "200");
+    // The listener requires a client certificate: without one, no request at all.
+    assert_eq!(curl(false), "000");
+    let ev = &events_of(&stack, &stack.key, "peer", 1)[0];
+    assert_eq!(ev["principal"], spiffe);
+    assert_eq!(ev["namespace"], "search");
+    assert_eq!(ev["team"], "search");
+    assert_eq!(ev["workload"], Value::Null);
+}
+
+/// Two orgs through one Envoy with a mesh token: each request's event lands in its key's org,
+/// and a missing or forged key gets the provider's 401 from the proxy.
+fn two_org_stack(extra: &str) -> Stack {
+    Stack::start_with(Options {
+        token_orgs: vec!["globex"],
+        org_key_env: false,
+        filter_config: format!(
+            r#"{{"flush_interval_ms": 100, "require_org_key": true, "controls_refresh_ms": 500{extra}}}"#
+        ),
+        ..Options::default()
+    })
+}
+
+fn wait_for_status(stack: &Stack, key: &str, want: u16, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (status, _) = chat(stack, &[("x-tally-key", key), ("x-tally-feature", "wait")]);
+        if status == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "still {status} after {limit:?}, wanted {want}\n{}",
+            stack.log_tails()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn one_envoy_for_two_orgs_refuses_missing_and_forged_keys() {
+    let stack = two_org_stack("");
+    let (acme, globex) = (stack.keys["acme"].clone(), stack.keys["globex"].clone());
+    // The key set arrives within a refresh.
+    wait_for_status(&stack, &acme, 200, Duration::from_secs(5));
+    let before = stack.mock_requests().len();
+    for (key, feature) in [(&acme, "org-a"), (&globex, "org-g"), (&globex, "org-g")] {
+        assert_eq!(
+            chat(
+                &stack,
+                &[("x-tally-key", key), ("x-tally-feature", feature)]
+            )
+            .0,
+            200
+        );
+    }
+    let forged = "tly_ForgedForgedForgedForgedForgedForged1234";
+    let (status, body) = chat(&stack, &[("x-tally-feature", "nokey")]);
+    assert_eq!(status, 401);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_api_key", "{body}");
+    let (status, _) = chat(
+        &stack,
+        &[("x-tally-key", forged), ("x-tally-feature", "forged")],
+    );
+    assert_eq!(status, 401);
+    // Anthropic's SDK gets Anthropic's error shape.
+    let (status, body, _) = send(
+        agent()
+            .post(&stack.url("/v1/messages"))
+            .set("content-type", "application/json"),
+        Some(r#"{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[]}"#),
+    );
+    assert_eq!(status, 401);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "authentication_error", "{body}");
+    // The provider never saw the refused requests, nor any org key.
+    let seen = stack.mock_requests();
+    assert_eq!(seen.len() - before, 3);
+    assert!(!serde_json::to_string(&seen)
+        .unwrap()
+        .contains("x-tally-key"));
+
+    let a = events_of(&stack, &acme, "org-a", 1);
+    assert_eq!(a[0]["org_id"], "acme");
+    assert_eq!(events_of(&stack, &acme, "org-g", 0).len(), 0);
+    let g = events_of(&stack, &globex, "org-g", 2);
+    assert!(g.iter().all(|e| e["org_id"] == "globex"));
+    assert_eq!(events_of(&stack, &globex, "org-a", 0).len(), 0);
+    // Refused requests made no event, in any org; they are counted.
+    assert_eq!(events_of(&stack, &acme, "nokey", 0).len(), 0);
+    assert_eq!(events_of(&stack, &globex, "forged", 0).len(), 0);
+    assert_eq!(
+        stack.wait_stat("wasmcustom.tally.requests_refused_key", |v| v >= 3),
+        3
+    );
+
+    // No key, in clear, anywhere: logs, Envoy's stats and config dump, the collector's files.
+    let (_, stats, _) = send(agent().get(&stack.admin_url("/stats")), None);
+    let (_, dump, _) = send(agent().get(&stack.admin_url("/config_dump")), None);
+    let mut haystack = stats + &dump + &stack.log_tails();
+    for dir in [stack.logs_dir(), stack.data_dir()] {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            haystack.push_str(&String::from_utf8_lossy(
+                &std::fs::read(entry.path()).unwrap(),
+            ));
+        }
+    }
+    for secret in [&acme, &globex, forged, stack.token.as_deref().unwrap()] {
+        assert!(!haystack.contains(secret), "a key in clear");
+    }
+}
+
+#[test]
+fn rotated_and_disabled_keys_are_refused_within_the_refresh() {
+    let stack = two_org_stack("");
+    let (acme, globex) = (stack.keys["acme"].clone(), stack.keys["globex"].clone());
+    wait_for_status(&stack, &acme, 200, Duration::from_secs(5));
+    let cli = |args: &[&str]| {
+        let out = Command::new(artifact("target/release/tally-collector"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(stack.data_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    // controls_refresh_ms is 500: the bound is 1.5 s.
+    let bound = Duration::from_millis(1500);
+    let new_acme = cli(&["org", "rotate-key", "acme"]);
+    let rotated = wait_for_status(&stack, &acme, 401, Duration::from_secs(10));
+    let accepted = wait_for_status(&stack, &new_acme, 200, Duration::from_secs(10));
+    cli(&["org", "disable", "globex"]);
+    let disabled = wait_for_status(&stack, &globex, 401, Duration::from_secs(10));
+    eprintln!(
+        "refresh 500 ms: rotated key refused after {rotated:?}, new key accepted after \
+         {accepted:?} more, disabled org's key refused after {disabled:?}"
+    );
+    assert!(
+        rotated <= bound && disabled <= bound,
+        "{rotated:?} {disabled:?}"
+    );
+}
+
+#[test]
+fn a_collector_outage_keeps_valid_traffic_flowing() {
+    let mut stack = two_org_stack("");
+    let acme = stack.keys["acme"].clone();
+    wait_for_status(&stack, &acme, 200, Duration::from_secs(5));
+    if let Some(c) = stack.collector.as_mut() {
+        c.stop();
+    }
+    let forged = "tly_ForgedForgedForgedForgedForgedForged1234";
+    // Several refresh intervals without a collector: the last key set stays.
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        assert_eq!(chat(&stack, &[("x-tally-key", &acme)]).0, 200);
+        assert_eq!(chat(&stack, &[("x-tally-key", forged)]).0, 401);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(stack.wait_stat("wasmcustom.tally.controls_failed", |v| v >= 2) >= 2);
+}
+
+#[test]
+fn before_any_key_set_the_policy_decides() {
+    for (policy, want) in [("", 200), (r#", "key_set_missing": "refuse""#, 401)] {
+        let stack = Stack::start_with(Options {
+            token_orgs: vec!["globex"],
+            org_key_env: false,
+            // No collector answers: the filter never gets a key set.
+            start_collector: false,
+            filter_config: format!(
+                r#"{{"flush_interval_ms": 100, "require_org_key": true, "controls_refresh_ms": 200{policy}}}"#
+            ),
+            ..Options::default()
+        });
+        let acme = stack.keys["acme"].clone();
+        std::thread::sleep(Duration::from_millis(600));
+        for _ in 0..3 {
+            assert_eq!(chat(&stack, &[("x-tally-key", &acme)]).0, want, "{policy}");
+        }
+        if want == 200 {
+            // Passed, unmetered and counted.
+            assert_eq!(
+                stack.wait_stat("wasmcustom.tally.requests_unattributed", |v| v >= 3),
+                3
+            );
+        }
+    }
+}
