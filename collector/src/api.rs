@@ -1,9 +1,12 @@
-//! HTTP routes: ingest, the read API and health.
+//! HTTP routes: ingest, controls for filters, the read API and health.
 
+use crate::controls::Controls;
 use crate::error::ApiError;
 use crate::ingest;
+use crate::keys::Credential;
 use crate::metrics::Metrics;
 use crate::rollup;
+use crate::sender::Sender;
 use crate::store::{EventFilter, Org, Store, StoreError};
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -22,6 +25,8 @@ pub const MAX_BATCH_BYTES: usize = 16 << 20;
 pub struct AppState {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
+    /// `GET /v1/controls` answers, kept current (see `controls`).
+    pub controls: Arc<Controls>,
     /// Served over TLS: session cookies are marked `Secure`.
     pub tls: bool,
 }
@@ -29,6 +34,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(ingest_events))
+        .route("/v1/controls", get(controls))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/summary", get(summary))
         .route("/api/v1/timeseries", get(timeseries))
@@ -48,10 +54,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Headers every answer carries: nothing here may be framed, sniffed or cached by a proxy,
-/// and pages may load only what the collector itself serves.
+/// Headers every answer carries: nothing here may be framed, sniffed or cached by a proxy
+/// (unless the route says otherwise: `/v1/controls` is `no-cache`, to revalidate by ETag), and
+/// pages may load only what the collector itself serves.
 async fn security_headers(mut resp: axum::response::Response) -> axum::response::Response {
     let h = resp.headers_mut();
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+    }
     for (name, value) in [
         (
             "content-security-policy",
@@ -62,7 +75,6 @@ async fn security_headers(mut resp: axum::response::Response) -> axum::response:
         // `same-origin`, not `no-referrer`: with the latter browsers send `Origin: null` on the
         // dashboard's own form posts, and the origin check would refuse them.
         ("referrer-policy", "same-origin"),
-        ("cache-control", "no-store"),
     ] {
         h.insert(name, header::HeaderValue::from_static(value));
     }
@@ -162,39 +174,80 @@ async fn read_batch(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, ApiE
     Ok(bytes)
 }
 
+/// The org key or mesh token of `Authorization: Bearer ...`.
+fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::keys::credential)
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// Who sends a batch: an org (by its key) or a mesh token.
+async fn sender(state: &AppState, headers: &HeaderMap) -> Result<Sender, ApiError> {
+    let secret = credential(headers)?.secret().to_string();
+    let store = state.store.clone();
+    blocking(move || match crate::keys::classify(&secret) {
+        Some(credential) => Sender::find(&store, credential),
+        None => Ok(None),
+    })
+    .await?
+    .ok_or(ApiError::Unauthorized)
+}
+
 async fn ingest(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(usize, usize), ApiError> {
-    let org = authenticate(state, headers).await?;
+    let sender = sender(state, headers).await?;
     let bytes = read_batch(headers, body).await?;
-    let batch = ingest::parse(&bytes).inspect_err(|e| {
+    let who = sender.describe();
+    let rejected = |e: &ApiError| {
         // The field's name only: values could be labels a client chose.
         let field = match e {
             ApiError::BadRequest { field, .. } => field.as_deref().unwrap_or("-"),
             _ => "-",
         };
         crate::log::warn(&format!(
-            "org {}: rejected a batch of {} bytes (field {field})",
-            org.name,
+            "{who}: rejected a batch of {} bytes (field {field})",
             bytes.len()
         ));
-    })?;
+    };
+    let (batch, unknown) = ingest::parse_counting(&bytes).inspect_err(rejected)?;
     let store = state.store.clone();
     let metrics = state.metrics.clone();
     // 202 only once the transaction has committed (and, with synchronous=FULL, reached disk).
     blocking(move || {
+        let owners = match sender.owners(&store, &batch) {
+            Ok(owners) => owners,
+            Err(e) => return Ok(Err(e)),
+        };
         let batch = std::sync::Arc::new(batch);
-        let (accepted, duplicates, new) = store.insert_events(&org, batch.clone(), now_ms())?;
-        metrics.events(&org.name, &batch, &new);
-        Ok((accepted, duplicates))
+        let (accepted, duplicates, new) =
+            store.insert_owned(owners.clone(), batch.clone(), now_ms())?;
+        metrics.events(&owners, &batch, &new);
+        metrics.unknown_fields(&unknown);
+        Ok(Ok((accepted, duplicates)))
     })
-    .await
+    .await?
+    .inspect_err(rejected)
 }
 
-const EVENT_PARAMS: [&str; 11] = [
-    "from", "to", "limit", "team", "app", "feature", "task", "model", "provider", "user", "status",
+const EVENT_PARAMS: [&str; 13] = [
+    "from",
+    "to",
+    "limit",
+    "team",
+    "app",
+    "feature",
+    "task",
+    "model",
+    "provider",
+    "user",
+    "status",
+    "namespace",
+    "workload",
 ];
 
 fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
@@ -263,6 +316,8 @@ fn event_filter(
         model: s("model"),
         provider: s("provider"),
         user: s("user"),
+        namespace: s("namespace"),
+        workload: s("workload"),
         status: q.get("status").map(|v| status_param(v)).transpose()?,
     })
 }
@@ -459,6 +514,43 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         text,
     )
+}
+
+/// `GET /v1/controls`: the org keys a filter may accept (see `controls`), with an ETag; a
+/// request that already has the current answer gets 304 and no body.
+async fn controls(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    let answer = state
+        .controls
+        .answer(credential(&headers)?.secret())
+        .ok_or(ApiError::Unauthorized)?;
+    let etag = header::HeaderValue::from_str(&answer.etag)
+        .map_err(|e| ApiError::Internal(format!("etag: {e}")))?;
+    let cache = (
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| crate::controls::not_modified(v, &answer.etag));
+    if fresh {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag), cache]).into_response());
+    }
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, etag),
+            cache,
+        ],
+        answer.body.clone(),
+    )
+        .into_response())
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -49,7 +49,7 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                json!({"error": "unauthorized", "message": "a valid org key is required: Authorization: Bearer tly_..."}),
+                json!({"error": "unauthorized", "message": "a valid org key is required: Authorization: Bearer tly_... (filters may send events and read controls with a mesh token, tlm_...)"}),
             ),
             ApiError::PayloadTooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

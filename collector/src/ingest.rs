@@ -1,7 +1,14 @@
 //! Parsing and validating an ingest batch: a JSON array of events or NDJSON, all or nothing.
 //! The first bad event stops the batch with an error that names the field (`[3].input_tokens`).
+//!
+//! Fields this collector does not know (from a newer filter: collectors are upgraded first, but
+//! not always) are not stored, and not dropped silently either: they are found with
+//! `serde_ignored` on the first event of each batch, and only when it has some, on every event,
+//! so that the batches of filters as old as the collector cost nothing more.
 
 use crate::error::ApiError;
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
 use tally::event::Event;
 use tally::time::parse_rfc3339_ms;
 
@@ -15,12 +22,116 @@ const MAX_EVENTS: usize = 10_000;
 /// Plain serde_json from a `&str`: the UTF-8 is checked once, in one pass, where reading
 /// bytes checks each string on its own (a sixth of the parse). A batch that fails this is
 /// parsed again from its bytes, and that error names the field.
-fn quick<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+fn quick<'de, S: DeserializeSeed<'de>>(bytes: &'de [u8], seed: S) -> Result<S::Value, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
-    serde_json::from_str(text).map_err(|e| e.to_string())
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = seed.deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
 }
 
+/// Top-level event fields this collector does not know, each with the number of events of the
+/// batch that carry it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UnknownFields(pub Vec<(String, u64)>);
+
+impl UnknownFields {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn add(&mut self, field: String) {
+        match self.0.iter_mut().find(|(f, _)| *f == field) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((field, 1)),
+        }
+    }
+}
+
+/// The top-level key an ignored value sits under (`None` for anything else).
+fn top_key(path: &serde_ignored::Path<'_>) -> Option<String> {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => None,
+        Path::Map {
+            parent: Path::Root,
+            key,
+        } => Some(key.clone()),
+        Path::Map { parent, .. }
+        | Path::Seq { parent, .. }
+        | Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => top_key(parent),
+    }
+}
+
+/// One event, plainly, or watched for unknown fields (which are added to the tally only once
+/// the event has parsed).
+struct Watched<'a>(Option<&'a mut UnknownFields>);
+
+impl<'de> DeserializeSeed<'de> for Watched<'_> {
+    type Value = Event;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Event, D::Error> {
+        let Some(unknown) = self.0 else {
+            return Event::deserialize(de);
+        };
+        let mut fields: Vec<String> = Vec::new();
+        let event = serde_ignored::deserialize(de, |path| {
+            if let Some(k) = top_key(&path) {
+                if !fields.contains(&k) {
+                    fields.push(k);
+                }
+            }
+        })?;
+        for f in fields {
+            unknown.add(f);
+        }
+        Ok(event)
+    }
+}
+
+/// A JSON array of events, the first watched, and the others too if it had unknown fields.
+struct Events<'a>(&'a mut UnknownFields);
+
+impl<'de> DeserializeSeed<'de> for Events<'_> {
+    type Value = Vec<Event>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Vec<Event>, D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Events<'_> {
+    type Value = Vec<Event>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Event>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_EVENTS));
+        let unknown = self.0;
+        let Some(first) = seq.next_element_seed(Watched(Some(&mut *unknown)))? else {
+            return Ok(out);
+        };
+        out.push(first);
+        let watch = !unknown.is_empty();
+        while let Some(e) = seq.next_element_seed(Watched(watch.then_some(&mut *unknown)))? {
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+/// A batch, for callers that do not count unknown fields (tests, fuzzing, benchmarks).
 pub fn parse(body: &[u8]) -> Result<Batch, ApiError> {
+    parse_counting(body).map(|(batch, _)| batch)
+}
+
+/// A batch, and the fields its events carry that this collector does not know.
+pub fn parse_counting(body: &[u8]) -> Result<(Batch, UnknownFields), ApiError> {
+    let mut unknown = UnknownFields::default();
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let events: Vec<Event> = match first {
         None => {
@@ -30,7 +141,7 @@ pub fn parse(body: &[u8]) -> Result<Batch, ApiError> {
         }
         // Plain serde_json first: tracking the path costs a third of the parse, and only a
         // batch that fails needs it, parsed again to name the field.
-        Some(b'[') => match quick(body) {
+        Some(b'[') => match quick(body, Events(&mut unknown)) {
             Ok(events) => events,
             Err(first) => {
                 let mut de = serde_json::Deserializer::from_slice(body);
@@ -57,11 +168,15 @@ pub fn parse(body: &[u8]) -> Result<Batch, ApiError> {
                 rest = rest.get(end + 1..).unwrap_or_default();
                 Some(line)
             });
+            // The first event is watched; the others only if it had unknown fields.
+            let mut watch = true;
             for (i, line) in lines.enumerate() {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                if let Ok(ev) = quick::<Event>(line) {
+                let parsed = quick(line, Watched(watch.then_some(&mut unknown)));
+                watch = !unknown.is_empty();
+                if let Ok(ev) = parsed {
                     out.push(ev);
                     continue;
                 }
@@ -92,7 +207,7 @@ pub fn parse(body: &[u8]) -> Result<Batch, ApiError> {
             events.len()
         )));
     }
-    events
+    let batch = events
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
@@ -100,7 +215,8 @@ pub fn parse(body: &[u8]) -> Result<Batch, ApiError> {
                 .map(|ts| (e, ts))
                 .map_err(|(f, m)| ApiError::field(format!("[{i}].{f}"), m))
         })
-        .collect()
+        .collect::<Result<Batch, ApiError>>()?;
+    Ok((batch, unknown))
 }
 
 type Invalid = (&'static str, String);
@@ -186,6 +302,10 @@ fn validate(e: &Event) -> Result<i64, Invalid> {
     opt_text("session_id", &e.session_id, 256)?;
     opt_text("user", &e.user, 256)?;
     opt_text("rule", &e.rule, 256)?;
+    opt_text("namespace", &e.namespace, 256)?;
+    opt_text("workload", &e.workload, 256)?;
+    opt_text("principal", &e.principal, 1024)?;
+    opt_text("org_id", &e.org_id, 64)?;
     Ok(ts)
 }
 
@@ -214,6 +334,32 @@ mod tests {
             ApiError::BadRequest { field, .. } => field.unwrap_or_default(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn unknown_fields_are_found_from_the_first_event_and_counted_over_the_batch() {
+        let known = event_json("");
+        let newer = event_json(r#","future_field":1,"later":{"a":[1]}"#);
+        let tally = |body: String| parse_counting(body.as_bytes()).unwrap().1 .0;
+        let want = |n: u64| vec![("future_field".to_string(), n), ("later".to_string(), n)];
+        assert_eq!(tally(format!("[{newer},{newer},{known}]")), want(2));
+        assert_eq!(tally(format!("{newer}\n\n{known}\n{newer}\n")), want(2));
+        // A key twice in one event counts once.
+        let twice = event_json(r#","future_field":1,"future_field":2"#);
+        assert_eq!(
+            tally(format!("[{twice}]")),
+            vec![("future_field".to_string(), 1)]
+        );
+        // Only the first event is looked at: when it has none, nothing is counted.
+        assert!(tally(format!("[{known},{newer}]")).is_empty());
+        assert!(tally(format!("{known}\n{newer}")).is_empty());
+        // Known fields nested or not are not unknown; the events parse alike either way.
+        let (plain, _) = parse_counting(format!("[{known}]").as_bytes()).unwrap();
+        let (watched, _) = parse_counting(format!("[{newer}]").as_bytes()).unwrap();
+        assert_eq!(plain, watched);
+        // A bad batch is still refused with its field named.
+        let bad = newer.replace(r#""input_tokens":10"#, r#""input_tokens":"ten""#);
+        assert_eq!(field_of(&format!("[{newer},{bad}]")), "[1].input_tokens");
     }
 
     #[test]

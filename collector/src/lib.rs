@@ -1,8 +1,11 @@
 //! The collector's parts, as a library so that tests and fuzz targets reach them: `api` (HTTP
-//! routes), `ingest` (batch parsing and validation), `store` (SQLite), `keys`, `error`, `log`.
+//! routes), `ingest` (batch parsing and validation), `sender` (who sent a batch, and whose
+//! events it holds), `store` (SQLite), `keys`, `tokens` (mesh ingest tokens), `controls`
+//! (`GET /v1/controls`), `error`, `log`.
 //! The binary (`main.rs`) is the CLI.
 
 pub mod api;
+pub mod controls;
 pub mod csv;
 pub mod error;
 pub mod ingest;
@@ -10,7 +13,9 @@ pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod rollup;
+pub mod sender;
 pub mod sketch;
 pub mod store;
+pub mod tokens;
 pub mod users;
 pub mod web;

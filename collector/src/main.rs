@@ -59,6 +59,32 @@ enum Command {
         #[arg(long, default_value = "data", global = true)]
         data_dir: PathBuf,
     },
+    /// Manage mesh tokens: what a filter serving several orgs sends its events with.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[arg(long, default_value = "data", global = true)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a mesh token and print it (shown this once; only its hash is stored).
+    #[command(group = clap::ArgGroup::new("scope").required(true).args(["orgs", "all_orgs"]))]
+    Create {
+        name: String,
+        /// An org the token may send events for (repeat for several).
+        #[arg(long = "org", value_name = "ORG")]
+        orgs: Vec<String>,
+        /// The token may send events for every enabled org, present and future.
+        #[arg(long)]
+        all_orgs: bool,
+    },
+    /// List tokens: their orgs, when they were made, whether revoked.
+    List,
+    /// Refuse a token from now on.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +137,7 @@ fn main() -> ExitCode {
         ),
         Command::User { command, data_dir } => user(command, &data_dir),
         Command::Org { command, data_dir } => org(command, &data_dir),
+        Command::Token { command, data_dir } => token(command, &data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -152,6 +179,55 @@ fn org(command: OrgCommand, data_dir: &std::path::Path) -> Result<(), String> {
                     "{name}\tcreated {}{}",
                     tally::time::format_rfc3339_ms(created),
                     if disabled { "\tdisabled" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn token(command: TokenCommand, data_dir: &std::path::Path) -> Result<(), String> {
+    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+    match command {
+        TokenCommand::Create {
+            name,
+            orgs,
+            all_orgs,
+        } => {
+            let token = store
+                .create_token(&name, &orgs, all_orgs, now_ms())
+                .map_err(|e| e.to_string())?;
+            let scope = if all_orgs {
+                "every org".to_string()
+            } else {
+                format!(
+                    "org{} {}",
+                    if orgs.len() > 1 { "s" } else { "" },
+                    orgs.join(", ")
+                )
+            };
+            eprintln!(
+                "Created mesh token {name}, which may send events for {scope}. It is shown once, \
+                 below; store it as a secret."
+            );
+            println!("{token}");
+        }
+        TokenCommand::Revoke { name } => {
+            store
+                .revoke_token(&name, now_ms())
+                .map_err(|e| e.to_string())?;
+            eprintln!("Token {name} revoked: it is refused from now on.");
+        }
+        TokenCommand::List => {
+            for t in store.list_tokens().map_err(|e| e.to_string())? {
+                let orgs = t.orgs.map_or("all orgs".to_string(), |o| o.join(","));
+                let revoked = t.revoked_ms.map_or(String::new(), |r| {
+                    format!("\trevoked {}", tally::time::format_rfc3339_ms(r))
+                });
+                println!(
+                    "{}\t{orgs}\tcreated {}{revoked}",
+                    t.name,
+                    tally::time::format_rfc3339_ms(t.created_ms)
                 );
             }
         }
@@ -212,9 +288,11 @@ fn serve(
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
+    let controls = tally_collector::controls::Controls::start(&store).map_err(|e| e.to_string())?;
     let state = api::AppState {
         store: store.clone(),
         metrics: Default::default(),
+        controls,
         tls: tls.is_some(),
     };
     let at_exit = store.clone();

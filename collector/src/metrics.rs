@@ -5,13 +5,17 @@
 //! under `model="other"`.
 
 use crate::error::ApiError;
-use crate::ingest::Batch;
-use std::collections::BTreeMap;
+use crate::ingest::{Batch, UnknownFields};
+use crate::store::Owners;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
 pub const MAX_SERIES: usize = 2000;
+
+/// Distinct `field` labels of `tally_ingest_unknown_fields_total`; past them, `_other`.
+pub const MAX_UNKNOWN_FIELDS: usize = 50;
 
 #[derive(Default, Clone, Copy)]
 struct Totals {
@@ -30,6 +34,10 @@ struct Inner {
     batch_seconds_sum: f64,
     batch_count: u64,
     series: BTreeMap<(String, String, String), Totals>,
+    /// Events carrying a field this collector does not know, by field name.
+    unknown_fields: BTreeMap<String, u64>,
+    /// Unknown field names already logged (at most [`MAX_UNKNOWN_FIELDS`]).
+    logged_fields: BTreeSet<String>,
 }
 
 #[derive(Default)]
@@ -68,11 +76,52 @@ impl Metrics {
         m.batch_count += 1;
     }
 
+    /// Events of an accepted batch carried fields this collector does not know: counted, and
+    /// each name logged the first time this process sees it.
+    pub fn unknown_fields(&self, unknown: &UnknownFields) {
+        if unknown.is_empty() {
+            return;
+        }
+        let mut m = self.lock();
+        for (name, n) in &unknown.0 {
+            // Only plain names become labels, and only so many: a client chooses them.
+            let plain = name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            let named =
+                m.unknown_fields.len() - usize::from(m.unknown_fields.contains_key("_other"));
+            let room = named < MAX_UNKNOWN_FIELDS;
+            let label = if plain && (room || m.unknown_fields.contains_key(name)) {
+                name.as_str()
+            } else {
+                "_other"
+            };
+            *m.unknown_fields.entry(label.to_string()).or_insert(0) += n;
+            if label != "_other" && !m.logged_fields.contains(name) {
+                m.logged_fields.insert(name.clone());
+                crate::log::warn(&format!(
+                    "ingest: events carry field \"{name}\", which this collector does not know; \
+                     it is not stored (upgrade the collector)"
+                ));
+            } else if label == "_other" && !m.logged_fields.contains("_other") {
+                m.logged_fields.insert("_other".into());
+                crate::log::warn(
+                    "ingest: events carry more fields this collector does not know, counted as \
+                     field=\"_other\"; they are not stored (upgrade the collector)",
+                );
+            }
+        }
+    }
+
     /// Newly stored events (`new` indexes `batch`), by org, provider and model.
-    pub fn events(&self, org: &str, batch: &Batch, new: &[usize]) {
+    pub fn events(&self, owners: &Owners, batch: &Batch, new: &[usize]) {
         let mut m = self.lock();
         for &i in new {
-            let Some((e, _)) = batch.get(i) else { continue };
+            let (Some((e, _)), Some(org)) = (batch.get(i), owners.of(i)) else {
+                continue;
+            };
+            let org = org.name.as_str();
             let model = e
                 .model_actual
                 .as_ref()
@@ -95,45 +144,44 @@ impl Metrics {
     pub fn render(&self, db_bytes: u64) -> String {
         let m = self.lock();
         let mut out = String::with_capacity(4096);
-        let mut family = |name: &str, kind: &str, help: &str| {
+        // Each family's HELP and TYPE lines, then its samples.
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            name.to_string()
         };
-        let n = family(
-            "tally_collector_ingest_batches_total",
-            "counter",
-            "Ingest calls by outcome.",
-        );
-        let mut lines = Vec::new();
+        let n = "tally_collector_ingest_batches_total";
+        head(&mut out, n, "counter", "Ingest calls by outcome.");
         for outcome in ["accepted", "rejected", "unauthorized", "too_large", "error"] {
             let v = m.batches.get(outcome).copied().unwrap_or(0);
-            lines.push(format!("{n}{{outcome=\"{outcome}\"}} {v}"));
+            let _ = writeln!(out, "{n}{{outcome=\"{outcome}\"}} {v}");
         }
-        let n2 = family(
-            "tally_collector_ingest_events_total",
-            "counter",
-            "Events stored.",
-        );
-        lines.push(format!("{n2} {}", m.events_stored));
-        let n3 = family(
-            "tally_collector_ingest_duplicates_total",
+        let n = "tally_collector_ingest_events_total";
+        head(&mut out, n, "counter", "Events stored.");
+        let _ = writeln!(out, "{n} {}", m.events_stored);
+        let n = "tally_collector_ingest_duplicates_total";
+        head(
+            &mut out,
+            n,
             "counter",
             "Events received again and not stored twice.",
         );
-        lines.push(format!("{n3} {}", m.duplicates));
-        let n4 = family(
-            "tally_collector_ingest_batch_seconds",
-            "summary",
-            "Time to answer an ingest call.",
+        let _ = writeln!(out, "{n} {}", m.duplicates);
+        let n = "tally_ingest_unknown_fields_total";
+        head(
+            &mut out,
+            n,
+            "counter",
+            "Events accepted with a field this collector does not know (not stored).",
         );
-        lines.push(format!("{n4}_sum {}", m.batch_seconds_sum));
-        lines.push(format!("{n4}_count {}", m.batch_count));
-        let n5 = family(
-            "tally_collector_db_bytes",
-            "gauge",
-            "Size of the database files.",
-        );
-        lines.push(format!("{n5} {db_bytes}"));
+        for (field, v) in &m.unknown_fields {
+            let _ = writeln!(out, "{n}{{field=\"{}\"}} {v}", label(field));
+        }
+        let n = "tally_collector_ingest_batch_seconds";
+        head(&mut out, n, "summary", "Time to answer an ingest call.");
+        let _ = writeln!(out, "{n}_sum {}", m.batch_seconds_sum);
+        let _ = writeln!(out, "{n}_count {}", m.batch_count);
+        let n = "tally_collector_db_bytes";
+        head(&mut out, n, "gauge", "Size of the database files.");
+        let _ = writeln!(out, "{n} {db_bytes}");
         type Pick = fn(&Totals) -> String;
         let per_model: [(&str, &str, Pick); 5] = [
             ("tally_requests_total", "LLM requests metered.", |t| {
@@ -152,15 +200,11 @@ impl Metrics {
                 format!("{}", t.cost_usd)
             }),
         ];
-        let mut text = out;
-        for l in lines {
-            let _ = writeln!(text, "{l}");
-        }
         for (name, help, pick) in per_model {
-            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} counter");
+            head(&mut out, name, "counter", help);
             for ((org, provider, model), t) in &m.series {
                 let _ = writeln!(
-                    text,
+                    out,
                     "{name}{{org=\"{}\",provider=\"{}\",model=\"{}\"}} {}",
                     label(org),
                     label(provider),
@@ -169,6 +213,41 @@ impl Metrics {
                 );
             }
         }
-        text
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unknown(names: &[&str]) -> UnknownFields {
+        UnknownFields(names.iter().map(|n| (n.to_string(), 2)).collect())
+    }
+
+    #[test]
+    fn unknown_fields_are_capped_and_each_family_keeps_its_samples_together() {
+        let m = Metrics::default();
+        m.unknown_fields(&unknown(&["future_field", "bad name\""]));
+        let names: Vec<String> = (0..60).map(|i| format!("f{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        m.unknown_fields(&unknown(&refs));
+        m.unknown_fields(&unknown(&["future_field"]));
+        let text = m.render(0);
+        let n = "tally_ingest_unknown_fields_total";
+        let samples: Vec<&str> = text.lines().filter(|l| l.starts_with(n)).collect();
+        assert_eq!(samples.len(), MAX_UNKNOWN_FIELDS + 1, "{text}");
+        assert!(samples.contains(&"tally_ingest_unknown_fields_total{field=\"future_field\"} 4"));
+        // The odd name and the 11 names past the cap (49 fit beside future_field).
+        assert!(samples.contains(&"tally_ingest_unknown_fields_total{field=\"_other\"} 24"));
+        // Every sample line follows its own family's HELP and TYPE lines.
+        let mut family = "";
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(family), "{line} after # TYPE {family}");
+            }
+        }
     }
 }

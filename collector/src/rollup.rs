@@ -5,8 +5,9 @@
 //! the whole hours left at its edges, and minute rows for the rest, so a summary over a month
 //! touches at most about 30 + 46 + 118 rows per key, whatever the number of events. The total and
 //! the low-cardinality dimensions (feature, model, provider, provider_model, error) are kept per
-//! minute; the people-sized ones (team, app, task, user) per hour and day only, and their ranges
-//! are answered at hour resolution (edges rounded down to the hour).
+//! minute; the people-sized ones (team, app, task, user) and the mesh's (namespace, workload)
+//! per hour and day only, and their ranges are answered at hour resolution (edges rounded down
+//! to the hour).
 
 use crate::sketch::{self, Sketch};
 use foldhash::HashMap;
@@ -33,7 +34,7 @@ pub fn finest(dim: Option<&str>) -> i64 {
 
 /// Dimensions a summary or time series can be grouped by. `provider_model` keys are
 /// `provider/model`; `error` keys are `category/source`, for failed requests only.
-pub const DIMENSIONS: [&str; 9] = [
+pub const DIMENSIONS: [&str; 11] = [
     "feature",
     "model",
     "provider",
@@ -41,6 +42,8 @@ pub const DIMENSIONS: [&str; 9] = [
     "app",
     "task",
     "user",
+    "namespace",
+    "workload",
     "provider_model",
     "error",
 ];
@@ -68,6 +71,8 @@ fn key_of<'e>(e: &'e Event, dim: &str) -> Option<Cow<'e, str>> {
         "app" => e.app.as_deref(),
         "task" => e.task.as_deref(),
         "user" => e.user.as_deref(),
+        "namespace" => e.namespace.as_deref(),
+        "workload" => e.workload.as_deref(),
         _ => None,
     };
     Some(Cow::Borrowed(v.unwrap_or_default()))

@@ -20,6 +20,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_users.sql"),
     include_str!("../migrations/0005_rollups_by_time.sql"),
     include_str!("../migrations/0006_events_by_arrival.sql"),
+    include_str!("../migrations/0007_mesh_identity.sql"),
+    include_str!("../migrations/0008_mesh_tokens.sql"),
 ];
 
 /// Minute rollups are kept this long; older ranges are answered from hour rollups.
@@ -34,10 +36,86 @@ pub struct Org {
     pub name: String,
 }
 
+/// Whose events a batch holds: one org's (a batch sent with an org key), or each event's own
+/// (a batch sent with a mesh token, each event naming its org).
+#[derive(Debug, Clone)]
+pub struct Owners {
+    orgs: Vec<Org>,
+    /// Per event, its org's index in `orgs`; `None` when the whole batch is one org's, so that
+    /// the common case allocates nothing per event.
+    of_event: Option<Vec<u32>>,
+}
+
+impl Owners {
+    pub fn one(org: Org) -> Owners {
+        Owners {
+            orgs: vec![org],
+            of_event: None,
+        }
+    }
+
+    /// Each event's org, in batch order.
+    pub fn each(per_event: impl IntoIterator<Item = Org>) -> Owners {
+        let mut orgs: Vec<Org> = Vec::new();
+        let of_event = per_event
+            .into_iter()
+            .map(|org| match orgs.iter().position(|o| o.id == org.id) {
+                Some(i) => i as u32,
+                None => {
+                    orgs.push(org);
+                    (orgs.len() - 1) as u32
+                }
+            })
+            .collect();
+        Owners {
+            orgs,
+            of_event: Some(of_event),
+        }
+    }
+
+    /// The index in [`Owners::orgs`] of event `i`'s org.
+    fn index(&self, i: usize) -> usize {
+        self.of_event
+            .as_ref()
+            .and_then(|v| v.get(i))
+            .map_or(0, |&n| n as usize)
+    }
+
+    /// Event `i`'s org.
+    pub fn of(&self, i: usize) -> Option<&Org> {
+        self.orgs.get(self.index(i))
+    }
+
+    /// The distinct orgs, in order of first appearance.
+    pub fn orgs(&self) -> &[Org] {
+        &self.orgs
+    }
+
+    /// A `Pending` per org (in [`Owners::orgs`] order) counting the events `which` picks.
+    fn count(&self, batch: &Batch, which: impl Iterator<Item = usize>) -> Vec<Pending> {
+        let mut rows: Vec<Pending> = self.orgs.iter().map(|_| Pending::default()).collect();
+        for i in which {
+            if let (Some((e, ts)), Some(r)) = (batch.get(i), rows.get_mut(self.index(i))) {
+                r.add(e, *ts);
+            }
+        }
+        rows
+    }
+
+    /// Rows per org, paired with the org ids.
+    fn with_ids(&self, rows: Vec<Pending>) -> OrgRows {
+        self.orgs.iter().map(|o| o.id).zip(rows).collect()
+    }
+}
+
 #[derive(Debug)]
 pub enum StoreError {
     OrgExists(String),
     NoSuchOrg(String),
+    TokenExists(String),
+    NoSuchToken(String),
+    /// A command's arguments do not make sense (said in the message).
+    Invalid(String),
     Db(rusqlite::Error),
     Io(String),
 }
@@ -47,6 +125,9 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::OrgExists(n) => write!(f, "an org named {n:?} already exists"),
             StoreError::NoSuchOrg(n) => write!(f, "no org named {n:?}"),
+            StoreError::TokenExists(n) => write!(f, "a token named {n:?} already exists"),
+            StoreError::NoSuchToken(n) => write!(f, "no token named {n:?}"),
+            StoreError::Invalid(m) => write!(f, "{m}"),
             StoreError::Db(e) => write!(f, "database: {e}"),
             StoreError::Io(e) => write!(f, "{e}"),
         }
@@ -72,6 +153,8 @@ pub struct EventFilter {
     pub model: Option<String>,
     pub provider: Option<String>,
     pub user: Option<String>,
+    pub namespace: Option<String>,
+    pub workload: Option<String>,
     /// Inclusive range of statuses (`429`, or `500..=599` for `5xx`).
     pub status: Option<(u16, u16)>,
 }
@@ -146,17 +229,20 @@ impl Unwritten {
     }
 }
 
+/// Rollup rows per org id.
+type OrgRows = Vec<(i64, Pending)>;
+
 /// What storing a batch gives: (accepted, duplicates, the indexes of the events newly stored).
 pub type Stored = (usize, usize, Vec<usize>);
 
 /// A batch waiting to be stored, and its outcome once a transaction has taken it.
 struct Job {
-    org_id: i64,
+    owners: Owners,
     batch: Arc<Batch>,
-    /// The batch's rollup rows as if every event were new and stored as sent, counted before
-    /// the batch queues, so not while it holds the write connection.
+    /// The batch's rollup rows, per org, as if every event were new and stored as sent,
+    /// counted before the batch queues, so not while it holds the write connection.
     /// Taken once the batch is committed.
-    rollup: Mutex<Pending>,
+    rollup: Mutex<OrgRows>,
     now_ms: i64,
     outcome: Mutex<Option<Result<Stored, StoreError>>>,
 }
@@ -176,7 +262,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn valid_org_name(name: &str) -> bool {
+/// Names of orgs and tokens: 1 to 64 letters, digits, '-', '_' or '.'.
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -266,9 +353,23 @@ impl Store {
         lock(&self.read)
     }
 
+    /// Another read-only connection to the database, for a reader that must not wait behind
+    /// the read API's queries (see `controls`).
+    pub(crate) fn open_reader(&self) -> Result<Connection, StoreError> {
+        let path = self
+            .reader()
+            .path()
+            .map(std::path::PathBuf::from)
+            .ok_or_else(|| StoreError::Io("the database has no file".into()))?;
+        let read = Connection::open(path)?;
+        read.busy_timeout(std::time::Duration::from_secs(5))?;
+        read.pragma_update(None, "query_only", "ON")?;
+        Ok(read)
+    }
+
     /// Create an org and return its key: the only time the key exists outside the caller.
     pub fn create_org(&self, name: &str, now_ms: i64) -> Result<String, StoreError> {
-        if !valid_org_name(name) {
+        if !valid_name(name) {
             return Err(StoreError::Io(format!(
                 "org name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
             )));
@@ -364,12 +465,20 @@ impl Store {
         batch: Arc<Batch>,
         now_ms: i64,
     ) -> Result<Stored, StoreError> {
-        let mut rollup = Pending::default();
-        for (e, ts) in batch.iter() {
-            rollup.add(e, *ts);
-        }
+        self.insert_owned(Owners::one(org.clone()), batch, now_ms)
+    }
+
+    /// [`Store::insert_events`] for a batch whose events may belong to several orgs, each
+    /// stored (and rolled up, and calibrated) under its own.
+    pub fn insert_owned(
+        &self,
+        owners: Owners,
+        batch: Arc<Batch>,
+        now_ms: i64,
+    ) -> Result<Stored, StoreError> {
+        let rollup = owners.with_ids(owners.count(&batch, 0..batch.len()));
         let job = Arc::new(Job {
-            org_id: org.id,
+            owners,
             rollup: Mutex::new(rollup),
             batch,
             now_ms,
@@ -448,8 +557,10 @@ impl Store {
             unwritten.clear();
         }
         for (j, again) in group.iter().zip(counted) {
-            let p = again.unwrap_or_else(|| std::mem::take(&mut *lock(&j.rollup)));
-            unwritten.add(j.org_id, p);
+            let rows = again.unwrap_or_else(|| std::mem::take(&mut *lock(&j.rollup)));
+            for (org, p) in rows {
+                unwritten.add(org, p);
+            }
         }
         if let Some(seq) = last {
             unwritten.through = seq;
@@ -465,12 +576,12 @@ impl Store {
         tx: &rusqlite::Transaction<'_>,
         job: &Job,
         last: &mut Option<i64>,
-    ) -> Result<(Stored, Option<Pending>), StoreError> {
-        let (org_id, batch, now_ms) = (job.org_id, &job.batch, job.now_ms);
+    ) -> Result<(Stored, Option<OrgRows>), StoreError> {
+        let (owners, batch, now_ms) = (&job.owners, &job.batch, job.now_ms);
         let mut accepted = 0;
         let mut new = Vec::with_capacity(batch.len());
-        // Calibrated events, counted as stored.
-        let mut calibrated_rows = Pending::default();
+        // Calibrated events, as stored (the copies that `batch` does not hold).
+        let mut calibrated: Vec<(usize, Event)> = Vec::new();
         let mut calibrated_at = Vec::new();
         {
             let mut insert = tx.prepare_cached(
@@ -479,9 +590,10 @@ impl Store {
                     input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
                     reasoning_tokens, token_source, cost_usd, error_category, error_source, team,
                     app, feature, task, session_id, user, rule, routed, received_ms,
-                    measured_output_tokens)
+                    measured_output_tokens, namespace, workload, principal)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
+                    ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
+                    ?33, ?34, ?35)",
             )?;
             let mut ratio = tx.prepare_cached(
                 "SELECT exact_output, measured_output, samples FROM calibration
@@ -496,6 +608,8 @@ impl Store {
                     samples = samples + 1",
             )?;
             for (index, (original, ts)) in batch.iter().enumerate() {
+                // No org (an empty `Owners`, a bug) fails the foreign key: nothing is stored.
+                let org_id = owners.of(index).map_or(0, |o| o.id);
                 let mut e = std::borrow::Cow::Borrowed(original);
                 // Calibration reads and teaches only with Tally's own count beside the event.
                 let model = original
@@ -565,13 +679,16 @@ impl Store {
                     e.routed,
                     now_ms,
                     tok(e.measured_output_tokens),
+                    e.namespace,
+                    e.workload,
+                    e.principal,
                 ])?;
                 accepted += inserted;
                 if inserted == 1 {
                     new.push(index);
                     *last = Some(tx.last_insert_rowid());
                     if calibrated_at.last() == Some(&index) {
-                        calibrated_rows.add(e, *ts);
+                        calibrated.push((index, e.clone()));
                     }
                 }
                 // Only new events teach: a retried batch must not count its samples twice.
@@ -589,13 +706,17 @@ impl Store {
             }
         }
         let again = (new.len() < batch.len() || !calibrated_at.is_empty()).then(|| {
-            let mut rows = calibrated_rows;
-            for &i in &new {
-                if let (Err(_), Some((e, ts))) = (calibrated_at.binary_search(&i), batch.get(i)) {
-                    rows.add(e, *ts);
+            let as_sent = new
+                .iter()
+                .copied()
+                .filter(|i| calibrated_at.binary_search(i).is_err());
+            let mut rows = owners.count(batch, as_sent);
+            for (i, e) in &calibrated {
+                if let (Some((_, ts)), Some(r)) = (batch.get(*i), rows.get_mut(owners.index(*i))) {
+                    r.add(e, *ts);
                 }
             }
-            rows
+            owners.with_ids(rows)
         });
         Ok(((accepted, batch.len() - accepted, new), again))
     }
@@ -747,7 +868,7 @@ impl Store {
                 status, streaming, latency_ms, ttfb_ms, input_tokens, output_tokens,
                 cached_input_tokens, cache_write_tokens, reasoning_tokens, token_source, cost_usd,
                 error_category, error_source, team, app, feature, task, session_id, user, rule, routed,
-                measured_output_tokens
+                measured_output_tokens, namespace, workload, principal
              FROM events WHERE org_id = ?",
         );
         let mut args: Vec<rusqlite::types::Value> = vec![org.id.into()];
@@ -774,6 +895,8 @@ impl Store {
             ("task", &f.task),
             ("provider", &f.provider),
             ("user", &f.user),
+            ("namespace", &f.namespace),
+            ("workload", &f.workload),
         ] {
             if let Some(v) = v {
                 // Column names come from this fixed list; values are always bound.
@@ -829,9 +952,9 @@ impl Store {
                 task: r.get(23)?,
                 session_id: r.get(24)?,
                 user: r.get(25)?,
-                namespace: None,
-                workload: None,
-                principal: None,
+                namespace: r.get(29)?,
+                workload: r.get(30)?,
+                principal: r.get(31)?,
                 rule: r.get(26)?,
                 routed: r.get(27)?,
             })
@@ -903,7 +1026,7 @@ fn roll_up(
             let mut st = tx.prepare(&format!(
                 "SELECT ts_ms, provider, model_requested, model_actual, latency_ms, ttfb_ms,
                     input_tokens, output_tokens, cost_usd, error_category, team, app, feature,
-                    task, user, error_source
+                    task, user, error_source, namespace, workload
                  FROM events WHERE {since} AND org_id = ?2"
             ))?;
             let rows = st.query_map(params![after, org], |r| {
@@ -939,8 +1062,8 @@ fn roll_up(
                     task: r.get(13)?,
                     session_id: None,
                     user: r.get(14)?,
-                    namespace: None,
-                    workload: None,
+                    namespace: r.get(16)?,
+                    workload: r.get(17)?,
                     principal: None,
                     rule: None,
                     routed: false,
@@ -1257,6 +1380,173 @@ mod tests {
             .map(|(k, a)| (k.as_str(), a.requests))
             .collect();
         assert_eq!(figures, [("u1", 2), ("u2", 1)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Events of `org_id` with a namespace and workload (or none, for "").
+    fn mesh_batch(events: &[(&str, &str, &str)]) -> Batch {
+        let lines: Vec<String> = events
+            .iter()
+            .map(|(id, ns, wl)| {
+                let opt = |v: &str| {
+                    if v.is_empty() {
+                        "null".to_string()
+                    } else {
+                        format!("\"{v}\"")
+                    }
+                };
+                format!(
+                    r#"{{"request_id":"{id}","timestamp":"2026-01-01T10:00:00.000Z","provider":"openai","api":"chat_completions","endpoint":"/v1/chat/completions","model_requested":"gpt-4o-mini","status":200,"streaming":false,"latency_ms":120.0,"input_tokens":10,"output_tokens":5,"cost_usd":0.25,"namespace":{},"workload":{},"principal":"spiffe://cluster.local/ns/{ns}/sa/default","rule":null,"routed":false}}"#,
+                    opt(ns),
+                    opt(wl)
+                )
+            })
+            .collect();
+        crate::ingest::parse(lines.join("\n").as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn mesh_identity_is_stored_filtered_and_rolled_up_under_each_events_org() {
+        let dir = temp_dir("mesh");
+        let store = Store::open(&dir).unwrap();
+        let acme_key = store.create_org("acme", 0).unwrap();
+        let globex_key = store.create_org("globex", 0).unwrap();
+        let acme = store.org_for_key(&acme_key).unwrap().unwrap();
+        let globex = store.org_for_key(&globex_key).unwrap().unwrap();
+        let batch = mesh_batch(&[
+            ("a1", "shop", "cart"),
+            ("g1", "shop", "cart"),
+            ("a2", "shop", "pay"),
+            ("a3", "", ""),
+        ]);
+        let owners = Owners::each([&acme, &globex, &acme, &acme].map(|o| o.clone()));
+        assert_eq!(owners.orgs().len(), 2);
+        let stored = store.insert_owned(owners.clone(), Arc::new(batch), 0);
+        assert_eq!(stored.unwrap(), (4, 0, vec![0, 1, 2, 3]));
+        // Again, one event new: only it is counted in.
+        let again = mesh_batch(&[("a1", "shop", "cart"), ("g2", "lab", "nb")]);
+        let owners2 = Owners::each([acme.clone(), globex.clone()]);
+        let stored = store.insert_owned(owners2, Arc::new(again), 0).unwrap();
+        assert_eq!(stored, (1, 1, vec![1]));
+        let ids = |org: &Org, f: EventFilter| -> Vec<String> {
+            let f = EventFilter { limit: 100, ..f };
+            let mut v: Vec<String> = store
+                .query_events(org, &f)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.request_id)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(&acme, EventFilter::default()), ["a1", "a2", "a3"]);
+        assert_eq!(ids(&globex, EventFilter::default()), ["g1", "g2"]);
+        let ns = |v: &str| EventFilter {
+            namespace: Some(v.into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(&acme, ns("shop")), ["a1", "a2"]);
+        let wl = EventFilter {
+            workload: Some("pay".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(&acme, wl), ["a2"]);
+        let e = &store
+            .query_events(
+                &acme,
+                &EventFilter {
+                    limit: 10,
+                    ..ns("shop")
+                },
+            )
+            .unwrap()[0];
+        assert_eq!(e.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            e.principal.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/default")
+        );
+        let day = parse_rfc3339_ms("2026-01-01T00:00:00.000Z").unwrap();
+        let by = |org: &Org, dim: &str| -> Vec<(String, u64)> {
+            store
+                .summary(org, Some(dim), day, day + DAY, day + DAY)
+                .unwrap()
+                .into_iter()
+                .map(|(k, a)| (k, a.requests))
+                .collect()
+        };
+        assert_eq!(by(&acme, "namespace"), [("shop".into(), 2), ("".into(), 1)]);
+        assert_eq!(
+            by(&acme, "workload"),
+            [("".into(), 1), ("cart".into(), 1), ("pay".into(), 1)]
+        );
+        assert_eq!(
+            by(&globex, "namespace"),
+            [("lab".into(), 1), ("shop".into(), 1)]
+        );
+        let series = store
+            .timeseries(&acme, HOUR, Some("namespace"), day, day + DAY)
+            .unwrap();
+        assert_eq!(series.len(), 2);
+        // Counted again after a crash, namespaces included.
+        drop(store);
+        let store = Store::open(&dir).unwrap();
+        store.conn().execute("DELETE FROM rollups", []).unwrap();
+        store
+            .conn()
+            .execute("UPDATE rollup_progress SET events_seq = 0", [])
+            .unwrap();
+        assert_eq!(store.recount_rollups().unwrap(), 5);
+        let ns_rows: Vec<(String, u64)> = store
+            .summary(&acme, Some("namespace"), day, day + DAY, day + DAY)
+            .unwrap()
+            .into_iter()
+            .map(|(k, a)| (k, a.requests))
+            .collect();
+        assert_eq!(ns_rows, [("shop".into(), 2), ("".into(), 1)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn events_from_before_mesh_identity_count_under_the_missing_namespace() {
+        let dir = temp_dir("migration7");
+        // Schema 6 with rollups of two events (written as that schema's code would: the
+        // namespace and workload rows, which it did not have, removed).
+        {
+            let mut conn = database_at(&dir, 6);
+            let mut pending = Pending::default();
+            for (e, ts) in &batch(&[
+                ("a", "2026-01-01T10:00:00.000Z", "u1"),
+                ("b", "2026-01-01T11:30:00.000Z", "u2"),
+            ]) {
+                pending.add(e, *ts);
+            }
+            let tx = conn.transaction().unwrap();
+            pending.write(&tx, 1).unwrap();
+            tx.execute(
+                "DELETE FROM rollups WHERE dim IN ('namespace', 'workload')",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&dir).unwrap();
+        let org = Org {
+            id: 1,
+            name: "acme".into(),
+        };
+        let day = parse_rfc3339_ms("2026-01-01T00:00:00.000Z").unwrap();
+        for dim in ["namespace", "workload"] {
+            let rows = store
+                .summary(&org, Some(dim), day, day + DAY, day + DAY)
+                .unwrap();
+            assert_eq!(rows.len(), 1, "{dim}");
+            assert_eq!((rows[0].0.as_str(), rows[0].1.requests), ("", 2));
+            assert_eq!(rows[0].1.latency.count(), 2);
+            let hours = store
+                .timeseries(&org, HOUR, Some(dim), day, day + DAY)
+                .unwrap();
+            assert_eq!(hours.len(), 2, "{dim}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,0 +1,244 @@
+//! `GET /v1/controls`: what filters poll (hundreds of Envoys, every couple of seconds) to learn
+//! which org keys they may accept, as SHA-256 hashes. Answers are built once per change, not per
+//! request: every answer (one per enabled org key, one per mesh token) is kept in memory with
+//! its ETag, and a request costs one hash of its credential and a map lookup.
+//!
+//! Orgs, keys and tokens change from the CLI, another process on the same database. Triggers
+//! bump `auth_generation` on every such change; a thread reads that one row every
+//! [`CHECK_EVERY`] on a connection of its own (so no long read query delays it) and rebuilds
+//! the answers when it moved, so a rotated key shows within that interval.
+
+use crate::keys;
+use crate::store::{Store, StoreError};
+use axum::body::Bytes;
+use rusqlite::Connection;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+/// How often the generation row is read.
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// One caller's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub body: Bytes,
+    /// `"<hex of the body's SHA-256>"`, quotes included.
+    pub etag: String,
+}
+
+#[derive(Serialize)]
+struct OrgKeys<'a> {
+    org_id: &'a str,
+    key_sha256: [&'a str; 1],
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    orgs: Vec<OrgKeys<'a>>,
+}
+
+/// The answers as of one generation.
+#[derive(Default)]
+struct Snapshot {
+    generation: i64,
+    /// Credential hash -> index in `answers`.
+    callers: HashMap<String, usize>,
+    answers: Vec<Arc<Answer>>,
+}
+
+impl Snapshot {
+    /// Read everything in one transaction, so that the generation and the rows agree.
+    fn load(conn: &Connection) -> rusqlite::Result<Snapshot> {
+        let tx = conn.unchecked_transaction()?;
+        let generation: i64 = tx.query_row("SELECT n FROM auth_generation", [], |r| r.get(0))?;
+        // Enabled orgs by name (the answers' order): id -> (name, key hash).
+        let orgs: BTreeMap<String, (i64, String)> = {
+            let mut st = tx.prepare("SELECT name, id, key_hash FROM orgs WHERE disabled = 0")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let tokens: Vec<(i64, String, bool)> = {
+            let mut st =
+                tx.prepare("SELECT id, token_hash, all_orgs FROM tokens WHERE revoked_ms IS NULL")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let grants: Vec<(i64, i64)> = {
+            let mut st = tx.prepare("SELECT token_id, org_id FROM token_orgs")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut snap = Snapshot {
+            generation,
+            ..Default::default()
+        };
+        for (name, (_, hash)) in &orgs {
+            snap.add(hash, [(name, hash)].into_iter());
+        }
+        for (id, hash, all) in &tokens {
+            let granted = |org: &i64| *all || grants.contains(&(*id, *org));
+            let mine = orgs
+                .iter()
+                .filter(|(_, (org, _))| granted(org))
+                .map(|(name, (_, key))| (name, key));
+            snap.add(hash, mine);
+        }
+        Ok(snap)
+    }
+
+    /// The answer for the credential hashed `hash`: these orgs (in name order) and their keys.
+    fn add<'a>(&mut self, hash: &str, orgs: impl Iterator<Item = (&'a String, &'a String)>) {
+        let body = Body {
+            orgs: orgs
+                .map(|(name, key)| OrgKeys {
+                    org_id: name,
+                    key_sha256: [key],
+                })
+                .collect(),
+        };
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let etag = format!("\"{}\"", keys::hex_sha256(&body));
+        self.callers.insert(hash.to_string(), self.answers.len());
+        self.answers.push(Arc::new(Answer {
+            body: Bytes::from(body),
+            etag,
+        }));
+    }
+}
+
+pub struct Controls {
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl Controls {
+    /// Load the answers now, and keep them current from a thread of their own, which ends with
+    /// the last reference to the returned value.
+    pub fn start(store: &Store) -> Result<Arc<Controls>, StoreError> {
+        let conn = store.open_reader()?;
+        let controls = Arc::new(Controls {
+            current: RwLock::new(Arc::new(Snapshot::load(&conn)?)),
+        });
+        let weak: Weak<Controls> = Arc::downgrade(&controls);
+        std::thread::Builder::new()
+            .name("controls".into())
+            .spawn(move || loop {
+                std::thread::sleep(CHECK_EVERY);
+                let Some(controls) = weak.upgrade() else {
+                    return;
+                };
+                controls.refresh(&conn);
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the controls thread: {e}")))?;
+        Ok(controls)
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Rebuild the answers if orgs, keys or tokens changed since they were built.
+    fn refresh(&self, conn: &Connection) {
+        let known = self.snapshot().generation;
+        let now = conn.query_row("SELECT n FROM auth_generation", [], |r| r.get::<_, i64>(0));
+        let loaded = match now {
+            Ok(n) if n == known => return,
+            Ok(_) => Snapshot::load(conn),
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok(s) => *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s),
+            // The answers stay as they were; the next check tries again.
+            Err(e) => crate::log::error(&format!("controls: cannot read the keys: {e}")),
+        }
+    }
+
+    /// The answer for an org key or mesh token; `None` for any other secret (and for the key of
+    /// a disabled org, or a revoked token).
+    pub fn answer(&self, secret: &str) -> Option<Arc<Answer>> {
+        let hash = keys::hash(secret);
+        let snap = self.snapshot();
+        let (stored, &i) = snap.callers.get_key_value(&hash)?;
+        keys::constant_time_eq(stored.as_bytes(), hash.as_bytes())
+            .then(|| snap.answers.get(i).cloned())
+            .flatten()
+    }
+}
+
+/// Whether an `If-None-Match` value matches `etag` (a list, weak tags and `*` included).
+pub fn not_modified(if_none_match: &str, etag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_follow_keys_tokens_and_grants_from_another_connection() {
+        let dir = std::env::temp_dir().join(format!("tally-controls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let acme = store.create_org("acme", 0).unwrap();
+        let globex = store.create_org("globex", 0).unwrap();
+        let token = store
+            .create_token("mesh", &["globex".into(), "acme".into()], false, 0)
+            .unwrap();
+        let controls = Controls::start(&store).unwrap();
+        let body = |secret: &str| {
+            let a = controls.answer(secret)?;
+            assert_eq!(a.etag, format!("\"{}\"", keys::hex_sha256(&a.body)));
+            Some(serde_json::from_slice::<serde_json::Value>(&a.body).unwrap())
+        };
+        let entry = |name: &str, key: &str| serde_json::json!({"org_id": name, "key_sha256": [keys::hash(key)]});
+        assert_eq!(
+            body(&acme).unwrap(),
+            serde_json::json!({"orgs": [entry("acme", &acme)]})
+        );
+        assert_eq!(
+            body(&token).unwrap(),
+            serde_json::json!({"orgs": [entry("acme", &acme), entry("globex", &globex)]})
+        );
+        assert_eq!(body("tly_0000000000000000000000000000000000000000"), None);
+        // A change made through another connection (the CLI is another process).
+        let before = controls.answer(&token).unwrap();
+        let other = Store::open(&dir).unwrap();
+        let rotated = other.rotate_key("globex").unwrap();
+        other.set_disabled("acme", true).unwrap();
+        let start = std::time::Instant::now();
+        while controls.answer(&token) == Some(before.clone()) {
+            assert!(start.elapsed() < Duration::from_secs(2), "no refresh");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            body(&token).unwrap(),
+            serde_json::json!({"orgs": [entry("globex", &rotated)]})
+        );
+        assert_eq!(body(&acme), None, "a disabled org's key is refused");
+        assert_eq!(body(&globex), None, "a rotated key is refused");
+        other.revoke_token("mesh", 1).unwrap();
+        let start = std::time::Instant::now();
+        while controls.answer(&token).is_some() {
+            assert!(start.elapsed() < Duration::from_secs(2), "no refresh");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn if_none_match_forms() {
+        let tag = "\"abc\"";
+        assert!(not_modified("\"abc\"", tag));
+        assert!(not_modified("\"x\", W/\"abc\"", tag));
+        assert!(not_modified("*", tag));
+        assert!(!not_modified("\"abd\"", tag));
+        assert!(!not_modified("abc", tag));
+    }
+}
