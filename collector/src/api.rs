@@ -522,10 +522,17 @@ async fn controls(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
-    let answer = state
-        .controls
-        .answer(credential(&headers)?.secret())
-        .ok_or(ApiError::Unauthorized)?;
+    let secret = credential(&headers)?.secret();
+    let answer = match state.controls.answer(secret) {
+        Some(a) => a,
+        None => {
+            let (controls, secret) = (state.controls.clone(), secret.to_string());
+            tokio::task::spawn_blocking(move || controls.answer_fresh(&secret))
+                .await
+                .map_err(|e| ApiError::Internal(format!("task: {e}")))?
+                .ok_or(ApiError::Unauthorized)?
+        }
+    };
     let etag = header::HeaderValue::from_str(&answer.etag)
         .map_err(|e| ApiError::Internal(format!("etag: {e}")))?;
     let cache = (

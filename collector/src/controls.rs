@@ -6,7 +6,8 @@
 //! Orgs, keys and tokens change from the CLI, another process on the same database. Triggers
 //! bump `auth_generation` on every such change; a thread reads that one row every
 //! [`CHECK_EVERY`] on a connection of its own (so no long read query delays it) and rebuilds
-//! the answers when it moved, so a rotated key shows within that interval.
+//! the answers when it moved, so a rotated key shows within that interval. A credential the
+//! answers do not know checks at once (a key made a moment ago is not refused for 250 ms).
 
 use crate::keys;
 use crate::store::{Store, StoreError};
@@ -14,7 +15,7 @@ use axum::body::Bytes;
 use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 /// How often the generation row is read.
@@ -110,6 +111,8 @@ impl Snapshot {
 
 pub struct Controls {
     current: RwLock<Arc<Snapshot>>,
+    /// The connection the answers are read from.
+    conn: Mutex<Connection>,
 }
 
 impl Controls {
@@ -119,6 +122,7 @@ impl Controls {
         let conn = store.open_reader()?;
         let controls = Arc::new(Controls {
             current: RwLock::new(Arc::new(Snapshot::load(&conn)?)),
+            conn: Mutex::new(conn),
         });
         let weak: Weak<Controls> = Arc::downgrade(&controls);
         std::thread::Builder::new()
@@ -128,7 +132,7 @@ impl Controls {
                 let Some(controls) = weak.upgrade() else {
                     return;
                 };
-                controls.refresh(&conn);
+                controls.refresh();
             })
             .map_err(|e| StoreError::Io(format!("cannot start the controls thread: {e}")))?;
         Ok(controls)
@@ -142,7 +146,9 @@ impl Controls {
     }
 
     /// Rebuild the answers if orgs, keys or tokens changed since they were built.
-    fn refresh(&self, conn: &Connection) {
+    pub fn refresh(&self) {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = &*conn;
         let known = self.snapshot().generation;
         let now = conn.query_row("SELECT n FROM auth_generation", [], |r| r.get::<_, i64>(0));
         let loaded = match now {
@@ -155,6 +161,15 @@ impl Controls {
             // The answers stay as they were; the next check tries again.
             Err(e) => crate::log::error(&format!("controls: cannot read the keys: {e}")),
         }
+    }
+
+    /// [`Controls::answer`], after a [`Controls::refresh`] if the answers do not know the
+    /// secret (a blocking call: a database read).
+    pub fn answer_fresh(&self, secret: &str) -> Option<Arc<Answer>> {
+        self.answer(secret).or_else(|| {
+            self.refresh();
+            self.answer(secret)
+        })
     }
 
     /// The answer for an org key or mesh token; `None` for any other secret (and for the key of

@@ -10,6 +10,7 @@ use std::time::Duration;
 struct Collector {
     _dir: tempfile::TempDir,
     data: std::path::PathBuf,
+    logs: std::path::PathBuf,
     port: u16,
     _proc: common::Proc,
 }
@@ -40,6 +41,7 @@ fn start() -> Collector {
     Collector {
         _dir: dir,
         data,
+        logs,
         port,
         _proc: proc,
     }
@@ -81,7 +83,8 @@ fn event(id: &str, ts: &str, extra: Value) -> Value {
         "cache_write_tokens": 0, "reasoning_tokens": 0, "token_source": "exact",
         "measured_output_tokens": null, "cost_usd": 0.000027, "error_category": null, "error_source": null,
         "team": "payments", "app": "checkout", "feature": "search", "task": null,
-        "session_id": null, "user": "ann", "rule": null, "routed": false
+        "session_id": null, "user": "ann", "namespace": null, "workload": null,
+        "principal": null, "rule": null, "routed": false
     });
     for (k, v) in extra.as_object().unwrap() {
         e[k] = v.clone();
@@ -853,4 +856,426 @@ fn tls_serves_https_and_marks_session_cookies_secure() {
         })
         .unwrap();
     assert!(!s.starts_with("HTTP/1.1 200"), "{s}");
+}
+
+/// A `tally-collector` CLI command (`token ...`, `org ...`) on a data directory: (success,
+/// stdout, stderr).
+fn cli(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(artifact("target/release/tally-collector"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .expect("run tally-collector");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+impl Collector {
+    /// GET with a bearer credential: (status, body, headers).
+    fn get(&self, path: &str, bearer: &str) -> (u16, String, Vec<(String, String)>) {
+        send(
+            agent()
+                .get(&self.url(path))
+                .set("authorization", &format!("Bearer {bearer}")),
+            None,
+        )
+    }
+
+    fn ids(&self, key: &str, query: &str) -> Vec<String> {
+        let (s, v) = self.events(key, query);
+        assert_eq!(s, 200, "{query}: {v}");
+        let mut ids: Vec<String> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["request_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// PRODUCT.md "Versions": a newer filter's field is accepted, not stored, counted and logged.
+#[test]
+fn event_fields_this_collector_does_not_know_are_counted_and_logged_once() {
+    let c = start();
+    let (_, key, _) = org_cmd(&c.data, &["create", "acme"]);
+    let newer = |id: &str| {
+        event(
+            id,
+            "2026-11-24T08:00:00.000Z",
+            json!({"future_field": 1, "later": {"x": [1, 2]}}),
+        )
+    };
+    let (s, v) = c.ingest(&key, &json!([newer("f1"), newer("f2")]).to_string());
+    assert_eq!((s, v), (202, json!({"accepted": 2, "duplicates": 0})));
+    let (s, _) = c.ingest(&key, &format!("{}\n", newer("f3")));
+    assert_eq!(s, 202);
+    // A batch whose first event is as old as the collector is not looked into.
+    let old = event("f4", "2026-11-24T08:00:00.000Z", json!({}));
+    assert_eq!(
+        c.ingest(&key, &json!([old, newer("f5")]).to_string()).0,
+        202
+    );
+    // Stored without the unknown values.
+    let (_, v) = c.events(&key, "");
+    assert_eq!(v["events"].as_array().unwrap().len(), 5);
+    assert!(v["events"][0].get("future_field").is_none(), "{v}");
+    let (_, text, _) = send(agent().get(&c.url("/metrics")), None);
+    for line in [
+        "# TYPE tally_ingest_unknown_fields_total counter",
+        "tally_ingest_unknown_fields_total{field=\"future_field\"} 3",
+        "tally_ingest_unknown_fields_total{field=\"later\"} 3",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    let log = std::fs::read_to_string(c.logs.join("collector.stderr.log")).unwrap();
+    let said = "ingest: events carry field \"future_field\", which this collector does not know; \
+                it is not stored (upgrade the collector)";
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert_eq!(log.matches("carry field \"later\"").count(), 1, "{log}");
+}
+
+#[test]
+fn namespace_and_workload_filter_group_and_export_and_survive_a_kill() {
+    let mut c = start();
+    let (_, key, _) = org_cmd(&c.data, &["create", "acme"]);
+    let mesh = |id: &str, ns: Value, wl: Value| {
+        event(
+            id,
+            "2026-11-24T08:00:00.000Z",
+            json!({"namespace": ns, "workload": wl, "principal": "spiffe://cluster.local/ns/shop/sa/cart"}),
+        )
+    };
+    let batch = json!([
+        mesh("n1", json!("shop"), json!("cart")),
+        mesh("n2", json!("shop"), json!("checkout")),
+        mesh("n3", json!("lab"), json!("notebook")),
+        mesh("n4", Value::Null, Value::Null),
+    ]);
+    assert_eq!(c.ingest(&key, &batch.to_string()).0, 202);
+    assert_eq!(c.ids(&key, "namespace=shop"), ["n1", "n2"]);
+    assert_eq!(c.ids(&key, "workload=notebook"), ["n3"]);
+    assert_eq!(c.ids(&key, "namespace=shop&workload=cart"), ["n1"]);
+    let (_, v) = c.events(&key, "workload=cart");
+    assert_eq!(
+        v["events"][0]["principal"],
+        "spiffe://cluster.local/ns/shop/sa/cart"
+    );
+    let (s, csv, _) = c.get("/api/v1/events.csv?namespace=shop", &key);
+    assert_eq!(s, 200);
+    let mut lines = csv.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(row[col("namespace")], "shop");
+    assert!(["cart", "checkout"].contains(&row[col("workload")]));
+    assert_eq!(
+        row[col("principal")],
+        "spiffe://cluster.local/ns/shop/sa/cart"
+    );
+    // Killed before its rollup rows were written: counted again at start, by namespace too.
+    c._proc.stop();
+    let (_proc, port) = start_collector(&c.data, 0, &c.logs, "again");
+    let by = |dim: &str| -> Vec<(Value, u64)> {
+        let v = api_get(port, &key, &format!("{EIGHT_TO_NINE}&group_by={dim}"));
+        let mut rows: Vec<(Value, u64)> = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["key"].clone(), r["requests"].as_u64().unwrap()))
+            .collect();
+        rows.sort_by_key(|(k, _)| k.to_string());
+        rows
+    };
+    assert_eq!(
+        by("namespace"),
+        [(json!("lab"), 1), (json!("shop"), 2), (Value::Null, 1)]
+    );
+    assert_eq!(by("workload").len(), 4);
+    let v = api_get(
+        port,
+        &key,
+        "/api/v1/timeseries?bucket=hour&group_by=workload&from=2026-11-24T08:00:00Z&to=2026-11-24T09:00:00Z",
+    );
+    assert_eq!(v["points"].as_array().unwrap().len(), 4, "{v}");
+    // Kept per hour and day, like team: no minute series.
+    let (s, b, _) = send(
+        agent()
+            .get(&format!(
+                "http://127.0.0.1:{port}/api/v1/timeseries?bucket=minute&group_by=namespace"
+            ))
+            .set("authorization", &format!("Bearer {key}")),
+        None,
+    );
+    assert_eq!(s, 400, "{b}");
+}
+
+#[test]
+fn mesh_tokens_send_for_their_orgs_only_and_never_read() {
+    let c = start();
+    let mut keys = std::collections::HashMap::new();
+    for org in ["acme", "globex", "initech", "umbrella"] {
+        let (ok, key, err) = org_cmd(&c.data, &["create", org]);
+        assert!(ok, "{err}");
+        keys.insert(org, key);
+    }
+    let (ok, token, err) = cli(
+        &c.data,
+        &[
+            "token", "create", "mesh", "--org", "acme", "--org", "globex",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(tally::config::is_mesh_token(&token), "{token}");
+    assert!(err.contains("shown once"), "{err}");
+    // Refused at create: an unknown org, neither --org nor --all-orgs, a name taken.
+    let (ok, out, err) = cli(&c.data, &["token", "create", "x", "--org", "nobody"]);
+    assert!(
+        !ok && out.is_empty() && err.contains("no org named"),
+        "{err}"
+    );
+    assert!(!cli(&c.data, &["token", "create", "y"]).0);
+    assert!(!cli(&c.data, &["token", "create", "mesh", "--all-orgs"]).0);
+    let (ok, fleet, _) = cli(&c.data, &["token", "create", "fleet", "--all-orgs"]);
+    assert!(ok);
+
+    // One batch, two orgs: each event stored under the org it names.
+    let for_org =
+        |id: &str, org: Value| event(id, "2026-11-24T08:00:00.000Z", json!({ "org_id": org }));
+    let batch = json!([
+        for_org("m1", json!("acme")),
+        for_org("m2", json!("globex")),
+        for_org("m3", json!("acme")),
+    ]);
+    let (s, v) = c.ingest(&token, &batch.to_string());
+    assert_eq!((s, v), (202, json!({"accepted": 3, "duplicates": 0})));
+    let (s, v) = c.ingest(&token, &batch.to_string());
+    assert_eq!((s, v), (202, json!({"accepted": 0, "duplicates": 3})));
+    assert_eq!(c.ids(&keys["acme"], ""), ["m1", "m3"]);
+    assert_eq!(c.ids(&keys["globex"], ""), ["m2"]);
+    let (_, v) = c.events(&keys["acme"], "");
+    assert_eq!(v["events"][0]["org_id"], "acme");
+    let v = api_get(c.port, &keys["globex"], EIGHT_TO_NINE);
+    assert_eq!(v["rows"][0]["requests"], 1, "{v}");
+
+    // Any event it may not send refuses the whole batch, naming the event.
+    assert!(org_cmd(&c.data, &["disable", "umbrella"]).0);
+    for (org, says) in [
+        (Value::Null, "must name its org"),
+        (json!("nobody"), "no org named"),
+        (json!("initech"), "may not send for org"),
+    ] {
+        let batch = json!([for_org("ok", json!("acme")), for_org("bad", org.clone())]);
+        let (s, v) = c.ingest(&token, &batch.to_string());
+        assert_eq!(
+            (s, v["field"].as_str()),
+            (400, Some("[1].org_id")),
+            "{org}: {v}"
+        );
+        assert!(v["message"].as_str().unwrap().contains(says), "{v}");
+    }
+    let (s, v) = c.ingest(&fleet, &for_org("u1", json!("umbrella")).to_string());
+    assert_eq!((s, v["field"].as_str()), (400, Some("[0].org_id")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("disabled"), "{v}");
+    assert_eq!(
+        c.ids(&keys["acme"], ""),
+        ["m1", "m3"],
+        "nothing of them stored"
+    );
+    // --all-orgs: any enabled org.
+    let (s, _) = c.ingest(&fleet, &for_org("i1", json!("initech")).to_string());
+    assert_eq!(s, 202);
+    assert_eq!(c.ids(&keys["initech"], ""), ["i1"]);
+
+    // An org key: its own org, named or not, never another.
+    let (s, _) = c.ingest(&keys["acme"], &for_org("k1", json!("acme")).to_string());
+    assert_eq!(s, 202);
+    let (s, v) = c.ingest(
+        &keys["acme"],
+        &json!([for_org("k2", Value::Null), for_org("k3", json!("globex"))]).to_string(),
+    );
+    assert_eq!((s, v["field"].as_str()), (400, Some("[1].org_id")), "{v}");
+    assert_eq!(c.ids(&keys["globex"], ""), ["m2"]);
+
+    // Never the read API.
+    for path in ["/api/v1/events", "/api/v1/summary", "/api/v1/events.csv"] {
+        assert_eq!(c.get(path, &token).0, 401, "{path}");
+    }
+    let (ok, list, _) = cli(&c.data, &["token", "list"]);
+    assert!(ok);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(
+        lines[0].starts_with("fleet\tall orgs\tcreated 20"),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with("mesh\tacme,globex\tcreated 20"),
+        "{list}"
+    );
+    assert!(!list.contains("revoked"));
+    // Revoked: refused from that moment.
+    let (ok, _, err) = cli(&c.data, &["token", "revoke", "mesh"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        c.ingest(&token, &for_org("m9", json!("acme")).to_string())
+            .0,
+        401
+    );
+    let (_, list, _) = cli(&c.data, &["token", "list"]);
+    assert!(
+        list.lines().nth(1).unwrap().contains("\trevoked 20"),
+        "{list}"
+    );
+    assert!(!cli(&c.data, &["token", "revoke", "nobody"]).0);
+    // Nothing secret in the database or the log: hashes only.
+    let db = std::fs::read(c.data.join("tally.db")).unwrap();
+    let log = std::fs::read_to_string(c.logs.join("collector.stderr.log")).unwrap();
+    for secret in [&token, &fleet] {
+        assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        assert!(!log.contains(secret.as_str()));
+    }
+}
+
+#[test]
+fn controls_give_each_caller_its_key_hashes_with_an_etag_and_follow_rotation() {
+    let c = start();
+    let (_, acme, _) = org_cmd(&c.data, &["create", "acme"]);
+    let (_, globex, _) = org_cmd(&c.data, &["create", "globex"]);
+    let (_, token, _) = cli(
+        &c.data,
+        &[
+            "token", "create", "mesh", "--org", "globex", "--org", "acme",
+        ],
+    );
+    let entry = |org: &str, key: &str| json!({"org_id": org, "key_sha256": [sha256_hex(key)]});
+    let controls =
+        |bearer: &str| -> (u16, String, Vec<(String, String)>) { c.get("/v1/controls", bearer) };
+    let (s, body, headers) = controls(&acme);
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"orgs": [entry("acme", &acme)]})
+    );
+    assert_eq!(
+        body,
+        format!(
+            r#"{{"orgs":[{{"org_id":"acme","key_sha256":["{}"]}}]}}"#,
+            sha256_hex(&acme)
+        ),
+        "exactly this shape, compact"
+    );
+    let etag = header(&headers, "etag").unwrap().to_string();
+    assert_eq!(etag, format!("\"{}\"", sha256_hex(&body)));
+    assert_eq!(header(&headers, "cache-control"), Some("no-cache"));
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    // The same ETag again: 304, no body.
+    let (s, body304, h304) = send(
+        agent()
+            .get(&c.url("/v1/controls"))
+            .set("authorization", &format!("Bearer {acme}"))
+            .set("if-none-match", &etag),
+        None,
+    );
+    assert_eq!((s, body304.as_str()), (304, ""));
+    assert_eq!(header(&h304, "etag"), Some(etag.as_str()));
+    // A mesh token: every org it may send for, by name.
+    let (s, body, _) = controls(&token);
+    assert_eq!(s, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"orgs": [entry("acme", &acme), entry("globex", &globex)]})
+    );
+    // No credential, a bad one, a session-less browser: 401 in JSON.
+    for bearer in [
+        "",
+        "tly_0000000000000000000000000000000000000000",
+        "tlm_0000000000000000000000000000000000000000",
+    ] {
+        let (s, body, _) = controls(bearer);
+        assert_eq!(s, 401, "{bearer}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["error"],
+            "unauthorized"
+        );
+    }
+
+    // Rotation from the CLI (another process): measure when pollers see the new hash.
+    let (ok, rotated, _) = org_cmd(&c.data, &["rotate-key", "acme"]);
+    assert!(ok);
+    let rotated_at = std::time::Instant::now();
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let (_, body, _) = controls(&token);
+        if body.contains(&sha256_hex(&rotated)) {
+            break;
+        }
+        assert!(
+            rotated_at.elapsed() < Duration::from_secs(1),
+            "not visible within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seen = rotated_at.elapsed();
+    eprintln!("controls: a rotated key was visible after {seen:?} ({polls} polls)");
+    let (s, body, _) = controls(&token);
+    assert_eq!(s, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"orgs": [entry("acme", &rotated), entry("globex", &globex)]})
+    );
+    assert_eq!(controls(&acme).0, 401, "the old key");
+    // Ingest and the read API refuse the old key at once (looked up per request).
+    assert_eq!(c.events(&acme, "").0, 401);
+    let (s, _, h) = controls(&rotated);
+    assert_eq!(s, 200);
+    assert_ne!(header(&h, "etag"), Some(etag.as_str()));
+    // A disabled org is left out, so filters refuse its key.
+    assert!(org_cmd(&c.data, &["disable", "globex"]).0);
+    let disabled_at = std::time::Instant::now();
+    loop {
+        let (_, body, _) = controls(&token);
+        if !body.contains("globex") {
+            break;
+        }
+        assert!(
+            disabled_at.elapsed() < Duration::from_secs(1),
+            "not within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(controls(&globex).0, 401);
+    assert!(cli(&c.data, &["token", "revoke", "mesh"]).0);
+    let revoked_at = std::time::Instant::now();
+    while controls(&token).0 != 401 {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "not within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
