@@ -153,7 +153,7 @@
     const data = await api('/api/v1/events?' + q + '&limit=200');
     rows('log', data.events.map((e) => [
       e.timestamp.replace('T', ' ').slice(0, 19), e.provider, e.model_actual || e.model_requested || '–',
-      e.feature || 'untagged', e.team || '–', e.status == null ? '–' : String(e.status),
+      e.feature || 'untagged', e.team || '–', e.namespace || '–', e.workload || '–', e.status == null ? '–' : String(e.status),
       e.input_tokens == null ? '–' : int(e.input_tokens), e.output_tokens == null ? '–' : int(e.output_tokens),
       SOURCE[e.token_source] || '–', e.cost_usd == null ? '–' : usd(e.cost_usd), ms(e.latency_ms),
     ]));

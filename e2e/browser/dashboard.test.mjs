@@ -63,11 +63,14 @@ before(async () => {
   collector = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', data], { stdio: ['ignore', 'ignore', 'pipe'] });
   base = 'http://127.0.0.1:' + (await waitForPort(collector));
   // acme: 8 requests, $2.00 in all. search: 4 x $0.25; untagged: 2 x $0.25 (one a 429);
-  // claude: 2 x $0.25, measured and calibrated.
+  // claude: 2 x $0.25, measured and calibrated. By namespace: shop (the searches), lab (the
+  // untagged), none (claude).
+  const shop = { namespace: 'shop', workload: 'cart', principal: 'spiffe://cluster.local/ns/shop/sa/cart' };
+  const lab = { namespace: 'lab', workload: 'notebook' };
   const events = [];
-  for (let i = 0; i < 4; i++) events.push(event('s' + i, { latency_ms: 100 + i }));
-  events.push(event('u0', { feature: null }));
-  events.push(event('u1', { feature: null, status: 429, error_category: 'rate_limited', error_source: 'provider', input_tokens: null, output_tokens: null, token_source: null }));
+  for (let i = 0; i < 4; i++) events.push(event('s' + i, { latency_ms: 100 + i, ...shop }));
+  events.push(event('u0', { feature: null, ...lab }));
+  events.push(event('u1', { feature: null, ...lab, status: 429, error_category: 'rate_limited', error_source: 'provider', input_tokens: null, output_tokens: null, token_source: null }));
   events.push(event('c0', { provider: 'anthropic', api: 'messages', endpoint: '/v1/messages', model_requested: 'claude-sonnet-4-5', model_actual: 'claude-sonnet-4-5-20250929', team: 'support', token_source: 'measured', measured_output_tokens: 200 }));
   events.push(event('c1', { provider: 'anthropic', api: 'messages', endpoint: '/v1/messages', model_requested: 'claude-sonnet-4-5', model_actual: 'claude-sonnet-4-5-20250929', team: 'support', token_source: 'measured_calibrated', measured_output_tokens: 180 }));
   await ingest(keyA, events);
@@ -130,6 +133,16 @@ test('overview, chart, breakdowns, models, errors and log show the seeded figure
   await page.selectOption('#breakdown-by', 'team');
   await page.waitForFunction(() => document.querySelector('#breakdown tbody tr td')?.textContent === 'payments');
   assert.deepEqual((await cells(page, 'breakdown')).map((r) => [r[0], r[1]]), [['payments', '$1.50'], ['support', '$0.50']]);
+  await page.selectOption('#breakdown-by', 'namespace');
+  await page.waitForFunction(() => document.querySelector('#breakdown tbody tr td')?.textContent === 'shop');
+  assert.deepEqual((await cells(page, 'breakdown')).map((r) => [r[0], r[1], r[2], r[3]]), [
+    ['shop', '$1.00', '50.0%', '4'],
+    ['(none)', '$0.50', '25.0%', '2'],
+    ['lab', '$0.50', '25.0%', '2'],
+  ]);
+  await page.selectOption('#breakdown-by', 'workload');
+  await page.waitForFunction(() => document.querySelector('#breakdown tbody tr td')?.textContent === 'cart');
+  assert.deepEqual((await cells(page, 'breakdown')).map((r) => r[0]), ['cart', '(none)', 'notebook']);
 
   const models = await cells(page, 'models');
   assert.deepEqual(models.map((r) => r.slice(0, 4)), [
@@ -140,9 +153,15 @@ test('overview, chart, breakdowns, models, errors and log show the seeded figure
 
   const log = await cells(page, 'log');
   assert.equal(log.length, 8);
-  const sources = log.map((r) => r[8]).sort();
+  const sources = log.map((r) => r[10]).sort();
+  assert.deepEqual(log.map((r) => r[5]).sort(), ['lab', 'lab', 'shop', 'shop', 'shop', 'shop', '–', '–']);
+  assert.deepEqual([...new Set(log.map((r) => r[6]))].sort(), ['cart', 'notebook', '–']);
   assert.deepEqual(sources, ['Exact', 'Exact', 'Exact', 'Exact', 'Exact', 'Measured', 'Measured (calibrated)', '–']);
   assert.match(await page.textContent('.notice'), /never stores prompts or responses/);
+  await page.fill('#log-filters input[name=namespace]', 'shop');
+  await page.click('#log-filters button[type=submit]');
+  await page.waitForFunction(() => document.querySelectorAll('#log tbody tr').length === 4);
+  await page.fill('#log-filters input[name=namespace]', '');
   await page.fill('#log-filters input[name=team]', 'support');
   await page.click('#log-filters button[type=submit]');
   await page.waitForFunction(() => document.querySelectorAll('#log tbody tr').length === 2);
@@ -150,6 +169,7 @@ test('overview, chart, breakdowns, models, errors and log show the seeded figure
   const lines = csv.trim().split('\r\n');
   assert.equal(lines.length, 3, 'header and the two filtered events');
   assert.ok(lines[0].split(',').includes('token_source'));
+  assert.ok(['namespace', 'workload', 'principal'].every((c) => lines[0].split(',').includes(c)));
   await page.screenshot({ path: join(shots, 'requests.png'), fullPage: true });
 
   // Nothing of the other org anywhere.
