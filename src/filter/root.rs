@@ -277,15 +277,33 @@ impl Root {
         };
         let cfg = Config::parse_env(&json, env)?;
         let node_identity = if cfg.identity.node {
+            // `xds.node` since Envoy moved its xDS attributes there; `node` before.
             Identity::from_node(
-                |k| host::property(&["node", "metadata", k]),
-                |l| host::property(&["node", "metadata", "LABELS", l]),
+                |k| {
+                    host::property(&["xds", "node", "metadata", k])
+                        .or_else(|| host::property(&["node", "metadata", k]))
+                },
+                |l| {
+                    host::property(&["xds", "node", "metadata", "LABELS", l])
+                        .or_else(|| host::property(&["node", "metadata", "LABELS", l]))
+                },
                 &cfg.identity.trust_domain,
                 &cfg.identity.labels(),
             )
         } else {
             None
         };
+        if let Some(id) = &node_identity {
+            host::log(
+                LogLevel::Info,
+                &format!(
+                    "mesh identity from node metadata: namespace {}, workload {}, principal {}",
+                    id.namespace.as_deref().unwrap_or("-"),
+                    id.workload.as_deref().unwrap_or("-"),
+                    id.principal.as_deref().unwrap_or("-")
+                ),
+            );
+        }
         let prices = PriceTable::builtin()?;
         let tick = (cfg.flush_interval_ms / 2).clamp(20, 50);
         hostcalls::set_tick_period(Duration::from_millis(tick))
