@@ -8,7 +8,7 @@ ENVOY   := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM    := target/wasm32-wasip1/release/tally.wasm
 
-.PHONY: bench bench-query dashboard-deps build build-fault run demo test test-wasm test-browser test-deps test-deploy test-containers oci oci-push fuzz soak lint fmt prices envoy wasm-target clean
+.PHONY: bench bench-identity bench-query dashboard-deps build build-fault run demo test test-wasm test-browser test-deps test-deploy test-containers oci oci-push fuzz soak lint fmt prices envoy wasm-target clean
 
 build: envoy wasm-target dashboard-deps
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
@@ -137,6 +137,12 @@ bench: build
 	@test -x .venv-litellm/bin/litellm || { python3 -m venv .venv-litellm && .venv-litellm/bin/pip install --quiet --disable-pip-version-check 'litellm[proxy]==$(LITELLM_VERSION)'; }
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 --manifest-path bench/noop-filter/Cargo.toml --target-dir target
 	$(VENV)/bin/python bench/run.py
+
+# What mesh identity costs per request (node metadata, peer certificates): instructions under
+# callgrind, three listeners of one Envoy (bench/identity_cost.py; about 10 minutes).
+bench-identity: build
+	@command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
+	$(VENV)/bin/python bench/identity_cost.py
 
 # Summary and time-series query latency over EVENTS synthetic events (30 days of traffic).
 EVENTS ?= 1000000

@@ -66,7 +66,8 @@ pub struct Event {
     pub request_id: String,
     /// When the request arrived: RFC 3339, UTC, milliseconds.
     pub timestamp: String,
-    /// Set by the collector from the key that sent the event.
+    /// The org's name: set by the filter when it sends with a mesh token (the org of the
+    /// request's key), else by the collector from the key that sent the event.
     #[serde(default)]
     pub org_id: Option<String>,
     pub provider: String,

@@ -446,7 +446,7 @@ impl Stack {
                 .args(["--log-level", "info"])
                 .env_remove("TALLY_ORG_KEY")
                 .env_remove("TALLY_COLLECTOR_TOKEN")
-                .envs(opts.org_key_env.then(|| ("TALLY_ORG_KEY", key.as_str())))
+                .envs(opts.org_key_env.then_some(("TALLY_ORG_KEY", key.as_str())))
                 .envs(token.as_deref().map(|t| ("TALLY_COLLECTOR_TOKEN", t)))
                 .envs(opts.env.iter().map(|(k, v)| (k, v))),
             &logs,
