@@ -16,18 +16,9 @@ struct Collector {
 }
 
 fn org_cmd(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(artifact("target/release/tally-collector"))
-        .arg("org")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .expect("run tally-collector");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    let mut all = vec!["org"];
+    all.extend_from_slice(args);
+    common::collector_cli(data, &all)
 }
 
 fn start() -> Collector {
@@ -858,20 +849,9 @@ fn tls_serves_https_and_marks_session_cookies_secure() {
     assert!(!s.starts_with("HTTP/1.1 200"), "{s}");
 }
 
-/// A `tally-collector` CLI command (`token ...`, `org ...`) on a data directory: (success,
-/// stdout, stderr).
+/// A `tally-collector` CLI command (`token ...`, `org ...`) on a data directory.
 fn cli(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(artifact("target/release/tally-collector"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .expect("run tally-collector");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    common::collector_cli(data, args)
 }
 
 impl Collector {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{agent, artifact, send, Options, Stack};
+use common::{agent, send, Options, Stack};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -296,20 +296,7 @@ fn rotated_and_disabled_keys_are_refused_within_the_refresh() {
     let (acme, globex) = (stack.keys["acme"].clone(), stack.keys["globex"].clone());
     wait_for_key_set(&stack);
     assert_eq!(chat(&stack, &[("x-tally-key", &acme)]).0, 200);
-    let cli = |args: &[&str]| {
-        let out = Command::new(artifact("target/release/tally-collector"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(stack.data_dir())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let cli = |args: &[&str]| common::collector_cli_ok(&stack.data_dir(), args);
     // controls_refresh_ms is 500: the bound is 1.5 s.
     let bound = Duration::from_millis(1500);
     let new_acme = cli(&["org", "rotate-key", "acme"]);

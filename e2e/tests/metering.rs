@@ -74,6 +74,8 @@ fn base(user: &str) -> Value {
         "session_id": "sess-42", "user": user, "rule": null, "routed": false, "status": 200,
         "error_category": null, "error_source": null, "token_source": "exact",
         "measured_output_tokens": null,
+        // Plain Envoy: no mesh identity.
+        "namespace": null, "workload": null, "principal": null,
     })
 }
 

@@ -93,6 +93,29 @@ pub fn spawn(name: &'static str, cmd: &mut Command, log_dir: &Path) -> Proc {
     Proc { name, child }
 }
 
+/// A `tally-collector` CLI command (`org ...`, `token ...`) on a data directory: (success,
+/// stdout trimmed, stderr).
+pub fn collector_cli(data: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(artifact("target/release/tally-collector"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .expect("run tally-collector");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// [`collector_cli`] that must succeed: its output.
+pub fn collector_cli_ok(data: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = collector_cli(data, args);
+    assert!(ok, "{args:?}: {err}");
+    out
+}
+
 /// Poll `check` every 50 ms for at most `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -381,23 +404,7 @@ impl Stack {
             .trim()
             .to_string();
         let mut keys = std::collections::BTreeMap::from([("acme".to_string(), key.clone())]);
-        let cli = |args: &[&str]| {
-            let out = Command::new(artifact("target/release/tally-collector"))
-                .args(args)
-                .arg("--data-dir")
-                .arg(&data)
-                .output()
-                .expect("tally-collector");
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout)
-                .expect("utf8")
-                .trim()
-                .to_string()
-        };
+        let cli = |args: &[&str]| collector_cli_ok(&data, args);
         let mut token = None;
         if !opts.token_orgs.is_empty() {
             let mut grant = vec!["token", "create", "tally-test", "--org", "acme"];
