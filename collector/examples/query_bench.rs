@@ -89,8 +89,9 @@ fn event(rng: &mut Rng, i: u64, ts: i64) -> Event {
         task: label(rng, "task", 30),
         session_id: None,
         user: label(rng, "user", 500),
-        namespace: None,
-        workload: None,
+        // As a sidecar's events: 20 namespaces, 100 workloads.
+        namespace: label(rng, "ns", 20),
+        workload: label(rng, "workload", 100),
         principal: None,
         rule: None,
         routed: false,
@@ -170,6 +171,8 @@ fn main() -> Result<(), String> {
         ("summary by feature, 30 days", Some("feature"), start),
         ("summary by model, 30 days", Some("model"), start),
         ("summary by user (500 keys), 30 days", Some("user"), start),
+        ("summary by namespace, 30 days", Some("namespace"), start),
+        ("summary by workload (100 keys), 30 days", Some("workload"), start),
         ("summary by feature, 24 hours", Some("feature"), now - DAY),
         ("summary, total, 90 minutes", None, now - 90 * MINUTE),
     ] {
