@@ -172,7 +172,11 @@ fn main() -> Result<(), String> {
         ("summary by model, 30 days", Some("model"), start),
         ("summary by user (500 keys), 30 days", Some("user"), start),
         ("summary by namespace, 30 days", Some("namespace"), start),
-        ("summary by workload (100 keys), 30 days", Some("workload"), start),
+        (
+            "summary by workload (100 keys), 30 days",
+            Some("workload"),
+            start,
+        ),
         ("summary by feature, 24 hours", Some("feature"), now - DAY),
         ("summary, total, 90 minutes", None, now - 90 * MINUTE),
     ] {
