@@ -81,6 +81,7 @@ struct Raw {
     require_org_key: Option<bool>,
     controls_refresh_ms: Option<u64>,
     key_set_missing: Option<String>,
+    org_key_scope: Option<String>,
     #[serde(default)]
     identity: RawIdentity,
 }
@@ -133,13 +134,16 @@ impl IdentityConfig {
 pub struct Config {
     /// The filter's own org key: its batches' credential without a mesh token, and the org of
     /// requests that carry no key.
-    pub org_key: Option<String>,
+    pub org_key: Option<Secret>,
     /// A mesh token (`tlm_...`): batches of several orgs' events.
-    pub collector_token: Option<String>,
+    pub collector_token: Option<Secret>,
     /// Each request's event belongs to the org of its `X-Tally-Key`.
     pub org_from_request: bool,
     /// A request without a valid `X-Tally-Key` is refused (401).
     pub require_org_key: bool,
+    /// `require_org_key` checks every request through the filter, not only those to LLM
+    /// providers (`org_key_scope: "all"`).
+    pub org_key_every_request: bool,
     pub controls_refresh_ms: u64,
     pub key_set_missing: KeySetMissing,
     pub identity: IdentityConfig,
@@ -178,6 +182,22 @@ fn is_secret(key: &str, prefix: &str) -> bool {
     key.len() == 44
         && key.starts_with(prefix)
         && key.as_bytes()[4..].iter().all(u8::is_ascii_alphanumeric)
+}
+
+/// A credential: `Debug` never prints it, so no log line or panic message can carry it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Values from Envoy's environment (`vm_config.environment_variables.host_env_keys`).
@@ -280,6 +300,15 @@ impl Config {
             }
         };
         let identity = parse_identity(raw.identity)?;
+        let org_key_every_request = match raw.org_key_scope.as_deref() {
+            None | Some("providers") => false,
+            Some("all") => true,
+            Some(other) => {
+                return Err(format!(
+                    "org_key_scope must be \"providers\" or \"all\", got {other:?}"
+                ))
+            }
+        };
 
         let mut headers: Vec<(String, Field)> =
             FIELDS.iter().map(|(f, h)| (h.to_string(), *f)).collect();
@@ -325,10 +354,11 @@ impl Config {
 
         let cfg = Config {
             provider_hosts,
-            org_key,
-            collector_token,
+            org_key: org_key.map(Secret),
+            collector_token: collector_token.map(Secret),
             org_from_request,
             require_org_key,
+            org_key_every_request,
             controls_refresh_ms: raw.controls_refresh_ms.unwrap_or(2000),
             key_set_missing,
             identity,
@@ -387,9 +417,9 @@ impl Config {
     /// The credential of the filter's calls to the collector: the mesh token, else the org key.
     pub fn bearer(&self) -> &str {
         self.collector_token
-            .as_deref()
-            .or(self.org_key.as_deref())
-            .unwrap_or_default()
+            .as_ref()
+            .or(self.org_key.as_ref())
+            .map_or("", Secret::expose)
     }
 
     /// Whether the filter needs the collector's key set (`GET /v1/controls`): to check request
@@ -457,7 +487,8 @@ mod tests {
     #[test]
     fn defaults_with_env_key() {
         let c = Config::parse(b"", Some(KEY.into())).unwrap();
-        assert_eq!(c.org_key.as_deref(), Some(KEY));
+        assert_eq!(c.org_key.as_ref().map(Secret::expose), Some(KEY));
+        assert!(!format!("{c:?}").contains(KEY), "Debug never shows a key");
         assert_eq!(c.bearer(), KEY);
         assert!(!c.needs_key_set());
         assert!(c.identity.node && !c.identity.peer_certificate);

@@ -62,6 +62,10 @@ pub struct Begin {
     /// The SHA-256 of the request's org key (`X-Tally-Key`), hashed as it was read: the key
     /// itself is never kept.
     pub key: Option<KeyHash>,
+    /// The request goes to a known (or configured) provider host, whether metered or not.
+    pub provider_host: bool,
+    /// The API whose error format a refusal of this request speaks.
+    pub refusal_api: Api,
     /// Attribution headers to remove before the request goes upstream (lower case).
     pub strip: Vec<String>,
     /// Remove `content-length` too: the body may grow (see `stream_usage`).
@@ -237,9 +241,21 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
         }
     });
     let drop_content_length = exchange.as_ref().is_some_and(|e| e.may_add_usage);
+    let provider_host = provider::provider_for_host(authority).is_some()
+        || cfg.provider_hosts.iter().any(|(h, _)| {
+            h.eq_ignore_ascii_case(authority)
+                || authority
+                    .rsplit_once(':')
+                    .is_some_and(|(host, _)| h.eq_ignore_ascii_case(host))
+        });
+    let refusal_api = exchange
+        .as_ref()
+        .map_or_else(|| org_keys::api_for_refusal(path), |e| e.route.api);
     Begin {
         exchange,
         key,
+        provider_host,
+        refusal_api,
         strip,
         drop_content_length,
     }

@@ -100,9 +100,9 @@ impl Identity {
     }
 
     /// A peer's identity from its certificate's URI SAN, if it is an Istio-style SPIFFE ID
-    /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`); other SPIFFE IDs give
-    /// the principal alone.
-    pub fn from_spiffe(uri: &str) -> Option<Identity> {
+    /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`) of our trust domain; other
+    /// SPIFFE IDs (a federated domain could claim any namespace) give the principal alone.
+    pub fn from_spiffe(uri: &str, trust_domain: &str) -> Option<Identity> {
         let uri = value(Some(uri.to_string()))?;
         let rest = uri.strip_prefix("spiffe://")?;
         let (domain, path) = rest.split_once('/')?;
@@ -115,7 +115,7 @@ impl Identity {
             ..Identity::default()
         };
         if let ["ns", ns, "sa", sa] = parts.as_slice() {
-            if !ns.is_empty() && !sa.is_empty() {
+            if !ns.is_empty() && !sa.is_empty() && domain.eq_ignore_ascii_case(trust_domain) {
                 id.namespace = Some(ns.to_string());
                 id.service_account = Some(sa.to_string());
             }
@@ -186,16 +186,30 @@ mod tests {
 
     #[test]
     fn spiffe_ids_from_peer_certificates() {
-        let id = Identity::from_spiffe("spiffe://cluster.local/ns/search/sa/indexer").unwrap();
+        let id = Identity::from_spiffe(
+            "spiffe://cluster.local/ns/search/sa/indexer",
+            "cluster.local",
+        )
+        .unwrap();
         assert_eq!(id.namespace.as_deref(), Some("search"));
         assert_eq!(id.service_account.as_deref(), Some("indexer"));
         assert_eq!(
             id.principal.as_deref(),
             Some("spiffe://cluster.local/ns/search/sa/indexer")
         );
-        let other = Identity::from_spiffe("spiffe://example.org/workload/x").unwrap();
+        let other =
+            Identity::from_spiffe("spiffe://example.org/workload/x", "cluster.local").unwrap();
         assert_eq!(other.namespace, None);
         assert!(other.principal.is_some());
+        // Another trust domain cannot claim our namespaces.
+        let foreign =
+            Identity::from_spiffe("spiffe://partner.example/ns/payments/sa/x", "cluster.local")
+                .unwrap();
+        assert_eq!(foreign.namespace, None);
+        assert_eq!(
+            foreign.principal.as_deref(),
+            Some("spiffe://partner.example/ns/payments/sa/x")
+        );
         for bad in [
             "",
             "https://cluster.local/ns/a/sa/b",
@@ -203,7 +217,7 @@ mod tests {
             "spiffe://x",
             "spiffe://cluster.local/ns/a b/sa/c",
         ] {
-            assert_eq!(Identity::from_spiffe(bad), None, "{bad:?}");
+            assert_eq!(Identity::from_spiffe(bad, "cluster.local"), None, "{bad:?}");
         }
     }
 

@@ -145,6 +145,18 @@ impl Policy<'_> {
     }
 }
 
+/// The API whose error format answers a request the filter does not meter (another route of a
+/// provider): by the path's shape, OpenAI's by default.
+pub fn api_for_refusal(path: &str) -> Api {
+    if path.starts_with("/v1/messages") || path.starts_with("/v1/complete") {
+        Api::Messages
+    } else if path.starts_with("/v1beta/") || path.contains("/publishers/google/") {
+        Api::GenerateContent
+    } else {
+        Api::ChatCompletions
+    }
+}
+
 /// A 401 in the provider's own error format, so that SDKs raise their usual authentication
 /// error: (content type, body).
 pub fn unauthorized_body(api: Api, refusal: Refusal) -> (&'static str, String) {
@@ -280,6 +292,16 @@ mod tests {
             keys: None,
         };
         assert_eq!(single.decide(Some(&forged)), Decision::Meter(None));
+    }
+
+    #[test]
+    fn unmetered_routes_are_refused_in_their_providers_format() {
+        assert_eq!(api_for_refusal("/v1/messages/batches"), Api::Messages);
+        assert_eq!(
+            api_for_refusal("/v1beta/models/gemini-2.5-flash:countTokens"),
+            Api::GenerateContent
+        );
+        assert_eq!(api_for_refusal("/v1/models"), Api::ChatCompletions);
     }
 
     #[test]

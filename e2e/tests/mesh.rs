@@ -255,8 +255,30 @@ fn one_envoy_for_two_orgs_refuses_missing_and_forged_keys() {
     assert_eq!(status, 401);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["type"], "authentication_error", "{body}");
+    // A provider's other routes need a key too (here `GET /v1/models` to api.openai.com),
+    // whether or not Tally meters them.
+    let models = |key: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "host: api.openai.com",
+        ]);
+        if let Some(k) = key {
+            c.args(["-H", &format!("x-tally-key: {k}")]);
+        }
+        c.arg(stack.url("/v1/models"));
+        String::from_utf8(c.output().unwrap().stdout).unwrap()
+    };
+    assert_eq!(models(None), "401");
+    assert_ne!(models(Some(&acme)), "401");
     // The provider never saw the refused requests, nor any org key.
     let seen = stack.mock_requests();
+    // (The mock records the API calls it serves: the keyed models call is not among them.)
     assert_eq!(seen.len() - before, 3);
     assert!(!serde_json::to_string(&seen)
         .unwrap()
@@ -271,8 +293,8 @@ fn one_envoy_for_two_orgs_refuses_missing_and_forged_keys() {
     // Refused requests made no event, in any org; they are counted.
     assert_eq!(events_of(&stack, &acme, "nokey", 0).len(), 0);
     assert_eq!(events_of(&stack, &globex, "forged", 0).len(), 0);
-    // Three here, and the forged keys that waited for the key set.
-    assert!(stack.wait_stat("wasmcustom.tally.requests_refused_key", |v| v >= 4) >= 4);
+    // Four here, and the forged keys that waited for the key set.
+    assert!(stack.wait_stat("wasmcustom.tally.requests_refused_key", |v| v >= 5) >= 5);
 
     // No key, in clear, anywhere: logs, Envoy's stats and config dump, the collector's files.
     let (_, stats, _) = send(agent().get(&stack.admin_url("/stats")), None);

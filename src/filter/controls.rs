@@ -7,13 +7,14 @@
 //! Shared data, per scope:
 //!
 //! ```text
-//! tally.controls.<scope>.lease = writer SP until-ms          ; who polls, until when
-//! tally.controls.<scope>.v     = generation SP etag           ; changes with each new body
-//! tally.controls.<scope>       = body of the last 200
+//! tally.controls.<scope>.lease = writer SP until-ms            ; who polls, until when
+//! tally.controls.<scope>       = generation SP etag LF body      ; one value: body and ETag agree
+//! tally.controls.<scope>.v     = generation                      ; what VMs read every tick
 //! ```
 //!
-//! If the collector cannot be reached, every VM keeps the last key set it had (counted in
-//! `controls_failed`).
+//! An empty body means the collector refused the credential (401 or 403): every VM drops its
+//! key set, and `key_set_missing` decides. If the collector cannot be reached, every VM keeps
+//! the last key set it had (counted in `controls_failed`).
 
 use crate::org_keys::KeySet;
 use proxy_wasm::hostcalls;
@@ -21,6 +22,13 @@ use proxy_wasm::types::Status;
 
 fn key(scope: &str, suffix: &str) -> String {
     format!("tally.controls.{scope}{suffix}")
+}
+
+/// What a VM learns from shared data.
+pub enum Update {
+    Keys(KeySet),
+    /// The collector refused the filter's credential.
+    Refused,
 }
 
 /// This VM's view.
@@ -34,36 +42,54 @@ pub struct Controls {
     pub failures: u32,
 }
 
-fn read_version(scope: &str) -> (u64, String) {
-    let value = hostcalls::get_shared_data(&key(scope, ".v"))
-        .ok()
-        .and_then(|(v, _)| v)
-        .unwrap_or_default();
-    let text = String::from_utf8_lossy(&value);
-    let (generation, etag) = text.split_once(' ').unwrap_or((&text, ""));
-    (generation.parse().unwrap_or(0), etag.to_string())
+fn read(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    hostcalls::get_shared_data(key).unwrap_or((None, None))
+}
+
+/// The stored value: (generation, etag, body).
+fn parse_stored(value: &[u8]) -> Option<(u64, &str, &[u8])> {
+    let end = value.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&value[..end]).ok()?;
+    let (generation, etag) = head.split_once(' ')?;
+    Some((generation.parse().ok()?, etag, &value[end + 1..]))
 }
 
 impl Controls {
     /// A key set newer than the one in use, if another VM (or this one) stored it.
-    pub fn newer(&mut self, scope: &str) -> Option<Result<KeySet, String>> {
-        let (generation, _) = read_version(scope);
+    pub fn newer(&mut self, scope: &str) -> Option<Result<Update, String>> {
+        let (v, _) = read(&key(scope, ".v"));
+        let generation: u64 = v
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         if generation == self.generation {
             return None;
         }
-        let body = hostcalls::get_shared_data(&key(scope, ""))
-            .ok()
-            .and_then(|(v, _)| v)?;
-        self.generation = generation;
-        Some(KeySet::parse(&body))
+        let (value, _) = read(&key(scope, ""));
+        let value = value?;
+        let (stored_generation, _, body) = parse_stored(&value)?;
+        if body.is_empty() {
+            self.generation = stored_generation;
+            return Some(Ok(Update::Refused));
+        }
+        // The generation moves on only with a key set in hand: a bad one is tried again.
+        let keys = KeySet::parse(body);
+        if keys.is_ok() {
+            self.generation = stored_generation;
+        }
+        Some(keys.map(Update::Keys))
     }
 
     /// Take (or keep) the poller's lease until `until_ms`; true when this VM is to poll now.
     pub fn lead(&self, scope: &str, writer: u64, now_ms: u64, until_ms: u64) -> bool {
         let lease = key(scope, ".lease");
-        let Ok((value, cas)) = hostcalls::get_shared_data(&lease) else {
-            return false;
-        };
+        let (mut value, mut cas) = read(&lease);
+        if cas.is_none() {
+            // No lease yet: without a CAS token two VMs could both win, so create it empty
+            // first, then claim it like any other.
+            let _ = hostcalls::set_shared_data(&lease, Some(b""), None);
+            (value, cas) = read(&lease);
+        }
         let text = value
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default();
@@ -72,36 +98,55 @@ impl Controls {
         if !ours && held_until.parse::<u64>().unwrap_or(0) > now_ms {
             return false;
         }
+        let Some(cas) = cas else {
+            return false;
+        };
         let new = format!("{writer:016x} {until_ms}");
-        hostcalls::set_shared_data(&lease, Some(new.as_bytes()), cas).is_ok()
+        hostcalls::set_shared_data(&lease, Some(new.as_bytes()), Some(cas)).is_ok()
+    }
+
+    /// Give the lease up (a stopping root context), so that another VM polls at once.
+    pub fn release(scope: &str, writer: u64) {
+        let lease = key(scope, ".lease");
+        let (value, cas) = read(&lease);
+        let ours = value.is_some_and(|v| v.starts_with(format!("{writer:016x} ").as_bytes()));
+        if ours && cas.is_some() {
+            let _ = hostcalls::set_shared_data(&lease, Some(b""), cas);
+        }
     }
 
     /// The ETag of the stored body, for `If-None-Match`.
     pub fn etag(scope: &str) -> String {
-        read_version(scope).1
+        let (value, _) = read(&key(scope, ""));
+        value
+            .as_deref()
+            .and_then(parse_stored)
+            .map(|(_, etag, _)| etag.to_string())
+            .unwrap_or_default()
     }
 
-    /// Store a new body for every VM of the scope.
+    /// Store a new body (empty: the credential was refused) for every VM of the scope: body and
+    /// ETag in one value, written with compare-and-swap, then the generation VMs poll.
     pub fn store(scope: &str, body: &[u8], etag: &str) -> bool {
-        if hostcalls::set_shared_data(&key(scope, ""), Some(body), None).is_err() {
-            return false;
-        }
-        let version = key(scope, ".v");
+        let value_key = key(scope, "");
         for _ in 0..16 {
-            let Ok((value, cas)) = hostcalls::get_shared_data(&version) else {
-                return false;
-            };
-            let text = value
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                .unwrap_or_default();
-            let generation: u64 = text
-                .split(' ')
-                .next()
-                .and_then(|g| g.parse().ok())
-                .unwrap_or(0);
-            let new = format!("{} {etag}", generation + 1);
-            match hostcalls::set_shared_data(&version, Some(new.as_bytes()), cas) {
-                Ok(()) => return true,
+            let (value, cas) = read(&value_key);
+            let generation = value
+                .as_deref()
+                .and_then(parse_stored)
+                .map_or(0, |(g, _, _)| g)
+                + 1;
+            let mut new = format!("{generation} {etag}\n").into_bytes();
+            new.extend_from_slice(body);
+            match hostcalls::set_shared_data(&value_key, Some(&new), cas) {
+                Ok(()) => {
+                    let _ = hostcalls::set_shared_data(
+                        &key(scope, ".v"),
+                        Some(generation.to_string().as_bytes()),
+                        None,
+                    );
+                    return true;
+                }
                 Err(Status::CasMismatch) => continue,
                 Err(_) => return false,
             }

@@ -15,7 +15,52 @@ mod abi {
             return_map_data: *mut *mut u8,
             return_map_size: *mut usize,
         ) -> u32;
+        pub fn proxy_send_local_response(
+            status_code: u32,
+            status_code_details_data: *const u8,
+            status_code_details_size: usize,
+            body_data: *const u8,
+            body_size: usize,
+            headers_data: *const u8,
+            headers_size: usize,
+            grpc_status: i32,
+        ) -> u32;
     }
+}
+
+/// Answer the request from the proxy. The SDK's `send_http_response` panics when the host
+/// refuses (it unwraps): this returns false instead, and the request goes on.
+pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+    // The proxy-wasm map format: count, (key length, value length) pairs, then each key and
+    // value followed by a NUL.
+    let mut map = Vec::new();
+    map.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (k, v) in headers {
+        map.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        map.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in headers {
+        map.extend_from_slice(k.as_bytes());
+        map.push(0);
+        map.extend_from_slice(v.as_bytes());
+        map.push(0);
+    }
+    let details = b"tally_org_key_refused";
+    // SAFETY: every pointer is valid for its length for the duration of the call; the host
+    // copies what it needs.
+    let status = unsafe {
+        abi::proxy_send_local_response(
+            status,
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            map.as_ptr(),
+            map.len(),
+            -1,
+        )
+    };
+    status == 0
 }
 
 /// Milliseconds since the Unix epoch by the host's clock; 0.0 if the host cannot say.

@@ -6,7 +6,7 @@ use super::root::Shared;
 use crate::config::KeySetMissing;
 use crate::exchange::{begin, Exchange, Finish};
 use crate::identity::Identity;
-use crate::org_keys::{unauthorized_body, Decision, Policy};
+use crate::org_keys::{unauthorized_body, Decision, Policy, Refusal};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::RefCell;
@@ -22,6 +22,18 @@ impl Req {
         Req {
             shared,
             exchange: None,
+        }
+    }
+
+    /// Answer 401 in the provider's format and stop the request; if the host cannot answer, the
+    /// request goes on (counted as a filter error): the filter never breaks traffic itself.
+    fn refuse(&self, api: crate::provider::Api, why: Refusal) -> Action {
+        let (content_type, body) = unauthorized_body(api, why);
+        if host::send_local_response(401, &[("content-type", content_type)], body.as_bytes()) {
+            Action::Pause
+        } else {
+            self.error();
+            Action::Continue
         }
     }
 
@@ -65,19 +77,6 @@ impl HttpContext for Req {
         {
             Metrics::add(s.metrics.filter_errors, 1);
         }
-        let Some(mut ex) = b.exchange else {
-            return Action::Continue;
-        };
-        // At a gateway the caller is the peer of the mTLS connection; on a sidecar, the node.
-        let identity = if s.cfg.identity.peer_certificate {
-            host::property(&["connection", "uri_san_peer_certificate"])
-                .and_then(|uri| Identity::from_spiffe(&uri))
-        } else {
-            s.node_identity.clone()
-        };
-        if let Some(id) = identity {
-            ex.set_identity(id, &s.cfg.identity.attribution);
-        }
         let policy = Policy {
             org_from_request: s.cfg.org_from_request,
             require_org_key: s.cfg.require_org_key,
@@ -86,7 +85,31 @@ impl HttpContext for Req {
             own_key: s.own_key.as_ref(),
             keys: s.keys.as_ref(),
         };
-        match policy.decide(b.key.as_ref()) {
+        let decision = policy.decide(b.key.as_ref());
+        let Some(mut ex) = b.exchange else {
+            // Not a call Tally meters (`GET /v1/models`, batches, files...): where org keys are
+            // required, a provider's other routes need one too, or the key would be a formality.
+            let checked = b.provider_host || s.cfg.org_key_every_request;
+            if s.cfg.require_org_key && checked {
+                if let Decision::Refuse(why) = decision {
+                    Metrics::add(s.metrics.requests_refused_key, 1);
+                    drop(s);
+                    return self.refuse(b.refusal_api, why);
+                }
+            }
+            return Action::Continue;
+        };
+        // At a gateway the caller is the peer of the mTLS connection; on a sidecar, the node.
+        let identity = if s.cfg.identity.peer_certificate {
+            host::property(&["connection", "uri_san_peer_certificate"])
+                .and_then(|uri| Identity::from_spiffe(&uri, &s.cfg.identity.trust_domain))
+        } else {
+            s.node_identity.clone()
+        };
+        if let Some(id) = identity {
+            ex.set_identity(id, &s.cfg.identity.attribution);
+        }
+        match decision {
             Decision::Meter(org) => {
                 ex.set_org(org);
                 // Counted here, reported to Envoy on the timer: one host call fewer per request.
@@ -98,14 +121,8 @@ impl HttpContext for Req {
                 // A configured decision: the provider never sees the request, and no event is
                 // made (it has no org).
                 Metrics::add(s.metrics.requests_refused_key, 1);
-                let (content_type, body) = unauthorized_body(ex.api(), why);
                 drop(s);
-                self.send_http_response(
-                    401,
-                    vec![("content-type", content_type)],
-                    Some(body.as_bytes()),
-                );
-                return Action::Pause;
+                return self.refuse(b.refusal_api, why);
             }
         }
         Action::Continue

@@ -1,6 +1,6 @@
 //! One per VM: configuration, prices, the outbox and the batch calls to the collector.
 
-use super::controls::Controls;
+use super::controls::{Controls, Update};
 use super::handover;
 use super::host::{self, Metrics};
 use super::http::Req;
@@ -169,7 +169,7 @@ impl Root {
             return;
         }
         match self.controls.newer(&self.scope) {
-            Some(Ok(keys)) => {
+            Some(Ok(Update::Keys(keys))) => {
                 if s.keys.is_none() {
                     host::log(
                         LogLevel::Info,
@@ -177,6 +177,15 @@ impl Root {
                     );
                 }
                 s.keys = Some(keys);
+            }
+            Some(Ok(Update::Refused)) => {
+                if s.keys.take().is_some() {
+                    host::log(
+                        LogLevel::Warn,
+                        "org keys: the collector refused this filter's credential; no key set \
+                         until it accepts it again (key_set_missing decides meanwhile)",
+                    );
+                }
             }
             Some(Err(e)) => {
                 Metrics::add(self.metrics.filter_errors, 1);
@@ -192,10 +201,10 @@ impl Root {
         }
         let (refresh, timeout) = (s.cfg.controls_refresh_ms, s.cfg.call_timeout_ms);
         self.controls.next_poll_ms = now + refresh;
-        if !self
-            .controls
-            .lead(&self.scope, self.writer, now, now + refresh + timeout)
-        {
+        // Long enough to poll again before it runs out, short enough that another VM takes
+        // over quickly if this one stops.
+        let lease = now + refresh + timeout.min(1000);
+        if !self.controls.lead(&self.scope, self.writer, now, lease) {
             return;
         }
         let auth = format!("Bearer {}", s.cfg.bearer());
@@ -241,6 +250,17 @@ impl Root {
                 self.sync_controls(host::now_ms() as u64);
             }
             Some("304") => self.controls.failures = 0,
+            Some("401" | "403") => {
+                // Refused for good, not an outage: the keys it gave may be stale by now.
+                Metrics::add(self.metrics.controls_failed, 1);
+                host::log(
+                    LogLevel::Warn,
+                    "org keys: the collector refused the filter's credential for /v1/controls (a revoked mesh token, or a rotated or disabled org key)",
+                );
+                if Controls::store(&self.scope, b"", "") {
+                    self.sync_controls(host::now_ms() as u64);
+                }
+            }
             other => self.controls_failed(&format!(
                 "the collector answered {}",
                 other.unwrap_or("nothing")
@@ -309,6 +329,12 @@ impl Root {
         hostcalls::set_tick_period(Duration::from_millis(tick))
             .map_err(|s| format!("cannot set the flush timer: {s:?}"))?;
         self.metrics = Metrics::define();
+        // A new configuration of this root context starts its controls afresh: its key set and
+        // writer id are new (the old writer's lease, if any, is given up first).
+        if self.writer != 0 {
+            Controls::release(&self.scope, self.writer);
+        }
+        self.controls = Controls::default();
         self.writer = seeded_ids().next_u64() | 1;
         self.scope = crate::handoff::scope(cfg.bearer(), &cfg.collector_cluster);
         handover::init(&self.scope);
@@ -316,7 +342,7 @@ impl Root {
             Metrics::shift(self.metrics.vms, 1);
             self.counted_vm = true;
         }
-        let own_key = cfg.org_key.as_deref().map(org_keys::hash);
+        let own_key = cfg.org_key.as_ref().map(|k| org_keys::hash(k.expose()));
         self.shared = Some(Rc::new(RefCell::new(Shared {
             outbox: Outbox::new(
                 cfg.batch_max_events,
@@ -406,6 +432,10 @@ impl Root {
 impl Context for Root {
     fn on_done(&mut self) -> bool {
         self.stopping = true;
+        if self.writer != 0 {
+            // Another VM of the Envoy polls the key set at once.
+            Controls::release(&self.scope, self.writer);
+        }
         if self.counted_vm {
             Metrics::shift(self.metrics.vms, -1);
             Metrics::shift(self.metrics.vm_memory_bytes, -self.reported_memory);
