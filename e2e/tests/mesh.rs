@@ -334,6 +334,12 @@ fn rotated_and_disabled_keys_are_refused_within_the_refresh() {
         rotated <= bound && disabled <= bound,
         "{rotated:?} {disabled:?}"
     );
+    // A revoked mesh token: the collector refuses the filter itself, every VM drops its key set
+    // (which may be stale from then on), and key_set_missing (pass) decides.
+    cli(&["token", "revoke", "tally-test"]);
+    let revoked = wait_for_status(&stack, FORGED, 200, Duration::from_secs(10));
+    eprintln!("token revoked: key set dropped after {revoked:?}");
+    assert!(revoked <= bound, "{revoked:?}");
 }
 
 #[test]

@@ -178,15 +178,14 @@ impl Root {
                 }
                 s.keys = Some(keys);
             }
-            Some(Ok(Update::Refused)) => {
-                if s.keys.take().is_some() {
-                    host::log(
-                        LogLevel::Warn,
-                        "org keys: the collector refused this filter's credential; no key set \
-                         until it accepts it again (key_set_missing decides meanwhile)",
-                    );
-                }
+            Some(Ok(Update::Refused)) if s.keys.take().is_some() => {
+                host::log(
+                    LogLevel::Warn,
+                    "org keys: the collector refused this filter's credential; no key set \
+                     until it accepts it again (key_set_missing decides meanwhile)",
+                );
             }
+            Some(Ok(Update::Refused)) => {}
             Some(Err(e)) => {
                 Metrics::add(self.metrics.filter_errors, 1);
                 host::log(
