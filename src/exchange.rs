@@ -62,7 +62,8 @@ pub struct Begin {
     /// The SHA-256 of the request's org key (`X-Tally-Key`), hashed as it was read: the key
     /// itself is never kept.
     pub key: Option<KeyHash>,
-    /// The request goes to a known (or configured) provider host, whether metered or not.
+    /// An unmetered request that goes to a known (or configured) provider host (asked only
+    /// when org keys are required).
     pub provider_host: bool,
     /// The API whose error format a refusal of this request speaks.
     pub refusal_api: Api,
@@ -241,13 +242,16 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
         }
     });
     let drop_content_length = exchange.as_ref().is_some_and(|e| e.may_add_usage);
-    let provider_host = provider::provider_for_host(authority).is_some()
-        || cfg.provider_hosts.iter().any(|(h, _)| {
-            h.eq_ignore_ascii_case(authority)
-                || authority
-                    .rsplit_once(':')
-                    .is_some_and(|(host, _)| h.eq_ignore_ascii_case(host))
-        });
+    // Only a filter that requires org keys asks where an unmetered request goes.
+    let provider_host = cfg.require_org_key
+        && exchange.is_none()
+        && (provider::provider_for_host(authority).is_some()
+            || cfg.provider_hosts.iter().any(|(h, _)| {
+                h.eq_ignore_ascii_case(authority)
+                    || authority
+                        .rsplit_once(':')
+                        .is_some_and(|(host, _)| h.eq_ignore_ascii_case(host))
+            }));
     let refusal_api = exchange
         .as_ref()
         .map_or_else(|| org_keys::api_for_refusal(path), |e| e.route.api);
