@@ -56,7 +56,7 @@ fn read_u32(raw: &[u8], at: usize) -> Option<usize> {
     usize::try_from(v).ok()
 }
 
-/// Serialize pairs the way the host does (for tests and fixtures).
+/// Serialize pairs the way the host does (the map of a local response; tests and fixtures).
 pub fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());

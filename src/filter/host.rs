@@ -31,20 +31,8 @@ mod abi {
 /// Answer the request from the proxy. The SDK's `send_http_response` panics when the host
 /// refuses (it unwraps): this returns false instead, and the request goes on.
 pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
-    // The proxy-wasm map format: count, (key length, value length) pairs, then each key and
-    // value followed by a NUL.
-    let mut map = Vec::new();
-    map.extend_from_slice(&(headers.len() as u32).to_le_bytes());
-    for (k, v) in headers {
-        map.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        map.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in headers {
-        map.extend_from_slice(k.as_bytes());
-        map.push(0);
-        map.extend_from_slice(v.as_bytes());
-        map.push(0);
-    }
+    let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    let map = header_map::serialize(&pairs);
     let details = b"tally_org_key_refused";
     // SAFETY: every pointer is valid for its length for the duration of the call; the host
     // copies what it needs.
