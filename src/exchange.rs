@@ -23,6 +23,7 @@ use crate::sse::{SseEvent, SseParser, SseSink};
 use crate::stream_usage::{self, UsageChunkStripper};
 use crate::time::format_rfc3339_ms;
 use crate::usage::{TokenSource, Usage};
+use std::rc::Rc;
 
 /// The most bytes of an attribution header value kept; labels, not documents.
 const MAX_LABEL: usize = 128;
@@ -53,6 +54,21 @@ pub struct Attribution {
     pub task: Option<String>,
     pub session_id: Option<String>,
     pub user: Option<String>,
+}
+
+impl Attribution {
+    /// Where a field's value goes; None for the fields that are not attribution.
+    fn slot(&mut self, field: Field) -> Option<&mut Option<String>> {
+        Some(match field {
+            Field::Team => &mut self.team,
+            Field::App => &mut self.app,
+            Field::Feature => &mut self.feature,
+            Field::Task => &mut self.task,
+            Field::Session => &mut self.session_id,
+            Field::User => &mut self.user,
+            Field::Provider | Field::Key => return None,
+        })
+    }
 }
 
 /// What to do with a request, decided from its headers alone.
@@ -89,7 +105,8 @@ pub struct Exchange {
     route: Route,
     endpoint: String,
     attribution: Attribution,
-    identity: Option<Identity>,
+    /// Shared with the VM when it is the node's: only its three event fields are copied.
+    identity: Option<Rc<Identity>>,
     /// The org the event belongs to, when the filter names it (org keys per request, or a
     /// mesh token); None: the org of the key the batch is sent with.
     org: Option<String>,
@@ -182,29 +199,21 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
         if !strip.iter().any(|s| s == name) {
             strip.push(name.to_string());
         }
-        let slot = match field {
-            Some(Field::Team) => &mut attribution.team,
-            Some(Field::App) => &mut attribution.app,
-            Some(Field::Feature) => &mut attribution.feature,
-            Some(Field::Task) => &mut attribution.task,
-            Some(Field::Session) => &mut attribution.session_id,
-            Some(Field::User) => &mut attribution.user,
-            Some(Field::Provider) => {
+        let Some(field) = field else {
+            continue;
+        };
+        match field {
+            Field::Provider => {
                 let name = value.trim().to_ascii_lowercase();
                 forced = provider::valid_provider_name(&name).then_some(name);
-                continue;
             }
             // The org key is hashed where it lies and never copied.
-            Some(Field::Key) => {
-                if key.is_none() {
-                    key = Some(org_keys::hash(value));
+            Field::Key if key.is_none() => key = Some(org_keys::hash(value)),
+            _ => {
+                if let Some(slot) = attribution.slot(field).filter(|s| s.is_none()) {
+                    *slot = label(value);
                 }
-                continue;
             }
-            None => continue,
-        };
-        if slot.is_none() {
-            *slot = label(value);
         }
     }
     let exchange = provider::detect(
@@ -285,20 +294,11 @@ impl Exchange {
     /// request's headers left empty, as `mapping` says (headers win).
     pub fn set_identity(
         &mut self,
-        identity: Identity,
+        identity: Rc<Identity>,
         mapping: &[(Field, crate::identity::Source)],
     ) {
         for (field, source) in mapping {
-            let slot = match field {
-                Field::Team => &mut self.attribution.team,
-                Field::App => &mut self.attribution.app,
-                Field::Feature => &mut self.attribution.feature,
-                Field::Task => &mut self.attribution.task,
-                Field::Session => &mut self.attribution.session_id,
-                Field::User => &mut self.attribution.user,
-                Field::Provider | Field::Key => continue,
-            };
-            if slot.is_none() {
+            if let Some(slot) = self.attribution.slot(*field).filter(|s| s.is_none()) {
                 *slot = identity.get(source).and_then(label);
             }
         }
@@ -464,7 +464,7 @@ impl Exchange {
         let streaming =
             self.sse || self.route.path_streaming || self.request.boolean("stream") == Some(true);
         let a = self.attribution;
-        let mut identity = self.identity;
+        let identity = self.identity;
         let known = |f: fn(&Usage) -> u64| usage.filter(|_| input_known).map(|u| f(&u));
         Event {
             request_id: fin.request_id,
@@ -495,9 +495,9 @@ impl Exchange {
             task: a.task,
             session_id: a.session_id,
             user: a.user,
-            namespace: identity.as_mut().and_then(|i| i.namespace.take()),
-            workload: identity.as_mut().and_then(|i| i.workload.take()),
-            principal: identity.and_then(|i| i.principal),
+            namespace: identity.as_ref().and_then(|i| i.namespace.clone()),
+            workload: identity.as_ref().and_then(|i| i.workload.clone()),
+            principal: identity.as_ref().and_then(|i| i.principal.clone()),
             rule: None,
             routed: false,
         }

@@ -16,9 +16,8 @@
 //! key set, and `key_set_missing` decides. If the collector cannot be reached, every VM keeps
 //! the last key set it had (counted in `controls_failed`).
 
+use super::shared;
 use crate::org_keys::KeySet;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::Status;
 
 fn key(scope: &str, suffix: &str) -> String {
     format!("tally.controls.{scope}{suffix}")
@@ -42,10 +41,6 @@ pub struct Controls {
     pub failures: u32,
 }
 
-fn read(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-    hostcalls::get_shared_data(key).unwrap_or((None, None))
-}
-
 /// The stored value: (generation, etag, body).
 fn parse_stored(value: &[u8]) -> Option<(u64, &str, &[u8])> {
     let end = value.iter().position(|&b| b == b'\n')?;
@@ -55,18 +50,23 @@ fn parse_stored(value: &[u8]) -> Option<(u64, &str, &[u8])> {
 }
 
 impl Controls {
+    /// Make sure the lease and the stored value exist before any VM claims or writes them
+    /// (see [`shared::ensure`]).
+    pub fn init(scope: &str) {
+        shared::ensure(&key(scope, ".lease"));
+        shared::ensure(&key(scope, ""));
+    }
+
     /// A key set newer than the one in use, if another VM (or this one) stored it.
     pub fn newer(&mut self, scope: &str) -> Option<Result<Update, String>> {
-        let (v, _) = read(&key(scope, ".v"));
-        let generation: u64 = v
+        let generation: u64 = shared::get(&key(scope, ".v"))
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if generation == self.generation {
             return None;
         }
-        let (value, _) = read(&key(scope, ""));
-        let value = value?;
+        let value = shared::get(&key(scope, ""))?;
         let (stored_generation, _, body) = parse_stored(&value)?;
         if body.is_empty() {
             self.generation = stored_generation;
@@ -82,43 +82,27 @@ impl Controls {
 
     /// Take (or keep) the poller's lease until `until_ms`; true when this VM is to poll now.
     pub fn lead(&self, scope: &str, writer: u64, now_ms: u64, until_ms: u64) -> bool {
-        let lease = key(scope, ".lease");
-        let (mut value, mut cas) = read(&lease);
-        if cas.is_none() {
-            // No lease yet: without a CAS token two VMs could both win, so create it empty
-            // first, then claim it like any other.
-            let _ = hostcalls::set_shared_data(&lease, Some(b""), None);
-            (value, cas) = read(&lease);
-        }
-        let text = value
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .unwrap_or_default();
-        let (holder, held_until) = text.split_once(' ').unwrap_or(("", "0"));
-        let ours = holder == format!("{writer:016x}");
-        if !ours && held_until.parse::<u64>().unwrap_or(0) > now_ms {
-            return false;
-        }
-        let Some(cas) = cas else {
-            return false;
-        };
-        let new = format!("{writer:016x} {until_ms}");
-        hostcalls::set_shared_data(&lease, Some(new.as_bytes()), Some(cas)).is_ok()
+        let ours = format!("{writer:016x}");
+        shared::update(&key(scope, ".lease"), |value| {
+            let text = String::from_utf8_lossy(value);
+            let (holder, held_until) = text.split_once(' ').unwrap_or(("", "0"));
+            let free = holder == ours || held_until.parse::<u64>().unwrap_or(0) <= now_ms;
+            free.then(|| (format!("{ours} {until_ms}").into_bytes(), ()))
+        })
+        .is_some()
     }
 
     /// Give the lease up (a stopping root context), so that another VM polls at once.
     pub fn release(scope: &str, writer: u64) {
-        let lease = key(scope, ".lease");
-        let (value, cas) = read(&lease);
-        let ours = value.is_some_and(|v| v.starts_with(format!("{writer:016x} ").as_bytes()));
-        if ours && cas.is_some() {
-            let _ = hostcalls::set_shared_data(&lease, Some(b""), cas);
-        }
+        let ours = format!("{writer:016x} ");
+        shared::update(&key(scope, ".lease"), |value| {
+            value.starts_with(ours.as_bytes()).then(|| (Vec::new(), ()))
+        });
     }
 
     /// The ETag of the stored body, for `If-None-Match`.
     pub fn etag(scope: &str) -> String {
-        let (value, _) = read(&key(scope, ""));
-        value
+        shared::get(&key(scope, ""))
             .as_deref()
             .and_then(parse_stored)
             .map(|(_, etag, _)| etag.to_string())
@@ -128,29 +112,16 @@ impl Controls {
     /// Store a new body (empty: the credential was refused) for every VM of the scope: body and
     /// ETag in one value, written with compare-and-swap, then the generation VMs poll.
     pub fn store(scope: &str, body: &[u8], etag: &str) -> bool {
-        let value_key = key(scope, "");
-        for _ in 0..16 {
-            let (value, cas) = read(&value_key);
-            let generation = value
-                .as_deref()
-                .and_then(parse_stored)
-                .map_or(0, |(g, _, _)| g)
-                + 1;
+        let stored = shared::update(&key(scope, ""), |value| {
+            let generation = parse_stored(value).map_or(0, |(g, _, _)| g) + 1;
             let mut new = format!("{generation} {etag}\n").into_bytes();
             new.extend_from_slice(body);
-            match hostcalls::set_shared_data(&value_key, Some(&new), cas) {
-                Ok(()) => {
-                    let _ = hostcalls::set_shared_data(
-                        &key(scope, ".v"),
-                        Some(generation.to_string().as_bytes()),
-                        None,
-                    );
-                    return true;
-                }
-                Err(Status::CasMismatch) => continue,
-                Err(_) => return false,
-            }
-        }
-        false
+            Some((new, generation))
+        });
+        let Some(generation) = stored else {
+            return false;
+        };
+        shared::set(&key(scope, ".v"), generation.to_string().as_bytes());
+        true
     }
 }

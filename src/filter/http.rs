@@ -103,6 +103,7 @@ impl HttpContext for Req {
         let identity = if s.cfg.identity.peer_certificate {
             host::property(&["connection", "uri_san_peer_certificate"])
                 .and_then(|uri| Identity::from_spiffe(&uri, &s.cfg.identity.trust_domain))
+                .map(Rc::new)
         } else {
             s.node_identity.clone()
         };

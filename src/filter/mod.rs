@@ -14,6 +14,7 @@ mod handover;
 mod host;
 mod http;
 mod root;
+mod shared;
 
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;

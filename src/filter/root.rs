@@ -33,7 +33,7 @@ pub struct Shared {
     /// The SHA-256 of the filter's own org key.
     pub own_key: Option<KeyHash>,
     /// This proxy's own workload (a sidecar), from Istio's node metadata.
-    pub node_identity: Option<Identity>,
+    pub node_identity: Option<Rc<Identity>>,
     ids: IdGen,
 }
 
@@ -337,6 +337,9 @@ impl Root {
         self.writer = seeded_ids().next_u64() | 1;
         self.scope = crate::handoff::scope(cfg.bearer(), &cfg.collector_cluster);
         handover::init(&self.scope);
+        if cfg.needs_key_set() {
+            Controls::init(&self.scope);
+        }
         if !self.counted_vm {
             Metrics::shift(self.metrics.vms, 1);
             self.counted_vm = true;
@@ -356,7 +359,7 @@ impl Root {
             metered: std::cell::Cell::new(0),
             keys: None,
             own_key,
-            node_identity,
+            node_identity: node_identity.map(Rc::new),
             ids: seeded_ids(),
         })));
         Ok(())
