@@ -5,9 +5,7 @@
 
 mod common;
 
-use common::{
-    agent, artifact, free_port, local_code, root, send, spawn, wait_until, Options, Stack,
-};
+use common::{agent, artifact, free_port, local_code, root, spawn, wait_until, Options, Stack};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -260,18 +258,19 @@ fn registry_cluster(port: u16) -> String {
 }
 
 fn chat(stack: &Stack, feature: &str, delay_ms: u32) -> u16 {
-    let (status, _, _) = send(
-        agent()
-            .post(&stack.url("/v1/chat/completions"))
-            .set("content-type", "application/json")
-            .set("x-tally-feature", feature)
-            .set("x-mock-usage", "input=11,output=4")
-            .set("x-mock-delay-ms", &delay_ms.to_string()),
-        Some(
+    let delay = delay_ms.to_string();
+    let headers = [
+        ("x-tally-feature", feature),
+        ("x-mock-usage", "input=11,output=4"),
+        ("x-mock-delay-ms", delay.as_str()),
+    ];
+    stack
+        .post_json(
+            "/v1/chat/completions",
+            &headers,
             r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
-        ),
-    );
-    status
+        )
+        .0
 }
 
 #[test]

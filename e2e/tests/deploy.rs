@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{agent, envoy_bin, root, send, Options, Stack};
+use common::{envoy_bin, root, Options, Stack};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,13 +89,13 @@ fn every_shipped_filter_config_meters_through_the_cluster_it_names() {
             collector_cluster: Some(cluster.clone()),
             ..Options::default()
         });
-        let (status, _, _) = send(
-            agent()
-                .post(&stack.url("/v1/chat/completions"))
-                .set("content-type", "application/json")
-                .set("x-tally-feature", "deploy")
-                .set("x-mock-usage", "input=9,output=2"),
-            Some(r#"{"model":"gpt-4o-mini","messages":[]}"#),
+        let (status, _) = stack.post_json(
+            "/v1/chat/completions",
+            &[
+                ("x-tally-feature", "deploy"),
+                ("x-mock-usage", "input=9,output=2"),
+            ],
+            r#"{"model":"gpt-4o-mini","messages":[]}"#,
         );
         assert_eq!(status, 200, "{at}");
         // Batches leave within the configured flush interval, on the cluster of that name.

@@ -11,41 +11,18 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn chat(stack: &Stack, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut req = agent()
-        .post(&stack.url("/v1/chat/completions"))
-        .set("content-type", "application/json")
-        .set("x-mock-usage", "input=10,output=3");
-    for (k, v) in headers {
-        req = req.set(k, v);
-    }
-    let (status, body, _) = send(req, Some(r#"{"model":"gpt-4o-mini","messages":[]}"#));
-    (status, body)
+    let mut all = vec![("x-mock-usage", "input=10,output=3")];
+    all.extend_from_slice(headers);
+    stack.post_json(
+        "/v1/chat/completions",
+        &all,
+        r#"{"model":"gpt-4o-mini","messages":[]}"#,
+    )
 }
 
 /// The events of `feature` in the org of `key`, once there are `n`.
 fn events_of(stack: &Stack, key: &str, feature: &str, n: usize) -> Vec<Value> {
-    let start = Instant::now();
-    loop {
-        let (status, body, _) = send(
-            agent()
-                .get(&stack.collector_url(&format!("/api/v1/events?feature={feature}")))
-                .set("authorization", &format!("Bearer {key}")),
-            None,
-        );
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        let events = v["events"].as_array().cloned().unwrap_or_default();
-        if events.len() >= n || start.elapsed() > Duration::from_secs(15) {
-            assert_eq!(
-                events.len(),
-                n,
-                "{feature}: {events:#?}\n{}",
-                stack.log_tails()
-            );
-            return events;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    stack.wait_events_as(key, &format!("feature={feature}"), n)
 }
 
 #[test]
@@ -246,11 +223,10 @@ fn one_envoy_for_two_orgs_refuses_missing_and_forged_keys() {
     );
     assert_eq!(status, 401);
     // Anthropic's SDK gets Anthropic's error shape.
-    let (status, body, _) = send(
-        agent()
-            .post(&stack.url("/v1/messages"))
-            .set("content-type", "application/json"),
-        Some(r#"{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[]}"#),
+    let (status, body) = stack.post_json(
+        "/v1/messages",
+        &[],
+        r#"{"model":"claude-3-5-haiku-latest","max_tokens":5,"messages":[]}"#,
     );
     assert_eq!(status, 401);
     let v: Value = serde_json::from_str(&body).unwrap();

@@ -520,7 +520,12 @@ impl Stack {
 
     /// `GET /api/v1/events` with a query string, as this stack's org.
     pub fn query_events(&self, query: &str) -> Vec<Value> {
-        self.api(&format!("/api/v1/events?{query}"))["events"]
+        self.query_events_as(&self.key, query)
+    }
+
+    /// `GET /api/v1/events` with a query string, as the org of `key`.
+    pub fn query_events_as(&self, key: &str, query: &str) -> Vec<Value> {
+        self.api_as(key, &format!("/api/v1/events?{query}"))["events"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -528,10 +533,15 @@ impl Stack {
 
     /// GET a path of the collector's API with the org key: its JSON (status 200).
     pub fn api(&self, path: &str) -> Value {
+        self.api_as(&self.key, path)
+    }
+
+    /// GET a path of the collector's API as the org of `key`: its JSON (status 200).
+    pub fn api_as(&self, key: &str, path: &str) -> Value {
         let (status, body, _) = send(
             agent()
                 .get(&self.collector_url(path))
-                .set("Authorization", &format!("Bearer {}", self.key)),
+                .set("Authorization", &format!("Bearer {key}")),
             None,
         );
         assert_eq!(status, 200, "{body}");
@@ -540,10 +550,15 @@ impl Stack {
 
     /// Wait until the collector holds exactly `n` events matching `query` and return them.
     pub fn wait_events(&self, query: &str, n: usize) -> Vec<Value> {
+        self.wait_events_as(&self.key, query, n)
+    }
+
+    /// [`Stack::wait_events`] in the org of `key`.
+    pub fn wait_events_as(&self, key: &str, query: &str, n: usize) -> Vec<Value> {
         let mut last = Vec::new();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {
-            last = self.query_events(query);
+            last = self.query_events_as(key, query);
             if last.len() >= n {
                 break;
             }
@@ -557,6 +572,18 @@ impl Stack {
             );
         }
         last
+    }
+
+    /// POST a JSON body to Envoy with these headers (and `content-type`): status and body.
+    pub fn post_json(&self, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        let mut req = agent()
+            .post(&self.url(path))
+            .set("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let (status, body, _) = send(req, Some(body));
+        (status, body)
     }
 
     /// The last lines of every log of the stack, for failure messages.
