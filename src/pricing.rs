@@ -223,6 +223,16 @@ pub fn cost_pico(price: &Price, u: &Usage) -> u128 {
         + u128::from(u.output) * u128::from(r.output)
 }
 
+/// What a request's cache reads saved at list price: each cached token at the input rate less
+/// the cache-read rate (at the same tier as [`cost_pico`] picks).
+pub fn cache_savings_pico(price: &Price, u: &Usage) -> u128 {
+    let r = match price.long_context {
+        Some((threshold, rates)) if u.input > threshold => rates,
+        _ => price.base,
+    };
+    u128::from(u.cached_input) * u128::from(r.input.saturating_sub(r.cached_input))
+}
+
 pub fn pico_to_usd(pico: u128) -> f64 {
     pico as f64 / 1e12
 }

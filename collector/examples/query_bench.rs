@@ -11,7 +11,7 @@ use std::time::Instant;
 use tally::event::{ErrorCategory, ErrorSource, Event};
 use tally::usage::TokenSource;
 use tally_collector::rollup::{DAY, HOUR, MINUTE};
-use tally_collector::store::Store;
+use tally_collector::store::{EventFilter, Store};
 
 /// A small deterministic generator (SplitMix64), so runs are comparable.
 struct Rng(u64);
@@ -180,7 +180,9 @@ fn main() -> Result<(), String> {
         ("summary by feature, 24 hours", Some("feature"), now - DAY),
         ("summary, total, 90 minutes", None, now - 90 * MINUTE),
     ] {
-        let (p50, p95) = time(runs, || store.summary(&org, dim, from, now, now));
+        let (p50, p95) = time(runs, || {
+            store.summary(&org, dim, &EventFilter::default(), from, now, now)
+        });
         rows.push((name.to_string(), p50, p95));
     }
     for (name, bucket, dim, from) in [
@@ -203,7 +205,77 @@ fn main() -> Result<(), String> {
             now - 3 * HOUR,
         ),
     ] {
-        let (p50, p95) = time(runs, || store.timeseries(&org, bucket, dim, from, now));
+        let (p50, p95) = time(runs, || {
+            store.timeseries(&org, bucket, dim, &EventFilter::default(), from, now)
+        });
+        rows.push((name.to_string(), p50, p95));
+    }
+    // Filtered, as a team's bookmarked view asks: one filter is read from pair rollups; two
+    // filters, or a user, from the events themselves.
+    let team = || EventFilter {
+        team: Some("team-3".into()),
+        ..Default::default()
+    };
+    let two = || EventFilter {
+        team: Some("team-3".into()),
+        model: Some("gpt-4o-2024-08-06".into()),
+        ..Default::default()
+    };
+    for (name, dim, filter, from) in [
+        ("summary, total, team=team-3, 30 days", None, team(), start),
+        (
+            "summary by model, team=team-3, 30 days",
+            Some("model"),
+            team(),
+            start,
+        ),
+        (
+            "summary by workload, team=team-3, 30 days",
+            Some("workload"),
+            team(),
+            start,
+        ),
+        (
+            "summary by feature, team=team-3, 3 hours",
+            Some("feature"),
+            team(),
+            now - 3 * HOUR,
+        ),
+        (
+            "summary, total, team=team-3 and a model, 24 hours",
+            None,
+            two(),
+            now - DAY,
+        ),
+        (
+            "summary, total, team=team-3 and a model, 30 days",
+            None,
+            two(),
+            start,
+        ),
+    ] {
+        let (p50, p95) = time(runs, || store.summary(&org, dim, &filter, from, now, now));
+        rows.push((name.to_string(), p50, p95));
+    }
+    for (name, bucket, dim, filter, from) in [
+        (
+            "time series by day, 30 days, by model, team=team-3",
+            DAY,
+            Some("model"),
+            team(),
+            start,
+        ),
+        (
+            "time series by hour, 7 days, team=team-3",
+            HOUR,
+            None,
+            team(),
+            now - 7 * DAY,
+        ),
+    ] {
+        let (p50, p95) = time(runs, || {
+            store.timeseries(&org, bucket, dim, &filter, from, now)
+        });
         rows.push((name.to_string(), p50, p95));
     }
     if filled {

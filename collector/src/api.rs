@@ -7,7 +7,7 @@ use crate::keys::Credential;
 use crate::metrics::Metrics;
 use crate::rollup;
 use crate::sender::Sender;
-use crate::store::{EventFilter, Org, Store, StoreError};
+use crate::store::{EventFilter, Org, Read, Store, StoreError};
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -29,6 +29,10 @@ pub struct AppState {
     pub controls: Arc<Controls>,
     /// Served over TLS: session cookies are marked `Secure`.
     pub tls: bool,
+    /// Who may read `/metrics`.
+    pub metrics_access: MetricsAccess,
+    /// How people sign in to the dashboard: passwords, SSO.
+    pub sign_in: Arc<crate::web::SignIn>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -47,6 +51,8 @@ pub fn router(state: AppState) -> Router {
             get(crate::web::login_page).post(crate::web::login),
         )
         .route("/logout", post(crate::web::logout))
+        .route("/auth/login", get(crate::web::sso_start))
+        .route("/auth/callback", get(crate::web::sso_callback))
         .route("/assets/{file}", get(crate::web::asset))
         .route("/healthz", get(healthz))
         .fallback(|| async { ApiError::NotFound })
@@ -234,10 +240,10 @@ async fn ingest(
     .inspect_err(rejected)
 }
 
-const EVENT_PARAMS: [&str; 13] = [
+/// The events list's filters, which summaries and time series take too.
+const FILTER_PARAMS: [&str; 12] = [
     "from",
     "to",
-    "limit",
     "team",
     "app",
     "feature",
@@ -284,6 +290,53 @@ fn status_param(v: &str) -> Result<(u16, u16), ApiError> {
     Ok((s, s))
 }
 
+/// The filters of the events list (and of summaries and time series), unchecked for strangers.
+fn filters(q: &HashMap<String, String>) -> Result<EventFilter, ApiError> {
+    let s = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
+    Ok(EventFilter {
+        from_ms: time_param(q, "from")?,
+        to_ms: time_param(q, "to")?,
+        limit: 0,
+        team: s("team"),
+        app: s("app"),
+        feature: s("feature"),
+        task: s("task"),
+        model: s("model"),
+        provider: s("provider"),
+        user: s("user"),
+        namespace: s("namespace"),
+        workload: s("workload"),
+        status: q.get("status").map(|v| status_param(v)).transpose()?,
+        before: q.get("cursor").map(|c| parse_cursor(c)).transpose()?,
+    })
+}
+
+/// A page's cursor: the last event's time and request id, opaque to clients.
+fn cursor(ts_ms: i64, request_id: &str) -> String {
+    let hex: String = request_id.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{ts_ms}.{hex}")
+}
+
+fn parse_cursor(c: &str) -> Result<(i64, String), ApiError> {
+    let bad = || {
+        ApiError::field(
+            "cursor",
+            "cursor must be a next_cursor from a previous page",
+        )
+    };
+    let (ts, hex) = c.split_once('.').ok_or_else(bad)?;
+    let ts = ts.parse::<i64>().map_err(|_| bad())?;
+    if hex.len() % 2 != 0 || hex.len() > 512 {
+        return Err(bad());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    Ok((ts, String::from_utf8(bytes).map_err(|_| bad())?))
+}
+
 /// The filters of the events list and its CSV export; `limit` defaults to `default` and may be
 /// at most `max`.
 fn event_filter(
@@ -291,7 +344,9 @@ fn event_filter(
     default: u32,
     max: u32,
 ) -> Result<EventFilter, ApiError> {
-    only(q, &EVENT_PARAMS)?;
+    let mut allowed = FILTER_PARAMS.to_vec();
+    allowed.extend(["limit", "cursor"]);
+    only(q, &allowed)?;
     let limit = match q.get("limit") {
         None => default,
         Some(v) => match v.parse::<u32>() {
@@ -304,21 +359,9 @@ fn event_filter(
             }
         },
     };
-    let s = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
     Ok(EventFilter {
-        from_ms: time_param(q, "from")?,
-        to_ms: time_param(q, "to")?,
         limit,
-        team: s("team"),
-        app: s("app"),
-        feature: s("feature"),
-        task: s("task"),
-        model: s("model"),
-        provider: s("provider"),
-        user: s("user"),
-        namespace: s("namespace"),
-        workload: s("workload"),
-        status: q.get("status").map(|v| status_param(v)).transpose()?,
+        ..filters(q)?
     })
 }
 
@@ -328,10 +371,21 @@ async fn list_events(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let org = reader(&state, &headers).await?;
-    let filter = event_filter(&q, 100, 1000)?;
+    let mut filter = event_filter(&q, 100, 1000)?;
+    let limit = filter.limit as usize;
+    // One more than the page, to know whether another follows.
+    filter.limit += 1;
     let store = state.store.clone();
-    let events = blocking(move || store.query_events(&org, &filter)).await?;
-    Ok(Json(json!({ "events": events })))
+    let mut events = blocking(move || store.query_events(&org, &filter)).await?;
+    let next = (events.len() > limit)
+        .then(|| {
+            events.truncate(limit);
+            let last = events.last()?;
+            let ts = tally::time::parse_rfc3339_ms(&last.timestamp)?;
+            Some(cursor(ts, &last.request_id))
+        })
+        .flatten();
+    Ok(Json(json!({ "events": events, "next_cursor": next })))
 }
 
 /// The same filters as the events list, as CSV (up to 100 000 rows, newest first).
@@ -406,6 +460,11 @@ fn key_json(dim: Option<&str>, key: &str) -> serde_json::Value {
     }
 }
 
+/// Dollars summed from f64 costs, rounded to the pico-dollar the filter prices in.
+fn usd(v: f64) -> f64 {
+    (v * 1e12).round() / 1e12
+}
+
 fn figures(a: &rollup::Agg) -> serde_json::Map<String, serde_json::Value> {
     let ms = |v: Option<f64>| v.map(|x| (x * 1000.0).round() / 1000.0);
     let mut m = serde_json::Map::new();
@@ -413,8 +472,19 @@ fn figures(a: &rollup::Agg) -> serde_json::Map<String, serde_json::Value> {
     m.insert("errors".into(), json!(a.errors));
     m.insert("input_tokens".into(), json!(a.input_tokens));
     m.insert("output_tokens".into(), json!(a.output_tokens));
-    // Sums of f64 costs, rounded to the pico-dollar the filter prices in.
-    m.insert("cost_usd".into(), json!((a.cost_usd * 1e12).round() / 1e12));
+    m.insert("cached_input_tokens".into(), json!(a.cached_input_tokens));
+    // Of the priced requests; null when there were requests and none had a known price.
+    m.insert("cost_usd".into(), json!(a.known_cost().map(usd)));
+    m.insert("unpriced_requests".into(), json!(a.unpriced_requests));
+    m.insert(
+        "unpriced_input_tokens".into(),
+        json!(a.unpriced_input_tokens),
+    );
+    m.insert(
+        "unpriced_output_tokens".into(),
+        json!(a.unpriced_output_tokens),
+    );
+    m.insert("cache_savings_usd".into(), json!(usd(a.cache_savings_usd)));
     let avg = (a.requests > 0).then(|| a.latency_sum_ms / a.requests as f64);
     m.insert("latency_avg_ms".into(), json!(ms(avg)));
     m.insert("latency_p50_ms".into(), json!(ms(a.latency.quantile(0.5))));
@@ -423,18 +493,43 @@ fn figures(a: &rollup::Agg) -> serde_json::Map<String, serde_json::Value> {
     m
 }
 
+/// How a summary or time series was read, as the API names it.
+fn resolution(read: Read) -> &'static str {
+    match read {
+        Read::Rollups(rollup::MINUTE) => "minute",
+        Read::Rollups(_) => "hour",
+        Read::Events => "exact",
+    }
+}
+
+fn bucket_name(ms: i64) -> &'static str {
+    match ms {
+        rollup::MINUTE => "minute",
+        rollup::DAY => "day",
+        _ => "hour",
+    }
+}
+
+/// The filters of a summary or time series, with `extra` parameters allowed besides.
+fn query_filter(q: &HashMap<String, String>, extra: &[&str]) -> Result<EventFilter, ApiError> {
+    let mut allowed = FILTER_PARAMS.to_vec();
+    allowed.extend(extra);
+    only(q, &allowed)?;
+    filters(q)
+}
+
 async fn summary(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let org = reader(&state, &headers).await?;
-    only(&q, &["group_by", "from", "to"])?;
+    let filter = query_filter(&q, &["group_by"])?;
     let dim = group_by(&q)?;
     let now = now_ms();
     let (from, to) = range(&q, now)?;
     let store = state.store.clone();
-    let rows = blocking(move || store.summary(&org, dim, from, to, now)).await?;
+    let (rows, read) = blocking(move || store.summary(&org, dim, &filter, from, to, now)).await?;
     let rows: Vec<serde_json::Value> = rows
         .iter()
         .map(|(key, agg)| {
@@ -447,9 +542,13 @@ async fn summary(
         "group_by": dim,
         "from": tally::time::format_rfc3339_ms(from),
         "to": tally::time::format_rfc3339_ms(to),
+        "resolution": resolution(read),
         "rows": rows,
     })))
 }
+
+/// Most points a time series answers (buckets times keys, once empty buckets are filled).
+const MAX_POINTS: usize = 200_000;
 
 async fn timeseries(
     State(state): State<AppState>,
@@ -457,9 +556,9 @@ async fn timeseries(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let org = reader(&state, &headers).await?;
-    only(&q, &["bucket", "group_by", "from", "to"])?;
+    let filter = query_filter(&q, &["bucket", "group_by"])?;
     let dim = group_by(&q)?;
-    let bucket = match q.get("bucket").map(String::as_str) {
+    let requested = match q.get("bucket").map(String::as_str) {
         None | Some("hour") => rollup::HOUR,
         Some("minute") => rollup::MINUTE,
         Some("day") => rollup::DAY,
@@ -470,50 +569,178 @@ async fn timeseries(
             ))
         }
     };
-    if bucket < rollup::finest(dim) {
-        return Err(ApiError::field(
-            "group_by",
-            "this dimension is kept per hour and per day: use bucket=hour or day",
-        ));
-    }
     let (from, to) = range(&q, now_ms())?;
-    if (to - from) / bucket > 10_000 {
+    if (to - from) / requested > 10_000 {
         return Err(ApiError::field(
             "bucket",
             "more than 10000 buckets: choose a larger bucket or a shorter range",
         ));
     }
     let store = state.store.clone();
-    let rows = blocking(move || store.timeseries(&org, bucket, dim, from, to)).await?;
-    let points: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|(t, key, agg)| {
-            let mut m = figures(agg);
-            m.insert("bucket".into(), json!(tally::time::format_rfc3339_ms(*t)));
-            m.insert("key".into(), key_json(dim, key));
-            serde_json::Value::Object(m)
-        })
+    let (rows, bucket, read) =
+        blocking(move || store.timeseries(&org, requested, dim, &filter, from, to)).await?;
+    let note = (bucket != requested).then(|| match (dim, read) {
+        (Some(d), Read::Rollups(_)) if rollup::finest(Some(d)) > requested => {
+            format!("{d} is kept per hour: shown in hour buckets")
+        }
+        _ => format!(
+            "filtered ranges over {} hours are kept per hour: shown in hour buckets",
+            crate::store::EVENTS_RANGE_MS / rollup::HOUR
+        ),
+    });
+    // Every bucket of the range, per key, zero where nothing happened: a true time axis.
+    let first = from.div_euclid(bucket) * bucket;
+    let buckets: Vec<i64> = (0..)
+        .map(|i| first + i * bucket)
+        .take_while(|t| *t < to)
         .collect();
+    let mut keys: Vec<&str> = rows.iter().map(|(_, k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if dim.is_none() {
+        keys = vec![""];
+    }
+    if buckets.len().saturating_mul(keys.len()) > MAX_POINTS {
+        return Err(ApiError::field(
+            "group_by",
+            format!("more than {MAX_POINTS} points: choose a larger bucket, a shorter range or a filter"),
+        ));
+    }
+    let found: HashMap<(i64, &str), &rollup::Agg> =
+        rows.iter().map(|(t, k, a)| ((*t, k.as_str()), a)).collect();
+    let empty = rollup::Agg::default();
+    let mut points = Vec::with_capacity(buckets.len() * keys.len());
+    for &t in &buckets {
+        for &k in &keys {
+            let agg = found.get(&(t, k)).copied().unwrap_or(&empty);
+            let mut m = figures(agg);
+            m.insert("bucket".into(), json!(tally::time::format_rfc3339_ms(t)));
+            m.insert("key".into(), key_json(dim, k));
+            points.push(serde_json::Value::Object(m));
+        }
+    }
     Ok(Json(json!({
-        "bucket": q.get("bucket").map_or("hour", String::as_str),
+        "bucket": bucket_name(bucket),
+        "bucket_requested": bucket_name(requested),
+        "note": note,
         "group_by": dim,
+        "resolution": resolution(read),
         "points": points,
     })))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// `serve`'s options for `/metrics`.
+#[derive(clap::Args, Debug, Default)]
+pub struct MetricsArgs {
+    /// Require `Authorization: Bearer <token>` on /metrics, the token read from this file
+    /// (or from TALLY_METRICS_TOKEN); without it, /metrics answers loopback callers only.
+    #[arg(long, value_name = "PATH", conflicts_with = "metrics_public")]
+    pub metrics_token_file: Option<std::path::PathBuf>,
+    /// Let anyone who reaches the port read /metrics (spend by org).
+    #[arg(long)]
+    pub metrics_public: bool,
+}
+
+/// The environment variable a metrics token may come from instead of a file.
+pub const METRICS_TOKEN_ENV: &str = "TALLY_METRICS_TOKEN";
+
+impl MetricsArgs {
+    pub fn access(&self) -> Result<MetricsAccess, String> {
+        let token = match &self.metrics_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("--metrics-token-file {}: {e}", path.display()))?,
+            ),
+            None => std::env::var(METRICS_TOKEN_ENV).ok(),
+        };
+        match token.map(|t| t.trim().to_string()) {
+            Some(_) if self.metrics_public => Err(format!(
+                "--metrics-public and a metrics token (--metrics-token-file or \
+                 {METRICS_TOKEN_ENV}) contradict each other: choose one"
+            )),
+            Some(t) if t.len() < 16 => {
+                Err("the metrics token must have at least 16 characters".to_string())
+            }
+            Some(t) => Ok(MetricsAccess::Token(crate::keys::hash(&t))),
+            None if self.metrics_public => Ok(MetricsAccess::Public),
+            None => Ok(MetricsAccess::Loopback),
+        }
+    }
+}
+
+/// Who may read `/metrics`, which lists spend by org.
+#[derive(Clone, Debug, Default)]
+pub enum MetricsAccess {
+    /// Callers on a loopback address only: a scraper on the same host, or one reaching the
+    /// collector through its mesh sidecar (which forwards from loopback). The default.
+    #[default]
+    Loopback,
+    /// Callers with `Authorization: Bearer <token>`, from anywhere: the token's SHA-256 (hex).
+    Token(String),
+    /// Anyone who can reach the port (`--metrics-public`).
+    Public,
+}
+
+impl MetricsAccess {
+    /// Whether a caller from `peer` (unknown: refused unless public) with these headers may read.
+    pub fn allows(&self, peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> bool {
+        match self {
+            MetricsAccess::Public => true,
+            MetricsAccess::Loopback => peer.is_some_and(|ip| match ip {
+                std::net::IpAddr::V4(v4) => v4.is_loopback(),
+                std::net::IpAddr::V6(v6) => {
+                    v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+                }
+            }),
+            MetricsAccess::Token(token) => headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|given| {
+                    crate::keys::constant_time_eq(
+                        crate::keys::hash(given.trim()).as_bytes(),
+                        token.as_bytes(),
+                    )
+                }),
+        }
+    }
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Result<impl IntoResponse, ApiError> {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if !state.metrics_access.allows(peer, &headers) {
+        return Err(match state.metrics_access {
+            MetricsAccess::Token(_) => ApiError::Unauthenticated(
+                "/metrics needs Authorization: Bearer <the metrics token>".into(),
+            ),
+            _ => ApiError::Forbidden(
+                "/metrics answers loopback callers only; see --metrics-token-file".into(),
+            ),
+        });
+    }
+    // OpenMetrics when the scraper asks for it (Prometheus does, first), else the text format.
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
     let store = state.store.clone();
     let db_bytes = tokio::task::spawn_blocking(move || store.db_bytes())
         .await
         .unwrap_or(0);
-    let text = state.metrics.render(db_bytes);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
+    let text = state.metrics.render(db_bytes, openmetrics);
+    let kind = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    Ok(([(header::CONTENT_TYPE, kind)], text))
 }
 
 /// `GET /v1/controls`: the org keys a filter may accept (see `controls`), with an ETag; a
@@ -562,4 +789,44 @@ async fn controls(
 
 async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_answer_loopback_callers_a_token_holder_or_anyone_as_configured() {
+        let none = HeaderMap::new();
+        let mut bearer = HeaderMap::new();
+        bearer.insert(
+            header::AUTHORIZATION,
+            "Bearer scrape-me-0123456789".parse().unwrap(),
+        );
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let local = MetricsAccess::Loopback;
+        for peer in ["127.0.0.1", "127.0.0.6", "::1", "::ffff:127.0.0.1"] {
+            assert!(local.allows(ip(peer), &none), "{peer}");
+        }
+        for peer in ["10.0.0.7", "192.168.1.2", "fd00::1", "::ffff:10.0.0.7"] {
+            assert!(!local.allows(ip(peer), &bearer), "{peer}");
+        }
+        assert!(!local.allows(None, &none));
+        let token = MetricsAccess::Token(crate::keys::hash("scrape-me-0123456789"));
+        assert!(token.allows(ip("10.0.0.7"), &bearer));
+        assert!(!token.allows(ip("127.0.0.1"), &none));
+        assert!(MetricsAccess::Public.allows(ip("10.0.0.7"), &none));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_forged_ones_are_refused() {
+        let c = cursor(1_795_503_600_000, "req-1/ü");
+        assert_eq!(
+            parse_cursor(&c).unwrap(),
+            (1_795_503_600_000, "req-1/ü".to_string())
+        );
+        for bad in ["", "12", "x.00", "12.0", "12.zz", "12.ff"] {
+            assert!(parse_cursor(bad).is_err(), "{bad}");
+        }
+    }
 }

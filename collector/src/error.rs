@@ -13,6 +13,10 @@ pub enum ApiError {
         field: Option<String>,
     },
     Unauthorized,
+    /// 401 with its own message (a credential other than an org key was wanted).
+    Unauthenticated(String),
+    /// 403: the caller may not use this endpoint (said why).
+    Forbidden(String),
     PayloadTooLarge(usize),
     NotFound,
     Internal(String),
@@ -50,6 +54,14 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "unauthorized", "message": "a valid org key is required: Authorization: Bearer tly_... (filters may send events and read controls with a mesh token, tlm_...)"}),
+            ),
+            ApiError::Unauthenticated(message) => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "unauthorized", "message": message}),
+            ),
+            ApiError::Forbidden(message) => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "forbidden", "message": message}),
             ),
             ApiError::PayloadTooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

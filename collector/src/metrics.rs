@@ -24,6 +24,7 @@ struct Totals {
     input_tokens: u64,
     output_tokens: u64,
     cost_usd: f64,
+    unpriced: u64,
 }
 
 #[derive(Default)]
@@ -137,16 +138,25 @@ impl Metrics {
             t.errors += u64::from(e.error_category.is_some());
             t.input_tokens += e.input_tokens.unwrap_or(0);
             t.output_tokens += e.output_tokens.unwrap_or(0);
-            t.cost_usd += e.cost_usd.unwrap_or(0.0);
+            match e.cost_usd {
+                Some(c) => t.cost_usd += c,
+                None => t.unpriced += 1,
+            }
         }
     }
 
-    pub fn render(&self, db_bytes: u64) -> String {
+    /// The page in the Prometheus text format, or in OpenMetrics (`openmetrics`), which names
+    /// a counter's family without its `_total` suffix and ends with `# EOF`.
+    pub fn render(&self, db_bytes: u64, openmetrics: bool) -> String {
         let m = self.lock();
         let mut out = String::with_capacity(4096);
         // Each family's HELP and TYPE lines, then its samples.
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            let family = match (openmetrics, kind) {
+                (true, "counter") => name.strip_suffix("_total").unwrap_or(name),
+                _ => name,
+            };
+            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
         };
         let n = "tally_collector_ingest_batches_total";
         head(&mut out, n, "counter", "Ingest calls by outcome.");
@@ -183,7 +193,7 @@ impl Metrics {
         head(&mut out, n, "gauge", "Size of the database files.");
         let _ = writeln!(out, "{n} {db_bytes}");
         type Pick = fn(&Totals) -> String;
-        let per_model: [(&str, &str, Pick); 5] = [
+        let per_model: [(&str, &str, Pick); 6] = [
             ("tally_requests_total", "LLM requests metered.", |t| {
                 t.requests.to_string()
             }),
@@ -196,9 +206,17 @@ impl Metrics {
             ("tally_output_tokens_total", "Output tokens.", |t| {
                 t.output_tokens.to_string()
             }),
-            ("tally_cost_usd_total", "Spend in USD.", |t| {
-                format!("{}", t.cost_usd)
-            }),
+            (
+                "tally_cost_usd_total",
+                "Spend in USD, of the requests whose model has a known price.",
+                |t| format!("{}", t.cost_usd),
+            ),
+            (
+                "tally_unpriced_requests_total",
+                "LLM requests whose model has no known price: their cost is unknown, and not in \
+                 tally_cost_usd_total.",
+                |t| t.unpriced.to_string(),
+            ),
         ];
         for (name, help, pick) in per_model {
             head(&mut out, name, "counter", help);
@@ -212,6 +230,9 @@ impl Metrics {
                     pick(t)
                 );
             }
+        }
+        if openmetrics {
+            out.push_str("# EOF\n");
         }
         out
     }
@@ -233,7 +254,7 @@ mod tests {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         m.unknown_fields(&unknown(&refs));
         m.unknown_fields(&unknown(&["future_field"]));
-        let text = m.render(0);
+        let text = m.render(0, false);
         let n = "tally_ingest_unknown_fields_total";
         let samples: Vec<&str> = text.lines().filter(|l| l.starts_with(n)).collect();
         assert_eq!(samples.len(), MAX_UNKNOWN_FIELDS + 1, "{text}");

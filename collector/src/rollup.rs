@@ -14,6 +14,7 @@ use foldhash::HashMap;
 use rusqlite::{params, Transaction};
 use std::borrow::Cow;
 use tally::event::{ErrorSource, Event};
+use tally::pricing::PriceTable;
 
 pub const MINUTE: i64 = 60_000;
 pub const HOUR: i64 = 3_600_000;
@@ -50,17 +51,11 @@ pub const DIMENSIONS: [&str; 11] = [
 
 /// The key an event has in a dimension ("" for none; a request with no feature is `untagged`);
 /// `None` when the event has no row in that dimension (a success, for `error`).
-fn key_of<'e>(e: &'e Event, dim: &str) -> Option<Cow<'e, str>> {
-    let model = || {
-        e.model_actual
-            .as_deref()
-            .or(e.model_requested.as_deref())
-            .unwrap_or_default()
-    };
+pub fn key_of<'e>(e: &'e Event, dim: &str) -> Option<Cow<'e, str>> {
     let v = match dim {
         "feature" => e.feature.as_deref().or(Some("untagged")),
-        "model" => Some(model()),
-        "provider_model" => return Some(Cow::Owned(format!("{}/{}", e.provider, model()))),
+        "model" => Some(model_of(e)),
+        "provider_model" => return Some(Cow::Owned(format!("{}/{}", e.provider, model_of(e)))),
         "error" => {
             let c = e.error_category?;
             let s = e.error_source.map(ErrorSource::name).unwrap_or_default();
@@ -73,9 +68,80 @@ fn key_of<'e>(e: &'e Event, dim: &str) -> Option<Cow<'e, str>> {
         "user" => e.user.as_deref(),
         "namespace" => e.namespace.as_deref(),
         "workload" => e.workload.as_deref(),
+        "status" => return Some(Cow::Borrowed(status_class(e.status))),
         _ => None,
     };
     Some(Cow::Borrowed(v.unwrap_or_default()))
+}
+
+/// The model a breakdown shows: the one that answered, else the one asked for.
+pub fn model_of(e: &Event) -> &str {
+    e.model_actual
+        .as_deref()
+        .or(e.model_requested.as_deref())
+        .unwrap_or_default()
+}
+
+/// The key of a status in the `status` filter dimension: its class.
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        _ => "",
+    }
+}
+
+/// Filters a summary or time series is answered for from rollups (one at a time): each event is
+/// also counted under its key in one of these, paired with its key in each of [`PAIR_GROUPS`].
+/// `status` is kept by class (`5xx`). A filter on anything else, or on two of these, reads the
+/// events themselves.
+pub const FILTER_DIMENSIONS: [&str; 7] = [
+    "team",
+    "app",
+    "feature",
+    "model",
+    "provider",
+    "namespace",
+    "status",
+];
+
+/// What a filtered summary can be grouped by from rollups ("all": the total).
+pub const PAIR_GROUPS: [&str; 9] = [
+    "all",
+    "feature",
+    "model",
+    "provider",
+    "team",
+    "app",
+    "namespace",
+    "workload",
+    "error",
+];
+
+/// The rollup dimension of the pair (filter `f` = `value`, grouped by `g`): the two names, then
+/// the value after a unit separator (names never hold one, so no two pairs share a name).
+pub fn pair_dim(f: &str, g: &str, value: &str) -> String {
+    format!("{f}:{g}\u{1f}{value}")
+}
+
+/// Single dimensions by number: "all", then [`DIMENSIONS`], then "status" (filters only).
+const SINGLE: usize = 2 + DIMENSIONS.len();
+fn single_name(d: usize) -> &'static str {
+    match d {
+        0 => "all",
+        d if d <= DIMENSIONS.len() => DIMENSIONS[d - 1],
+        _ => "status",
+    }
+}
+fn single_number(dim: &str) -> usize {
+    match dim {
+        "all" => 0,
+        "status" => SINGLE - 1,
+        d => DIMENSIONS.iter().position(|x| *x == d).map_or(0, |i| i + 1),
+    }
 }
 
 /// One rollup row's figures.
@@ -85,7 +151,15 @@ pub struct Agg {
     pub errors: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of the priced requests only.
     pub cost_usd: f64,
+    /// Requests whose model has no known price (their cost is unknown, not 0), and their tokens.
+    pub unpriced_requests: u64,
+    pub unpriced_input_tokens: u64,
+    pub unpriced_output_tokens: u64,
+    pub cached_input_tokens: u64,
+    /// What cached input saved at list price: (input rate - cache-read rate) x cached tokens.
+    pub cache_savings_usd: f64,
     pub latency_sum_ms: f64,
     pub latency: Sketch,
     pub ttfb: Sketch,
@@ -99,26 +173,105 @@ impl Agg {
         self.input_tokens += o.input_tokens;
         self.output_tokens += o.output_tokens;
         self.cost_usd += o.cost_usd;
+        self.unpriced_requests += o.unpriced_requests;
+        self.unpriced_input_tokens += o.unpriced_input_tokens;
+        self.unpriced_output_tokens += o.unpriced_output_tokens;
+        self.cached_input_tokens += o.cached_input_tokens;
+        self.cache_savings_usd += o.cache_savings_usd;
         self.latency_sum_ms += o.latency_sum_ms;
         self.latency.merge(&o.latency);
         self.ttfb.merge(&o.ttfb);
     }
 
-    /// Count an event in; `latency` and `ttfb` are its sketch buckets, found once per event.
-    fn add(&mut self, e: &Event, latency: i32, ttfb: Option<i32>) {
+    /// Count an event in; `latency` and `ttfb` are its sketch buckets, and `savings` what its
+    /// cached tokens saved, found once per event.
+    pub fn add(&mut self, e: &Event, latency: i32, ttfb: Option<i32>, savings: f64) {
         self.requests += 1;
         if e.error_category.is_some() {
             self.errors += 1;
         }
-        self.input_tokens += e.input_tokens.unwrap_or(0);
-        self.output_tokens += e.output_tokens.unwrap_or(0);
-        self.cost_usd += e.cost_usd.unwrap_or(0.0);
+        let (input, output) = (e.input_tokens.unwrap_or(0), e.output_tokens.unwrap_or(0));
+        self.input_tokens += input;
+        self.output_tokens += output;
+        match e.cost_usd {
+            Some(c) => self.cost_usd += c,
+            None => {
+                self.unpriced_requests += 1;
+                self.unpriced_input_tokens += input;
+                self.unpriced_output_tokens += output;
+            }
+        }
+        self.cached_input_tokens += e.cached_input_tokens.unwrap_or(0);
+        self.cache_savings_usd += savings;
         self.latency_sum_ms += e.latency_ms;
         self.latency.add_bucket(latency);
         if let Some(t) = ttfb {
             self.ttfb.add_bucket(t);
         }
     }
+
+    /// Count an event in, finding its sketch buckets.
+    pub fn add_event(&mut self, e: &Event, savings: f64) {
+        let ttfb = e.ttfb_ms.map(sketch::bucket);
+        self.add(e, sketch::bucket(e.latency_ms), ttfb, savings);
+    }
+
+    /// The cost of the priced requests, `None` when there were requests and none was priced.
+    pub fn known_cost(&self) -> Option<f64> {
+        (self.requests == 0 || self.unpriced_requests < self.requests).then_some(self.cost_usd)
+    }
+}
+
+/// What an event's cached input saved at list price (0 for an unpriced or uncached one). The
+/// rates of each (provider, model) are looked up once per batch.
+#[derive(Default)]
+pub struct Savings {
+    rates: HashMap<(String, String), Option<tally::pricing::Price>>,
+}
+
+impl Savings {
+    pub fn of(&mut self, prices: &PriceTable, e: &Event) -> f64 {
+        let cached = e.cached_input_tokens.unwrap_or(0);
+        if cached == 0 || e.cost_usd.is_none() {
+            return 0.0;
+        }
+        let model = model_of(e);
+        let key = (e.provider.clone(), model.to_string());
+        let price = *self
+            .rates
+            .entry(key)
+            .or_insert_with(|| prices.resolve(&e.provider, model).map(|(_, p)| *p));
+        price.map_or(0.0, |p| {
+            tally::pricing::pico_to_usd(tally::pricing::cache_savings_pico(
+                &p,
+                &tally::usage::Usage {
+                    input: e.input_tokens.unwrap_or(0),
+                    output: e.output_tokens.unwrap_or(0),
+                    cached_input: cached,
+                    cache_write: e.cache_write_tokens.unwrap_or(0),
+                    reasoning: 0,
+                },
+            ))
+        })
+    }
+}
+
+/// A rollup row's identity in a [`Pending`]: a single dimension's key, or a pair of keys (the
+/// filter's and the group's, by their own numbers), so that an event's pair rows are found by
+/// hashing integers and no pair name is built until the rows are written.
+enum RowKey {
+    Single { d: u8, key: String },
+    Pair { p: u8, f: u32, g: u32 },
+}
+
+/// Pairs by number: filter `FILTER_DIMENSIONS[p / PAIR_GROUPS.len()]`, group
+/// `PAIR_GROUPS[p % PAIR_GROUPS.len()]`.
+fn pair_names(p: u8) -> (&'static str, &'static str) {
+    let n = PAIR_GROUPS.len();
+    (
+        FILTER_DIMENSIONS[p as usize / n],
+        PAIR_GROUPS[p as usize % n],
+    )
 }
 
 /// Rollup rows touched by a batch. Each (dimension, key) pair gets a number once per batch, so
@@ -126,12 +279,15 @@ impl Agg {
 /// The maps hash with foldhash: SipHash was half the cost of counting an event in.
 #[derive(Default)]
 pub struct Pending {
-    /// Per dimension ("all" first, then [`DIMENSIONS`]): key -> number.
-    ids: [HashMap<String, u32>; 1 + DIMENSIONS.len()],
-    /// Number -> (dimension, key).
-    keys: Vec<(&'static str, String)>,
+    /// Per single dimension (see [`single_name`]): key -> number.
+    ids: [HashMap<String, u32>; SINGLE],
+    /// (pair, filter key's number, group key's number) -> number.
+    pair_ids: HashMap<(u8, u32, u32), u32>,
+    /// Number -> row identity.
+    keys: Vec<RowKey>,
     /// (granularity, bucket, number) -> figures.
     rows: HashMap<(i64, i64, u32), Agg>,
+    savings: Savings,
 }
 
 impl Pending {
@@ -147,52 +303,125 @@ impl Pending {
     /// Add another `Pending`'s rows into these.
     pub fn merge(&mut self, other: &Pending) {
         for (&(g, bucket, id), agg) in &other.rows {
-            let Some((dim, key)) = other.keys.get(id as usize) else {
+            let Some(mine) = self.translate(other, id) else {
                 continue;
             };
-            let d = DIMENSIONS
-                .iter()
-                .position(|x| x == dim)
-                .map_or(0, |i| i + 1);
-            let mine = self.id(d, dim, key);
             self.rows.entry((g, bucket, mine)).or_default().merge(agg);
         }
     }
 
-    fn id(&mut self, d: usize, dim: &'static str, key: &str) -> u32 {
+    /// The number in these rows of `other`'s row `id`.
+    fn translate(&mut self, other: &Pending, id: u32) -> Option<u32> {
+        match other.keys.get(id as usize)? {
+            RowKey::Single { d, key } => Some(self.id(*d as usize, key)),
+            RowKey::Pair { p, f, g } => {
+                let f = self.translate(other, *f)?;
+                let g = self.translate(other, *g)?;
+                Some(self.pair_id(*p, f, g))
+            }
+        }
+    }
+
+    fn id(&mut self, d: usize, key: &str) -> u32 {
         if let Some(&id) = self.ids[d].get(key) {
             return id;
         }
         let id = self.keys.len() as u32;
-        self.keys.push((dim, key.to_string()));
+        self.keys.push(RowKey::Single {
+            d: d as u8,
+            key: key.to_string(),
+        });
         self.ids[d].insert(key.to_string(), id);
         id
     }
 
+    fn pair_id(&mut self, p: u8, f: u32, g: u32) -> u32 {
+        if let Some(&id) = self.pair_ids.get(&(p, f, g)) {
+            return id;
+        }
+        let id = self.keys.len() as u32;
+        self.keys.push(RowKey::Pair { p, f, g });
+        self.pair_ids.insert((p, f, g), id);
+        id
+    }
+
     /// Count a newly stored event (ts in Unix ms) into every row it belongs to.
-    pub fn add(&mut self, e: &Event, ts: i64) {
+    pub fn add(&mut self, prices: &PriceTable, e: &Event, ts: i64) {
         let latency = sketch::bucket(e.latency_ms);
         let ttfb = e.ttfb_ms.map(sketch::bucket);
-        // The event's key in each dimension, and whether the dimension is kept per minute.
-        let mut mine = [(0u32, true); 1 + DIMENSIONS.len()];
-        let mut n = 0;
-        mine[n] = (self.id(0, "all", ""), true);
-        n += 1;
+        let savings = self.savings.of(prices, e);
+        // The event's key in each single dimension (`None` where it has no row), and whether
+        // the dimension is kept per minute.
+        let mut mine = [(None::<u32>, true); SINGLE];
+        mine[0] = (Some(self.id(0, "")), true);
         for (d, dim) in DIMENSIONS.iter().enumerate() {
             if let Some(key) = key_of(e, dim) {
-                mine[n] = (self.id(d + 1, dim, &key), MINUTE_DIMENSIONS.contains(dim));
-                n += 1;
+                mine[d + 1] = (Some(self.id(d + 1, &key)), MINUTE_DIMENSIONS.contains(dim));
+            }
+        }
+        let status = self.id(SINGLE - 1, status_class(e.status));
+        // Pair rows, per hour and day: the event under each filter key it matches (a model
+        // filter matches the model asked for as well as the one that answered).
+        let mut pairs: Vec<u32> = Vec::with_capacity(64);
+        let requested = e
+            .model_requested
+            .as_deref()
+            .filter(|m| *m != model_of(e))
+            .map(|m| self.id(single_number("model"), m));
+        for (fi, f) in FILTER_DIMENSIONS.iter().enumerate() {
+            let fkeys = match *f {
+                "status" => [Some(status), None],
+                "model" => [mine[single_number("model")].0, requested],
+                _ => [mine[single_number(f)].0, None],
+            };
+            for fkey in fkeys.into_iter().flatten() {
+                for (gi, g) in PAIR_GROUPS.iter().enumerate() {
+                    if g == f {
+                        continue;
+                    }
+                    if let Some(gkey) = mine[single_number(g)].0 {
+                        let p = (fi * PAIR_GROUPS.len() + gi) as u8;
+                        pairs.push(self.pair_id(p, fkey, gkey));
+                    }
+                }
             }
         }
         for g in [MINUTE, HOUR, DAY] {
             let bucket = ts.div_euclid(g) * g;
-            for &(id, per_minute) in &mine[..n] {
-                if g != MINUTE || per_minute {
+            for &(id, per_minute) in &mine[..SINGLE - 1] {
+                if let (Some(id), true) = (id, g != MINUTE || per_minute) {
                     self.rows
                         .entry((g, bucket, id))
                         .or_default()
-                        .add(e, latency, ttfb);
+                        .add(e, latency, ttfb, savings);
                 }
+            }
+            if g != MINUTE {
+                for &id in &pairs {
+                    self.rows
+                        .entry((g, bucket, id))
+                        .or_default()
+                        .add(e, latency, ttfb, savings);
+                }
+            }
+        }
+    }
+
+    /// A row's (dimension, key) as stored.
+    fn names(&self, id: u32) -> Option<(Cow<'static, str>, &str)> {
+        match self.keys.get(id as usize)? {
+            RowKey::Single { d, key } => Some((Cow::Borrowed(single_name(*d as usize)), key)),
+            RowKey::Pair { p, f, g } => {
+                let (fname, gname) = pair_names(*p);
+                let fkey = match self.keys.get(*f as usize)? {
+                    RowKey::Single { key, .. } => key,
+                    RowKey::Pair { .. } => return None,
+                };
+                let gkey = match self.keys.get(*g as usize)? {
+                    RowKey::Single { key, .. } => key.as_str(),
+                    RowKey::Pair { .. } => return None,
+                };
+                Some((Cow::Owned(pair_dim(fname, gname, fkey)), gkey))
             }
         }
     }
@@ -202,8 +431,11 @@ impl Pending {
     pub fn write(&self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
         let mut write = tx.prepare_cached(
             "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests, errors,
-                input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb,
+                unpriced_requests, unpriced_input_tokens, unpriced_output_tokens,
+                cached_input_tokens, cache_savings_usd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18)
              ON CONFLICT (org_id, granularity_ms, dim, key, bucket_ms) DO UPDATE SET
                 requests = requests + excluded.requests,
                 errors = errors + excluded.errors,
@@ -212,17 +444,62 @@ impl Pending {
                 cost_usd = cost_usd + excluded.cost_usd,
                 latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
                 latency = sketch_merge(latency, excluded.latency),
-                ttfb = sketch_merge(ttfb, excluded.ttfb)",
+                ttfb = sketch_merge(ttfb, excluded.ttfb),
+                unpriced_requests = unpriced_requests + excluded.unpriced_requests,
+                unpriced_input_tokens = unpriced_input_tokens + excluded.unpriced_input_tokens,
+                unpriced_output_tokens = unpriced_output_tokens + excluded.unpriced_output_tokens,
+                cached_input_tokens = cached_input_tokens + excluded.cached_input_tokens,
+                cache_savings_usd = cache_savings_usd + excluded.cache_savings_usd",
         )?;
         for (&(g, bucket, id), agg) in &self.rows {
-            let Some((dim, key)) = self.keys.get(id as usize) else {
+            let Some((dim, key)) = self.names(id) else {
                 continue;
             };
             write.execute(params![
                 org_id,
                 g,
                 bucket,
-                dim,
+                dim.as_ref(),
+                key,
+                agg.requests as i64,
+                agg.errors as i64,
+                agg.input_tokens as i64,
+                agg.output_tokens as i64,
+                agg.cost_usd,
+                agg.latency_sum_ms,
+                agg.latency.to_bytes(),
+                agg.ttfb.to_bytes(),
+                agg.unpriced_requests as i64,
+                agg.unpriced_input_tokens as i64,
+                agg.unpriced_output_tokens as i64,
+                agg.cached_input_tokens as i64,
+                agg.cache_savings_usd,
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The rows as a database before migration 9 held them (single dimensions, the figures
+    /// of then), for the migration tests.
+    #[cfg(test)]
+    pub fn write_before_v9(&self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
+        let mut write = tx.prepare_cached(
+            "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests, errors,
+                input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        for (&(g, bucket, id), agg) in &self.rows {
+            let Some(RowKey::Single { d, key }) = self.keys.get(id as usize) else {
+                continue;
+            };
+            if single_name(*d as usize) == "status" {
+                continue;
+            }
+            write.execute(params![
+                org_id,
+                g,
+                bucket,
+                single_name(*d as usize),
                 key,
                 agg.requests as i64,
                 agg.errors as i64,
@@ -235,6 +512,47 @@ impl Pending {
             ])?;
         }
         Ok(())
+    }
+
+    /// For the migration that added the unpriced, cached and pair figures: write the pair rows
+    /// whole, and only those new figures into the single-dimension rows, which already count
+    /// everything else.
+    pub fn write_new_figures(&self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
+        let mut update = tx.prepare_cached(
+            "UPDATE rollups SET unpriced_requests = ?6, unpriced_input_tokens = ?7,
+                unpriced_output_tokens = ?8, cached_input_tokens = ?9, cache_savings_usd = ?10
+             WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3 AND key = ?4
+               AND bucket_ms = ?5",
+        )?;
+        let mut pairs = Pending::default();
+        for (&(g, bucket, id), agg) in &self.rows {
+            match self.keys.get(id as usize) {
+                Some(RowKey::Pair { .. }) => {
+                    if let Some(mine) = pairs.translate(self, id) {
+                        pairs.rows.insert((g, bucket, mine), agg.clone());
+                    }
+                }
+                Some(RowKey::Single { .. }) => {
+                    let Some((dim, key)) = self.names(id) else {
+                        continue;
+                    };
+                    update.execute(params![
+                        org_id,
+                        g,
+                        bucket,
+                        dim.as_ref(),
+                        key,
+                        agg.unpriced_requests as i64,
+                        agg.unpriced_input_tokens as i64,
+                        agg.unpriced_output_tokens as i64,
+                        agg.cached_input_tokens as i64,
+                        agg.cache_savings_usd,
+                    ])?;
+                }
+                None => {}
+            }
+        }
+        pairs.write(tx, org_id)
     }
 }
 
@@ -255,14 +573,19 @@ pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     )
 }
 
-/// Add a rollup row's figures into `a`: the columns `requests, errors, input_tokens,
-/// output_tokens, cost_usd, latency_sum_ms, latency, ttfb`, starting at `at`. Sketches are added
-/// straight from their blobs.
+/// The figure columns of a rollup row, in the order [`merge_row`] reads them.
+pub const FIGURES: &str = "requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms,
+    latency, ttfb, unpriced_requests, unpriced_input_tokens, unpriced_output_tokens,
+    cached_input_tokens, cache_savings_usd";
+
+/// Add a rollup row's figures into `a`: the columns of [`FIGURES`], starting at `at`. Sketches
+/// are added straight from their blobs.
 pub fn merge_row(a: &mut Agg, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<()> {
-    a.requests += r.get::<_, i64>(at)? as u64;
-    a.errors += r.get::<_, i64>(at + 1)? as u64;
-    a.input_tokens += r.get::<_, i64>(at + 2)? as u64;
-    a.output_tokens += r.get::<_, i64>(at + 3)? as u64;
+    let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(at + i)? as u64) };
+    a.requests += n(0)?;
+    a.errors += n(1)?;
+    a.input_tokens += n(2)?;
+    a.output_tokens += n(3)?;
     a.cost_usd += r.get::<_, f64>(at + 4)?;
     a.latency_sum_ms += r.get::<_, f64>(at + 5)?;
     a.latency.merge_bytes(
@@ -275,6 +598,11 @@ pub fn merge_row(a: &mut Agg, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Res
             .as_blob()
             .map_err(rusqlite::Error::from)?,
     );
+    a.unpriced_requests += n(8)?;
+    a.unpriced_input_tokens += n(9)?;
+    a.unpriced_output_tokens += n(10)?;
+    a.cached_input_tokens += n(11)?;
+    a.cache_savings_usd += r.get::<_, f64>(at + 12)?;
     Ok(())
 }
 
@@ -325,9 +653,9 @@ mod tests {
         p.rows
             .iter()
             .map(|(&(g, b, id), a)| {
-                let (dim, key) = &p.keys[id as usize];
+                let (dim, key) = p.names(id).unwrap();
                 (
-                    (g, b, dim.to_string(), key.clone()),
+                    (g, b, dim.to_string(), key.to_string()),
                     (
                         a.requests,
                         a.errors,
@@ -356,13 +684,14 @@ mod tests {
             (e, i as i64 * 50 * MINUTE)
         };
         let events: Vec<_> = (0..40).map(event).collect();
+        let prices = PriceTable::builtin().unwrap();
         let (mut all, mut a, mut b) = (Pending::default(), Pending::default(), Pending::default());
         for (i, (e, ts)) in events.iter().enumerate() {
-            all.add(e, *ts);
+            all.add(&prices, e, *ts);
             if i % 3 == 0 {
-                a.add(e, *ts)
+                a.add(&prices, e, *ts)
             } else {
-                b.add(e, *ts)
+                b.add(&prices, e, *ts)
             }
         }
         let mut merged = Pending::default();

@@ -22,6 +22,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_events_by_arrival.sql"),
     include_str!("../migrations/0007_mesh_identity.sql"),
     include_str!("../migrations/0008_mesh_tokens.sql"),
+    include_str!("../migrations/0009_unpriced_and_filters.sql"),
+    include_str!("../migrations/0010_roles_and_sso.sql"),
 ];
 
 /// Minute rollups are kept this long; older ranges are answered from hour rollups.
@@ -92,11 +94,16 @@ impl Owners {
     }
 
     /// A `Pending` per org (in [`Owners::orgs`] order) counting the events `which` picks.
-    fn count(&self, batch: &Batch, which: impl Iterator<Item = usize>) -> Vec<Pending> {
+    fn count(
+        &self,
+        prices: &PriceTable,
+        batch: &Batch,
+        which: impl Iterator<Item = usize>,
+    ) -> Vec<Pending> {
         let mut rows: Vec<Pending> = self.orgs.iter().map(|_| Pending::default()).collect();
         for i in which {
             if let (Some((e, ts)), Some(r)) = (batch.get(i), rows.get_mut(self.index(i))) {
-                r.add(e, *ts);
+                r.add(prices, e, *ts);
             }
         }
         rows
@@ -157,6 +164,113 @@ pub struct EventFilter {
     pub workload: Option<String>,
     /// Inclusive range of statuses (`429`, or `500..=599` for `5xx`).
     pub status: Option<(u16, u16)>,
+    /// A page after the first: only events before this (ts_ms, request_id) in the list's order.
+    pub before: Option<(i64, String)>,
+}
+
+impl EventFilter {
+    /// The label filters, as (dimension, value): those set.
+    fn labels(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        [
+            ("team", &self.team),
+            ("app", &self.app),
+            ("feature", &self.feature),
+            ("task", &self.task),
+            ("model", &self.model),
+            ("provider", &self.provider),
+            ("user", &self.user),
+            ("namespace", &self.namespace),
+            ("workload", &self.workload),
+        ]
+        .into_iter()
+        .filter_map(|(d, v)| v.as_ref().map(|v| (d, v)))
+    }
+
+    /// Add the filters (labels and status) to a query's WHERE clause and its arguments.
+    fn push_sql(&self, sql: &mut String, args: &mut Vec<rusqlite::types::Value>) {
+        for (dim, v) in self.labels() {
+            match dim {
+                // Requests with no feature are shown, and found, as `untagged`.
+                "feature" if v == "untagged" => {
+                    sql.push_str(" AND (feature IS NULL OR feature = ?)")
+                }
+                "model" => {
+                    sql.push_str(" AND (model_actual = ? OR model_requested = ?)");
+                    args.push(v.clone().into());
+                }
+                // Column names come from the fixed list above; values are always bound.
+                _ => sql.push_str(&format!(" AND {dim} = ?")),
+            }
+            args.push(v.clone().into());
+        }
+        if let Some((lo, hi)) = self.status {
+            sql.push_str(" AND status BETWEEN ? AND ?");
+            args.push(i64::from(lo).into());
+            args.push(i64::from(hi).into());
+        }
+    }
+}
+
+/// How a summary or time series was read: from rollups whose range edges are whole units of
+/// this many ms (minute or hour), or from the events themselves (exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    Rollups(i64),
+    Events,
+}
+
+/// Ranges up to this long are answered from the events when filtered: few enough to read in
+/// tens of milliseconds, and exact to the minute, where pair rows are kept per hour.
+pub const EVENTS_RANGE_MS: i64 = 6 * HOUR;
+
+/// Where a summary or time series is read from.
+enum Plan {
+    /// The dimension's own rollups (no filter).
+    Rollups,
+    /// Pair rollups: one filter on one of [`rollup::FILTER_DIMENSIONS`] (dimension, key).
+    Pair(&'static str, String),
+    /// The events: several filters, a filter or grouping that pair rows do not keep, or a
+    /// range short enough to read exactly.
+    Events,
+}
+
+fn read_plan(f: &EventFilter, dim: Option<&str>, span: i64) -> Plan {
+    let mut labels = f.labels().map(|(d, v)| (d, v.clone()));
+    // A status class is kept in pair rows; a single status is not.
+    let status = f.status.map(|(lo, hi)| {
+        (lo % 100 == 0 && hi == lo + 99)
+            .then(|| ("status", rollup::status_class(Some(lo)).to_string()))
+    });
+    let one = match (labels.next(), labels.next(), status) {
+        (None, _, None) => return Plan::Rollups,
+        (Some(l), None, None) => l,
+        (None, _, Some(Some(s))) => s,
+        _ => return Plan::Events,
+    };
+    let grouped = dim.is_none_or(|d| d == one.0 || rollup::PAIR_GROUPS.contains(&d));
+    match rollup::FILTER_DIMENSIONS.iter().find(|d| **d == one.0) {
+        Some(d) if grouped && span > EVENTS_RANGE_MS => Plan::Pair(d, one.1),
+        _ => Plan::Events,
+    }
+}
+
+/// The rollup dimension of a pair plan, and the key every row gets when the grouping is the
+/// filter's own dimension (read as the filter's total).
+fn pair_name(f: &str, dim: Option<&str>, value: &str) -> (String, Option<String>) {
+    match dim {
+        Some(d) if d == f => (rollup::pair_dim(f, "all", value), Some(value.to_string())),
+        d => (rollup::pair_dim(f, d.unwrap_or("all"), value), None),
+    }
+}
+
+/// The finest resolution a range starting at `from` is read at (minute rows are kept for
+/// [`MINUTE_ROLLUP_DAYS`] only).
+fn finest_at(from: i64, now: i64, finest: i64) -> i64 {
+    if finest == MINUTE && from >= now - MINUTE_ROLLUP_DAYS * DAY {
+        MINUTE
+    } else {
+        HOUR
+    }
 }
 
 pub struct Store {
@@ -262,6 +376,54 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The data directory, made (or kept) readable by its owner only (0700), and the database
+/// created 0600 before SQLite opens it: SQLite gives its WAL and shared-memory files the
+/// database's own mode. It holds spend by team and user, and hashes of keys and sessions.
+fn private_files(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        StoreError::Io(format!("cannot {what} {}: {e}", p.display()))
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io("create", dir, e))?;
+    let tighten = |p: &Path| -> Result<(), StoreError> {
+        let mode = std::fs::metadata(p)
+            .map_err(|e| io("read", p, e))?
+            .permissions()
+            .mode();
+        let private = if p.is_dir() { 0o700 } else { 0o600 };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode & private))
+                .map_err(|e| io("restrict", p, e))?;
+            crate::log::info(&format!(
+                "{} was readable by others (mode {:o}): now {:o}",
+                p.display(),
+                mode & 0o777,
+                mode & private
+            ));
+        }
+        Ok(())
+    };
+    tighten(dir)?;
+    let db = dir.join("tally.db");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&db)
+        .map_err(|e| io("create", &db, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = dir.join(format!("tally.db{suffix}"));
+        if p.exists() {
+            tighten(&p)?;
+        }
+    }
+    Ok(())
+}
+
 /// Names of orgs and tokens: 1 to 64 letters, digits, '-', '_' or '.'.
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -273,8 +435,7 @@ pub(crate) fn valid_name(name: &str) -> bool {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        private_files(dir)?;
         let conn = Connection::open(dir.join("tally.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         rollup::register(&conn)?;
@@ -297,13 +458,21 @@ impl Store {
                  run a newer tally-collector"
             )));
         }
+        let prices = PriceTable::builtin().map_err(StoreError::Io)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.unchecked_transaction()?;
             tx.execute_batch(sql)?;
             if i == 2 {
                 // Rollups start from the events already stored.
                 tx.execute("DELETE FROM rollups", [])?;
-                roll_up(&tx, None)?;
+                roll_up(&tx, &prices, Counted::All, Write::Whole)?;
+            }
+            if i == 8 {
+                // The new figures and the pair rows, from the events the rollups count (those
+                // after `events_seq` are counted whole when the collector starts serving).
+                let through: i64 =
+                    tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
+                roll_up(&tx, &prices, Counted::Through(through), Write::NewFigures)?;
             }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
@@ -321,7 +490,7 @@ impl Store {
                 through,
                 ..Default::default()
             }),
-            prices: PriceTable::builtin().map_err(StoreError::Io)?,
+            prices,
         })
     }
 
@@ -333,7 +502,7 @@ impl Store {
         let mut unwritten = lock(&self.unwritten);
         let tx = conn.transaction()?;
         let done: i64 = tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
-        let (counted, last) = roll_up(&tx, Some(done))?;
+        let (counted, last) = roll_up(&tx, &self.prices, Counted::After(done), Write::Whole)?;
         let through = last.map_or(done, |last| last.max(done));
         tx.execute(
             "UPDATE rollup_progress SET events_seq = ?1",
@@ -476,7 +645,7 @@ impl Store {
         batch: Arc<Batch>,
         now_ms: i64,
     ) -> Result<Stored, StoreError> {
-        let rollup = owners.with_ids(owners.count(&batch, 0..batch.len()));
+        let rollup = owners.with_ids(owners.count(&self.prices, &batch, 0..batch.len()));
         let job = Arc::new(Job {
             owners,
             rollup: Mutex::new(rollup),
@@ -710,10 +879,10 @@ impl Store {
                 .iter()
                 .copied()
                 .filter(|i| calibrated_at.binary_search(i).is_err());
-            let mut rows = owners.count(batch, as_sent);
+            let mut rows = owners.count(&self.prices, batch, as_sent);
             for (i, e) in &calibrated {
                 if let (Some((_, ts)), Some(r)) = (batch.get(*i), rows.get_mut(owners.index(*i))) {
-                    r.add(e, *ts);
+                    r.add(&self.prices, e, *ts);
                 }
             }
             owners.with_ids(rows)
@@ -739,25 +908,76 @@ impl Store {
         Ok(())
     }
 
-    /// Figures per key of `dim` (or the total, for `None`) over `[from, to)`, minute resolution.
+    /// Figures per key of `dim` (or the total, for `None`) over `[from, to)` for the events
+    /// `filter` picks (its `limit` and `before` unused), sorted by cost, and how they were read.
     pub fn summary(
         &self,
         org: &Org,
         dim: Option<&str>,
+        filter: &EventFilter,
+        from: i64,
+        to: i64,
+        now: i64,
+    ) -> Result<(Vec<(String, Agg)>, Read), StoreError> {
+        let (rows, read) = match read_plan(filter, dim, to - from) {
+            Plan::Rollups => {
+                let finest = rollup::finest(dim);
+                let rows = self.summary_rows(org, dim.unwrap_or("all"), finest, from, to, now)?;
+                (rows, Read::Rollups(finest_at(from, now, finest)))
+            }
+            Plan::Pair(f, value) => {
+                let (name, fixed) = pair_name(f, dim, &value);
+                let mut rows = self.summary_rows(org, &name, HOUR, from, to, now)?;
+                if let Some(k) = fixed {
+                    rows.iter_mut().for_each(|r| r.0 = k.clone());
+                }
+                (rows, Read::Rollups(HOUR))
+            }
+            Plan::Events => {
+                let mut out: HashMap<String, Agg> = HashMap::new();
+                self.scan(org, filter, from, to, |_, e, savings| {
+                    let key = match dim {
+                        None => std::borrow::Cow::Borrowed(""),
+                        Some(d) => match rollup::key_of(e, d) {
+                            Some(k) => k,
+                            None => return,
+                        },
+                    };
+                    out.entry(key.into_owned())
+                        .or_default()
+                        .add_event(e, savings);
+                })?;
+                (out.into_iter().collect(), Read::Events)
+            }
+        };
+        let mut rows = rows;
+        rows.sort_by(|a, b| {
+            b.1.cost_usd
+                .total_cmp(&a.1.cost_usd)
+                .then(b.1.requests.cmp(&a.1.requests))
+                .then(a.0.cmp(&b.0))
+        });
+        Ok((rows, read))
+    }
+
+    /// Rollup rows of one dimension over `[from, to)`, per key, read at `finest` resolution.
+    fn summary_rows(
+        &self,
+        org: &Org,
+        dim: &str,
+        finest: i64,
         from: i64,
         to: i64,
         now: i64,
     ) -> Result<Vec<(String, Agg)>, StoreError> {
         self.write_rollups()?;
         let conn = self.reader();
-        let mut st = conn.prepare_cached(
-            "SELECT key, requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms,
-                latency, ttfb
-             FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT key, {} FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3
                AND bucket_ms >= ?4 AND bucket_ms < ?5",
-        )?;
+            rollup::FIGURES
+        ))?;
         let mut out: HashMap<String, Agg> = HashMap::new();
-        let finest = rollup::finest(dim);
         // The range widens to whole units of the finest rows: from rounds down, to rounds up
         // (so "the last 24 hours" includes the hour, or minute, in progress).
         let (from, to) = (
@@ -765,7 +985,7 @@ impl Store {
             align(to, now, finest, true),
         );
         for (g, start, end) in rollup::plan(from, to, finest) {
-            let mut rows = st.query(params![org.id, g, dim.unwrap_or("all"), start, end])?;
+            let mut rows = st.query(params![org.id, g, dim, start, end])?;
             // Merge straight from the row: no owned key unless new, sketches added in place.
             while let Some(r) = rows.next()? {
                 let key = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
@@ -777,47 +997,100 @@ impl Store {
                 }
             }
         }
-        let mut rows: Vec<(String, Agg)> = out.into_iter().collect();
-        rows.sort_by(|a, b| {
-            b.1.cost_usd
-                .total_cmp(&a.1.cost_usd)
-                .then(b.1.requests.cmp(&a.1.requests))
-                .then(a.0.cmp(&b.0))
-        });
-        Ok(rows)
+        Ok(out.into_iter().collect())
     }
 
-    /// Figures per bucket (and per key of `dim`) over `[from, to)`; `bucket` is
-    /// [`MINUTE`], [`HOUR`] or [`DAY`] (UTC), read from rows of that granularity.
+    /// Figures per bucket (and per key of `dim`) over `[from, to)` for the events `filter`
+    /// picks; `bucket` is [`MINUTE`], [`HOUR`] or [`DAY`] (UTC). Returns the points, in time
+    /// order, and the bucket used: a bucket finer than the rows that can answer (hour-only
+    /// dimensions, or a filter over a long range) becomes [`HOUR`].
     pub fn timeseries(
         &self,
         org: &Org,
         bucket: i64,
         dim: Option<&str>,
+        filter: &EventFilter,
         from: i64,
         to: i64,
-    ) -> Result<Vec<(i64, String, Agg)>, StoreError> {
-        // Day buckets from day rows, hour buckets from hour rows, minute buckets from minute rows.
-        let g = bucket;
-        // Every bucket that starts in [from, to), from its first minute.
+    ) -> Result<(Vec<(i64, String, Agg)>, i64, Read), StoreError> {
+        let mut out: std::collections::BTreeMap<(i64, String), Agg> = Default::default();
+        let plan = read_plan(filter, dim, to - from);
+        let finest = match &plan {
+            Plan::Rollups => rollup::finest(dim),
+            Plan::Pair(..) => HOUR,
+            Plan::Events => MINUTE,
+        };
+        let bucket = bucket.max(finest);
+        // Every bucket that starts in [from, to), from its first millisecond.
         let from = from.div_euclid(bucket) * bucket;
+        let (name, fixed) = match &plan {
+            Plan::Rollups => (dim.unwrap_or("all").to_string(), None),
+            Plan::Pair(f, value) => pair_name(f, dim, value),
+            Plan::Events => {
+                self.scan(org, filter, from, to, |ts, e, savings| {
+                    let key = match dim {
+                        None => std::borrow::Cow::Borrowed(""),
+                        Some(d) => match rollup::key_of(e, d) {
+                            Some(k) => k,
+                            None => return,
+                        },
+                    };
+                    let b = ts.div_euclid(bucket) * bucket;
+                    out.entry((b, key.into_owned()))
+                        .or_default()
+                        .add_event(e, savings);
+                })?;
+                let points = out.into_iter().map(|((b, k), a)| (b, k, a)).collect();
+                return Ok((points, bucket, Read::Events));
+            }
+        };
         self.write_rollups()?;
         let conn = self.reader();
-        let mut st = conn.prepare_cached(
-            "SELECT bucket_ms, key, requests, errors, input_tokens, output_tokens, cost_usd,
-                latency_sum_ms, latency, ttfb
-             FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3
-               AND bucket_ms >= ?4 AND bucket_ms < ?5",
-        )?;
-        let mut out: std::collections::BTreeMap<(i64, String), Agg> = Default::default();
-        let mut rows = st.query(params![org.id, g, dim.unwrap_or("all"), from, to])?;
+        // Day buckets from day rows, hour buckets from hour rows, minute buckets from minute rows.
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT bucket_ms, key, {} FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2
+               AND dim = ?3 AND bucket_ms >= ?4 AND bucket_ms < ?5",
+            rollup::FIGURES
+        ))?;
+        let mut rows = st.query(params![org.id, bucket, name, from, to])?;
         while let Some(r) = rows.next()? {
             let b: i64 = r.get(0)?;
-            let key: String = r.get(1)?;
+            let key: String = match &fixed {
+                Some(k) => k.clone(),
+                None => r.get(1)?,
+            };
             let a = out.entry((b.div_euclid(bucket) * bucket, key)).or_default();
             rollup::merge_row(a, r, 2)?;
         }
-        Ok(out.into_iter().map(|((b, k), a)| (b, k, a)).collect())
+        let points = out.into_iter().map(|((b, k), a)| (b, k, a)).collect();
+        Ok((points, bucket, Read::Rollups(bucket.min(HOUR))))
+    }
+
+    /// Call `f` with each of the org's events in `[from, to)` that `filter` picks (its time,
+    /// the event's rollup fields, and what its cached input saved).
+    fn scan(
+        &self,
+        org: &Org,
+        filter: &EventFilter,
+        from: i64,
+        to: i64,
+        mut f: impl FnMut(i64, &Event, f64),
+    ) -> Result<(), StoreError> {
+        let mut sql = format!(
+            "SELECT {LITE_COLUMNS} FROM events WHERE org_id = ? AND ts_ms >= ? AND ts_ms < ?"
+        );
+        let mut args: Vec<rusqlite::types::Value> = vec![org.id.into(), from.into(), to.into()];
+        filter.push_sql(&mut sql, &mut args);
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(&sql)?;
+        let mut rows = st.query(params_from_iter(args))?;
+        let mut savings = rollup::Savings::default();
+        while let Some(r) = rows.next()? {
+            let (ts, e) = lite_event(r)?;
+            let saved = savings.of(&self.prices, &e);
+            f(ts, &e, saved);
+        }
+        Ok(())
     }
 
     /// Delete raw events older than `days` (rollups stay: hour rows for ever, minute rows for
@@ -880,39 +1153,14 @@ impl Store {
             sql.push_str(" AND ts_ms < ?");
             args.push(v.into());
         }
-        if let Some(feature) = &f.feature {
-            // Requests with no feature are shown, and found, as `untagged`.
-            if feature == "untagged" {
-                sql.push_str(" AND (feature IS NULL OR feature = ?)");
-            } else {
-                sql.push_str(" AND feature = ?");
-            }
-            args.push(feature.clone().into());
-        }
-        for (col, v) in [
-            ("team", &f.team),
-            ("app", &f.app),
-            ("task", &f.task),
-            ("provider", &f.provider),
-            ("user", &f.user),
-            ("namespace", &f.namespace),
-            ("workload", &f.workload),
-        ] {
-            if let Some(v) = v {
-                // Column names come from this fixed list; values are always bound.
-                sql.push_str(&format!(" AND {col} = ?"));
-                args.push(v.clone().into());
-            }
-        }
-        if let Some(m) = &f.model {
-            sql.push_str(" AND (model_actual = ? OR model_requested = ?)");
-            args.push(m.clone().into());
-            args.push(m.clone().into());
-        }
-        if let Some((lo, hi)) = f.status {
-            sql.push_str(" AND status BETWEEN ? AND ?");
-            args.push(i64::from(lo).into());
-            args.push(i64::from(hi).into());
+        f.push_sql(&mut sql, &mut args);
+        if let Some((ts, id)) = &f.before {
+            // Keyset paging: the list's order is (ts_ms, request_id) descending, so a page
+            // neither repeats nor skips an event whatever is stored meanwhile.
+            sql.push_str(" AND (ts_ms < ? OR (ts_ms = ? AND request_id < ?))");
+            args.push((*ts).into());
+            args.push((*ts).into());
+            args.push(id.clone().into());
         }
         sql.push_str(" ORDER BY ts_ms DESC, request_id DESC LIMIT ?");
         args.push(i64::from(f.limit).into());
@@ -1001,88 +1249,119 @@ fn align(t: i64, now: i64, finest: i64, up: bool) -> i64 {
     }
 }
 
-/// Count stored events into the rollups: all of them (`None`: when the rollups first appear,
-/// before events had a `seq`), or those after `seq`. Returns how many were counted, and the last
-/// `seq` counted, if any.
+/// The columns of an event that rollups and summaries read, in the order [`lite_event`] reads.
+const LITE_COLUMNS: &str = "ts_ms, provider, model_requested, model_actual, latency_ms, ttfb_ms,
+    input_tokens, output_tokens, cost_usd, error_category, team, app, feature, task, user,
+    error_source, namespace, workload, cached_input_tokens, cache_write_tokens, status";
+
+/// An event's time and the fields rollups and summaries read (the rest left empty), from a row
+/// of [`LITE_COLUMNS`].
+fn lite_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Event)> {
+    let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|n| n as u64))
+    };
+    let ev = Event {
+        request_id: String::new(),
+        timestamp: String::new(),
+        org_id: None,
+        provider: r.get(1)?,
+        api: String::new(),
+        endpoint: String::new(),
+        model_requested: r.get(2)?,
+        model_actual: r.get(3)?,
+        status: r.get(20)?,
+        streaming: false,
+        latency_ms: r.get(4)?,
+        ttfb_ms: r.get(5)?,
+        input_tokens: tok(6)?,
+        output_tokens: tok(7)?,
+        cached_input_tokens: tok(18)?,
+        cache_write_tokens: tok(19)?,
+        reasoning_tokens: None,
+        token_source: None,
+        measured_output_tokens: None,
+        cost_usd: r.get(8)?,
+        error_category: from_enum_str(r.get(9)?),
+        error_source: from_enum_str(r.get(15)?),
+        team: r.get(10)?,
+        app: r.get(11)?,
+        feature: r.get(12)?,
+        task: r.get(13)?,
+        session_id: None,
+        user: r.get(14)?,
+        namespace: r.get(16)?,
+        workload: r.get(17)?,
+        principal: None,
+        rule: None,
+        routed: false,
+    };
+    Ok((r.get::<_, i64>(0)?, ev))
+}
+
+/// Which stored events [`roll_up`] counts.
+#[derive(Clone, Copy)]
+enum Counted {
+    /// All of them (when the rollups first appear, before events had a `seq`).
+    All,
+    /// Those after this `seq` (the ones the last rollup write did not count).
+    After(i64),
+    /// Those up to this `seq` (the ones the rollups already count).
+    Through(i64),
+}
+
+/// How [`roll_up`] writes what it counted.
+#[derive(Clone, Copy)]
+enum Write {
+    Whole,
+    /// Only the figures migration 9 added (see [`Pending::write_new_figures`]).
+    NewFigures,
+}
+
+/// Count stored events into the rollups. Returns how many were counted, and, for
+/// [`Counted::After`], the last `seq` counted, if any.
 fn roll_up(
     tx: &rusqlite::Transaction<'_>,
-    after: Option<i64>,
+    prices: &PriceTable,
+    which: Counted,
+    write: Write,
 ) -> rusqlite::Result<(usize, Option<i64>)> {
-    // `after` is bound as ?1 in every query; without it (and without a seq) the test is true.
-    let mut counted = 0;
-    let since = if after.is_some() {
-        "seq > ?1"
-    } else {
-        "?1 IS NULL"
+    // The bound is ?1 in every query; `All` ignores it.
+    let (since, bound) = match which {
+        Counted::All => ("?1 IS NULL", None),
+        Counted::After(seq) => ("seq > ?1", Some(seq)),
+        Counted::Through(seq) => ("seq <= ?1", Some(seq)),
     };
+    let mut counted = 0;
     let orgs: Vec<i64> = {
         let mut st = tx.prepare(&format!("SELECT DISTINCT org_id FROM events WHERE {since}"))?;
-        let rows = st.query_map(params![after], |r| r.get(0))?;
+        let rows = st.query_map(params![bound], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
     for org in orgs {
         let mut pending = Pending::default();
         {
             let mut st = tx.prepare(&format!(
-                "SELECT ts_ms, provider, model_requested, model_actual, latency_ms, ttfb_ms,
-                    input_tokens, output_tokens, cost_usd, error_category, team, app, feature,
-                    task, user, error_source, namespace, workload
-                 FROM events WHERE {since} AND org_id = ?2"
+                "SELECT {LITE_COLUMNS} FROM events WHERE {since} AND org_id = ?2"
             ))?;
-            let rows = st.query_map(params![after, org], |r| {
-                let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
-                    Ok(r.get::<_, Option<i64>>(i)?.map(|n| n as u64))
-                };
-                let ev = Event {
-                    request_id: String::new(),
-                    timestamp: String::new(),
-                    org_id: None,
-                    provider: r.get(1)?,
-                    api: String::new(),
-                    endpoint: String::new(),
-                    model_requested: r.get(2)?,
-                    model_actual: r.get(3)?,
-                    status: None,
-                    streaming: false,
-                    latency_ms: r.get(4)?,
-                    ttfb_ms: r.get(5)?,
-                    input_tokens: tok(6)?,
-                    output_tokens: tok(7)?,
-                    cached_input_tokens: None,
-                    cache_write_tokens: None,
-                    reasoning_tokens: None,
-                    token_source: None,
-                    measured_output_tokens: None,
-                    cost_usd: r.get(8)?,
-                    error_category: from_enum_str(r.get(9)?),
-                    error_source: from_enum_str(r.get(15)?),
-                    team: r.get(10)?,
-                    app: r.get(11)?,
-                    feature: r.get(12)?,
-                    task: r.get(13)?,
-                    session_id: None,
-                    user: r.get(14)?,
-                    namespace: r.get(16)?,
-                    workload: r.get(17)?,
-                    principal: None,
-                    rule: None,
-                    routed: false,
-                };
-                Ok((r.get::<_, i64>(0)?, ev))
-            })?;
+            let rows = st.query_map(params![bound, org], lite_event)?;
             for row in rows {
                 let (ts, ev) = row?;
-                pending.add(&ev, ts);
+                pending.add(prices, &ev, ts);
                 counted += 1;
             }
         }
-        pending.write(tx, org)?;
+        match write {
+            Write::Whole => pending.write(tx, org)?,
+            Write::NewFigures => pending.write_new_figures(tx, org)?,
+        }
     }
-    let last = match after {
-        Some(a) => tx.query_row("SELECT max(seq) FROM events WHERE seq > ?1", [a], |r| {
-            r.get(0)
-        })?,
-        None => None,
+    let last = match which {
+        Counted::After(a) => {
+            tx.query_row("SELECT max(seq) FROM events WHERE seq > ?1", [a], |r| {
+                r.get(0)
+            })?
+        }
+        _ => None,
     };
     Ok((counted, last))
 }
@@ -1092,16 +1371,40 @@ fn from_enum_str<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::strip_snapshot_date as s;
     use super::*;
     use tally::time::parse_rfc3339_ms;
 
-    fn temp_dir(name: &str) -> std::path::PathBuf {
+    /// A test's directory under the system's temporary directory: removed when dropped, so also
+    /// when the test fails (the other modules' tests use it too).
+    pub(crate) struct TempDir(std::path::PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TempDir {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `tally-NAME-PID` in the system's temporary directory, new and empty.
+    pub(crate) fn temp_dir(name: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!("tally-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        dir
+        TempDir(dir)
     }
 
     /// A batch of successful events: (request id, timestamp, user).
@@ -1169,7 +1472,15 @@ mod tests {
         assert_eq!(outcomes[3].as_ref().unwrap(), &(1, 1, vec![1]));
         let from = parse_rfc3339_ms("2026-01-01T00:00:00.000Z").unwrap();
         let total = store
-            .summary(&acme, None, from, from + DAY, from + DAY)
+            .summary(
+                &acme,
+                None,
+                &EventFilter::default(),
+                from,
+                from + DAY,
+                from + DAY,
+            )
+            .map(|r| r.0)
             .unwrap();
         assert_eq!(total[0].1.requests, 4);
         let _ = std::fs::remove_dir_all(&dir);
@@ -1205,10 +1516,10 @@ mod tests {
             let mut conn = database_at(&dir, 4);
             let mut pending = Pending::default();
             for (e, ts) in &batch {
-                pending.add(e, *ts);
+                pending.add(&PriceTable::builtin().unwrap(), e, *ts);
             }
             let tx = conn.transaction().unwrap();
-            pending.write(&tx, 1).unwrap();
+            pending.write_before_v9(&tx, 1).unwrap();
             tx.commit().unwrap();
         }
         let store = Store::open(&dir).unwrap();
@@ -1218,7 +1529,10 @@ mod tests {
         };
         let jan = parse_rfc3339_ms("2026-01-01T00:00:00.000Z").unwrap();
         let mar = parse_rfc3339_ms("2026-03-02T00:00:00.000Z").unwrap();
-        let users = store.summary(&org, Some("user"), jan, mar, mar).unwrap();
+        let users = store
+            .summary(&org, Some("user"), &EventFilter::default(), jan, mar, mar)
+            .map(|r| r.0)
+            .unwrap();
         let figures: Vec<_> = users
             .iter()
             .map(|(k, a)| (k.as_str(), a.requests, a.latency.count()))
@@ -1353,7 +1667,15 @@ mod tests {
             assert_eq!(page, PAGE_SIZE);
             // A read writes the rows first, with the mark of the last event they count.
             let total = store
-                .summary(&org, None, day, day + DAY, day + DAY)
+                .summary(
+                    &org,
+                    None,
+                    &EventFilter::default(),
+                    day,
+                    day + DAY,
+                    day + DAY,
+                )
+                .map(|r| r.0)
                 .unwrap();
             assert_eq!(total[0].1.requests, 2);
             let (n, done) = rows(&store);
@@ -1373,7 +1695,15 @@ mod tests {
         assert_eq!(store.recount_rollups().unwrap(), 1);
         assert_eq!(rows(&store).1, 3);
         let users = store
-            .summary(&org, Some("user"), day, day + DAY, day + DAY)
+            .summary(
+                &org,
+                Some("user"),
+                &EventFilter::default(),
+                day,
+                day + DAY,
+                day + DAY,
+            )
+            .map(|r| r.0)
             .unwrap();
         let figures: Vec<_> = users
             .iter()
@@ -1468,7 +1798,15 @@ mod tests {
         let day = parse_rfc3339_ms("2026-01-01T00:00:00.000Z").unwrap();
         let by = |org: &Org, dim: &str| -> Vec<(String, u64)> {
             store
-                .summary(org, Some(dim), day, day + DAY, day + DAY)
+                .summary(
+                    org,
+                    Some(dim),
+                    &EventFilter::default(),
+                    day,
+                    day + DAY,
+                    day + DAY,
+                )
+                .map(|r| r.0)
                 .unwrap()
                 .into_iter()
                 .map(|(k, a)| (k, a.requests))
@@ -1484,7 +1822,15 @@ mod tests {
             [("lab".into(), 1), ("shop".into(), 1)]
         );
         let series = store
-            .timeseries(&acme, HOUR, Some("namespace"), day, day + DAY)
+            .timeseries(
+                &acme,
+                HOUR,
+                Some("namespace"),
+                &EventFilter::default(),
+                day,
+                day + DAY,
+            )
+            .map(|r| r.0)
             .unwrap();
         assert_eq!(series.len(), 2);
         // Counted again after a crash, namespaces included.
@@ -1497,7 +1843,15 @@ mod tests {
             .unwrap();
         assert_eq!(store.recount_rollups().unwrap(), 5);
         let ns_rows: Vec<(String, u64)> = store
-            .summary(&acme, Some("namespace"), day, day + DAY, day + DAY)
+            .summary(
+                &acme,
+                Some("namespace"),
+                &EventFilter::default(),
+                day,
+                day + DAY,
+                day + DAY,
+            )
+            .map(|r| r.0)
             .unwrap()
             .into_iter()
             .map(|(k, a)| (k, a.requests))
@@ -1518,10 +1872,10 @@ mod tests {
                 ("a", "2026-01-01T10:00:00.000Z", "u1"),
                 ("b", "2026-01-01T11:30:00.000Z", "u2"),
             ]) {
-                pending.add(e, *ts);
+                pending.add(&PriceTable::builtin().unwrap(), e, *ts);
             }
             let tx = conn.transaction().unwrap();
-            pending.write(&tx, 1).unwrap();
+            pending.write_before_v9(&tx, 1).unwrap();
             tx.execute(
                 "DELETE FROM rollups WHERE dim IN ('namespace', 'workload')",
                 [],
@@ -1537,13 +1891,29 @@ mod tests {
         let day = parse_rfc3339_ms("2026-01-01T00:00:00.000Z").unwrap();
         for dim in ["namespace", "workload"] {
             let rows = store
-                .summary(&org, Some(dim), day, day + DAY, day + DAY)
+                .summary(
+                    &org,
+                    Some(dim),
+                    &EventFilter::default(),
+                    day,
+                    day + DAY,
+                    day + DAY,
+                )
+                .map(|r| r.0)
                 .unwrap();
             assert_eq!(rows.len(), 1, "{dim}");
             assert_eq!((rows[0].0.as_str(), rows[0].1.requests), ("", 2));
             assert_eq!(rows[0].1.latency.count(), 2);
             let hours = store
-                .timeseries(&org, HOUR, Some(dim), day, day + DAY)
+                .timeseries(
+                    &org,
+                    HOUR,
+                    Some(dim),
+                    &EventFilter::default(),
+                    day,
+                    day + DAY,
+                )
+                .map(|r| r.0)
                 .unwrap();
             assert_eq!(hours.len(), 2, "{dim}");
         }
@@ -1558,5 +1928,439 @@ mod tests {
         assert_eq!(s("gpt-4o"), "gpt-4o");
         assert_eq!(s("o3-mini"), "o3-mini");
         assert_eq!(s("model-123"), "model-123");
+    }
+
+    /// Events with labels drawn from small sets, so that every filter and grouping has several
+    /// keys; one model in five is unknown to the price table, and some events fail.
+    fn labelled_batch(n: u64, start: i64, span: i64) -> Batch {
+        const TEAMS: [&str; 3] = ["pay", "search", "ml"];
+        const APPS: [&str; 2] = ["web", "batch"];
+        const FEATURES: [&str; 3] = ["chat", "sum", "rank"];
+        const NAMESPACES: [&str; 2] = ["ns-a", "ns-b"];
+        const WORKLOADS: [&str; 4] = ["w1", "w2", "w3", "w4"];
+        (0..n)
+            .map(|i| {
+                let pick = |k: u64, m: u64| ((i + 1).wrapping_mul(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % m;
+                let model = ["gpt-4o-mini", "claude-haiku-4-5", "acme-llm-1", "gpt-4o", "gemini-2.5-flash"]
+                    [pick(7, 5) as usize];
+                let provider = match model {
+                    m if m.starts_with("claude") => "anthropic",
+                    m if m.starts_with("gemini") => "gemini",
+                    _ => "openai",
+                };
+                let status = [200, 200, 200, 429, 503][pick(11, 5) as usize];
+                let ts = start + (i as i64 * span) / n as i64;
+                let e: Event = serde_json::from_value(serde_json::json!({
+                    "request_id": format!("lab-{i}"),
+                    "timestamp": tally::time::format_rfc3339_ms(ts),
+                    "provider": provider, "api": "chat_completions",
+                    "endpoint": "/v1/chat/completions",
+                    "model_requested": model,
+                    "model_actual": if i % 2 == 0 { Some(format!("{model}-2025-01-01")) } else { None },
+                    "status": status, "streaming": false,
+                    "latency_ms": 10.0 + (i % 17) as f64,
+                    "input_tokens": 100 + i % 13, "output_tokens": 10 + i % 7,
+                    "cached_input_tokens": i % 3 * 10,
+                    "cost_usd": if model == "acme-llm-1" { None } else { Some(0.001 * (1 + i % 5) as f64) },
+                    "error_category": if status == 200 { None } else if status == 429 { Some("rate_limited") } else { Some("provider_error") },
+                    "error_source": if status == 200 { None } else { Some("provider") },
+                    "team": TEAMS[pick(3, 3) as usize],
+                    "app": if i % 4 == 0 { None } else { Some(APPS[pick(5, 2) as usize]) },
+                    "feature": if i % 5 == 0 { None } else { Some(FEATURES[pick(13, 3) as usize]) },
+                    "namespace": NAMESPACES[pick(17, 2) as usize],
+                    "workload": WORKLOADS[pick(19, 4) as usize],
+                    "user": format!("u{}", pick(23, 6)),
+                    "routed": false,
+                }))
+                .unwrap();
+                (e, ts)
+            })
+            .collect()
+    }
+
+    /// What a summary over `events` must say, computed here the plain way.
+    fn expected(
+        events: &Batch,
+        keep: impl Fn(&Event) -> bool,
+        dim: Option<&str>,
+    ) -> std::collections::BTreeMap<String, (u64, u64, u64, u64, u64, u64, Option<i64>)> {
+        let mut out: std::collections::BTreeMap<String, (u64, u64, u64, u64, u64, u64, i64)> =
+            Default::default();
+        for (e, _) in events.iter().filter(|(e, _)| keep(e)) {
+            let key = match dim {
+                None => String::new(),
+                Some(d) => match rollup::key_of(e, d) {
+                    Some(k) => k.into_owned(),
+                    None => continue,
+                },
+            };
+            let r = out.entry(key).or_default();
+            r.0 += 1;
+            r.1 += u64::from(e.error_category.is_some());
+            r.2 += e.input_tokens.unwrap_or(0);
+            r.3 += e.output_tokens.unwrap_or(0);
+            if e.cost_usd.is_none() {
+                r.4 += 1;
+                r.5 += e.input_tokens.unwrap_or(0);
+            }
+            // Micro-dollars, to compare sums of floats exactly.
+            r.6 += (e.cost_usd.unwrap_or(0.0) * 1e6).round() as i64;
+        }
+        out.into_iter()
+            .map(|(k, r)| {
+                let cost = (r.4 < r.0).then_some(r.6);
+                (k, (r.0, r.1, r.2, r.3, r.4, r.5, cost))
+            })
+            .collect()
+    }
+
+    fn seen(
+        rows: &[(String, Agg)],
+    ) -> std::collections::BTreeMap<String, (u64, u64, u64, u64, u64, u64, Option<i64>)> {
+        rows.iter()
+            .map(|(k, a)| {
+                let cost = a.known_cost().map(|c| (c * 1e6).round() as i64);
+                (
+                    k.clone(),
+                    (
+                        a.requests,
+                        a.errors,
+                        a.input_tokens,
+                        a.output_tokens,
+                        a.unpriced_requests,
+                        a.unpriced_input_tokens,
+                        cost,
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn filtered_summaries_count_exactly_the_events_the_filter_picks_from_pair_rows_and_events() {
+        let dir = temp_dir("filtered");
+        let store = Store::open(&dir).unwrap();
+        let key = store.create_org("acme", 0).unwrap();
+        let org = store.org_for_key(&key).unwrap().unwrap();
+        let day = parse_rfc3339_ms("2026-01-05T00:00:00Z").unwrap();
+        // Three days of events, from hour edges (pair rows answer at hour resolution).
+        let events = labelled_batch(3000, day, 3 * DAY);
+        store
+            .insert_events(&org, Arc::new(events.clone()), day + 3 * DAY)
+            .unwrap();
+        let now = day + 4 * DAY;
+        let model = |m: &'static str| {
+            move |e: &Event| {
+                e.model_requested.as_deref() == Some(m) || e.model_actual.as_deref() == Some(m)
+            }
+        };
+        type Keep = Box<dyn Fn(&Event) -> bool>;
+        let cases: Vec<(EventFilter, Keep, bool)> = vec![
+            (
+                EventFilter {
+                    team: Some("pay".into()),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| e.team.as_deref() == Some("pay")),
+                true,
+            ),
+            (
+                EventFilter {
+                    feature: Some("untagged".into()),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| e.feature.is_none()),
+                true,
+            ),
+            (
+                EventFilter {
+                    model: Some("acme-llm-1".into()),
+                    ..Default::default()
+                },
+                Box::new(model("acme-llm-1")),
+                true,
+            ),
+            (
+                EventFilter {
+                    model: Some("gpt-4o-2025-01-01".into()),
+                    ..Default::default()
+                },
+                Box::new(model("gpt-4o-2025-01-01")),
+                true,
+            ),
+            (
+                EventFilter {
+                    status: Some((500, 599)),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| e.status == Some(503)),
+                true,
+            ),
+            (
+                EventFilter {
+                    namespace: Some("ns-b".into()),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| e.namespace.as_deref() == Some("ns-b")),
+                true,
+            ),
+            // Read from the events: two filters, a single status, a user.
+            (
+                EventFilter {
+                    team: Some("ml".into()),
+                    app: Some("web".into()),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| {
+                    e.team.as_deref() == Some("ml") && e.app.as_deref() == Some("web")
+                }),
+                false,
+            ),
+            (
+                EventFilter {
+                    status: Some((429, 429)),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| e.status == Some(429)),
+                false,
+            ),
+            (
+                EventFilter {
+                    user: Some("u3".into()),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| e.user.as_deref() == Some("u3")),
+                false,
+            ),
+        ];
+        for (filter, keep, pair) in &cases {
+            for dim in [
+                None,
+                Some("model"),
+                Some("team"),
+                Some("feature"),
+                Some("workload"),
+                Some("error"),
+                Some("user"),
+            ] {
+                let (rows, read) = store
+                    .summary(&org, dim, filter, day, day + 3 * DAY, now)
+                    .unwrap();
+                let want = expected(&events, keep, dim);
+                assert!(!want.is_empty(), "{filter:?} by {dim:?}");
+                assert_eq!(seen(&rows), want, "{filter:?} by {dim:?}");
+                let by_pairs = *pair && dim != Some("user");
+                assert_eq!(
+                    read,
+                    if by_pairs {
+                        Read::Rollups(HOUR)
+                    } else {
+                        Read::Events
+                    },
+                    "{filter:?} by {dim:?}"
+                );
+            }
+            // Per day, from day rows or events, the same figures.
+            let (points, bucket, _) = store
+                .timeseries(&org, DAY, Some("model"), filter, day, day + 3 * DAY)
+                .unwrap();
+            assert_eq!(bucket, DAY);
+            for d in 0..3 {
+                let t = day + d * DAY;
+                let rows: Vec<(String, Agg)> = points
+                    .iter()
+                    .filter(|p| p.0 == t)
+                    .map(|p| (p.1.clone(), p.2.clone()))
+                    .collect();
+                let today: Batch = events
+                    .iter()
+                    .filter(|(_, ts)| (t..t + DAY).contains(ts))
+                    .cloned()
+                    .collect();
+                assert_eq!(
+                    seen(&rows),
+                    expected(&today, keep, Some("model")),
+                    "{filter:?} day {d}"
+                );
+            }
+        }
+        // Minute buckets of a filtered long range fall back to hours; of a short one, they are
+        // read from the events.
+        let team = EventFilter {
+            team: Some("pay".into()),
+            ..Default::default()
+        };
+        let (_, bucket, _) = store
+            .timeseries(&org, MINUTE, None, &team, day, day + DAY)
+            .unwrap();
+        assert_eq!(bucket, HOUR);
+        let (points, bucket, read) = store
+            .timeseries(&org, MINUTE, None, &team, day, day + 2 * HOUR)
+            .unwrap();
+        assert_eq!((bucket, read), (MINUTE, Read::Events));
+        let n: u64 = points.iter().map(|p| p.2.requests).sum();
+        let want = events
+            .iter()
+            .filter(|(e, ts)| *ts < day + 2 * HOUR && e.team.as_deref() == Some("pay"))
+            .count();
+        assert_eq!(n, want as u64);
+    }
+
+    #[test]
+    fn unpriced_requests_are_counted_and_their_cost_is_unknown_not_zero() {
+        let dir = temp_dir("unpriced");
+        let store = Store::open(&dir).unwrap();
+        let key = store.create_org("acme", 0).unwrap();
+        let org = store.org_for_key(&key).unwrap().unwrap();
+        let day = parse_rfc3339_ms("2026-01-05T00:00:00Z").unwrap();
+        let events = labelled_batch(500, day, DAY);
+        store
+            .insert_events(&org, Arc::new(events.clone()), day + DAY)
+            .unwrap();
+        let (rows, _) = store
+            .summary(
+                &org,
+                Some("model"),
+                &EventFilter::default(),
+                day,
+                day + DAY,
+                day + DAY,
+            )
+            .unwrap();
+        let unknown = rows.iter().find(|(k, _)| k == "acme-llm-1").unwrap();
+        let n = events
+            .iter()
+            .filter(|(e, _)| {
+                e.model_requested.as_deref() == Some("acme-llm-1") && e.model_actual.is_none()
+            })
+            .count() as u64;
+        assert_eq!((unknown.1.requests, unknown.1.unpriced_requests), (n, n));
+        assert_eq!(unknown.1.known_cost(), None);
+        let priced = rows.iter().find(|(k, _)| k == "gpt-4o-mini").unwrap();
+        assert_eq!(priced.1.unpriced_requests, 0);
+        assert!(priced.1.known_cost().unwrap() > 0.0);
+        // The total is the priced part, with the unpriced count beside it.
+        assert_eq!(
+            seen(
+                &store
+                    .summary(
+                        &org,
+                        None,
+                        &EventFilter::default(),
+                        day,
+                        day + DAY,
+                        day + DAY
+                    )
+                    .unwrap()
+                    .0
+            ),
+            expected(&events, |_| true, None)
+        );
+        // Cached tokens saved their list price difference: gpt-4o-mini reads cache at half its
+        // input rate (0.15 vs 0.075 USD per 1M tokens).
+        let mini_cached: u64 = events
+            .iter()
+            .filter(|(e, _)| rollup::model_of(e) == "gpt-4o-mini")
+            .map(|(e, _)| e.cached_input_tokens.unwrap_or(0))
+            .sum();
+        assert!(mini_cached > 0);
+        assert_eq!(priced.1.cached_input_tokens, mini_cached);
+        assert_eq!(
+            (priced.1.cache_savings_usd * 1e12).round() as u64,
+            mini_cached * 75_000
+        );
+    }
+
+    #[test]
+    fn the_unpriced_and_pair_figures_are_counted_for_events_stored_before_them() {
+        let dir = temp_dir("migration9");
+        let day = parse_rfc3339_ms("2026-01-05T00:00:00Z").unwrap();
+        let events = labelled_batch(400, day, DAY);
+        // A database as schema 8 left it: events counted in rollups without the new figures,
+        // and the last 100 events stored after the last rollup write.
+        {
+            let mut conn = database_at(&dir, 8);
+            let prices = PriceTable::builtin().unwrap();
+            let mut pending = Pending::default();
+            let tx = conn.transaction().unwrap();
+            for (i, (e, ts)) in events.iter().enumerate() {
+                tx.execute(
+                    &("INSERT INTO events (org_id, request_id, ts_ms, timestamp, provider, api, endpoint,
+                        model_requested, model_actual, status, streaming, latency_ms, input_tokens,
+                        output_tokens, cached_input_tokens, cost_usd, error_category, error_source, team, app,
+                        feature, user, routed, received_ms, namespace, workload)
+                     VALUES (1, ?1, ?2, '', ?3, 'chat_completions', '/', ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, 0, ?18, ?19)".to_string()),
+                    params![e.request_id, ts, e.provider, e.model_requested, e.model_actual, e.status, e.latency_ms,
+                        e.input_tokens.map(|n| n as i64), e.output_tokens.map(|n| n as i64), e.cached_input_tokens.map(|n| n as i64), e.cost_usd,
+                        e.error_category.map(|c| c.name()), e.error_source.map(|c| c.name()), e.team, e.app, e.feature, e.user, e.namespace, e.workload],
+                ).unwrap();
+                if i < 300 {
+                    pending.add(&prices, e, *ts);
+                }
+            }
+            pending.write_before_v9(&tx, 1).unwrap();
+            tx.execute("UPDATE rollup_progress SET events_seq = 300", [])
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.recount_rollups().unwrap(), 100);
+        let org = Org {
+            id: 1,
+            name: "acme".into(),
+        };
+        for (filter, keep) in [
+            (
+                EventFilter::default(),
+                Box::new(|_: &Event| true) as Box<dyn Fn(&Event) -> bool>,
+            ),
+            (
+                EventFilter {
+                    team: Some("search".into()),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| e.team.as_deref() == Some("search")),
+            ),
+        ] {
+            for dim in [None, Some("model"), Some("namespace")] {
+                let (rows, _) = store
+                    .summary(&org, dim, &filter, day, day + DAY, day + 2 * DAY)
+                    .unwrap();
+                assert_eq!(
+                    seen(&rows),
+                    expected(&events, &keep, dim),
+                    "{filter:?} by {dim:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn data_files_are_private_to_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("modes");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let data = dir.join("data");
+        {
+            let store = Store::open(&data).unwrap();
+            let key = store.create_org("acme", 0).unwrap();
+            let org = store.org_for_key(&key).unwrap().unwrap();
+            store
+                .insert_events(&org, Arc::new(labelled_batch(10, 0, DAY)), DAY)
+                .unwrap();
+            assert_eq!(mode(&data), 0o700);
+            for f in ["tally.db", "tally.db-wal", "tally.db-shm"] {
+                assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+            }
+        }
+        // A directory and database that others could read (made before this rule) are closed.
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            data.join("tally.db"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        drop(Store::open(&data).unwrap());
+        assert_eq!((mode(&data), mode(&data.join("tally.db"))), (0o700, 0o600));
     }
 }

@@ -8,11 +8,12 @@ use std::process::Command;
 use std::time::Duration;
 
 struct Collector {
-    _dir: tempfile::TempDir,
     data: std::path::PathBuf,
     logs: std::path::PathBuf,
     port: u16,
     _proc: common::Proc,
+    /// Last: removed once the collector has stopped (fields drop in order).
+    _dir: tempfile::TempDir,
 }
 
 fn org_cmd(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
@@ -1001,7 +1002,7 @@ fn namespace_and_workload_filter_group_and_export_and_survive_a_kill() {
         "/api/v1/timeseries?bucket=hour&group_by=workload&from=2026-11-24T08:00:00Z&to=2026-11-24T09:00:00Z",
     );
     assert_eq!(v["points"].as_array().unwrap().len(), 4, "{v}");
-    // Kept per hour and day, like team: no minute series.
+    // Kept per hour and day, like team: a minute series is answered per hour, and says so.
     let (s, b, _) = send(
         agent()
             .get(&format!(
@@ -1010,7 +1011,16 @@ fn namespace_and_workload_filter_group_and_export_and_survive_a_kill() {
             .set("authorization", &format!("Bearer {key}")),
         None,
     );
-    assert_eq!(s, 400, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        (s, v["bucket"].as_str(), v["note"].as_str()),
+        (
+            200,
+            Some("hour"),
+            Some("namespace is kept per hour: shown in hour buckets")
+        ),
+        "{b}"
+    );
 }
 
 #[test]
@@ -1258,4 +1268,410 @@ fn controls_give_each_caller_its_key_hashes_with_an_etag_and_follow_rotation() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A GET with the org key; the status and the JSON answer.
+fn get_json(c: &Collector, key: &str, path: &str) -> (u16, Value) {
+    let (s, b, _) = send(
+        agent()
+            .get(&c.url(path))
+            .set("authorization", &format!("Bearer {key}")),
+        None,
+    );
+    (s, serde_json::from_str(&b).unwrap_or(Value::Null))
+}
+
+#[test]
+fn summaries_and_time_series_take_the_events_filters_fill_gaps_and_never_call_unknown_cost_zero() {
+    let c = start();
+    let (_, key, _) = org_cmd(&c.data, &["create", "acme"]);
+    // Three days: traffic on the first and the third only. Per day, 8 events: teams payments
+    // (6) and search (2); the unknown model acme-llm-1 (2 of payments', no price, cost null).
+    let mut batch = Vec::new();
+    for day in ["2026-11-20", "2026-11-22"] {
+        for i in 0..8 {
+            let mut extra = json!({"team": if i < 6 { "payments" } else { "search" },
+                "cost_usd": 0.5, "input_tokens": 100, "output_tokens": 10});
+            if i < 2 {
+                extra["model_requested"] = json!("acme-llm-1");
+                extra["model_actual"] = Value::Null;
+                extra["cost_usd"] = Value::Null;
+            }
+            if i == 7 {
+                extra["status"] = json!(503);
+                extra["error_category"] = json!("provider_error");
+                extra["error_source"] = json!("provider");
+            }
+            batch.push(event(
+                &format!("{day}-{i}"),
+                &format!("{day}T10:0{i}:00.000Z"),
+                extra,
+            ));
+        }
+    }
+    assert_eq!(c.ingest(&key, &json!(batch).to_string()).0, 202);
+    let range = "from=2026-11-20T00:00:00Z&to=2026-11-23T00:00:00Z";
+
+    // Filtered by team over three days: from pair rollups, hour resolution.
+    let (s, v) = get_json(&c, &key, &format!("/api/v1/summary?team=payments&{range}"));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["resolution"], "hour");
+    let t = &v["rows"][0];
+    assert_eq!(
+        (t["requests"].as_u64(), t["unpriced_requests"].as_u64()),
+        (Some(12), Some(4))
+    );
+    assert_eq!(
+        (
+            t["unpriced_input_tokens"].as_u64(),
+            t["input_tokens"].as_u64()
+        ),
+        (Some(400), Some(1200))
+    );
+    assert_eq!(t["cost_usd"], 4.0, "8 priced requests at 0.5");
+    // By model, unknown cost stays unknown: null, never 0.
+    let (_, v) = get_json(
+        &c,
+        &key,
+        &format!("/api/v1/summary?group_by=model&team=payments&{range}"),
+    );
+    let unknown = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "acme-llm-1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            unknown["requests"].as_u64(),
+            unknown["unpriced_requests"].as_u64()
+        ),
+        (Some(4), Some(4))
+    );
+    assert_eq!(unknown["cost_usd"], Value::Null);
+    // Status class and two filters (read from the events): the same figures as the log.
+    let (_, v) = get_json(&c, &key, &format!("/api/v1/summary?status=5xx&{range}"));
+    assert_eq!(v["rows"][0]["requests"], 2);
+    let (_, v) = get_json(
+        &c,
+        &key,
+        &format!("/api/v1/summary?status=5xx&team=search&group_by=team&{range}"),
+    );
+    assert_eq!(
+        (
+            v["resolution"].as_str(),
+            v["rows"][0]["key"].as_str(),
+            v["rows"][0]["requests"].as_u64()
+        ),
+        (Some("exact"), Some("search"), Some(2))
+    );
+
+    // Per day: a true axis, the empty day present with zeros.
+    let (_, v) = get_json(
+        &c,
+        &key,
+        &format!("/api/v1/timeseries?bucket=day&team=payments&{range}"),
+    );
+    let days: Vec<(String, u64, Value)> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["bucket"].as_str().unwrap().to_string(),
+                p["requests"].as_u64().unwrap(),
+                p["cost_usd"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        days,
+        [
+            ("2026-11-20T00:00:00.000Z".to_string(), 6, json!(2.0)),
+            ("2026-11-21T00:00:00.000Z".to_string(), 0, json!(0.0)),
+            ("2026-11-22T00:00:00.000Z".to_string(), 6, json!(2.0)),
+        ]
+    );
+    // Grouped: every key in every bucket.
+    let (_, v) = get_json(
+        &c,
+        &key,
+        &format!("/api/v1/timeseries?bucket=day&group_by=team&{range}"),
+    );
+    assert_eq!(v["points"].as_array().unwrap().len(), 6);
+    // Minute buckets of an hour-only dimension fall back to hours, and say so.
+    let (s, v) = get_json(&c, &key, "/api/v1/timeseries?bucket=minute&group_by=team&from=2026-11-22T09:00:00Z&to=2026-11-22T12:00:00Z");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["bucket"].as_str(), v["bucket_requested"].as_str()),
+        (Some("hour"), Some("minute"))
+    );
+    assert_eq!(v["note"], "team is kept per hour: shown in hour buckets");
+    let per_hour: Vec<(Value, u64)> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["key"].clone(), p["requests"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        per_hour,
+        [
+            (json!("payments"), 0),
+            (json!("search"), 0),
+            (json!("payments"), 6),
+            (json!("search"), 2),
+            (json!("payments"), 0),
+            (json!("search"), 0)
+        ]
+    );
+    // A filtered short range is read from the events, per minute.
+    let (_, v) = get_json(&c, &key, "/api/v1/timeseries?bucket=minute&team=search&from=2026-11-22T10:00:00Z&to=2026-11-22T10:10:00Z");
+    assert_eq!(
+        (v["bucket"].as_str(), v["note"].clone()),
+        (Some("minute"), Value::Null)
+    );
+    let per_minute: Vec<u64> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_minute, [0, 0, 0, 0, 0, 0, 1, 1, 0, 0]);
+
+    // The metrics count unpriced requests beside the spend they are not in.
+    let (_, text, _) = send(agent().get(&c.url("/metrics")), None);
+    assert!(text.lines().any(|l| l == "tally_unpriced_requests_total{org=\"acme\",provider=\"openai\",model=\"acme-llm-1\"} 4"), "{text}");
+}
+
+#[test]
+fn events_page_by_cursor_with_no_repeat_and_no_gap_while_events_arrive() {
+    let c = start();
+    let (_, key, _) = org_cmd(&c.data, &["create", "acme"]);
+    // 250 events, some sharing a timestamp (ties are ordered by request id).
+    let first: Vec<Value> = (0..250)
+        .map(|i| {
+            event(
+                &format!("p{i:03}"),
+                &format!("2026-11-24T08:{:02}:{:02}.000Z", i / 50, (i % 50) / 2),
+                json!({}),
+            )
+        })
+        .collect();
+    assert_eq!(c.ingest(&key, &json!(first).to_string()).0, 202);
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0..10 {
+        let q = match &cursor {
+            Some(cur) => format!("limit=100&cursor={cur}"),
+            None => "limit=100".to_string(),
+        };
+        let (s, v) = c.events(&key, &q);
+        assert_eq!(s, 200, "{v}");
+        seen.extend(
+            v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["request_id"].as_str().unwrap().to_string()),
+        );
+        // Meanwhile, newer events arrive (they belong before the first page), and one late
+        // event older than everything (it belongs on a page still to come).
+        let newer = event(&format!("new{page}"), "2026-11-24T09:30:00.000Z", json!({}));
+        let late = event(
+            &format!("late{page}"),
+            "2026-11-24T07:00:00.000Z",
+            json!({}),
+        );
+        assert_eq!(c.ingest(&key, &json!([newer, late]).to_string()).0, 202);
+        match v["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no event twice");
+    for i in 0..250 {
+        assert!(seen.contains(&format!("p{i:03}")), "p{i:03} missed");
+    }
+    assert!(
+        !seen.iter().any(|id| id.starts_with("new")),
+        "newer events are not on later pages"
+    );
+    assert!(
+        seen.iter().any(|id| id.starts_with("late")),
+        "late events older than the cursor come"
+    );
+    // Filters hold across pages; a forged cursor is refused by name.
+    let (_, v) = c.events(&key, "limit=1&team=payments");
+    let next = v["next_cursor"].as_str().unwrap().to_string();
+    let (_, v2) = c.events(&key, &format!("limit=1&team=payments&cursor={next}"));
+    assert_ne!(v["events"][0]["request_id"], v2["events"][0]["request_id"]);
+    let (s, v) = c.events(&key, "cursor=garbage");
+    assert_eq!((s, v["field"].as_str()), (400, Some("cursor")));
+}
+
+/// The families of a /metrics page as Python's `prometheus_client` parses it (`openmetrics`:
+/// its OpenMetrics parser, which refuses what the format does not allow): name -> samples.
+fn parse_metrics(text: &str, openmetrics: bool) -> Value {
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families as text
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+parse = om if sys.argv[1] == "om" else text
+out = {}
+for f in parse(sys.stdin.read()):
+    out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+print(json.dumps(out))
+"#;
+    use std::io::Write;
+    let mut child = Command::new(artifact(".venv/bin/python"))
+        .args(["-c", script, if openmetrics { "om" } else { "text" }])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser refused the page: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_openmetrics_and_need_the_token_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (_, key, _) = org_cmd(&data, &["create", "acme"]);
+    let token_file = dir.path().join("metrics-token");
+    std::fs::write(&token_file, "scrape-me-0123456789\n").unwrap();
+    let mut p = common::spawn(
+        "collector-metrics",
+        Command::new(artifact("target/release/tally-collector"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .arg("--metrics-token-file")
+            .arg(&token_file),
+        &logs,
+    );
+    let port = common::announced_port(&mut p, &logs);
+    let url = format!("http://127.0.0.1:{port}");
+    let batch = json!([
+        event("m1", "2026-11-24T08:00:00.000Z", json!({})),
+        event(
+            "m2",
+            "2026-11-24T08:00:00.000Z",
+            json!({"model_requested": "acme-llm-1", "model_actual": null, "cost_usd": null})
+        )
+    ]);
+    let (s, _, _) = send(
+        agent()
+            .post(&format!("{url}/v1/events"))
+            .set("authorization", &format!("Bearer {key}")),
+        Some(&batch.to_string()),
+    );
+    assert_eq!(s, 202);
+    // Without the token, or with another, nothing: spend by org is not for anyone.
+    for auth in [
+        None,
+        Some("Bearer wrong-token-0123456789"),
+        Some(format!("Bearer {key}").as_str()),
+    ] {
+        let mut req = agent().get(&format!("{url}/metrics"));
+        if let Some(a) = auth {
+            req = req.set("authorization", a);
+        }
+        let (s, body, _) = send(req, None);
+        assert_eq!(s, 401, "{auth:?}: {body}");
+        assert!(!body.contains("tally_"), "{body}");
+    }
+    let scrape = |accept: &str| {
+        let (s, body, headers) = send(
+            agent()
+                .get(&format!("{url}/metrics"))
+                .set("authorization", "Bearer scrape-me-0123456789")
+                .set("accept", accept),
+            None,
+        );
+        assert_eq!(s, 200);
+        let kind = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .unwrap()
+            .1
+            .clone();
+        (body, kind)
+    };
+    let (text, kind) = scrape("text/plain");
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    let (om, om_kind) =
+        scrape("application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5");
+    assert!(
+        om_kind.starts_with("application/openmetrics-text"),
+        "{om_kind}"
+    );
+    for (families, om) in [
+        (parse_metrics(&text, false), false),
+        (parse_metrics(&om, true), true),
+    ] {
+        // Every family the collector writes has its samples, as both parsers read them.
+        for family in [
+            "tally_collector_ingest_batches",
+            "tally_collector_ingest_events",
+            "tally_collector_ingest_duplicates",
+            "tally_ingest_unknown_fields",
+            "tally_collector_ingest_batch_seconds",
+            "tally_collector_db_bytes",
+            "tally_requests",
+            "tally_errors",
+            "tally_input_tokens",
+            "tally_output_tokens",
+            "tally_cost_usd",
+            "tally_unpriced_requests",
+        ] {
+            let f = &families[family];
+            assert!(
+                f.is_object(),
+                "{family} missing (openmetrics: {om}): {families}"
+            );
+            if family != "tally_ingest_unknown_fields" {
+                assert!(
+                    !f["samples"].as_array().unwrap().is_empty(),
+                    "{family} has no samples (openmetrics: {om})"
+                );
+            }
+        }
+        let sample = |family: &str, model: &str| {
+            families[family]["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s[1]["model"] == model)
+                .map(|s| s[2].as_f64().unwrap())
+        };
+        assert_eq!(sample("tally_unpriced_requests", "acme-llm-1"), Some(1.0));
+        assert_eq!(sample("tally_requests", "acme-llm-1"), Some(1.0));
+        assert_eq!(
+            sample("tally_cost_usd", "gpt-4o-mini-2024-07-18"),
+            Some(0.000027)
+        );
+        assert_eq!(
+            families["tally_collector_ingest_events"]["samples"][0][2],
+            2.0
+        );
+    }
+    drop(p);
 }
