@@ -10,12 +10,16 @@ wasm=$1
 shift
 
 run_once() {
-    local status_file code node_status
+    local code node_status
     status_file=$(mktemp)
+    # Removed also if the run is interrupted (a trap of the shell that runs this, which may be
+    # a command substitution's subshell).
+    trap 'rm -f "$status_file"' EXIT
     node --no-warnings "$(dirname "$0")/wasi-runner.mjs" "$status_file" "$wasm" "$@"
     node_status=$?
     code=$(cat "$status_file" 2>/dev/null)
     rm -f "$status_file"
+    trap - EXIT
     # A failed test aborts (a trap) and leaves no code: Node's failure status stands.
     if [ -n "$code" ]; then return "$code"; fi
     return "$node_status"

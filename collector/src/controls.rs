@@ -198,8 +198,7 @@ mod tests {
 
     #[test]
     fn answers_follow_keys_tokens_and_grants_from_another_connection() {
-        let dir = std::env::temp_dir().join(format!("tally-controls-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::store::tests::temp_dir("controls");
         let store = Store::open(&dir).unwrap();
         let acme = store.create_org("acme", 0).unwrap();
         let globex = store.create_org("globex", 0).unwrap();
@@ -244,7 +243,6 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(2), "no refresh");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -168,15 +168,14 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn store(name: &str) -> (Store, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("tally-tokens-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+    fn store(name: &str) -> (Store, crate::store::tests::TempDir) {
+        let dir = crate::store::tests::temp_dir(&format!("tokens-{name}"));
         (Store::open(&dir).unwrap(), dir)
     }
 
     #[test]
     fn tokens_send_for_their_orgs_only_until_revoked() {
-        let (s, dir) = store("grants");
+        let (s, _dir) = store("grants");
         for org in ["acme", "globex", "initech"] {
             s.create_org(org, 0).unwrap();
         }
@@ -243,6 +242,5 @@ mod tests {
                 },
             ]
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

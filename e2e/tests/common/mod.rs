@@ -211,7 +211,6 @@ impl Default for Options {
 }
 
 pub struct Stack {
-    pub dir: tempfile::TempDir,
     pub key: String,
     /// Every org's key, acme's included.
     pub keys: std::collections::BTreeMap<String, String>,
@@ -224,6 +223,9 @@ pub struct Stack {
     pub envoy: Proc,
     pub collector: Option<Proc>,
     pub mock: Proc,
+    /// Data and logs; last, so that it is removed once the processes above have stopped (fields
+    /// drop in order), while nothing writes in it any more.
+    pub dir: tempfile::TempDir,
 }
 
 fn http_ok(url: &str) -> bool {
