@@ -1,7 +1,8 @@
 //! The collector's parts, as a library so that tests and fuzz targets reach them: `api` (HTTP
 //! routes), `ingest` (batch parsing and validation), `sender` (who sent a batch, and whose
 //! events it holds), `store` (SQLite), `keys`, `tokens` (mesh ingest tokens), `controls`
-//! (`GET /v1/controls`), `error`, `log`.
+//! (`GET /v1/controls`), `error`, `log`, `users` and `web` (dashboard sign-in and pages),
+//! `oidc` (sign-in by SSO).
 //! The binary (`main.rs`) is the CLI.
 
 pub mod api;
@@ -12,6 +13,7 @@ pub mod ingest;
 pub mod keys;
 pub mod log;
 pub mod metrics;
+pub mod oidc;
 pub mod rollup;
 pub mod sender;
 pub mod sketch;

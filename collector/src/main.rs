@@ -1,6 +1,6 @@
 //! `tally-collector`: stores Tally's metering events and serves the query API.
 
-use tally_collector::{api, log, store};
+use tally_collector::{api, log, oidc, store, users, web};
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -44,6 +44,12 @@ enum Command {
         /// container network.
         #[arg(long, conflicts_with = "tls_cert")]
         plaintext_behind_mesh: bool,
+        /// Sign-in by SSO (OpenID Connect) and local passwords.
+        #[command(flatten)]
+        sign_in: Box<oidc::Args>,
+        /// Who may read /metrics.
+        #[command(flatten)]
+        metrics: api::MetricsArgs,
     },
     /// Manage the people who sign in to the dashboard.
     User {
@@ -95,6 +101,9 @@ enum UserCommand {
         org: String,
         #[arg(long)]
         email: String,
+        /// admin: may change budgets, webhooks and users; viewer: reads only.
+        #[arg(long, default_value = "admin")]
+        role: users::Role,
     },
 }
 
@@ -128,12 +137,16 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             plaintext_behind_mesh,
+            sign_in,
+            metrics,
         } => serve(
             data_dir,
             listen,
             retention_days,
             tls_cert.zip(tls_key),
             plaintext_behind_mesh,
+            &sign_in,
+            &metrics,
         ),
         Command::User { command, data_dir } => user(command, &data_dir),
         Command::Org { command, data_dir } => org(command, &data_dir),
@@ -238,16 +251,16 @@ fn token(command: TokenCommand, data_dir: &std::path::Path) -> Result<(), String
 fn user(command: UserCommand, data_dir: &std::path::Path) -> Result<(), String> {
     let store = Store::open(data_dir).map_err(|e| e.to_string())?;
     match command {
-        UserCommand::Add { org, email } => {
+        UserCommand::Add { org, email, role } => {
             let mut password = String::new();
             std::io::stdin()
                 .read_line(&mut password)
                 .map_err(|e| format!("reading the password from standard input: {e}"))?;
             let password = password.trim_end_matches(['\r', '\n']);
             store
-                .add_user(&org, &email, password, now_ms())
+                .add_user(&org, &email, password, role, now_ms())
                 .map_err(|e| e.to_string())?;
-            eprintln!("User {email} added to org {org}.");
+            eprintln!("User {email} added to org {org} as {}.", role.as_str());
         }
     }
     Ok(())
@@ -259,7 +272,18 @@ fn serve(
     retention_days: Option<u32>,
     tls: Option<(PathBuf, PathBuf)>,
     plaintext_behind_mesh: bool,
+    sign_in: &oidc::Args,
+    metrics: &api::MetricsArgs,
 ) -> Result<(), String> {
+    // The secret is read from the environment here and nowhere else, never from the command
+    // line (which `ps` shows).
+    let sso_config = oidc::Config::from_args(
+        sign_in,
+        std::env::var(oidc::SECRET_ENV)
+            .ok()
+            .filter(|s| !s.is_empty()),
+    )
+    .map_err(|e| format!("sign-in: {e}"))?;
     if tls.is_none() && !listen.ip().is_loopback() {
         if !plaintext_behind_mesh {
             return Err(format!(
@@ -278,6 +302,7 @@ fn serve(
         ));
     }
     let store = Arc::new(Store::open(&data_dir).map_err(|e| e.to_string())?);
+    let sign_in = sign_in_config(&store, sso_config, !sign_in.no_local_login)?;
     let counted = store.recount_rollups().map_err(|e| e.to_string())?;
     if counted > 0 {
         log::info(&format!(
@@ -289,11 +314,14 @@ fn serve(
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let controls = tally_collector::controls::Controls::start(&store).map_err(|e| e.to_string())?;
+    let metrics_access = metrics.access()?;
     let state = api::AppState {
+        metrics_access,
         store: store.clone(),
         metrics: Default::default(),
         controls,
         tls: tls.is_some(),
+        sign_in: sign_in.clone(),
     };
     let at_exit = store.clone();
     let served = runtime.block_on(async move {
@@ -323,14 +351,18 @@ fn serve(
         }
         // The bound address, so that `--listen 127.0.0.1:0` tells which port it got.
         let bound = listener.local_addr().unwrap_or(listen);
+        start_sso(&sign_in, "http", bound).await?;
         log::info(&format!(
             "tally-collector listening on http://{bound} (data in {})",
             data_dir.display()
         ));
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| format!("server: {e}"))?;
+        axum::serve(
+            listener,
+            api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server: {e}"))?;
         Ok(())
     });
     // Rollup rows still waiting: written now rather than counted again at the next start.
@@ -361,6 +393,7 @@ async fn serve_tls(
                 key.display()
             )
         })?;
+    let state_sign_in = state.sign_in.clone();
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {
@@ -368,12 +401,18 @@ async fn serve_tls(
         h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
     let server = axum_server::bind_rustls(listen, config).handle(handle.clone());
-    let serving = tokio::spawn(server.serve(api::router(state).into_make_service()));
+    let serving =
+        tokio::spawn(server.serve(
+            api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        ));
     match handle.listening().await {
-        Some(bound) => log::info(&format!(
-            "tally-collector listening on https://{bound} (data in {})",
-            data_dir.display()
-        )),
+        Some(bound) => {
+            start_sso(&state_sign_in, "https", bound).await?;
+            log::info(&format!(
+                "tally-collector listening on https://{bound} (data in {})",
+                data_dir.display()
+            ))
+        }
         None => {
             return Err(match serving.await {
                 Ok(Err(e)) => format!("cannot listen on {listen}: {e}"),
@@ -385,6 +424,51 @@ async fn serve_tls(
         .await
         .map_err(|e| format!("server: {e}"))?
         .map_err(|e| format!("server: {e}"))?;
+    Ok(())
+}
+
+/// Sign-in as configured: an org named by `--oidc-org-domain` must exist (claims name orgs at
+/// sign-in, and are checked then).
+fn sign_in_config(
+    store: &Store,
+    sso: Option<oidc::Config>,
+    local: bool,
+) -> Result<Arc<web::SignIn>, String> {
+    let Some(config) = sso else {
+        return Ok(Arc::new(web::SignIn { local, sso: None }));
+    };
+    let orgs: Vec<String> = store
+        .list_orgs()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    for (domain, org) in &config.org_domains {
+        if !orgs.contains(org) {
+            return Err(format!(
+                "sign-in: --oidc-org-domain {domain}={org}: there is no org {org} (create it \
+                 with `tally-collector org create {org}`)"
+            ));
+        }
+    }
+    let sso = oidc::Sso::new(config).map_err(|e| format!("sign-in: {e}"))?;
+    Ok(Arc::new(web::SignIn {
+        local,
+        sso: Some(Arc::new(sso)),
+    }))
+}
+
+/// Once the address is known: the default redirect URL, and a first read of the provider's
+/// discovery document and keys (in the background: the provider may be down, ingest is not).
+async fn start_sso(sign_in: &web::SignIn, scheme: &str, bound: SocketAddr) -> Result<(), String> {
+    let Some(sso) = sign_in.sso.clone() else {
+        return Ok(());
+    };
+    sso.default_redirect(scheme, bound)?;
+    if !sign_in.local {
+        log::info("sign-in: passwords are turned off (--no-local-login); SSO only");
+    }
+    tokio::spawn(async move { sso.warm_up().await });
     Ok(())
 }
 
