@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 /// How long a started sign-in may take at the provider.
 pub const PENDING_TTL: Duration = Duration::from_secs(600);
-/// Sign-ins in progress at once; beyond that `/auth/login` asks to try again later.
+/// Sign-ins in progress at once (about 300 bytes each); beyond that the oldest is dropped, so
+/// that a flood of `/auth/login` costs bounded memory and never shuts sign-in off.
 pub const MAX_PENDING: usize = 10_000;
 /// The JWKS is fetched again for an unknown `kid` at most this often.
 pub const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
@@ -309,7 +310,6 @@ pub enum SsoError {
     EmailUnverified,
     /// Neither the org claim nor the email's domain maps to an org.
     NoOrg,
-    Busy,
 }
 
 impl std::fmt::Display for SsoError {
@@ -345,10 +345,6 @@ impl std::fmt::Display for SsoError {
                 f,
                 "Sign-in refused: no org here is mapped to your identity (email domain or claim)."
             ),
-            SsoError::Busy => write!(
-                f,
-                "Too many sign-ins are in progress. Please try again in a minute."
-            ),
         }
     }
 }
@@ -364,7 +360,6 @@ impl SsoError {
             SsoError::NoEmail => "no email claim".into(),
             SsoError::EmailUnverified => "email not verified".into(),
             SsoError::NoOrg => "no org mapped".into(),
-            SsoError::Busy => "too many sign-ins pending".into(),
         }
     }
 
@@ -373,7 +368,6 @@ impl SsoError {
         match self {
             SsoError::UnknownState | SsoError::Denied(_) | SsoError::Exchange(_) => 400,
             SsoError::Unavailable(_) => 502,
-            SsoError::Busy => 503,
             _ => 403,
         }
     }
@@ -605,7 +599,13 @@ impl Sso {
             let now = Instant::now();
             pending.retain(|_, v| v.expires > now);
             if pending.len() >= MAX_PENDING {
-                return Err(SsoError::Busy);
+                let oldest = pending
+                    .iter()
+                    .min_by_key(|(_, v)| v.expires)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    pending.remove(&k);
+                }
             }
             pending.insert(
                 state.clone(),
@@ -855,7 +855,7 @@ pub fn map_identity(
     let email = claim(all, "email")
         .and_then(Value::as_str)
         .map(|e| e.trim().to_ascii_lowercase())
-        .filter(|e| e.contains('@'))
+        .filter(|e| crate::users::valid_email(e))
         .ok_or(SsoError::NoEmail)?;
     // Some providers send the boolean as a string.
     let verified = matches!(claim(all, "email_verified"), Some(Value::Bool(true)))

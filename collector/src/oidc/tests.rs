@@ -546,3 +546,42 @@ fn oidc_identity_mapping() {
         Err(SsoError::EmailUnverified)
     );
 }
+
+#[tokio::test]
+async fn oidc_pending_sign_ins_are_bounded() {
+    let (_op, sso) = setup().await;
+    {
+        let mut pending = sso.pending.lock().expect("pending");
+        for i in 0..MAX_PENDING {
+            pending.insert(
+                format!("s{i}"),
+                Pending {
+                    binding_hash: String::new(),
+                    nonce: String::new(),
+                    verifier: String::new(),
+                    // s0 is the oldest.
+                    expires: Instant::now() + PENDING_TTL + Duration::from_millis(i as u64),
+                },
+            );
+        }
+    }
+    // A flood does not shut sign-in off: the oldest record makes room.
+    sso.start().await.expect("start");
+    assert_eq!(sso.pending_count(), MAX_PENDING);
+    assert!(!sso.pending.lock().expect("pending").contains_key("s0"));
+}
+
+#[test]
+fn oidc_identity_needs_a_real_address() {
+    let c = config(Some("tally_org"));
+    for email in ["x@localhost", "not-an-email", "two words@acme.test"] {
+        assert_eq!(
+            map_identity(
+                &c,
+                &claims(json!({"email": email, "email_verified": true, "tally_org": "acme"}))
+            ),
+            Err(SsoError::NoEmail),
+            "{email}"
+        );
+    }
+}
