@@ -49,13 +49,40 @@ const MODELS: [(&str, &str); 12] = [
     ("groq", "llama-3.3-70b-versatile"),
 ];
 
-fn event(rng: &mut Rng, i: u64, ts: i64) -> Event {
-    let (provider, model) = MODELS[rng.below(MODELS.len() as u64) as usize];
+/// Labels as mesh traffic has them: a workload lives in one namespace, which one team owns; an
+/// app's features are its own; a workload calls two models; users belong to teams. The
+/// cardinalities are those of a mid-sized platform: 100 workloads in 20 namespaces, 8 teams,
+/// 10 apps with 2 features each, 12 models, 500 users, 30 tasks. (Independent labels, where every
+/// event is a new combination, are the worst case for rollups by pairs of labels: run with
+/// `TALLY_BENCH_INDEPENDENT=1` to measure it.)
+fn event(rng: &mut Rng, i: u64, ts: i64, independent: bool) -> Event {
+    let workload = rng.below(100);
+    let (namespace, team, app, model) = if independent {
+        (rng.below(20), rng.below(8), rng.below(10), rng.below(12))
+    } else {
+        let ns = workload % 20;
+        (
+            ns,
+            ns % 8,
+            workload % 10,
+            (workload + 5 * rng.below(2)) % 12,
+        )
+    };
+    let (provider, model) = MODELS[model as usize];
     let failed = rng.below(50) == 0;
     let latency = 50.0 + 4000.0 * rng.unit().powi(3);
     let input = 100 + rng.below(8000);
     let output = 10 + rng.below(1500);
-    let label = |rng: &mut Rng, prefix: &str, n: u64| Some(format!("{prefix}-{}", rng.below(n)));
+    let feature = if independent {
+        rng.below(20)
+    } else {
+        app * 2 + rng.below(2)
+    };
+    let user = if independent {
+        rng.below(500)
+    } else {
+        team * 62 + rng.below(62)
+    };
     Event {
         request_id: format!("bench-{i:012}"),
         timestamp: tally::time::format_rfc3339_ms(ts),
@@ -79,19 +106,14 @@ fn event(rng: &mut Rng, i: u64, ts: i64) -> Event {
         cost_usd: Some((input as f64 * 1.5 + output as f64 * 6.0) / 1e6),
         error_category: failed.then_some(ErrorCategory::RateLimited),
         error_source: failed.then_some(ErrorSource::Provider),
-        team: label(rng, "team", 8),
-        app: label(rng, "app", 10),
-        feature: if rng.below(10) == 0 {
-            None
-        } else {
-            label(rng, "feature", 20)
-        },
-        task: label(rng, "task", 30),
+        team: Some(format!("team-{team}")),
+        app: Some(format!("app-{app}")),
+        feature: (rng.below(10) != 0).then(|| format!("feature-{feature}")),
+        task: Some(format!("task-{}", rng.below(30))),
         session_id: None,
-        user: label(rng, "user", 500),
-        // As a sidecar's events: 20 namespaces, 100 workloads.
-        namespace: label(rng, "ns", 20),
-        workload: label(rng, "workload", 100),
+        user: Some(format!("user-{user}")),
+        namespace: Some(format!("ns-{namespace}")),
+        workload: Some(format!("workload-{workload}")),
         principal: None,
         rule: None,
         routed: false,
@@ -145,6 +167,7 @@ fn main() -> Result<(), String> {
     let span = 30 * DAY;
     let start = now - span;
     let mut rng = Rng(42);
+    let independent = std::env::var_os("TALLY_BENCH_INDEPENDENT").is_some();
     let batch_size = 5000u64;
     let t = Instant::now();
     let mut i = if filled { n } else { 0 };
@@ -153,7 +176,7 @@ fn main() -> Result<(), String> {
             .map(|j| {
                 // In time order, as a filter sends them.
                 let ts = start + (j as i128 * span as i128 / n as i128) as i64;
-                (event(&mut rng, j, ts), ts)
+                (event(&mut rng, j, ts, independent), ts)
             })
             .collect();
         store

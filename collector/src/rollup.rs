@@ -121,6 +121,10 @@ pub const PAIR_GROUPS: [&str; 9] = [
     "error",
 ];
 
+/// Pair rows are kept per hour only: a month is 720 of them per key, still few to read, and
+/// day rows would double what ingest writes.
+pub const PAIR_GRANULARITY: i64 = HOUR;
+
 /// The rollup dimension of the pair (filter `f` = `value`, grouped by `g`): the two names, then
 /// the value after a unit separator (names never hold one, so no two pairs share a name).
 pub fn pair_dim(f: &str, g: &str, value: &str) -> String {
@@ -376,7 +380,9 @@ impl Pending {
             };
             for fkey in fkeys.into_iter().flatten() {
                 for (gi, g) in PAIR_GROUPS.iter().enumerate() {
-                    if g == f {
+                    // A filter's own dimension is its total (`f:all`), but for the model: the
+                    // model asked for may be answered by another.
+                    if g == f && *f != "model" {
                         continue;
                     }
                     if let Some(gkey) = mine[single_number(g)].0 {
@@ -396,7 +402,7 @@ impl Pending {
                         .add(e, latency, ttfb, savings);
                 }
             }
-            if g != MINUTE {
+            if g == PAIR_GRANULARITY {
                 for &id in &pairs {
                     self.rows
                         .entry((g, bucket, id))
@@ -521,8 +527,8 @@ impl Pending {
         let mut update = tx.prepare_cached(
             "UPDATE rollups SET unpriced_requests = ?6, unpriced_input_tokens = ?7,
                 unpriced_output_tokens = ?8, cached_input_tokens = ?9, cache_savings_usd = ?10
-             WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3 AND key = ?4
-               AND bucket_ms = ?5",
+             WHERE org_id = ?1 AND granularity_ms = ?2 AND bucket_ms = ?3 AND dim = ?4
+               AND key = ?5",
         )?;
         let mut pairs = Pending::default();
         for (&(g, bucket, id), agg) in &self.rows {

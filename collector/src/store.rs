@@ -211,6 +211,10 @@ impl EventFilter {
     }
 }
 
+/// A time series: its points (bucket start, key, figures) in time order, the bucket used, and
+/// how it was read.
+pub type Series = (Vec<(i64, String, Agg)>, i64, Read);
+
 /// How a summary or time series was read: from rollups whose range edges are whole units of
 /// this many ms (minute or hour), or from the events themselves (exact).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,7 +262,9 @@ fn read_plan(f: &EventFilter, dim: Option<&str>, span: i64) -> Plan {
 /// filter's own dimension (read as the filter's total).
 fn pair_name(f: &str, dim: Option<&str>, value: &str) -> (String, Option<String>) {
     match dim {
-        Some(d) if d == f => (rollup::pair_dim(f, "all", value), Some(value.to_string())),
+        Some(d) if d == f && f != "model" => {
+            (rollup::pair_dim(f, "all", value), Some(value.to_string()))
+        }
         d => (rollup::pair_dim(f, d.unwrap_or("all"), value), None),
     }
 }
@@ -984,7 +990,13 @@ impl Store {
             align(from, now, finest, false),
             align(to, now, finest, true),
         );
-        for (g, start, end) in rollup::plan(from, to, finest) {
+        // Pair rows are per hour only; the dimensions' own, per day, hour and maybe minute.
+        let parts = if dim.contains(':') {
+            vec![(rollup::PAIR_GRANULARITY, from, to)]
+        } else {
+            rollup::plan(from, to, finest)
+        };
+        for (g, start, end) in parts {
             let mut rows = st.query(params![org.id, g, dim, start, end])?;
             // Merge straight from the row: no owned key unless new, sketches added in place.
             while let Some(r) = rows.next()? {
@@ -1012,7 +1024,7 @@ impl Store {
         filter: &EventFilter,
         from: i64,
         to: i64,
-    ) -> Result<(Vec<(i64, String, Agg)>, i64, Read), StoreError> {
+    ) -> Result<Series, StoreError> {
         let mut out: std::collections::BTreeMap<(i64, String), Agg> = Default::default();
         let plan = read_plan(filter, dim, to - from);
         let finest = match &plan {
@@ -1052,7 +1064,11 @@ impl Store {
                AND dim = ?3 AND bucket_ms >= ?4 AND bucket_ms < ?5",
             rollup::FIGURES
         ))?;
-        let mut rows = st.query(params![org.id, bucket, name, from, to])?;
+        let g = match plan {
+            Plan::Pair(..) => rollup::PAIR_GRANULARITY,
+            _ => bucket,
+        };
+        let mut rows = st.query(params![org.id, g, name, from, to])?;
         while let Some(r) = rows.next()? {
             let b: i64 = r.get(0)?;
             let key: String = match &fixed {
@@ -1930,6 +1946,11 @@ pub(crate) mod tests {
         assert_eq!(s("model-123"), "model-123");
     }
 
+    /// Per key: requests, errors, input and output tokens, unpriced requests and their input
+    /// tokens, and the cost in micro-dollars (`C`: known, or maybe unknown).
+    type Counts<C> = (u64, u64, u64, u64, u64, u64, C);
+    type Figures = std::collections::BTreeMap<String, Counts<Option<i64>>>;
+
     /// Events with labels drawn from small sets, so that every filter and grouping has several
     /// keys; one model in five is unknown to the price table, and some events fail.
     fn labelled_batch(n: u64, start: i64, span: i64) -> Batch {
@@ -1979,13 +2000,8 @@ pub(crate) mod tests {
     }
 
     /// What a summary over `events` must say, computed here the plain way.
-    fn expected(
-        events: &Batch,
-        keep: impl Fn(&Event) -> bool,
-        dim: Option<&str>,
-    ) -> std::collections::BTreeMap<String, (u64, u64, u64, u64, u64, u64, Option<i64>)> {
-        let mut out: std::collections::BTreeMap<String, (u64, u64, u64, u64, u64, u64, i64)> =
-            Default::default();
+    fn expected(events: &Batch, keep: impl Fn(&Event) -> bool, dim: Option<&str>) -> Figures {
+        let mut out: std::collections::BTreeMap<String, Counts<i64>> = Default::default();
         for (e, _) in events.iter().filter(|(e, _)| keep(e)) {
             let key = match dim {
                 None => String::new(),
@@ -2014,9 +2030,7 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn seen(
-        rows: &[(String, Agg)],
-    ) -> std::collections::BTreeMap<String, (u64, u64, u64, u64, u64, u64, Option<i64>)> {
+    fn seen(rows: &[(String, Agg)]) -> Figures {
         rows.iter()
             .map(|(k, a)| {
                 let cost = a.known_cost().map(|c| (c * 1e6).round() as i64);
@@ -2285,11 +2299,11 @@ pub(crate) mod tests {
             let tx = conn.transaction().unwrap();
             for (i, (e, ts)) in events.iter().enumerate() {
                 tx.execute(
-                    &("INSERT INTO events (org_id, request_id, ts_ms, timestamp, provider, api, endpoint,
+                    "INSERT INTO events (org_id, request_id, ts_ms, timestamp, provider, api, endpoint,
                         model_requested, model_actual, status, streaming, latency_ms, input_tokens,
                         output_tokens, cached_input_tokens, cost_usd, error_category, error_source, team, app,
                         feature, user, routed, received_ms, namespace, workload)
-                     VALUES (1, ?1, ?2, '', ?3, 'chat_completions', '/', ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, 0, ?18, ?19)".to_string()),
+                     VALUES (1, ?1, ?2, '', ?3, 'chat_completions', '/', ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, 0, ?18, ?19)",
                     params![e.request_id, ts, e.provider, e.model_requested, e.model_actual, e.status, e.latency_ms,
                         e.input_tokens.map(|n| n as i64), e.output_tokens.map(|n| n as i64), e.cached_input_tokens.map(|n| n as i64), e.cost_usd,
                         e.error_category.map(|c| c.name()), e.error_source.map(|c| c.name()), e.team, e.app, e.feature, e.user, e.namespace, e.workload],
