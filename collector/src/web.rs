@@ -44,6 +44,7 @@ const INDEX: &str = include_str!("../dashboard/index.html");
 const LOGIN: &str = include_str!("../dashboard/login.html");
 const APP_JS: &str = include_str!("../dashboard/app.js");
 const APP_CSS: &str = include_str!("../dashboard/app.css");
+const FAVICON: &str = include_str!("../dashboard/favicon.svg");
 const LOGIN_CSS: &str = include_str!("../dashboard/login.css");
 /// Chart.js, from the dashboard's npm dependencies (`make build` installs them).
 const CHART_JS: &str = include_str!(concat!(env!("OUT_DIR"), "/chart.umd.js"));
@@ -350,6 +351,7 @@ pub async fn asset(uri: axum::http::Uri) -> Response {
     let (body, kind) = match uri.path() {
         "/assets/app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "/assets/app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        "/assets/favicon.svg" => (FAVICON, "image/svg+xml"),
         "/assets/login.css" => (LOGIN_CSS, "text/css; charset=utf-8"),
         "/assets/chart.umd.js" => (CHART_JS, "text/javascript; charset=utf-8"),
         _ => return ApiError::NotFound.into_response(),
