@@ -37,6 +37,17 @@ pub struct Price {
     pub long_context: Option<(u64, Rates)>,
 }
 
+impl Price {
+    /// The rates a request's usage is billed at: the long-context tier's once its input passes
+    /// the threshold, else the base rates.
+    pub fn rates_for(&self, u: &Usage) -> Rates {
+        match self.long_context {
+            Some((threshold, rates)) if u.input > threshold => rates,
+            _ => self.base,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Listed {
     provider: String,
@@ -209,10 +220,7 @@ impl PriceTable {
 /// Each part of the input at its own rate (uncached, cache reads, cache writes), then output;
 /// at the long-context rates when the input passes their threshold.
 pub fn cost_pico(price: &Price, u: &Usage) -> u128 {
-    let r = match price.long_context {
-        Some((threshold, rates)) if u.input > threshold => rates,
-        _ => price.base,
-    };
+    let r = price.rates_for(u);
     let uncached = u
         .input
         .saturating_sub(u.cached_input)
@@ -226,10 +234,7 @@ pub fn cost_pico(price: &Price, u: &Usage) -> u128 {
 /// What a request's cache reads saved at list price: each cached token at the input rate less
 /// the cache-read rate (at the same tier as [`cost_pico`] picks).
 pub fn cache_savings_pico(price: &Price, u: &Usage) -> u128 {
-    let r = match price.long_context {
-        Some((threshold, rates)) if u.input > threshold => rates,
-        _ => price.base,
-    };
+    let r = price.rates_for(u);
     u128::from(u.cached_input) * u128::from(r.input.saturating_sub(r.cached_input))
 }
 

@@ -229,7 +229,7 @@ fn main() -> Result<(), String> {
         ),
     ] {
         let (p50, p95) = time(runs, || {
-            store.timeseries(&org, bucket, dim, &EventFilter::default(), from, now)
+            store.timeseries(&org, bucket, dim, &EventFilter::default(), from, now, now)
         });
         rows.push((name.to_string(), p50, p95));
     }
@@ -297,7 +297,7 @@ fn main() -> Result<(), String> {
         ),
     ] {
         let (p50, p95) = time(runs, || {
-            store.timeseries(&org, bucket, dim, &filter, from, now)
+            store.timeseries(&org, bucket, dim, &filter, from, now, now)
         });
         rows.push((name.to_string(), p50, p95));
     }

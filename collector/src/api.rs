@@ -497,6 +497,7 @@ fn figures(a: &rollup::Agg) -> serde_json::Map<String, serde_json::Value> {
 fn resolution(read: Read) -> &'static str {
     match read {
         Read::Rollups(rollup::MINUTE) => "minute",
+        Read::Rollups(rollup::DAY) => "day",
         Read::Rollups(_) => "hour",
         Read::Events => "exact",
     }
@@ -557,6 +558,7 @@ async fn timeseries(
 ) -> Result<impl IntoResponse, ApiError> {
     let org = reader(&state, &headers).await?;
     let filter = query_filter(&q, &["bucket", "group_by"])?;
+    let filter_is_empty = filter.is_empty();
     let dim = group_by(&q)?;
     let requested = match q.get("bucket").map(String::as_str) {
         None | Some("hour") => rollup::HOUR,
@@ -569,7 +571,8 @@ async fn timeseries(
             ))
         }
     };
-    let (from, to) = range(&q, now_ms())?;
+    let now = now_ms();
+    let (from, to) = range(&q, now)?;
     if (to - from) / requested > 10_000 {
         return Err(ApiError::field(
             "bucket",
@@ -578,13 +581,18 @@ async fn timeseries(
     }
     let store = state.store.clone();
     let (rows, bucket, read) =
-        blocking(move || store.timeseries(&org, requested, dim, &filter, from, to)).await?;
+        blocking(move || store.timeseries(&org, requested, dim, &filter, from, to, now)).await?;
     let note = (bucket != requested).then(|| match (dim, read) {
         (Some(d), Read::Rollups(_)) if rollup::finest(Some(d)) > requested => {
             format!("{d} is kept per hour: shown in hour buckets")
         }
+        (_, Read::Rollups(_)) if filter_is_empty => format!(
+            "minute figures are kept for {} days: shown in hour buckets",
+            crate::store::MINUTE_ROLLUP_DAYS
+        ),
         _ => format!(
-            "filtered ranges over {} hours are kept per hour: shown in hour buckets",
+            "with a filter, ranges over {} hours (or older than the stored events) are kept \
+             per hour: shown in hour buckets",
             crate::store::EVENTS_RANGE_MS / rollup::HOUR
         ),
     });
@@ -683,9 +691,15 @@ pub enum MetricsAccess {
 
 impl MetricsAccess {
     /// Whether a caller from `peer` (unknown: refused unless public) with these headers may read.
+    /// A request a proxy forwarded comes from loopback when the proxy runs on the host, whoever
+    /// sent it: one carrying a proxy's headers is not taken as local.
     pub fn allows(&self, peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> bool {
+        let proxied = ["forwarded", "x-forwarded-for", "x-real-ip", "via"]
+            .iter()
+            .any(|h| headers.contains_key(*h));
         match self {
             MetricsAccess::Public => true,
+            MetricsAccess::Loopback if proxied => false,
             MetricsAccess::Loopback => peer.is_some_and(|ip| match ip {
                 std::net::IpAddr::V4(v4) => v4.is_loopback(),
                 std::net::IpAddr::V6(v6) => {
@@ -721,7 +735,9 @@ async fn metrics(
                 "/metrics needs Authorization: Bearer <the metrics token>".into(),
             ),
             _ => ApiError::Forbidden(
-                "/metrics answers loopback callers only; see --metrics-token-file".into(),
+                "/metrics answers loopback callers only (not through a proxy); see \
+                 --metrics-token-file"
+                    .into(),
             ),
         });
     }
@@ -812,6 +828,11 @@ mod tests {
             assert!(!local.allows(ip(peer), &bearer), "{peer}");
         }
         assert!(!local.allows(None, &none));
+        for proxy in ["forwarded", "x-forwarded-for", "x-real-ip", "via"] {
+            let mut h = HeaderMap::new();
+            h.insert(proxy, "10.0.0.7".parse().unwrap());
+            assert!(!local.allows(ip("127.0.0.1"), &h), "{proxy}");
+        }
         let token = MetricsAccess::Token(crate::keys::hash("scrape-me-0123456789"));
         assert!(token.allows(ip("10.0.0.7"), &bearer));
         assert!(!token.allows(ip("127.0.0.1"), &none));

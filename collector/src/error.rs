@@ -55,10 +55,15 @@ impl IntoResponse for ApiError {
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "unauthorized", "message": "a valid org key is required: Authorization: Bearer tly_... (filters may send events and read controls with a mesh token, tlm_...)"}),
             ),
-            ApiError::Unauthenticated(message) => (
-                StatusCode::UNAUTHORIZED,
-                json!({"error": "unauthorized", "message": message}),
-            ),
+            ApiError::Unauthenticated(message) => {
+                let body = json!({"error": "unauthorized", "message": message});
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                    Json(body),
+                )
+                    .into_response();
+            }
             ApiError::Forbidden(message) => (
                 StatusCode::FORBIDDEN,
                 json!({"error": "forbidden", "message": message}),

@@ -109,11 +109,12 @@ pub const FILTER_DIMENSIONS: [&str; 7] = [
 ];
 
 /// What a filtered summary can be grouped by from rollups ("all": the total).
-pub const PAIR_GROUPS: [&str; 9] = [
+pub const PAIR_GROUPS: [&str; 10] = [
     "all",
     "feature",
     "model",
     "provider",
+    "provider_model",
     "team",
     "app",
     "namespace",
@@ -339,6 +340,10 @@ impl Pending {
         id
     }
 
+    fn is_empty_key(&self, id: u32) -> bool {
+        matches!(self.keys.get(id as usize), Some(RowKey::Single { key, .. }) if key.is_empty())
+    }
+
     fn pair_id(&mut self, p: u8, f: u32, g: u32) -> u32 {
         if let Some(&id) = self.pair_ids.get(&(p, f, g)) {
             return id;
@@ -364,8 +369,9 @@ impl Pending {
             }
         }
         let status = self.id(SINGLE - 1, status_class(e.status));
-        // Pair rows, per hour and day: the event under each filter key it matches (a model
-        // filter matches the model asked for as well as the one that answered).
+        // Pair rows, per hour: the event under each filter key it matches (a model filter
+        // matches the model asked for as well as the one that answered). A missing label has
+        // no filter key: the API takes no empty filter.
         let mut pairs: Vec<u32> = Vec::with_capacity(64);
         let requested = e
             .model_requested
@@ -378,7 +384,12 @@ impl Pending {
                 "model" => [mine[single_number("model")].0, requested],
                 _ => [mine[single_number(f)].0, None],
             };
-            for fkey in fkeys.into_iter().flatten() {
+            let fkeys: Vec<u32> = fkeys
+                .into_iter()
+                .flatten()
+                .filter(|k| !self.is_empty_key(*k))
+                .collect();
+            for fkey in fkeys {
                 for (gi, g) in PAIR_GROUPS.iter().enumerate() {
                     // A filter's own dimension is its total (`f:all`), but for the model: the
                     // model asked for may be answered by another.
@@ -525,8 +536,11 @@ impl Pending {
     /// everything else.
     pub fn write_new_figures(&self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
         let mut update = tx.prepare_cached(
-            "UPDATE rollups SET unpriced_requests = ?6, unpriced_input_tokens = ?7,
-                unpriced_output_tokens = ?8, cached_input_tokens = ?9, cache_savings_usd = ?10
+            "UPDATE rollups SET unpriced_requests = unpriced_requests + ?6,
+                unpriced_input_tokens = unpriced_input_tokens + ?7,
+                unpriced_output_tokens = unpriced_output_tokens + ?8,
+                cached_input_tokens = cached_input_tokens + ?9,
+                cache_savings_usd = cache_savings_usd + ?10
              WHERE org_id = ?1 AND granularity_ms = ?2 AND bucket_ms = ?3 AND dim = ?4
                AND key = ?5",
         )?;

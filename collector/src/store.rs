@@ -169,6 +169,11 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// No label or status filter (times and paging aside).
+    pub fn is_empty(&self) -> bool {
+        self.labels().next().is_none() && self.status.is_none()
+    }
+
     /// The label filters, as (dimension, value): those set.
     fn labels(&self) -> impl Iterator<Item = (&'static str, &String)> {
         [
@@ -284,6 +289,10 @@ pub struct Store {
     /// A second connection, read-only, for authentication and the read API: in WAL mode it
     /// reads while `conn` writes, so an ingest transaction delays neither.
     read: Mutex<Connection>,
+    /// Read-only connections for scans of the events (filtered summaries), kept for reuse: a
+    /// scan may read millions of rows, and must not hold `read`, which authenticates every
+    /// ingest call and session.
+    scans: Mutex<Vec<Connection>>,
     /// Batches waiting for the next ingest transaction (see [`Store::insert_events`]).
     queue: Mutex<Vec<Arc<Job>>>,
     /// Rollup rows of committed events not yet written (see [`Unwritten`]). Locked after `conn`.
@@ -465,15 +474,14 @@ impl Store {
             )));
         }
         let prices = PriceTable::builtin().map_err(StoreError::Io)?;
+        // Rollups appeared with migration 3, and start from the events already stored: counted
+        // once the schema is the latest (the counting writes today's columns), so a database
+        // from before them needs no backfill of migration 9.
+        let count_all = version <= 2;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.unchecked_transaction()?;
             tx.execute_batch(sql)?;
-            if i == 2 {
-                // Rollups start from the events already stored.
-                tx.execute("DELETE FROM rollups", [])?;
-                roll_up(&tx, &prices, Counted::All, Write::Whole)?;
-            }
-            if i == 8 {
+            if i == 8 && !count_all {
                 // The new figures and the pair rows, from the events the rollups count (those
                 // after `events_seq` are counted whole when the collector starts serving).
                 let through: i64 =
@@ -481,6 +489,16 @@ impl Store {
                 roll_up(&tx, &prices, Counted::Through(through), Write::NewFigures)?;
             }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        if count_all {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute("DELETE FROM rollups", [])?;
+            roll_up(&tx, &prices, Counted::Through(i64::MAX), Write::Whole)?;
+            tx.execute(
+                "UPDATE rollup_progress SET events_seq = (SELECT coalesce(max(seq), 0) FROM events)",
+                [],
+            )?;
             tx.commit()?;
         }
         let through: i64 =
@@ -491,6 +509,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             read: Mutex::new(read),
+            scans: Mutex::new(Vec::new()),
             queue: Mutex::new(Vec::new()),
             unwritten: Mutex::new(Unwritten {
                 through,
@@ -925,7 +944,7 @@ impl Store {
         to: i64,
         now: i64,
     ) -> Result<(Vec<(String, Agg)>, Read), StoreError> {
-        let (rows, read) = match read_plan(filter, dim, to - from) {
+        let (rows, read) = match self.plan(org, filter, dim, from, to)? {
             Plan::Rollups => {
                 let finest = rollup::finest(dim);
                 let rows = self.summary_rows(org, dim.unwrap_or("all"), finest, from, to, now)?;
@@ -964,6 +983,38 @@ impl Store {
                 .then(a.0.cmp(&b.0))
         });
         Ok((rows, read))
+    }
+
+    /// Where to read a filtered query from ([`read_plan`]), except that a range older than the
+    /// org's oldest stored event (deleted by retention) is read from pair rows where it can be,
+    /// since the events are gone.
+    fn plan(
+        &self,
+        org: &Org,
+        filter: &EventFilter,
+        dim: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> Result<Plan, StoreError> {
+        let plan = read_plan(filter, dim, to - from);
+        if !matches!(plan, Plan::Events) {
+            return Ok(plan);
+        }
+        let oldest: Option<i64> = self
+            .reader()
+            .query_row(
+                "SELECT ts_ms FROM events WHERE org_id = ?1 ORDER BY ts_ms LIMIT 1",
+                params![org.id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if oldest.is_some_and(|t| from >= t) {
+            return Ok(plan);
+        }
+        Ok(match read_plan(filter, dim, i64::MAX) {
+            Plan::Pair(f, v) => Plan::Pair(f, v),
+            _ => Plan::Events,
+        })
     }
 
     /// Rollup rows of one dimension over `[from, to)`, per key, read at `finest` resolution.
@@ -1016,6 +1067,7 @@ impl Store {
     /// picks; `bucket` is [`MINUTE`], [`HOUR`] or [`DAY`] (UTC). Returns the points, in time
     /// order, and the bucket used: a bucket finer than the rows that can answer (hour-only
     /// dimensions, or a filter over a long range) becomes [`HOUR`].
+    #[allow(clippy::too_many_arguments)]
     pub fn timeseries(
         &self,
         org: &Org,
@@ -1024,16 +1076,18 @@ impl Store {
         filter: &EventFilter,
         from: i64,
         to: i64,
+        now: i64,
     ) -> Result<Series, StoreError> {
         let mut out: std::collections::BTreeMap<(i64, String), Agg> = Default::default();
-        let plan = read_plan(filter, dim, to - from);
+        let plan = self.plan(org, filter, dim, from, to)?;
         let finest = match &plan {
-            Plan::Rollups => rollup::finest(dim),
+            // Minute rows are kept for MINUTE_ROLLUP_DAYS only.
+            Plan::Rollups => finest_at(from, now, rollup::finest(dim)),
             Plan::Pair(..) => HOUR,
             Plan::Events => MINUTE,
         };
         let bucket = bucket.max(finest);
-        // Every bucket that starts in [from, to), from its first millisecond.
+        // Every bucket that meets [from, to), the one holding `from` from its first millisecond.
         let from = from.div_euclid(bucket) * bucket;
         let (name, fixed) = match &plan {
             Plan::Rollups => (dim.unwrap_or("all").to_string(), None),
@@ -1079,7 +1133,7 @@ impl Store {
             rollup::merge_row(a, r, 2)?;
         }
         let points = out.into_iter().map(|((b, k), a)| (b, k, a)).collect();
-        Ok((points, bucket, Read::Rollups(bucket.min(HOUR))))
+        Ok((points, bucket, Read::Rollups(bucket)))
     }
 
     /// Call `f` with each of the org's events in `[from, to)` that `filter` picks (its time,
@@ -1097,14 +1151,25 @@ impl Store {
         );
         let mut args: Vec<rusqlite::types::Value> = vec![org.id.into(), from.into(), to.into()];
         filter.push_sql(&mut sql, &mut args);
-        let conn = self.reader();
-        let mut st = conn.prepare_cached(&sql)?;
-        let mut rows = st.query(params_from_iter(args))?;
-        let mut savings = rollup::Savings::default();
-        while let Some(r) = rows.next()? {
-            let (ts, e) = lite_event(r)?;
-            let saved = savings.of(&self.prices, &e);
-            f(ts, &e, saved);
+        let taken = lock(&self.scans).pop();
+        let conn = match taken {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        {
+            let mut st = conn.prepare_cached(&sql)?;
+            let mut rows = st.query(params_from_iter(args))?;
+            let mut savings = rollup::Savings::default();
+            while let Some(r) = rows.next()? {
+                let (ts, e) = lite_event(r)?;
+                let saved = savings.of(&self.prices, &e);
+                f(ts, &e, saved);
+            }
+        }
+        // Kept for the next scan (a few at most: one per concurrent scan).
+        let mut pool = lock(&self.scans);
+        if pool.len() < 4 {
+            pool.push(conn);
         }
         Ok(())
     }
@@ -1173,7 +1238,9 @@ impl Store {
         if let Some((ts, id)) = &f.before {
             // Keyset paging: the list's order is (ts_ms, request_id) descending, so a page
             // neither repeats nor skips an event whatever is stored meanwhile.
-            sql.push_str(" AND (ts_ms < ? OR (ts_ms = ? AND request_id < ?))");
+            // `ts_ms <= ?` first, so that the index bounds the range.
+            sql.push_str(" AND ts_ms <= ? AND (ts_ms < ? OR (ts_ms = ? AND request_id < ?))");
+            args.push((*ts).into());
             args.push((*ts).into());
             args.push((*ts).into());
             args.push(id.clone().into());
@@ -1314,14 +1381,12 @@ fn lite_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Event)> {
     Ok((r.get::<_, i64>(0)?, ev))
 }
 
-/// Which stored events [`roll_up`] counts.
+/// Which stored events [`roll_up`] counts, by `seq`.
 #[derive(Clone, Copy)]
 enum Counted {
-    /// All of them (when the rollups first appear, before events had a `seq`).
-    All,
     /// Those after this `seq` (the ones the last rollup write did not count).
     After(i64),
-    /// Those up to this `seq` (the ones the rollups already count).
+    /// Those up to this `seq` (all of them: `i64::MAX`).
     Through(i64),
 }
 
@@ -1333,7 +1398,11 @@ enum Write {
     NewFigures,
 }
 
-/// Count stored events into the rollups. Returns how many were counted, and, for
+/// Events counted per pass of [`roll_up`]: its rows are held in memory until written.
+const ROLL_UP_CHUNK: i64 = 200_000;
+
+/// Count stored events into the rollups, in passes of [`ROLL_UP_CHUNK`] events by `seq` (the
+/// writes add up, so passes may share rows). Returns how many were counted and, for
 /// [`Counted::After`], the last `seq` counted, if any.
 fn roll_up(
     tx: &rusqlite::Transaction<'_>,
@@ -1341,45 +1410,51 @@ fn roll_up(
     which: Counted,
     write: Write,
 ) -> rusqlite::Result<(usize, Option<i64>)> {
-    // The bound is ?1 in every query; `All` ignores it.
-    let (since, bound) = match which {
-        Counted::All => ("?1 IS NULL", None),
-        Counted::After(seq) => ("seq > ?1", Some(seq)),
-        Counted::Through(seq) => ("seq <= ?1", Some(seq)),
+    // Events with lo < seq <= hi.
+    let (lo, hi) = match which {
+        Counted::After(seq) => (seq, i64::MAX),
+        Counted::Through(seq) => (0, seq),
+    };
+    let max: Option<i64> = tx.query_row(
+        "SELECT max(seq) FROM events WHERE seq > ?1 AND seq <= ?2",
+        params![lo, hi],
+        |r| r.get(0),
+    )?;
+    let Some(max) = max else {
+        return Ok((0, None));
     };
     let mut counted = 0;
-    let orgs: Vec<i64> = {
-        let mut st = tx.prepare(&format!("SELECT DISTINCT org_id FROM events WHERE {since}"))?;
-        let rows = st.query_map(params![bound], |r| r.get(0))?;
-        rows.collect::<Result<_, _>>()?
-    };
-    for org in orgs {
-        let mut pending = Pending::default();
-        {
-            let mut st = tx.prepare(&format!(
-                "SELECT {LITE_COLUMNS} FROM events WHERE {since} AND org_id = ?2"
-            ))?;
-            let rows = st.query_map(params![bound, org], lite_event)?;
-            for row in rows {
-                let (ts, ev) = row?;
-                pending.add(prices, &ev, ts);
-                counted += 1;
+    let mut start = lo;
+    while start < max {
+        let end = start.saturating_add(ROLL_UP_CHUNK).min(max);
+        let orgs: Vec<i64> = {
+            let mut st = tx.prepare_cached(
+                "SELECT DISTINCT org_id FROM events WHERE seq > ?1 AND seq <= ?2",
+            )?;
+            let rows = st.query_map(params![start, end], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for org in orgs {
+            let mut pending = Pending::default();
+            {
+                let mut st = tx.prepare_cached(&format!(
+                    "SELECT {LITE_COLUMNS} FROM events WHERE seq > ?1 AND seq <= ?2 AND org_id = ?3"
+                ))?;
+                let rows = st.query_map(params![start, end, org], lite_event)?;
+                for row in rows {
+                    let (ts, ev) = row?;
+                    pending.add(prices, &ev, ts);
+                    counted += 1;
+                }
+            }
+            match write {
+                Write::Whole => pending.write(tx, org)?,
+                Write::NewFigures => pending.write_new_figures(tx, org)?,
             }
         }
-        match write {
-            Write::Whole => pending.write(tx, org)?,
-            Write::NewFigures => pending.write_new_figures(tx, org)?,
-        }
+        start = end;
     }
-    let last = match which {
-        Counted::After(a) => {
-            tx.query_row("SELECT max(seq) FROM events WHERE seq > ?1", [a], |r| {
-                r.get(0)
-            })?
-        }
-        _ => None,
-    };
-    Ok((counted, last))
+    Ok((counted, matches!(which, Counted::After(_)).then_some(max)))
 }
 
 fn from_enum_str<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T> {
@@ -1418,7 +1493,6 @@ pub(crate) mod tests {
     /// `tally-NAME-PID` in the system's temporary directory, new and empty.
     pub(crate) fn temp_dir(name: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!("tally-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
@@ -1499,7 +1573,6 @@ pub(crate) mod tests {
             .map(|r| r.0)
             .unwrap();
         assert_eq!(total[0].1.requests, 4);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A database as schema `version` left it, with the org `acme` (id 1).
@@ -1582,7 +1655,6 @@ pub(crate) mod tests {
         // succeeded), for 3 distinct minutes, 2 of them in January.
         assert_eq!((minutes, count(MINUTE)), (15, 5));
         assert_eq!(count(HOUR), hours);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1647,7 +1719,6 @@ pub(crate) mod tests {
         let again = batch(&[("a", ts, "u1"), ("c", ts, "u1")]);
         let stored = store.insert_events(&org, Arc::new(again), 0).unwrap();
         assert_eq!(stored, (1, 1, vec![1]));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1726,7 +1797,6 @@ pub(crate) mod tests {
             .map(|(k, a)| (k.as_str(), a.requests))
             .collect();
         assert_eq!(figures, [("u1", 2), ("u2", 1)]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Events of `org_id` with a namespace and workload (or none, for "").
@@ -1845,6 +1915,7 @@ pub(crate) mod tests {
                 &EventFilter::default(),
                 day,
                 day + DAY,
+                day + DAY,
             )
             .map(|r| r.0)
             .unwrap();
@@ -1873,7 +1944,6 @@ pub(crate) mod tests {
             .map(|(k, a)| (k, a.requests))
             .collect();
         assert_eq!(ns_rows, [("shop".into(), 2), ("".into(), 1)]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1928,12 +1998,12 @@ pub(crate) mod tests {
                     &EventFilter::default(),
                     day,
                     day + DAY,
+                    day + DAY,
                 )
                 .map(|r| r.0)
                 .unwrap();
             assert_eq!(hours.len(), 2, "{dim}");
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -2176,7 +2246,15 @@ pub(crate) mod tests {
             }
             // Per day, from day rows or events, the same figures.
             let (points, bucket, _) = store
-                .timeseries(&org, DAY, Some("model"), filter, day, day + 3 * DAY)
+                .timeseries(
+                    &org,
+                    DAY,
+                    Some("model"),
+                    filter,
+                    day,
+                    day + 3 * DAY,
+                    day + 3 * DAY,
+                )
                 .unwrap();
             assert_eq!(bucket, DAY);
             for d in 0..3 {
@@ -2205,11 +2283,19 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let (_, bucket, _) = store
-            .timeseries(&org, MINUTE, None, &team, day, day + DAY)
+            .timeseries(&org, MINUTE, None, &team, day, day + DAY, day + DAY)
             .unwrap();
         assert_eq!(bucket, HOUR);
         let (points, bucket, read) = store
-            .timeseries(&org, MINUTE, None, &team, day, day + 2 * HOUR)
+            .timeseries(
+                &org,
+                MINUTE,
+                None,
+                &team,
+                day,
+                day + 2 * HOUR,
+                day + 2 * HOUR,
+            )
             .unwrap();
         assert_eq!((bucket, read), (MINUTE, Read::Events));
         let n: u64 = points.iter().map(|p| p.2.requests).sum();
@@ -2297,20 +2383,9 @@ pub(crate) mod tests {
             let prices = PriceTable::builtin().unwrap();
             let mut pending = Pending::default();
             let tx = conn.transaction().unwrap();
-            for (i, (e, ts)) in events.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO events (org_id, request_id, ts_ms, timestamp, provider, api, endpoint,
-                        model_requested, model_actual, status, streaming, latency_ms, input_tokens,
-                        output_tokens, cached_input_tokens, cost_usd, error_category, error_source, team, app,
-                        feature, user, routed, received_ms, namespace, workload)
-                     VALUES (1, ?1, ?2, '', ?3, 'chat_completions', '/', ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, 0, ?18, ?19)",
-                    params![e.request_id, ts, e.provider, e.model_requested, e.model_actual, e.status, e.latency_ms,
-                        e.input_tokens.map(|n| n as i64), e.output_tokens.map(|n| n as i64), e.cached_input_tokens.map(|n| n as i64), e.cost_usd,
-                        e.error_category.map(|c| c.name()), e.error_source.map(|c| c.name()), e.team, e.app, e.feature, e.user, e.namespace, e.workload],
-                ).unwrap();
-                if i < 300 {
-                    pending.add(&prices, e, *ts);
-                }
+            insert_raw(&tx, &events, true);
+            for (e, ts) in &events[..300] {
+                pending.add(&prices, e, *ts);
             }
             pending.write_before_v9(&tx, 1).unwrap();
             tx.execute("UPDATE rollup_progress SET events_seq = 300", [])
@@ -2335,6 +2410,100 @@ pub(crate) mod tests {
                 },
                 Box::new(|e: &Event| e.team.as_deref() == Some("search")),
             ),
+        ] {
+            for dim in [None, Some("model"), Some("namespace")] {
+                let (rows, _) = store
+                    .summary(&org, dim, &filter, day, day + DAY, day + 2 * DAY)
+                    .unwrap();
+                assert_eq!(
+                    seen(&rows),
+                    expected(&events, &keep, dim),
+                    "{filter:?} by {dim:?}"
+                );
+            }
+        }
+    }
+
+    /// Events straight into the events table of an older schema (`mesh`: with its namespace and
+    /// workload columns, from schema 7).
+    fn insert_raw(tx: &rusqlite::Transaction<'_>, events: &Batch, mesh: bool) {
+        let (cols, vals) = if mesh {
+            (", namespace, workload", ", ?18, ?19")
+        } else {
+            ("", "")
+        };
+        for (e, ts) in events {
+            let sql = format!(
+                "INSERT INTO events (org_id, request_id, ts_ms, timestamp, provider, api, endpoint,
+                    model_requested, model_actual, status, streaming, latency_ms, input_tokens,
+                    output_tokens, cached_input_tokens, cost_usd, error_category, error_source,
+                    team, app, feature, user, routed, received_ms{cols})
+                 VALUES (1, ?1, ?2, '', ?3, 'chat_completions', '/', ?4, ?5, ?6, 0, ?7, ?8, ?9,
+                    ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, 0{vals})"
+            );
+            let mut args: Vec<rusqlite::types::Value> = vec![
+                e.request_id.clone().into(),
+                (*ts).into(),
+                e.provider.clone().into(),
+                e.model_requested.clone().into(),
+                e.model_actual.clone().into(),
+                e.status.map(i64::from).into(),
+                e.latency_ms.into(),
+                e.input_tokens.map(|n| n as i64).into(),
+                e.output_tokens.map(|n| n as i64).into(),
+                e.cached_input_tokens.map(|n| n as i64).into(),
+                e.cost_usd.into(),
+                e.error_category.map(|c| c.name().to_string()).into(),
+                e.error_source.map(|c| c.name().to_string()).into(),
+                e.team.clone().into(),
+                e.app.clone().into(),
+                e.feature.clone().into(),
+                e.user.clone().into(),
+            ];
+            if mesh {
+                args.push(e.namespace.clone().into());
+                args.push(e.workload.clone().into());
+            }
+            tx.execute(&sql, params_from_iter(args)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_database_from_before_rollups_counts_every_event_once_at_the_latest_schema() {
+        let dir = temp_dir("migration2");
+        let day = parse_rfc3339_ms("2026-01-05T00:00:00Z").unwrap();
+        let mut events = labelled_batch(300, day, DAY);
+        {
+            let mut conn = database_at(&dir, 2);
+            let tx = conn.transaction().unwrap();
+            insert_raw(&tx, &events, false);
+            tx.commit().unwrap();
+        }
+        // Schema 2 had no mesh identity.
+        for (e, _) in &mut events {
+            e.namespace = None;
+            e.workload = None;
+        }
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(
+            store.recount_rollups().unwrap(),
+            0,
+            "counted at the migration"
+        );
+        let org = Org {
+            id: 1,
+            name: "acme".into(),
+        };
+        let team = EventFilter {
+            team: Some("pay".into()),
+            ..Default::default()
+        };
+        for (filter, keep) in [
+            (
+                EventFilter::default(),
+                Box::new(|_: &Event| true) as Box<dyn Fn(&Event) -> bool>,
+            ),
+            (team, Box::new(|e: &Event| e.team.as_deref() == Some("pay"))),
         ] {
             for dim in [None, Some("model"), Some("namespace")] {
                 let (rows, _) = store
