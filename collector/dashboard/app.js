@@ -61,6 +61,11 @@
     return d.getUTCFullYear() + '-' + pad(d.getUTCMonth() + 1) + '-' + pad(d.getUTCDate()) + ' ' +
       pad(d.getUTCHours()) + ':' + pad(d.getUTCMinutes());
   };
+  // A timestamp to the second, in UTC whatever offset it was written with.
+  const utcSeconds = (ts) => {
+    const t = Date.parse(ts);
+    return isNaN(t) ? String(ts) : new Date(t).toISOString().replace('T', ' ').slice(0, 19);
+  };
   const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
   const duration = (len) => {
     if (len % DAY === 0 && len > DAY) return len / DAY + ' d';
@@ -205,6 +210,12 @@
     el.textContent = '';
   }
 
+  // CSV cells as the server writes them (collector/src/csv.rs): a cell that a spreadsheet would run
+  // as a formula (it starts with =, +, -, @, tab or CR) and is not a number (as Rust's f64 parses
+  // one) gets a leading ', then RFC 4180 quoting. Labels come from request headers.
+  const FORMULA = /^[=+\-@\t\r]/;
+  const RUST_F64 = /^[+-]?(inf|infinity|nan|(\d+\.?\d*|\.\d+)(e[+-]?\d+)?)$/i;
+
   // A table whose columns sort by a click on their header and which exports its data as CSV.
   // A column: { label, value(row) (sort and CSV), text(row) (shown), csv(row) (optional), num }.
   class Table {
@@ -288,7 +299,8 @@
     }
     csv() {
       const cell = (v) => {
-        const s = v == null ? '' : String(v);
+        let s = v == null ? '' : String(v);
+        if (FORMULA.test(s) && !RUST_F64.test(s)) s = "'" + s;
         return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
       };
       const lines = [this.columns.map((c) => cell(c.label)).join(',')];
@@ -424,21 +436,31 @@
     const shown = ranked.slice(0, TOP_KEYS);
     const series = (k) => (shown.includes(k) ? k : 'Others');
     const names = ranked.length > TOP_KEYS ? [...shown, 'Others'] : shown;
-    const values = new Map(names.map((k) => [k, buckets.map(() => 0)]));
-    const unknown = new Map(names.map((k) => [k, buckets.map(() => 0)]));
+    const zeros = () => new Map(names.map((k) => [k, buckets.map(() => 0)]));
+    const values = zeros();
+    const unknown = zeros();
+    const requests = zeros();
     for (const p of data.points) {
       const k = label(p.key, by);
       if (!totals.has(k) || !values.has(series(k))) continue;
       const i = index.get(Date.parse(p.bucket));
       values.get(series(k))[i] += p.cost_usd || 0;
       unknown.get(series(k))[i] += p.unpriced_requests || 0;
+      requests.get(series(k))[i] += p.requests || 0;
     }
     const datasets = names.map((k, i) => ({
       label: k,
       backgroundColor: PALETTE[i % PALETTE.length],
       data: values.get(k),
       unpriced: unknown.get(k),
+      requests: requests.get(k),
     }));
+    // A series' cost in a bucket: unknown when every request in it was unpriced (its bar is 0 tall,
+    // so the tooltip shows every series of the hovered bucket that had requests).
+    const bucketCost = (d, i) => {
+      const u = d.unpriced[i];
+      return cost(u > 0 && u >= d.requests[i] ? null : d.data[i], u);
+    };
     const labels = buckets.map((t) => (bucket === 'day' ? utc(t).slice(0, 10) : utc(t).slice(5)));
     const note = $('chart-note');
     if (data.note || bucket !== asked) {
@@ -458,10 +480,12 @@
           x: { stacked: true, title: { display: true, text: 'UTC, per ' + bucket } },
           y: { stacked: true, beginAtZero: true, ticks: { callback: (v) => usd(v) } },
         },
+        interaction: { mode: 'index', intersect: false },
         plugins: {
           tooltip: {
+            filter: (t) => t.dataset.requests[t.dataIndex] > 0 || t.parsed.y > 0,
             callbacks: {
-              label: (t) => t.dataset.label + ': ' + cost(t.parsed.y, t.dataset.unpriced[t.dataIndex]),
+              label: (t) => t.dataset.label + ': ' + bucketCost(t.dataset, t.dataIndex),
             },
           },
         },
@@ -541,7 +565,9 @@
   ], {
     drill: (r) => {
       const m = splitModel(r.key);
-      return m.model ? { model: m.model, provider: m.provider } : null;
+      // The model alone: the API's model filter matches the model asked for or the one that
+      // answered, and one filter keeps the read on its fast path.
+      return m.model ? { model: m.model } : null;
     },
   });
 
@@ -577,7 +603,7 @@
   }
 
   const logTable = new Table('log', [
-    { label: 'Time (UTC)', value: (e) => e.timestamp, text: (e) => e.timestamp.replace('T', ' ').slice(0, 19) },
+    { label: 'Time (UTC)', value: (e) => e.timestamp, text: (e) => utcSeconds(e.timestamp) },
     { label: 'Provider', value: (e) => label(e.provider), text: (e) => label(e.provider) },
     { label: 'Model', value: (e) => label(e.model_actual || e.model_requested), text: (e) => label(e.model_actual || e.model_requested) },
     { label: 'Feature', value: (e) => label(e.feature, 'feature'), text: (e) => label(e.feature, 'feature') },
@@ -748,7 +774,7 @@
   $('more').addEventListener('click', more);
 
   // Client-side CSV of the data a table holds, in its current order.
-  const TABLES = { breakdown: breakdownTable, models: modelsTable, errors: errorsTable };
+  const TABLES = { breakdown: breakdownTable, models: modelsTable, unpriced: unpricedTable, errors: errorsTable };
   for (const b of document.querySelectorAll('button.csv')) {
     b.addEventListener('click', () => {
       const name = b.dataset.table;

@@ -21,7 +21,7 @@ const MINUTE = 60e3;
 const HOUR = 3600e3;
 const DAY = 24 * HOUR;
 const T0 = Date.now();
-let collector, base, browser, keyA, keyB, keyC, dataDir;
+let collector, base, browser, keyA, keyB, keyC, keyD, dataDir;
 
 function cli(data, args, input) {
   return execFileSync(bin, [...args, '--data-dir', data], { input, encoding: 'utf8' }).trim();
@@ -83,6 +83,9 @@ const ACME = [
   event('d0', { timestamp: ago(10 * 24 * 60), cost_usd: 2, ...shop }),
 ];
 
+// Labels come from request headers: a team that is a formula, a command, and a plain number.
+const HOOLI_TEAMS = ['=HYPERLINK("http://x","y")', '@SUM(1)', '-1.5'];
+
 async function ingest(key, events) {
   const r = await fetch(base + '/v1/events', {
     method: 'POST', headers: { authorization: 'Bearer ' + key }, body: JSON.stringify(events),
@@ -102,15 +105,19 @@ before(async () => {
   keyA = cli(dataDir, ['org', 'create', 'acme']);
   keyB = cli(dataDir, ['org', 'create', 'globex']);
   keyC = cli(dataDir, ['org', 'create', 'initech']);
+  keyD = cli(dataDir, ['org', 'create', 'hooli']);
   cli(dataDir, ['user', 'add', '--org', 'acme', '--email', 'ann@acme.test'], PASSWORD + '\n');
   cli(dataDir, ['user', 'add', '--org', 'globex', '--email', 'bob@globex.test'], PASSWORD + '\n');
   cli(dataDir, ['user', 'add', '--org', 'initech', '--email', 'carol@initech.test'], PASSWORD + '\n');
+  cli(dataDir, ['user', 'add', '--org', 'hooli', '--email', 'dan@hooli.test'], PASSWORD + '\n');
   collector = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir], { stdio: ['ignore', 'ignore', 'pipe'] });
   base = 'http://127.0.0.1:' + (await waitForPort(collector));
   await ingest(keyA, ACME);
   await ingest(keyB, [event('g0', { cost_usd: 99, team: 'secret-team', feature: 'globex-only' })]);
   // initech: 450 requests, one a minute from 5 minutes ago, for the log's pages.
   await ingest(keyC, Array.from({ length: 450 }, (_, i) => event('n' + String(i).padStart(3, '0'), { timestamp: ago(5 + i), team: 'bulk' })));
+  // hooli: team names that a spreadsheet would run as formulas, or read as a number.
+  await ingest(keyD, HOOLI_TEAMS.map((team, i) => event('f' + i, { team, cost_usd: 1 + i })));
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
@@ -447,6 +454,75 @@ test('time charts: a true time axis, every bucket in order, empty ones at zero',
   await context.close();
 });
 
+test('chart tooltip: a bucket of unpriced requests only is "unknown", never $0.00', async () => {
+  const { context, page, problems } = await signIn('ann@acme.test');
+  // Hover the bucket of 30 minutes ago: the tooltip lists every series with requests in it.
+  const hover = async (t) => {
+    const label = utc(Math.floor(t / HOUR) * HOUR).slice(5);
+    const at = await page.evaluate((l) => {
+      const c = Chart.getChart('spend-chart');
+      const i = c.data.labels.indexOf(l);
+      const r = c.canvas.getBoundingClientRect();
+      c.tooltip.setActiveElements([], { x: 0, y: 0 });
+      c.update();
+      return { x: r.left + c.getDatasetMeta(0).data[i].x, y: r.top + (c.chartArea.top + c.chartArea.bottom) / 2 };
+    }, label);
+    await page.mouse.move(at.x, at.y);
+    const lines = await page.waitForFunction(() => {
+      const tip = Chart.getChart('spend-chart').tooltip;
+      const l = (tip.body || []).flatMap((b) => b.lines);
+      return tip.opacity > 0 && l.length > 0 && l;
+    });
+    return lines.jsonValue();
+  };
+  const model = (e) => e.model_actual || e.model_requested;
+  const want = series(ACME, T0 - DAY, T0, HOUR, model);
+  const i = want.buckets.indexOf(Math.floor((T0 - 30 * MINUTE) / HOUR) * HOUR);
+  // The unpriced model's own (zero-height) bar, made active as a hover would.
+  const own = await page.evaluate((i) => {
+    const c = Chart.getChart('spend-chart');
+    const d = c.data.datasets.findIndex((s) => s.label === 'acme-llm-1');
+    const el = c.getDatasetMeta(d).data[i];
+    c.tooltip.setActiveElements([{ datasetIndex: d, index: i }], { x: el.x, y: el.y });
+    c.update();
+    return c.tooltip.body.flatMap((b) => b.lines);
+  }, i);
+  assert.deepEqual(own, ['acme-llm-1: unknown']);
+  assert.deepEqual(await hover(T0 - 30 * MINUTE), [
+    'gpt-4o-mini-2024-07-18: ' + usd(want.out.get('gpt-4o-mini-2024-07-18')[i]),
+    'claude-sonnet-4-5-20250929: ' + usd(want.out.get('claude-sonnet-4-5-20250929')[i]),
+    'acme-llm-1: unknown',
+  ]);
+  // Priced and unpriced requests in one series: what is known, and that more is unknown.
+  await settle(page, () => page.selectOption('#stack-by', 'namespace'));
+  const tip = await hover(T0 - 30 * MINUTE);
+  assert.ok(tip.includes('(none): ≥ $1.00 + unknown'), tip.join('; '));
+  assert.ok(!tip.some((l) => /\$0\.00 \+ unknown/.test(l)), tip.join('; '));
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test('the log shows UTC times even for a timestamp with an offset', async () => {
+  const { context, page, problems } = await signIn('ann@acme.test');
+  // The server stores UTC; an answer with +02:00 is still shown in UTC.
+  await page.route('**/api/v1/events?**', async (route) => {
+    const r = await route.fetch();
+    const body = await r.json();
+    for (const e of body.events) {
+      const t = Date.parse(e.timestamp);
+      e.timestamp = new Date(t + 2 * HOUR).toISOString().slice(0, 19) + '+02:00';
+    }
+    await route.fulfill({ response: r, json: body });
+  });
+  await page.reload();
+  await page.waitForSelector('body[data-state=ready]');
+  const log = await cells(page, 'log');
+  assert.equal(log[0][0], ago(30).replace('T', ' ').slice(0, 19));
+  assert.equal(log[10][0], ago(90).replace('T', ' ').slice(0, 19));
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
 test('team chart at a short range: hour buckets, with the API\'s note on the chart', async () => {
   const { context, page, problems } = await signIn('ann@acme.test');
   await settle(page, () => page.click('#range [data-range="1h"]'));
@@ -566,7 +642,8 @@ test('drill-down: a breakdown or model row filters the page by it', async () => 
   assert.deepEqual(await texts(page, ['spend', 'requests']), ['$1.00', '2']);
   assert.deepEqual((await cells(page, 'breakdown')).map((r) => r[0]), ['support']);
   await settle(page, () => page.click('#models tbody tr:has-text("claude-sonnet-4-5-20250929")'));
-  assert.equal(search(page), '?team=support&model=claude-sonnet-4-5-20250929&provider=anthropic&by=team');
+  // By model alone (the API's model filter matches the model asked for or answered): one filter.
+  assert.equal(search(page), '?team=support&model=claude-sonnet-4-5-20250929&by=team');
   assert.equal(await page.textContent('#requests'), '2');
   await open(page, '/');
   // The untagged row drills to feature=untagged; rows with no label have nothing to filter by.
@@ -631,6 +708,10 @@ test('CSV export of every table', async () => {
   ]);
   csv = await download('errors');
   assert.equal(csv.text, 'Category,Source,Requests\r\nrate_limited,provider,1\r\n');
+  assert.ok(await page.isVisible('#unpriced button.csv[data-table="unpriced"]'), 'the unpriced models export too');
+  csv = await download('unpriced');
+  assert.equal(csv.name, 'tally-unpriced.csv');
+  assert.equal(csv.text, 'Model,Provider,Unpriced requests,Input tokens,Output tokens\r\nacme-llm-1,openai,2,10000,2000\r\n');
   // The log's export is the server's CSV, with the page's range and filters.
   await open(page, '/?team=support');
   const href = await page.getAttribute('#csv', 'href');
@@ -639,6 +720,24 @@ test('CSV export of every table', async () => {
   const lines = events.trim().split('\r\n');
   assert.equal(lines.length, 3, 'header and the two support events');
   assert.ok(['token_source', 'namespace', 'workload', 'principal'].every((c) => lines[0].split(',').includes(c)));
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test('CSV export neutralises spreadsheet formulas in labels, as the server\'s CSV does', async () => {
+  const { context, page, problems } = await signIn('dan@hooli.test', { path: '/?by=team' });
+  const [d] = await Promise.all([page.waitForEvent('download'), page.click('button.csv[data-table="breakdown"]')]);
+  assert.equal(d.suggestedFilename(), 'tally-breakdown-by-team.csv');
+  const rows = readFileSync(await d.path(), 'utf8').split('\r\n');
+  // A leading =, +, -, @, tab or CR gets a ' unless the cell is a number; then RFC 4180 quoting.
+  const cell = { '=HYPERLINK("http://x","y")': `"'=HYPERLINK(""http://x"",""y"")"`, '@SUM(1)': "'@SUM(1)", '-1.5': '-1.5' };
+  for (const [team, want] of Object.entries(cell)) {
+    const cost = 1 + HOOLI_TEAMS.indexOf(team);
+    assert.ok(rows.some((r) => r.startsWith(want + ',' + cost + ',')), team + ' as ' + want + ' in\n' + rows.join('\n'));
+  }
+  // The same cells as the server's export of the events.
+  const events = await page.evaluate(async (h) => (await fetch(h)).text(), await page.getAttribute('#csv', 'href'));
+  for (const want of Object.values(cell)) assert.ok(events.includes(',' + want + ','), want + ' in\n' + events);
   assert.deepEqual(problems, []);
   await context.close();
 });
