@@ -2546,4 +2546,40 @@ pub(crate) mod tests {
         drop(Store::open(&data).unwrap());
         assert_eq!((mode(&data), mode(&data.join("tally.db"))), (0o700, 0o600));
     }
+
+    #[test]
+    fn filtered_ranges_whose_events_retention_deleted_are_read_from_pair_rows() {
+        let dir = temp_dir("retained");
+        let store = Store::open(&dir).unwrap();
+        let key = store.create_org("acme", 0).unwrap();
+        let org = store.org_for_key(&key).unwrap().unwrap();
+        let day = parse_rfc3339_ms("2026-01-05T00:00:00Z").unwrap();
+        let events = labelled_batch(600, day, 2 * DAY);
+        store
+            .insert_events(&org, Arc::new(events.clone()), day + 2 * DAY)
+            .unwrap();
+        let team = EventFilter {
+            team: Some("pay".into()),
+            ..Default::default()
+        };
+        let keep = |e: &Event| e.team.as_deref() == Some("pay");
+        let first_hours: Batch = events
+            .iter()
+            .filter(|(_, ts)| *ts < day + 2 * HOUR)
+            .cloned()
+            .collect();
+        // Two hours: read from the events while they are stored...
+        let (rows, read) = store
+            .summary(&org, None, &team, day, day + 2 * HOUR, day + 3 * DAY)
+            .unwrap();
+        assert_eq!(read, Read::Events);
+        assert_eq!(seen(&rows), expected(&first_hours, keep, None));
+        // ...and from pair rows once retention deleted the first day's.
+        store.prune(1, day + 2 * DAY).unwrap();
+        let (rows, read) = store
+            .summary(&org, None, &team, day, day + 2 * HOUR, day + 3 * DAY)
+            .unwrap();
+        assert_eq!(read, Read::Rollups(HOUR));
+        assert_eq!(seen(&rows), expected(&first_hours, keep, None));
+    }
 }

@@ -1439,6 +1439,30 @@ fn summaries_and_time_series_take_the_events_filters_fill_gaps_and_never_call_un
         .collect();
     assert_eq!(per_minute, [0, 0, 0, 0, 0, 0, 1, 1, 0, 0]);
 
+    // Minute rows are kept for 31 days: an older minute series is answered per hour, and says so.
+    let old = event("old-1", "2026-10-15T10:30:00.000Z", json!({}));
+    assert_eq!(c.ingest(&key, &json!([old]).to_string()).0, 202);
+    let (_, v) = get_json(
+        &c,
+        &key,
+        "/api/v1/timeseries?bucket=minute&from=2026-10-15T09:00:00Z&to=2026-10-15T12:00:00Z",
+    );
+    assert_eq!(
+        (v["bucket"].as_str(), v["note"].as_str()),
+        (
+            Some("hour"),
+            Some("minute figures are kept for 31 days: shown in hour buckets")
+        ),
+        "{v}"
+    );
+    let per_hour: Vec<u64> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_hour, [0, 1, 0]);
+
     // The metrics count unpriced requests beside the spend they are not in.
     let (_, text, _) = send(agent().get(&c.url("/metrics")), None);
     assert!(text.lines().any(|l| l == "tally_unpriced_requests_total{org=\"acme\",provider=\"openai\",model=\"acme-llm-1\"} 4"), "{text}");
