@@ -427,8 +427,8 @@ async fn serve_tls(
     Ok(())
 }
 
-/// Sign-in as configured: an org named by `--oidc-org-domain` must exist (claims name orgs at
-/// sign-in, and are checked then).
+/// Sign-in as configured: an org named by `--oidc-org-domain` or `--oidc-org-claim-value` must
+/// exist.
 fn sign_in_config(
     store: &Store,
     sso: Option<oidc::Config>,
@@ -447,6 +447,14 @@ fn sign_in_config(
         if !orgs.contains(org) {
             return Err(format!(
                 "sign-in: --oidc-org-domain {domain}={org}: there is no org {org} (create it \
+                 with `tally-collector org create {org}`)"
+            ));
+        }
+    }
+    for (value, org) in config.org_claim.iter().flat_map(|(_, values)| values) {
+        if !orgs.contains(org) {
+            return Err(format!(
+                "sign-in: --oidc-org-claim-value {value}={org}: there is no org {org} (create it \
                  with `tally-collector org create {org}`)"
             ));
         }

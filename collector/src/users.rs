@@ -14,6 +14,8 @@ pub const SESSION_MS: i64 = 12 * 3_600_000;
 pub const MIN_PASSWORD: usize = 12;
 
 /// What a user may do: an admin may change budgets, webhooks and users; a viewer only reads.
+/// Recorded and shown for now: those changes arrive with budgets and alerts, and with them the
+/// first callers of `Session::require_admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Admin,
@@ -136,6 +138,33 @@ fn decoy_hash() -> &'static str {
     })
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Verifications against the decoy on this thread (for tests; `login` runs on the caller's).
+    static DECOY_VERIFICATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Checks a password against a user's stored hash. With no usable hash (no such user, or an SSO
+/// user, whose hash is empty) the password is verified against the decoy instead and refused, so
+/// that every answer costs one argon2 verification: the time taken says nothing of whether the
+/// email is a user's, or an SSO user's. Only a real stored hash can succeed.
+fn verify_password(stored: Option<&str>, password: &str) -> bool {
+    // Made on the first call whichever way it goes, so that making it never marks one way.
+    let decoy = decoy_hash();
+    if let Some(hash) = stored.and_then(|s| PasswordHash::new(s).ok()) {
+        return Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok();
+    }
+    #[cfg(test)]
+    DECOY_VERIFICATIONS.with(|n| n.set(n.get() + 1));
+    if let Ok(decoy) = PasswordHash::new(decoy) {
+        // The decoy's password is never one a caller can know; refused whatever the outcome.
+        let _ = Argon2::default().verify_password(password.as_bytes(), &decoy);
+    }
+    false
+}
+
 impl Store {
     pub fn add_user(
         &self,
@@ -206,15 +235,7 @@ impl Store {
                 },
             )
             .optional()?;
-        // An SSO user's empty hash is no PHC string: it never verifies, like a wrong password.
-        let hash = found.as_ref().map_or(decoy_hash(), |f| f.1.as_str());
-        let ok = PasswordHash::new(hash)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false);
+        let ok = verify_password(found.as_ref().map(|f| f.1.as_str()), password);
         let Some((user_id, _, org_id, org_name, disabled, role)) = found else {
             return Ok(None);
         };
@@ -521,5 +542,74 @@ mod tests {
                 .unwrap_err(),
             SsoRefusal::OrgDisabled("globex".into())
         );
+    }
+
+    fn decoy_verifications() -> u64 {
+        DECOY_VERIFICATIONS.with(|n| n.get())
+    }
+
+    /// An SSO user has no password (an empty hash): no password opens a session, and the
+    /// refusal goes through the same argon2 verification, against the decoy, as an unknown
+    /// email's, so that its timing does not tell SSO users apart.
+    #[test]
+    fn oidc_sso_users_cannot_sign_in_by_password_and_cost_a_decoy_verification() {
+        let (store, _dir) = store();
+        store
+            .sso_sign_in(&sso("s1", "sam@acme.test", "acme", Role::Admin), 1)
+            .expect("db")
+            .expect("signed in");
+        let stored: String = store
+            .conn()
+            .query_row(
+                "SELECT password_hash FROM users WHERE email = 'sam@acme.test'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("sam");
+        assert_eq!(stored, "", "an SSO user is provisioned without a password");
+        for pw in [
+            "",
+            " ",
+            "x",
+            "correct horse battery",
+            // The decoy's own password: the decoy never lets anyone in.
+            "decoy password, never valid",
+        ] {
+            for email in ["sam@acme.test", "nobody@acme.test"] {
+                let before = decoy_verifications();
+                assert!(
+                    store.login(email, pw, 2).expect("db").is_none(),
+                    "{email} signed in with {pw:?}"
+                );
+                assert_eq!(
+                    decoy_verifications(),
+                    before + 1,
+                    "{email}: one verification against the decoy"
+                );
+            }
+        }
+        // A password user is verified against their own hash, never the decoy.
+        let pw = "correct horse battery";
+        store
+            .add_user("acme", "ann@acme.test", pw, Role::Admin, 1)
+            .expect("ann");
+        let before = decoy_verifications();
+        assert!(store
+            .login("ann@acme.test", "wrong password!", 2)
+            .expect("db")
+            .is_none());
+        assert!(store.login("ann@acme.test", pw, 2).expect("db").is_some());
+        assert_eq!(decoy_verifications(), before);
+        // A password user later linked to an SSO identity keeps their password.
+        store
+            .sso_sign_in(&sso("a1", "ann@acme.test", "acme", Role::Admin), 3)
+            .expect("db")
+            .expect("linked");
+        assert!(store.login("ann@acme.test", pw, 4).expect("db").is_some());
+        // Whatever the stored text, only a real hash verifies.
+        for stored in [Some(""), Some("not a hash"), None] {
+            assert!(!verify_password(stored, ""));
+            assert!(!verify_password(stored, "decoy password, never valid"));
+        }
     }
 }

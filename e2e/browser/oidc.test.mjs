@@ -31,6 +31,10 @@ const accounts = {
   eve: { email: 'eve@acme.test', email_verified: false, name: 'Eve', groups: ['tally-admins'] },
   gus: { email: 'gus@globex.test', email_verified: true, name: 'Gus', groups: [] },
   zed: { email: 'zed@unmapped.test', email_verified: true, name: 'Zed', groups: [] },
+  // The org claim (`tenant`): T-100 is mapped to globex, and wins over the email's domain.
+  tia: { email: 'tia@acme.test', email_verified: true, name: 'Tia', groups: [], tenant: 'T-100' },
+  // A value the user could have typed at the provider, naming an org outright: not mapped.
+  mal: { email: 'mal@acme.test', email_verified: true, name: 'Mal', groups: [], tenant: 'globex' },
 };
 
 let tmp, data, collector, collectorLog = '', base, browser;
@@ -192,7 +196,7 @@ before(async () => {
       const a = accounts[id];
       return a && { accountId: id, claims: async () => ({ sub: id, ...a }) };
     },
-    claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'groups'] },
+    claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'groups', 'tenant'] },
     // Scope claims in the ID token, as Google, Keycloak or Auth0 put them.
     conformIdTokenClaims: false,
     features: { devInteractions: { enabled: true } },
@@ -213,6 +217,7 @@ before(async () => {
     '--oidc-issuer', issuer, '--oidc-client-id', CLIENT_ID, '--oidc-client-secret-file', secretFile,
     '--oidc-org-domain', 'acme.test=acme', '--oidc-org-domain', 'globex.test=globex',
     '--oidc-admin-claim', 'groups=tally-admins',
+    '--oidc-org-claim', 'tenant', '--oidc-org-claim-value', 'T-100=globex',
   ], data);
   collector = c.proc;
   await c.ready;
@@ -337,6 +342,31 @@ test('roles: a user outside the admin group is a viewer; another domain maps to 
   s = await session(p);
   assert.deepEqual([s.body.org, s.body.role], ['acme', 'viewer']);
   await local.close();
+});
+
+test('the org claim maps through --oidc-org-claim-value only; a value naming an org is refused', async () => {
+  const { context, page } = await ssoSignIn('tia');
+  await page.waitForURL(base + '/');
+  const s = await session(page);
+  assert.deepEqual([s.body.org, s.body.email, s.body.role], ['globex', 'tia@acme.test', 'viewer']);
+  await context.close();
+  // "globex" is an org's name, but no mapping names it: refused, not passed over for the domain.
+  await assertRefused('mal', /unmapped identity: no org here is mapped to the value of your "tenant" claim/, 'unmapped-claim');
+  assert.match(collectorLog(), /sso: sign-in refused \(issuer [^)]*\): unmapped identity: claim tenant is "globex", which no --oidc-org-claim-value maps/);
+});
+
+test('an SSO user has no password: the password form refuses every one', async () => {
+  // ann was made at her first SSO sign-in (above), with no password.
+  for (const password of ['', 'any password', 'correct horse battery staple']) {
+    const r = await fetch(base + '/login', {
+      method: 'POST', redirect: 'manual',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ email: 'ann@acme.test', password }).toString(),
+    });
+    assert.equal(r.status, 303, password);
+    assert.equal(r.headers.get('location'), '/login?error=1');
+    assert.equal(r.headers.get('set-cookie'), null);
+  }
 });
 
 test('an unverified email is refused, whatever its domain', async () => {
@@ -472,6 +502,8 @@ test('a wrong SSO configuration stops the collector at start, saying why', () =>
     [['--oidc-issuer', issuer, '--oidc-org-domain', 'acme.test=acme'], /needs --oidc-client-id/],
     [['--oidc-issuer', issuer, '--oidc-client-id', 'x'], /map users to orgs/],
     [['--oidc-issuer', issuer, '--oidc-client-id', 'x', '--oidc-org-domain', 'acme.test=nosuch'], /there is no org nosuch/],
+    [['--oidc-issuer', issuer, '--oidc-client-id', 'x', '--oidc-org-claim', 'tenant'], /needs --oidc-org-claim-value VALUE=ORG/],
+    [['--oidc-issuer', issuer, '--oidc-client-id', 'x', '--oidc-org-claim', 'tenant', '--oidc-org-claim-value', 'T-1=nosuch'], /there is no org nosuch/],
     [['--no-local-login'], /no way to sign in/],
     [['--oidc-issuer', issuer, '--oidc-client-id', 'x', '--oidc-org-domain', 'acme.test=acme', '--oidc-client-secret'], /unexpected argument/],
   ];

@@ -62,10 +62,14 @@ pub struct Args {
     /// SSO: users whose verified email is in DOMAIN belong to ORG (repeatable).
     #[arg(long = "oidc-org-domain", value_name = "DOMAIN=ORG")]
     pub oidc_org_domains: Vec<String>,
-    /// SSO: a claim whose value names the user's org (needs a verified email too); tried
-    /// before the domains.
+    /// SSO: a claim whose value picks the user's org through --oidc-org-claim-value (needs a
+    /// verified email too); tried before the domains. A value no mapping names is refused.
     #[arg(long, value_name = "CLAIM")]
     pub oidc_org_claim: Option<String>,
+    /// SSO: with --oidc-org-claim, users whose claim is VALUE (or, as a list, holds it) belong
+    /// to ORG (repeatable). A claim's value is never taken as an org's name by itself.
+    #[arg(long = "oidc-org-claim-value", value_name = "VALUE=ORG")]
+    pub oidc_org_claim_values: Vec<String>,
     /// SSO: emails that sign in as admins (comma-separated); everyone else is a viewer.
     #[arg(long, value_name = "EMAILS", value_delimiter = ',')]
     pub oidc_admin_emails: Vec<String>,
@@ -91,6 +95,9 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The org claim's name, and each of its values mapped to an org's name.
+pub type OrgClaim = (String, Vec<(String, String)>);
+
 /// Checked sign-in configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -101,7 +108,7 @@ pub struct Config {
     pub redirect_url: Option<String>,
     /// Email domain (lowercase) to org name.
     pub org_domains: Vec<(String, String)>,
-    pub org_claim: Option<String>,
+    pub org_claim: Option<OrgClaim>,
     pub admin_emails: Vec<String>,
     pub admin_claim: Option<(String, String)>,
     pub ca_file: Option<PathBuf>,
@@ -126,6 +133,7 @@ impl Config {
                 || args.oidc_redirect_url.is_some()
                 || !args.oidc_org_domains.is_empty()
                 || args.oidc_org_claim.is_some()
+                || !args.oidc_org_claim_values.is_empty()
                 || !args.oidc_admin_emails.is_empty()
                 || args.oidc_admin_claim.is_some()
                 || args.oidc_ca_file.is_some();
@@ -194,11 +202,11 @@ impl Config {
             }
             org_domains.push((domain, org));
         }
-        let org_claim = args.oidc_org_claim.clone().filter(|c| !c.trim().is_empty());
+        let org_claim = org_claim(args)?;
         if org_domains.is_empty() && org_claim.is_none() {
             return Err(
                 "SSO needs a way to map users to orgs: --oidc-org-domain DOMAIN=ORG and/or \
-                 --oidc-org-claim CLAIM"
+                 --oidc-org-claim CLAIM with --oidc-org-claim-value VALUE=ORG"
                     .into(),
             );
         }
@@ -237,6 +245,50 @@ impl Config {
             ca_file: args.oidc_ca_file.clone(),
         }))
     }
+}
+
+/// `--oidc-org-claim` with its `--oidc-org-claim-value` mappings: one needs the other. Values are
+/// mapped explicitly because users may be able to change some claims at their provider (a
+/// profile field, a self-service attribute): a value taken as an org's name would let them pick
+/// any org here.
+fn org_claim(args: &Args) -> Result<Option<OrgClaim>, String> {
+    let name = args
+        .oidc_org_claim
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    let Some(name) = name else {
+        if !args.oidc_org_claim_values.is_empty() {
+            return Err("--oidc-org-claim-value needs --oidc-org-claim CLAIM".into());
+        }
+        return Ok(None);
+    };
+    let mut values: Vec<(String, String)> = Vec::new();
+    for pair in &args.oidc_org_claim_values {
+        // The org is after the last '=' (org names have none); a value may hold some.
+        let (value, org) = match pair.rsplit_once('=') {
+            Some((v, o)) if !v.trim().is_empty() && !o.trim().is_empty() => {
+                (v.trim().to_string(), o.trim().to_string())
+            }
+            _ => {
+                return Err(format!(
+                    "--oidc-org-claim-value {pair:?}: expected VALUE=ORG"
+                ))
+            }
+        };
+        if values.iter().any(|(v, _)| *v == value) {
+            return Err(format!("--oidc-org-claim-value: {value:?} is mapped twice"));
+        }
+        values.push((value, org));
+    }
+    if values.is_empty() {
+        return Err(format!(
+            "--oidc-org-claim {name} needs --oidc-org-claim-value VALUE=ORG for each value that \
+             names an org: a claim's value is never taken as an org's name by itself (users may \
+             be able to change some claims at their provider)"
+        ));
+    }
+    Ok(Some((name.to_string(), values)))
 }
 
 /// The redirect URL the provider sends codes to: https (or http on loopback), ending in
@@ -308,8 +360,13 @@ pub enum SsoError {
     Token(jwt::TokenError),
     NoEmail,
     EmailUnverified,
-    /// Neither the org claim nor the email's domain maps to an org.
+    /// The org claim is absent and the email's domain maps to no org.
     NoOrg,
+    /// The org claim has a value (for the log: the claim, and the value shortened) that no
+    /// `--oidc-org-claim-value` maps.
+    UnmappedClaim(String, String),
+    /// The org claim is a list whose mapped members name different orgs.
+    SeveralOrgs(String),
 }
 
 impl std::fmt::Display for SsoError {
@@ -343,7 +400,17 @@ impl std::fmt::Display for SsoError {
             ),
             SsoError::NoOrg => write!(
                 f,
-                "Sign-in refused: no org here is mapped to your identity (email domain or claim)."
+                "Sign-in refused: unmapped identity: no org here is mapped to your identity \
+                 (email domain or claim)."
+            ),
+            SsoError::UnmappedClaim(claim, _) => write!(
+                f,
+                "Sign-in refused: unmapped identity: no org here is mapped to the value of your \
+                 {claim:?} claim."
+            ),
+            SsoError::SeveralOrgs(claim) => write!(
+                f,
+                "Sign-in refused: your {claim:?} claim maps to several orgs here; ask an admin."
             ),
         }
     }
@@ -359,7 +426,15 @@ impl SsoError {
             SsoError::Token(e) => format!("ID token refused: {e}"),
             SsoError::NoEmail => "no email claim".into(),
             SsoError::EmailUnverified => "email not verified".into(),
-            SsoError::NoOrg => "no org mapped".into(),
+            SsoError::NoOrg => {
+                "unmapped identity: no org claim, and no org for the email's domain".into()
+            }
+            SsoError::UnmappedClaim(claim, value) => format!(
+                "unmapped identity: claim {claim} is {value}, which no --oidc-org-claim-value maps"
+            ),
+            SsoError::SeveralOrgs(claim) => {
+                format!("claim {claim} maps to several orgs")
+            }
         }
     }
 
@@ -779,7 +854,7 @@ impl Sso {
     /// them only in userinfo).
     fn missing_claims(&self, all: &Map<String, Value>) -> bool {
         let mut needed = vec!["email", "email_verified"];
-        if let Some(c) = &self.config.org_claim {
+        if let Some((c, _)) = &self.config.org_claim {
             needed.push(c);
         }
         if let Some((c, _)) = &self.config.admin_claim {
@@ -846,6 +921,61 @@ fn claim<'a>(all: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     Some(v).filter(|v| !v.is_null())
 }
 
+/// The org the org claim maps to: `None` when the claim is absent or empty (the domains are
+/// tried next), an error when it has a value that no mapping names. A list maps through its
+/// mapped members, which must name one org (others, such as unrelated groups, are passed
+/// over; a list with none is unmapped).
+fn org_from_claim(
+    name: &str,
+    values: &[(String, String)],
+    value: Option<&Value>,
+) -> Result<Option<String>, SsoError> {
+    let lookup = |v: &str| {
+        values
+            .iter()
+            .find(|(want, _)| want == v.trim())
+            .map(|(_, org)| org.clone())
+    };
+    let unmapped = |shown: String| {
+        let mut shown = shown;
+        if shown.len() > 64 {
+            let mut end = 61;
+            while !shown.is_char_boundary(end) {
+                end -= 1;
+            }
+            shown.truncate(end);
+            shown.push_str("...");
+        }
+        SsoError::UnmappedClaim(name.to_string(), shown)
+    };
+    match value {
+        None => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::Array(list)) if list.is_empty() => Ok(None),
+        Some(Value::String(s)) => lookup(s)
+            .map(Some)
+            .ok_or_else(|| unmapped(format!("{:?}", s.trim()))),
+        Some(Value::Array(list)) => {
+            let mut orgs: Vec<String> = list
+                .iter()
+                .filter_map(Value::as_str)
+                .filter_map(lookup)
+                .collect();
+            orgs.sort();
+            orgs.dedup();
+            match orgs.len() {
+                0 => Err(unmapped(format!(
+                    "a list of {} with no mapped value",
+                    list.len()
+                ))),
+                1 => Ok(orgs.pop()),
+                _ => Err(SsoError::SeveralOrgs(name.to_string())),
+            }
+        }
+        Some(other) => Err(unmapped(format!("{other}"))),
+    }
+}
+
 /// The user's email, org and role from verified claims. The email must be verified by the
 /// provider, whatever names the org: an unverified address could be anyone's.
 pub fn map_identity(
@@ -863,21 +993,22 @@ pub fn map_identity(
     if !verified {
         return Err(SsoError::EmailUnverified);
     }
-    let from_claim = config
-        .org_claim
-        .as_deref()
-        .and_then(|c| claim(all, c))
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|o| !o.is_empty())
-        .map(str::to_string);
-    let domain = email.rsplit_once('@').map_or("", |(_, d)| d);
-    let from_domain = config
-        .org_domains
-        .iter()
-        .find(|(d, _)| d == domain)
-        .map(|(_, o)| o.clone());
-    let org = from_claim.or(from_domain).ok_or(SsoError::NoOrg)?;
+    let org = match &config.org_claim {
+        Some((name, values)) => org_from_claim(name, values, claim(all, name))?,
+        None => None,
+    };
+    let org = match org {
+        Some(org) => org,
+        None => {
+            let domain = email.rsplit_once('@').map_or("", |(_, d)| d);
+            config
+                .org_domains
+                .iter()
+                .find(|(d, _)| d == domain)
+                .map(|(_, o)| o.clone())
+                .ok_or(SsoError::NoOrg)?
+        }
+    };
     let by_email = config.admin_emails.contains(&email);
     let by_claim = config
         .admin_claim

@@ -462,6 +462,47 @@ fn oidc_config_checks() {
             },
             "/nonexistent/secret",
         ),
+        // A claim alone would let its value name any org: it needs explicit mappings.
+        (
+            Args {
+                oidc_org_claim: Some("tenant".into()),
+                ..args()
+            },
+            "needs --oidc-org-claim-value VALUE=ORG",
+        ),
+        (
+            Args {
+                oidc_org_claim_values: vec!["t-1=acme".into()],
+                ..args()
+            },
+            "--oidc-org-claim-value needs --oidc-org-claim",
+        ),
+        (
+            Args {
+                oidc_org_claim: Some("tenant".into()),
+                oidc_org_claim_values: vec!["t-1".into()],
+                ..args()
+            },
+            "expected VALUE=ORG",
+        ),
+        (
+            Args {
+                oidc_org_claim: Some("tenant".into()),
+                oidc_org_claim_values: vec!["t-1=acme".into(), "t-1=globex".into()],
+                ..args()
+            },
+            "mapped twice",
+        ),
+        (
+            Args {
+                oidc_issuer: None,
+                oidc_client_id: None,
+                oidc_org_domains: vec![],
+                oidc_org_claim_values: vec!["t-1=acme".into()],
+                ..args()
+            },
+            "need --oidc-issuer",
+        ),
     ];
     for (a, want) in bad {
         let err = Config::from_args(&a, None).expect_err(want);
@@ -476,12 +517,40 @@ fn oidc_config_checks() {
     )
     .expect_err("twice");
     assert!(err.contains("twice"));
+    // The org is after the last '=': a value may hold some (an LDAP group's DN).
+    let c = Config::from_args(
+        &Args {
+            oidc_org_domains: vec![],
+            oidc_org_claim: Some(" groups ".into()),
+            oidc_org_claim_values: vec!["cn=eng,ou=groups=acme".into(), " t-2 = globex ".into()],
+            ..args()
+        },
+        None,
+    )
+    .expect("ok")
+    .expect("configured");
+    assert_eq!(
+        c.org_claim,
+        Some((
+            "groups".into(),
+            vec![
+                ("cn=eng,ou=groups".into(), "acme".into()),
+                ("t-2".into(), "globex".into())
+            ]
+        ))
+    );
 }
 
+/// With an org claim, its values `t-acme` and `t-globex` map to acme and globex.
 fn config(org_claim: Option<&str>) -> Config {
     let mut c = Config::from_args(
         &Args {
             oidc_org_claim: org_claim.map(str::to_string),
+            oidc_org_claim_values: if org_claim.is_some() {
+                vec!["t-acme=acme".into(), "t-globex=globex".into()]
+            } else {
+                vec![]
+            },
             oidc_admin_emails: vec!["boss@acme.test".into()],
             oidc_admin_claim: Some("realm_access.roles=tally-admin".into()),
             ..args()
@@ -530,20 +599,73 @@ fn oidc_identity_mapping() {
         ok(json!({"email": "ann@evil.acme.test", "email_verified": true})),
         Err(SsoError::NoOrg)
     );
-    // The org claim wins over the domain, and needs a verified email too.
+    // A mapped value of the org claim wins over the domain, and needs a verified email too.
     let c = config(Some("tally_org"));
     let ok = |v: Value| map_identity(&c, &claims(v));
     assert_eq!(
-        ok(json!({"email": "ann@acme.test", "email_verified": true, "tally_org": "globex"})),
+        ok(json!({"email": "ann@acme.test", "email_verified": true, "tally_org": "t-globex"})),
         Ok(("ann@acme.test".into(), "globex".into(), Role::Viewer))
     );
     assert_eq!(
-        ok(json!({"email": "ann@gmail.test", "email_verified": true, "tally_org": "acme"})),
+        ok(json!({"email": "ann@gmail.test", "email_verified": true, "tally_org": " t-acme "})),
         Ok(("ann@gmail.test".into(), "acme".into(), Role::Viewer))
     );
     assert_eq!(
-        ok(json!({"email": "ann@gmail.test", "email_verified": false, "tally_org": "acme"})),
+        ok(json!({"email": "ann@gmail.test", "email_verified": false, "tally_org": "t-acme"})),
         Err(SsoError::EmailUnverified)
+    );
+    // A value that names an org but is not mapped (users may edit some claims at their
+    // provider) is refused as an unmapped identity, even where the domain maps: never taken as
+    // the org's name, never passed over for the domain.
+    for value in [
+        json!("globex"),
+        json!("acme"),
+        json!("T-ACME"),
+        json!(7),
+        json!(true),
+        json!({"org": "t-acme"}),
+        json!(["staff", "globex"]),
+    ] {
+        let got = ok(json!({"email": "ann@acme.test", "email_verified": true, "tally_org": value}));
+        assert!(
+            matches!(&got, Err(SsoError::UnmappedClaim(c, _)) if c == "tally_org"),
+            "{value}: {got:?}"
+        );
+        let e = got.unwrap_err();
+        assert!(e.to_string().contains("unmapped identity"), "{e}");
+        assert!(e
+            .log_reason()
+            .starts_with("unmapped identity: claim tally_org is "));
+    }
+    // The log shows the value escaped and shortened.
+    let long = format!("x\n{}", "y".repeat(500));
+    match ok(json!({"email": "ann@acme.test", "email_verified": true, "tally_org": long})) {
+        Err(SsoError::UnmappedClaim(_, shown)) => {
+            assert!(shown.len() <= 64 && !shown.contains('\n'), "{shown}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Absent or empty: the domain decides.
+    for value in [json!(null), json!(""), json!([])] {
+        assert_eq!(
+            ok(json!({"email": "ann@acme.test", "email_verified": true, "tally_org": value})),
+            Ok(("ann@acme.test".into(), "acme".into(), Role::Viewer))
+        );
+    }
+    assert_eq!(
+        ok(json!({"email": "ann@gmail.test", "email_verified": true})),
+        Err(SsoError::NoOrg)
+    );
+    // A list (groups) maps through its mapped members, which must name one org.
+    assert_eq!(
+        ok(json!({"email": "ann@gmail.test", "email_verified": true,
+                  "tally_org": ["staff", "t-globex", "t-globex"]})),
+        Ok(("ann@gmail.test".into(), "globex".into(), Role::Viewer))
+    );
+    assert_eq!(
+        ok(json!({"email": "ann@gmail.test", "email_verified": true,
+                  "tally_org": ["t-acme", "t-globex"]})),
+        Err(SsoError::SeveralOrgs("tally_org".into()))
     );
 }
 
@@ -578,7 +700,7 @@ fn oidc_identity_needs_a_real_address() {
         assert_eq!(
             map_identity(
                 &c,
-                &claims(json!({"email": email, "email_verified": true, "tally_org": "acme"}))
+                &claims(json!({"email": email, "email_verified": true, "tally_org": "t-acme"}))
             ),
             Err(SsoError::NoEmail),
             "{email}"
