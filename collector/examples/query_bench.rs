@@ -259,6 +259,18 @@ fn main() -> Result<(), String> {
             start,
         ),
         (
+            "summary by provider_model (the Models card), team=team-3, 30 days",
+            Some("provider_model"),
+            team(),
+            start,
+        ),
+        (
+            "summary by user (from the events), team=team-3, 30 days",
+            Some("user"),
+            team(),
+            start,
+        ),
+        (
             "summary by feature, team=team-3, 3 hours",
             Some("feature"),
             team(),
