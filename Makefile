@@ -130,12 +130,12 @@ fmt:
 # Fuzz the parsers with libFuzzer (cargo-fuzz, on stable with `-s none`), each for FUZZ_SECONDS,
 # seeded from the fixtures. A crash stops the run and leaves its input in fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := scan sse exchange decode ingest
+FUZZ_TARGETS := scan sse exchange decode ingest eventstream
 fuzz: dashboard-deps
 	@command -v cargo-fuzz >/dev/null || { echo "make fuzz: installing cargo-fuzz with cargo install"; cargo install cargo-fuzz --locked; }
 	set -e; for t in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus/$$t; \
-		cd fuzz && cargo fuzz run -s none -j $(JOBS) $$t corpus/$$t ../fixtures/openai ../fixtures/anthropic ../fixtures/gemini \
+		cd fuzz && cargo fuzz run -s none -j $(JOBS) $$t corpus/$$t ../fixtures/openai ../fixtures/anthropic ../fixtures/gemini ../fixtures/bedrock \
 			-- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=10; cd ..; \
 	done
 

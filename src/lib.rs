@@ -15,6 +15,7 @@ pub mod config;
 pub mod decode;
 pub mod errors;
 pub mod event;
+pub mod eventstream;
 pub mod exchange;
 pub mod handoff;
 pub mod header_map;
