@@ -33,6 +33,19 @@ fn from_provider_code(code: &str) -> Option<C> {
     })
 }
 
+/// Whether the mapping knows a provider's error code or type.
+pub fn is_known_code(code: &str) -> bool {
+    from_provider_code(code).is_some()
+}
+
+/// An error code that is an HTTP status (OpenRouter's and vLLM's numeric `code`).
+fn from_numeric_code(code: &str) -> Option<C> {
+    code.parse::<u16>()
+        .ok()
+        .filter(|s| (400..=599).contains(s))
+        .and_then(from_status)
+}
+
 fn from_status(status: u16) -> Option<C> {
     Some(match status {
         200..=399 => return None,
@@ -87,7 +100,7 @@ pub fn classify(
     if let Some(found) = details.and_then(from_envoy_details) {
         return Some(found);
     }
-    if let Some(c) = code.and_then(from_provider_code) {
+    if let Some(c) = code.and_then(|c| from_provider_code(c).or_else(|| from_numeric_code(c))) {
         return Some((c, S::Provider));
     }
     if interrupted {
@@ -99,7 +112,13 @@ pub fn classify(
         // No status and no explanation from Envoy: the client went away first.
         return Some((C::ClientDisconnect, S::Client));
     };
-    from_status(status).map(|c| (c, S::Provider))
+    match from_status(status) {
+        Some(c) => Some((c, S::Provider)),
+        // An error the provider sent in a successful response (an `error` event ending a 200
+        // stream), with a code the mapping does not know: still an error.
+        None if code.is_some() => Some((C::ProviderError, S::Provider)),
+        None => None,
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +187,36 @@ mod tests {
             classify(None, None, None, false),
             Some((C::ClientDisconnect, S::Client))
         );
+    }
+
+    #[test]
+    fn errors_inside_a_successful_response() {
+        // A numeric code is an HTTP status (OpenRouter, vLLM), even under a 200.
+        assert_eq!(
+            classify(Some(200), Some("429"), None, false),
+            Some((C::RateLimited, S::Provider))
+        );
+        assert_eq!(
+            classify(Some(200), Some("502"), None, false),
+            Some((C::ProviderError, S::Provider))
+        );
+        assert_eq!(
+            classify(Some(200), Some("400"), None, false),
+            Some((C::InvalidRequest, S::Provider))
+        );
+        // A code no mapping knows: under a 200 it is still an error; otherwise the status says.
+        assert_eq!(
+            classify(Some(200), Some("BadRequestError"), None, false),
+            Some((C::ProviderError, S::Provider))
+        );
+        assert_eq!(
+            classify(Some(200), Some("200"), None, false),
+            Some((C::ProviderError, S::Provider))
+        );
+        assert_eq!(
+            classify(Some(429), Some("something_new"), None, false),
+            Some((C::RateLimited, S::Provider))
+        );
+        assert_eq!(classify(Some(200), None, None, false), None);
     }
 }

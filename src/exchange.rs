@@ -96,6 +96,9 @@ enum Body {
     Sse {
         parser: SseParser,
         doc: TopLevelScanner,
+        /// No byte but white space has come yet: the body may still turn out to be one JSON
+        /// document (an error served as `text/event-stream`, without the framing).
+        sniffing: bool,
     },
     /// Nothing to read (a content type that carries no usage).
     Ignore,
@@ -367,6 +370,7 @@ impl Exchange {
             Body::Sse {
                 parser: SseParser::new(self.max_sse_event),
                 doc: TopLevelScanner::new(self.meter.keys()),
+                sniffing: true,
             }
         } else if ct.contains("json") {
             Body::Json(TopLevelScanner::new(self.meter.keys()))
@@ -396,7 +400,7 @@ impl Exchange {
             Some(data) => read_body(
                 &mut self.body,
                 self.meter.as_mut(),
-                self.record.as_mut(),
+                &mut self.record,
                 data,
                 end_of_stream,
             ),
@@ -521,13 +525,34 @@ impl Exchange {
 
 /// Feed (decoded) response bytes to the JSON scanner or the SSE parser, and each finished
 /// document to the provider's meter.
+///
+/// An event stream whose first byte after white space is `{` is a JSON document served under
+/// that type (an error body, sent without SSE framing): no SSE line starts with `{` (it would
+/// be a field of that name, which is ignored). It is read as the JSON body it is, and there are
+/// no stream events to count output from.
 fn read_body(
     body: &mut Body,
     meter: &mut dyn ResponseMeter,
-    record: Option<&mut StreamRecord>,
-    chunk: &[u8],
+    record: &mut Option<StreamRecord>,
+    mut chunk: &[u8],
     end_of_stream: bool,
 ) {
+    if let Body::Sse { sniffing, .. } = body {
+        if *sniffing {
+            match chunk
+                .iter()
+                .position(|&b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0xEF | 0xBB | 0xBF))
+            {
+                None => {}
+                Some(at) if chunk[at] == b'{' => {
+                    *body = Body::Json(TopLevelScanner::new(meter.keys()));
+                    *record = None;
+                    chunk = &chunk[at..];
+                }
+                Some(_) => *sniffing = false,
+            }
+        }
+    }
     match body {
         Body::Json(scanner) => {
             scanner.feed(chunk);
@@ -536,7 +561,7 @@ fn read_body(
                 *body = Body::Ignore;
             }
         }
-        Body::Sse { parser, doc } => {
+        Body::Sse { parser, doc, .. } => {
             if let Some(r) = record {
                 r.push(chunk);
             }

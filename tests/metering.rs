@@ -228,9 +228,17 @@ fn anthropic_error_event_in_a_200_stream() {
         response: fixture("anthropic/error_overloaded_stream.sse"),
     };
     check_every_split(&case, |ev| {
+        assert_eq!(ev.status, Some(200));
         assert_eq!(ev.error_category, Some(ErrorCategory::Overloaded));
         assert_eq!(ev.error_source, Some(ErrorSource::Provider));
-        assert_eq!(ev.input_tokens, Some(25));
+        assert_eq!(
+            ev.model_actual.as_deref(),
+            Some("claude-haiku-4-5-20251001")
+        );
+        // The input side came with `message_start`; no output text did, and the placeholder
+        // output count is not taken as final.
+        assert_eq!(tokens(ev), [Some(25), Some(0), Some(0), Some(0), None]);
+        assert_eq!(ev.token_source, Some(TokenSource::Measured));
     });
 }
 
@@ -605,4 +613,242 @@ fn tokenizer_is_not_built_while_exact_usage_arrives() {
     }
     assert!(!tokenizers.is_loaded(tally::measure::Encoding::O200k));
     assert!(!tokenizers.is_loaded(tally::measure::Encoding::Cl100k));
+}
+
+// Quirks seen in real traffic (issue 18): each on a fixture of its wire shape.
+
+fn measured(model: &str, text: &str) -> u64 {
+    Tokenizers::default()
+        .count(tally::measure::encoding_for(model), text)
+        .unwrap()
+}
+
+#[test]
+fn azure_stream_whose_first_chunk_has_an_empty_model() {
+    // Azure's first chunk carries only the prompt's content-filter results, with `"model": ""`,
+    // and so does a late content-filter chunk: the model is the first non-empty value.
+    let case = Case {
+        path: "/openai/deployments/prod-chat/chat/completions?api-version=2024-10-21",
+        request: br#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+        content_type: "text/event-stream; charset=utf-8",
+        status: 200,
+        response: fixture("openai/azure_stream_content_filter.sse"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.provider, "azure");
+        assert!(ev.streaming);
+        assert_eq!(ev.model_requested.as_deref(), Some("prod-chat"));
+        assert_eq!(ev.model_actual.as_deref(), Some("gpt-4o-2024-11-20"));
+        assert_eq!(tokens(ev), [Some(19), Some(2), Some(0), Some(0), Some(0)]);
+        assert_eq!(ev.token_source, Some(TokenSource::Exact));
+        assert_eq!(ev.cost_usd, usd(19 * 2_500_000 + 2 * 10_000_000));
+        assert_eq!(ev.error_category, None);
+    });
+}
+
+#[test]
+fn deepseek_cache_hits_under_their_own_names() {
+    // `prompt_cache_hit_tokens` + `prompt_cache_miss_tokens` = `prompt_tokens`: the hits are
+    // the cached part of the input, which still counts them.
+    let case = Case {
+        path: "/chat/completions",
+        request: br#"{"model":"deepseek-reasoner","stream":true,"messages":[]}"#,
+        content_type: "text/event-stream; charset=utf-8",
+        status: 200,
+        response: fixture("openai/deepseek_cache_hit_stream.sse"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.model_actual.as_deref(), Some("deepseek-reasoner"));
+        assert_eq!(
+            tokens(ev),
+            [Some(1536), Some(412), Some(1472), Some(0), Some(380)]
+        );
+        assert_eq!(ev.token_source, Some(TokenSource::Exact));
+        // deepseek-reasoner: $0.28 in, $0.028 cache hit, $0.42 out per 1M.
+        assert_eq!(
+            ev.cost_usd,
+            usd(64 * 280_000 + 1472 * 28_000 + 412 * 420_000)
+        );
+    });
+}
+
+#[test]
+fn openrouter_cache_writes_in_prompt_tokens_details() {
+    // OpenRouter's `prompt_tokens_details.cache_write_tokens` is the part of `prompt_tokens`
+    // written to the cache.
+    let case = Case {
+        path: "/api/v1/chat/completions",
+        request: br#"{"model":"anthropic/claude-sonnet-4.5","messages":[]}"#,
+        content_type: "application/json",
+        status: 200,
+        response: fixture("openai/openrouter_cache_write.json"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(
+            ev.model_actual.as_deref(),
+            Some("anthropic/claude-sonnet-4.5")
+        );
+        assert_eq!(
+            tokens(ev),
+            [Some(3210), Some(85), Some(0), Some(3005), Some(0)]
+        );
+        assert_eq!(ev.token_source, Some(TokenSource::Exact));
+    });
+}
+
+#[test]
+fn anthropic_newer_usage_fields_leave_the_counts_exact() {
+    // `cache_creation` (5-minute and 1-hour writes), `server_tool_use.web_search_requests` and
+    // `service_tier` are read past; the totals are those of the three token counts, and the
+    // stream's final `message_delta` input (grown by the search results) is the one taken.
+    let want = [
+        Some(9815 + 3000 + 1200),
+        Some(417),
+        Some(1200),
+        Some(3000),
+        Some(0),
+    ];
+    for (file, content_type) in [
+        (
+            "anthropic/web_search_cache_1h_stream.sse",
+            "text/event-stream",
+        ),
+        (
+            "anthropic/message_web_search_cache_1h.json",
+            "application/json",
+        ),
+    ] {
+        let case = Case {
+            path: "/v1/messages",
+            request: br#"{"model":"claude-sonnet-4-5","max_tokens":1024,"messages":[],"tools":[{"type":"web_search_20250305","name":"web_search","max_uses":1}]}"#,
+            content_type,
+            status: 200,
+            response: fixture(file),
+        };
+        check_every_split(&case, |ev| {
+            assert_eq!(
+                ev.model_actual.as_deref(),
+                Some("claude-sonnet-4-5-20250929"),
+                "{file}"
+            );
+            assert_eq!(tokens(ev), want, "{file}");
+            assert_eq!(ev.token_source, Some(TokenSource::Exact), "{file}");
+            assert_eq!(ev.error_category, None, "{file}");
+        });
+    }
+}
+
+#[test]
+fn gemini_model_version_with_a_models_prefix() {
+    let case = Case {
+        path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        request: br#"{"contents":[{"parts":[{"text":"What do tallies do?"}]}]}"#,
+        content_type: "text/event-stream",
+        status: 200,
+        response: fixture("gemini/stream_model_version_prefixed.sse"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.model_requested.as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(ev.model_actual.as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(
+            tokens(ev),
+            [Some(12), Some(5 + 24), Some(0), Some(0), Some(24)]
+        );
+        assert_eq!(ev.cost_usd, usd(12 * 300_000 + 29 * 2_500_000));
+    });
+}
+
+#[test]
+fn error_event_ending_a_200_stream_is_an_error() {
+    // OpenAI: a bare `{"error": {...}}` data line, then the stream closes.
+    let case = Case {
+        path: "/v1/chat/completions",
+        request: br#"{"model":"gpt-4.1","stream":true,"messages":[]}"#,
+        content_type: "text/event-stream; charset=utf-8",
+        status: 200,
+        response: fixture("openai/error_in_200_stream.sse"),
+    };
+    let out = measured("gpt-4.1-2025-04-14", "Counting sheep");
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.status, Some(200));
+        assert_eq!(ev.error_category, Some(ErrorCategory::ProviderError));
+        assert_eq!(ev.error_source, Some(ErrorSource::Provider));
+        assert_eq!(ev.model_actual.as_deref(), Some("gpt-4.1-2025-04-14"));
+        // No usage came: the output that passed is counted, the input is unknown.
+        assert_eq!(tokens(ev), [None, Some(out), None, None, None]);
+        assert_eq!(ev.token_source, Some(TokenSource::Measured));
+    });
+    // OpenRouter: the error's code is the HTTP status it stands for.
+    let case = Case {
+        path: "/api/v1/chat/completions",
+        request: br#"{"model":"openai/gpt-4o","stream":true,"messages":[]}"#,
+        content_type: "text/event-stream",
+        status: 200,
+        response: fixture("openai/openrouter_error_in_200_stream.sse"),
+    };
+    let out = measured("openai/gpt-4o", "Sure");
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.error_category, Some(ErrorCategory::ProviderError));
+        assert_eq!(ev.error_source, Some(ErrorSource::Provider));
+        assert_eq!(ev.model_actual.as_deref(), Some("openai/gpt-4o"));
+        assert_eq!(tokens(ev), [None, Some(out), None, None, None]);
+        assert_eq!(ev.token_source, Some(TokenSource::Measured));
+    });
+}
+
+#[test]
+fn error_json_served_as_an_event_stream() {
+    // A whole JSON error body under `text/event-stream`, without SSE framing: read as the JSON
+    // it is, whatever the status says.
+    for status in [400, 200] {
+        let case = Case {
+            path: "/v1/chat/completions",
+            request: br#"{"model":"gpt-4o","stream":true,"messages":[]}"#,
+            content_type: "text/event-stream; charset=utf-8",
+            status,
+            response: fixture("openai/error_json_as_event_stream.json"),
+        };
+        check_every_split(&case, |ev| {
+            assert_eq!(ev.status, Some(status));
+            assert_eq!(ev.error_category, Some(ErrorCategory::ContextLength));
+            assert_eq!(ev.error_source, Some(ErrorSource::Provider));
+            assert!(ev.streaming);
+            assert_eq!(ev.model_actual, None);
+            assert_eq!(tokens(ev), [None; 5]);
+            assert_eq!(ev.token_source, None);
+        });
+    }
+    let case = Case {
+        path: "/v1/messages",
+        request: br#"{"model":"claude-sonnet-4-5","stream":true,"messages":[]}"#,
+        content_type: "text/event-stream",
+        status: 200,
+        response: fixture("anthropic/error_json_as_event_stream.json"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.error_category, Some(ErrorCategory::Overloaded));
+        assert_eq!(ev.error_source, Some(ErrorSource::Provider));
+        assert_eq!(tokens(ev), [None; 5]);
+        assert_eq!(ev.token_source, None);
+    });
+}
+
+#[test]
+fn usage_null_after_the_usage_chunk_keeps_the_usage() {
+    let case = Case {
+        path: "/v1/chat/completions",
+        request: br#"{"model":"meta-llama/Llama-3.3-70B-Instruct-Turbo","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+        content_type: "text/event-stream",
+        status: 200,
+        response: fixture("openai/compat_usage_then_null.sse"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(
+            ev.model_actual.as_deref(),
+            Some("meta-llama/Llama-3.3-70B-Instruct-Turbo")
+        );
+        assert_eq!(tokens(ev), [Some(27), Some(9), Some(0), Some(0), Some(0)]);
+        assert_eq!(ev.token_source, Some(TokenSource::Exact));
+        assert_eq!(ev.error_category, None);
+    });
 }

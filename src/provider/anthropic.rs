@@ -6,9 +6,16 @@
 //! sometimes the input fields again. Every field takes its latest value; nothing is summed across
 //! events, so repeated fields are never double counted. Anthropic's `input_tokens` excludes cache
 //! reads and writes, so the total input is the sum of the three.
+//!
+//! Newer usage members are parts or counts beside these, not added to them:
+//! `cache_creation.ephemeral_5m_input_tokens` and `ephemeral_1h_input_tokens` split
+//! `cache_creation_input_tokens` by duration; `server_tool_use.web_search_requests` counts
+//! searches (billed per use, not in tokens); `service_tier` names the tier. They are read past,
+//! so the totals stay those of the three counts.
 
 use super::{
-    count, member, parse_raw, push_str, read_object, Api, ErrorBody, Facts, ResponseMeter,
+    count, member, model_name, parse_raw, push_str, read_object, Api, ErrorBody, Facts,
+    ResponseMeter,
 };
 use crate::scan::{json_string, KeyProbe, TopLevelScanner};
 use crate::usage::Usage;
@@ -98,7 +105,7 @@ impl ResponseMeter for AnthropicMeter {
     }
 
     fn on_document(&mut self, doc: &TopLevelScanner) {
-        if let Some(m) = doc.string("model") {
+        if let Some(m) = model_name(doc.string("model")) {
             self.facts.model = Some(m);
         }
         if let Some(u) = WireUsage::read(doc.raw("usage")) {
@@ -115,7 +122,7 @@ impl ResponseMeter for AnthropicMeter {
         })
         .is_some()
         {
-            if let Some(m) = model {
+            if let Some(m) = model_name(model) {
                 self.facts.model = Some(m);
             }
             if let Some(u) = usage {

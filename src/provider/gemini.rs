@@ -4,8 +4,11 @@
 //! running totals: the last one wins. `promptTokenCount` includes `cachedContentTokenCount`;
 //! `thoughtsTokenCount` is billed as output but not included in `candidatesTokenCount`, so it is
 //! added to output and reported as reasoning.
+//!
+//! `modelVersion` is sometimes a resource name (`models/gemini-2.5-flash`): the event carries the
+//! model's name alone, as the path names it.
 
-use super::{count, parse_raw, push_str, read_object, ErrorBody, Facts, ResponseMeter};
+use super::{count, model_name, parse_raw, push_str, read_object, ErrorBody, Facts, ResponseMeter};
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 
@@ -21,6 +24,14 @@ pub fn model_for_path(path: &str) -> Option<(String, bool)> {
         "generateContent" => Some((model.to_string(), false)),
         "streamGenerateContent" => Some((model.to_string(), true)),
         _ => None,
+    }
+}
+
+/// A model name without its resource prefix: `models/gemini-2.5-flash` is `gemini-2.5-flash`.
+fn bare_model(name: String) -> String {
+    match name.strip_prefix("models/") {
+        Some(bare) => bare.to_string(),
+        None => name,
     }
 }
 
@@ -64,7 +75,7 @@ impl ResponseMeter for GeminiMeter {
 
     fn on_document(&mut self, doc: &TopLevelScanner) {
         let f = &mut self.facts;
-        if let Some(m) = doc.string("modelVersion") {
+        if let Some(m) = model_name(doc.string("modelVersion").map(bare_model)) {
             f.model = Some(m);
         }
         if let Some(u) = WireUsage::read(doc.raw("usageMetadata")) {

@@ -213,6 +213,12 @@ pub(crate) fn count(slot: &mut Option<u64>, v: &[u8]) -> bool {
     crate::scan::json_u64(v).map(|n| *slot = n).is_ok()
 }
 
+/// A model name as a provider reported it, if it names one: some send `""` (Azure's first chunk,
+/// which carries only content-filter results), and an empty name must not hide the real one.
+pub(crate) fn model_name(name: Option<String>) -> Option<String> {
+    name.filter(|m| !m.trim().is_empty())
+}
+
 /// Parse a recorded raw value as `T`, ignoring values of the wrong shape (and JSON `null`).
 pub(crate) fn parse_raw<'a, T: serde::Deserialize<'a>>(raw: Option<&'a [u8]>) -> Option<T> {
     raw.and_then(|r| serde_json::from_slice::<Option<T>>(r).ok().flatten())
@@ -230,13 +236,24 @@ pub(crate) struct ErrorBody {
 }
 
 impl ErrorBody {
-    /// The most specific code: `code` (when a string), else `status`, else `type`.
+    /// The most specific code: `code` (when a string), else `status`, else `type`. A numeric
+    /// `code` is an HTTP status (OpenRouter, vLLM, also inside a 200 stream): it is taken, in
+    /// decimal, over a name the error mapping does not know.
     pub fn best(self) -> Option<String> {
-        match self.code {
-            Some(serde_json::Value::String(c)) if !c.is_empty() => return Some(c),
-            _ => {}
+        let number = match &self.code {
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let name = match self.code {
+            Some(serde_json::Value::String(c)) if !c.is_empty() => Some(c),
+            _ => None,
         }
-        self.status.or(self.kind)
+        .or(self.status)
+        .or(self.kind);
+        match (name, number) {
+            (Some(name), Some(n)) if !crate::errors::is_known_code(&name) => Some(n),
+            (name, number) => name.or(number),
+        }
     }
 }
 
@@ -446,5 +463,145 @@ mod tests {
             (gemini.model.as_deref(), gemini.usage),
             (Some("gemini-2.5-flash"), Some(usage(400, 72, 100, 0, 12)))
         );
+    }
+
+    /// What a meter takes from a run of JSON documents (stream events).
+    fn facts_of_all(api: Api, docs: &[&str]) -> Facts {
+        let mut meter = response_meter(api);
+        let mut scanner = TopLevelScanner::new(meter.keys());
+        for doc in docs {
+            scanner.reset();
+            scanner.feed(doc.as_bytes());
+            meter.on_document(&scanner);
+        }
+        meter.facts().clone()
+    }
+
+    #[test]
+    fn an_empty_model_never_hides_the_real_one() {
+        let chat = facts_of_all(
+            Api::ChatCompletions,
+            &[
+                r#"{"choices":[],"model":"","prompt_filter_results":[]}"#,
+                r#"{"choices":[],"model":" "}"#,
+                r#"{"choices":[],"model":"gpt-4o-2024-11-20"}"#,
+                r#"{"choices":[],"model":""}"#,
+            ],
+        );
+        assert_eq!(chat.model.as_deref(), Some("gpt-4o-2024-11-20"));
+        let responses = facts_of_all(
+            Api::Responses,
+            &[
+                r#"{"type":"response.created","response":{"model":"o4-mini-2025-04-16"}}"#,
+                r#"{"type":"response.completed","response":{"model":""}}"#,
+            ],
+        );
+        assert_eq!(responses.model.as_deref(), Some("o4-mini-2025-04-16"));
+        let messages = facts_of_all(
+            Api::Messages,
+            &[
+                r#"{"type":"message_start","message":{"model":"claude-x","usage":{"input_tokens":1}}}"#,
+                r#"{"type":"message_delta","model":"","usage":{"output_tokens":2}}"#,
+            ],
+        );
+        assert_eq!(messages.model.as_deref(), Some("claude-x"));
+        let gemini = facts_of_all(
+            Api::GenerateContent,
+            &[
+                r#"{"modelVersion":"models/gemini-2.5-flash"}"#,
+                r#"{"modelVersion":""}"#,
+            ],
+        );
+        assert_eq!(gemini.model.as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(
+            facts_of(Api::GenerateContent, r#"{"modelVersion":"models/"}"#).model,
+            None
+        );
+    }
+
+    #[test]
+    fn compatible_hosts_cache_counts() {
+        let openai = |u: &str| facts_of(Api::ChatCompletions, &format!(r#"{{"usage":{u}}}"#)).usage;
+        // DeepSeek: hits and misses add up to the prompt.
+        assert_eq!(
+            openai(
+                r#"{"prompt_tokens":1536,"completion_tokens":4,"prompt_cache_hit_tokens":1472,"prompt_cache_miss_tokens":64}"#
+            ),
+            Some(usage(1536, 4, 1472, 0, 0))
+        );
+        // Both names: the same tokens, never added; a zero in one does not hide the other.
+        assert_eq!(
+            openai(
+                r#"{"prompt_tokens":100,"prompt_tokens_details":{"cached_tokens":64},"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36}"#
+            ),
+            Some(usage(100, 0, 64, 0, 0))
+        );
+        assert_eq!(
+            openai(
+                r#"{"prompt_tokens":100,"prompt_tokens_details":{"cached_tokens":0},"prompt_cache_hit_tokens":64}"#
+            ),
+            Some(usage(100, 0, 64, 0, 0))
+        );
+        // OpenRouter: cache writes beside cache reads in the details.
+        assert_eq!(
+            openai(
+                r#"{"prompt_tokens":194,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":0,"cache_write_tokens":100,"audio_tokens":0}}"#
+            ),
+            Some(usage(194, 2, 0, 100, 0))
+        );
+        // A later details object replaces the whole of an earlier one.
+        assert_eq!(
+            openai(
+                r#"{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4,"cache_write_tokens":3},"prompt_tokens_details":{"cached_tokens":1}}"#
+            ),
+            Some(usage(9, 0, 1, 0, 0))
+        );
+        for bad in [
+            r#"{"prompt_tokens":5,"prompt_cache_hit_tokens":"1"}"#,
+            r#"{"prompt_tokens":5,"prompt_tokens_details":{"cache_write_tokens":-1}}"#,
+        ] {
+            assert_eq!(openai(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn anthropic_usage_members_beside_the_counts() {
+        let start = facts_of(
+            Api::Messages,
+            r#"{"type":"message_start","message":{"model":"claude-x","usage":{"input_tokens":12,"cache_creation_input_tokens":3000,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000},"output_tokens":1,"service_tier":"standard","server_tool_use":null}}}"#,
+        );
+        assert_eq!(start.usage, Some(usage(3012, 1, 0, 3000, 0)));
+        let body = facts_of(
+            Api::Messages,
+            r#"{"usage":{"input_tokens":10,"output_tokens":5,"server_tool_use":{"web_search_requests":2,"web_fetch_requests":1},"cache_creation":null}}"#,
+        );
+        assert_eq!(body.usage, Some(usage(10, 5, 0, 0, 0)));
+    }
+
+    #[test]
+    fn error_codes_taken_from_error_objects() {
+        let code = |e: &str| facts_of(Api::ChatCompletions, &format!(r#"{{"error":{e}}}"#)).error;
+        assert_eq!(
+            code(r#"{"message":"m","type":"server_error","param":null,"code":null}"#).as_deref(),
+            Some("server_error")
+        );
+        // OpenRouter: the HTTP status as the code.
+        assert_eq!(
+            code(r#"{"code":502,"message":"m"}"#).as_deref(),
+            Some("502")
+        );
+        // vLLM: a type no mapping knows, and the status: the status says more.
+        assert_eq!(
+            code(r#"{"object":"error","message":"m","type":"BadRequestError","param":null,"code":400}"#)
+                .as_deref(),
+            Some("400")
+        );
+        // Gemini: a known status name wins over the number.
+        assert_eq!(
+            code(r#"{"code":429,"message":"m","status":"RESOURCE_EXHAUSTED"}"#).as_deref(),
+            Some("RESOURCE_EXHAUSTED")
+        );
+        assert_eq!(code(r#"{"message":"m"}"#), None);
+        assert_eq!(code("null"), None);
     }
 }

@@ -5,9 +5,16 @@
 //! `response.incomplete` and `response.failed`, where it sits inside `response`).
 //! `prompt_tokens` already includes `cached_tokens`, and `completion_tokens` already includes
 //! `reasoning_tokens`, which is the shape of [`Usage`].
+//!
+//! OpenAI-compatible hosts report their prompt cache under other names, all parts of
+//! `prompt_tokens` too: DeepSeek's `prompt_cache_hit_tokens` (beside `prompt_cache_miss_tokens`;
+//! the two add up to `prompt_tokens`) and OpenRouter's `prompt_tokens_details.cache_write_tokens`.
+//!
+//! The model is the first non-empty `model`: Azure's first chunk has `"model": ""`.
 
 use super::{
-    count, member, parse_raw, push_str, read_object, Api, ErrorBody, Facts, ResponseMeter,
+    count, member, model_name, parse_raw, push_str, read_object, Api, ErrorBody, Facts,
+    ResponseMeter,
 };
 use crate::scan::{json_string, KeyProbe, TopLevelScanner};
 use crate::usage::Usage;
@@ -44,12 +51,17 @@ const KEYS: &[(&str, usize)] = &[
 ];
 
 /// Both usage shapes: chat/completions/embeddings (`prompt_tokens`, `*_tokens_details`) and
-/// Responses (`input_tokens`, `*_tokens_details` under those names).
+/// Responses (`input_tokens`, `*_tokens_details` under those names), with the cache counts of
+/// compatible hosts.
 #[derive(Default)]
 struct WireUsage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     cached_tokens: Option<u64>,
+    /// DeepSeek's name for the cached part.
+    prompt_cache_hit_tokens: Option<u64>,
+    /// OpenRouter's `prompt_tokens_details.cache_write_tokens`.
+    cache_write_tokens: Option<u64>,
     reasoning_tokens: Option<u64>,
 }
 
@@ -59,11 +71,21 @@ impl WireUsage {
         read_object(raw, |k, v| match k {
             b"prompt_tokens" | b"input_tokens" => count(&mut u.prompt_tokens, v),
             b"completion_tokens" | b"output_tokens" => count(&mut u.completion_tokens, v),
+            b"prompt_cache_hit_tokens" => count(&mut u.prompt_cache_hit_tokens, v),
             b"prompt_tokens_details" | b"input_tokens_details" => {
-                detail(v, b"cached_tokens", &mut u.cached_tokens)
+                u.cached_tokens = None;
+                u.cache_write_tokens = None;
+                details(v, |k, v| match k {
+                    b"cached_tokens" => count(&mut u.cached_tokens, v),
+                    b"cache_write_tokens" => count(&mut u.cache_write_tokens, v),
+                    _ => true,
+                })
             }
             b"completion_tokens_details" | b"output_tokens_details" => {
-                detail(v, b"reasoning_tokens", &mut u.reasoning_tokens)
+                u.reasoning_tokens = None;
+                details(v, |k, v| {
+                    k != b"reasoning_tokens" || count(&mut u.reasoning_tokens, v)
+                })
             }
             _ => true,
         })?;
@@ -75,17 +97,22 @@ impl WireUsage {
         Some(Usage {
             input,
             output: self.completion_tokens.unwrap_or(0),
-            cached_input: self.cached_tokens.unwrap_or(0),
-            cache_write: 0,
+            // Both names count the same tokens; a host that sends both with one of them zero
+            // (or absent) has the other right.
+            cached_input: self
+                .cached_tokens
+                .max(self.prompt_cache_hit_tokens)
+                .unwrap_or(0),
+            cache_write: self.cache_write_tokens.unwrap_or(0),
             reasoning: self.reasoning_tokens.unwrap_or(0),
         })
     }
 }
 
-/// One count of a details object (`null`: none); the whole object replaces an earlier one.
-fn detail(v: &[u8], name: &[u8], slot: &mut Option<u64>) -> bool {
-    *slot = None;
-    v == b"null" || read_object(Some(v), |k, v| k != name || count(slot, v)).is_some()
+/// A details object (`null`: none), its members read by `take`; the whole object replaces an
+/// earlier one (the caller clears its counts first).
+fn details(v: &[u8], take: impl FnMut(&[u8], &[u8]) -> bool) -> bool {
+    v == b"null" || read_object(Some(v), take).is_some()
 }
 
 #[derive(Default)]
@@ -109,7 +136,7 @@ impl ResponseMeter for OpenAiMeter {
     fn on_document(&mut self, doc: &TopLevelScanner) {
         let f = &mut self.facts;
         if f.model.is_none() {
-            f.model = doc.string("model");
+            f.model = model_name(doc.string("model"));
         }
         if let Some(u) = WireUsage::read(doc.raw("usage")).and_then(WireUsage::into_usage) {
             f.usage = Some(u);
@@ -140,7 +167,7 @@ impl ResponseMeter for OpenAiMeter {
         })
         .is_some()
         {
-            f.model = model.or(f.model.take());
+            f.model = model_name(model).or(f.model.take());
             if let Some(u) = usage.and_then(WireUsage::into_usage) {
                 f.usage = Some(u);
                 f.usage_final = true;
