@@ -76,6 +76,8 @@ struct Raw {
     header_aliases: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     providers: BTreeMap<String, String>,
+    #[serde(default)]
+    bedrock_models: BTreeMap<String, String>,
     collector_token: Option<String>,
     org_from_request: Option<bool>,
     require_org_key: Option<bool>,
@@ -166,6 +168,9 @@ pub struct Config {
     /// Authority (`host` or `host:port`, lower case) -> provider name, for self-hosted or
     /// unlisted OpenAI-compatible providers.
     pub provider_hosts: Vec<(String, String)>,
+    /// Bedrock ARN (an application inference profile's, which names no model) -> the Bedrock
+    /// model id it serves, for `model_actual` and the price.
+    pub bedrock_models: Vec<(String, String)>,
 }
 
 /// `tly_` followed by 40 base62 characters.
@@ -352,8 +357,26 @@ impl Config {
             provider_hosts.push((host.to_ascii_lowercase(), name));
         }
 
+        let mut bedrock_models = Vec::new();
+        for (arn, model) in raw.bedrock_models {
+            if !crate::provider::bedrock::is_mappable_arn(&arn) {
+                return Err(format!(
+                    "bedrock_models: {arn:?} is not a Bedrock ARN \
+                     (arn:aws:bedrock:REGION:ACCOUNT:TYPE/ID)"
+                ));
+            }
+            if model.is_empty()
+                || model.len() > 256
+                || model.contains(|c: char| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!("bedrock_models.{arn}: {model:?} is not a model id"));
+            }
+            bedrock_models.push((arn, model));
+        }
+
         let cfg = Config {
             provider_hosts,
+            bedrock_models,
             org_key: org_key.map(Secret),
             collector_token: collector_token.map(Secret),
             org_from_request,
@@ -583,6 +606,16 @@ mod tests {
                 br#"{"providers":{"http://x/":"vllm"}}"#,
                 Some(KEY),
                 "not a host",
+            ),
+            (
+                br#"{"bedrock_models":{"my-profile":"anthropic.claude-3-5-haiku-20241022-v1:0"}}"#,
+                Some(KEY),
+                "not a Bedrock ARN",
+            ),
+            (
+                br#"{"bedrock_models":{"arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2":" "}}"#,
+                Some(KEY),
+                "not a model id",
             ),
         ];
         for (json, env, want) in cases {

@@ -15,20 +15,41 @@ fn from_provider_code(code: &str) -> Option<C> {
         | "resource_exhausted"
         | "insufficient_quota"
         | "tokens"
-        | "requests" => C::RateLimited,
+        | "requests"
+        | "throttlingexception"
+        | "servicequotaexceededexception" => C::RateLimited,
         "context_length_exceeded" | "string_above_max_length" => C::ContextLength,
         "content_filter" | "content_policy_violation" | "safety" => C::ContentFilter,
-        "overloaded_error" | "unavailable" | "server_is_overloaded" => C::Overloaded,
+        "overloaded_error"
+        | "unavailable"
+        | "server_is_overloaded"
+        | "serviceunavailableexception"
+        | "modelnotreadyexception" => C::Overloaded,
         "invalid_api_key"
         | "authentication_error"
         | "permission_error"
         | "unauthenticated"
         | "permission_denied"
-        | "invalid_authentication" => C::Auth,
-        "not_found_error" | "model_not_found" | "not_found" => C::NotFound,
-        "invalid_request_error" | "invalid_argument" | "failed_precondition" => C::InvalidRequest,
-        "api_error" | "server_error" | "internal" | "internal_error" => C::ProviderError,
-        "deadline_exceeded" | "timeout_error" | "request_timeout" => C::Timeout,
+        | "invalid_authentication"
+        | "accessdeniedexception"
+        | "unrecognizedclientexception" => C::Auth,
+        "not_found_error" | "model_not_found" | "not_found" | "resourcenotfoundexception" => {
+            C::NotFound
+        }
+        "invalid_request_error"
+        | "invalid_argument"
+        | "failed_precondition"
+        | "validationexception" => C::InvalidRequest,
+        "api_error"
+        | "server_error"
+        | "internal"
+        | "internal_error"
+        | "internalserverexception"
+        | "modelstreamerrorexception"
+        | "modelerrorexception" => C::ProviderError,
+        "deadline_exceeded" | "timeout_error" | "request_timeout" | "modeltimeoutexception" => {
+            C::Timeout
+        }
         _ => return None,
     })
 }

@@ -302,6 +302,33 @@ fn read_headers<'a>(mut rest: &'a [u8], m: &mut Message<'a>) -> Result<(), Error
     Ok(())
 }
 
+/// One message with string headers (the only type Bedrock's events use), as AWS frames it: the
+/// mock provider's encoder, and the tests'. A header or payload too long for the format is
+/// the caller's mistake and is cut to fit.
+pub fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    for (name, value) in headers {
+        let name = &name.as_bytes()[..name.len().min(255)];
+        let value = &value.as_bytes()[..value.len().min(usize::from(u16::MAX))];
+        h.push(name.len() as u8);
+        h.extend_from_slice(name);
+        h.push(7);
+        h.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        h.extend_from_slice(value);
+    }
+    let total = MIN_MESSAGE + h.len() + payload.len();
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&(total as u32).to_be_bytes());
+    out.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    let prelude_crc = crc32(&out);
+    out.extend_from_slice(&prelude_crc.to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(payload);
+    let crc = crc32(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = flate2::Crc::new();
     crc.update(bytes);
@@ -400,14 +427,24 @@ mod tests {
 
     /// An event as Bedrock sends one.
     fn event(event_type: &str, payload: &[u8]) -> Vec<u8> {
-        frame(
+        let e = super::encode(
+            &[
+                (":event-type", event_type),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            payload,
+        );
+        let typed = frame(
             &[
                 (":event-type", V::Str(event_type)),
                 (":content-type", V::Str("application/json")),
                 (":message-type", V::Str("event")),
             ],
             payload,
-        )
+        );
+        assert_eq!(e, typed, "the public encoder frames as the typed one does");
+        e
     }
 
     /// An owned copy of a message, to compare.
@@ -835,7 +872,20 @@ mod tests {
     ];
 
     fn invoke_payloads() -> Vec<String> {
-        CLAUDE_EVENTS
+        payload_parts(CLAUDE_EVENTS)
+    }
+
+    /// Meta Llama 3's stream: counts in the chunks (the prompt's in the first), the invocation
+    /// metrics in the last.
+    const LLAMA_EVENTS: &[&str] = &[
+        r#"{"generation":"Hello","prompt_token_count":18,"generation_token_count":1,"stop_reason":null}"#,
+        r#"{"generation":"! How can","prompt_token_count":null,"generation_token_count":4,"stop_reason":null}"#,
+        r#"{"generation":" I help you today?","prompt_token_count":null,"generation_token_count":9,"stop_reason":null}"#,
+        r#"{"generation":"","prompt_token_count":null,"generation_token_count":10,"stop_reason":"stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":18,"outputTokenCount":10,"invocationLatency":402,"firstByteLatency":211}}"#,
+    ];
+
+    fn payload_parts(events: &[&str]) -> Vec<String> {
+        events
             .iter()
             .enumerate()
             .map(|(i, e)| {
@@ -911,8 +961,15 @@ mod tests {
         out
     }
 
-    fn fixtures() -> [(&'static str, Vec<u8>); 3] {
+    fn fixtures() -> [(&'static str, Vec<u8>); 4] {
         [
+            (
+                "invoke_stream_llama.eventstream",
+                payload_parts(LLAMA_EVENTS)
+                    .iter()
+                    .flat_map(|p| event("chunk", p.as_bytes()))
+                    .collect(),
+            ),
             ("invoke_stream_claude.eventstream", invoke_fixture()),
             ("converse_stream.eventstream", converse_fixture()),
             (

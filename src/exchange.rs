@@ -87,6 +87,9 @@ pub struct Begin {
     pub strip: Vec<String>,
     /// Remove `content-length` too: the body may grow (see `stream_usage`).
     pub drop_content_length: bool,
+    /// The org key's header is covered by the request's SigV4 signature: it can be neither
+    /// removed (the signature would fail) nor sent on to the provider, so the request is refused.
+    pub signed_key: bool,
 }
 
 enum Body {
@@ -100,6 +103,8 @@ enum Body {
         /// document (an error served as `text/event-stream`, without the framing).
         sniffing: bool,
     },
+    /// AWS event-stream framing (Bedrock's streams), each message to the meter.
+    EventStream(crate::eventstream::Decoder),
     /// Nothing to read (a content type that carries no usage).
     Ignore,
 }
@@ -187,12 +192,14 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
     let mut forced = None;
     let mut key = None;
     let (mut method, mut path, mut authority) = ("", "", "");
+    let mut signed_headers = None;
     for (name, value) in headers {
         let (name, value) = (name.as_ref(), value.as_ref());
         match name {
             ":method" => method = value,
             ":path" => path = value,
             ":authority" => authority = value,
+            "authorization" => signed_headers = sigv4_signed_headers(value),
             _ => {}
         }
         let field = cfg.field_for_header(name);
@@ -219,6 +226,17 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
             }
         }
     }
+    // A SigV4 signature covers the headers it lists: those stay (PRODUCT.md, "Request headers").
+    let mut signed_key = false;
+    if let Some(signed) = signed_headers {
+        strip.retain(|name| {
+            let is_signed = signed
+                .split(';')
+                .any(|s| s.trim().eq_ignore_ascii_case(name));
+            signed_key |= is_signed && cfg.field_for_header(name) == Some(Field::Key);
+            !is_signed
+        });
+    }
     let exchange = provider::detect(
         method,
         path,
@@ -227,7 +245,7 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
         &cfg.provider_hosts,
     )
     .map(|route| {
-        let meter = provider::response_meter(route.api);
+        let meter = meter_for(&route, cfg);
         let may_add_usage =
             cfg.stream_usage && matches!(route.api, Api::ChatCompletions | Api::Completions);
         Exchange {
@@ -274,6 +292,30 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
         refusal_api,
         strip,
         drop_content_length,
+        signed_key,
+    }
+}
+
+/// The `SignedHeaders` list of an AWS SigV4 `Authorization` value (`a;b;c`), if it is one.
+fn sigv4_signed_headers(authorization: &str) -> Option<&str> {
+    let rest = authorization.trim().strip_prefix("AWS4-HMAC-SHA256")?;
+    rest.split(',')
+        .find_map(|part| part.trim().strip_prefix("SignedHeaders="))
+        .map(str::trim)
+}
+
+/// The route's meter. Bedrock's model is the path's, or the configuration's for an ARN that names
+/// none.
+fn meter_for(route: &Route, cfg: &Config) -> Box<dyn ResponseMeter> {
+    match route.api {
+        Api::BedrockInvoke | Api::BedrockConverse => {
+            let model = route
+                .path_model
+                .as_deref()
+                .and_then(|id| provider::bedrock::resolve_model(id, &cfg.bedrock_models));
+            Box::new(provider::bedrock::BedrockMeter::new(model))
+        }
+        _ => provider::response_meter(route.api),
     }
 }
 
@@ -372,11 +414,30 @@ impl Exchange {
                 doc: TopLevelScanner::new(self.meter.keys()),
                 sniffing: true,
             }
+        } else if ct.starts_with("application/vnd.amazon.eventstream") {
+            // A stream like SSE: cut short, it is interrupted; usage only from its end.
+            self.sse = true;
+            Body::EventStream(crate::eventstream::Decoder::new(
+                crate::eventstream::MAX_MESSAGE,
+            ))
         } else if ct.contains("json") {
             Body::Json(TopLevelScanner::new(self.meter.keys()))
         } else {
             Body::Ignore
         };
+    }
+
+    /// The usage counts of the response headers (Bedrock's `x-amzn-bedrock-input-token-count`
+    /// and `x-amzn-bedrock-output-token-count`), for APIs that send them.
+    pub fn on_usage_headers(&mut self, input: Option<&str>, output: Option<&str>) {
+        if input.is_some() || output.is_some() {
+            self.meter.on_usage_headers(input, output);
+        }
+    }
+
+    /// Whether the response headers may carry usage counts ([`Exchange::on_usage_headers`]).
+    pub fn reads_usage_headers(&self) -> bool {
+        self.route.api == Api::BedrockInvoke
     }
 
     /// Read a response chunk. Returns the bytes to send instead of it, when it must change.
@@ -424,10 +485,15 @@ impl Exchange {
             self.read(&[], true);
         }
         let status = fin.final_status.or(self.status);
-        let model_requested = self
-            .request
-            .string("model")
-            .or_else(|| self.route.path_model.clone());
+        let model_requested = if matches!(self.route.api, Api::BedrockInvoke | Api::BedrockConverse)
+        {
+            // Bedrock's path names the model; a body's `model` is the model's own business.
+            self.route.path_model.clone()
+        } else {
+            self.request
+                .string("model")
+                .or_else(|| self.route.path_model.clone())
+        };
         let facts = self.meter.facts().clone();
         let model_actual = facts.model;
         let model = model_actual.as_deref().or(model_requested.as_deref());
@@ -569,6 +635,15 @@ fn read_body(
             parser.feed(chunk, &mut sink);
             if end_of_stream {
                 parser.finish(&mut sink);
+                *body = Body::Ignore;
+            }
+        }
+        Body::EventStream(decoder) => {
+            decoder.push(chunk, &mut |m: crate::eventstream::Message<'_>| {
+                meter.on_stream_message(&m)
+            });
+            if end_of_stream {
+                decoder.finish();
                 *body = Body::Ignore;
             }
         }

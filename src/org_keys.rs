@@ -148,7 +148,10 @@ impl Policy<'_> {
 /// The API whose error format answers a request the filter does not meter (another route of a
 /// provider): by the path's shape, OpenAI's by default.
 pub fn api_for_refusal(path: &str) -> Api {
-    if path.starts_with("/v1/messages") || path.starts_with("/v1/complete") {
+    if path.starts_with("/v1/messages")
+        || path.starts_with("/v1/complete")
+        || path.contains("/publishers/anthropic/")
+    {
         Api::Messages
     } else if path.starts_with("/v1beta/") || path.contains("/publishers/google/") {
         Api::GenerateContent
@@ -173,6 +176,8 @@ pub fn unauthorized_body(api: Api, refusal: Refusal) -> (&'static str, String) {
         Api::GenerateContent => serde_json::json!({
             "error": {"code": 401, "message": message, "status": "UNAUTHENTICATED"}
         }),
+        // Bedrock's error body; its SDKs read the type from `x-amzn-errortype` when present.
+        Api::BedrockInvoke | Api::BedrockConverse => serde_json::json!({ "message": message }),
         Api::ChatCompletions | Api::Responses | Api::Completions | Api::Embeddings => {
             serde_json::json!({
             "error": {

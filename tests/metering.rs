@@ -852,3 +852,293 @@ fn usage_null_after_the_usage_chunk_keeps_the_usage() {
         assert_eq!(ev.error_category, None);
     });
 }
+
+// AWS Bedrock: the model from the path, usage from each model family's body, from the event
+// stream (`application/vnd.amazon.eventstream`), from the response headers; the request never
+// changed (its SigV4 signature covers it).
+
+const BEDROCK_CLAUDE: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
+const BEDROCK_CLAUDE_PATH: &str = "anthropic.claude-3-5-haiku-20241022-v1%3A0";
+const ANTHROPIC_BODY: &[u8] =
+    br#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":256,"messages":[{"role":"user","content":"What is a tally?"}]}"#;
+const CONVERSE_BODY: &[u8] =
+    br#"{"messages":[{"role":"user","content":[{"text":"What is a tally?"}]}],"inferenceConfig":{"maxTokens":256}}"#;
+
+fn bedrock_case(path: String, request: &[u8], ct: &str, response: Vec<u8>) -> Case<'static> {
+    Case {
+        path: Box::leak(path.into_boxed_str()),
+        request: Box::leak(request.to_vec().into_boxed_slice()),
+        content_type: Box::leak(ct.to_string().into_boxed_str()),
+        status: 200,
+        response,
+    }
+}
+
+fn assert_bedrock(ev: &Event, api: &str, model: &str, streaming: bool, t: [Option<u64>; 5]) {
+    assert_eq!(ev.provider, "bedrock");
+    assert_eq!(ev.api, api);
+    assert_eq!(ev.model_requested.as_deref(), Some(model));
+    assert_eq!(ev.model_actual.as_deref(), Some(model));
+    assert_eq!(ev.streaming, streaming);
+    assert_eq!(ev.status, Some(200));
+    assert_eq!(tokens(ev), t);
+    assert_eq!(ev.token_source, Some(TokenSource::Exact));
+    assert_eq!(ev.error_category, None);
+}
+
+#[test]
+fn bedrock_invoke_model_bodies_of_each_family() {
+    let cases = [
+        (
+            BEDROCK_CLAUDE,
+            BEDROCK_CLAUDE_PATH,
+            "bedrock/invoke_claude.json",
+            // Anthropic's input leaves the cache out: 14 + 2048.
+            [Some(2062), Some(38), Some(2048), Some(0), Some(0)],
+        ),
+        (
+            "meta.llama3-1-8b-instruct-v1:0",
+            "meta.llama3-1-8b-instruct-v1%3A0",
+            "bedrock/invoke_llama.json",
+            [Some(23), Some(41), Some(0), Some(0), Some(0)],
+        ),
+        (
+            "us.amazon.nova-lite-v1:0",
+            "us.amazon.nova-lite-v1:0",
+            "bedrock/invoke_nova.json",
+            [Some(1033), Some(27), Some(1024), Some(0), Some(0)],
+        ),
+        (
+            "amazon.titan-text-express-v1",
+            "amazon.titan-text-express-v1",
+            "bedrock/invoke_titan.json",
+            [Some(6), Some(33), Some(0), Some(0), Some(0)],
+        ),
+    ];
+    for (model, in_path, file, t) in cases {
+        let case = bedrock_case(
+            format!("/model/{in_path}/invoke"),
+            ANTHROPIC_BODY,
+            "application/json",
+            fixture(file),
+        );
+        check_every_split(&case, |ev| {
+            assert_bedrock(ev, "invoke_model", model, false, t);
+            assert_eq!(ev.endpoint, format!("/model/{in_path}/invoke"));
+        });
+    }
+}
+
+#[test]
+fn bedrock_invoke_model_with_response_stream() {
+    let case = bedrock_case(
+        format!("/model/{BEDROCK_CLAUDE_PATH}/invoke-with-response-stream"),
+        ANTHROPIC_BODY,
+        "application/vnd.amazon.eventstream",
+        fixture("bedrock/invoke_stream_claude.eventstream"),
+    );
+    check_every_split(&case, |ev| {
+        assert_bedrock(
+            ev,
+            "invoke_model",
+            BEDROCK_CLAUDE,
+            true,
+            [Some(25), Some(12), Some(0), Some(0), Some(0)],
+        );
+    });
+    // Llama: counts in the chunks, the invocation metrics at the end.
+    let case = bedrock_case(
+        "/model/meta.llama3-1-8b-instruct-v1%3A0/invoke-with-response-stream".into(),
+        br#"{"prompt":"What is a tally?","max_gen_len":256}"#,
+        "application/vnd.amazon.eventstream",
+        fixture("bedrock/invoke_stream_llama.eventstream"),
+    );
+    check_every_split(&case, |ev| {
+        assert_bedrock(
+            ev,
+            "invoke_model",
+            "meta.llama3-1-8b-instruct-v1:0",
+            true,
+            [Some(18), Some(10), Some(0), Some(0), Some(0)],
+        );
+    });
+}
+
+#[test]
+fn bedrock_converse_and_converse_stream() {
+    let case = bedrock_case(
+        "/model/us.anthropic.claude-3-5-haiku-20241022-v1:0/converse".into(),
+        CONVERSE_BODY,
+        "application/json",
+        fixture("bedrock/converse.json"),
+    );
+    check_every_split(&case, |ev| {
+        assert_bedrock(
+            ev,
+            "converse",
+            "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+            false,
+            [Some(2062), Some(38), Some(2048), Some(0), Some(0)],
+        );
+    });
+    let case = bedrock_case(
+        format!("/model/{BEDROCK_CLAUDE_PATH}/converse-stream"),
+        CONVERSE_BODY,
+        "application/vnd.amazon.eventstream",
+        fixture("bedrock/converse_stream.eventstream"),
+    );
+    check_every_split(&case, |ev| {
+        assert_bedrock(
+            ev,
+            "converse",
+            BEDROCK_CLAUDE,
+            true,
+            [Some(25), Some(12), Some(0), Some(0), Some(0)],
+        );
+    });
+}
+
+#[test]
+fn bedrock_exception_in_a_stream_is_the_providers_error() {
+    let case = bedrock_case(
+        format!("/model/{BEDROCK_CLAUDE_PATH}/invoke-with-response-stream"),
+        ANTHROPIC_BODY,
+        "application/vnd.amazon.eventstream",
+        fixture("bedrock/invoke_stream_model_error.eventstream"),
+    );
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.status, Some(200));
+        assert_eq!(ev.error_category, Some(ErrorCategory::ProviderError));
+        assert_eq!(ev.error_source, Some(ErrorSource::Provider));
+        // `message_start` only: no complete usage, and no text to count from a Bedrock stream.
+        assert_eq!(ev.token_source, None);
+        assert_eq!(ev.output_tokens, None);
+    });
+}
+
+/// A Bedrock exchange with a given configuration, request headers and response headers.
+fn bedrock_event(
+    cfg_json: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    response_headers: (Option<&str>, Option<&str>),
+    body: &[u8],
+) -> (tally::exchange::Begin, Option<Event>) {
+    let cfg = Config::parse(cfg_json.as_bytes(), Some(KEY.into())).unwrap();
+    let mut headers: Vec<(String, String)> = [
+        (":method", "POST"),
+        (":path", path),
+        (":authority", "bedrock-runtime.us-east-1.amazonaws.com"),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    headers.sort();
+    let mut b = begin(&cfg, &headers, 1_000.0);
+    let Some(mut ex) = b.exchange.take() else {
+        return (b, None);
+    };
+    assert_eq!(ex.on_request_body(ANTHROPIC_BODY), None, "never rewritten");
+    assert_eq!(ex.on_request_body(&[]), None);
+    ex.on_response_headers(Some(200), Some("application/json"), None, 1_010.0);
+    assert!(ex.reads_usage_headers());
+    ex.on_usage_headers(response_headers.0, response_headers.1);
+    ex.on_response_body(body, true);
+    let fin = Finish {
+        now_unix_ms: 1_050.5,
+        request_id: "r".into(),
+        code_details: Some("via_upstream"),
+        final_status: Some(200),
+    };
+    let ev = PRICES.with(|prices| TOKENIZERS.with(|t| ex.finish(fin, prices, &mut t.borrow_mut())));
+    (b, Some(ev))
+}
+
+#[test]
+fn bedrock_application_inference_profile_is_mapped_by_configuration() {
+    let arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6";
+    let path = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Aapplication-inference-profile%2Fa1b2c3d4e5f6/invoke";
+    let body = fixture("bedrock/invoke_claude.json");
+    let (_, ev) = bedrock_event("", path, &[], (None, None), &body);
+    let ev = ev.expect("metered");
+    assert_eq!(ev.provider, "bedrock");
+    assert_eq!(ev.model_requested.as_deref(), Some(arn));
+    // It names no model: none, and no price.
+    assert_eq!(ev.model_actual, None);
+    assert_eq!(ev.cost_usd, None);
+    assert_eq!(ev.input_tokens, Some(2062));
+    let cfg = format!(r#"{{"bedrock_models":{{"{arn}":"{BEDROCK_CLAUDE}"}}}}"#);
+    let (_, ev) = bedrock_event(&cfg, path, &[], (None, None), &body);
+    let ev = ev.expect("metered");
+    assert_eq!(ev.model_requested.as_deref(), Some(arn));
+    assert_eq!(ev.model_actual.as_deref(), Some(BEDROCK_CLAUDE));
+    // A foundation-model ARN names its model.
+    let (_, ev) = bedrock_event(
+        "",
+        &format!("/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A%3Afoundation-model%2F{BEDROCK_CLAUDE_PATH}/invoke"),
+        &[],
+        (None, None),
+        &body,
+    );
+    assert_eq!(
+        ev.expect("metered").model_actual.as_deref(),
+        Some(BEDROCK_CLAUDE)
+    );
+}
+
+#[test]
+fn bedrock_usage_headers_count_when_the_body_does_not() {
+    let path = format!("/model/{BEDROCK_CLAUDE_PATH}/invoke");
+    // A body of a shape no family has: the headers' counts.
+    let (_, ev) = bedrock_event("", &path, &[], (Some("31"), Some("7")), br#"{"x":1}"#);
+    let ev = ev.expect("metered");
+    assert_eq!(tokens(&ev), [Some(31), Some(7), Some(0), Some(0), Some(0)]);
+    assert_eq!(ev.token_source, Some(TokenSource::Exact));
+    // The body's own usage, with its cache parts, wins.
+    let body = fixture("bedrock/invoke_claude.json");
+    let (_, ev) = bedrock_event("", &path, &[], (Some("14"), Some("38")), &body);
+    assert_eq!(
+        tokens(&ev.expect("metered")),
+        [Some(2062), Some(38), Some(2048), Some(0), Some(0)]
+    );
+}
+
+#[test]
+fn bedrock_signed_headers_are_never_removed() {
+    let path = format!("/model/{BEDROCK_CLAUDE_PATH}/invoke");
+    let auth = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261201/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-tally-team, Signature=0123";
+    let (b, _) = bedrock_event(
+        "",
+        &path,
+        &[
+            ("authorization", auth),
+            ("x-tally-team", "payments"),
+            ("x-tally-feature", "search"),
+        ],
+        (None, None),
+        b"{}",
+    );
+    // The signed attribution header passes (and still attributes); the unsigned one goes.
+    assert_eq!(b.strip, vec!["x-tally-feature".to_string()]);
+    assert!(!b.signed_key);
+    let auth_key = auth.replace("x-tally-team", "x-tally-key");
+    let (b, _) = bedrock_event(
+        "",
+        &path,
+        &[("authorization", &auth_key), ("x-tally-key", KEY)],
+        (None, None),
+        b"{}",
+    );
+    assert!(b.signed_key, "a signed org key is refused, never sent on");
+    assert!(b.strip.is_empty());
+    // Without SigV4, attribution headers are removed as always.
+    let (b, _) = bedrock_event(
+        "",
+        &path,
+        &[("x-tally-team", "payments")],
+        (None, None),
+        b"{}",
+    );
+    assert_eq!(b.strip, vec!["x-tally-team".to_string()]);
+}

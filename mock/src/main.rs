@@ -20,6 +20,9 @@
 //! number of words of the reply. `GET /__mock/requests` returns the method, path and header
 //! names of the last 200 requests, so tests can check what reached the provider.
 
+mod bedrock;
+mod sigv4;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -133,7 +136,11 @@ fn words(text: &str) -> Vec<String> {
 /// A response whose body is sent as separate chunks, `delay` apart.
 /// A stream event response, chunk by chunk, `delay` apart; cut (the connection reset) after
 /// `cut_after` chunks when asked.
-fn event_stream(a: &Ask, content_type: &str, chunks: Vec<String>) -> Response {
+fn event_stream<C: Into<Bytes> + Send + 'static>(
+    a: &Ask,
+    content_type: &str,
+    chunks: Vec<C>,
+) -> Response {
     let delay = a.delay;
     let cut = a.cut_after.unwrap_or(usize::MAX);
     let stream = futures_util::stream::unfold(
@@ -152,10 +159,7 @@ fn event_stream(a: &Ask, content_type: &str, chunks: Vec<String>) -> Response {
             if sent > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            Some((
-                Ok::<Bytes, std::io::Error>(Bytes::from(next)),
-                (it, sent + 1),
-            ))
+            Some((Ok::<Bytes, std::io::Error>(next.into()), (it, sent + 1)))
         },
     );
     let status = StatusCode::OK;
@@ -601,6 +605,7 @@ async fn main() {
         .route("/openai/deployments/{deployment}/{*api}", post(openai))
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1beta/models/{*rest}", post(gemini))
+        .route("/model/{model}/{op}", post(bedrock::model))
         .route("/__mock/requests", get(requests))
         // Tests send request bodies of many MiB.
         .layer(axum::extract::DefaultBodyLimit::max(256 << 20))

@@ -67,6 +67,21 @@ impl HttpContext for Req {
         let b = begin(&s.cfg, &headers, host::now_ms());
         drop(headers);
         drop(map);
+        if b.signed_key {
+            // Neither removable nor fit to send on: refused before it reaches the provider.
+            Metrics::add(s.metrics.requests_refused_key, 1);
+            let body = br#"{"message":"X-Tally-Key is covered by this request's SigV4 signature: send it unsigned (it is removed before the request goes upstream)"}"#;
+            let headers = [
+                ("content-type", "application/json"),
+                ("x-amzn-errortype", "ValidationException"),
+            ];
+            drop(s);
+            if host::send_local_response(400, &headers, body) {
+                return Action::Pause;
+            }
+            self.error();
+            return Action::Continue;
+        }
         for name in &b.strip {
             if !host::remove_header(MapType::HttpRequestHeaders, name) {
                 Metrics::add(s.metrics.filter_errors, 1);
@@ -158,6 +173,12 @@ impl HttpContext for Req {
                 h("content-encoding").as_deref(),
                 host::now_ms(),
             );
+            if ex.reads_usage_headers() {
+                ex.on_usage_headers(
+                    h("x-amzn-bedrock-input-token-count").as_deref(),
+                    h("x-amzn-bedrock-output-token-count").as_deref(),
+                );
+            }
             if ex.rewrites_response()
                 && !host::remove_header(MapType::HttpResponseHeaders, "content-length")
             {

@@ -5,6 +5,7 @@
 //! fields map onto [`Usage`]. The rest of the filter only sees [`ResponseMeter`].
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 pub mod openai;
 
@@ -44,6 +45,9 @@ pub fn provider_for_host(authority: &str) -> Option<&'static str> {
     if host.ends_with(".openai.azure.com") || host.ends_with(".cognitiveservices.azure.com") {
         return Some("azure");
     }
+    if bedrock::is_bedrock_host(&host) {
+        return Some("bedrock");
+    }
     KNOWN_HOSTS
         .iter()
         .find(|(h, _)| *h == host)
@@ -59,6 +63,10 @@ pub enum Api {
     Embeddings,
     Messages,
     GenerateContent,
+    /// Bedrock's InvokeModel and InvokeModelWithResponseStream (the model's native body).
+    BedrockInvoke,
+    /// Bedrock's Converse and ConverseStream.
+    BedrockConverse,
 }
 
 impl Api {
@@ -70,6 +78,8 @@ impl Api {
             Api::Embeddings => "embeddings",
             Api::Messages => "messages",
             Api::GenerateContent => "generate_content",
+            Api::BedrockInvoke => "invoke_model",
+            Api::BedrockConverse => "converse",
         }
     }
 }
@@ -114,6 +124,8 @@ pub fn detect(
             ("anthropic", api, None, false)
         } else if let Some((model, streaming)) = gemini::model_for_path(path) {
             ("gemini", Api::GenerateContent, Some(model), streaming)
+        } else if let Some((api, model, streaming)) = bedrock::route_for_path(path) {
+            ("bedrock", api, Some(model), streaming)
         } else {
             return None;
         };
@@ -165,6 +177,10 @@ pub trait ResponseMeter {
     /// Append the generated text (content, tool-call arguments, reasoning) that one stream event
     /// carries; used to count output when no usage arrives.
     fn output_text(&self, event: &serde_json::Value, out: &mut String);
+    /// Take one message of an AWS event stream (Bedrock's streams).
+    fn on_stream_message(&mut self, _m: &crate::eventstream::Message<'_>) {}
+    /// Take the usage counts a response's headers carry (Bedrock's InvokeModel).
+    fn on_usage_headers(&mut self, _input: Option<&str>, _output: Option<&str>) {}
 }
 
 /// Append `v` when it is a string.
@@ -183,6 +199,8 @@ pub fn response_meter(api: Api) -> Box<dyn ResponseMeter> {
         }
         Api::Messages => Box::new(anthropic::AnthropicMeter::default()),
         Api::GenerateContent => Box::new(gemini::GeminiMeter::default()),
+        // The model is the path's: see `bedrock::resolve_model`.
+        Api::BedrockInvoke | Api::BedrockConverse => Box::new(bedrock::BedrockMeter::new(None)),
     }
 }
 
