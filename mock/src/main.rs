@@ -18,7 +18,8 @@
 //!
 //! Without `x-mock-usage`, input is the request body's length / 4 (rounded up) and output the
 //! number of words of the reply. `GET /__mock/requests` returns the method, path and header
-//! names of the last 200 requests, so tests can check what reached the provider.
+//! names of the last 200 requests, so tests can check what reached the provider. AWS Bedrock's
+//! endpoints, which check each request's SigV4 signature, are in `bedrock.rs`.
 
 mod bedrock;
 mod sigv4;
