@@ -85,6 +85,16 @@ pub struct Event {
     pub cached_input_tokens: Option<u64>,
     pub cache_write_tokens: Option<u64>,
     pub reasoning_tokens: Option<u64>,
+    /// The part of `cache_write_tokens` cached for an hour (Anthropic), billed at its own rate.
+    #[serde(default)]
+    pub cache_write_1h_tokens: Option<u64>,
+    /// Server-side web searches the provider ran (billed per use).
+    #[serde(default)]
+    pub web_search_requests: Option<u64>,
+    /// The service tier that served the request (`default`, `flex`, `priority`, ...), as the
+    /// response says, else as the request asked; each is billed at its own rates.
+    #[serde(default)]
+    pub service_tier: Option<String>,
     pub token_source: Option<TokenSource>,
     /// Output tokens as Tally counted them, when it did: for a `measured` event the same as
     /// `output_tokens` before calibration; beside exact usage, a sample that teaches the
@@ -136,6 +146,9 @@ impl Event {
         w.int("cached_input_tokens", self.cached_input_tokens);
         w.int("cache_write_tokens", self.cache_write_tokens);
         w.int("reasoning_tokens", self.reasoning_tokens);
+        w.int("cache_write_1h_tokens", self.cache_write_1h_tokens);
+        w.int("web_search_requests", self.web_search_requests);
+        w.str("service_tier", self.service_tier.as_deref());
         w.str("token_source", self.token_source.map(TokenSource::name));
         w.int("measured_output_tokens", self.measured_output_tokens);
         w.float("cost_usd", self.cost_usd);
@@ -280,6 +293,9 @@ mod tests {
             cached_input_tokens: Some(1024),
             cache_write_tokens: Some(0),
             reasoning_tokens: Some(0),
+            cache_write_1h_tokens: None,
+            web_search_requests: None,
+            service_tier: None,
             token_source: Some(TokenSource::Exact),
             measured_output_tokens: None,
             cost_usd: Some(0.000_245_175),

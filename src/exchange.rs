@@ -6,7 +6,7 @@
 //! request body    ─► on_request_body()  `model`, `stream` (scanned as chunks pass)
 //! response headers─► on_response_headers() status, TTFB, JSON or SSE
 //! response body   ─► on_response_body() usage, actual model, provider error code
-//! stream end      ─► finish()           the event, priced
+//! stream end      ─► finish()           the event (the collector prices it)
 //! ```
 
 use crate::config::{Config, Field};
@@ -16,7 +16,6 @@ use crate::event::Event;
 use crate::identity::Identity;
 use crate::measure::{self, StreamRecord, Tokenizers};
 use crate::org_keys::{self, KeyHash};
-use crate::pricing::PriceTable;
 use crate::provider::{self, Api, ResponseMeter, Route};
 use crate::scan::TopLevelScanner;
 use crate::sse::{SseEvent, SseParser, SseSink};
@@ -29,6 +28,8 @@ use std::rc::Rc;
 const MAX_LABEL: usize = 128;
 /// The most bytes of a model name and of an endpoint kept (the collector's limits).
 const MAX_MODEL: usize = 256;
+/// Longest service tier name kept.
+const MAX_TIER: usize = 64;
 const MAX_ENDPOINT: usize = 1024;
 
 /// Most bytes of stream event data kept for counting output.
@@ -36,6 +37,8 @@ const MAX_RECORD: usize = 8 << 20;
 
 const REQUEST_KEYS: &[(&str, usize)] = &[
     ("model", 256),
+    // What the client asked for (`flex`, `priority`); the response's own word wins.
+    ("service_tier", 64),
     (
         stream_usage::REQUEST_KEYS[0].0,
         stream_usage::REQUEST_KEYS[0].1,
@@ -105,6 +108,9 @@ enum Body {
     },
     /// AWS event-stream framing (Bedrock's streams), each message to the meter.
     EventStream(crate::eventstream::Decoder),
+    /// One JSON array of documents (Gemini's stream without `alt=sse`), each element to the
+    /// meter as it closes.
+    JsonArray(crate::json_array::ArrayScanner),
     /// Nothing to read (a content type that carries no usage).
     Ignore,
 }
@@ -420,6 +426,12 @@ impl Exchange {
             Body::EventStream(crate::eventstream::Decoder::new(
                 crate::eventstream::MAX_MESSAGE,
             ))
+        } else if ct.contains("json") && self.route.path_streaming {
+            // Gemini's `streamGenerateContent` without `alt=sse`: a stream like SSE, one array
+            // element per chunk of the answer (or a lone error object).
+            self.sse = true;
+            self.record = Some(StreamRecord::json_array(MAX_RECORD));
+            Body::JsonArray(crate::json_array::ArrayScanner::new(self.meter.keys()))
         } else if ct.contains("json") {
             Body::Json(TopLevelScanner::new(self.meter.keys()))
         } else {
@@ -427,17 +439,15 @@ impl Exchange {
         };
     }
 
-    /// The usage counts of the response headers (Bedrock's `x-amzn-bedrock-input-token-count`
-    /// and `x-amzn-bedrock-output-token-count`), for APIs that send them.
-    pub fn on_usage_headers(&mut self, input: Option<&str>, output: Option<&str>) {
-        if input.is_some() || output.is_some() {
-            self.meter.on_usage_headers(input, output);
-        }
+    /// What the response headers of a provider that reports in them say (Bedrock's usage
+    /// counts and error type).
+    pub fn on_provider_headers(&mut self, h: &provider::ProviderHeaders<'_>) {
+        self.meter.on_headers(h);
     }
 
-    /// Whether the response headers may carry usage counts ([`Exchange::on_usage_headers`]).
-    pub fn reads_usage_headers(&self) -> bool {
-        self.route.api == Api::BedrockInvoke
+    /// Whether the response headers may say something ([`Exchange::on_provider_headers`]).
+    pub fn reads_provider_headers(&self) -> bool {
+        matches!(self.route.api, Api::BedrockInvoke | Api::BedrockConverse)
     }
 
     /// Read a response chunk. Returns the bytes to send instead of it, when it must change.
@@ -477,7 +487,6 @@ impl Exchange {
     pub fn finish(
         mut self,
         fin: Finish<'_>,
-        prices: &PriceTable,
         tokenizers: &mut Tokenizers,
     ) -> Event {
         if !self.complete {
@@ -518,9 +527,6 @@ impl Exchange {
             (None, None) => (None, None),
         };
         let input_known = exact.is_some() || facts.usage.is_some();
-        let cost_usd = usage
-            .filter(|_| input_known)
-            .and_then(|u| prices.cost_usd(&self.route.provider, model?, &u));
         let interrupted = self.sse && !self.complete;
         let (error_category, error_source) = match classify(
             status,
@@ -554,9 +560,16 @@ impl Exchange {
             cached_input_tokens: known(|u| u.cached_input),
             cache_write_tokens: known(|u| u.cache_write),
             reasoning_tokens: exact.map(|u| u.reasoning),
+            cache_write_1h_tokens: known(|u| u.cache_write_1h).filter(|n| *n > 0),
+            web_search_requests: exact.map(|u| u.web_search).filter(|n| *n > 0),
+            service_tier: facts
+                .service_tier
+                .or_else(|| self.request.string("service_tier"))
+                .and_then(|t| clean(&t, MAX_TIER)),
             token_source: source,
             measured_output_tokens: measured,
-            cost_usd,
+            // Priced by the collector (PRODUCT.md, "Where prices are applied").
+            cost_usd: None,
             error_category,
             error_source,
             team: a.team,
@@ -644,6 +657,16 @@ fn read_body(
             });
             if end_of_stream {
                 decoder.finish();
+                *body = Body::Ignore;
+            }
+        }
+        Body::JsonArray(scanner) => {
+            if let Some(r) = record {
+                r.push(chunk);
+            }
+            scanner.feed(chunk, &mut |doc, _| meter.on_document(doc));
+            if end_of_stream {
+                scanner.finish(&mut |doc| meter.on_document(doc));
                 *body = Body::Ignore;
             }
         }

@@ -20,6 +20,7 @@ pub mod exchange;
 pub mod handoff;
 pub mod header_map;
 pub mod identity;
+pub mod json_array;
 pub mod measure;
 pub mod org_keys;
 pub mod outbox;

@@ -140,6 +140,8 @@ pub struct StreamRecord {
     data: Vec<u8>,
     cap: usize,
     pub truncated: bool,
+    /// The stream is one JSON array of documents (Gemini without `alt=sse`), not SSE.
+    json_array: bool,
 }
 
 impl StreamRecord {
@@ -148,6 +150,15 @@ impl StreamRecord {
             data: Vec::new(),
             cap,
             truncated: false,
+            json_array: false,
+        }
+    }
+
+    /// A record of a stream that is one JSON array of documents ([`crate::json_array`]).
+    pub fn json_array(cap: usize) -> Self {
+        StreamRecord {
+            json_array: true,
+            ..StreamRecord::new(cap)
         }
     }
 
@@ -164,8 +175,11 @@ impl StreamRecord {
     }
 
     /// Each event's JSON value, in order, as a parser with the same event cap saw them
-    /// (events that are not JSON are skipped).
+    /// (events that are not JSON are skipped); each element of a JSON array stream.
     pub fn documents(&self, max_event: usize) -> Vec<serde_json::Value> {
+        if self.json_array {
+            return crate::json_array::documents(&self.data);
+        }
         let mut docs = Vec::new();
         let mut on_event = |e: SseEvent<'_>| {
             if let Ok(v) = serde_json::from_slice(e.data) {

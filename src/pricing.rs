@@ -18,6 +18,7 @@
 //! A long-context tier, where published, prices the whole request once its input passes the
 //! tier's threshold.
 
+use crate::event::Event;
 use crate::usage::Usage;
 use serde::Deserialize;
 
@@ -27,6 +28,8 @@ pub struct Rates {
     pub input: u64,
     pub cached_input: u64,
     pub cache_write: u64,
+    /// Cache writes kept for an hour (Anthropic); the 5-minute rate where none is published.
+    pub cache_write_1h: u64,
     pub output: u64,
 }
 
@@ -35,14 +38,27 @@ pub struct Price {
     pub base: Rates,
     /// `(threshold, rates)`: above `threshold` input tokens the whole request costs `rates`.
     pub long_context: Option<(u64, Rates)>,
+    /// The rates of OpenAI's `flex` and `priority` service tiers (and the same names
+    /// elsewhere), where published; other tiers pay the base rates.
+    pub flex: Option<Rates>,
+    pub priority: Option<Rates>,
+    /// Pico-dollars per server-side web search.
+    pub web_search: u64,
 }
 
 impl Price {
-    /// The rates a request's usage is billed at: the long-context tier's once its input passes
-    /// the threshold, else the base rates.
-    pub fn rates_for(&self, u: &Usage) -> Rates {
-        match self.long_context {
-            Some((threshold, rates)) if u.input > threshold => rates,
+    /// The rates a request's usage is billed at: its service tier's where that tier has rates
+    /// of its own, else the long-context tier's once its input passes the threshold, else the
+    /// base rates.
+    pub fn rates_for(&self, u: &Usage, tier: Option<&str>) -> Rates {
+        let tiered = match tier {
+            Some("flex") => self.flex,
+            Some("priority") => self.priority,
+            _ => None,
+        };
+        match (tiered, self.long_context) {
+            (Some(rates), _) => rates,
+            (None, Some((threshold, rates))) if u.input > threshold => rates,
             _ => self.base,
         }
     }
@@ -74,6 +90,13 @@ struct Entry {
     #[serde(flatten)]
     rates: RawRates,
     long_context: Option<RawTier>,
+    #[serde(default)]
+    flex: Option<RawRates>,
+    #[serde(default)]
+    priority: Option<RawRates>,
+    /// USD per web search.
+    #[serde(default)]
+    web_search: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +104,8 @@ struct RawRates {
     input: f64,
     cached_input: Option<f64>,
     cache_write: Option<f64>,
+    #[serde(default)]
+    cache_write_1h: Option<f64>,
     output: f64,
 }
 
@@ -107,10 +132,15 @@ impl RawRates {
             Some(p) => per_million_to_pico(p, model, field),
             None => Ok(input),
         };
+        let cache_write = or_input(self.cache_write, "cache_write")?;
         Ok(Rates {
             input,
             cached_input: or_input(self.cached_input, "cached_input")?,
-            cache_write: or_input(self.cache_write, "cache_write")?,
+            cache_write,
+            cache_write_1h: match self.cache_write_1h {
+                Some(p) => per_million_to_pico(p, model, "cache_write_1h")?,
+                None => cache_write,
+            },
             output: per_million_to_pico(self.output, model, "output")?,
         })
     }
@@ -140,10 +170,26 @@ impl PriceTable {
                 Some(t) => Some((t.threshold, t.rates.to_rates(&e.model)?)),
                 None => None,
             };
+            let tier = |r: &Option<RawRates>| r.as_ref().map(|r| r.to_rates(&e.model)).transpose();
+            let web_search = match e.web_search {
+                // USD per use -> pico-USD per use.
+                Some(usd) if usd.is_finite() && (0.0..=1_000.0).contains(&usd) => {
+                    (usd * 1e12).round() as u64
+                }
+                Some(usd) => return Err(format!("price of {}: web_search = {usd} is not a price", e.model)),
+                None => 0,
+            };
+            let price = Price {
+                base,
+                long_context,
+                flex: tier(&e.flex)?,
+                priority: tier(&e.priority)?,
+                web_search,
+            };
             models.push(Listed {
                 provider: e.provider,
                 model: e.model,
-                price: Price { base, long_context },
+                price,
             });
         }
         models.sort_by(|a, b| (&a.model, &a.provider).cmp(&(&b.model, &b.provider)));
@@ -210,31 +256,95 @@ impl PriceTable {
             .map(|l| (l.model.as_str(), &l.price))
     }
 
-    /// Cost in USD of a request's usage; `None` when the model is unknown.
-    pub fn cost_usd(&self, provider: &str, model: &str, usage: &Usage) -> Option<f64> {
+    /// Cost in USD of a request's usage at a service tier; `None` when the model is unknown.
+    pub fn cost_usd(
+        &self,
+        provider: &str,
+        model: &str,
+        usage: &Usage,
+        tier: Option<&str>,
+    ) -> Option<f64> {
         let (_, price) = self.resolve(provider, model)?;
-        Some(pico_to_usd(cost_pico(price, usage)))
+        Some(pico_to_usd(cost_pico(price, usage, tier)))
     }
+}
+
+/// Prices events, each (provider, model)'s price looked up once: a snapshot name resolves by a
+/// scan of the table, too slow to repeat for every event of a batch. Keep one per batch (or per
+/// table): it remembers what `table` said.
+#[derive(Default)]
+pub struct Pricer {
+    seen: std::collections::HashMap<(String, String), Option<Price>>,
+}
+
+impl Pricer {
+    fn price(&mut self, table: &PriceTable, e: &Event) -> Option<Price> {
+        let model = e.model_actual.as_deref().or(e.model_requested.as_deref())?;
+        if let Some(p) = self.seen.get(&(e.provider.clone(), model.to_string())) {
+            return *p;
+        }
+        let p = table.resolve(&e.provider, model).map(|(_, p)| *p);
+        self.seen.insert((e.provider.clone(), model.to_string()), p);
+        p
+    }
+
+    /// What an event costs, from everything the bill depends on: its model (the one that
+    /// answered, else the one asked for), tokens by kind, service tier and per-use counts.
+    /// `None` when the model has no known price or the input side was not reported.
+    pub fn cost_usd(&mut self, table: &PriceTable, e: &Event) -> Option<f64> {
+        let usage = usage_of(e)?;
+        let price = self.price(table, e)?;
+        Some(pico_to_usd(cost_pico(&price, &usage, e.service_tier.as_deref())))
+    }
+
+    /// What an event's cache reads saved at list price (0 when unpriced or uncached).
+    pub fn cache_savings_usd(&mut self, table: &PriceTable, e: &Event) -> f64 {
+        let Some(usage) = usage_of(e).filter(|u| u.cached_input > 0) else {
+            return 0.0;
+        };
+        if e.cost_usd.is_none() {
+            return 0.0;
+        }
+        self.price(table, e).map_or(0.0, |p| {
+            pico_to_usd(cache_savings_pico(&p, &usage, e.service_tier.as_deref()))
+        })
+    }
+}
+
+/// An event's usage, when its input side is known.
+fn usage_of(e: &Event) -> Option<Usage> {
+    Some(Usage {
+        input: e.input_tokens?,
+        output: e.output_tokens.unwrap_or(0),
+        cached_input: e.cached_input_tokens.unwrap_or(0),
+        cache_write: e.cache_write_tokens.unwrap_or(0),
+        reasoning: e.reasoning_tokens.unwrap_or(0),
+        cache_write_1h: e.cache_write_1h_tokens.unwrap_or(0),
+        web_search: e.web_search_requests.unwrap_or(0),
+    })
 }
 
 /// Each part of the input at its own rate (uncached, cache reads, cache writes), then output;
 /// at the long-context rates when the input passes their threshold.
-pub fn cost_pico(price: &Price, u: &Usage) -> u128 {
-    let r = price.rates_for(u);
+pub fn cost_pico(price: &Price, u: &Usage, tier: Option<&str>) -> u128 {
+    let r = price.rates_for(u, tier);
     let uncached = u
         .input
         .saturating_sub(u.cached_input)
         .saturating_sub(u.cache_write);
+    let hour = u.cache_write_1h.min(u.cache_write);
     u128::from(uncached) * u128::from(r.input)
         + u128::from(u.cached_input) * u128::from(r.cached_input)
-        + u128::from(u.cache_write) * u128::from(r.cache_write)
+        + u128::from(u.cache_write - hour) * u128::from(r.cache_write)
+        + u128::from(hour) * u128::from(r.cache_write_1h)
         + u128::from(u.output) * u128::from(r.output)
+        + u128::from(u.web_search) * u128::from(price.web_search)
 }
 
 /// What a request's cache reads saved at list price: each cached token at the input rate less
 /// the cache-read rate (at the same tier as [`cost_pico`] picks).
-pub fn cache_savings_pico(price: &Price, u: &Usage) -> u128 {
-    let r = price.rates_for(u);
+pub fn cache_savings_pico(price: &Price, u: &Usage, tier: Option<&str>) -> u128 {
+    let r = price.rates_for(u, tier);
     u128::from(u.cached_input) * u128::from(r.input.saturating_sub(r.cached_input))
 }
 
@@ -269,7 +379,7 @@ mod tests {
             Some("claude-sonnet-4-5")
         );
         assert_eq!(
-            r("anthropic", "claude-3-5-haiku@20241022").as_deref(),
+            r("anthropic", "claude-3-5-haiku@20991231").as_deref(),
             Some("claude-3-5-haiku")
         );
         assert_eq!(
@@ -306,15 +416,16 @@ mod tests {
             cached_input: 200,
             cache_write: 300,
             reasoning: 0,
+            ..Usage::default()
         };
         let pico: u64 = 1_000 * 3_000_000 + 200 * 300_000 + 300 * 3_750_000 + 50 * 15_000_000;
         assert_eq!(
-            t.cost_usd("anthropic", "claude-sonnet-4-5-20250929", &u),
+            t.cost_usd("anthropic", "claude-sonnet-4-5-20250929", &u, None),
             Some(pico as f64 / 1e12)
         );
-        assert_eq!(t.cost_usd("openai", "unknown-model", &u), None);
+        assert_eq!(t.cost_usd("openai", "unknown-model", &u, None), None);
         assert_eq!(
-            t.cost_usd("openai", "gpt-4o-mini", &Usage::default()),
+            t.cost_usd("openai", "gpt-4o-mini", &Usage::default(), None),
             Some(0.0),
             "zero tokens of a known model cost zero"
         );
@@ -330,13 +441,55 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!(
-            t.cost_usd("gemini", "gemini-2.5-pro", &at(200_000)),
+            t.cost_usd("gemini", "gemini-2.5-pro", &at(200_000), None),
             Some((200_000 * 1_250_000u64 + 1000 * 10_000_000) as f64 / 1e12)
         );
         assert_eq!(
-            t.cost_usd("gemini", "gemini-2.5-pro", &at(200_001)),
+            t.cost_usd("gemini", "gemini-2.5-pro", &at(200_001), None),
             Some((200_001 * 2_500_000u64 + 1000 * 15_000_000) as f64 / 1e12)
         );
+    }
+
+    #[test]
+    fn tiers_hour_long_cache_writes_and_searches_are_priced_at_their_own_rates() {
+        let t = PriceTable::from_json(
+            r#"{"models":[{"provider":"openai","model":"m","input":2,"cached_input":0.5,"cache_write":null,"output":8,"long_context":null,
+                "flex":{"input":1,"cached_input":0.25,"cache_write":null,"output":4},
+                "priority":{"input":3.5,"cached_input":0.875,"cache_write":null,"output":14}},
+              {"provider":"anthropic","model":"c","input":3,"cached_input":0.3,"cache_write":3.75,"cache_write_1h":6,"output":15,"long_context":null,"web_search":0.01}]}"#,
+        )
+        .unwrap();
+        let u = Usage {
+            input: 1_000,
+            output: 100,
+            cached_input: 400,
+            ..Usage::default()
+        };
+        let at = |tier| t.cost_usd("openai", "m", &u, tier).map(|c| (c * 1e12).round() as u64);
+        assert_eq!(at(None), Some(600 * 2_000_000 + 400 * 500_000 + 100 * 8_000_000));
+        assert_eq!(at(Some("default")), at(None));
+        assert_eq!(at(Some("flex")), Some(600 * 1_000_000 + 400 * 250_000 + 100 * 4_000_000));
+        assert_eq!(at(Some("priority")), Some(600 * 3_500_000 + 400 * 875_000 + 100 * 14_000_000));
+        // 300 cache-written tokens, 200 of them for an hour, and 3 searches at $0.01.
+        let c = Usage {
+            input: 1_300,
+            output: 10,
+            cache_write: 300,
+            cache_write_1h: 200,
+            web_search: 3,
+            ..Usage::default()
+        };
+        let pico = 1_000 * 3_000_000u64 + 100 * 3_750_000 + 200 * 6_000_000 + 10 * 15_000_000
+            + 3 * 10_000_000_000;
+        assert_eq!(t.cost_usd("anthropic", "c", &c, None), Some(pico as f64 / 1e12));
+        // The builtin table carries them from LiteLLM's map.
+        let b = table();
+        let (_, gpt5) = b.resolve("openai", "gpt-5").unwrap();
+        assert_eq!(gpt5.flex.map(|r| r.input), Some(625_000));
+        assert_eq!(gpt5.priority.map(|r| r.input), Some(2_500_000));
+        let (_, sonnet) = b.resolve("anthropic", "claude-sonnet-4-5").unwrap();
+        assert_eq!((sonnet.base.cache_write, sonnet.base.cache_write_1h), (3_750_000, 6_000_000));
+        assert_eq!(sonnet.web_search, 10_000_000_000);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use tally::config::Config;
 use tally::event::{ErrorCategory, ErrorSource, Event};
 use tally::exchange::{begin, Finish};
 use tally::measure::Tokenizers;
-use tally::pricing::PriceTable;
+use tally::pricing::{PriceTable, Pricer};
 use tally::usage::TokenSource;
 
 const KEY: &str = "tly_0123456789abcdefghijABCDEFGHIJ0123456789";
@@ -57,7 +57,16 @@ fn run(case: &Case<'_>, chunks: &[&[u8]]) -> Event {
         final_status: Some(case.status),
     };
     // Tokenizers are built once per VM; once per test thread here.
-    PRICES.with(|prices| TOKENIZERS.with(|t| ex.finish(fin, prices, &mut t.borrow_mut())))
+    let ev = TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut()));
+    priced(ev)
+}
+
+/// The event as the collector stores it: priced by the shared pricing core (the filter sends
+/// no cost), so these tests check the whole way from wire bytes to dollars.
+fn priced(mut ev: Event) -> Event {
+    assert_eq!(ev.cost_usd, None, "the filter prices nothing");
+    ev.cost_usd = PRICES.with(|prices| Pricer::default().cost_usd(prices, &ev));
+    ev
 }
 
 thread_local! {
@@ -357,7 +366,6 @@ fn unmetered_requests_still_lose_their_tally_headers() {
 #[test]
 fn compressed_responses_are_metered_exactly() {
     let cfg = Config::parse(b"", Some(KEY.into())).unwrap();
-    let prices = PriceTable::builtin().unwrap();
     for (encoding, file, path, ct) in [
         (
             "gzip",
@@ -397,7 +405,7 @@ fn compressed_responses_are_metered_exactly() {
                 code_details: None,
                 final_status: Some(200),
             };
-            let ev = ex.finish(fin, &prices, &mut Tokenizers::default());
+            let ev = priced(ex.finish(fin, &mut Tokenizers::default()));
             let want = if path == "/v1/messages" {
                 [Some(2520), Some(184), Some(2048), Some(0), Some(0)]
             } else {
@@ -412,7 +420,6 @@ fn compressed_responses_are_metered_exactly() {
 fn compression_bomb_and_unknown_encoding_give_no_usage() {
     use std::io::Write;
     let cfg = Config::parse(br#"{"max_decompressed_bytes": 65536}"#, Some(KEY.into())).unwrap();
-    let prices = PriceTable::builtin().unwrap();
     // A valid JSON response padded to 1 MiB of spaces before its usage: past the cap.
     let mut doc = b"{\"model\":\"gpt-4o\",".to_vec();
     doc.extend(std::iter::repeat_n(b' ', 1 << 20));
@@ -438,7 +445,7 @@ fn compression_bomb_and_unknown_encoding_give_no_usage() {
             code_details: None,
             final_status: Some(200),
         };
-        let ev = ex.finish(fin, &prices, &mut Tokenizers::default());
+        let ev = priced(ex.finish(fin, &mut Tokenizers::default()));
         assert_eq!(ev.input_tokens, None, "{encoding}");
         assert_eq!(ev.token_source, None);
     }
@@ -590,7 +597,6 @@ fn azure_deployment_names_the_model_when_the_body_does_not() {
 #[test]
 fn tokenizer_is_not_built_while_exact_usage_arrives() {
     let cfg = Config::parse(b"", Some(KEY.into())).unwrap();
-    let prices = PriceTable::builtin().unwrap();
     let mut tokenizers = Tokenizers::default();
     let headers: Vec<(String, String)> = [(":method", "POST"), (":path", "/v1/chat/completions")]
         .iter()
@@ -607,7 +613,7 @@ fn tokenizer_is_not_built_while_exact_usage_arrives() {
             code_details: None,
             final_status: Some(200),
         };
-        let ev = ex.finish(fin, &prices, &mut tokenizers);
+        let ev = priced(ex.finish(fin, &mut tokenizers));
         assert_eq!(ev.token_source, Some(TokenSource::Exact));
         assert_eq!(ev.measured_output_tokens, None);
     }
@@ -734,6 +740,77 @@ fn anthropic_newer_usage_fields_leave_the_counts_exact() {
             assert_eq!(tokens(ev), want, "{file}");
             assert_eq!(ev.token_source, Some(TokenSource::Exact), "{file}");
             assert_eq!(ev.error_category, None, "{file}");
+            // Priced by each part: claude-sonnet-4-5 at $3 in, $0.30 cache read, $3.75 for a
+            // five-minute write, $6 for an hour-long one, $15 out per 1M, $0.01 per search.
+            assert_eq!(ev.cache_write_1h_tokens, Some(2000), "{file}");
+            assert_eq!(ev.web_search_requests, Some(1), "{file}");
+            let pico = 9815 * 3_000_000u64
+                + 1200 * 300_000
+                + 1000 * 3_750_000
+                + 2000 * 6_000_000
+                + 417 * 15_000_000
+                + 10_000_000_000;
+            assert_eq!(ev.cost_usd, usd(pico), "{file}");
+        });
+    }
+}
+
+#[test]
+fn openai_service_tiers_are_reported_and_priced_at_their_rates() {
+    // The response's own tier wins over the request's; a request's tier stands when the
+    // response names none.
+    for (request, response_tier, want, input, cached, output) in [
+        (
+            r#"{"model":"gpt-5","service_tier":"flex","messages":[]}"#,
+            Some("flex"),
+            "flex",
+            625_000u64,
+            62_500u64,
+            5_000_000u64,
+        ),
+        (
+            r#"{"model":"gpt-5","service_tier":"auto","messages":[]}"#,
+            Some("priority"),
+            "priority",
+            2_500_000,
+            250_000,
+            20_000_000,
+        ),
+        (
+            r#"{"model":"gpt-5","service_tier":"flex","messages":[]}"#,
+            None,
+            "flex",
+            625_000,
+            62_500,
+            5_000_000,
+        ),
+        (
+            r#"{"model":"gpt-5","messages":[]}"#,
+            Some("default"),
+            "default",
+            1_250_000,
+            125_000,
+            10_000_000,
+        ),
+    ] {
+        let tier = response_tier.map_or(String::new(), |t| format!(r#","service_tier":"{t}""#));
+        let body = format!(
+            r#"{{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-5-2025-08-07"{tier},"choices":[],"usage":{{"prompt_tokens":1000,"completion_tokens":100,"total_tokens":1100,"prompt_tokens_details":{{"cached_tokens":400}},"completion_tokens_details":{{"reasoning_tokens":0}}}}}}"#
+        );
+        let case = Case {
+            path: "/v1/chat/completions",
+            request: request.as_bytes(),
+            content_type: "application/json",
+            status: 200,
+            response: body.into_bytes(),
+        };
+        check_every_split(&case, |ev| {
+            assert_eq!(ev.service_tier.as_deref(), Some(want), "{request}");
+            assert_eq!(
+                ev.cost_usd,
+                usd(600 * input + 400 * cached + 100 * output),
+                "{request}"
+            );
         });
     }
 }
@@ -851,6 +928,229 @@ fn usage_null_after_the_usage_chunk_keeps_the_usage() {
         assert_eq!(ev.token_source, Some(TokenSource::Exact));
         assert_eq!(ev.error_category, None);
     });
+}
+
+/// Gemini's `streamGenerateContent` without `alt=sse`: one JSON array, its elements split
+/// anywhere, read element by element (text that looks like usage is content).
+#[test]
+fn gemini_stream_without_alt_sse_is_one_json_array() {
+    let crlf_array = fixture("gemini/stream_generate_content_array.json");
+    let lf_array = String::from_utf8(crlf_array.clone())
+        .unwrap()
+        .replace("\r\n", "\n")
+        .into_bytes();
+    for response in [crlf_array, lf_array] {
+        let case = Case {
+            path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            request: br#"{"contents":[{"parts":[{"text":"What do tallies do?"}]}]}"#,
+            content_type: "application/json; charset=UTF-8",
+            status: 200,
+            response,
+        };
+        check_every_split(&case, |ev| {
+            assert_eq!(ev.provider, "gemini");
+            assert_eq!(ev.api, "generate_content");
+            assert_eq!(
+                ev.endpoint,
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+            );
+            assert_eq!(ev.model_requested.as_deref(), Some("gemini-2.5-flash"));
+            assert_eq!(ev.model_actual.as_deref(), Some("gemini-2.5-flash"));
+            assert!(ev.streaming);
+            assert_eq!(ev.status, Some(200));
+            // The last element's running totals; thoughts are output and reasoning.
+            assert_eq!(
+                tokens(ev),
+                [Some(14), Some(38 + 249), Some(0), Some(0), Some(249)]
+            );
+            assert_eq!(ev.token_source, Some(TokenSource::Exact));
+            assert_eq!(ev.error_category, None);
+        });
+    }
+}
+
+/// An error answered to a streaming call, in an array or alone.
+#[test]
+fn gemini_array_stream_error_bodies() {
+    for body in [
+        &br#"[{
+  "error": {
+    "code": 503,
+    "message": "The model is overloaded. Please try again later.",
+    "status": "UNAVAILABLE"
+  }
+}
+]"#[..],
+        br#"{"error":{"code":429,"message":"Resource exhausted.","status":"RESOURCE_EXHAUSTED"}}"#,
+    ] {
+        let status = if body.starts_with(b"[") { 200 } else { 429 };
+        let case = Case {
+            path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            request: br#"{"contents":[]}"#,
+            content_type: "application/json; charset=UTF-8",
+            status,
+            response: body.to_vec(),
+        };
+        check_every_split(&case, |ev| {
+            let category = if status == 200 {
+                ErrorCategory::Overloaded
+            } else {
+                ErrorCategory::RateLimited
+            };
+            assert_eq!(ev.error_category, Some(category));
+            assert_eq!(ev.error_source, Some(ErrorSource::Provider));
+            assert_eq!(tokens(ev)[0], None);
+        });
+    }
+}
+
+const VERTEX_GEMINI: &str =
+    "/v1/projects/acme-prod/locations/us-central1/publishers/google/models/gemini-2.5-flash";
+
+#[test]
+fn vertex_gemini_generate_content() {
+    let path = format!("{VERTEX_GEMINI}:generateContent");
+    let case = Case {
+        path: &path,
+        request: br#"{"contents":[{"role":"user","parts":[{"text":"What is a tally stick?"}]}]}"#,
+        content_type: "application/json; charset=UTF-8",
+        status: 200,
+        response: fixture("vertex/gemini_generate_content.json"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.provider, "vertex_ai");
+        assert_eq!(ev.api, "generate_content");
+        assert_eq!(ev.endpoint, path);
+        assert_eq!(ev.model_requested.as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(ev.model_actual.as_deref(), Some("gemini-2.5-flash"));
+        assert!(!ev.streaming);
+        assert_eq!(
+            tokens(ev),
+            [Some(2210), Some(17 + 271), Some(2048), Some(0), Some(271)]
+        );
+        assert_eq!(ev.token_source, Some(TokenSource::Exact));
+        assert_eq!(ev.error_category, None);
+    });
+}
+
+/// Vertex's Gemini streams, both framings: early chunks carry only `trafficType`, the last one
+/// the counts.
+#[test]
+fn vertex_gemini_streams_with_and_without_alt_sse() {
+    let base = "/v1beta1/projects/acme-prod/locations/global/publishers/google/models/gemini-2.5-pro:streamGenerateContent";
+    let sse_path = format!("{base}?alt=sse");
+    let cases = [
+        (
+            sse_path.as_str(),
+            "text/event-stream",
+            fixture("vertex/gemini_stream.sse"),
+        ),
+        (
+            base,
+            "application/json; charset=UTF-8",
+            fixture("vertex/gemini_stream_array.json"),
+        ),
+        (
+            base,
+            "application/json; charset=UTF-8",
+            crlf(&fixture("vertex/gemini_stream_array.json")),
+        ),
+    ];
+    for (path, content_type, response) in cases {
+        let case = Case {
+            path,
+            request: br#"{"contents":[{"role":"user","parts":[{"text":"Tally sticks?"}]}]}"#,
+            content_type,
+            status: 200,
+            response,
+        };
+        check_every_split(&case, |ev| {
+            assert_eq!(ev.provider, "vertex_ai");
+            assert_eq!(ev.api, "generate_content");
+            assert_eq!(ev.endpoint, base);
+            assert_eq!(ev.model_requested.as_deref(), Some("gemini-2.5-pro"));
+            assert_eq!(ev.model_actual.as_deref(), Some("gemini-2.5-pro"));
+            assert!(ev.streaming);
+            assert_eq!(
+                tokens(ev),
+                [Some(31), Some(12 + 1024), Some(0), Some(0), Some(1024)]
+            );
+            assert_eq!(ev.token_source, Some(TokenSource::Exact));
+            assert_eq!(ev.error_category, None);
+        });
+    }
+}
+
+/// Claude on Vertex: Anthropic's Messages shapes, the model only in the path (with Vertex's `@`
+/// snapshot), the served model in the response.
+#[test]
+fn vertex_claude_raw_predict_and_stream() {
+    let path = "/v1/projects/acme-prod/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict";
+    let case = Case {
+        path,
+        request: br#"{"anthropic_version":"vertex-2023-10-16","max_tokens":1024,"messages":[{"role":"user","content":"What is a tally stick?"}]}"#,
+        content_type: "application/json",
+        status: 200,
+        response: fixture("vertex/claude_raw_predict.json"),
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.provider, "vertex_ai");
+        assert_eq!(ev.api, "messages");
+        assert_eq!(ev.endpoint, path);
+        assert_eq!(
+            ev.model_requested.as_deref(),
+            Some("claude-sonnet-4-5@20250929")
+        );
+        assert_eq!(
+            ev.model_actual.as_deref(),
+            Some("claude-sonnet-4-5-20250929")
+        );
+        assert!(!ev.streaming);
+        // input = uncached + cache writes + cache reads.
+        assert_eq!(
+            tokens(ev),
+            [
+                Some(21 + 1500 + 3000),
+                Some(14),
+                Some(3000),
+                Some(1500),
+                Some(0)
+            ]
+        );
+        assert_eq!(ev.token_source, Some(TokenSource::Exact));
+    });
+    let path = "/v1/projects/acme-prod/locations/global/publishers/anthropic/models/claude-haiku-4-5@20251001:streamRawPredict";
+    for response in [
+        fixture("vertex/claude_stream_raw_predict.sse"),
+        crlf(&fixture("vertex/claude_stream_raw_predict.sse")),
+    ] {
+        let case = Case {
+            path,
+            request: br#"{"anthropic_version":"vertex-2023-10-16","stream":true,"max_tokens":256,"messages":[]}"#,
+            content_type: "text/event-stream; charset=utf-8",
+            status: 200,
+            response,
+        };
+        check_every_split(&case, |ev| {
+            assert_eq!(ev.provider, "vertex_ai");
+            assert_eq!(ev.api, "messages");
+            assert_eq!(
+                ev.model_requested.as_deref(),
+                Some("claude-haiku-4-5@20251001")
+            );
+            assert_eq!(
+                ev.model_actual.as_deref(),
+                Some("claude-haiku-4-5-20251001")
+            );
+            assert!(ev.streaming);
+            // The cumulative output of `message_delta`; text that looks like usage is content.
+            assert_eq!(
+                tokens(ev),
+                [Some(18 + 1024), Some(16), Some(1024), Some(0), Some(0)]
+            );
+            assert_eq!(ev.token_source, Some(TokenSource::Exact));
+        });
+    }
 }
 
 // AWS Bedrock: the model from the path, usage from each model family's body, from the event
@@ -1042,8 +1342,12 @@ fn bedrock_event(
     assert_eq!(ex.on_request_body(ANTHROPIC_BODY), None, "never rewritten");
     assert_eq!(ex.on_request_body(&[]), None);
     ex.on_response_headers(Some(200), Some("application/json"), None, 1_010.0);
-    assert!(ex.reads_usage_headers());
-    ex.on_usage_headers(response_headers.0, response_headers.1);
+    assert!(ex.reads_provider_headers());
+    ex.on_provider_headers(&tally::provider::ProviderHeaders {
+        input_tokens: response_headers.0,
+        output_tokens: response_headers.1,
+        error_type: None,
+    });
     ex.on_response_body(body, true);
     let fin = Finish {
         now_unix_ms: 1_050.5,
@@ -1051,7 +1355,7 @@ fn bedrock_event(
         code_details: Some("via_upstream"),
         final_status: Some(200),
     };
-    let ev = PRICES.with(|prices| TOKENIZERS.with(|t| ex.finish(fin, prices, &mut t.borrow_mut())));
+    let ev = priced(TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut())));
     (b, Some(ev))
 }
 

@@ -229,9 +229,11 @@ async fn ingest(
             Ok(owners) => owners,
             Err(e) => return Ok(Err(e)),
         };
+        let mut batch = batch;
+        store.price(&mut batch);
         let batch = std::sync::Arc::new(batch);
         let (accepted, duplicates, new) =
-            store.insert_owned(owners.clone(), batch.clone(), now_ms())?;
+            store.insert_priced(owners.clone(), batch.clone(), now_ms())?;
         metrics.events(&owners, &batch, &new);
         metrics.unknown_fields(&unknown);
         Ok(Ok((accepted, duplicates)))

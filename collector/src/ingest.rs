@@ -274,6 +274,15 @@ fn validate(e: &Event) -> Result<i64, Invalid> {
     tokens("cache_write_tokens", e.cache_write_tokens)?;
     tokens("reasoning_tokens", e.reasoning_tokens)?;
     tokens("measured_output_tokens", e.measured_output_tokens)?;
+    tokens("cache_write_1h_tokens", e.cache_write_1h_tokens)?;
+    tokens("web_search_requests", e.web_search_requests)?;
+    if e.cache_write_1h_tokens.unwrap_or(0) > e.cache_write_tokens.unwrap_or(0) {
+        return Err((
+            "cache_write_1h_tokens",
+            "hour-long cache writes are part of cache_write_tokens and cannot exceed it".into(),
+        ));
+    }
+    opt_text("service_tier", &e.service_tier, 64)?;
     let cache = e
         .cached_input_tokens
         .unwrap_or(0)

@@ -227,40 +227,6 @@ impl Agg {
     }
 }
 
-/// What an event's cached input saved at list price (0 for an unpriced or uncached one). The
-/// rates of each (provider, model) are looked up once per batch.
-#[derive(Default)]
-pub struct Savings {
-    rates: HashMap<(String, String), Option<tally::pricing::Price>>,
-}
-
-impl Savings {
-    pub fn of(&mut self, prices: &PriceTable, e: &Event) -> f64 {
-        let cached = e.cached_input_tokens.unwrap_or(0);
-        if cached == 0 || e.cost_usd.is_none() {
-            return 0.0;
-        }
-        let model = model_of(e);
-        let key = (e.provider.clone(), model.to_string());
-        let price = *self
-            .rates
-            .entry(key)
-            .or_insert_with(|| prices.resolve(&e.provider, model).map(|(_, p)| *p));
-        price.map_or(0.0, |p| {
-            tally::pricing::pico_to_usd(tally::pricing::cache_savings_pico(
-                &p,
-                &tally::usage::Usage {
-                    input: e.input_tokens.unwrap_or(0),
-                    output: e.output_tokens.unwrap_or(0),
-                    cached_input: cached,
-                    cache_write: e.cache_write_tokens.unwrap_or(0),
-                    reasoning: 0,
-                },
-            ))
-        })
-    }
-}
-
 /// A rollup row's identity in a [`Pending`]: a single dimension's key, or a pair of keys (the
 /// filter's and the group's, by their own numbers), so that an event's pair rows are found by
 /// hashing integers and no pair name is built until the rows are written.
@@ -292,7 +258,8 @@ pub struct Pending {
     keys: Vec<RowKey>,
     /// (granularity, bucket, number) -> figures.
     rows: HashMap<(i64, i64, u32), Agg>,
-    savings: Savings,
+    /// Prices of the batch's models, for what their cache reads saved.
+    pricer: tally::pricing::Pricer,
 }
 
 impl Pending {
@@ -358,7 +325,7 @@ impl Pending {
     pub fn add(&mut self, prices: &PriceTable, e: &Event, ts: i64) {
         let latency = sketch::bucket(e.latency_ms);
         let ttfb = e.ttfb_ms.map(sketch::bucket);
-        let savings = self.savings.of(prices, e);
+        let savings = self.pricer.cache_savings_usd(prices, e);
         // The event's key in each single dimension (`None` where it has no row), and whether
         // the dimension is kept per minute.
         let mut mine = [(None::<u32>, true); SINGLE];

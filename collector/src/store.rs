@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tally::event::{ErrorCategory, ErrorSource, Event};
-use tally::pricing::PriceTable;
-use tally::usage::{TokenSource, Usage};
+use tally::pricing::{PriceTable, Pricer};
+use tally::usage::TokenSource;
 
 /// Versioned migrations, applied in order; `PRAGMA user_version` records the last one applied.
 const MIGRATIONS: &[&str] = &[
@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_mesh_tokens.sql"),
     include_str!("../migrations/0009_unpriced_and_filters.sql"),
     include_str!("../migrations/0010_roles_and_sso.sql"),
+    include_str!("../migrations/0011_pricing_dimensions.sql"),
 ];
 
 /// Minute rollups are kept this long; older ranges are answered from hour rollups.
@@ -481,24 +482,27 @@ impl Store {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.unchecked_transaction()?;
             tx.execute_batch(sql)?;
-            if i == 8 && !count_all {
-                // The new figures and the pair rows, from the events the rollups count (those
-                // after `events_seq` are counted whole when the collector starts serving).
-                let through: i64 =
-                    tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
-                roll_up(&tx, &prices, Counted::Through(through), Write::NewFigures)?;
+            if i + 1 == MIGRATIONS.len() {
+                // Counting reads today's columns: only once the schema is the latest, in the
+                // last migration's transaction (a crash leaves the database as it was).
+                if (3..=8).contains(&version) {
+                    // Migration 9's figures and pair rows, for the events the rollups already
+                    // count (those after `events_seq` are counted whole when `serve` starts).
+                    let through: i64 =
+                        tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
+                    roll_up(&tx, &prices, Counted::Through(through), Write::NewFigures)?;
+                }
+                if count_all {
+                    tx.execute("DELETE FROM rollups", [])?;
+                    roll_up(&tx, &prices, Counted::Through(i64::MAX), Write::Whole)?;
+                    tx.execute(
+                        "UPDATE rollup_progress SET events_seq =
+                            (SELECT coalesce(max(seq), 0) FROM events)",
+                        [],
+                    )?;
+                }
             }
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
-        if count_all {
-            let tx = conn.unchecked_transaction()?;
-            tx.execute("DELETE FROM rollups", [])?;
-            roll_up(&tx, &prices, Counted::Through(i64::MAX), Write::Whole)?;
-            tx.execute(
-                "UPDATE rollup_progress SET events_seq = (SELECT coalesce(max(seq), 0) FROM events)",
-                [],
-            )?;
             tx.commit()?;
         }
         let through: i64 =
@@ -667,6 +671,28 @@ impl Store {
     pub fn insert_owned(
         &self,
         owners: Owners,
+        mut batch: Arc<Batch>,
+        now_ms: i64,
+    ) -> Result<Stored, StoreError> {
+        self.price(Arc::make_mut(&mut batch));
+        self.insert_priced(owners, batch, now_ms)
+    }
+
+    /// Price the events that arrive without a cost with this collector's table: filters
+    /// carry no prices and send none. An event that arrives priced (a filter from before prices
+    /// moved here, or a client that prices its own calls) keeps its cost: each event is priced
+    /// once, by one table.
+    pub fn price(&self, batch: &mut Batch) {
+        let mut pricer = Pricer::default();
+        for (e, _) in batch.iter_mut().filter(|(e, _)| e.cost_usd.is_none()) {
+            e.cost_usd = pricer.cost_usd(&self.prices, e);
+        }
+    }
+
+    /// [`Store::insert_owned`] for a batch [`Store::price`] has priced.
+    pub fn insert_priced(
+        &self,
+        owners: Owners,
         batch: Arc<Batch>,
         now_ms: i64,
     ) -> Result<Stored, StoreError> {
@@ -776,6 +802,7 @@ impl Store {
         let mut new = Vec::with_capacity(batch.len());
         // Calibrated events, as stored (the copies that `batch` does not hold).
         let mut calibrated: Vec<(usize, Event)> = Vec::new();
+        let mut pricer = Pricer::default();
         let mut calibrated_at = Vec::new();
         {
             let mut insert = tx.prepare_cached(
@@ -784,10 +811,11 @@ impl Store {
                     input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
                     reasoning_tokens, token_source, cost_usd, error_category, error_source, team,
                     app, feature, task, session_id, user, rule, routed, received_ms,
-                    measured_output_tokens, namespace, workload, principal)
+                    measured_output_tokens, namespace, workload, principal, cache_write_1h_tokens,
+                    web_search_requests, service_tier)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
-                    ?33, ?34, ?35)",
+                    ?33, ?34, ?35, ?36, ?37, ?38)",
             )?;
             let mut ratio = tx.prepare_cached(
                 "SELECT exact_output, measured_output, samples FROM calibration
@@ -825,16 +853,7 @@ impl Store {
                             ev.output_tokens = Some(calibrated);
                             ev.token_source = Some(TokenSource::MeasuredCalibrated);
                             calibrated_at.push(index);
-                            if ev.cost_usd.is_some() {
-                                let usage = Usage {
-                                    input: ev.input_tokens.unwrap_or(0),
-                                    output: calibrated,
-                                    cached_input: ev.cached_input_tokens.unwrap_or(0),
-                                    cache_write: ev.cache_write_tokens.unwrap_or(0),
-                                    reasoning: 0,
-                                };
-                                ev.cost_usd = self.prices.cost_usd(&ev.provider, model, &usage);
-                            }
+                            ev.cost_usd = pricer.cost_usd(&self.prices, ev);
                         }
                     }
                 }
@@ -876,6 +895,9 @@ impl Store {
                     e.namespace,
                     e.workload,
                     e.principal,
+                    tok(e.cache_write_1h_tokens),
+                    tok(e.web_search_requests),
+                    e.service_tier,
                 ])?;
                 accepted += inserted;
                 if inserted == 1 {
@@ -1159,10 +1181,10 @@ impl Store {
         {
             let mut st = conn.prepare_cached(&sql)?;
             let mut rows = st.query(params_from_iter(args))?;
-            let mut savings = rollup::Savings::default();
+            let mut pricer = tally::pricing::Pricer::default();
             while let Some(r) = rows.next()? {
                 let (ts, e) = lite_event(r)?;
-                let saved = savings.of(&self.prices, &e);
+                let saved = pricer.cache_savings_usd(&self.prices, &e);
                 f(ts, &e, saved);
             }
         }
@@ -1222,7 +1244,8 @@ impl Store {
                 status, streaming, latency_ms, ttfb_ms, input_tokens, output_tokens,
                 cached_input_tokens, cache_write_tokens, reasoning_tokens, token_source, cost_usd,
                 error_category, error_source, team, app, feature, task, session_id, user, rule, routed,
-                measured_output_tokens, namespace, workload, principal
+                measured_output_tokens, namespace, workload, principal, cache_write_1h_tokens,
+                web_search_requests, service_tier
              FROM events WHERE org_id = ?",
         );
         let mut args: Vec<rusqlite::types::Value> = vec![org.id.into()];
@@ -1272,6 +1295,9 @@ impl Store {
                 cached_input_tokens: tok(13)?,
                 cache_write_tokens: tok(14)?,
                 reasoning_tokens: tok(15)?,
+                cache_write_1h_tokens: tok(32)?,
+                web_search_requests: tok(33)?,
+                service_tier: r.get(34)?,
                 token_source: from_enum_str(r.get(16)?),
                 measured_output_tokens: tok(28)?,
                 cost_usd: r.get(17)?,
@@ -1335,7 +1361,8 @@ fn align(t: i64, now: i64, finest: i64, up: bool) -> i64 {
 /// The columns of an event that rollups and summaries read, in the order [`lite_event`] reads.
 const LITE_COLUMNS: &str = "ts_ms, provider, model_requested, model_actual, latency_ms, ttfb_ms,
     input_tokens, output_tokens, cost_usd, error_category, team, app, feature, task, user,
-    error_source, namespace, workload, cached_input_tokens, cache_write_tokens, status";
+    error_source, namespace, workload, cached_input_tokens, cache_write_tokens, status,
+    cache_write_1h_tokens, web_search_requests, service_tier";
 
 /// An event's time and the fields rollups and summaries read (the rest left empty), from a row
 /// of [`LITE_COLUMNS`].
@@ -1361,6 +1388,9 @@ fn lite_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Event)> {
         cached_input_tokens: tok(18)?,
         cache_write_tokens: tok(19)?,
         reasoning_tokens: None,
+        cache_write_1h_tokens: tok(21)?,
+        web_search_requests: tok(22)?,
+        service_tier: r.get(23)?,
         token_source: None,
         measured_output_tokens: None,
         cost_usd: r.get(8)?,
@@ -2029,7 +2059,7 @@ pub(crate) mod tests {
         const FEATURES: [&str; 3] = ["chat", "sum", "rank"];
         const NAMESPACES: [&str; 2] = ["ns-a", "ns-b"];
         const WORKLOADS: [&str; 4] = ["w1", "w2", "w3", "w4"];
-        (0..n)
+        let mut batch: Batch = (0..n)
             .map(|i| {
                 let pick = |k: u64, m: u64| ((i + 1).wrapping_mul(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % m;
                 let model = ["gpt-4o-mini", "claude-haiku-4-5", "acme-llm-1", "gpt-4o", "gemini-2.5-flash"]
@@ -2066,12 +2096,19 @@ pub(crate) mod tests {
                 .unwrap();
                 (e, ts)
             })
-            .collect()
+            .collect();
+        // Priced as the collector prices them (an unknown model: no cost).
+        let prices = PriceTable::builtin().unwrap();
+        let mut pricer = Pricer::default();
+        for (e, _) in &mut batch {
+            e.cost_usd = pricer.cost_usd(&prices, e);
+        }
+        batch
     }
 
     /// What a summary over `events` must say, computed here the plain way.
     fn expected(events: &Batch, keep: impl Fn(&Event) -> bool, dim: Option<&str>) -> Figures {
-        let mut out: std::collections::BTreeMap<String, Counts<i64>> = Default::default();
+        let mut out: std::collections::BTreeMap<String, Counts<f64>> = Default::default();
         for (e, _) in events.iter().filter(|(e, _)| keep(e)) {
             let key = match dim {
                 None => String::new(),
@@ -2089,12 +2126,12 @@ pub(crate) mod tests {
                 r.4 += 1;
                 r.5 += e.input_tokens.unwrap_or(0);
             }
-            // Micro-dollars, to compare sums of floats exactly.
-            r.6 += (e.cost_usd.unwrap_or(0.0) * 1e6).round() as i64;
+            r.6 += e.cost_usd.unwrap_or(0.0);
         }
         out.into_iter()
             .map(|(k, r)| {
-                let cost = (r.4 < r.0).then_some(r.6);
+                // Nano-dollars: sums of floats in another order agree to far less.
+                let cost = (r.4 < r.0).then_some((r.6 * 1e9).round() as i64);
                 (k, (r.0, r.1, r.2, r.3, r.4, r.5, cost))
             })
             .collect()
@@ -2103,7 +2140,7 @@ pub(crate) mod tests {
     fn seen(rows: &[(String, Agg)]) -> Figures {
         rows.iter()
             .map(|(k, a)| {
-                let cost = a.known_cost().map(|c| (c * 1e6).round() as i64);
+                let cost = a.known_cost().map(|c| (c * 1e9).round() as i64);
                 (
                     k.clone(),
                     (
@@ -2581,5 +2618,72 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(read, Read::Rollups(HOUR));
         assert_eq!(seen(&rows), expected(&first_hours, keep, None));
+    }
+
+    #[test]
+    fn the_collector_prices_what_filters_send_unpriced_by_every_dimension() {
+        let dir = temp_dir("pricing");
+        let store = Store::open(&dir).unwrap();
+        let key = store.create_org("acme", 0).unwrap();
+        let org = store.org_for_key(&key).unwrap().unwrap();
+        let event = |id: &str, json: serde_json::Value| -> (Event, i64) {
+            let mut v = serde_json::json!({
+                "request_id": id, "timestamp": "2026-01-05T10:00:00.000Z", "provider": "openai",
+                "api": "chat_completions", "endpoint": "/v1/chat/completions",
+                "model_requested": "gpt-5", "model_actual": "gpt-5-2025-08-07", "status": 200,
+                "streaming": false, "latency_ms": 10.0, "input_tokens": 1000,
+                "output_tokens": 100, "cached_input_tokens": 400, "cost_usd": null,
+                "routed": false,
+            });
+            for (k, x) in json.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let e: Event = serde_json::from_value(v).unwrap();
+            (e, parse_rfc3339_ms("2026-01-05T10:00:00Z").unwrap())
+        };
+        let batch = vec![
+            event("default", serde_json::json!({})),
+            event("flex", serde_json::json!({"service_tier": "flex"})),
+            event(
+                "sonnet",
+                serde_json::json!({"provider": "anthropic", "model_requested": "claude-sonnet-4-5",
+                "model_actual": "claude-sonnet-4-5-20250929", "input_tokens": 1300, "cached_input_tokens": 0,
+                "cache_write_tokens": 300, "cache_write_1h_tokens": 200, "web_search_requests": 3, "output_tokens": 10}),
+            ),
+            event("sent", serde_json::json!({"cost_usd": 0.5})),
+        ];
+        store.insert_events(&org, Arc::new(batch), 0).unwrap();
+        let cost = |id: &str| -> Option<u64> {
+            let f = EventFilter {
+                limit: 10,
+                ..Default::default()
+            };
+            let events = store.query_events(&org, &f).unwrap();
+            let e = events.iter().find(|e| e.request_id == id).unwrap();
+            e.cost_usd.map(|c| (c * 1e12).round() as u64)
+        };
+        // gpt-5: $1.25 in, $0.125 cached, $10 out per 1M; flex half of each.
+        assert_eq!(
+            cost("default"),
+            Some(600 * 1_250_000 + 400 * 125_000 + 100 * 10_000_000)
+        );
+        assert_eq!(
+            cost("flex"),
+            Some(600 * 625_000 + 400 * 62_500 + 100 * 5_000_000)
+        );
+        // claude-sonnet-4-5: $3 in, $3.75 for 5-minute writes, $6 for hour-long ones, $15 out,
+        // $0.01 per search.
+        assert_eq!(
+            cost("sonnet"),
+            Some(
+                1000 * 3_000_000
+                    + 100 * 3_750_000
+                    + 200 * 6_000_000
+                    + 10 * 15_000_000
+                    + 3 * 10_000_000_000
+            )
+        );
+        // A cost that arrived with the event (an older filter's) is kept.
+        assert_eq!(cost("sent"), Some(500_000_000_000));
     }
 }

@@ -6,8 +6,6 @@ use libfuzzer_sys::fuzz_target;
 use tally::config::Config;
 use tally::exchange::{begin, Finish};
 use tally::measure::Tokenizers;
-use tally::pricing::PriceTable;
-use std::sync::OnceLock;
 
 const PATHS: [&str; 6] = [
     "/v1/chat/completions",
@@ -17,11 +15,6 @@ const PATHS: [&str; 6] = [
     "/v1beta/models/gemini-2.5-pro:streamGenerateContent",
     "/openai/deployments/d/chat/completions",
 ];
-
-fn prices() -> &'static PriceTable {
-    static P: OnceLock<PriceTable> = OnceLock::new();
-    P.get_or_init(|| PriceTable::builtin().expect("builtin prices"))
-}
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
@@ -59,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         final_status: Some(200),
     };
     let mut tokenizers = Tokenizers::default();
-    let ev = ex.finish(fin, prices(), &mut tokenizers);
+    let ev = ex.finish(fin, &mut tokenizers);
     let line = serde_json::to_vec(&ev).expect("serializes");
     if let Err(e) = tally_collector::ingest::parse(&line) {
         panic!("the collector refuses the filter's event: {e:?}\n{}", String::from_utf8_lossy(&line));

@@ -173,11 +173,17 @@ impl HttpContext for Req {
                 h("content-encoding").as_deref(),
                 host::now_ms(),
             );
-            if ex.reads_usage_headers() {
-                ex.on_usage_headers(
-                    h("x-amzn-bedrock-input-token-count").as_deref(),
-                    h("x-amzn-bedrock-output-token-count").as_deref(),
+            if ex.reads_provider_headers() {
+                let (input, output, error) = (
+                    h("x-amzn-bedrock-input-token-count"),
+                    h("x-amzn-bedrock-output-token-count"),
+                    h("x-amzn-errortype"),
                 );
+                ex.on_provider_headers(&crate::provider::ProviderHeaders {
+                    input_tokens: input.as_deref(),
+                    output_tokens: output.as_deref(),
+                    error_type: error.as_deref(),
+                });
             }
             if ex.rewrites_response()
                 && !host::remove_header(MapType::HttpResponseHeaders, "content-length")
@@ -236,7 +242,7 @@ impl HttpContext for Req {
             final_status,
         };
         let s = &mut *s;
-        let event = ex.finish(fin, &s.prices, &mut s.tokenizers);
+        let event = ex.finish(fin, &mut s.tokenizers);
         s.outbox.push_with(now as u64, |buf| event.write_json(buf));
     }
 }

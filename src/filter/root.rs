@@ -1,4 +1,5 @@
-//! One per VM: configuration, prices, the outbox and the batch calls to the collector.
+//! One per VM: configuration, the outbox and the batch calls to the collector. (Prices are
+//! the collector's: the filter reports what the bill depends on, and carries no price table.)
 
 use super::controls::{Controls, Update};
 use super::handover;
@@ -9,7 +10,6 @@ use crate::identity::Identity;
 use crate::measure::Tokenizers;
 use crate::org_keys::{self, KeyHash, KeySet};
 use crate::outbox::{Counters, Outbox, Outcome};
-use crate::pricing::PriceTable;
 use crate::request_id::IdGen;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -21,7 +21,6 @@ use std::time::Duration;
 /// State shared by the root context and every request of this VM.
 pub struct Shared {
     pub cfg: Config,
-    pub prices: PriceTable,
     /// Built on the first stream that needs counting, then kept for the VM's life.
     pub tokenizers: Tokenizers,
     pub outbox: Outbox,
@@ -323,7 +322,6 @@ impl Root {
                 ),
             );
         }
-        let prices = PriceTable::builtin()?;
         let tick = (cfg.flush_interval_ms / 2).clamp(20, 50);
         hostcalls::set_tick_period(Duration::from_millis(tick))
             .map_err(|s| format!("cannot set the flush timer: {s:?}"))?;
@@ -353,7 +351,6 @@ impl Root {
             )
             .with_max_age(cfg.max_event_age_ms),
             cfg,
-            prices,
             tokenizers: Tokenizers::default(),
             metrics: self.metrics,
             metered: std::cell::Cell::new(0),

@@ -10,8 +10,8 @@
 //! Newer usage members are parts or counts beside these, not added to them:
 //! `cache_creation.ephemeral_5m_input_tokens` and `ephemeral_1h_input_tokens` split
 //! `cache_creation_input_tokens` by duration; `server_tool_use.web_search_requests` counts
-//! searches (billed per use, not in tokens); `service_tier` names the tier. They are read past,
-//! so the totals stay those of the three counts.
+//! searches (billed per use, not in tokens); `service_tier` names the tier. The hour-long part
+//! and the searches are kept beside the totals, which stay those of the three counts.
 
 use super::{
     count, member, model_name, parse_raw, push_str, read_object, Api, ErrorBody, Facts,
@@ -42,6 +42,9 @@ struct WireUsage {
     output_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
+    cache_write_1h: Option<u64>,
+    web_search_requests: Option<u64>,
+    service_tier: Option<String>,
 }
 
 impl WireUsage {
@@ -52,6 +55,21 @@ impl WireUsage {
             b"output_tokens" => count(&mut u.output_tokens, v),
             b"cache_creation_input_tokens" => count(&mut u.cache_creation_input_tokens, v),
             b"cache_read_input_tokens" => count(&mut u.cache_read_input_tokens, v),
+            b"cache_creation" => {
+                v == b"null"
+                    || read_object(Some(v), |k, v| {
+                        k != b"ephemeral_1h_input_tokens" || count(&mut u.cache_write_1h, v)
+                    })
+                    .is_some()
+            }
+            b"server_tool_use" => {
+                v == b"null"
+                    || read_object(Some(v), |k, v| {
+                        k != b"web_search_requests" || count(&mut u.web_search_requests, v)
+                    })
+                    .is_some()
+            }
+            b"service_tier" => json_string(v).map(|t| u.service_tier = t).is_ok(),
             _ => true,
         })?;
         Some(u)
@@ -64,6 +82,8 @@ pub struct AnthropicMeter {
     output: Option<u64>,
     cache_write: Option<u64>,
     cache_read: Option<u64>,
+    cache_write_1h: Option<u64>,
+    web_search: Option<u64>,
     facts: Facts,
 }
 
@@ -73,6 +93,11 @@ impl AnthropicMeter {
         self.output = u.output_tokens.or(self.output);
         self.cache_write = u.cache_creation_input_tokens.or(self.cache_write);
         self.cache_read = u.cache_read_input_tokens.or(self.cache_read);
+        self.cache_write_1h = u.cache_write_1h.or(self.cache_write_1h);
+        self.web_search = u.web_search_requests.or(self.web_search);
+        if let Some(t) = u.service_tier.filter(|t| !t.is_empty()) {
+            self.facts.service_tier = Some(t);
+        }
         self.facts.usage = self.usage();
     }
 
@@ -87,6 +112,8 @@ impl AnthropicMeter {
             cache_write,
             // Extended thinking is billed as output; the API does not report it apart.
             reasoning: 0,
+            cache_write_1h: self.cache_write_1h.unwrap_or(0),
+            web_search: self.web_search.unwrap_or(0),
         })
     }
 }

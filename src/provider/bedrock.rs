@@ -22,6 +22,10 @@
 //! * InvokeModel's `x-amzn-bedrock-input-token-count` and `x-amzn-bedrock-output-token-count`
 //!   response headers, when the body gave no counts.
 //!
+//! An error answer names its type in `x-amzn-errortype` (`ThrottlingException:http://...`),
+//! taken as the provider's error code (so a 424 `ModelErrorException` is the model's error, not
+//! the request's).
+//!
 //! Every input count Bedrock reports leaves cache reads and writes out (as Anthropic's does), so
 //! the event's input is their sum.
 //!
@@ -34,7 +38,7 @@
 //! Requests to Bedrock are signed with SigV4 over the host, the path, chosen headers and the
 //! body's hash: nothing here or in the exchange changes them.
 
-use super::{count, read_object, Api, Facts, ResponseMeter};
+use super::{count, read_object, Api, Facts, ProviderHeaders, ResponseMeter};
 use crate::eventstream::Message;
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
@@ -163,8 +167,9 @@ impl Counts {
     fn read_usage(raw: Option<&[u8]>) -> Option<Counts> {
         let mut c = Counts::default();
         read_object(raw, |k, v| match k {
-            b"input_tokens" | b"inputTokens" => count(&mut c.input, v),
-            b"output_tokens" | b"outputTokens" => count(&mut c.output, v),
+            // OpenAI's models on Bedrock (gpt-oss) answer in chat completions' names.
+            b"input_tokens" | b"inputTokens" | b"prompt_tokens" => count(&mut c.input, v),
+            b"output_tokens" | b"outputTokens" | b"completion_tokens" => count(&mut c.output, v),
             b"cache_read_input_tokens" | b"cacheReadInputTokens" | b"cacheReadInputTokenCount" => {
                 count(&mut c.cache_read, v)
             }
@@ -383,13 +388,20 @@ impl ResponseMeter for BedrockMeter {
         self.take(doc, true);
     }
 
-    fn on_usage_headers(&mut self, input: Option<&str>, output: Option<&str>) {
+    fn on_headers(&mut self, h: &ProviderHeaders<'_>) {
         let n = |v: Option<&str>| v.and_then(|s| s.trim().parse::<u64>().ok());
         self.headers = Counts {
-            input: n(input),
-            output: n(output),
+            input: n(h.input_tokens),
+            output: n(h.output_tokens),
             ..Counts::default()
         };
+        // `ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/`
+        if let Some(kind) = h.error_type.and_then(|t| t.split(':').next()) {
+            let kind = kind.trim();
+            if !kind.is_empty() {
+                self.facts.error = Some(kind.to_string());
+            }
+        }
         self.refresh();
     }
 
@@ -580,10 +592,18 @@ mod tests {
         assert_eq!(body(r#"{"message":"Too many requests"}"#).usage, None);
     }
 
+    fn counts(input: &str, output: &str) -> ProviderHeaders<'static> {
+        ProviderHeaders {
+            input_tokens: Some(Box::leak(input.into())),
+            output_tokens: Some(Box::leak(output.into())),
+            error_type: None,
+        }
+    }
+
     #[test]
     fn headers_count_when_the_body_does_not() {
         let mut m = BedrockMeter::new(None);
-        m.on_usage_headers(Some("12"), Some(" 3"));
+        m.on_headers(&counts("12", " 3"));
         assert_eq!(m.facts().usage, usage(12, 3, 0, 0));
         assert!(m.facts().usage_final);
         let mut s = TopLevelScanner::new(KEYS);
@@ -591,7 +611,66 @@ mod tests {
         m.on_document(&s);
         assert_eq!(m.facts().usage, usage(12, 3, 2, 0));
         let mut m = BedrockMeter::new(None);
-        m.on_usage_headers(Some("x"), None);
+        m.on_headers(&counts("x", ""));
         assert_eq!(m.facts().usage, None);
+    }
+
+    #[test]
+    fn error_type_header() {
+        let mut m = BedrockMeter::new(None);
+        m.on_headers(&ProviderHeaders {
+            error_type: Some(
+                "ModelErrorException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            ),
+            ..ProviderHeaders::default()
+        });
+        assert_eq!(m.facts().error.as_deref(), Some("ModelErrorException"));
+        assert_eq!(m.facts().usage, None);
+        let mut m = BedrockMeter::new(None);
+        m.on_headers(&ProviderHeaders {
+            error_type: Some("ThrottlingException"),
+            ..ProviderHeaders::default()
+        });
+        assert_eq!(m.facts().error.as_deref(), Some("ThrottlingException"));
+    }
+
+    #[test]
+    fn stream_events_of_each_family() {
+        let mut m = BedrockMeter::new(Some("m".into()));
+        let feed = |m: &mut BedrockMeter, event: &str| {
+            let mut e = TopLevelScanner::new(KEYS);
+            e.feed(event.as_bytes());
+            m.take(&e, false);
+        };
+        // Nova: `metadata.usage` in its last event, then the invocation metrics.
+        feed(&mut m, r#"{"messageStart":{"role":"assistant"}}"#);
+        feed(
+            &mut m,
+            r#"{"contentBlockDelta":{"delta":{"text":"Hi"},"contentBlockIndex":0}}"#,
+        );
+        assert_eq!(m.facts().usage, None);
+        feed(
+            &mut m,
+            r#"{"metadata":{"usage":{"inputTokens":7,"outputTokens":3,"cacheReadInputTokenCount":4}},"amazon-bedrock-invocationMetrics":{"inputTokenCount":7,"outputTokenCount":3,"invocationLatency":9,"firstByteLatency":5}}"#,
+        );
+        assert_eq!(m.facts().usage, usage(11, 3, 4, 0));
+        assert!(m.facts().usage_final);
+        // Anthropic's `message_start` alone is not complete; its `message_delta` is.
+        let mut m = BedrockMeter::new(None);
+        feed(
+            &mut m,
+            r#"{"type":"message_start","message":{"usage":{"input_tokens":5,"output_tokens":1}}}"#,
+        );
+        assert_eq!(m.facts().usage, usage(5, 1, 0, 0));
+        assert!(!m.facts().usage_final);
+        feed(
+            &mut m,
+            r#"{"type":"message_delta","usage":{"output_tokens":8}}"#,
+        );
+        assert_eq!(m.facts().usage, usage(5, 8, 0, 0));
+        assert!(m.facts().usage_final);
+        // gpt-oss answers InvokeModel in chat completions' shape.
+        let f = body(r#"{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":6}}"#);
+        assert_eq!(f.usage, usage(20, 6, 0, 0));
     }
 }

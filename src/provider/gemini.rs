@@ -12,8 +12,9 @@ use super::{count, model_name, parse_raw, push_str, read_object, ErrorBody, Fact
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
 
-/// `(model, streaming)` from `.../models/{model}:{method}`: `/v1beta/models/...`, `/v1/...`, and
-/// Vertex AI's `/v1/projects/{p}/locations/{l}/publishers/google/models/...`.
+/// `(model, streaming)` from `.../models/{model}:{method}`: `/v1beta/models/...`, `/v1/...`.
+/// (Vertex AI's `.../publishers/google/models/...` paths are recognised first, by
+/// [`super::vertex`], and read with this meter.)
 pub fn model_for_path(path: &str) -> Option<(String, bool)> {
     let (_, rest) = path.rsplit_once("/models/")?;
     let (model, method) = rest.rsplit_once(':')?;
@@ -47,6 +48,7 @@ struct WireUsage {
     candidates_token_count: Option<u64>,
     cached_content_token_count: Option<u64>,
     thoughts_token_count: Option<u64>,
+    tool_use_prompt_token_count: Option<u64>,
 }
 
 impl WireUsage {
@@ -57,6 +59,7 @@ impl WireUsage {
             b"candidatesTokenCount" => count(&mut u.candidates_token_count, v),
             b"cachedContentTokenCount" => count(&mut u.cached_content_token_count, v),
             b"thoughtsTokenCount" => count(&mut u.thoughts_token_count, v),
+            b"toolUsePromptTokenCount" => count(&mut u.tool_use_prompt_token_count, v),
             _ => true,
         })?;
         Some(u)
@@ -83,6 +86,9 @@ impl ResponseMeter for GeminiMeter {
                 let thoughts = u.thoughts_token_count.unwrap_or(0);
                 // Running totals: final only if the stream ends normally after them.
                 f.usage_final = true;
+                // Tool-use prompt tokens (results of the model's own tool calls, such as search)
+                // are counted apart from the prompt, and billed as input.
+                let input = input.saturating_add(u.tool_use_prompt_token_count.unwrap_or(0));
                 f.usage = Some(Usage {
                     input,
                     output: u
@@ -92,6 +98,7 @@ impl ResponseMeter for GeminiMeter {
                     cached_input: u.cached_content_token_count.unwrap_or(0),
                     cache_write: 0,
                     reasoning: thoughts,
+                    ..Usage::default()
                 });
             }
         }

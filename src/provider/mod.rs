@@ -8,6 +8,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod gemini;
 pub mod openai;
+pub mod vertex;
 
 use crate::scan::TopLevelScanner;
 use crate::usage::Usage;
@@ -47,6 +48,9 @@ pub fn provider_for_host(authority: &str) -> Option<&'static str> {
     }
     if bedrock::is_bedrock_host(&host) {
         return Some("bedrock");
+    }
+    if vertex::is_vertex_host(&host) {
+        return Some(vertex::PROVIDER);
     }
     KNOWN_HOSTS
         .iter()
@@ -122,6 +126,9 @@ pub fn detect(
             (name, api, deployment, false)
         } else if let Some(api) = anthropic::api_for_path(path) {
             ("anthropic", api, None, false)
+        } else if let Some((api, model, streaming)) = vertex::route_for_path(path) {
+            // Before Gemini's: a Vertex path also ends in `/models/{model}:generateContent`.
+            (vertex::PROVIDER, api, Some(model), streaming)
         } else if let Some((model, streaming)) = gemini::model_for_path(path) {
             ("gemini", Api::GenerateContent, Some(model), streaming)
         } else if let Some((api, model, streaming)) = bedrock::route_for_path(path) {
@@ -160,6 +167,8 @@ pub struct Facts {
     pub model: Option<String>,
     /// The provider's machine-readable error code or type, when the body carried an error.
     pub error: Option<String>,
+    /// The service tier the provider says served the request.
+    pub service_tier: Option<String>,
 }
 
 /// Reads one provider's response: either a whole JSON body or each SSE event's JSON data.
@@ -179,8 +188,17 @@ pub trait ResponseMeter {
     fn output_text(&self, event: &serde_json::Value, out: &mut String);
     /// Take one message of an AWS event stream (Bedrock's streams).
     fn on_stream_message(&mut self, _m: &crate::eventstream::Message<'_>) {}
-    /// Take the usage counts a response's headers carry (Bedrock's InvokeModel).
-    fn on_usage_headers(&mut self, _input: Option<&str>, _output: Option<&str>) {}
+    /// Take what a response's headers say (Bedrock's): usage counts, and the error type.
+    fn on_headers(&mut self, _h: &crate::provider::ProviderHeaders<'_>) {}
+}
+
+/// Response headers a provider reports in (Bedrock: `x-amzn-bedrock-input-token-count`,
+/// `x-amzn-bedrock-output-token-count`, `x-amzn-errortype`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProviderHeaders<'a> {
+    pub input_tokens: Option<&'a str>,
+    pub output_tokens: Option<&'a str>,
+    pub error_type: Option<&'a str>,
 }
 
 /// Append `v` when it is a string.
@@ -385,6 +403,7 @@ mod tests {
             cached_input,
             cache_write,
             reasoning,
+            ..Usage::default()
         }
     }
 
@@ -588,12 +607,26 @@ mod tests {
             Api::Messages,
             r#"{"type":"message_start","message":{"model":"claude-x","usage":{"input_tokens":12,"cache_creation_input_tokens":3000,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000},"output_tokens":1,"service_tier":"standard","server_tool_use":null}}}"#,
         );
-        assert_eq!(start.usage, Some(usage(3012, 1, 0, 3000, 0)));
+        // The hour-long part of the cache writes, and the tier, are kept beside the counts.
+        assert_eq!(
+            start.usage,
+            Some(Usage {
+                cache_write_1h: 2000,
+                ..usage(3012, 1, 0, 3000, 0)
+            })
+        );
+        assert_eq!(start.service_tier.as_deref(), Some("standard"));
         let body = facts_of(
             Api::Messages,
             r#"{"usage":{"input_tokens":10,"output_tokens":5,"server_tool_use":{"web_search_requests":2,"web_fetch_requests":1},"cache_creation":null}}"#,
         );
-        assert_eq!(body.usage, Some(usage(10, 5, 0, 0, 0)));
+        assert_eq!(
+            body.usage,
+            Some(Usage {
+                web_search: 2,
+                ..usage(10, 5, 0, 0, 0)
+            })
+        );
     }
 
     #[test]

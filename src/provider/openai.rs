@@ -42,6 +42,8 @@ pub fn api_for_path(path: &str) -> Option<(Api, Option<String>)> {
 
 const KEYS: &[(&str, usize)] = &[
     ("model", 256),
+    // `default`, `flex`, `priority`...: each billed at its own rates.
+    ("service_tier", 64),
     ("usage", 4096),
     ("error", 8192),
     // Responses API stream events carry the whole response object, output included.
@@ -105,6 +107,7 @@ impl WireUsage {
                 .unwrap_or(0),
             cache_write: self.cache_write_tokens.unwrap_or(0),
             reasoning: self.reasoning_tokens.unwrap_or(0),
+            ..Usage::default()
         })
     }
 }
@@ -138,6 +141,9 @@ impl ResponseMeter for OpenAiMeter {
         if f.model.is_none() {
             f.model = model_name(doc.string("model"));
         }
+        if let Some(t) = doc.string("service_tier").filter(|t| !t.is_empty()) {
+            f.service_tier = Some(t);
+        }
         if let Some(u) = WireUsage::read(doc.raw("usage")).and_then(WireUsage::into_usage) {
             f.usage = Some(u);
             f.usage_final = true;
@@ -158,9 +164,10 @@ impl ResponseMeter for OpenAiMeter {
             }
         }
         // The Responses API's stream events carry the response object.
-        let (mut model, mut usage, mut error) = (None, None, None);
+        let (mut model, mut usage, mut error, mut tier) = (None, None, None, None);
         if read_object(doc.raw("response"), |k, v| match k {
             b"model" => json_string(v).map(|m| model = m).is_ok(),
+            b"service_tier" => json_string(v).map(|t| tier = t).is_ok(),
             b"usage" => member(&mut usage, v, |v| WireUsage::read(Some(v))),
             b"error" => member(&mut error, v, |v| parse_raw::<ErrorBody>(Some(v))),
             _ => true,
@@ -173,6 +180,9 @@ impl ResponseMeter for OpenAiMeter {
                 f.usage_final = true;
             }
             f.error = error.and_then(ErrorBody::best).or(f.error.take());
+            if let Some(t) = tier.filter(|t: &String| !t.is_empty()) {
+                f.service_tier = Some(t);
+            }
         }
     }
 
