@@ -2,7 +2,8 @@
 //!
 //! Serves the wire formats Tally meters (OpenAI chat completions, completions, Responses and
 //! embeddings, also under Groq's `/openai/v1` and Azure's deployment paths; Anthropic messages;
-//! Gemini generateContent; each streamed or not) with usage that a test can predict. Request headers steer it:
+//! Gemini generateContent, its stream as SSE (`alt=sse`) or one JSON array; Vertex AI's Gemini
+//! and Claude, in `vertex.rs`; each streamed or not) with usage that a test can predict. Request headers steer it:
 //!
 //! | header | effect |
 //! |---|---|
@@ -35,6 +36,8 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod vertex;
 
 const DEFAULT_REPLY: &str = "Hello from the Tally mock provider. Usage figures are predictable.";
 
@@ -73,6 +76,8 @@ fn snapshot(model: &str) -> String {
         "gpt-4o" => "gpt-4o-2024-08-06".into(),
         "claude-sonnet-4-5" => "claude-sonnet-4-5-20250929".into(),
         "claude-haiku-4-5" => "claude-haiku-4-5-20251001".into(),
+        // Vertex names Claude's snapshots `claude-x@YYYYMMDD` and answers `claude-x-YYYYMMDD`.
+        other if other.starts_with("claude-") => other.replace('@', "-"),
         other => other.into(),
     }
 }
@@ -422,10 +427,15 @@ fn openai_chat(a: Ask) -> Response {
 
 async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
     record(&seen, "POST", "/v1/messages", &headers);
-    if let Some(r) = raw_response(&headers) {
+    anthropic_answer(&headers, &body, None).await
+}
+
+/// Anthropic's Messages answer; Claude on Vertex names its model in the path.
+async fn anthropic_answer(headers: &HeaderMap, body: &[u8], path_model: Option<&str>) -> Response {
+    if let Some(r) = raw_response(headers) {
         return r;
     }
-    let a = match ask(&headers, &body, None) {
+    let a = match ask(headers, body, path_model) {
         Ok(a) => a,
         Err(m) => return bad_request(&m),
     };
@@ -497,6 +507,7 @@ async fn anthropic_messages(State(seen): State<Seen>, headers: HeaderMap, body: 
 async fn gemini(
     State(seen): State<Seen>,
     Path(rest): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -509,50 +520,11 @@ async fn gemini(
         Err(m) => return bad_request(&m),
     };
     tokio::time::sleep(a.delay).await;
-    if let Some(s) = a.status {
-        let status = match s {
-            429 => "RESOURCE_EXHAUSTED",
-            400 => "INVALID_ARGUMENT",
-            503 => "UNAVAILABLE",
-            _ => "INTERNAL",
-        };
-        return json_response(
-            StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            json!({"error": {"code": s, "message": "mock error", "status": status}}),
-        );
+    if let Some(r) = vertex::google_error(&a) {
+        return r;
     }
-    let u = a.usage;
-    let usage = |output: u64| {
-        json!({"promptTokenCount": u.input, "candidatesTokenCount": output.saturating_sub(u.reasoning),
-            "cachedContentTokenCount": u.cached, "thoughtsTokenCount": u.reasoning,
-            "totalTokenCount": u.input + output})
-    };
-    let candidate =
-        |text: &str| json!([{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}]);
-    match method {
-        "generateContent" => json_response(
-            StatusCode::OK,
-            json!({"candidates": candidate(&a.reply), "usageMetadata": usage(u.output),
-                "modelVersion": a.actual, "responseId": "mock-gemini-1"}),
-        ),
-        "streamGenerateContent" => {
-            let parts = words(&a.reply);
-            let n = parts.len() as u64;
-            let out = parts
-                .iter()
-                .enumerate()
-                .map(|(i, w)| {
-                    // Running totals, as Gemini streams them; the last one is final.
-                    let so_far = (u.output * (i as u64 + 1)) / n;
-                    let c = json!({"candidates": candidate(w), "usageMetadata": usage(so_far),
-                        "modelVersion": a.actual, "responseId": "mock-gemini-1"});
-                    format!("data: {c}\r\n\r\n")
-                })
-                .collect();
-            event_stream(&a, "text/event-stream", out)
-        }
-        _ => StatusCode::NOT_FOUND.into_response(),
-    }
+    // `alt=sse` frames the stream as SSE; without it, one JSON array.
+    vertex::gemini_answer(&a, method, vertex::alt_sse(&uri), false)
 }
 
 async fn requests(State(seen): State<Seen>) -> Response {
@@ -607,6 +579,7 @@ async fn main() {
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1beta/models/{*rest}", post(gemini))
         .route("/model/{model}/{op}", post(bedrock::model))
+        .merge(vertex::routes())
         .route("/__mock/requests", get(requests))
         // Tests send request bodies of many MiB.
         .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
