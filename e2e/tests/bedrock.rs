@@ -294,6 +294,26 @@ fn bedrock_errors_and_a_signed_org_key() {
     assert_eq!(status, 200);
     expect_error(&stack, "u-stream-exception", 200, "rate_limited");
 
+    // InvokeModel answering 424: by its status a bad request, by `x-amzn-errortype` the model's
+    // error.
+    let invoke = format!("/model/{CLAUDE_IN_PATH}/invoke");
+    let (status, _, _) = post_signed_full(
+        &stack,
+        &invoke,
+        "u-model-error",
+        ANTHROPIC_BODY,
+        ANTHROPIC_BODY,
+        &[],
+        &[("x-mock-status", "424")],
+    );
+    assert_eq!(status, 424);
+    let ev = stack.wait_events("user=u-model-error", 1)[0].clone();
+    check(
+        &ev,
+        json!({"provider": "bedrock", "api": "invoke_model", "status": 424, "streaming": false,
+            "error_category": "provider_error", "error_source": "provider"}),
+    );
+
     // An org key under the signature can be neither removed nor sent on: refused at the proxy.
     let before = stack.mock_requests().len();
     let (status, body, _) = post("u-signed-key", &[("x-tally-key", stack.key.as_str())], &[]);

@@ -58,6 +58,7 @@ fn exception_for(status: u16) -> &'static str {
         403 => "AccessDeniedException",
         404 => "ResourceNotFoundException",
         408 => "ModelTimeoutException",
+        424 => "ModelErrorException",
         429 => "ThrottlingException",
         503 => "ServiceUnavailableException",
         _ => "InternalServerException",
