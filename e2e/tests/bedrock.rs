@@ -105,6 +105,17 @@ fn post_signed(
     )
 }
 
+/// Cost in USD from integer pico-dollars, the way prices are applied.
+fn usd(pico: u64) -> f64 {
+    pico as f64 / 1e12
+}
+
+/// Claude 3.5 Haiku on Bedrock ($0.80 in, $0.08 cache read, $1 cache write, $4 out per 1M) for
+/// 1200 input tokens of which 1024 cache reads and 100 cache writes, and 9 output tokens.
+fn haiku_cost() -> f64 {
+    usd(76 * 800_000 + 1024 * 80_000 + 100 * 1_000_000 + 9 * 4_000_000)
+}
+
 fn check(ev: &Value, expected: Value) {
     for (k, v) in expected.as_object().unwrap() {
         assert_eq!(ev.get(k), Some(v), "field {k} of {ev:#}");
@@ -164,7 +175,8 @@ fn bedrock_invoke_and_converse_streamed_and_not() {
         "u-invoke",
         json!({"api": "invoke_model", "endpoint": path, "model_requested": CLAUDE,
             "model_actual": CLAUDE, "streaming": false, "input_tokens": 1200,
-            "output_tokens": 9, "cached_input_tokens": 1024, "cache_write_tokens": 100}),
+            "output_tokens": 9, "cached_input_tokens": 1024, "cache_write_tokens": 100,
+            "cost_usd": haiku_cost()}),
     );
     assert!(ev["measured_output_tokens"].is_null());
 
@@ -197,7 +209,8 @@ fn bedrock_invoke_and_converse_streamed_and_not() {
         "u-invoke-stream",
         json!({"api": "invoke_model", "endpoint": path, "model_requested": CLAUDE,
             "model_actual": CLAUDE, "streaming": true, "input_tokens": 1200,
-            "output_tokens": 9, "cached_input_tokens": 1024, "cache_write_tokens": 100}),
+            "output_tokens": 9, "cached_input_tokens": 1024, "cache_write_tokens": 100,
+            "cost_usd": haiku_cost()}),
     );
 
     // 3. Converse, under an inference profile.
@@ -219,7 +232,8 @@ fn bedrock_invoke_and_converse_streamed_and_not() {
         "u-converse",
         json!({"api": "converse", "endpoint": path, "model_requested": profile,
             "model_actual": profile, "streaming": false, "input_tokens": 1200,
-            "output_tokens": 9, "cached_input_tokens": 1024, "cache_write_tokens": 100}),
+            "output_tokens": 9, "cached_input_tokens": 1024, "cache_write_tokens": 100,
+            "cost_usd": haiku_cost()}),
     );
 
     // 4. ConverseStream, Meta Llama.
@@ -239,7 +253,9 @@ fn bedrock_invoke_and_converse_streamed_and_not() {
         "u-converse-stream",
         json!({"api": "converse", "endpoint": path, "model_requested": llama,
             "model_actual": llama, "streaming": true, "input_tokens": 40,
-            "output_tokens": 12, "cached_input_tokens": 0, "cache_write_tokens": 0}),
+            "output_tokens": 12, "cached_input_tokens": 0, "cache_write_tokens": 0,
+            // Llama 3.1 8B: $0.22 in and out per 1M.
+            "cost_usd": usd(40 * 220_000 + 12 * 220_000)}),
     );
 
     // What reached the provider: the signed attribution header, not the unsigned ones.
