@@ -1174,7 +1174,19 @@ fn bedrock_case(path: String, request: &[u8], ct: &str, response: Vec<u8>) -> Ca
     }
 }
 
-fn assert_bedrock(ev: &Event, api: &str, model: &str, streaming: bool, t: [Option<u64>; 5]) {
+/// Bedrock's prices per 1M tokens, as `make prices` lists them: Claude 3.5 Haiku $0.80 in, $0.08
+/// cache read, $1 cache write, $4 out (also under the `us.` inference profile); Llama 3.1 8B $0.22
+/// in and out; Nova Lite $0.06 in, $0.015 cache read, $0.24 out; Titan Text Express $0.20 in,
+/// $0.60 out. `pico` is the expected cost in pico-dollars.
+fn assert_bedrock(
+    ev: &Event,
+    api: &str,
+    model: &str,
+    streaming: bool,
+    t: [Option<u64>; 5],
+    pico: u64,
+) {
+    assert_eq!(ev.cost_usd, usd(pico), "cost of {model}");
     assert_eq!(ev.provider, "bedrock");
     assert_eq!(ev.api, api);
     assert_eq!(ev.model_requested.as_deref(), Some(model));
@@ -1195,27 +1207,31 @@ fn bedrock_invoke_model_bodies_of_each_family() {
             "bedrock/invoke_claude.json",
             // Anthropic's input leaves the cache out: 14 + 2048.
             [Some(2062), Some(38), Some(2048), Some(0), Some(0)],
+            14 * 800_000 + 2048 * 80_000 + 38 * 4_000_000,
         ),
         (
             "meta.llama3-1-8b-instruct-v1:0",
             "meta.llama3-1-8b-instruct-v1%3A0",
             "bedrock/invoke_llama.json",
             [Some(23), Some(41), Some(0), Some(0), Some(0)],
+            (23 + 41) * 220_000,
         ),
         (
             "us.amazon.nova-lite-v1:0",
             "us.amazon.nova-lite-v1:0",
             "bedrock/invoke_nova.json",
             [Some(1033), Some(27), Some(1024), Some(0), Some(0)],
+            9 * 60_000 + 1024 * 15_000 + 27 * 240_000,
         ),
         (
             "amazon.titan-text-express-v1",
             "amazon.titan-text-express-v1",
             "bedrock/invoke_titan.json",
             [Some(6), Some(33), Some(0), Some(0), Some(0)],
+            6 * 200_000 + 33 * 600_000,
         ),
     ];
-    for (model, in_path, file, t) in cases {
+    for (model, in_path, file, t, pico) in cases {
         let case = bedrock_case(
             format!("/model/{in_path}/invoke"),
             ANTHROPIC_BODY,
@@ -1223,7 +1239,7 @@ fn bedrock_invoke_model_bodies_of_each_family() {
             fixture(file),
         );
         check_every_split(&case, |ev| {
-            assert_bedrock(ev, "invoke_model", model, false, t);
+            assert_bedrock(ev, "invoke_model", model, false, t, pico);
             assert_eq!(ev.endpoint, format!("/model/{in_path}/invoke"));
         });
     }
@@ -1244,6 +1260,7 @@ fn bedrock_invoke_model_with_response_stream() {
             BEDROCK_CLAUDE,
             true,
             [Some(25), Some(12), Some(0), Some(0), Some(0)],
+            25 * 800_000 + 12 * 4_000_000,
         );
     });
     // Llama: counts in the chunks, the invocation metrics at the end.
@@ -1260,6 +1277,7 @@ fn bedrock_invoke_model_with_response_stream() {
             "meta.llama3-1-8b-instruct-v1:0",
             true,
             [Some(18), Some(10), Some(0), Some(0), Some(0)],
+            (18 + 10) * 220_000,
         );
     });
 }
@@ -1279,6 +1297,7 @@ fn bedrock_converse_and_converse_stream() {
             "us.anthropic.claude-3-5-haiku-20241022-v1:0",
             false,
             [Some(2062), Some(38), Some(2048), Some(0), Some(0)],
+            14 * 800_000 + 2048 * 80_000 + 38 * 4_000_000,
         );
     });
     let case = bedrock_case(
@@ -1294,6 +1313,7 @@ fn bedrock_converse_and_converse_stream() {
             BEDROCK_CLAUDE,
             true,
             [Some(25), Some(12), Some(0), Some(0), Some(0)],
+            25 * 800_000 + 12 * 4_000_000,
         );
     });
 }
@@ -1377,6 +1397,11 @@ fn bedrock_application_inference_profile_is_mapped_by_configuration() {
     let ev = ev.expect("metered");
     assert_eq!(ev.model_requested.as_deref(), Some(arn));
     assert_eq!(ev.model_actual.as_deref(), Some(BEDROCK_CLAUDE));
+    // Priced as the model it serves.
+    assert_eq!(
+        ev.cost_usd,
+        usd(14 * 800_000 + 2048 * 80_000 + 38 * 4_000_000)
+    );
     // A foundation-model ARN names its model.
     let (_, ev) = bedrock_event(
         "",
