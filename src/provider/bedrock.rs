@@ -27,7 +27,9 @@
 //! the request's).
 //!
 //! Every input count Bedrock reports leaves cache reads and writes out (as Anthropic's does), so
-//! the event's input is their sum.
+//! the event's input is their sum. Cache writes kept for an hour, billed at their own rate, are
+//! Anthropic's `cache_creation.ephemeral_1h_input_tokens` and Converse's `cacheDetails` entries
+//! of `ttl` `1h`.
 //!
 //! A stream is AWS event-stream framing (`crate::eventstream`). InvokeModelWithResponseStream
 //! sends each model event as a `chunk` event whose payload is `{"bytes":"<base64>"}`; ConverseStream
@@ -160,6 +162,17 @@ struct Counts {
     output: Option<u64>,
     cache_read: Option<u64>,
     cache_write: Option<u64>,
+    /// The part of `cache_write` kept for an hour (billed at its own rate).
+    cache_write_1h: Option<u64>,
+}
+
+/// One of Converse's `cacheDetails`: cache writes of one duration.
+#[derive(serde::Deserialize)]
+struct CacheDetail {
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default, rename = "inputTokens")]
+    input_tokens: Option<u64>,
 }
 
 impl Counts {
@@ -176,6 +189,28 @@ impl Counts {
             b"cache_creation_input_tokens"
             | b"cacheWriteInputTokens"
             | b"cacheWriteInputTokenCount" => count(&mut c.cache_write, v),
+            // Anthropic's split of its cache writes by duration.
+            b"cache_creation" => {
+                v == b"null"
+                    || read_object(Some(v), |k, v| {
+                        k != b"ephemeral_1h_input_tokens" || count(&mut c.cache_write_1h, v)
+                    })
+                    .is_some()
+            }
+            // Converse's: `[{"ttl":"1h","inputTokens":N},{"ttl":"5m",...}]`.
+            b"cacheDetails" => {
+                let details = serde_json::from_slice::<Option<Vec<CacheDetail>>>(v);
+                if let Ok(Some(details)) = &details {
+                    c.cache_write_1h = Some(
+                        details
+                            .iter()
+                            .filter(|d| d.ttl.as_deref() == Some("1h"))
+                            .filter_map(|d| d.input_tokens)
+                            .fold(0, u64::saturating_add),
+                    );
+                }
+                details.is_ok()
+            }
             _ => true,
         })?;
         c.any().then_some(c)
@@ -208,6 +243,7 @@ impl Counts {
             output: self.output.or(older.output),
             cache_read: self.cache_read.or(older.cache_read),
             cache_write: self.cache_write.or(older.cache_write),
+            cache_write_1h: self.cache_write_1h.or(older.cache_write_1h),
         }
     }
 
@@ -220,6 +256,7 @@ impl Counts {
             output: self.output.unwrap_or(0),
             cached_input: cache_read,
             cache_write,
+            cache_write_1h: self.cache_write_1h.unwrap_or(0),
             ..Usage::default()
         })
     }
@@ -552,6 +589,25 @@ mod tests {
         s.feed(doc.as_bytes());
         m.on_document(&s);
         m.facts().clone()
+    }
+
+    #[test]
+    fn hour_long_cache_writes() {
+        let anthropic = body(
+            r#"{"usage":{"input_tokens":10,"cache_creation_input_tokens":300,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":100,"ephemeral_1h_input_tokens":200},"output_tokens":5}}"#,
+        );
+        let u = anthropic.usage.unwrap();
+        assert_eq!((u.input, u.cache_write, u.cache_write_1h), (310, 300, 200));
+        let converse = body(
+            r#"{"usage":{"inputTokens":10,"outputTokens":5,"totalTokens":315,"cacheWriteInputTokens":300,"cacheDetails":[{"ttl":"1h","inputTokens":200},{"ttl":"5m","inputTokens":100}]}}"#,
+        );
+        let u = converse.usage.unwrap();
+        assert_eq!((u.input, u.cache_write, u.cache_write_1h), (310, 300, 200));
+        // A details list of the wrong shape spoils the usage, as a wrong count does.
+        assert_eq!(
+            body(r#"{"usage":{"inputTokens":10,"cacheDetails":{"ttl":"1h"}}}"#).usage,
+            None
+        );
     }
 
     fn usage(input: u64, output: u64, cached: u64, write: u64) -> Option<Usage> {
