@@ -1,10 +1,16 @@
 //! Google Vertex AI (Gemini and Claude) and Gemini's JSON-array stream through a real Envoy with
-//! tally.wasm: the client gets the provider's bytes, and the event's fields are exact.
+//! tally.wasm: the client gets the provider's bytes, and the event's fields and cost (priced by
+//! the collector at the published rates) are exact.
 
 mod common;
 
 use common::{agent, send, Stack};
 use serde_json::{json, Value};
+
+/// USD from integer pico-dollars, as the collector prices.
+fn usd(pico: u64) -> f64 {
+    pico as f64 / 1e12
+}
 
 const VERTEX: &str = "/v1/projects/acme-prod/locations/us-central1/publishers";
 const VERTEX_GLOBAL: &str = "/v1beta1/projects/acme-prod/locations/global/publishers";
@@ -53,7 +59,9 @@ fn vertex_and_gemini_array_streams_metered_exactly() {
                 "endpoint": format!("{VERTEX}/google/models/gemini-2.5-flash:generateContent"),
                 "model_requested": "gemini-2.5-flash", "model_actual": "gemini-2.5-flash",
                 "input_tokens": 2210, "output_tokens": 288, "cached_input_tokens": 2048,
-                "cache_write_tokens": 0, "reasoning_tokens": 271}),
+                "cache_write_tokens": 0, "reasoning_tokens": 271,
+                // $0.30 in, $0.03 cached, $2.50 out per 1M.
+                "cost_usd": usd(162 * 300_000 + 2048 * 30_000 + 288 * 2_500_000)}),
         },
         Call {
             user: "u-vertex-gemini-sse",
@@ -65,7 +73,9 @@ fn vertex_and_gemini_array_streams_metered_exactly() {
                 "endpoint": format!("{VERTEX}/google/models/gemini-2.5-pro:streamGenerateContent"),
                 "model_requested": "gemini-2.5-pro", "model_actual": "gemini-2.5-pro",
                 "input_tokens": 31, "output_tokens": 1036, "cached_input_tokens": 0,
-                "cache_write_tokens": 0, "reasoning_tokens": 1024}),
+                "cache_write_tokens": 0, "reasoning_tokens": 1024,
+                // $1.25 in, $10 out per 1M (under 200k tokens of prompt).
+                "cost_usd": usd(31 * 1_250_000 + 1036 * 10_000_000)}),
         },
         Call {
             user: "u-vertex-gemini-array",
@@ -77,7 +87,8 @@ fn vertex_and_gemini_array_streams_metered_exactly() {
                 "endpoint": format!("{VERTEX_GLOBAL}/google/models/gemini-2.5-pro:streamGenerateContent"),
                 "model_requested": "gemini-2.5-pro", "model_actual": "gemini-2.5-pro",
                 "input_tokens": 31, "output_tokens": 1036, "cached_input_tokens": 0,
-                "cache_write_tokens": 0, "reasoning_tokens": 1024}),
+                "cache_write_tokens": 0, "reasoning_tokens": 1024,
+                "cost_usd": usd(31 * 1_250_000 + 1036 * 10_000_000)}),
         },
         Call {
             user: "u-vertex-claude",
@@ -90,7 +101,9 @@ fn vertex_and_gemini_array_streams_metered_exactly() {
                 "model_requested": "claude-sonnet-4-5@20250929",
                 "model_actual": "claude-sonnet-4-5-20250929",
                 "input_tokens": 4521, "output_tokens": 14, "cached_input_tokens": 3000,
-                "cache_write_tokens": 1500, "reasoning_tokens": 0}),
+                "cache_write_tokens": 1500, "reasoning_tokens": 0,
+                // $3 in, $3.75 five-minute cache write, $0.30 cache read, $15 out per 1M.
+                "cost_usd": usd(21 * 3_000_000 + 1500 * 3_750_000 + 3000 * 300_000 + 14 * 15_000_000)}),
         },
         Call {
             user: "u-vertex-claude-stream",
@@ -105,7 +118,9 @@ fn vertex_and_gemini_array_streams_metered_exactly() {
                 "model_requested": "claude-haiku-4-5@20251001",
                 "model_actual": "claude-haiku-4-5-20251001",
                 "input_tokens": 1042, "output_tokens": 16, "cached_input_tokens": 1024,
-                "cache_write_tokens": 0, "reasoning_tokens": 0}),
+                "cache_write_tokens": 0, "reasoning_tokens": 0,
+                // $1 in, $0.10 cache read, $5 out per 1M.
+                "cost_usd": usd(18 * 1_000_000 + 1024 * 100_000 + 16 * 5_000_000)}),
         },
         // The Gemini API's stream without `alt=sse`: one JSON array.
         Call {
@@ -118,7 +133,8 @@ fn vertex_and_gemini_array_streams_metered_exactly() {
                 "endpoint": "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
                 "model_requested": "gemini-2.5-flash", "model_actual": "gemini-2.5-flash",
                 "input_tokens": 14, "output_tokens": 287, "cached_input_tokens": 0,
-                "cache_write_tokens": 0, "reasoning_tokens": 249}),
+                "cache_write_tokens": 0, "reasoning_tokens": 249,
+                "cost_usd": usd(14 * 300_000 + 287 * 2_500_000)}),
         },
     ];
     for c in &calls {
