@@ -8,7 +8,6 @@
 use tally::config::Config;
 use tally::exchange::{begin, Finish};
 use tally::measure::Tokenizers;
-use tally::pricing::PriceTable;
 use tally::request_id::IdGen;
 
 fn main() {
@@ -21,7 +20,6 @@ fn main() {
         Some("tly_0123456789abcdefghijABCDEFGHIJ0123456789".into()),
     )
     .expect("config");
-    let prices = PriceTable::builtin().expect("prices");
     let mut tokenizers = Tokenizers::default();
     let headers: Vec<(String, String)> = [
         (":method", "POST"),
@@ -92,7 +90,6 @@ fn main() {
                 code_details: Some("via_upstream"),
                 final_status: Some(200),
             },
-            &prices,
             &mut tokenizers,
         );
         let mut line = Vec::with_capacity(1024);

@@ -176,7 +176,12 @@ impl PriceTable {
                 Some(usd) if usd.is_finite() && (0.0..=1_000.0).contains(&usd) => {
                     (usd * 1e12).round() as u64
                 }
-                Some(usd) => return Err(format!("price of {}: web_search = {usd} is not a price", e.model)),
+                Some(usd) => {
+                    return Err(format!(
+                        "price of {}: web_search = {usd} is not a price",
+                        e.model
+                    ))
+                }
                 None => 0,
             };
             let price = Price {
@@ -292,9 +297,8 @@ impl Pricer {
     /// answered, else the one asked for), tokens by kind, service tier and per-use counts.
     /// `None` when the model has no known price or the input side was not reported.
     pub fn cost_usd(&mut self, table: &PriceTable, e: &Event) -> Option<f64> {
-        let usage = usage_of(e)?;
         let price = self.price(table, e)?;
-        Some(pico_to_usd(cost_pico(&price, &usage, e.service_tier.as_deref())))
+        event_cost_usd(&price, e)
     }
 
     /// What an event's cache reads saved at list price (0 when unpriced or uncached).
@@ -309,6 +313,40 @@ impl Pricer {
             pico_to_usd(cache_savings_pico(&p, &usage, e.service_tier.as_deref()))
         })
     }
+}
+
+/// What an event costs at `price` (see [`Pricer::cost_usd`]).
+pub fn event_cost_usd(price: &Price, e: &Event) -> Option<f64> {
+    let usage = usage_of(e)?;
+    Some(pico_to_usd(cost_pico(
+        price,
+        &usage,
+        e.service_tier.as_deref(),
+    )))
+}
+
+/// A price from base rates alone (USD per 1M tokens; a missing cache rate is the input
+/// rate): an org's own rates for a model.
+pub fn flat_price(
+    input: f64,
+    cached_input: Option<f64>,
+    cache_write: Option<f64>,
+    output: f64,
+) -> Result<Price, String> {
+    let raw = RawRates {
+        input,
+        cached_input,
+        cache_write,
+        cache_write_1h: None,
+        output,
+    };
+    Ok(Price {
+        base: raw.to_rates("org rate")?,
+        long_context: None,
+        flex: None,
+        priority: None,
+        web_search: 0,
+    })
 }
 
 /// An event's usage, when its input side is known.
@@ -465,11 +503,23 @@ mod tests {
             cached_input: 400,
             ..Usage::default()
         };
-        let at = |tier| t.cost_usd("openai", "m", &u, tier).map(|c| (c * 1e12).round() as u64);
-        assert_eq!(at(None), Some(600 * 2_000_000 + 400 * 500_000 + 100 * 8_000_000));
+        let at = |tier| {
+            t.cost_usd("openai", "m", &u, tier)
+                .map(|c| (c * 1e12).round() as u64)
+        };
+        assert_eq!(
+            at(None),
+            Some(600 * 2_000_000 + 400 * 500_000 + 100 * 8_000_000)
+        );
         assert_eq!(at(Some("default")), at(None));
-        assert_eq!(at(Some("flex")), Some(600 * 1_000_000 + 400 * 250_000 + 100 * 4_000_000));
-        assert_eq!(at(Some("priority")), Some(600 * 3_500_000 + 400 * 875_000 + 100 * 14_000_000));
+        assert_eq!(
+            at(Some("flex")),
+            Some(600 * 1_000_000 + 400 * 250_000 + 100 * 4_000_000)
+        );
+        assert_eq!(
+            at(Some("priority")),
+            Some(600 * 3_500_000 + 400 * 875_000 + 100 * 14_000_000)
+        );
         // 300 cache-written tokens, 200 of them for an hour, and 3 searches at $0.01.
         let c = Usage {
             input: 1_300,
@@ -479,16 +529,25 @@ mod tests {
             web_search: 3,
             ..Usage::default()
         };
-        let pico = 1_000 * 3_000_000u64 + 100 * 3_750_000 + 200 * 6_000_000 + 10 * 15_000_000
+        let pico = 1_000 * 3_000_000u64
+            + 100 * 3_750_000
+            + 200 * 6_000_000
+            + 10 * 15_000_000
             + 3 * 10_000_000_000;
-        assert_eq!(t.cost_usd("anthropic", "c", &c, None), Some(pico as f64 / 1e12));
+        assert_eq!(
+            t.cost_usd("anthropic", "c", &c, None),
+            Some(pico as f64 / 1e12)
+        );
         // The builtin table carries them from LiteLLM's map.
         let b = table();
         let (_, gpt5) = b.resolve("openai", "gpt-5").unwrap();
         assert_eq!(gpt5.flex.map(|r| r.input), Some(625_000));
         assert_eq!(gpt5.priority.map(|r| r.input), Some(2_500_000));
         let (_, sonnet) = b.resolve("anthropic", "claude-sonnet-4-5").unwrap();
-        assert_eq!((sonnet.base.cache_write, sonnet.base.cache_write_1h), (3_750_000, 6_000_000));
+        assert_eq!(
+            (sonnet.base.cache_write, sonnet.base.cache_write_1h),
+            (3_750_000, 6_000_000)
+        );
         assert_eq!(sonnet.web_search, 10_000_000_000);
     }
 

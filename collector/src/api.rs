@@ -230,7 +230,7 @@ async fn ingest(
             Err(e) => return Ok(Err(e)),
         };
         let mut batch = batch;
-        store.price(&mut batch);
+        store.price(&owners, &mut batch);
         let batch = std::sync::Arc::new(batch);
         let (accepted, duplicates, new) =
             store.insert_priced(owners.clone(), batch.clone(), now_ms())?;

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod oidc;
+pub mod prices;
 pub mod rollup;
 pub mod sender;
 pub mod sketch;

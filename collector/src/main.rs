@@ -72,6 +72,66 @@ enum Command {
         #[arg(long, default_value = "data", global = true)]
         data_dir: PathBuf,
     },
+    /// Manage prices: the table in force and each org's own rates (every collector on the
+    /// database applies a change within a second).
+    Prices {
+        #[command(subcommand)]
+        command: PricesCommand,
+        #[arg(long, default_value = "data", global = true)]
+        data_dir: PathBuf,
+    },
+    /// Price an org's stored events again with the prices in force; the rollups follow, and the
+    /// repricing is recorded.
+    Reprice {
+        #[arg(long)]
+        org: String,
+        /// From this time (RFC 3339 or a date); default: the first event.
+        #[arg(long)]
+        from: Option<String>,
+        /// Before this time; default: now.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PricesCommand {
+    /// Put a price table in force (the JSON `make prices` writes as src/prices.json).
+    Load { file: PathBuf },
+    /// Which table is in force, and how many models it lists.
+    Show,
+    /// Give an org its own rate for a model (USD per 1M tokens), or with `--model '*'` and
+    /// `--discount-percent` a discount on every model.
+    SetRate {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        input: Option<f64>,
+        #[arg(long)]
+        cached_input: Option<f64>,
+        #[arg(long)]
+        cache_write: Option<f64>,
+        #[arg(long)]
+        output: Option<f64>,
+        #[arg(long)]
+        discount_percent: Option<f64>,
+    },
+    /// An org's own rates.
+    Rates {
+        #[arg(long)]
+        org: String,
+    },
+    /// Remove an org's rate for a model (or, with `--model '*'`, its discount).
+    DeleteRate {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        model: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -151,6 +211,13 @@ fn main() -> ExitCode {
         Command::User { command, data_dir } => user(command, &data_dir),
         Command::Org { command, data_dir } => org(command, &data_dir),
         Command::Token { command, data_dir } => token(command, &data_dir),
+        Command::Prices { command, data_dir } => prices(command, &data_dir),
+        Command::Reprice {
+            org,
+            from,
+            to,
+            data_dir,
+        } => reprice(&org, from.as_deref(), to.as_deref(), &data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -196,6 +263,106 @@ fn org(command: OrgCommand, data_dir: &std::path::Path) -> Result<(), String> {
             }
         }
     }
+    Ok(())
+}
+
+fn org_id(store: &Store, name: &str) -> Result<i64, String> {
+    store
+        .conn_for_cli()
+        .query_row("SELECT id FROM orgs WHERE name = ?1", [name], |r| r.get(0))
+        .map_err(|_| format!("there is no org {name}"))
+}
+
+fn prices(command: PricesCommand, data_dir: &std::path::Path) -> Result<(), String> {
+    use tally_collector::prices;
+    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+    match command {
+        PricesCommand::Load { file } => {
+            let json = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let source = file
+                .file_name()
+                .map_or("a file".into(), |n| n.to_string_lossy().into_owned());
+            let n = prices::load_table(&mut store.conn_for_cli(), &json, &source, now_ms())
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            eprintln!("Prices: {source} ({n} models) is in force from now on.");
+        }
+        PricesCommand::Show => {
+            let p = store.prices();
+            println!("{}	{} models", p.source, p.table.len());
+        }
+        PricesCommand::SetRate {
+            org,
+            model,
+            input,
+            cached_input,
+            cache_write,
+            output,
+            discount_percent,
+        } => {
+            let id = org_id(&store, &org)?;
+            let rate = prices::OrgRate {
+                model: model.clone(),
+                input,
+                cached_input,
+                cache_write,
+                output,
+                discount_pct: discount_percent,
+            };
+            prices::set_rate(&mut store.conn_for_cli(), id, &rate)?;
+            eprintln!(
+                "Org {org}: rate for {model} set; new events use it, and `tally-collector \
+                 reprice --org {org}` prices stored ones again."
+            );
+        }
+        PricesCommand::Rates { org } => {
+            let id = org_id(&store, &org)?;
+            for r in prices::rates(&store.conn_for_cli(), id)? {
+                let n = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
+                println!(
+                    "{}	input {}	cached_input {}	cache_write {}	output {}	discount {}%",
+                    r.model,
+                    n(r.input),
+                    n(r.cached_input),
+                    n(r.cache_write),
+                    n(r.output),
+                    n(r.discount_pct)
+                );
+            }
+        }
+        PricesCommand::DeleteRate { org, model } => {
+            let id = org_id(&store, &org)?;
+            if !prices::delete_rate(&mut store.conn_for_cli(), id, &model)? {
+                return Err(format!("org {org} has no rate for {model}"));
+            }
+            eprintln!("Org {org}: rate for {model} removed.");
+        }
+    }
+    Ok(())
+}
+
+fn reprice(
+    org: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    data_dir: &std::path::Path,
+) -> Result<(), String> {
+    let time = |name: &str, v: Option<&str>| {
+        v.map(|v| {
+            tally::time::parse_rfc3339_ms(v)
+                .ok_or_else(|| format!("--{name} must be an RFC 3339 date-time or a date"))
+        })
+        .transpose()
+    };
+    let (from, to) = (time("from", from)?, time("to", to)?);
+    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+    let r = store
+        .reprice(org, from, to, now_ms())
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "Org {org}: {} events priced again, {} changed; their total went from ${:.6} to ${:.6}.",
+        r.events, r.changed, r.before_usd, r.after_usd
+    );
     Ok(())
 }
 

@@ -463,6 +463,48 @@ impl Pending {
         Ok(())
     }
 
+    /// For a repricing: add to the stored rows what changed from `before` (the same events,
+    /// counted in the same order, with their former costs) to these rows: cost, unpriced
+    /// counts and savings (the other figures do not depend on the price).
+    pub fn write_price_change(
+        &self,
+        tx: &Transaction<'_>,
+        org_id: i64,
+        before: &Pending,
+    ) -> rusqlite::Result<()> {
+        let mut update = tx.prepare_cached(
+            "UPDATE rollups SET cost_usd = cost_usd + ?6,
+                unpriced_requests = unpriced_requests + ?7,
+                unpriced_input_tokens = unpriced_input_tokens + ?8,
+                unpriced_output_tokens = unpriced_output_tokens + ?9,
+                cache_savings_usd = cache_savings_usd + ?10
+             WHERE org_id = ?1 AND granularity_ms = ?2 AND bucket_ms = ?3 AND dim = ?4
+               AND key = ?5",
+        )?;
+        let empty = Agg::default();
+        for (&(g, bucket, id), now) in &self.rows {
+            let Some((dim, key)) = self.names(id) else {
+                continue;
+            };
+            // Built from the same events in the same order, both number their rows alike.
+            let was = before.rows.get(&(g, bucket, id)).unwrap_or(&empty);
+            let signed = |a: u64, b: u64| a as i64 - b as i64;
+            update.execute(params![
+                org_id,
+                g,
+                bucket,
+                dim.as_ref(),
+                key,
+                now.cost_usd - was.cost_usd,
+                signed(now.unpriced_requests, was.unpriced_requests),
+                signed(now.unpriced_input_tokens, was.unpriced_input_tokens),
+                signed(now.unpriced_output_tokens, was.unpriced_output_tokens),
+                now.cache_savings_usd - was.cache_savings_usd,
+            ])?;
+        }
+        Ok(())
+    }
+
     /// The rows as a database before migration 9 held them (single dimensions, the figures
     /// of then), for the migration tests.
     #[cfg(test)]

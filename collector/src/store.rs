@@ -3,6 +3,7 @@
 
 use crate::ingest::Batch;
 use crate::keys;
+use crate::prices::Prices;
 use crate::rollup::{self, Agg, Pending, DAY, HOUR, MINUTE};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0009_unpriced_and_filters.sql"),
     include_str!("../migrations/0010_roles_and_sso.sql"),
     include_str!("../migrations/0011_pricing_dimensions.sql"),
+    include_str!("../migrations/0012_prices.sql"),
 ];
 
 /// Minute rollups are kept this long; older ranges are answered from hour rollups.
@@ -146,6 +148,16 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Db(e)
     }
+}
+
+/// What a repricing did: events looked at, events whose cost changed, and the total cost of
+/// those looked at before and after.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Repricing {
+    pub events: u64,
+    pub changed: u64,
+    pub before_usd: f64,
+    pub after_usd: f64,
 }
 
 /// Filters of `GET /api/v1/events`; all optional, combined with AND.
@@ -298,7 +310,9 @@ pub struct Store {
     queue: Mutex<Vec<Arc<Job>>>,
     /// Rollup rows of committed events not yet written (see [`Unwritten`]). Locked after `conn`.
     unwritten: Mutex<Unwritten>,
-    prices: PriceTable,
+    /// The prices in force (see `prices`), and when their generation was last checked.
+    prices: std::sync::RwLock<Arc<Prices>>,
+    prices_checked: Mutex<std::time::Instant>,
 }
 
 /// Rollup rows are written about once a second, not in every ingest transaction: a batch's
@@ -510,6 +524,7 @@ impl Store {
         let read = Connection::open(dir.join("tally.db"))?;
         read.busy_timeout(std::time::Duration::from_secs(5))?;
         read.pragma_update(None, "query_only", "ON")?;
+        let current = Prices::load(&read).map_err(StoreError::Io)?;
         Ok(Store {
             conn: Mutex::new(conn),
             read: Mutex::new(read),
@@ -519,7 +534,8 @@ impl Store {
                 through,
                 ..Default::default()
             }),
-            prices,
+            prices: std::sync::RwLock::new(Arc::new(current)),
+            prices_checked: Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -531,7 +547,8 @@ impl Store {
         let mut unwritten = lock(&self.unwritten);
         let tx = conn.transaction()?;
         let done: i64 = tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
-        let (counted, last) = roll_up(&tx, &self.prices, Counted::After(done), Write::Whole)?;
+        let prices = self.prices();
+        let (counted, last) = roll_up(&tx, &prices.table, Counted::After(done), Write::Whole)?;
         let through = last.map_or(done, |last| last.max(done));
         tx.execute(
             "UPDATE rollup_progress SET events_seq = ?1",
@@ -540,6 +557,11 @@ impl Store {
         tx.commit()?;
         unwritten.through = unwritten.through.max(through);
         Ok(counted)
+    }
+
+    /// The write connection, for the CLI's commands.
+    pub fn conn_for_cli(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn()
     }
 
     pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -674,7 +696,7 @@ impl Store {
         mut batch: Arc<Batch>,
         now_ms: i64,
     ) -> Result<Stored, StoreError> {
-        self.price(Arc::make_mut(&mut batch));
+        self.price(&owners, Arc::make_mut(&mut batch));
         self.insert_priced(owners, batch, now_ms)
     }
 
@@ -682,10 +704,66 @@ impl Store {
     /// carry no prices and send none. An event that arrives priced (a filter from before prices
     /// moved here, or a client that prices its own calls) keeps its cost: each event is priced
     /// once, by one table.
-    pub fn price(&self, batch: &mut Batch) {
+    pub fn price(&self, owners: &Owners, batch: &mut Batch) {
+        let prices = self.prices();
         let mut pricer = Pricer::default();
-        for (e, _) in batch.iter_mut().filter(|(e, _)| e.cost_usd.is_none()) {
-            e.cost_usd = pricer.cost_usd(&self.prices, e);
+        for (i, (e, _)) in batch.iter_mut().enumerate() {
+            if e.cost_usd.is_none() {
+                let org = owners.of(i).map_or(0, |o| o.id);
+                e.cost_usd = prices.cost_usd(&mut pricer, org, e);
+            }
+        }
+    }
+
+    /// The prices in force: read again when a change was recorded (checked at most once a
+    /// second), so a loaded table or an org's rate applies within a second on every collector.
+    pub fn prices(&self) -> Arc<Prices> {
+        let due = {
+            let mut checked = lock(&self.prices_checked);
+            let due = checked.elapsed() >= std::time::Duration::from_secs(1);
+            if due {
+                *checked = std::time::Instant::now();
+            }
+            due
+        };
+        let current = self
+            .prices
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        if !due {
+            return current;
+        }
+        let conn = self.reader();
+        let generation: Option<i64> = conn
+            .query_row(
+                "SELECT generation FROM pricing_generation WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .ok();
+        if generation.is_none_or(|g| g == current.generation) {
+            return current;
+        }
+        match Prices::load(&conn) {
+            Ok(fresh) => {
+                drop(conn);
+                let fresh = Arc::new(fresh);
+                crate::log::info(&format!(
+                    "prices: now {} ({} models)",
+                    fresh.source,
+                    fresh.table.len()
+                ));
+                match self.prices.write() {
+                    Ok(mut p) => *p = fresh.clone(),
+                    Err(p) => *p.into_inner() = fresh.clone(),
+                }
+                fresh
+            }
+            Err(e) => {
+                crate::log::error(&format!("prices: cannot read the new prices: {e}"));
+                current
+            }
         }
     }
 
@@ -696,7 +774,8 @@ impl Store {
         batch: Arc<Batch>,
         now_ms: i64,
     ) -> Result<Stored, StoreError> {
-        let rollup = owners.with_ids(owners.count(&self.prices, &batch, 0..batch.len()));
+        let prices = self.prices();
+        let rollup = owners.with_ids(owners.count(&prices.table, &batch, 0..batch.len()));
         let job = Arc::new(Job {
             owners,
             rollup: Mutex::new(rollup),
@@ -803,6 +882,7 @@ impl Store {
         // Calibrated events, as stored (the copies that `batch` does not hold).
         let mut calibrated: Vec<(usize, Event)> = Vec::new();
         let mut pricer = Pricer::default();
+        let prices = self.prices();
         let mut calibrated_at = Vec::new();
         {
             let mut insert = tx.prepare_cached(
@@ -853,7 +933,7 @@ impl Store {
                             ev.output_tokens = Some(calibrated);
                             ev.token_source = Some(TokenSource::MeasuredCalibrated);
                             calibrated_at.push(index);
-                            ev.cost_usd = pricer.cost_usd(&self.prices, ev);
+                            ev.cost_usd = prices.cost_usd(&mut pricer, org_id, ev);
                         }
                     }
                 }
@@ -926,10 +1006,10 @@ impl Store {
                 .iter()
                 .copied()
                 .filter(|i| calibrated_at.binary_search(i).is_err());
-            let mut rows = owners.count(&self.prices, batch, as_sent);
+            let mut rows = owners.count(&prices.table, batch, as_sent);
             for (i, e) in &calibrated {
                 if let (Some((_, ts)), Some(r)) = (batch.get(*i), rows.get_mut(owners.index(*i))) {
-                    r.add(&self.prices, e, *ts);
+                    r.add(&prices.table, e, *ts);
                 }
             }
             owners.with_ids(rows)
@@ -1182,9 +1262,10 @@ impl Store {
             let mut st = conn.prepare_cached(&sql)?;
             let mut rows = st.query(params_from_iter(args))?;
             let mut pricer = tally::pricing::Pricer::default();
+            let prices = self.prices();
             while let Some(r) = rows.next()? {
                 let (ts, e) = lite_event(r)?;
-                let saved = pricer.cache_savings_usd(&self.prices, &e);
+                let saved = pricer.cache_savings_usd(&prices.table, &e);
                 f(ts, &e, saved);
             }
         }
@@ -1219,6 +1300,95 @@ impl Store {
             }
         }
         Ok(n)
+    }
+
+    /// Price an org's stored events in `[from, to)` again with the prices in force (after a
+    /// new table or a rate of the org's own), correcting the rollups by what changed and
+    /// recording the repricing. Events whose cost does not change are left alone. Runs beside a
+    /// serving collector: the rollups take differences, which add up with whatever it writes.
+    pub fn reprice(
+        &self,
+        org_name: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Repricing, StoreError> {
+        let org_id: i64 = self
+            .conn()
+            .query_row(
+                "SELECT id FROM orgs WHERE name = ?1",
+                params![org_name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchOrg(org_name.to_string()))?;
+        // Prices as they are now in the database, not as this process last read them.
+        let prices = Prices::load(&self.conn()).map_err(StoreError::Io)?;
+        let (lo, hi) = (from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX));
+        let mut conn = self.conn();
+        let mut out = Repricing::default();
+        let mut after_seq = 0i64;
+        // A transaction per pass, so that a serving collector's ingest never waits long; each
+        // pass changes its events and their rollups together.
+        loop {
+            let tx = conn.transaction()?;
+            // A pass of at most ROLL_UP_CHUNK events, in `seq` order.
+            let mut batch: Vec<(i64, i64, Event)> = Vec::new();
+            {
+                let mut st = tx.prepare_cached(&format!(
+                    "SELECT {LITE_COLUMNS}, seq FROM events WHERE org_id = ?1 AND seq > ?2
+                       AND ts_ms >= ?3 AND ts_ms < ?4 ORDER BY seq LIMIT ?5"
+                ))?;
+                let rows =
+                    st.query_map(params![org_id, after_seq, lo, hi, ROLL_UP_CHUNK], |r| {
+                        let (ts, e) = lite_event(r)?;
+                        Ok((r.get::<_, i64>(24)?, ts, e))
+                    })?;
+                for row in rows {
+                    batch.push(row?);
+                }
+            }
+            let Some(&(last, _, _)) = batch.last() else {
+                break;
+            };
+            after_seq = last;
+            let (mut before, mut after) = (Pending::default(), Pending::default());
+            let mut pricer = Pricer::default();
+            let mut update = tx.prepare_cached("UPDATE events SET cost_usd = ?1 WHERE seq = ?2")?;
+            for (seq, ts, mut e) in batch {
+                out.events += 1;
+                let was = e.cost_usd;
+                let now = prices.cost_usd(&mut pricer, org_id, &e);
+                out.before_usd += was.unwrap_or(0.0);
+                out.after_usd += now.unwrap_or(0.0);
+                if now == was {
+                    continue;
+                }
+                out.changed += 1;
+                before.add(&prices.table, &e, ts);
+                e.cost_usd = now;
+                after.add(&prices.table, &e, ts);
+                update.execute(params![now, seq])?;
+            }
+            drop(update);
+            after.write_price_change(&tx, org_id, &before)?;
+            tx.commit()?;
+        }
+        conn.execute(
+            "INSERT INTO repricings (at_ms, org_id, from_ms, to_ms, events, changed, before_usd,
+                after_usd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                now_ms,
+                org_id,
+                from,
+                to,
+                out.events as i64,
+                out.changed as i64,
+                out.before_usd,
+                out.after_usd
+            ],
+        )?;
+        Ok(out)
     }
 
     /// Size of the database files (main, WAL), for the metrics.

@@ -1699,3 +1699,107 @@ fn metrics_parse_as_prometheus_text_and_openmetrics_and_need_the_token_when_one_
     }
     drop(p);
 }
+
+#[test]
+fn prices_change_while_the_collector_runs_and_past_events_can_be_priced_again() {
+    let c = start();
+    let (_, key, _) = org_cmd(&c.data, &["create", "acme"]);
+    let cli_ok = |args: &[&str]| {
+        let (ok, out, err) = common::collector_cli(&c.data, args);
+        assert!(ok, "{args:?}: {err}");
+        (out, err)
+    };
+    // As a filter sends them: no cost. gpt-5: $1.25 in, $0.125 cached, $10 out per 1M.
+    let unpriced = |id: &str| {
+        event(
+            id,
+            "2026-11-24T08:00:00.000Z",
+            json!({"model_requested": "gpt-5", "model_actual": "gpt-5-2025-08-07",
+                "input_tokens": 1000, "output_tokens": 100, "cached_input_tokens": 400, "cost_usd": null}),
+        )
+    };
+    let total = || {
+        let (_, v) = get_json(
+            &c,
+            &key,
+            "/api/v1/summary?from=2026-11-24T00:00:00Z&to=2026-11-25T00:00:00Z",
+        );
+        (v["rows"][0]["cost_usd"].as_f64().unwrap() * 1e12).round() as u64
+    };
+    let list = 600 * 1_250_000u64 + 400 * 125_000 + 100 * 10_000_000;
+    assert_eq!(c.ingest(&key, &json!([unpriced("a")]).to_string()).0, 202);
+    assert_eq!(total(), list);
+    // The org's own rate applies to new events within a second...
+    cli_ok(&[
+        "prices",
+        "set-rate",
+        "--org",
+        "acme",
+        "--model",
+        "gpt-5-2025-08-07",
+        "--input",
+        "1",
+        "--cached-input",
+        "0.1",
+        "--output",
+        "2",
+    ]);
+    let own = 600 * 1_000_000u64 + 400 * 100_000 + 100 * 2_000_000;
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(c.ingest(&key, &json!([unpriced("b")]).to_string()).0, 202);
+    assert_eq!(total(), list + own);
+    // ...and `reprice` brings the stored ones to it, rollups included, and says what it did.
+    let (_, said) = cli_ok(&["reprice", "--org", "acme"]);
+    assert!(said.contains("2 events priced again, 1 changed"), "{said}");
+    assert_eq!(total(), 2 * own);
+    // A discount on every model, then a new table loaded while it runs.
+    cli_ok(&[
+        "prices",
+        "set-rate",
+        "--org",
+        "acme",
+        "--model",
+        "*",
+        "--discount-percent",
+        "10",
+    ]);
+    cli_ok(&[
+        "prices",
+        "delete-rate",
+        "--org",
+        "acme",
+        "--model",
+        "gpt-5-2025-08-07",
+    ]);
+    let mut table: Value =
+        serde_json::from_str(&std::fs::read_to_string(artifact("src/prices.json")).unwrap())
+            .unwrap();
+    for m in table["models"].as_array_mut().unwrap() {
+        // The snapshot is listed too, and an exact name wins.
+        if m["provider"] == "openai" && (m["model"] == "gpt-5" || m["model"] == "gpt-5-2025-08-07")
+        {
+            m["input"] = json!(2.0);
+        }
+    }
+    let file = c.data.parent().unwrap().join("prices.json");
+    std::fs::write(&file, table.to_string()).unwrap();
+    let (_, said) = cli_ok(&["prices", "load", file.to_str().unwrap()]);
+    assert!(said.contains("prices.json"), "{said}");
+    let (out, _) = cli_ok(&["prices", "show"]);
+    assert!(out.starts_with("prices.json\t"), "{out}");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(c.ingest(&key, &json!([unpriced("c")]).to_string()).0, 202);
+    let loaded = 600 * 2_000_000u64 + 400 * 125_000 + 100 * 10_000_000;
+    assert_eq!(total(), 2 * own + loaded * 9 / 10);
+    // Bad input is refused by name.
+    let (ok, _, err) = common::collector_cli(
+        &c.data,
+        &[
+            "prices", "set-rate", "--org", "acme", "--model", "x", "--input", "1",
+        ],
+    );
+    assert!(!ok && err.contains("--input and --output"), "{err}");
+    std::fs::write(&file, "{\"models\": []}").unwrap();
+    let (ok, _, err) = common::collector_cli(&c.data, &["prices", "load", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("lists no model"), "{err}");
+}
