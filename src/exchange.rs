@@ -426,7 +426,11 @@ impl Exchange {
             Body::EventStream(crate::eventstream::Decoder::new(
                 crate::eventstream::MAX_MESSAGE,
             ))
-        } else if ct.contains("json") && self.route.path_streaming {
+        } else if ct.contains("json")
+            && self.route.path_streaming
+            // A Bedrock stream's JSON is an error answer: read below as the JSON body it is.
+            && !matches!(self.route.api, Api::BedrockInvoke | Api::BedrockConverse)
+        {
             // Gemini's `streamGenerateContent` without `alt=sse`: a stream like SSE, one array
             // element per chunk of the answer (or a lone error object).
             self.sse = true;

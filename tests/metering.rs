@@ -1471,3 +1471,27 @@ fn bedrock_signed_headers_are_never_removed() {
     );
     assert_eq!(b.strip, vec!["x-tally-team".to_string()]);
 }
+
+/// A streamed call answered with an error in JSON (not an event stream): read as that body.
+#[test]
+fn bedrock_json_error_on_a_stream_path() {
+    let case = Case {
+        status: 429,
+        ..bedrock_case(
+            format!("/model/{BEDROCK_CLAUDE_PATH}/invoke-with-response-stream"),
+            ANTHROPIC_BODY,
+            "application/json",
+            br#"{"message":"Too many requests, please wait before trying again."}"#.to_vec(),
+        )
+    };
+    check_every_split(&case, |ev| {
+        assert_eq!(ev.provider, "bedrock");
+        assert!(ev.streaming);
+        assert_eq!(ev.status, Some(429));
+        assert_eq!(ev.error_category, Some(ErrorCategory::RateLimited));
+        // Nothing generated, nothing counted.
+        assert_eq!(ev.token_source, None);
+        assert_eq!(ev.output_tokens, None);
+        assert_eq!(ev.measured_output_tokens, None);
+    });
+}
