@@ -965,8 +965,58 @@ fn gemini_stream_without_alt_sse_is_one_json_array() {
             );
             assert_eq!(ev.token_source, Some(TokenSource::Exact));
             assert_eq!(ev.error_category, None);
+            // gemini-2.5-flash: $0.30 in, $2.50 out per 1M.
+            assert_eq!(ev.cost_usd, usd(14 * 300_000 + 287 * 2_500_000));
         });
     }
+}
+
+/// An array stream cut short (the connection lost before `]`) is a stream cut short: the
+/// running totals it carried are not final, the output of the whole elements that passed is
+/// counted, and the event says what broke.
+#[test]
+fn gemini_array_stream_cut_short_is_measured() {
+    let text = String::from_utf8(fixture("gemini/stream_generate_content_array.json")).unwrap();
+    // Inside the last element, after its text, before its usage.
+    let cut = text.rfind("\"usageMetadata\"").unwrap();
+    let cfg = Config::parse(b"", Some(KEY.into())).unwrap();
+    let headers = [
+        (":method", "POST"),
+        (
+            ":path",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        ),
+        (":authority", "generativelanguage.googleapis.com"),
+    ];
+    let mut ex = begin(&cfg, &headers, 1_000.0).exchange.expect("metered");
+    ex.on_request_body(br#"{"contents":[]}"#);
+    ex.on_response_headers(
+        Some(200),
+        Some("application/json; charset=UTF-8"),
+        None,
+        1_010.0,
+    );
+    for piece in text.as_bytes()[..cut].chunks(97) {
+        ex.on_response_body(piece, false);
+    }
+    let fin = Finish {
+        now_unix_ms: 1_050.5,
+        request_id: "r".into(),
+        code_details: Some("upstream_reset_after_response_started{connection_termination}"),
+        final_status: Some(200),
+    };
+    let ev = TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut()));
+    let out = measured(
+        "gemini-2.5-flash",
+        "Tallies count: a notch per sheep, brackets ] and }, {\"quotes\": [\"ok\"]} in text,\\ ",
+    );
+    assert!(out > 10);
+    assert!(ev.streaming);
+    assert_eq!(ev.token_source, Some(TokenSource::Measured));
+    // The prompt count of the last whole element stays; output is what passed, counted.
+    assert_eq!(tokens(&ev), [Some(14), Some(out), Some(0), Some(0), None]);
+    assert_eq!(ev.error_category, Some(ErrorCategory::ProviderError));
+    assert_eq!(ev.error_source, Some(ErrorSource::Network));
 }
 
 /// An error answered to a streaming call, in an array or alone.
@@ -1030,6 +1080,11 @@ fn vertex_gemini_generate_content() {
         );
         assert_eq!(ev.token_source, Some(TokenSource::Exact));
         assert_eq!(ev.error_category, None);
+        // gemini-2.5-flash on Vertex: $0.30 in, $0.03 cached, $2.50 out per 1M.
+        assert_eq!(
+            ev.cost_usd,
+            usd(162 * 300_000 + 2048 * 30_000 + 288 * 2_500_000)
+        );
     });
 }
 
@@ -1077,6 +1132,8 @@ fn vertex_gemini_streams_with_and_without_alt_sse() {
             );
             assert_eq!(ev.token_source, Some(TokenSource::Exact));
             assert_eq!(ev.error_category, None);
+            // gemini-2.5-pro: $1.25 in, $10 out per 1M (prompts up to 200k tokens).
+            assert_eq!(ev.cost_usd, usd(31 * 1_250_000 + 1036 * 10_000_000));
         });
     }
 }
@@ -1118,6 +1175,11 @@ fn vertex_claude_raw_predict_and_stream() {
             ]
         );
         assert_eq!(ev.token_source, Some(TokenSource::Exact));
+        // $3 in, $3.75 five-minute cache write, $0.30 cache read, $15 out per 1M.
+        assert_eq!(
+            ev.cost_usd,
+            usd(21 * 3_000_000 + 1500 * 3_750_000 + 3000 * 300_000 + 14 * 15_000_000)
+        );
     });
     let path = "/v1/projects/acme-prod/locations/global/publishers/anthropic/models/claude-haiku-4-5@20251001:streamRawPredict";
     for response in [
@@ -1149,6 +1211,11 @@ fn vertex_claude_raw_predict_and_stream() {
                 [Some(18 + 1024), Some(16), Some(1024), Some(0), Some(0)]
             );
             assert_eq!(ev.token_source, Some(TokenSource::Exact));
+            // $1 in, $0.10 cache read, $5 out per 1M.
+            assert_eq!(
+                ev.cost_usd,
+                usd(18 * 1_000_000 + 1024 * 100_000 + 16 * 5_000_000)
+            );
         });
     }
 }
