@@ -665,10 +665,14 @@ fn read_body(
             }
         }
         Body::JsonArray(scanner) => {
-            if let Some(r) = record {
+            scanner.feed(chunk, &mut |doc, _| meter.on_document(doc));
+            if scanner.is_lone_object() {
+                // One JSON object (an error answered before any stream): a body, not a stream,
+                // with no output to count.
+                *record = None;
+            } else if let Some(r) = record {
                 r.push(chunk);
             }
-            scanner.feed(chunk, &mut |doc, _| meter.on_document(doc));
             if end_of_stream {
                 scanner.finish(&mut |doc| meter.on_document(doc));
                 *body = Body::Ignore;

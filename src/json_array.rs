@@ -45,6 +45,8 @@ enum State {
 pub struct ArrayScanner {
     state: State,
     doc: TopLevelScanner,
+    /// The document is one object, not an array.
+    lone: bool,
 }
 
 impl ArrayScanner {
@@ -53,6 +55,7 @@ impl ArrayScanner {
         ArrayScanner {
             state: State::Start,
             doc: TopLevelScanner::new(keys),
+            lone: false,
         }
     }
 
@@ -64,6 +67,12 @@ impl ArrayScanner {
     /// True when the input stopped being an array of objects.
     pub fn is_invalid(&self) -> bool {
         self.state == State::Invalid
+    }
+
+    /// True once the document has turned out to be one object, not an array: a JSON body
+    /// (an error answered before any stream), not a stream of documents.
+    pub fn is_lone_object(&self) -> bool {
+        self.lone
     }
 
     /// Read a chunk. `on_element` gets each element that closes in it, with the offset in
@@ -79,6 +88,7 @@ impl ArrayScanner {
                     // The object's `{` is the scanner's: not consumed here.
                     b'{' => {
                         self.state = State::Element { lone: true };
+                        self.lone = true;
                         continue;
                     }
                     0xEF | 0xBB | 0xBF => {}
@@ -222,8 +232,17 @@ mod tests {
     fn empty_array_lone_object_and_cut_short() {
         assert_eq!(every_split(b" [ ] "), (vec![], true, false));
         // An error body sent as one object, not in an array.
-        let (seen, done, _) = every_split(br#"{"error":{"code":400},"modelVersion":"x"}"#);
+        let lone = br#" {"error":{"code":400},"modelVersion":"x"}"#;
+        let (seen, done, _) = every_split(lone);
         assert_eq!((seen, done), (vec![el("x", None)], true));
+        let mut s = ArrayScanner::new(KEYS);
+        s.feed(b" ", &mut |_, _| {});
+        assert!(!s.is_lone_object());
+        s.feed(&lone[1..2], &mut |_, _| {});
+        assert!(s.is_lone_object());
+        let mut s = ArrayScanner::new(KEYS);
+        s.feed(b"[{}]", &mut |_, _| {});
+        assert!(!s.is_lone_object());
         // Cut inside the second element: what it recorded whole is still given.
         let (seen, done, _) = every_split(
             br#"[{"modelVersion":"a"},{"modelVersion":"b","usageMetadata":{"promptTok"#,

@@ -1049,7 +1049,16 @@ fn gemini_array_stream_error_bodies() {
             };
             assert_eq!(ev.error_category, Some(category));
             assert_eq!(ev.error_source, Some(ErrorSource::Provider));
-            assert_eq!(tokens(ev)[0], None);
+            assert_eq!(ev.input_tokens, None);
+            if status == 200 {
+                // A stream whose one element is an error: no output passed, counted as such.
+                assert_eq!(ev.output_tokens, Some(0));
+                assert_eq!(ev.token_source, Some(TokenSource::Measured));
+            } else {
+                // One JSON object: a body, not a stream; nothing to count.
+                assert_eq!(tokens(ev), [None; 5]);
+                assert_eq!(ev.token_source, None);
+            }
         });
     }
 }
