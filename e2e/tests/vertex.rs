@@ -223,3 +223,38 @@ fn vertex_errors_are_classified() {
         assert_eq!(ev["input_tokens"], Value::Null, "{ev:#}");
     }
 }
+
+/// The provider's connection breaks in the middle of a JSON-array stream: the event still comes,
+/// with the output of the elements that passed counted, and the break as a network error. On the
+/// Gemini API every element carries the running prompt count, so the input stays known.
+#[test]
+fn interrupted_array_stream_is_measured() {
+    let stack = Stack::start();
+    let resp = agent()
+        .post(&stack.url("/v1beta/models/gemini-2.5-flash:streamGenerateContent"))
+        .set("content-type", "application/json")
+        .set("x-tally-user", "u-array-cut")
+        .set("x-mock-reply", "alpha beta gamma delta epsilon")
+        .set("x-mock-usage", "input=40,output=9")
+        .set("x-mock-cut-after", "2")
+        // Paced, so the headers and first elements leave before the cut.
+        .set("x-mock-delay-ms", "30")
+        .send_string(r#"{"contents":[{"parts":[{"text":"Count."}]}]}"#)
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut resp.into_reader(), &mut raw);
+    let got = String::from_utf8_lossy(&raw);
+    assert!(got.contains("beta") && !got.contains("gamma"), "{got}");
+    let ev = &stack.wait_events("user=u-array-cut", 1)[0];
+    let counted = tally::measure::Tokenizers::default()
+        .count(tally::measure::Encoding::O200k, "alpha beta ")
+        .unwrap();
+    assert_eq!(ev["provider"], "gemini", "{ev:#}");
+    assert_eq!(ev["streaming"], true);
+    assert_eq!(ev["input_tokens"], 40, "{ev:#}");
+    assert_eq!(ev["output_tokens"], counted, "{ev:#}");
+    assert_eq!(ev["token_source"], "measured", "{ev:#}");
+    assert_eq!(ev["error_category"], "provider_error", "{ev:#}");
+    assert_eq!(ev["error_source"], "network");
+    assert_eq!(ev["cost_usd"], usd(40 * 300_000 + counted * 2_500_000));
+}
