@@ -7,13 +7,15 @@ use tally::config::Config;
 use tally::exchange::{begin, Finish};
 use tally::measure::Tokenizers;
 
-const PATHS: [&str; 6] = [
+const PATHS: [&str; 8] = [
     "/v1/chat/completions",
     "/v1/responses",
     "/v1/embeddings",
     "/v1/messages",
     "/v1beta/models/gemini-2.5-pro:streamGenerateContent",
     "/openai/deployments/d/chat/completions",
+    "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/invoke-with-response-stream",
+    "/model/us.amazon.nova-lite-v1:0/converse",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -35,7 +37,13 @@ fuzz_target!(|data: &[u8]| {
     let at = usize::from(head[1]).min(rest.len());
     let _ = ex.on_request_body(&rest[..at]);
     let _ = ex.on_request_body(&rest[at..]);
-    let ct = if head[2] & 1 == 0 { "text/event-stream" } else { "application/json" };
+    let ct = if head[2] & 16 != 0 {
+        "application/vnd.amazon.eventstream"
+    } else if head[2] & 1 == 0 {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
     let enc = match head[2] >> 1 & 3 {
         0 => None,
         1 => Some("gzip"),
@@ -43,6 +51,15 @@ fuzz_target!(|data: &[u8]| {
         _ => Some("deflate"),
     };
     ex.on_response_headers(Some(200), Some(ct), enc, 1.0);
+    if ex.reads_provider_headers() {
+        // Bedrock's counts and error type, from the same bytes.
+        let text = String::from_utf8_lossy(&rest[..at.min(24)]);
+        ex.on_provider_headers(&tally::provider::ProviderHeaders {
+            input_tokens: Some(&text),
+            output_tokens: text.get(..4),
+            error_type: Some(&text),
+        });
+    }
     let _ = ex.on_response_body(&rest[..at], false);
     let _ = ex.on_response_body(&rest[at..], head[2] & 8 == 0);
     let fin = Finish {
