@@ -10,6 +10,7 @@
 //! answers do not know checks at once (a key made a moment ago is not refused for 250 ms).
 
 use crate::keys;
+use crate::prices::{PaidRates, Prices};
 use crate::store::{Store, StoreError};
 use axum::body::Bytes;
 use rusqlite::Connection;
@@ -33,17 +34,27 @@ pub struct Answer {
 struct OrgKeys<'a> {
     org_id: &'a str,
     key_sha256: [&'a str; 1],
+    /// The rates this org pays for each `provider/model` its events named in the last
+    /// [`RATES_DAYS`] days: what a filter needs to estimate a request's cost before it leaves.
+    rates: &'a BTreeMap<String, PaidRates>,
 }
+
+/// How far back the models whose rates an answer carries were seen.
+pub const RATES_DAYS: i64 = 30;
+
+/// How often the answers are rebuilt even when nothing else changed (models newly seen).
+pub const RATES_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Serialize)]
 struct Body<'a> {
     orgs: Vec<OrgKeys<'a>>,
 }
 
-/// The answers as of one generation.
-#[derive(Default)]
+/// The answers as of one generation of keys and one of prices.
 struct Snapshot {
     generation: i64,
+    pricing: i64,
+    built: std::time::Instant,
     /// Credential hash -> index in `answers`.
     callers: HashMap<String, usize>,
     answers: Vec<Arc<Answer>>,
@@ -54,6 +65,14 @@ impl Snapshot {
     fn load(conn: &Connection) -> rusqlite::Result<Snapshot> {
         let tx = conn.unchecked_transaction()?;
         let generation: i64 = tx.query_row("SELECT n FROM auth_generation", [], |r| r.get(0))?;
+        let prices = Prices::load(&tx).map_err(|e| {
+            rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(e)))
+        })?;
+        let since = crate::api::now_ms() - RATES_DAYS * crate::rollup::DAY;
+        let mut seen = tx.prepare(
+            "SELECT DISTINCT key FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2
+               AND dim = 'provider_model' AND bucket_ms >= ?3",
+        )?;
         // Enabled orgs by name (the answers' order): id -> (name, key hash).
         let orgs: BTreeMap<String, (i64, String)> = {
             let mut st = tx.prepare("SELECT name, id, key_hash FROM orgs WHERE disabled = 0")?;
@@ -73,29 +92,57 @@ impl Snapshot {
         };
         let mut snap = Snapshot {
             generation,
-            ..Default::default()
+            pricing: prices.generation,
+            built: std::time::Instant::now(),
+            callers: HashMap::new(),
+            answers: Vec::new(),
         };
-        for (name, (_, hash)) in &orgs {
-            snap.add(hash, [(name, hash)].into_iter());
+        // Per org id: the rates of the models it used.
+        let mut rates: HashMap<i64, BTreeMap<String, PaidRates>> = HashMap::new();
+        for (id, _) in orgs.values() {
+            let keys: Vec<String> = seen
+                .query_map(rusqlite::params![id, crate::rollup::DAY, since], |r| {
+                    r.get(0)
+                })?
+                .collect::<Result<_, _>>()?;
+            let mine = rates.entry(*id).or_default();
+            for key in keys {
+                let Some((provider, model)) = key.split_once('/') else {
+                    continue;
+                };
+                if let Some(r) = prices.paid_rates(*id, provider, model) {
+                    mine.insert(key.clone(), r);
+                }
+            }
+        }
+        let none = BTreeMap::new();
+        for (name, (id, hash)) in &orgs {
+            let r = rates.get(id).unwrap_or(&none);
+            snap.add(hash, [(name, hash, r)].into_iter());
         }
         for (id, hash, all) in &tokens {
             let granted = |org: &i64| *all || grants.contains(&(*id, *org));
             let mine = orgs
                 .iter()
                 .filter(|(_, (org, _))| granted(org))
-                .map(|(name, (_, key))| (name, key));
+                .map(|(name, (org, key))| (name, key, rates.get(org).unwrap_or(&none)));
             snap.add(hash, mine);
         }
         Ok(snap)
     }
 
     /// The answer for the credential hashed `hash`: these orgs (in name order) and their keys.
-    fn add<'a>(&mut self, hash: &str, orgs: impl Iterator<Item = (&'a String, &'a String)>) {
+    fn add<'a>(
+        &mut self,
+        hash: &str,
+        orgs: impl Iterator<Item = (&'a String, &'a String, &'a BTreeMap<String, PaidRates>)>,
+    ) {
         let body = Body {
             orgs: orgs
-                .map(|(name, key)| OrgKeys {
+                .map(|(name, key, rates)| OrgKeys {
                     org_id: name,
                     key_sha256: [key],
+                    rates,
                 })
                 .collect(),
         };
@@ -149,10 +196,21 @@ impl Controls {
     pub fn refresh(&self) {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let conn = &*conn;
-        let known = self.snapshot().generation;
-        let now = conn.query_row("SELECT n FROM auth_generation", [], |r| r.get::<_, i64>(0));
+        let known = self.snapshot();
+        let now = conn.query_row(
+            "SELECT (SELECT n FROM auth_generation),
+                (SELECT generation FROM pricing_generation WHERE id = 1)",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        );
         let loaded = match now {
-            Ok(n) if n == known => return,
+            Ok((n, p))
+                if n == known.generation
+                    && p == known.pricing
+                    && known.built.elapsed() < RATES_EVERY =>
+            {
+                return
+            }
             Ok(_) => Snapshot::load(conn),
             Err(e) => Err(e),
         };
@@ -211,7 +269,7 @@ mod tests {
             assert_eq!(a.etag, format!("\"{}\"", keys::hex_sha256(&a.body)));
             Some(serde_json::from_slice::<serde_json::Value>(&a.body).unwrap())
         };
-        let entry = |name: &str, key: &str| serde_json::json!({"org_id": name, "key_sha256": [keys::hash(key)]});
+        let entry = |name: &str, key: &str| serde_json::json!({"org_id": name, "key_sha256": [keys::hash(key)], "rates": {}});
         assert_eq!(
             body(&acme).unwrap(),
             serde_json::json!({"orgs": [entry("acme", &acme)]})
@@ -253,5 +311,56 @@ mod tests {
         assert!(not_modified("*", tag));
         assert!(!not_modified("\"abd\"", tag));
         assert!(!not_modified("abc", tag));
+    }
+
+    #[test]
+    fn answers_carry_the_rates_each_org_pays_for_the_models_it_used() {
+        let dir = crate::store::tests::temp_dir("controls-rates");
+        let store = Store::open(&dir).unwrap();
+        let key = store.create_org("acme", 0).unwrap();
+        let org = store.org_for_key(&key).unwrap().unwrap();
+        let e: tally::event::Event = serde_json::from_value(serde_json::json!({
+            "request_id": "r1", "timestamp": tally::time::format_rfc3339_ms(crate::api::now_ms()),
+            "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
+            "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
+            "status": 200, "streaming": false, "latency_ms": 1.0, "input_tokens": 10,
+            "output_tokens": 1, "routed": false,
+        }))
+        .unwrap();
+        let now = crate::api::now_ms();
+        store
+            .insert_events(&org, Arc::new(vec![(e, now)]), now)
+            .unwrap();
+        store.write_rollups().unwrap();
+        let controls = Controls::start(&store).unwrap();
+        let rates = |controls: &Controls| {
+            let a = controls.answer(&key).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+            v["orgs"][0]["rates"]["openai/gpt-4o-mini-2024-07-18"].clone()
+        };
+        // gpt-4o-mini: $0.15 in, $0.075 cached, $0.60 out per 1M.
+        let r = rates(&controls);
+        assert_eq!(
+            (
+                r["input"].as_f64(),
+                r["cached_input"].as_f64(),
+                r["output"].as_f64()
+            ),
+            (Some(0.15), Some(0.075), Some(0.6))
+        );
+        // An org's discount shows at the next refresh.
+        let rate = crate::prices::OrgRate {
+            model: "*".into(),
+            input: None,
+            cached_input: None,
+            cache_write: None,
+            output: None,
+            discount_pct: Some(20.0),
+        };
+        crate::prices::set_rate(&mut store.conn_for_cli(), org.id, &rate).unwrap();
+        controls.refresh();
+        let r = rates(&controls);
+        assert!((r["input"].as_f64().unwrap() - 0.12).abs() < 1e-12, "{r}");
+        assert!((r["output"].as_f64().unwrap() - 0.48).abs() < 1e-12, "{r}");
     }
 }

@@ -121,6 +121,42 @@ impl Prices {
     }
 }
 
+/// A model's rates as an org pays them, USD per 1M tokens (and per search), for filters that
+/// estimate a request's cost before it leaves (budgets).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PaidRates {
+    pub input: f64,
+    pub cached_input: f64,
+    pub cache_write: f64,
+    pub cache_write_1h: f64,
+    pub output: f64,
+    pub web_search: f64,
+}
+
+impl Prices {
+    /// The rates `org` pays for a provider's model (its own, else the table's, less its
+    /// discount); `None` when the model has no known price.
+    pub fn paid_rates(&self, org: i64, provider: &str, model: &str) -> Option<PaidRates> {
+        let own = self.orgs.get(&org);
+        let price = match own.and_then(|o| o.models.get(model)) {
+            Some(p) => *p,
+            None => *self.table.resolve(provider, model)?.1,
+        };
+        let keep = 1.0 - own.map_or(0.0, |o| o.discount);
+        // Pico-dollars per token are micro-dollars per 1M tokens.
+        let per_m = |pico: u64| pico as f64 / 1e6 * keep;
+        let r = price.base;
+        Some(PaidRates {
+            input: per_m(r.input),
+            cached_input: per_m(r.cached_input),
+            cache_write: per_m(r.cache_write),
+            cache_write_1h: per_m(r.cache_write_1h),
+            output: per_m(r.output),
+            web_search: price.web_search as f64 / 1e12 * keep,
+        })
+    }
+}
+
 /// Record a change of prices: every collector reloads them.
 pub fn bump(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute(

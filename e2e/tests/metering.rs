@@ -116,7 +116,7 @@ fn four_api_shapes_are_metered_exactly() {
             "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
             "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
             "streaming": false, "input_tokens": 1200, "output_tokens": 345,
-            "cached_input_tokens": 200, "cache_write_tokens": 0, "reasoning_tokens": 45,
+            "cached_input_tokens": 200, "cache_write_tokens": 0, "reasoning_tokens": 45, "cache_write_1h_tokens": null, "web_search_requests": null, "service_tier": "default",
             "cost_usd": usd(1000 * 150_000 + 200 * 75_000 + 345 * 600_000),
         }),
     );
@@ -162,7 +162,7 @@ fn four_api_shapes_are_metered_exactly() {
             "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
             "model_requested": "gpt-4o-mini", "model_actual": "gpt-4o-mini-2024-07-18",
             "streaming": true, "input_tokens": 50, "output_tokens": 12,
-            "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
+            "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0, "cache_write_1h_tokens": null, "web_search_requests": null, "service_tier": null,
             "cost_usd": usd(50 * 150_000 + 12 * 600_000),
         }),
     );
@@ -186,7 +186,7 @@ fn four_api_shapes_are_metered_exactly() {
             "provider": "anthropic", "api": "messages", "endpoint": "/v1/messages",
             "model_requested": "claude-sonnet-4-5", "model_actual": "claude-sonnet-4-5-20250929",
             "streaming": false, "input_tokens": 1500, "output_tokens": 420,
-            "cached_input_tokens": 300, "cache_write_tokens": 200, "reasoning_tokens": 0,
+            "cached_input_tokens": 300, "cache_write_tokens": 200, "reasoning_tokens": 0, "cache_write_1h_tokens": null, "web_search_requests": null, "service_tier": "standard",
             "cost_usd": usd(1000 * 3_000_000 + 300 * 300_000 + 200 * 3_750_000 + 420 * 15_000_000),
         }),
     );
@@ -210,7 +210,7 @@ fn four_api_shapes_are_metered_exactly() {
             "provider": "anthropic", "api": "messages", "endpoint": "/v1/messages",
             "model_requested": "claude-sonnet-4-5", "model_actual": "claude-sonnet-4-5-20250929",
             "streaming": true, "input_tokens": 900, "output_tokens": 77,
-            "cached_input_tokens": 100, "cache_write_tokens": 0, "reasoning_tokens": 0,
+            "cached_input_tokens": 100, "cache_write_tokens": 0, "reasoning_tokens": 0, "cache_write_1h_tokens": null, "web_search_requests": null, "service_tier": "standard",
             "cost_usd": usd(800 * 3_000_000 + 100 * 300_000 + 77 * 15_000_000),
         }),
     );
