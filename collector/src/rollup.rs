@@ -472,15 +472,6 @@ impl Pending {
         org_id: i64,
         before: &Pending,
     ) -> rusqlite::Result<()> {
-        let mut update = tx.prepare_cached(
-            "UPDATE rollups SET cost_usd = cost_usd + ?6,
-                unpriced_requests = unpriced_requests + ?7,
-                unpriced_input_tokens = unpriced_input_tokens + ?8,
-                unpriced_output_tokens = unpriced_output_tokens + ?9,
-                cache_savings_usd = cache_savings_usd + ?10
-             WHERE org_id = ?1 AND granularity_ms = ?2 AND bucket_ms = ?3 AND dim = ?4
-               AND key = ?5",
-        )?;
         let empty = Agg::default();
         for (&(g, bucket, id), now) in &self.rows {
             let Some((dim, key)) = self.names(id) else {
@@ -489,18 +480,18 @@ impl Pending {
             // Built from the same events in the same order, both number their rows alike.
             let was = before.rows.get(&(g, bucket, id)).unwrap_or(&empty);
             let signed = |a: u64, b: u64| a as i64 - b as i64;
-            update.execute(params![
-                org_id,
-                g,
-                bucket,
-                dim.as_ref(),
-                key,
-                now.cost_usd - was.cost_usd,
-                signed(now.unpriced_requests, was.unpriced_requests),
-                signed(now.unpriced_input_tokens, was.unpriced_input_tokens),
-                signed(now.unpriced_output_tokens, was.unpriced_output_tokens),
-                now.cache_savings_usd - was.cache_savings_usd,
-            ])?;
+            let change = Figures {
+                cost_usd: now.cost_usd - was.cost_usd,
+                unpriced_requests: signed(now.unpriced_requests, was.unpriced_requests),
+                unpriced_input_tokens: signed(now.unpriced_input_tokens, was.unpriced_input_tokens),
+                unpriced_output_tokens: signed(
+                    now.unpriced_output_tokens,
+                    was.unpriced_output_tokens,
+                ),
+                cached_input_tokens: 0,
+                cache_savings_usd: now.cache_savings_usd - was.cache_savings_usd,
+            };
+            add_figures(tx, org_id, (g, bucket, &dim, key), &change)?;
         }
         Ok(())
     }
@@ -544,15 +535,6 @@ impl Pending {
     /// whole, and only those new figures into the single-dimension rows, which already count
     /// everything else.
     pub fn write_new_figures(&self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
-        let mut update = tx.prepare_cached(
-            "UPDATE rollups SET unpriced_requests = unpriced_requests + ?6,
-                unpriced_input_tokens = unpriced_input_tokens + ?7,
-                unpriced_output_tokens = unpriced_output_tokens + ?8,
-                cached_input_tokens = cached_input_tokens + ?9,
-                cache_savings_usd = cache_savings_usd + ?10
-             WHERE org_id = ?1 AND granularity_ms = ?2 AND bucket_ms = ?3 AND dim = ?4
-               AND key = ?5",
-        )?;
         let mut pairs = Pending::default();
         for (&(g, bucket, id), agg) in &self.rows {
             match self.keys.get(id as usize) {
@@ -565,24 +547,63 @@ impl Pending {
                     let Some((dim, key)) = self.names(id) else {
                         continue;
                     };
-                    update.execute(params![
-                        org_id,
-                        g,
-                        bucket,
-                        dim.as_ref(),
-                        key,
-                        agg.unpriced_requests as i64,
-                        agg.unpriced_input_tokens as i64,
-                        agg.unpriced_output_tokens as i64,
-                        agg.cached_input_tokens as i64,
-                        agg.cache_savings_usd,
-                    ])?;
+                    let new = Figures {
+                        cost_usd: 0.0,
+                        unpriced_requests: agg.unpriced_requests as i64,
+                        unpriced_input_tokens: agg.unpriced_input_tokens as i64,
+                        unpriced_output_tokens: agg.unpriced_output_tokens as i64,
+                        cached_input_tokens: agg.cached_input_tokens as i64,
+                        cache_savings_usd: agg.cache_savings_usd,
+                    };
+                    add_figures(tx, org_id, (g, bucket, &dim, key), &new)?;
                 }
                 None => {}
             }
         }
         pairs.write(tx, org_id)
     }
+}
+
+/// Amounts added to a stored row's additive figures (negative: taken away).
+struct Figures {
+    cost_usd: f64,
+    unpriced_requests: i64,
+    unpriced_input_tokens: i64,
+    unpriced_output_tokens: i64,
+    cached_input_tokens: i64,
+    cache_savings_usd: f64,
+}
+
+/// Add `f` to the row (granularity, bucket, dimension, key) of an org, if it exists.
+fn add_figures(
+    tx: &Transaction<'_>,
+    org_id: i64,
+    (g, bucket, dim, key): (i64, i64, &str, &str),
+    f: &Figures,
+) -> rusqlite::Result<()> {
+    let mut update = tx.prepare_cached(
+        "UPDATE rollups SET cost_usd = cost_usd + ?6,
+            unpriced_requests = unpriced_requests + ?7,
+            unpriced_input_tokens = unpriced_input_tokens + ?8,
+            unpriced_output_tokens = unpriced_output_tokens + ?9,
+            cached_input_tokens = cached_input_tokens + ?10,
+            cache_savings_usd = cache_savings_usd + ?11
+         WHERE org_id = ?1 AND granularity_ms = ?2 AND bucket_ms = ?3 AND dim = ?4 AND key = ?5",
+    )?;
+    update.execute(params![
+        org_id,
+        g,
+        bucket,
+        dim,
+        key,
+        f.cost_usd,
+        f.unpriced_requests,
+        f.unpriced_input_tokens,
+        f.unpriced_output_tokens,
+        f.cached_input_tokens,
+        f.cache_savings_usd,
+    ])?;
+    Ok(())
 }
 
 /// Register `sketch_merge(a, b)`: the merge of two sketch blobs (a blob that does not decode

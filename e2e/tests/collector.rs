@@ -1748,9 +1748,62 @@ fn prices_change_while_the_collector_runs_and_past_events_can_be_priced_again() 
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(c.ingest(&key, &json!([unpriced("b")]).to_string()).0, 202);
     assert_eq!(total(), list + own);
-    // ...and `reprice` brings the stored ones to it, rollups included, and says what it did.
+    // ...and `reprice` brings the stored ones to it, rollups included, and says what it did;
+    // a model the table does not know, once the org has its rate, is priced too.
+    let unknown = event(
+        "u",
+        "2026-11-24T09:00:00.000Z",
+        json!({"model_requested": "acme-llm-1", "model_actual": null, "input_tokens": 1000,
+            "output_tokens": 100, "cached_input_tokens": 0, "cost_usd": null}),
+    );
+    assert_eq!(c.ingest(&key, &json!([unknown]).to_string()).0, 202);
+    let unknown_row = || {
+        let (_, v) = get_json(
+            &c,
+            &key,
+            "/api/v1/summary?group_by=model&from=2026-11-24T00:00:00Z&to=2026-11-25T00:00:00Z",
+        );
+        let row = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == "acme-llm-1")
+            .unwrap()
+            .clone();
+        (
+            row["unpriced_requests"].as_u64().unwrap(),
+            row["cost_usd"].clone(),
+        )
+    };
+    assert_eq!(unknown_row(), (1, Value::Null));
+    cli_ok(&[
+        "prices",
+        "set-rate",
+        "--org",
+        "acme",
+        "--model",
+        "acme-llm-1",
+        "--input",
+        "5",
+        "--output",
+        "10",
+    ]);
     let (_, said) = cli_ok(&["reprice", "--org", "acme"]);
-    assert!(said.contains("2 events priced again, 1 changed"), "{said}");
+    assert!(said.contains("3 events priced again, 2 changed"), "{said}");
+    let llm = 1000 * 5_000_000u64 + 100 * 10_000_000;
+    assert_eq!(unknown_row(), (0, json!(llm as f64 / 1e12)));
+    assert_eq!(total(), 2 * own + llm);
+    cli_ok(&[
+        "prices",
+        "delete-rate",
+        "--org",
+        "acme",
+        "--model",
+        "acme-llm-1",
+    ]);
+    let (_, said) = cli_ok(&["reprice", "--org", "acme", "--from", "2026-11-24T09:00:00Z"]);
+    assert!(said.contains("1 events priced again, 1 changed"), "{said}");
+    assert_eq!(unknown_row(), (1, Value::Null));
     assert_eq!(total(), 2 * own);
     // A discount on every model, then a new table loaded while it runs.
     cli_ok(&[
