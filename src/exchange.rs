@@ -488,11 +488,7 @@ impl Exchange {
 
     /// Build the event. Call once, when Envoy is done with the stream. `tokenizers` counts
     /// output when the provider reported no (complete) usage.
-    pub fn finish(
-        mut self,
-        fin: Finish<'_>,
-        tokenizers: &mut Tokenizers,
-    ) -> Event {
+    pub fn finish(mut self, fin: Finish<'_>, tokenizers: &mut Tokenizers) -> Event {
         if !self.complete {
             // A body cut short still yields what it carried so far.
             self.read(&[], true);
