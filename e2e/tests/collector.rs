@@ -74,6 +74,7 @@ fn event(id: &str, ts: &str, extra: Value) -> Value {
         "input_tokens": 100, "output_tokens": 20, "cached_input_tokens": 0,
         "cache_write_tokens": 0, "reasoning_tokens": 0, "token_source": "exact",
         "measured_output_tokens": null, "cost_usd": 0.000027, "error_category": null, "error_source": null,
+        "cache_write_1h_tokens": null, "web_search_requests": null, "service_tier": null,
         "team": "payments", "app": "checkout", "feature": "search", "task": null,
         "session_id": null, "user": "ann", "namespace": null, "workload": null,
         "principal": null, "rule": null, "routed": false
@@ -1161,7 +1162,9 @@ fn controls_give_each_caller_its_key_hashes_with_an_etag_and_follow_rotation() {
             "token", "create", "mesh", "--org", "globex", "--org", "acme",
         ],
     );
-    let entry = |org: &str, key: &str| json!({"org_id": org, "key_sha256": [sha256_hex(key)]});
+    // No events yet: no model's rates.
+    let entry =
+        |org: &str, key: &str| json!({"org_id": org, "key_sha256": [sha256_hex(key)], "rates": {}});
     let controls =
         |bearer: &str| -> (u16, String, Vec<(String, String)>) { c.get("/v1/controls", bearer) };
     let (s, body, headers) = controls(&acme);
@@ -1173,7 +1176,7 @@ fn controls_give_each_caller_its_key_hashes_with_an_etag_and_follow_rotation() {
     assert_eq!(
         body,
         format!(
-            r#"{{"orgs":[{{"org_id":"acme","key_sha256":["{}"]}}]}}"#,
+            r#"{{"orgs":[{{"org_id":"acme","key_sha256":["{}"],"rates":{{}}}}]}}"#,
             sha256_hex(&acme)
         ),
         "exactly this shape, compact"
