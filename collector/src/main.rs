@@ -88,7 +88,7 @@ enum Command {
         /// From this time (RFC 3339 or a date); default: the first event.
         #[arg(long)]
         from: Option<String>,
-        /// Before this time; default: now.
+        /// Before this time; default: the last event.
         #[arg(long)]
         to: Option<String>,
         #[arg(long, default_value = "data")]
@@ -363,6 +363,13 @@ fn reprice(
         "Org {org}: {} events priced again, {} changed; their total went from ${:.6} to ${:.6}.",
         r.events, r.changed, r.before_usd, r.after_usd
     );
+    if r.skipped > 0 {
+        eprintln!(
+            "{} events stored in the last second are not in the rollups yet and were left as \
+             they are: run reprice again to price them.",
+            r.skipped
+        );
+    }
     Ok(())
 }
 

@@ -156,6 +156,9 @@ impl From<rusqlite::Error> for StoreError {
 pub struct Repricing {
     pub events: u64,
     pub changed: u64,
+    /// Events of the range stored in the last second or so, not yet in the rollup rows of
+    /// the database: left as they are (run again to price them).
+    pub skipped: u64,
     pub before_usd: f64,
     pub after_usd: f64,
 }
@@ -493,30 +496,31 @@ impl Store {
         // once the schema is the latest (the counting writes today's columns), so a database
         // from before them needs no backfill of migration 9.
         let count_all = version <= 2;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        if version < known {
+            // Every pending migration and the counting after them in one transaction: a crash
+            // anywhere leaves the database as it was, to be migrated again whole.
             let tx = conn.unchecked_transaction()?;
-            tx.execute_batch(sql)?;
-            if i + 1 == MIGRATIONS.len() {
-                // Counting reads today's columns: only once the schema is the latest, in the
-                // last migration's transaction (a crash leaves the database as it was).
-                if (3..=8).contains(&version) {
-                    // Migration 9's figures and pair rows, for the events the rollups already
-                    // count (those after `events_seq` are counted whole when `serve` starts).
-                    let through: i64 =
-                        tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
-                    roll_up(&tx, &prices, Counted::Through(through), Write::NewFigures)?;
-                }
-                if count_all {
-                    tx.execute("DELETE FROM rollups", [])?;
-                    roll_up(&tx, &prices, Counted::Through(i64::MAX), Write::Whole)?;
-                    tx.execute(
-                        "UPDATE rollup_progress SET events_seq =
-                            (SELECT coalesce(max(seq), 0) FROM events)",
-                        [],
-                    )?;
-                }
+            for sql in MIGRATIONS.iter().skip(version as usize) {
+                tx.execute_batch(sql)?;
             }
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            // Counting reads today's columns: only once the schema is the latest.
+            if (3..=8).contains(&version) {
+                // Migration 9's figures and pair rows, for the events the rollups already
+                // count (those after `events_seq` are counted whole when `serve` starts).
+                let through: i64 =
+                    tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
+                roll_up(&tx, &prices, Counted::Through(through), Write::NewFigures)?;
+            }
+            if count_all {
+                tx.execute("DELETE FROM rollups", [])?;
+                roll_up(&tx, &prices, Counted::Through(i64::MAX), Write::Whole)?;
+                tx.execute(
+                    "UPDATE rollup_progress SET events_seq =
+                        (SELECT coalesce(max(seq), 0) FROM events)",
+                    [],
+                )?;
+            }
+            tx.pragma_update(None, "user_version", known)?;
             tx.commit()?;
         }
         let through: i64 =
@@ -734,8 +738,8 @@ impl Store {
         if !due {
             return current;
         }
-        let conn = self.reader();
-        let generation: Option<i64> = conn
+        let generation: Option<i64> = self
+            .reader()
             .query_row(
                 "SELECT generation FROM pricing_generation WHERE id = 1",
                 [],
@@ -745,9 +749,13 @@ impl Store {
         if generation.is_none_or(|g| g == current.generation) {
             return current;
         }
-        match Prices::load(&conn) {
+        // Parsed on a connection of its own: the shared reader authenticates every call.
+        let loaded = self
+            .open_reader()
+            .map_err(|e| e.to_string())
+            .and_then(|conn| Prices::load(&conn));
+        match loaded {
             Ok(fresh) => {
-                drop(conn);
                 let fresh = Arc::new(fresh);
                 crate::log::info(&format!(
                     "prices: now {} ({} models)",
@@ -1305,7 +1313,8 @@ impl Store {
     /// Price an org's stored events in `[from, to)` again with the prices in force (after a
     /// new table or a rate of the org's own), correcting the rollups by what changed and
     /// recording the repricing. Events whose cost does not change are left alone. Runs beside a
-    /// serving collector: the rollups take differences, which add up with whatever it writes.
+    /// serving collector: only events its rollup rows in the database already count are
+    /// repriced (their rows take the difference); the last second's are skipped and counted.
     pub fn reprice(
         &self,
         org_name: &str,
@@ -1327,28 +1336,49 @@ impl Store {
         let (lo, hi) = (from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX));
         let mut conn = self.conn();
         let mut out = Repricing::default();
+        // The record is made first and kept current pass by pass: a run cut short still says
+        // what it changed.
+        conn.execute(
+            "INSERT INTO repricings (at_ms, org_id, from_ms, to_ms, events, changed, before_usd,
+                after_usd) VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0)",
+            params![now_ms, org_id, from, to],
+        )?;
+        let record = conn.last_insert_rowid();
         let mut after_seq = 0i64;
-        // A transaction per pass, so that a serving collector's ingest never waits long; each
-        // pass changes its events and their rollups together.
+        // Short passes, each an IMMEDIATE transaction (it takes the write lock before reading,
+        // so a serving collector's commit cannot make it fail midway, and its ingest waits for
+        // one pass at most); each pass changes its events, their rollups and the record together.
         loop {
-            let tx = conn.transaction()?;
-            // A pass of at most ROLL_UP_CHUNK events, in `seq` order.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Only events the rollup rows in the database count: newer ones wait in a serving
+            // collector's memory at their old cost, and a difference applied now would be lost
+            // or counted twice. They are left, and counted as skipped.
+            let counted: i64 =
+                tx.query_row("SELECT events_seq FROM rollup_progress", [], |r| r.get(0))?;
             let mut batch: Vec<(i64, i64, Event)> = Vec::new();
             {
                 let mut st = tx.prepare_cached(&format!(
                     "SELECT {LITE_COLUMNS}, seq FROM events WHERE org_id = ?1 AND seq > ?2
-                       AND ts_ms >= ?3 AND ts_ms < ?4 ORDER BY seq LIMIT ?5"
+                       AND seq <= ?3 AND ts_ms >= ?4 AND ts_ms < ?5 ORDER BY seq LIMIT ?6"
                 ))?;
-                let rows =
-                    st.query_map(params![org_id, after_seq, lo, hi, ROLL_UP_CHUNK], |r| {
+                let rows = st.query_map(
+                    params![org_id, after_seq, counted, lo, hi, REPRICE_PASS],
+                    |r| {
                         let (ts, e) = lite_event(r)?;
                         Ok((r.get::<_, i64>(24)?, ts, e))
-                    })?;
+                    },
+                )?;
                 for row in rows {
                     batch.push(row?);
                 }
             }
             let Some(&(last, _, _)) = batch.last() else {
+                out.skipped = tx.query_row(
+                    "SELECT count(*) FROM events WHERE org_id = ?1 AND seq > ?2
+                       AND ts_ms >= ?3 AND ts_ms < ?4",
+                    params![org_id, counted.max(after_seq), lo, hi],
+                    |r| r.get::<_, i64>(0),
+                )? as u64;
                 break;
             };
             after_seq = last;
@@ -1372,22 +1402,19 @@ impl Store {
             }
             drop(update);
             after.write_price_change(&tx, org_id, &before)?;
+            tx.execute(
+                "UPDATE repricings SET events = ?2, changed = ?3, before_usd = ?4, after_usd = ?5
+                 WHERE id = ?1",
+                params![
+                    record,
+                    out.events as i64,
+                    out.changed as i64,
+                    out.before_usd,
+                    out.after_usd
+                ],
+            )?;
             tx.commit()?;
         }
-        conn.execute(
-            "INSERT INTO repricings (at_ms, org_id, from_ms, to_ms, events, changed, before_usd,
-                after_usd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                now_ms,
-                org_id,
-                from,
-                to,
-                out.events as i64,
-                out.changed as i64,
-                out.before_usd,
-                out.after_usd
-            ],
-        )?;
         Ok(out)
     }
 
@@ -1597,6 +1624,9 @@ enum Write {
     /// Only the figures migration 9 added (see [`Pending::write_new_figures`]).
     NewFigures,
 }
+
+/// Events priced again per pass of [`Store::reprice`]: each pass holds the write lock.
+const REPRICE_PASS: i64 = 5_000;
 
 /// Events counted per pass of [`roll_up`]: its rows are held in memory until written.
 const ROLL_UP_CHUNK: i64 = 200_000;
