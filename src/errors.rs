@@ -6,6 +6,10 @@
 
 use crate::event::{ErrorCategory as C, ErrorSource as S};
 
+/// The code of a provider error that did not name its type (a Bedrock stream's `exception`
+/// message without its `:exception-type`): `provider_error`, whatever the status.
+pub const UNKNOWN_PROVIDER_ERROR: &str = "unknown_provider_error";
+
 /// A provider error code or type (`rate_limit_exceeded`, `overloaded_error`, `RESOURCE_EXHAUSTED`).
 fn from_provider_code(code: &str) -> Option<C> {
     let c = code.to_ascii_lowercase();
@@ -46,7 +50,8 @@ fn from_provider_code(code: &str) -> Option<C> {
         | "internal_error"
         | "internalserverexception"
         | "modelstreamerrorexception"
-        | "modelerrorexception" => C::ProviderError,
+        | "modelerrorexception"
+        | UNKNOWN_PROVIDER_ERROR => C::ProviderError,
         "deadline_exceeded" | "timeout_error" | "request_timeout" | "modeltimeoutexception" => {
             C::Timeout
         }

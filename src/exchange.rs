@@ -93,6 +93,9 @@ pub struct Begin {
     /// The org key's header is covered by the request's SigV4 signature: it can be neither
     /// removed (the signature would fail) nor sent on to the provider, so the request is refused.
     pub signed_key: bool,
+    /// The names of the signed org key headers (lower case): removed only as a last resort
+    /// when the refusal cannot be sent (see `org_keys::stop_signed_key`).
+    pub signed_key_headers: Vec<String>,
 }
 
 enum Body {
@@ -198,14 +201,23 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
     let mut forced = None;
     let mut key = None;
     let (mut method, mut path, mut authority) = ("", "", "");
-    let mut signed_headers = None;
+    // The `SignedHeaders` lists of the request's SigV4 signature (header or presigned query).
+    let mut signed_headers: Option<String> = None;
+    // Any sign of a SigV4 signature: its body hash is signed too, so the body never changes.
+    let mut sigv4 = false;
     for (name, value) in headers {
         let (name, value) = (name.as_ref(), value.as_ref());
         match name {
             ":method" => method = value,
             ":path" => path = value,
             ":authority" => authority = value,
-            "authorization" => signed_headers = sigv4_signed_headers(value),
+            "authorization" if is_sigv4_authorization(value) => {
+                sigv4 = true;
+                if let Some(list) = sigv4_signed_headers(value) {
+                    add_signed(&mut signed_headers, list);
+                }
+            }
+            "x-amz-content-sha256" => sigv4 = true,
             _ => {}
         }
         let field = cfg.field_for_header(name);
@@ -232,17 +244,25 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
             }
         }
     }
+    let (presigned, query_signed) = presigned_query(path);
+    sigv4 |= presigned;
+    if let Some(list) = query_signed {
+        add_signed(&mut signed_headers, &list);
+    }
     // A SigV4 signature covers the headers it lists: those stay (PRODUCT.md, "Request headers").
-    let mut signed_key = false;
+    let mut signed_key_headers = Vec::new();
     if let Some(signed) = signed_headers {
         strip.retain(|name| {
             let is_signed = signed
                 .split(';')
                 .any(|s| s.trim().eq_ignore_ascii_case(name));
-            signed_key |= is_signed && cfg.field_for_header(name) == Some(Field::Key);
+            if is_signed && cfg.field_for_header(name) == Some(Field::Key) {
+                signed_key_headers.push(name.clone());
+            }
             !is_signed
         });
     }
+    let signed_key = !signed_key_headers.is_empty();
     let exchange = provider::detect(
         method,
         path,
@@ -252,8 +272,11 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
     )
     .map(|route| {
         let meter = meter_for(&route, cfg);
-        let may_add_usage =
-            cfg.stream_usage && matches!(route.api, Api::ChatCompletions | Api::Completions);
+        // Never on a SigV4-signed request (Bedrock's OpenAI-compatible chat): the signature
+        // covers the body's hash, and an edited body would be refused by AWS (PRODUCT.md).
+        let may_add_usage = cfg.stream_usage
+            && !sigv4
+            && matches!(route.api, Api::ChatCompletions | Api::Completions);
         Exchange {
             may_add_usage,
             added_usage: false,
@@ -299,15 +322,86 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
         strip,
         drop_content_length,
         signed_key,
+        signed_key_headers,
     }
+}
+
+/// An AWS SigV4 `Authorization` value: `AWS4-HMAC-SHA256 ...` (or SigV4a's
+/// `AWS4-ECDSA-P256-SHA256 ...`), the scheme's case ignored.
+fn is_sigv4_authorization(authorization: &str) -> bool {
+    authorization
+        .trim_start()
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("AWS4-"))
 }
 
 /// The `SignedHeaders` list of an AWS SigV4 `Authorization` value (`a;b;c`), if it is one.
 fn sigv4_signed_headers(authorization: &str) -> Option<&str> {
-    let rest = authorization.trim().strip_prefix("AWS4-HMAC-SHA256")?;
+    if !is_sigv4_authorization(authorization) {
+        return None;
+    }
+    let (_, rest) = authorization.trim_start().split_once(char::is_whitespace)?;
     rest.split(',')
         .find_map(|part| part.trim().strip_prefix("SignedHeaders="))
         .map(str::trim)
+}
+
+/// Whether a path's query is a presigned SigV4 one (`X-Amz-Signature`, `X-Amz-SignedHeaders`,
+/// `X-Amz-Algorithm`, `X-Amz-Credential`), and its `X-Amz-SignedHeaders` list, decoded
+/// (`host%3Bx-tally-team` is `host;x-tally-team`).
+fn presigned_query(path: &str) -> (bool, Option<String>) {
+    let Some((_, query)) = path.split('#').next().unwrap_or("").split_once('?') else {
+        return (false, None);
+    };
+    let (mut presigned, mut list) = (false, None);
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if is("X-Amz-SignedHeaders") {
+            presigned = true;
+            let decoded = percent_decode(value);
+            add_signed(&mut list, &decoded);
+        } else if is("X-Amz-Signature") || is("X-Amz-Algorithm") || is("X-Amz-Credential") {
+            presigned = true;
+        }
+    }
+    (presigned, list)
+}
+
+/// Append a `SignedHeaders` list to those found so far.
+fn add_signed(all: &mut Option<String>, list: &str) {
+    match all {
+        Some(all) => {
+            all.push(';');
+            all.push_str(list);
+        }
+        None => *all = Some(list.to_string()),
+    }
+}
+
+/// `%XX` escapes (and `+`, a space) decoded, lossily; an escape that is not one stays as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+        match (b[i], hex(b.get(i + 1)), hex(b.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The route's meter. Bedrock's model is the path's, or the configuration's for an ARN that names
@@ -719,7 +813,25 @@ fn round_ms(ms: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::clean;
+    use super::{clean, presigned_query, sigv4_signed_headers};
+
+    #[test]
+    fn sigv4_signatures_in_headers_and_queries() {
+        let auth = "AWS4-HMAC-SHA256 Credential=AKID/20261201/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=01";
+        assert_eq!(sigv4_signed_headers(auth), Some("host;x-amz-date"));
+        let sigv4a = auth.replace("AWS4-HMAC-SHA256", "AWS4-ECDSA-P256-SHA256");
+        assert_eq!(sigv4_signed_headers(&sigv4a), Some("host;x-amz-date"));
+        assert_eq!(sigv4_signed_headers("Bearer SignedHeaders=x"), None);
+        assert_eq!(presigned_query("/model/m/invoke"), (false, None));
+        assert_eq!(presigned_query("/v1/chat/completions?a=b"), (false, None));
+        assert_eq!(
+            presigned_query(
+                "/p?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-SignedHeaders=host%3Bx-tally-key&X-Amz-Signature=ab#f"
+            ),
+            (true, Some("host;x-tally-key".into()))
+        );
+        assert_eq!(presigned_query("/p?x-amz-signature=ab"), (true, None));
+    }
 
     #[test]
     fn cleaned_text_is_never_empty_or_over_long() {

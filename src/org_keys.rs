@@ -192,9 +192,81 @@ pub fn unauthorized_body(api: Api, refusal: Refusal) -> (&'static str, String) {
     ("application/json", body.to_string())
 }
 
+/// How a request whose `X-Tally-Key` is covered by its SigV4 signature was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedKeyStop {
+    /// Answered with the 400 refusal (the usual case).
+    Refused,
+    /// The refusal could not be sent: the stream was reset, as Envoy fails a request closed.
+    Reset,
+    /// Neither could be done: the key header was removed, which voids the signature, so the
+    /// provider refuses the request (403) and the key never reaches it.
+    KeyRemoved,
+    /// Nothing worked: the request is held (paused) until Envoy's own timeouts end it.
+    Held,
+}
+
+impl SignedKeyStop {
+    /// Whether the request may go on upstream (only without its key).
+    pub fn forwards(self) -> bool {
+        self == SignedKeyStop::KeyRemoved
+    }
+}
+
+/// Stop a request whose org key its SigV4 signature covers. Filter errors fail open, but an org
+/// key is a credential and must never reach the provider: when the refusal cannot be sent, the
+/// request is stopped another way, each tried only if the one before failed, and is never let
+/// through with the key (PRODUCT.md, "Request headers"). Each step is a host call that says
+/// whether it worked.
+pub fn stop_signed_key(
+    send_refusal: impl FnOnce() -> bool,
+    reset_stream: impl FnOnce() -> bool,
+    remove_key: impl FnOnce() -> bool,
+) -> SignedKeyStop {
+    if send_refusal() {
+        SignedKeyStop::Refused
+    } else if reset_stream() {
+        SignedKeyStop::Reset
+    } else if remove_key() {
+        SignedKeyStop::KeyRemoved
+    } else {
+        SignedKeyStop::Held
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signed_key_is_never_sent_on_whatever_fails() {
+        use std::cell::Cell;
+        use SignedKeyStop as S;
+        for bits in 0..8u8 {
+            let (send, reset, remove) = (bits & 1 != 0, bits & 2 != 0, bits & 4 != 0);
+            let removed = Cell::new(false);
+            let stop = stop_signed_key(
+                || send,
+                || reset,
+                || {
+                    removed.set(remove);
+                    remove
+                },
+            );
+            let expected = if send {
+                S::Refused
+            } else if reset {
+                S::Reset
+            } else if remove {
+                S::KeyRemoved
+            } else {
+                S::Held
+            };
+            assert_eq!(stop, expected, "{bits}");
+            // Forwarded only once the key is gone.
+            assert!(!stop.forwards() || removed.get(), "{bits}");
+        }
+    }
 
     fn hex(h: &KeyHash) -> String {
         h.iter().map(|b| format!("{b:02x}")).collect()

@@ -1548,6 +1548,99 @@ fn bedrock_signed_headers_are_never_removed() {
     assert_eq!(b.strip, vec!["x-tally-team".to_string()]);
 }
 
+/// A presigned SigV4 request (`X-Amz-SignedHeaders` in its query): its signed headers are its
+/// query's list, as the `Authorization` header's would be.
+#[test]
+fn bedrock_presigned_query_signs_headers() {
+    let query = "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20261201%2Fus-east-1%2Fbedrock%2Faws4_request&X-Amz-Date=20261201T000000Z&X-Amz-SignedHeaders=host%3Bx-tally-key%3Bx-tally-team&X-Amz-Signature=0123";
+    let path = format!("/model/{BEDROCK_CLAUDE_PATH}/invoke{query}");
+    let (b, ev) = bedrock_event(
+        "",
+        &path,
+        &[("x-tally-team", "payments"), ("x-tally-feature", "search")],
+        (Some("14"), Some("38")),
+        b"{}",
+    );
+    assert_eq!(b.strip, vec!["x-tally-feature".to_string()]);
+    assert!(!b.signed_key);
+    let ev = ev.expect("metered");
+    assert_eq!(ev.team.as_deref(), Some("payments"));
+    assert_eq!(ev.endpoint, format!("/model/{BEDROCK_CLAUDE_PATH}/invoke"));
+    let (b, _) = bedrock_event("", &path, &[("x-tally-key", KEY)], (None, None), b"{}");
+    assert!(
+        b.signed_key,
+        "a presigned org key is refused, never sent on"
+    );
+    assert!(b.strip.is_empty());
+}
+
+/// Bedrock's OpenAI-compatible chat (`/openai/v1/chat/completions`), signed with SigV4: a
+/// streaming request is never given `stream_options.include_usage` (the signature covers the
+/// body's hash), its `content-length` stays, and it is metered all the same.
+#[test]
+fn sigv4_signed_stream_request_body_is_never_changed() {
+    let cfg = Config::parse(b"", Some(KEY.into())).unwrap();
+    let request: &[u8] =
+        br#"{"model":"openai.gpt-oss-20b-1:0","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let auth = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261201/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=0123";
+    let signs: [&[(&str, &str)]; 3] = [
+        &[("authorization", auth)],
+        &[("x-amz-content-sha256", "UNSIGNED-PAYLOAD")],
+        &[],
+    ];
+    let queries = ["", "", "?X-Amz-SignedHeaders=host&X-Amz-Signature=0123"];
+    for (extra, query) in signs.iter().zip(queries) {
+        let path = format!("/openai/v1/chat/completions{query}");
+        let headers: Vec<(String, String)> = [
+            (":method", "POST"),
+            (":path", path.as_str()),
+            (":authority", "bedrock-runtime.us-west-2.amazonaws.com"),
+            ("x-tally-feature", "search"),
+        ]
+        .iter()
+        .chain(extra.iter())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let b = begin(&cfg, &headers, 1_000.0);
+        assert!(!b.drop_content_length, "{extra:?} {query}");
+        let mut ex = b.exchange.expect("metered");
+        let (a, rest) = request.split_at(request.len() / 2);
+        assert_eq!(ex.on_request_body(a), None);
+        assert_eq!(ex.on_request_body(rest), None, "never rewritten");
+        assert_eq!(ex.on_request_body(&[]), None);
+        ex.on_response_headers(Some(200), Some("text/event-stream"), None, 1_010.0);
+        assert!(!ex.rewrites_response());
+        let body = fixture("openai/chat_completion_stream.sse");
+        assert_eq!(ex.on_response_body(&body, true), None);
+        let fin = Finish {
+            now_unix_ms: 1_050.5,
+            request_id: "r".into(),
+            code_details: Some("via_upstream"),
+            final_status: Some(200),
+        };
+        let ev = TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut()));
+        assert_eq!(ev.provider, "bedrock");
+        assert_eq!(ev.api, "chat_completions");
+        assert!(ev.streaming);
+        assert_eq!(ev.feature.as_deref(), Some("search"));
+        assert!(ev.output_tokens.is_some());
+        assert_eq!(ev.error_category, None);
+    }
+    // Unsigned, the same request still gets `include_usage`.
+    let headers: Vec<(String, String)> = [
+        (":method", "POST"),
+        (":path", "/openai/v1/chat/completions"),
+        (":authority", "bedrock-runtime.us-west-2.amazonaws.com"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let b = begin(&cfg, &headers, 1_000.0);
+    assert!(b.drop_content_length);
+    let mut ex = b.exchange.expect("metered");
+    assert!(ex.on_request_body(request).is_some());
+}
+
 /// A streamed call answered with an error in JSON (not an event stream): read as that body.
 #[test]
 fn bedrock_json_error_on_a_stream_path() {

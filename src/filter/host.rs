@@ -25,7 +25,17 @@ mod abi {
             headers_size: usize,
             grpc_status: i32,
         ) -> u32;
+        pub fn proxy_close_stream(stream_type: u32) -> u32;
     }
+}
+
+/// Reset the request's stream (Envoy's `resetStream()`, as when a filter fails closed). The
+/// SDK's `reset_http_request` panics when the host refuses: this returns false instead.
+pub fn reset_request() -> bool {
+    // SAFETY: no pointers; the host only reads the stream type.
+    let status =
+        unsafe { abi::proxy_close_stream(proxy_wasm::types::StreamType::HttpRequest as u32) };
+    status == 0
 }
 
 /// Answer the request from the proxy. The SDK's `send_http_response` panics when the host

@@ -6,7 +6,9 @@ use super::root::Shared;
 use crate::config::KeySetMissing;
 use crate::exchange::{begin, Exchange, Finish};
 use crate::identity::Identity;
-use crate::org_keys::{unauthorized_body, Decision, Policy, Refusal};
+use crate::org_keys::{
+    stop_signed_key, unauthorized_body, Decision, Policy, Refusal, SignedKeyStop,
+};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::RefCell;
@@ -76,11 +78,28 @@ impl HttpContext for Req {
                 ("x-amzn-errortype", "ValidationException"),
             ];
             drop(s);
-            if host::send_local_response(400, &headers, body) {
-                return Action::Pause;
+            // Filter errors fail open, but the key is a credential and cannot be removed without
+            // voiding the signature: if the refusal cannot be sent, the stream is reset (Envoy's
+            // fail-closed path); failing that the key is removed anyway (AWS then refuses the
+            // request, 403, and never sees the key); failing that too the request is held until
+            // Envoy's timeouts end it. Never `Continue` with the key on.
+            let stop = stop_signed_key(
+                || host::send_local_response(400, &headers, body),
+                host::reset_request,
+                || {
+                    b.signed_key_headers
+                        .iter()
+                        .all(|name| host::remove_header(MapType::HttpRequestHeaders, name))
+                },
+            );
+            if stop != SignedKeyStop::Refused {
+                self.error();
             }
-            self.error();
-            return Action::Continue;
+            return if stop.forwards() {
+                Action::Continue
+            } else {
+                Action::Pause
+            };
         }
         for name in &b.strip {
             if !host::remove_header(MapType::HttpRequestHeaders, name) {

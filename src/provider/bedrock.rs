@@ -443,13 +443,21 @@ impl ResponseMeter for BedrockMeter {
     }
 
     fn on_stream_message(&mut self, m: &Message<'_>) {
+        // An exception or error message fails the request even when it does not name its type:
+        // the provider's error, unknown (`errors` maps it to `provider_error`).
+        let named = |code: Option<&str>| {
+            code.map(str::trim)
+                .filter(|c| !c.is_empty())
+                .unwrap_or(crate::errors::UNKNOWN_PROVIDER_ERROR)
+                .to_string()
+        };
         match m.message_type {
             Some("exception") => {
-                self.facts.error = m.exception_type.map(str::to_string);
+                self.facts.error = Some(named(m.exception_type));
                 return;
             }
             Some("error") => {
-                self.facts.error = m.error_code.map(str::to_string);
+                self.facts.error = Some(named(m.error_code));
                 return;
             }
             _ => {}
@@ -688,6 +696,34 @@ mod tests {
             ..ProviderHeaders::default()
         });
         assert_eq!(m.facts().error.as_deref(), Some("ThrottlingException"));
+    }
+
+    #[test]
+    fn stream_exception_or_error_without_its_type_is_a_provider_error() {
+        use crate::event::{ErrorCategory, ErrorSource};
+        for message_type in ["exception", "error"] {
+            let mut m = BedrockMeter::new(None);
+            m.on_stream_message(&Message {
+                message_type: Some(message_type),
+                payload: br#"{"message":"something went wrong"}"#,
+                ..Message::default()
+            });
+            let code = m.facts().error.clone();
+            assert!(code.is_some(), "{message_type}");
+            assert_eq!(
+                crate::errors::classify(Some(200), code.as_deref(), Some("via_upstream"), false),
+                Some((ErrorCategory::ProviderError, ErrorSource::Provider)),
+                "{message_type}"
+            );
+        }
+        // Named, the type stays the provider's own.
+        let mut m = BedrockMeter::new(None);
+        m.on_stream_message(&Message {
+            message_type: Some("exception"),
+            exception_type: Some("throttlingException"),
+            ..Message::default()
+        });
+        assert_eq!(m.facts().error.as_deref(), Some("throttlingException"));
     }
 
     #[test]
