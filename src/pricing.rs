@@ -7,16 +7,20 @@
 //!
 //! A (provider, model) is resolved by a deterministic rule, each step tried in turn:
 //! 1. the provider's own entry for the exact name;
-//! 2. any provider's entry for the exact name (OpenAI, Anthropic, Gemini first), so that a
+//! 2. the provider's own longest listed name that is a prefix of the name followed by `-`, `@`
+//!    or `:` (so the snapshot `gpt-4o-mini-2024-07-18` is `gpt-4o-mini`, never `gpt-4o`, and
+//!    Vertex's `claude-sonnet-4-5-20250929` is Vertex's `claude-sonnet-4-5`, with its
+//!    long-context tier, not Anthropic's exact listing);
+//! 3. any provider's entry for the exact name (OpenAI, Anthropic, Gemini first), so that a
 //!    provider re-selling a model (Azure, OpenRouter, a self-hosted gateway) gets its price;
-//! 3. the longest listed name that is a prefix of the name followed by `-`, `@` or `:`, again the
-//!    provider's own first (so the snapshot `gpt-4o-mini-2024-07-18` is `gpt-4o-mini`, never
-//!    `gpt-4o`);
+//! 4. the longest listed name of another provider that is such a prefix;
 //!
 //! and the same again for the name after a `models/` prefix (Gemini) or after its last `/`
 //! (OpenRouter's `openai/gpt-4o`). An unknown model has no price, and its cost is `None`, never 0.
 //! A long-context tier, where published, prices the whole request once its input passes the
-//! tier's threshold.
+//! tier's threshold; a service tier (`flex`, `priority`) past it pays its own long-context
+//! rates where published, else its rates scaled by the base long-context/base ratio. A request
+//! that made web searches on a listing without a search fee has no known cost (`None`).
 
 use crate::event::Event;
 use crate::usage::Usage;
@@ -40,26 +44,65 @@ pub struct Price {
     pub long_context: Option<(u64, Rates)>,
     /// The rates of OpenAI's `flex` and `priority` service tiers (and the same names
     /// elsewhere), where published; other tiers pay the base rates.
-    pub flex: Option<Rates>,
-    pub priority: Option<Rates>,
-    /// Pico-dollars per server-side web search.
-    pub web_search: u64,
+    pub flex: Option<Tier>,
+    pub priority: Option<Tier>,
+    /// Pico-dollars per server-side web search; `None` where the listing has no fee (a request
+    /// that made searches then has no known cost).
+    pub web_search: Option<u64>,
+}
+
+/// A service tier's rates, and its own long-context rates where published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tier {
+    pub base: Rates,
+    /// Above the price's long-context threshold; where `None`, the tier's rates scaled by the
+    /// base long-context/base ratio of each part.
+    pub long_context: Option<Rates>,
+}
+
+/// `v * num / den`, rounded to the nearest pico-dollar (`v` where `den` is 0).
+fn scale(v: u64, num: u64, den: u64) -> u64 {
+    if den == 0 {
+        return v;
+    }
+    ((u128::from(v) * u128::from(num) + u128::from(den) / 2) / u128::from(den)) as u64
+}
+
+impl Rates {
+    /// These rates scaled part by part by `to / from` (a tier's rates carried to long context).
+    fn scaled(&self, to: &Rates, from: &Rates) -> Rates {
+        Rates {
+            input: scale(self.input, to.input, from.input),
+            cached_input: scale(self.cached_input, to.cached_input, from.cached_input),
+            cache_write: scale(self.cache_write, to.cache_write, from.cache_write),
+            cache_write_1h: scale(self.cache_write_1h, to.cache_write_1h, from.cache_write_1h),
+            output: scale(self.output, to.output, from.output),
+        }
+    }
 }
 
 impl Price {
     /// The rates a request's usage is billed at: its service tier's where that tier has rates
-    /// of its own, else the long-context tier's once its input passes the threshold, else the
-    /// base rates.
+    /// of its own (else the base rates), and once its input passes the long-context threshold,
+    /// that tier's long-context rates (the tier's own where published, else the tier's rates
+    /// scaled by the base long-context/base ratio).
     pub fn rates_for(&self, u: &Usage, tier: Option<&str>) -> Rates {
         let tiered = match tier {
             Some("flex") => self.flex,
             Some("priority") => self.priority,
             _ => None,
         };
-        match (tiered, self.long_context) {
-            (Some(rates), _) => rates,
-            (None, Some((threshold, rates))) if u.input > threshold => rates,
-            _ => self.base,
+        let long = self
+            .long_context
+            .filter(|(threshold, _)| u.input > *threshold)
+            .map(|(_, rates)| rates);
+        match (tiered, long) {
+            (None, None) => self.base,
+            (None, Some(long)) => long,
+            (Some(t), None) => t.base,
+            (Some(t), Some(long)) => t
+                .long_context
+                .unwrap_or_else(|| t.base.scaled(&long, &self.base)),
         }
     }
 }
@@ -91,9 +134,9 @@ struct Entry {
     rates: RawRates,
     long_context: Option<RawTier>,
     #[serde(default)]
-    flex: Option<RawRates>,
+    flex: Option<RawTierRates>,
     #[serde(default)]
-    priority: Option<RawRates>,
+    priority: Option<RawTierRates>,
     /// USD per web search.
     #[serde(default)]
     web_search: Option<f64>,
@@ -107,6 +150,52 @@ struct RawRates {
     #[serde(default)]
     cache_write_1h: Option<f64>,
     output: f64,
+}
+
+/// A service tier's rates; a cache rate it lacks is the base cache rate scaled by the tier's
+/// input/base input (done here, not in `prices.py`, so that any table loaded gets it).
+#[derive(Deserialize)]
+struct RawTierRates {
+    #[serde(flatten)]
+    rates: RawRates,
+    /// Above the price's long-context threshold (no threshold of its own).
+    #[serde(default)]
+    long_context: Option<RawRates>,
+}
+
+impl RawTierRates {
+    fn to_tier(&self, model: &str, base: &Rates, long: Option<&Rates>) -> Result<Tier, String> {
+        let tier = |raw: &RawRates, base: &Rates| -> Result<Rates, String> {
+            let mut r = raw.to_rates(model)?;
+            let like_base = |v: u64| scale(v, r.input, base.input);
+            if raw.cached_input.is_none() {
+                r.cached_input = like_base(base.cached_input);
+            }
+            if raw.cache_write.is_none() {
+                r.cache_write = like_base(base.cache_write);
+            }
+            if raw.cache_write_1h.is_none() {
+                r.cache_write_1h = if raw.cache_write.is_none() {
+                    like_base(base.cache_write_1h)
+                } else {
+                    r.cache_write
+                };
+            }
+            Ok(r)
+        };
+        Ok(Tier {
+            base: tier(&self.rates, base)?,
+            long_context: match (&self.long_context, long) {
+                (Some(raw), Some(long)) => Some(tier(raw, long)?),
+                (Some(_), None) => {
+                    return Err(format!(
+                        "price of {model}: a tier's long_context without the model's"
+                    ))
+                }
+                (None, _) => None,
+            },
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -170,11 +259,16 @@ impl PriceTable {
                 Some(t) => Some((t.threshold, t.rates.to_rates(&e.model)?)),
                 None => None,
             };
-            let tier = |r: &Option<RawRates>| r.as_ref().map(|r| r.to_rates(&e.model)).transpose();
+            let long = long_context.as_ref().map(|(_, r)| r);
+            let tier = |r: &Option<RawTierRates>| {
+                r.as_ref()
+                    .map(|r| r.to_tier(&e.model, &base, long))
+                    .transpose()
+            };
             let web_search = match e.web_search {
                 // USD per use -> pico-USD per use.
                 Some(usd) if usd.is_finite() && (0.0..=1_000.0).contains(&usd) => {
-                    (usd * 1e12).round() as u64
+                    Some((usd * 1e12).round() as u64)
                 }
                 Some(usd) => {
                     return Err(format!(
@@ -182,7 +276,7 @@ impl PriceTable {
                         e.model
                     ))
                 }
-                None => 0,
+                None => None,
             };
             let price = Price {
                 base,
@@ -232,12 +326,14 @@ impl PriceTable {
 
     fn resolve_name(&self, provider: &str, name: &str) -> Option<&Listed> {
         let start = self.models.partition_point(|l| l.model.as_str() < name);
-        let exact = self.models[start..]
-            .iter()
-            .take_while(|l| l.model == name)
-            .min_by_key(|l| Self::rank(provider, l));
-        if exact.is_some() {
-            return exact;
+        let exact = || {
+            self.models[start..]
+                .iter()
+                .take_while(|l| l.model == name)
+                .min_by_key(|l| Self::rank(provider, l))
+        };
+        if let Some(own) = exact().filter(|l| l.provider == provider) {
+            return Some(own);
         }
         let prefixed = |own: bool| {
             self.models
@@ -248,7 +344,7 @@ impl PriceTable {
                         .cmp(&(b.model.len(), std::cmp::Reverse(Self::rank(provider, b))))
                 })
         };
-        prefixed(true).or_else(|| prefixed(false))
+        prefixed(true).or_else(exact).or_else(|| prefixed(false))
     }
 
     /// The listed model a (provider, model) resolves to, with its price.
@@ -270,8 +366,27 @@ impl PriceTable {
         tier: Option<&str>,
     ) -> Option<f64> {
         let (_, price) = self.resolve(provider, model)?;
-        Some(pico_to_usd(cost_pico(price, usage, tier)))
+        cost_pico(price, usage, tier).map(pico_to_usd)
     }
+}
+
+/// Which of `names` (an org's own rates, by model) `model` resolves to, by the table's rule
+/// without providers: the exact name, else the longest name that is a prefix of it followed by
+/// `-`, `@` or `:`; and the same for the name after a `models/` prefix or after its last `/`.
+pub fn resolve_name_in<'a, I>(names: I, model: &str) -> Option<&'a str>
+where
+    I: Iterator<Item = &'a str> + Clone,
+{
+    let bare = model.strip_prefix("models/").unwrap_or(model);
+    let last = bare.rsplit('/').next().unwrap_or(bare);
+    [model, bare, last].iter().find_map(|n| {
+        names.clone().find(|l| l == n).or_else(|| {
+            names
+                .clone()
+                .filter(|l| boundary_prefix(n, l))
+                .max_by_key(|l| l.len())
+        })
+    })
 }
 
 /// Prices events, each (provider, model)'s price looked up once: a snapshot name resolves by a
@@ -285,11 +400,17 @@ pub struct Pricer {
 impl Pricer {
     fn price(&mut self, table: &PriceTable, e: &Event) -> Option<Price> {
         let model = e.model_actual.as_deref().or(e.model_requested.as_deref())?;
-        if let Some(p) = self.seen.get(&(e.provider.clone(), model.to_string())) {
+        self.price_of(table, &e.provider, model)
+    }
+
+    /// The table's price of a (provider, model), looked up once.
+    pub fn price_of(&mut self, table: &PriceTable, provider: &str, model: &str) -> Option<Price> {
+        if let Some(p) = self.seen.get(&(provider.to_string(), model.to_string())) {
             return *p;
         }
-        let p = table.resolve(&e.provider, model).map(|(_, p)| *p);
-        self.seen.insert((e.provider.clone(), model.to_string()), p);
+        let p = table.resolve(provider, model).map(|(_, p)| *p);
+        self.seen
+            .insert((provider.to_string(), model.to_string()), p);
         p
     }
 
@@ -318,16 +439,16 @@ impl Pricer {
 /// What an event costs at `price` (see [`Pricer::cost_usd`]).
 pub fn event_cost_usd(price: &Price, e: &Event) -> Option<f64> {
     let usage = usage_of(e)?;
-    Some(pico_to_usd(cost_pico(
-        price,
-        &usage,
-        e.service_tier.as_deref(),
-    )))
+    cost_pico(price, &usage, e.service_tier.as_deref()).map(pico_to_usd)
 }
 
-/// A price from base rates alone (USD per 1M tokens; a missing cache rate is the input
-/// rate): an org's own rates for a model.
+/// An org's own price of a model (USD per 1M tokens): `table`'s price (the one the model
+/// resolves to there) with only the rates given replaced, so that its hour-long cache writes,
+/// service tiers, long context and search fee are the table's; a missing cache rate is the
+/// table's, else (a model the table does not know) the input rate, and such a model has no
+/// search fee.
 pub fn flat_price(
+    table: Option<&Price>,
     input: f64,
     cached_input: Option<f64>,
     cache_write: Option<f64>,
@@ -340,13 +461,29 @@ pub fn flat_price(
         cache_write_1h: None,
         output,
     };
-    Ok(Price {
-        base: raw.to_rates("org rate")?,
-        long_context: None,
-        flex: None,
-        priority: None,
-        web_search: 0,
-    })
+    let mut base = raw.to_rates("org rate")?;
+    let Some(t) = table else {
+        return Ok(Price {
+            base,
+            long_context: None,
+            flex: None,
+            priority: None,
+            web_search: None,
+        });
+    };
+    if cached_input.is_none() {
+        base.cached_input = t.base.cached_input;
+    }
+    if cache_write.is_none() {
+        base.cache_write = t.base.cache_write;
+    }
+    base.cache_write_1h = if cache_write.is_none() {
+        t.base.cache_write_1h
+    } else {
+        // The table's hour-long premium over its 5-minute rate, on the org's 5-minute rate.
+        scale(t.base.cache_write_1h, base.cache_write, t.base.cache_write)
+    };
+    Ok(Price { base, ..*t })
 }
 
 /// An event's usage, when its input side is known.
@@ -364,19 +501,25 @@ fn usage_of(e: &Event) -> Option<Usage> {
 
 /// Each part of the input at its own rate (uncached, cache reads, cache writes), then output;
 /// at the long-context rates when the input passes their threshold.
-pub fn cost_pico(price: &Price, u: &Usage, tier: Option<&str>) -> u128 {
+/// `None` when searches were made and the listing has no search fee.
+pub fn cost_pico(price: &Price, u: &Usage, tier: Option<&str>) -> Option<u128> {
     let r = price.rates_for(u, tier);
     let uncached = u
         .input
         .saturating_sub(u.cached_input)
         .saturating_sub(u.cache_write);
     let hour = u.cache_write_1h.min(u.cache_write);
-    u128::from(uncached) * u128::from(r.input)
+    let searches = match (u.web_search, price.web_search) {
+        (0, _) => 0,
+        (n, Some(fee)) => u128::from(n) * u128::from(fee),
+        (_, None) => return None,
+    };
+    let tokens = u128::from(uncached) * u128::from(r.input)
         + u128::from(u.cached_input) * u128::from(r.cached_input)
         + u128::from(u.cache_write - hour) * u128::from(r.cache_write)
         + u128::from(hour) * u128::from(r.cache_write_1h)
-        + u128::from(u.output) * u128::from(r.output)
-        + u128::from(u.web_search) * u128::from(price.web_search)
+        + u128::from(u.output) * u128::from(r.output);
+    Some(tokens + searches)
 }
 
 /// What a request's cache reads saved at list price: each cached token at the input rate less
@@ -541,14 +684,180 @@ mod tests {
         // The builtin table carries them from LiteLLM's map.
         let b = table();
         let (_, gpt5) = b.resolve("openai", "gpt-5").unwrap();
-        assert_eq!(gpt5.flex.map(|r| r.input), Some(625_000));
-        assert_eq!(gpt5.priority.map(|r| r.input), Some(2_500_000));
+        assert_eq!(gpt5.flex.map(|r| r.base.input), Some(625_000));
+        assert_eq!(gpt5.priority.map(|r| r.base.input), Some(2_500_000));
         let (_, sonnet) = b.resolve("anthropic", "claude-sonnet-4-5").unwrap();
         assert_eq!(
             (sonnet.base.cache_write, sonnet.base.cache_write_1h),
             (3_750_000, 6_000_000)
         );
-        assert_eq!(sonnet.web_search, 10_000_000_000);
+        assert_eq!(sonnet.web_search, Some(10_000_000_000));
+    }
+
+    fn pico(c: Option<f64>) -> Option<u64> {
+        c.map(|c| (c * 1e12).round() as u64)
+    }
+
+    #[test]
+    fn tiers_above_the_long_context_threshold_pay_their_long_context_rates() {
+        // Base 2/8, long context 4/12 above 1000; priority 3/10 with its own 5/20 above;
+        // flex 1/4 with none of its own: scaled by the base ratio (x2 input, x1.5 output).
+        let t = PriceTable::from_json(
+            r#"{"models":[{"provider":"openai","model":"m","input":2,"cached_input":0.5,"cache_write":null,"output":8,
+                "long_context":{"threshold":1000,"input":4,"cached_input":1,"cache_write":null,"output":12},
+                "flex":{"input":1,"cached_input":0.25,"cache_write":null,"output":4},
+                "priority":{"input":3,"cached_input":0.75,"cache_write":null,"output":10,
+                    "long_context":{"input":5,"cached_input":1.25,"cache_write":null,"output":20}}}]}"#,
+        )
+        .unwrap();
+        let u = Usage {
+            input: 2_000,
+            cached_input: 1_000,
+            output: 100,
+            ..Usage::default()
+        };
+        let at = |tier| pico(t.cost_usd("openai", "m", &u, tier));
+        assert_eq!(
+            at(None),
+            Some(1_000 * 4_000_000 + 1_000 * 1_000_000 + 100 * 12_000_000)
+        );
+        assert_eq!(
+            at(Some("priority")),
+            Some(1_000 * 5_000_000 + 1_000 * 1_250_000 + 100 * 20_000_000)
+        );
+        assert_eq!(
+            at(Some("flex")),
+            Some(1_000 * 2_000_000 + 1_000 * 500_000 + 100 * 6_000_000)
+        );
+        // At the threshold, each tier's base rates.
+        let small = Usage { input: 1_000, ..u };
+        assert_eq!(
+            pico(t.cost_usd("openai", "m", &small, Some("priority"))),
+            Some(750_000_000 + 100 * 10_000_000)
+        );
+        // The builtin table carries LiteLLM's `..._above_272k_tokens_flex`.
+        let b = table();
+        let (_, gpt) = b.resolve("openai", "gpt-5.4").unwrap();
+        let big = Usage {
+            input: 300_000,
+            ..Usage::default()
+        };
+        assert_eq!(gpt.rates_for(&big, Some("flex")).input, 2_500_000);
+        assert_eq!(gpt.rates_for(&big, Some("priority")).input, 10_000_000);
+        assert_eq!(gpt.rates_for(&big, None).input, 5_000_000);
+    }
+
+    #[test]
+    fn a_tier_without_cache_rates_scales_the_base_cache_rates() {
+        // Flex halves the input rate and lists no cache-read rate: half the base cache read,
+        // not the flex input rate.
+        let t = PriceTable::from_json(
+            r#"{"models":[{"provider":"anthropic","model":"m","input":2,"cached_input":0.2,"cache_write":2.5,"cache_write_1h":4,"output":8,"long_context":null,
+                "flex":{"input":1,"cached_input":null,"cache_write":null,"output":4}}]}"#,
+        )
+        .unwrap();
+        let (_, p) = t.resolve("anthropic", "m").unwrap();
+        let f = p.flex.unwrap().base;
+        assert_eq!(
+            (f.cached_input, f.cache_write, f.cache_write_1h),
+            (100_000, 1_250_000, 2_000_000)
+        );
+    }
+
+    #[test]
+    fn hour_long_cache_writes_above_the_threshold_have_their_own_rate() {
+        let t = table();
+        let (_, p) = t
+            .resolve("vertex_ai", "claude-sonnet-4-5@20250929")
+            .unwrap();
+        let (threshold, long) = p.long_context.unwrap();
+        assert_eq!(threshold, 200_000);
+        assert_eq!(
+            (long.cache_write, long.cache_write_1h),
+            (7_500_000, 12_000_000)
+        );
+        let u = Usage {
+            input: 300_000,
+            cache_write: 1_000,
+            cache_write_1h: 1_000,
+            ..Usage::default()
+        };
+        assert_eq!(
+            pico(t.cost_usd("vertex_ai", "claude-sonnet-4-5@20250929", &u, None)),
+            Some(299_000 * 6_000_000 + 1_000 * 12_000_000)
+        );
+    }
+
+    #[test]
+    fn searches_without_a_fee_have_no_cost() {
+        let t = PriceTable::from_json(
+            r#"{"models":[{"provider":"openai","model":"m","input":2,"cached_input":0.5,"cache_write":null,"output":8,"long_context":null}]}"#,
+        )
+        .unwrap();
+        let u = Usage {
+            input: 100,
+            output: 10,
+            ..Usage::default()
+        };
+        assert_eq!(
+            pico(t.cost_usd("openai", "m", &u, None)),
+            Some(100 * 2_000_000 + 10 * 8_000_000)
+        );
+        let searched = Usage { web_search: 1, ..u };
+        assert_eq!(t.cost_usd("openai", "m", &searched, None), None);
+    }
+
+    #[test]
+    fn an_org_price_keeps_what_the_org_did_not_set() {
+        let b = table();
+        let (_, sonnet) = b.resolve("anthropic", "claude-sonnet-4-5").unwrap();
+        let own = flat_price(Some(sonnet), 2.0, None, None, 10.0).unwrap();
+        assert_eq!((own.base.input, own.base.output), (2_000_000, 10_000_000));
+        // Cache rates, hour-long writes, long context, tiers and the search fee: the table's.
+        assert_eq!(own.base.cached_input, sonnet.base.cached_input);
+        assert_eq!(own.base.cache_write_1h, sonnet.base.cache_write_1h);
+        assert_eq!(own.web_search, Some(10_000_000_000));
+        assert_eq!(own.long_context, sonnet.long_context);
+        // Its own cache-write rate carries the table's hour-long premium (6 / 3.75).
+        let cw = flat_price(Some(sonnet), 2.0, Some(0.2), Some(2.5), 10.0).unwrap();
+        assert_eq!(
+            (cw.base.cached_input, cw.base.cache_write_1h),
+            (200_000, 4_000_000)
+        );
+        // A model the table does not know: the input rate, and no search fee.
+        let bare = flat_price(None, 2.0, None, None, 10.0).unwrap();
+        assert_eq!((bare.base.cached_input, bare.web_search), (2_000_000, None));
+    }
+
+    #[test]
+    fn org_rate_names_resolve_like_the_table() {
+        let names = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5"];
+        let r = |m| resolve_name_in(names.iter().copied(), m);
+        assert_eq!(r("gpt-4o-mini-2024-07-18"), Some("gpt-4o-mini"));
+        assert_eq!(r("gpt-4o"), Some("gpt-4o"));
+        assert_eq!(r("openai/gpt-4o-2024-08-06"), Some("gpt-4o"));
+        assert_eq!(r("claude-sonnet-4-5@20250929"), Some("claude-sonnet-4-5"));
+        assert_eq!(r("gpt-4oz"), None);
+    }
+
+    #[test]
+    fn vertex_claude_is_priced_from_vertex_listing() {
+        let t = table();
+        // Anthropic lists `claude-sonnet-4-5-20250929` exactly; Vertex's own listing of the
+        // model (with its long-context tier) wins.
+        let (name, _) = t
+            .resolve("vertex_ai", "claude-sonnet-4-5-20250929")
+            .unwrap();
+        assert_eq!(name, "claude-sonnet-4-5");
+        let u = Usage {
+            input: 250_000,
+            output: 1_000,
+            ..Usage::default()
+        };
+        assert_eq!(
+            pico(t.cost_usd("vertex_ai", "claude-sonnet-4-5-20250929", &u, None)),
+            Some(250_000 * 6_000_000 + 1_000 * 22_500_000)
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use tally::event::Event;
-use tally::pricing::{event_cost_usd, flat_price, Price, PriceTable, Pricer};
+use tally::pricing::{event_cost_usd, flat_price, resolve_name_in, Price, PriceTable, Pricer};
 
 /// The model name an org rate of every model is stored under (its discount).
 pub const ALL_MODELS: &str = "*";
@@ -21,9 +21,18 @@ pub struct Prices {
     pub generation: i64,
 }
 
+/// An org's own rate of a model, USD per 1M tokens.
+#[derive(Clone, Copy)]
+struct OwnRate {
+    input: f64,
+    cached_input: Option<f64>,
+    cache_write: Option<f64>,
+    output: f64,
+}
+
 #[derive(Default)]
 struct OrgRates {
-    models: HashMap<String, Price>,
+    models: HashMap<String, OwnRate>,
     discount: f64,
 }
 
@@ -90,8 +99,16 @@ impl Prices {
                 o.discount = pct / 100.0;
             }
             if let (Some(input), Some(output)) = (rate.input, rate.output) {
-                let price = flat_price(input, rate.cached_input, rate.cache_write, output)?;
-                o.models.insert(rate.model, price);
+                flat_price(None, input, rate.cached_input, rate.cache_write, output)?;
+                o.models.insert(
+                    rate.model,
+                    OwnRate {
+                        input,
+                        cached_input: rate.cached_input,
+                        cache_write: rate.cache_write,
+                        output,
+                    },
+                );
             }
         }
         Ok(Prices {
@@ -102,22 +119,63 @@ impl Prices {
         })
     }
 
-    /// What an event of `org` costs: its own rate for the model (the one that answered, else
-    /// the one asked for) where it has one, else the table's; less its discount.
-    pub fn cost_usd(&self, pricer: &mut Pricer, org: i64, e: &Event) -> Option<f64> {
+    /// `org`'s own price of a provider's model, where it has a rate for it: the rate is found
+    /// by the table's rule (exact name, else the longest listed prefix ending at `-`, `@` or
+    /// `:`, and the same for the name after `models/` or its last `/`), and is the table's
+    /// price with only the rates the org set replaced.
+    fn own_price(
+        &self,
+        pricer: &mut Pricer,
+        org: &OrgRates,
+        provider: &str,
+        model: &str,
+    ) -> Option<Price> {
+        let name = resolve_name_in(org.models.keys().map(String::as_str), model)?;
+        let r = org.models[name];
+        let listed = pricer.price_of(&self.table, provider, model);
+        flat_price(
+            listed.as_ref(),
+            r.input,
+            r.cached_input,
+            r.cache_write,
+            r.output,
+        )
+        .ok()
+    }
+
+    /// The price `org` pays for a provider's model before its discount, and the discount: its
+    /// own rate where it has one (the discount then does not apply: an own rate is already
+    /// negotiated), else the table's.
+    fn org_price(
+        &self,
+        pricer: &mut Pricer,
+        org: i64,
+        provider: &str,
+        models: &[&str],
+    ) -> Option<(Price, f64)> {
         let own = self.orgs.get(&org);
-        let rate = own.and_then(|o| {
-            [e.model_actual.as_deref(), e.model_requested.as_deref()]
-                .into_iter()
-                .flatten()
-                .find_map(|m| o.models.get(m))
-        });
-        let cost = match rate {
-            Some(price) => event_cost_usd(price, e),
-            None => pricer.cost_usd(&self.table, e),
-        }?;
-        let discount = own.map_or(0.0, |o| o.discount);
-        Some(cost * (1.0 - discount))
+        if let Some(o) = own {
+            if let Some(p) = models
+                .iter()
+                .find_map(|m| self.own_price(pricer, o, provider, m))
+            {
+                return Some((p, 0.0));
+            }
+        }
+        let model = models.first()?;
+        let price = pricer.price_of(&self.table, provider, model)?;
+        Some((price, own.map_or(0.0, |o| o.discount)))
+    }
+
+    /// What an event of `org` costs: its own rate for the model (the one that answered, else
+    /// the one asked for) where it has one, else the table's less its discount.
+    pub fn cost_usd(&self, pricer: &mut Pricer, org: i64, e: &Event) -> Option<f64> {
+        let models: Vec<&str> = [e.model_actual.as_deref(), e.model_requested.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let (price, discount) = self.org_price(pricer, org, &e.provider, &models)?;
+        Some(event_cost_usd(&price, e)? * (1.0 - discount))
     }
 }
 
@@ -136,13 +194,11 @@ pub struct PaidRates {
 impl Prices {
     /// The rates `org` pays for a provider's model (its own, else the table's, less its
     /// discount); `None` when the model has no known price.
+    /// Found as billing finds them ([`Prices::cost_usd`]); an unknown search fee is 0 here (an
+    /// estimate; the bill itself has no cost for such a request).
     pub fn paid_rates(&self, org: i64, provider: &str, model: &str) -> Option<PaidRates> {
-        let own = self.orgs.get(&org);
-        let price = match own.and_then(|o| o.models.get(model)) {
-            Some(p) => *p,
-            None => *self.table.resolve(provider, model)?.1,
-        };
-        let keep = 1.0 - own.map_or(0.0, |o| o.discount);
+        let (price, discount) = self.org_price(&mut Pricer::default(), org, provider, &[model])?;
+        let keep = 1.0 - discount;
         // Pico-dollars per token are micro-dollars per 1M tokens.
         let per_m = |pico: u64| pico as f64 / 1e6 * keep;
         let r = price.base;
@@ -152,7 +208,7 @@ impl Prices {
             cache_write: per_m(r.cache_write),
             cache_write_1h: per_m(r.cache_write_1h),
             output: per_m(r.output),
-            web_search: price.web_search as f64 / 1e12 * keep,
+            web_search: price.web_search.unwrap_or(0) as f64 / 1e12 * keep,
         })
     }
 }
@@ -207,7 +263,7 @@ pub fn set_rate(conn: &mut Connection, org: i64, rate: &OrgRate) -> Result<(), S
             ))
         }
         (false, Some(input), Some(output), None) => {
-            flat_price(input, rate.cached_input, rate.cache_write, output)?;
+            flat_price(None, input, rate.cached_input, rate.cache_write, output)?;
         }
         (false, _, _, _) => {
             return Err("a model's rate needs --input and --output (USD per 1M tokens)".into())
@@ -271,4 +327,71 @@ pub fn rates(conn: &Connection, org: i64) -> Result<Vec<OrgRate>, String> {
         })
         .map_err(|e| e.to_string())?;
     rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn event(model: &str, input: u64, searches: Option<u64>) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "request_id": "r1", "timestamp": "2026-12-01T00:00:00.000Z",
+            "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
+            "model_requested": model, "model_actual": model,
+            "status": 200, "streaming": false, "latency_ms": 1.0, "input_tokens": input,
+            "cached_input_tokens": 1_000, "output_tokens": 1_000, "routed": false,
+            "web_search_requests": searches,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_orgs_rate_applies_to_snapshots_keeps_the_tables_other_parts_and_is_not_discounted() {
+        let dir = crate::store::tests::temp_dir("prices-org-rates");
+        let store = Store::open(&dir).unwrap();
+        let key = store.create_org("acme", 0).unwrap();
+        let org = store.org_for_key(&key).unwrap().unwrap().id;
+        let mut conn = store.conn_for_cli();
+        let rate = |model: &str, io: Option<(f64, f64)>, pct: Option<f64>| OrgRate {
+            model: model.into(),
+            input: io.map(|r| r.0),
+            cached_input: None,
+            cache_write: None,
+            output: io.map(|r| r.1),
+            discount_pct: pct,
+        };
+        set_rate(&mut conn, org, &rate("gpt-4o-mini", Some((0.1, 0.4)), None)).unwrap();
+        set_rate(&mut conn, org, &rate(ALL_MODELS, None, Some(20.0))).unwrap();
+        let prices = Prices::load(&conn).unwrap();
+        let mut pricer = Pricer::default();
+        // The snapshot is billed at the org's `gpt-4o-mini` rate, the cache reads at the
+        // table's $0.075 (not the org's input rate), with no discount on an own rate.
+        let e = event("gpt-4o-mini-2024-07-18", 2_000, None);
+        let pico = 1_000u64 * 100_000 + 1_000 * 75_000 + 1_000 * 400_000;
+        let cost = prices.cost_usd(&mut pricer, org, &e).unwrap();
+        assert!((cost - pico as f64 / 1e12).abs() < 1e-15, "{cost}");
+        // The controls' rates are the same.
+        let r = prices
+            .paid_rates(org, "openai", "gpt-4o-mini-2024-07-18")
+            .unwrap();
+        assert_eq!((r.input, r.cached_input, r.output), (0.1, 0.075, 0.4));
+        // The table's search fee ($0.025) carries over to the org's rate.
+        assert!((r.web_search - 0.025).abs() < 1e-12, "{r:?}");
+        let searched = event("gpt-4o-mini-2024-07-18", 2_000, Some(2));
+        let cost = prices.cost_usd(&mut pricer, org, &searched).unwrap();
+        assert!((cost - (pico as f64 / 1e12 + 0.05)).abs() < 1e-12, "{cost}");
+        // A model without an own rate: the table's, less the discount.
+        let e = event("gpt-4o-2024-08-06", 2_000, None);
+        let list = (1_000u64 * 2_500_000 + 1_000 * 1_250_000 + 1_000 * 10_000_000) as f64 / 1e12;
+        let cost = prices.cost_usd(&mut pricer, org, &e).unwrap();
+        assert!((cost - list * 0.8).abs() < 1e-12, "{cost}");
+        let r = prices
+            .paid_rates(org, "openai", "gpt-4o-2024-08-06")
+            .unwrap();
+        assert!((r.input - 2.0).abs() < 1e-12, "{r:?}");
+        // gpt-4o lists no search fee: a request that searched has no known cost.
+        let searched = event("gpt-4o-2024-08-06", 2_000, Some(1));
+        assert_eq!(prices.cost_usd(&mut pricer, org, &searched), None);
+    }
 }
