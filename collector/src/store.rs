@@ -2886,4 +2886,44 @@ pub(crate) mod tests {
         // A cost that arrived with the event (an older filter's) is kept.
         assert_eq!(cost("sent"), Some(500_000_000_000));
     }
+
+    #[test]
+    fn reprice_leaves_events_the_rollups_do_not_count_yet_and_records_itself() {
+        let dir = temp_dir("reprice");
+        let store = Store::open(&dir).unwrap();
+        let key = store.create_org("acme", 0).unwrap();
+        let org = store.org_for_key(&key).unwrap().unwrap();
+        let day = parse_rfc3339_ms("2026-01-05T00:00:00Z").unwrap();
+        let first = labelled_batch(50, day, DAY);
+        store
+            .insert_events(&org, Arc::new(first), day + DAY)
+            .unwrap();
+        store.write_rollups().unwrap();
+        // Stored a moment ago: their rollup rows wait in memory, not yet in the database.
+        let mut later = labelled_batch(80, day, DAY);
+        for (e, _) in later.iter_mut() {
+            e.request_id = format!("later-{}", e.request_id);
+        }
+        later.truncate(30);
+        store
+            .insert_events(&org, Arc::new(later), day + DAY)
+            .unwrap();
+        let r = store.reprice("acme", None, None, 7).unwrap();
+        assert_eq!((r.events, r.changed, r.skipped), (50, 0, 30));
+        let record: (i64, i64, i64) = store
+            .conn()
+            .query_row(
+                "SELECT at_ms, events, changed FROM repricings ORDER BY id DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(record, (7, 50, 0));
+        store.write_rollups().unwrap();
+        assert_eq!(store.reprice("acme", None, None, 8).unwrap().skipped, 0);
+        assert!(matches!(
+            store.reprice("nobody", None, None, 9),
+            Err(StoreError::NoSuchOrg(_))
+        ));
+    }
 }
