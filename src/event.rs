@@ -125,6 +125,14 @@ pub struct Event {
 }
 
 impl Event {
+    /// The model the event is priced and broken down by: the one that answered, else the one
+    /// asked for.
+    pub fn model(&self) -> Option<&str> {
+        self.model_actual
+            .as_deref()
+            .or(self.model_requested.as_deref())
+    }
+
     /// Append the event as one JSON line (no newline), byte for byte what `serde_json` writes for
     /// it: the filter builds one per request, and the generic serializer cost several times more.
     pub fn write_json(&self, out: &mut Vec<u8>) {

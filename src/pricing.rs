@@ -399,8 +399,7 @@ pub struct Pricer {
 
 impl Pricer {
     fn price(&mut self, table: &PriceTable, e: &Event) -> Option<Price> {
-        let model = e.model_actual.as_deref().or(e.model_requested.as_deref())?;
-        self.price_of(table, &e.provider, model)
+        self.price_of(table, &e.provider, e.model()?)
     }
 
     /// The table's price of a (provider, model), looked up once.

@@ -267,10 +267,7 @@ fn org(command: OrgCommand, data_dir: &std::path::Path) -> Result<(), String> {
 }
 
 fn org_id(store: &Store, name: &str) -> Result<i64, String> {
-    store
-        .conn_for_cli()
-        .query_row("SELECT id FROM orgs WHERE name = ?1", [name], |r| r.get(0))
-        .map_err(|_| format!("there is no org {name}"))
+    store.org_id(name).map_err(|e| e.to_string())
 }
 
 fn prices(command: PricesCommand, data_dir: &std::path::Path) -> Result<(), String> {

@@ -47,6 +47,20 @@ pub struct OrgRate {
     pub discount_pct: Option<f64>,
 }
 
+impl OrgRate {
+    /// The columns `model, input, cached_input, cache_write, output, discount_pct` from `at`.
+    fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<OrgRate> {
+        Ok(OrgRate {
+            model: r.get(at)?,
+            input: r.get(at + 1)?,
+            cached_input: r.get(at + 2)?,
+            cache_write: r.get(at + 3)?,
+            output: r.get(at + 4)?,
+            discount_pct: r.get(at + 5)?,
+        })
+    }
+}
+
 impl Prices {
     /// What the database says now.
     pub fn load(conn: &Connection) -> Result<Prices, String> {
@@ -78,19 +92,7 @@ impl Prices {
             )
             .map_err(db)?;
         let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    OrgRate {
-                        model: r.get(1)?,
-                        input: r.get(2)?,
-                        cached_input: r.get(3)?,
-                        cache_write: r.get(4)?,
-                        output: r.get(5)?,
-                        discount_pct: r.get(6)?,
-                    },
-                ))
-            })
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, OrgRate::from_row(r, 1)?)))
             .map_err(db)?;
         for row in rows {
             let (org, rate) = row.map_err(db)?;
@@ -315,16 +317,7 @@ pub fn rates(conn: &Connection, org: i64) -> Result<Vec<OrgRate>, String> {
         )
         .map_err(|e| e.to_string())?;
     let rows = st
-        .query_map(params![org], |r| {
-            Ok(OrgRate {
-                model: r.get(0)?,
-                input: r.get(1)?,
-                cached_input: r.get(2)?,
-                cache_write: r.get(3)?,
-                output: r.get(4)?,
-                discount_pct: r.get(5)?,
-            })
-        })
+        .query_map(params![org], |r| OrgRate::from_row(r, 0))
         .map_err(|e| e.to_string())?;
     rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
 }

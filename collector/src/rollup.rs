@@ -76,10 +76,7 @@ pub fn key_of<'e>(e: &'e Event, dim: &str) -> Option<Cow<'e, str>> {
 
 /// The model a breakdown shows: the one that answered, else the one asked for.
 pub fn model_of(e: &Event) -> &str {
-    e.model_actual
-        .as_deref()
-        .or(e.model_requested.as_deref())
-        .unwrap_or_default()
+    e.model().unwrap_or_default()
 }
 
 /// The key of a status in the `status` filter dimension: its class.

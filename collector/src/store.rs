@@ -457,6 +457,13 @@ fn private_files(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The id of the org named `name`.
+pub(crate) fn org_id(conn: &Connection, name: &str) -> Result<i64, StoreError> {
+    conn.query_row("SELECT id FROM orgs WHERE name = ?1", [name], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::NoSuchOrg(name.to_string()))
+}
+
 /// Names of orgs and tokens: 1 to 64 letters, digits, '-', '_' or '.'.
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -563,6 +570,11 @@ impl Store {
         Ok(counted)
     }
 
+    /// The id of the org named `name`.
+    pub fn org_id(&self, name: &str) -> Result<i64, StoreError> {
+        org_id(&self.conn(), name)
+    }
+
     /// The write connection, for the CLI's commands.
     pub fn conn_for_cli(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn()
@@ -663,7 +675,7 @@ impl Store {
     /// The name calibration is kept under: the model without a trailing snapshot date
     /// (`-20250929`, `-2024-07-18`, `@20241022`), so that snapshots of a model share one ratio.
     fn calibration_model(e: &Event) -> Option<String> {
-        let m = e.model_actual.as_deref().or(e.model_requested.as_deref())?;
+        let m = e.model()?;
         Some(strip_snapshot_date(m).to_string())
     }
 
@@ -1322,15 +1334,7 @@ impl Store {
         to: Option<i64>,
         now_ms: i64,
     ) -> Result<Repricing, StoreError> {
-        let org_id: i64 = self
-            .conn()
-            .query_row(
-                "SELECT id FROM orgs WHERE name = ?1",
-                params![org_name],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NoSuchOrg(org_name.to_string()))?;
+        let org_id = org_id(&self.conn(), org_name)?;
         // Prices as they are now in the database, not as this process last read them.
         let prices = Prices::load(&self.conn()).map_err(StoreError::Io)?;
         let (lo, hi) = (from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX));

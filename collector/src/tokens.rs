@@ -67,10 +67,7 @@ impl Store {
         }
         let id = tx.last_insert_rowid();
         for org in orgs {
-            let org_id: Option<i64> = tx
-                .query_row("SELECT id FROM orgs WHERE name = ?1", [org], |r| r.get(0))
-                .optional()?;
-            let org_id = org_id.ok_or_else(|| StoreError::NoSuchOrg(org.clone()))?;
+            let org_id = crate::store::org_id(&tx, org)?;
             tx.execute(
                 "INSERT OR IGNORE INTO token_orgs (token_id, org_id) VALUES (?1, ?2)",
                 params![id, org_id],

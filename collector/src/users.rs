@@ -189,14 +189,7 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("hashing the password: {e}")))?
             .to_string();
         let conn = self.conn();
-        let org_id: i64 = conn
-            .query_row(
-                "SELECT id FROM orgs WHERE name = ?1",
-                params![org_name],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NoSuchOrg(org_name.into()))?;
+        let org_id = crate::store::org_id(&conn, org_name)?;
         let n = conn.execute(
             "INSERT INTO users (org_id, email, password_hash, created_ms, role)
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(email) DO NOTHING",

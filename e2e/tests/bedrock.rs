@@ -67,20 +67,7 @@ fn post_signed_full(
     for (k, v) in unsigned {
         req = req.set(k, v);
     }
-    let resp = match req.send_bytes(body.as_bytes()) {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("request failed: {e}"),
-    };
-    let status = resp.status();
-    let headers = resp
-        .headers_names()
-        .into_iter()
-        .map(|n| {
-            let v = resp.header(&n).unwrap_or("").to_string();
-            (n, v)
-        })
-        .collect();
+    let (status, headers, resp) = common::answered(req.send_bytes(body.as_bytes()));
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
     (status, bytes, headers)

@@ -140,6 +140,14 @@ pub fn send(req: ureq::Request, body: Option<&str>) -> (u16, String, Vec<(String
         Some(b) => req.send_string(b),
         None => req.call(),
     };
+    let (status, headers, resp) = answered(result);
+    (status, resp.into_string().expect("body"), headers)
+}
+
+/// The status and headers of an answer, whatever the status, and the answer for its body.
+pub fn answered(
+    result: Result<ureq::Response, ureq::Error>,
+) -> (u16, Vec<(String, String)>, ureq::Response) {
     let resp = match result {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
@@ -154,7 +162,7 @@ pub fn send(req: ureq::Request, body: Option<&str>) -> (u16, String, Vec<(String
             (n, v)
         })
         .collect();
-    (status, resp.into_string().expect("body"), headers)
+    (status, headers, resp)
 }
 
 pub struct Options {
