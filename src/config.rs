@@ -86,6 +86,9 @@ struct Raw {
     org_key_scope: Option<String>,
     #[serde(default)]
     identity: RawIdentity,
+    #[serde(default)]
+    rules: Vec<crate::rules::RawRule>,
+    model_hold_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -171,6 +174,10 @@ pub struct Config {
     /// Bedrock ARN (an application inference profile's, which names no model) -> the Bedrock
     /// model id it serves, for `model_actual` and the price.
     pub bedrock_models: Vec<(String, String)>,
+    /// Rules, in order: the first that matches acts (PRODUCT.md, "Rules and budgets").
+    pub rules: Vec<crate::rules::Rule>,
+    /// The most body bytes held while a rule or budget waits for the model.
+    pub model_hold_bytes: usize,
 }
 
 /// `tly_` followed by 40 base62 characters.
@@ -374,7 +381,19 @@ impl Config {
             bedrock_models.push((arn, model));
         }
 
+        let rules = crate::rules::parse_rules(raw.rules)?;
+        let model_hold_bytes = raw
+            .model_hold_bytes
+            .unwrap_or(crate::rules::DEFAULT_HOLD_BYTES);
+        within(
+            "model_hold_bytes",
+            model_hold_bytes as u64,
+            1024,
+            crate::rules::MAX_HOLD_BYTES as u64,
+        )?;
         let cfg = Config {
+            rules,
+            model_hold_bytes,
             provider_hosts,
             bedrock_models,
             org_key: org_key.map(Secret),

@@ -20,6 +20,10 @@ pub enum ErrorCategory {
     UpstreamUnreachable,
     ClientDisconnect,
     ProxyError,
+    /// Refused by a budget.
+    BudgetExceeded,
+    /// Refused by a rule.
+    Blocked,
 }
 
 impl ErrorCategory {
@@ -37,6 +41,8 @@ impl ErrorCategory {
             ErrorCategory::UpstreamUnreachable => "upstream_unreachable",
             ErrorCategory::ClientDisconnect => "client_disconnect",
             ErrorCategory::ProxyError => "proxy_error",
+            ErrorCategory::BudgetExceeded => "budget_exceeded",
+            ErrorCategory::Blocked => "blocked",
         }
     }
 }
@@ -122,6 +128,12 @@ pub struct Event {
     pub rule: Option<String>,
     #[serde(default)]
     pub routed: bool,
+    /// True when `rule` is a budget in shadow mode, which changed nothing.
+    #[serde(default)]
+    pub shadow: bool,
+    /// The model sent upstream when a rule or budget changed it.
+    #[serde(default)]
+    pub model_routed: Option<String>,
 }
 
 impl Event {
@@ -176,6 +188,8 @@ impl Event {
         w.str("principal", self.principal.as_deref());
         w.str("rule", self.rule.as_deref());
         w.raw("routed", if self.routed { "true" } else { "false" });
+        w.raw("shadow", if self.shadow { "true" } else { "false" });
+        w.str("model_routed", self.model_routed.as_deref());
         w.out.push(b'}');
     }
 }
@@ -279,10 +293,10 @@ fn escape(out: &mut Vec<u8>, s: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn event() -> Event {
+    pub(crate) fn event() -> Event {
         Event {
             request_id: "3f0c1a2b-0000-4000-8000-000000000001".into(),
             timestamp: "2026-11-24T08:00:00.123Z".into(),
@@ -320,6 +334,8 @@ mod tests {
             principal: Some("spiffe://cluster.local/ns/payments/sa/checkout".into()),
             rule: None,
             routed: false,
+            shadow: false,
+            model_routed: None,
         }
     }
 
@@ -341,6 +357,8 @@ mod tests {
         e.streaming = true;
         e.routed = true;
         e.rule = Some("r".into());
+        e.shadow = true;
+        e.model_routed = Some("gpt-4o-mini".into());
         e.latency_ms = 1e21;
         variants.push(e);
         for cost in [0.0, 1e-12, 123_456.789, f64::NAN, f64::INFINITY] {
@@ -361,6 +379,8 @@ mod tests {
             ErrorCategory::Timeout,
             ErrorCategory::ClientDisconnect,
             ErrorCategory::ProxyError,
+            ErrorCategory::BudgetExceeded,
+            ErrorCategory::Blocked,
         ] {
             for s in [
                 ErrorSource::Provider,

@@ -12,11 +12,13 @@
 use crate::config::{Config, Field};
 use crate::decode::{is_identity, Decoder};
 use crate::errors::classify;
-use crate::event::Event;
+use crate::event::{ErrorCategory, ErrorSource, Event};
+use crate::hold::BodyEdit;
 use crate::identity::Identity;
 use crate::measure::{self, StreamRecord, Tokenizers};
 use crate::org_keys::{self, KeyHash};
 use crate::provider::{self, Api, ResponseMeter, Route};
+use crate::rules::{self, Facts, Model, Refusal, Step, Verdict};
 use crate::scan::TopLevelScanner;
 use crate::sse::{SseEvent, SseParser, SseSink};
 use crate::stream_usage::{self, UsageChunkStripper};
@@ -147,6 +149,65 @@ pub struct Exchange {
     stripper: Option<UsageChunkStripper>,
     max_sse_event: usize,
     max_decoded: usize,
+    /// The request carries a SigV4 signature: its body is never changed.
+    signed: bool,
+    /// What rules and budgets did to the request.
+    acted: Acted,
+    /// The body, held while a decision waits for the model or while the model's value is to be
+    /// rewritten (None: every chunk passes as it is, the usual case).
+    plan: Option<Plan>,
+}
+
+/// What rules and budgets did, for the event.
+#[derive(Debug, Default)]
+pub struct Acted {
+    pub label: Option<String>,
+    pub shadow: bool,
+    pub model_routed: Option<String>,
+    /// Refused by the proxy: the status and why.
+    pub refused: Option<(u16, ErrorCategory)>,
+    /// Budgets (indexes in the list the decision saw) this request's cost counts against.
+    pub charged: Vec<usize>,
+    /// A rewrite was skipped: the request is signed (SigV4), or names its model in the path.
+    pub rewrite_skipped: bool,
+    /// A model rule was passed over: the model came later than the hold's cap.
+    pub passed_over_cap: bool,
+    /// A rule chose the upstream (`x-tally-route`).
+    pub rerouted: bool,
+}
+
+struct Plan {
+    body: BodyEdit,
+    /// Some while the decision waits for the model: hold the whole body (true: a refusal may
+    /// follow) or only the model's value (false).
+    waiting: Option<bool>,
+    /// The model to send instead of the one asked for.
+    rewrite: Option<String>,
+    /// The most bytes held while waiting.
+    cap: usize,
+    /// Model values seen so far (a key given twice is rewritten twice).
+    values: u32,
+}
+
+/// What a request chunk becomes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyStep {
+    Pass,
+    Replace(Vec<u8>),
+    /// Refused by a rule or budget: answer it with [`rules::refusal_response`].
+    Refuse(Refusal),
+}
+
+/// What happens at the headers once rules and budgets are asked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadersStep {
+    Go {
+        /// The value for `x-tally-route`.
+        route: Option<String>,
+        /// The body may change size: `content-length` must go.
+        body_may_change: bool,
+    },
+    Refuse(Refusal),
 }
 
 /// A label from a header value: trimmed, bounded, printable.
@@ -298,6 +359,9 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
             decoder: None,
             max_sse_event: cfg.max_sse_event_bytes,
             max_decoded: cfg.max_decompressed_bytes,
+            signed: sigv4,
+            acted: Acted::default(),
+            plan: None,
         }
     });
     let drop_content_length = exchange.as_ref().is_some_and(|e| e.may_add_usage);
@@ -455,14 +519,243 @@ impl Exchange {
         self.org = org;
     }
 
-    /// Scan a request chunk. Returns the bytes to send instead of it, when it must change.
-    pub fn on_request_body(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
-        let close = self.request.feed(chunk)?;
-        if self.may_add_usage && stream_usage::should_insert(&self.request) {
-            self.added_usage = true;
-            return Some(stream_usage::insert_member(chunk, close));
+    /// What rules and budgets match on, with what is known of the model.
+    pub fn facts<'a>(&'a self, model: Model<'a>) -> Facts<'a> {
+        let a = &self.attribution;
+        let id = self.identity.as_deref();
+        Facts {
+            team: a.team.as_deref(),
+            app: a.app.as_deref(),
+            feature: a.feature.as_deref(),
+            task: a.task.as_deref(),
+            user: a.user.as_deref(),
+            namespace: id.and_then(|i| i.namespace.as_deref()),
+            workload: id.and_then(|i| i.workload.as_deref()),
+            principal: id.and_then(|i| i.principal.as_deref()),
+            provider: &self.route.provider,
+            model,
+        }
+    }
+
+    /// The model as the headers know it: named in the path (Gemini, Vertex, Bedrock), to come
+    /// in the body, or none at all.
+    pub fn model_at_headers(&self) -> Model<'_> {
+        match &self.route.path_model {
+            Some(m) => Model::Known(m),
+            None if self.body_names_model() => Model::Later,
+            None => Model::Never,
+        }
+    }
+
+    /// Whether the request's body carries `model` (and so can be rewritten there).
+    fn body_names_model(&self) -> bool {
+        self.route.path_model.is_none()
+            && !matches!(self.route.api, Api::BedrockInvoke | Api::BedrockConverse)
+    }
+
+    /// Take the decision rules and budgets gave at the headers.
+    pub fn at_headers(&mut self, step: Step, hold_cap: usize) -> HeadersStep {
+        match step {
+            Step::Wait { hold_all, route } => {
+                self.plan = Some(Plan {
+                    body: BodyEdit::default(),
+                    waiting: Some(hold_all),
+                    rewrite: None,
+                    cap: hold_cap,
+                    values: 0,
+                });
+                HeadersStep::Go {
+                    route,
+                    body_may_change: !self.signed,
+                }
+            }
+            Step::Decided(v) => {
+                let route = v.route.clone();
+                if let Some(why) = self.take(v) {
+                    return HeadersStep::Refuse(why);
+                }
+                let body_may_change = self.plan.as_ref().is_some_and(|p| p.rewrite.is_some());
+                HeadersStep::Go {
+                    route,
+                    body_may_change,
+                }
+            }
+        }
+    }
+
+    /// Record a decision; the refusal, if it is one.
+    fn take(&mut self, v: Verdict) -> Option<Refusal> {
+        let Verdict {
+            refuse,
+            rewrite,
+            route,
+            label,
+            shadow,
+            charged,
+            passed_over_cap,
+        } = v;
+        self.acted.passed_over_cap |= passed_over_cap;
+        self.acted.charged = charged;
+        if let Some(why) = refuse {
+            let category = match why {
+                Refusal::Budget { .. } => ErrorCategory::BudgetExceeded,
+                Refusal::Rule(_) | Refusal::OverCap(_) => ErrorCategory::Blocked,
+            };
+            self.acted.refused = Some((rules::refusal_status(&why), category));
+            self.acted.label = match &why {
+                Refusal::Rule(l) | Refusal::OverCap(l) => Some(l.clone()),
+                Refusal::Budget { label, .. } => Some(label.clone()),
+            };
+            if let Some(p) = self.plan.as_mut() {
+                p.body.drop_all();
+                p.waiting = None;
+            }
+            return Some(why);
+        }
+        let rewrite = match rewrite {
+            Some(_) if self.signed || !self.body_names_model() => {
+                // A signed body cannot change (its hash is signed); a path's model is not
+                // rewritten. The rule or budget did not act.
+                self.acted.rewrite_skipped = true;
+                None
+            }
+            other => other,
+        };
+        let acted = rewrite.is_some() || route.is_some() || shadow;
+        if acted {
+            self.acted.label = label;
+            self.acted.shadow = shadow;
+            self.acted.rerouted = route.is_some();
+        }
+        if let Some(m) = rewrite {
+            let plan = self.plan.get_or_insert_with(|| Plan {
+                body: BodyEdit::default(),
+                waiting: None,
+                rewrite: None,
+                cap: 0,
+                values: 0,
+            });
+            plan.rewrite = Some(m);
+        }
+        if let Some(p) = self.plan.as_mut() {
+            p.waiting = None;
         }
         None
+    }
+
+    /// What rules and budgets did, so far.
+    pub fn acted(&self) -> &Acted {
+        &self.acted
+    }
+
+    /// Scan a request chunk. Returns the bytes to send instead of it, when it must change.
+    /// `decide` asks rules and budgets again once the model is known (or known never to come).
+    pub fn on_request_body(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        decide: &mut dyn FnMut(&Facts<'_>) -> Step,
+    ) -> BodyStep {
+        let close = self.request.feed(chunk);
+        let insert = close.filter(|_| {
+            self.may_add_usage && stream_usage::should_insert(&self.request)
+        });
+        if self.plan.is_none() {
+            return match insert {
+                Some(close) => {
+                    self.added_usage = true;
+                    BodyStep::Replace(stream_usage::insert_member(chunk, close))
+                }
+                None => BodyStep::Pass,
+            };
+        }
+        let fed = self.request.fed();
+        let chunk_start = fed - chunk.len() as u64;
+        let mut passes_as_is = self.plan.as_ref().is_some_and(|p| p.body.is_clear());
+        if let Some(p) = self.plan.as_mut() {
+            p.body.push(chunk);
+            if let Some(close) = insert {
+                let at = chunk_start + close as u64;
+                self.added_usage = p.body.edit(at, at, stream_usage::INSERTED_MEMBER.to_vec());
+                passes_as_is = false;
+            }
+        }
+        // A new model value: decide, if waiting, and rewrite it, if so decided.
+        if let Some((start, end, n)) = self.request.span("model") {
+            if self.plan.as_ref().is_some_and(|p| n > p.values) {
+                if let Some(p) = self.plan.as_mut() {
+                    p.values = n;
+                }
+                if self.plan.as_ref().is_some_and(|p| p.waiting.is_some()) {
+                    let model = self.request.string("model");
+                    let step = {
+                        let m = model.as_deref().map_or(Model::Never, Model::Known);
+                        decide(&self.facts(m))
+                    };
+                    if let Some(why) = self.decided(step) {
+                        return BodyStep::Refuse(why);
+                    }
+                }
+                if let Some(p) = self.plan.as_mut() {
+                    if let Some(new) = p.rewrite.clone() {
+                        let quoted = serde_json::to_vec(&new).unwrap_or_default();
+                        if !quoted.is_empty() && p.body.edit(start, end, quoted) {
+                            self.acted.model_routed = Some(new);
+                            passes_as_is = false;
+                        }
+                    }
+                }
+            }
+        }
+        // Still waiting: the model will never come, or not within the cap.
+        if let Some(Some(_)) = self.plan.as_ref().map(|p| p.waiting) {
+            let over_cap = self.plan.as_ref().is_some_and(|p| p.body.held() > p.cap);
+            let never = end_of_stream || self.request.is_done() || self.request.is_invalid();
+            if never || over_cap {
+                let m = if never { Model::Never } else { Model::PastCap };
+                let step = decide(&self.facts(m));
+                if let Some(why) = self.decided(step) {
+                    return BodyStep::Refuse(why);
+                }
+            }
+        }
+        let open_model = self.request.open_value("model");
+        let Some(p) = self.plan.as_mut() else {
+            return BodyStep::Pass;
+        };
+        let upto = match p.waiting {
+            Some(true) => p.body.released_to(),
+            // Only the model's value can change: hold it while it is incomplete.
+            _ if !end_of_stream && (p.waiting.is_some() || p.rewrite.is_some()) => {
+                open_model.unwrap_or(fed)
+            }
+            _ => fed,
+        };
+        if passes_as_is && upto == fed && p.body.released_to() == chunk_start {
+            // Nothing held before, nothing to hold or change now: the chunk goes as it is.
+            p.body.release(upto);
+            return BodyStep::Pass;
+        }
+        BodyStep::Replace(p.body.release(upto))
+    }
+
+    /// A decision made in the body; the refusal, if it is one.
+    fn decided(&mut self, step: Step) -> Option<Refusal> {
+        match step {
+            Step::Decided(v) => self.take(v),
+            // With the model known (or never coming), nothing waits: keep holding at worst.
+            Step::Wait { .. } => None,
+        }
+    }
+
+    /// The most request bytes held at once (0 when nothing was).
+    pub fn held_max(&self) -> usize {
+        self.plan.as_ref().map_or(0, |p| p.body.held_max)
+    }
+
+    /// Whether a decision still waits for the model.
+    pub fn waiting(&self) -> bool {
+        self.plan.as_ref().is_some_and(|p| p.waiting.is_some())
     }
 
     /// The proxy could not replace the request chunk: the provider will send no usage chunk.
@@ -587,7 +880,8 @@ impl Exchange {
             // A body cut short still yields what it carried so far.
             self.read(&[], true);
         }
-        let status = fin.final_status.or(self.status);
+        let refused = self.acted.refused;
+        let status = refused.map(|(s, _)| s).or(fin.final_status).or(self.status);
         let model_requested = if matches!(self.route.api, Api::BedrockInvoke | Api::BedrockConverse)
         {
             // Bedrock's path names the model; a body's `model` is the model's own business.
@@ -622,14 +916,12 @@ impl Exchange {
         };
         let input_known = exact.is_some() || facts.usage.is_some();
         let interrupted = self.sse && !self.complete;
-        let (error_category, error_source) = match classify(
-            status,
-            facts.error.as_deref(),
-            fin.code_details,
-            interrupted,
-        ) {
-            Some((c, s)) => (Some(c), Some(s)),
-            None => (None, None),
+        let (error_category, error_source) = match refused {
+            Some((_, c)) => (Some(c), Some(ErrorSource::Proxy)),
+            None => match classify(status, facts.error.as_deref(), fin.code_details, interrupted) {
+                Some((c, s)) => (Some(c), Some(s)),
+                None => (None, None),
+            },
         };
         let streaming =
             self.sse || self.route.path_streaming || self.request.boolean("stream") == Some(true);
@@ -675,8 +967,10 @@ impl Exchange {
             namespace: identity.as_ref().and_then(|i| i.namespace.clone()),
             workload: identity.as_ref().and_then(|i| i.workload.clone()),
             principal: identity.as_ref().and_then(|i| i.principal.clone()),
-            rule: None,
-            routed: false,
+            routed: self.acted.model_routed.is_some() || self.acted.rerouted,
+            model_routed: self.acted.model_routed,
+            rule: self.acted.label,
+            shadow: self.acted.shadow,
         }
     }
 

@@ -11,6 +11,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod budgets;
 pub mod config;
 pub mod decode;
 pub mod errors;
@@ -19,6 +20,7 @@ pub mod eventstream;
 pub mod exchange;
 pub mod handoff;
 pub mod header_map;
+pub mod hold;
 pub mod identity;
 pub mod json_array;
 pub mod measure;
@@ -27,6 +29,7 @@ pub mod outbox;
 pub mod pricing;
 pub mod provider;
 pub mod request_id;
+pub mod rules;
 pub mod scan;
 pub mod sse;
 pub mod stream_usage;

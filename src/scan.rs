@@ -24,6 +24,12 @@ struct Capture {
     overflow: bool,
     /// The key appeared at the top level, whatever became of its value.
     seen: bool,
+    /// Where its last value starts and ends in the whole input (offsets of the first byte and
+    /// past the last), and how many values it has had: a caller that edits the body in place
+    /// finds the value there (see `exchange`, "the hold").
+    start: u64,
+    end: u64,
+    values: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +68,8 @@ pub struct TopLevelScanner {
     key_overflow: bool,
     key_escaped: bool,
     current: Option<usize>,
+    /// Bytes fed before the current chunk.
+    base: u64,
 }
 
 impl TopLevelScanner {
@@ -79,12 +87,16 @@ impl TopLevelScanner {
                     complete: false,
                     overflow: false,
                     seen: false,
+                    start: 0,
+                    end: 0,
+                    values: 0,
                 })
                 .collect(),
             key: Vec::with_capacity(16),
             key_overflow: false,
             key_escaped: false,
             current: None,
+            base: 0,
         }
     }
 
@@ -96,9 +108,11 @@ impl TopLevelScanner {
             c.complete = false;
             c.overflow = false;
             c.seen = false;
+            c.values = 0;
         }
         self.key.clear();
         self.current = None;
+        self.base = 0;
     }
 
     /// True once the closing `}` of the top-level object has been seen.
@@ -138,9 +152,39 @@ impl TopLevelScanner {
         }
     }
 
+    /// Where a wanted key's last complete value lies in the whole input (see [`Capture`]), and
+    /// how many complete values it has had.
+    pub fn span(&self, key: &str) -> Option<(u64, u64, u32)> {
+        self.captures
+            .iter()
+            .find(|c| c.key == key && c.values > 0)
+            .map(|c| (c.start, c.end, c.values))
+    }
+
+    /// Where the value of `key` that is being read began, while it is.
+    pub fn open_value(&self, key: &str) -> Option<u64> {
+        let c = self.captures.get(self.current?)?;
+        let in_value = matches!(
+            self.state,
+            State::Str { .. } | State::Scalar | State::Nested { .. }
+        );
+        (in_value && c.key == key).then_some(c.start)
+    }
+
+    /// Bytes fed so far.
+    pub fn fed(&self) -> u64 {
+        self.base
+    }
+
     /// Scan a chunk. Returns the offset in `chunk` of the object's closing `}` when this chunk
     /// holds it, so a caller can edit the end of a body it never held.
     pub fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
+        let close = self.feed_chunk(chunk);
+        self.base += chunk.len() as u64;
+        close
+    }
+
+    fn feed_chunk(&mut self, chunk: &[u8]) -> Option<usize> {
         let mut i = 0;
         while i < chunk.len() {
             let b = chunk[i];
@@ -198,7 +242,7 @@ impl TopLevelScanner {
                         i += 1;
                         continue;
                     }
-                    self.begin_value();
+                    self.begin_value(i);
                     match b {
                         b'"' => self.state = State::Str { escape: false },
                         b'{' | b'[' => {
@@ -222,7 +266,7 @@ impl TopLevelScanner {
                     match end {
                         Some(e) => {
                             self.record(&chunk[start..=e]);
-                            self.end_value();
+                            self.end_value(e + 1);
                             i = e + 1;
                         }
                         None => {
@@ -242,7 +286,7 @@ impl TopLevelScanner {
                     // A scalar may go on in the next chunk.
                     let &d = chunk.get(i)?;
                     if is_ws(d) || d == b',' || d == b'}' {
-                        self.end_value();
+                        self.end_value(i);
                         // The delimiter belongs to the object: look at it again.
                         continue;
                     }
@@ -296,7 +340,7 @@ impl TopLevelScanner {
                     }
                     self.record(&chunk[start..i]);
                     if closed {
-                        self.end_value();
+                        self.end_value(i);
                     } else {
                         self.state = State::Nested {
                             depth,
@@ -363,8 +407,10 @@ impl TopLevelScanner {
         self.current = self.captures.iter().position(|c| c.key.as_bytes() == key);
     }
 
-    fn begin_value(&mut self) {
+    fn begin_value(&mut self, at: usize) {
+        let start = self.base + at as u64;
         if let Some(c) = self.current.and_then(|i| self.captures.get_mut(i)) {
+            c.start = start;
             c.seen = true;
             c.value.clear();
             c.complete = false;
@@ -386,9 +432,14 @@ impl TopLevelScanner {
         }
     }
 
-    fn end_value(&mut self) {
+    fn end_value(&mut self, at: usize) {
+        let end = self.base + at as u64;
         if let Some(c) = self.current.and_then(|i| self.captures.get_mut(i)) {
             c.complete = !c.overflow;
+            if c.complete {
+                c.end = end;
+                c.values += 1;
+            }
         }
         self.current = None;
         self.state = State::AfterValue;

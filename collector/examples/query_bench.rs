@@ -120,6 +120,8 @@ fn event(rng: &mut Rng, i: u64, ts: i64, independent: bool) -> Event {
         principal: None,
         rule: None,
         routed: false,
+        shadow: false,
+        model_routed: None,
     }
 }
 

@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics_access: MetricsAccess,
     /// How people sign in to the dashboard: passwords, SSO.
     pub sign_in: Arc<crate::web::SignIn>,
+    /// The filters polling `/v1/controls` for each org (budget shares).
+    pub pollers: Arc<crate::budgets::Pollers>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -44,6 +46,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/timeseries", get(timeseries))
         .route("/api/v1/events.csv", get(export_events))
         .route("/api/v1/session", get(crate::web::session_info))
+        .route(
+            "/api/v1/budgets",
+            get(crate::budgets::http::list).post(crate::budgets::http::set),
+        )
+        .route(
+            "/api/v1/budgets/{name}",
+            axum::routing::delete(crate::budgets::http::delete),
+        )
+        .route(
+            "/api/v1/alerts",
+            get(crate::alerts::http::list).post(crate::alerts::http::create),
+        )
+        .route(
+            "/api/v1/alerts/{name}",
+            axum::routing::delete(crate::alerts::http::delete),
+        )
         .route("/metrics", get(metrics))
         .route("/", get(crate::web::index))
         .route(
@@ -103,7 +121,7 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// The org of a read call: by org key, or by the dashboard's session cookie.
-async fn reader(state: &AppState, headers: &HeaderMap) -> Result<Org, ApiError> {
+pub async fn reader(state: &AppState, headers: &HeaderMap) -> Result<Org, ApiError> {
     if headers.contains_key(header::AUTHORIZATION) {
         return authenticate(state, headers).await;
     }
@@ -111,6 +129,33 @@ async fn reader(state: &AppState, headers: &HeaderMap) -> Result<Org, ApiError> 
         .await
         .map(|s| s.org)
         .ok_or(ApiError::Unauthorized)
+}
+
+/// The org of a call that changes something (budgets, alert hooks): an org key, or the session
+/// of an org admin that sends its CSRF token in `X-CSRF-Token` from this site. A viewer gets 403.
+pub async fn admin(state: &AppState, headers: &HeaderMap) -> Result<Org, ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return authenticate(state, headers).await;
+    }
+    let session = crate::web::current_session(state, headers)
+        .await
+        .ok_or(ApiError::Unauthorized)?;
+    let sent = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !crate::web::same_origin(headers)
+        || !crate::keys::constant_time_eq(session.csrf.as_bytes(), sent.as_bytes())
+    {
+        return Err(ApiError::Forbidden(
+            "a change from the dashboard needs its CSRF token (X-CSRF-Token) and the same origin"
+                .into(),
+        ));
+    }
+    session
+        .require_admin()
+        .map_err(|_| ApiError::Forbidden("only an admin of the org may change this".into()))?;
+    Ok(session.org)
 }
 
 /// The org of an org key (`Authorization: Bearer tly_...`).
@@ -189,6 +234,19 @@ fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
         .ok_or(ApiError::Unauthorized)
 }
 
+/// The id a filter (one per Envoy) sends its polls and batches with (`X-Tally-Filter`).
+fn filter_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-tally-filter")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_string)
+}
+
 /// Who sends a batch: an org (by its key) or a mesh token.
 async fn sender(state: &AppState, headers: &HeaderMap) -> Result<Sender, ApiError> {
     let secret = credential(headers)?.secret().to_string();
@@ -221,8 +279,12 @@ async fn ingest(
         ));
     };
     let (batch, unknown) = ingest::parse_counting(&bytes).inspect_err(rejected)?;
+    // Which Envoy sent it (`X-Tally-Filter`), so that budgets count each filter's own spend.
+    let filter = filter_id(headers);
     let store = state.store.clone();
     let metrics = state.metrics.clone();
+    // Events the sending filter dropped since its last accepted batch (alerts).
+    let dropped = headers.get("x-tally-dropped").cloned();
     // 202 only once the transaction has committed (and, with synchronous=FULL, reached disk).
     blocking(move || {
         let owners = match sender.owners(&store, &batch) {
@@ -233,9 +295,10 @@ async fn ingest(
         store.price(&owners, &mut batch);
         let batch = std::sync::Arc::new(batch);
         let (accepted, duplicates, new) =
-            store.insert_priced(owners.clone(), batch.clone(), now_ms())?;
+            store.insert_from(owners.clone(), batch.clone(), now_ms(), filter)?;
         metrics.events(&owners, &batch, &new);
         metrics.unknown_fields(&unknown);
+        crate::alerts::batch_dropped(&store, dropped.as_ref(), &owners, accepted);
         Ok(Ok((accepted, duplicates)))
     })
     .await?
@@ -778,6 +841,13 @@ async fn controls(
                 .ok_or(ApiError::Unauthorized)?
         }
     };
+    // The filter's id (one per Envoy): its share of each budget, and its spend counted so far.
+    let filter = filter_id(&headers).unwrap_or_default();
+    let (store, pollers) = (state.store.clone(), state.pollers.clone());
+    let answer = blocking(move || {
+        crate::controls::with_budgets(&store, &pollers, answer, &filter, now_ms())
+    })
+    .await?;
     let etag = header::HeaderValue::from_str(&answer.etag)
         .map_err(|e| ApiError::Internal(format!("etag: {e}")))?;
     let cache = (

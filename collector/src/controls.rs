@@ -28,6 +28,9 @@ pub struct Answer {
     pub body: Bytes,
     /// `"<hex of the body's SHA-256>"`, quotes included.
     pub etag: String,
+    /// The orgs the answer is for (id, name): their budgets are added per filter (see
+    /// [`with_budgets`]).
+    pub orgs: Vec<(i64, String)>,
 }
 
 #[derive(Serialize)]
@@ -118,14 +121,14 @@ impl Snapshot {
         let none = BTreeMap::new();
         for (name, (id, hash)) in &orgs {
             let r = rates.get(id).unwrap_or(&none);
-            snap.add(hash, [(name, hash, r)].into_iter());
+            snap.add(hash, [(*id, name, hash, r)].into_iter());
         }
         for (id, hash, all) in &tokens {
             let granted = |org: &i64| *all || grants.contains(&(*id, *org));
             let mine = orgs
                 .iter()
                 .filter(|(_, (org, _))| granted(org))
-                .map(|(name, (org, key))| (name, key, rates.get(org).unwrap_or(&none)));
+                .map(|(name, (org, key))| (*org, name, key, rates.get(org).unwrap_or(&none)));
             snap.add(hash, mine);
         }
         Ok(snap)
@@ -135,14 +138,18 @@ impl Snapshot {
     fn add<'a>(
         &mut self,
         hash: &str,
-        orgs: impl Iterator<Item = (&'a String, &'a String, &'a BTreeMap<String, PaidRates>)>,
+        orgs: impl Iterator<Item = (i64, &'a String, &'a String, &'a BTreeMap<String, PaidRates>)>,
     ) {
+        let mut ids = Vec::new();
         let body = Body {
             orgs: orgs
-                .map(|(name, key, rates)| OrgKeys {
-                    org_id: name,
-                    key_sha256: [key],
-                    rates,
+                .map(|(id, name, key, rates)| {
+                    ids.push((id, name.clone()));
+                    OrgKeys {
+                        org_id: name,
+                        key_sha256: [key],
+                        rates,
+                    }
                 })
                 .collect(),
         };
@@ -152,6 +159,7 @@ impl Snapshot {
         self.answers.push(Arc::new(Answer {
             body: Bytes::from(body),
             etag,
+            orgs: ids,
         }));
     }
 }
@@ -240,6 +248,68 @@ impl Controls {
             .then(|| snap.answers.get(i).cloned())
             .flatten()
     }
+}
+
+/// `answer` with the state of its orgs' budgets for one filter (`filter`: its `X-Tally-Filter`
+/// id), as `tally::budgets` reads it; the answer itself when none of its orgs has a budget.
+pub fn with_budgets(
+    store: &Store,
+    pollers: &crate::budgets::Pollers,
+    answer: Arc<Answer>,
+    filter: &str,
+    now_ms: i64,
+) -> Result<Arc<Answer>, StoreError> {
+    let mut all = Vec::new();
+    for (id, name) in &answer.orgs {
+        let budgets = store.budgets_of(*id)?;
+        if !budgets.is_empty() {
+            all.push((*id, name.as_str(), budgets));
+        }
+    }
+    if all.is_empty() {
+        return Ok(answer);
+    }
+    let ids: Vec<i64> = all.iter().map(|(id, _, _)| *id).collect();
+    let active = pollers.polled(&ids, filter);
+    let conn = store.reader();
+    let mut out = Vec::new();
+    for (id, org, budgets) in &all {
+        let refs: Vec<&crate::budgets::Budget> = budgets.iter().collect();
+        let states = crate::budgets::states(&conn, budgets, now_ms)?;
+        let confirmed = crate::budgets::confirmed(&conn, &refs, filter, now_ms)?;
+        let n = active.get(id).copied().unwrap_or(1) as f64;
+        for (b, st) in budgets.iter().zip(&states) {
+            out.push(crate::budgets::ForFilter {
+                org_id: org,
+                name: &b.name,
+                scope: &b.scope,
+                action: &b.action,
+                state: st.state,
+                period_start_ms: st.period_start_ms,
+                period_end_ms: st.period_end_ms,
+                limit_usd: b.limit_usd,
+                spend_usd: st.spend_usd,
+                share_usd: (b.limit_usd - st.spend_usd).max(0.0) / n,
+                confirmed_usd: confirmed.get(&b.id).copied().unwrap_or(0.0),
+                estimate_usd: crate::budgets::estimate(st),
+            });
+        }
+    }
+    drop(conn);
+    let budgets = serde_json::to_vec(&out).map_err(|e| StoreError::Io(e.to_string()))?;
+    // The cached body is one JSON object: its members, then the budgets.
+    let head = answer.body.strip_suffix(b"}").unwrap_or(&answer.body);
+    let mut body = Vec::with_capacity(head.len() + budgets.len() + 16);
+    body.extend_from_slice(head);
+    body.extend_from_slice(b",\"budgets\":");
+    body.extend_from_slice(&budgets);
+    body.push(b'}');
+    let etag = format!("\"{}\"", keys::hex_sha256(&body));
+    Ok(Arc::new(Answer {
+        body: Bytes::from(body),
+        etag,
+        orgs: answer.orgs.clone(),
+    }))
 }
 
 /// Whether an `If-None-Match` value matches `etag` (a list, weak tags and `*` included).

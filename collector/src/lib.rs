@@ -5,7 +5,9 @@
 //! `oidc` (sign-in by SSO).
 //! The binary (`main.rs`) is the CLI.
 
+pub mod alerts;
 pub mod api;
+pub mod budgets;
 pub mod controls;
 pub mod csv;
 pub mod error;

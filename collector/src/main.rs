@@ -1,6 +1,6 @@
 //! `tally-collector`: stores Tally's metering events and serves the query API.
 
-use tally_collector::{api, log, oidc, store, users, web};
+use tally_collector::{alerts, api, log, oidc, store, users, web};
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -50,6 +50,24 @@ enum Command {
         /// Who may read /metrics.
         #[command(flatten)]
         metrics: api::MetricsArgs,
+        /// Where alert webhooks may send.
+        #[command(flatten)]
+        alerts: AlertArgs,
+    },
+    /// Manage alert webhooks, and read the alerts sent.
+    Alert {
+        #[command(subcommand)]
+        command: AlertCommand,
+        #[arg(long, default_value = "data", global = true)]
+        data_dir: PathBuf,
+    },
+    /// Manage budgets: spend limits per period that filters enforce (PRODUCT.md, "Rules and
+    /// budgets").
+    Budget {
+        #[command(subcommand)]
+        command: BudgetCommand,
+        #[arg(long, default_value = "data", global = true)]
+        data_dir: PathBuf,
     },
     /// Manage the people who sign in to the dashboard.
     User {
@@ -93,6 +111,104 @@ enum Command {
         to: Option<String>,
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
+    },
+}
+
+/// `serve`'s alert options.
+#[derive(clap::Args)]
+struct AlertArgs {
+    /// Let alert webhooks reach private (RFC 1918, fc00::/7, 100.64/10) and loopback addresses;
+    /// link-local and cloud metadata addresses stay refused.
+    #[arg(long)]
+    alert_allow_private: bool,
+    /// Let alert webhooks reach this host (HOST or HOST:PORT), whatever it resolves to; repeat
+    /// for several.
+    #[arg(long = "alert-allow-host", value_name = "HOST[:PORT]", value_parser = alerts::parse_allow_host)]
+    alert_allow_hosts: Vec<(String, Option<u16>)>,
+    /// The wait before a delivery's first retry, in ms (then 3 times longer each time; tests).
+    #[arg(long, default_value_t = 5000, hide = true)]
+    alert_retry_base_ms: i64,
+    /// How often the alert detectors run, in ms (tests).
+    #[arg(long, default_value_t = 60_000, hide = true)]
+    alert_detect_every_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum BudgetCommand {
+    /// Create or change an org's budget (a new one counts the period's spend so far).
+    Set {
+        name: String,
+        #[arg(long)]
+        org: String,
+        /// What it covers: FIELD=PATTERN (team, app, feature, task, user, namespace, workload,
+        /// principal, provider, model; an exact value or a `*` glob), repeated; none: the org.
+        #[arg(long = "scope", value_name = "FIELD=VALUE")]
+        scope: Vec<String>,
+        /// day, week or month (UTC; weeks start on Monday).
+        #[arg(long)]
+        period: String,
+        #[arg(long)]
+        limit_usd: f64,
+        /// The fraction of the limit that raises the warning alert.
+        #[arg(long, default_value_t = 0.8)]
+        warn_at: f64,
+        /// alert, block, downgrade:MODEL or shadow.
+        #[arg(long)]
+        action: String,
+    },
+    /// An org's budgets and their state.
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    /// Delete an org's budget.
+    Delete {
+        name: String,
+        #[arg(long)]
+        org: String,
+    },
+    /// Count an org's budgets' spend in their current periods again from the stored events.
+    Rebuild {
+        #[arg(long)]
+        org: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertCommand {
+    /// Add a webhook to an org and print its signing secret (shown this once).
+    Add {
+        name: String,
+        #[arg(long)]
+        org: String,
+        /// http:// or https:// (recommended) URL; a Slack incoming webhook works as is.
+        #[arg(long)]
+        url: String,
+        /// The kinds it takes, comma-separated (default: all): budget_warning, budget_limit,
+        /// anomaly, unpriced_model, events_dropped.
+        #[arg(long, value_delimiter = ',')]
+        kinds: Option<Vec<String>>,
+        /// Let this hook reach a private or loopback address.
+        #[arg(long)]
+        allow_private: bool,
+    },
+    /// An org's webhooks (never their secrets; URLs without their path).
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    /// Delete an org's webhook.
+    Delete {
+        name: String,
+        #[arg(long)]
+        org: String,
+    },
+    /// An org's latest alerts and their deliveries.
+    History {
+        #[arg(long)]
+        org: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
 }
 
@@ -199,6 +315,7 @@ fn main() -> ExitCode {
             plaintext_behind_mesh,
             sign_in,
             metrics,
+            alerts,
         } => serve(
             data_dir,
             listen,
@@ -207,7 +324,10 @@ fn main() -> ExitCode {
             plaintext_behind_mesh,
             &sign_in,
             &metrics,
+            &alerts,
         ),
+        Command::Alert { command, data_dir } => alert(command, &data_dir),
+        Command::Budget { command, data_dir } => budget(command, &data_dir),
         Command::User { command, data_dir } => user(command, &data_dir),
         Command::Org { command, data_dir } => org(command, &data_dir),
         Command::Token { command, data_dir } => token(command, &data_dir),
@@ -268,6 +388,88 @@ fn org(command: OrgCommand, data_dir: &std::path::Path) -> Result<(), String> {
 
 fn org_id(store: &Store, name: &str) -> Result<i64, String> {
     store.org_id(name).map_err(|e| e.to_string())
+}
+
+fn budget(command: BudgetCommand, data_dir: &std::path::Path) -> Result<(), String> {
+    use tally_collector::budgets;
+    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+    let show = |s: &budgets::State| {
+        println!(
+            "{}\t{}\t{}\tlimit ${}\tspent ${:.6}\t{}\t{}\t{}",
+            s.name,
+            serde_json::to_string(&s.scope).unwrap_or_default(),
+            s.period,
+            s.limit_usd,
+            s.spend_usd,
+            s.state,
+            s.action,
+            tally::time::format_rfc3339_ms(s.period_end_ms)
+        )
+    };
+    match command {
+        BudgetCommand::Set {
+            name,
+            org,
+            scope,
+            period,
+            limit_usd,
+            warn_at,
+            action,
+        } => {
+            let id = org_id(&store, &org)?;
+            let mut fields = std::collections::BTreeMap::new();
+            for s in scope {
+                let (k, v) = s
+                    .split_once('=')
+                    .ok_or_else(|| format!("--scope {s:?}: expected FIELD=VALUE"))?;
+                if fields.insert(k.trim().to_string(), v.trim().to_string()).is_some() {
+                    return Err(format!("--scope: {k} is given twice"));
+                }
+            }
+            let spec = budgets::BudgetSpec {
+                name,
+                scope: fields,
+                period,
+                limit_usd,
+                warn_at,
+                action,
+            };
+            let state = budgets::set(&mut store.conn_for_cli(), id, &spec, now_ms())
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("{}: {}", e.field, e.message))?;
+            show(&state);
+        }
+        BudgetCommand::List { org } => {
+            let id = org_id(&store, &org)?;
+            let list = store.budgets_of(id).map_err(|e| e.to_string())?;
+            for s in budgets::states(&store.conn_for_cli(), &list, now_ms())
+                .map_err(|e| e.to_string())?
+            {
+                show(&s);
+            }
+        }
+        BudgetCommand::Delete { name, org } => {
+            let id = org_id(&store, &org)?;
+            if !budgets::delete(&store.conn_for_cli(), id, &name).map_err(|e| e.to_string())? {
+                return Err(format!("org {org} has no budget {name:?}"));
+            }
+            eprintln!("Org {org}: budget {name} deleted.");
+        }
+        BudgetCommand::Rebuild { org } => {
+            let id = org_id(&store, &org)?;
+            let list = store.budgets_of(id).map_err(|e| e.to_string())?;
+            let mut conn = store.conn_for_cli();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| e.to_string())?;
+            for b in &list {
+                let spend = budgets::rebuild(&tx, b, now_ms()).map_err(|e| e.to_string())?;
+                eprintln!("{}: ${spend:.6} this {}", b.name, b.period.name());
+            }
+            tx.commit().map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 fn prices(command: PricesCommand, data_dir: &std::path::Path) -> Result<(), String> {
@@ -437,6 +639,86 @@ fn user(command: UserCommand, data_dir: &std::path::Path) -> Result<(), String> 
     Ok(())
 }
 
+fn alert(command: AlertCommand, data_dir: &std::path::Path) -> Result<(), String> {
+    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+    match command {
+        AlertCommand::Add {
+            name,
+            org,
+            url,
+            kinds,
+            allow_private,
+        } => {
+            let id = org_id(&store, &org)?;
+            let secret = alerts::add_hook(
+                &store.conn_for_cli(),
+                id,
+                &name,
+                &url,
+                kinds.as_deref(),
+                allow_private,
+                &alerts::Policy::default(),
+                now_ms(),
+            )
+            .map_err(|e| e.to_string())?;
+            eprintln!(
+                "Added alert hook {name} to org {org}. Its signing secret is shown once, below; \
+                 the receiver checks X-Tally-Signature with it (README, \"Alerts\")."
+            );
+            println!("{secret}");
+        }
+        AlertCommand::List { org } => {
+            let id = org_id(&store, &org)?;
+            for h in alerts::list_hooks(&store.conn_for_cli(), id).map_err(|e| e.to_string())? {
+                println!(
+                    "{}\t{}\t{}\tcreated {}{}",
+                    h.name,
+                    h.url,
+                    h.kinds.map_or("all kinds".to_string(), |k| k.join(",")),
+                    tally::time::format_rfc3339_ms(h.created_ms),
+                    if h.allow_private {
+                        "\tallow-private"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        AlertCommand::Delete { name, org } => {
+            let id = org_id(&store, &org)?;
+            if !alerts::delete_hook(&store.conn_for_cli(), id, &name).map_err(|e| e.to_string())? {
+                return Err(format!("org {org} has no alert hook {name}"));
+            }
+            eprintln!("Alert hook {name} of org {org} deleted.");
+        }
+        AlertCommand::History { org, limit } => {
+            let id = org_id(&store, &org)?;
+            let history = alerts::history(&store.conn_for_cli(), id, &org, limit.clamp(1, 500))
+                .map_err(|e| e.to_string())?;
+            for a in history {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+                println!("{}\t{}\t{}", s(&a["at"]), s(&a["kind"]), s(&a["text"]));
+                for d in a["deliveries"].as_array().into_iter().flatten() {
+                    println!(
+                        "\t{} attempt {}: {}{}{}",
+                        s(&d["hook"]),
+                        d["attempt"],
+                        s(&d["outcome"]),
+                        d["status"]
+                            .as_i64()
+                            .map_or(String::new(), |c| format!(" (HTTP {c})")),
+                        d["error"]
+                            .as_str()
+                            .map_or(String::new(), |e| format!(": {e}"))
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn serve(
     data_dir: PathBuf,
     listen: SocketAddr,
@@ -445,6 +727,7 @@ fn serve(
     plaintext_behind_mesh: bool,
     sign_in: &oidc::Args,
     metrics: &api::MetricsArgs,
+    alert_args: &AlertArgs,
 ) -> Result<(), String> {
     // The secret is read from the environment here and nowhere else, never from the command
     // line (which `ps` shows).
@@ -486,6 +769,20 @@ fn serve(
         .map_err(|e| format!("runtime: {e}"))?;
     let controls = tally_collector::controls::Controls::start(&store).map_err(|e| e.to_string())?;
     let metrics_access = metrics.access()?;
+    alerts::start(
+        &store,
+        alerts::Config {
+            policy: alerts::Policy {
+                allow_private: alert_args.alert_allow_private,
+                allow_hosts: alert_args.alert_allow_hosts.clone(),
+            },
+            retry_base_ms: alert_args.alert_retry_base_ms.max(1),
+            detect_every: std::time::Duration::from_millis(
+                alert_args.alert_detect_every_ms.max(100),
+            ),
+            ..Default::default()
+        },
+    )?;
     let state = api::AppState {
         metrics_access,
         store: store.clone(),
@@ -493,6 +790,7 @@ fn serve(
         controls,
         tls: tls.is_some(),
         sign_in: sign_in.clone(),
+        pollers: Default::default(),
     };
     let at_exit = store.clone();
     let served = runtime.block_on(async move {

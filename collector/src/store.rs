@@ -27,6 +27,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_roles_and_sso.sql"),
     include_str!("../migrations/0011_pricing_dimensions.sql"),
     include_str!("../migrations/0012_prices.sql"),
+    include_str!("../migrations/0013_budgets.sql"),
+    include_str!("../migrations/0014_alerts.sql"),
 ];
 
 /// Minute rollups are kept this long; older ranges are answered from hour rollups.
@@ -316,6 +318,8 @@ pub struct Store {
     /// The prices in force (see `prices`), and when their generation was last checked.
     prices: std::sync::RwLock<Arc<Prices>>,
     prices_checked: Mutex<std::time::Instant>,
+    /// Every org's budgets, reloaded in the ingest transaction when their generation moved.
+    budgets: Mutex<Arc<crate::budgets::Defs>>,
 }
 
 /// Rollup rows are written about once a second, not in every ingest transaction: a batch's
@@ -391,6 +395,8 @@ struct Job {
     /// Taken once the batch is committed.
     rollup: Mutex<OrgRows>,
     now_ms: i64,
+    /// The `X-Tally-Filter` id the batch came with (budgets count each filter's spend).
+    filter: Option<String>,
     outcome: Mutex<Option<Result<Stored, StoreError>>>,
 }
 
@@ -547,6 +553,11 @@ impl Store {
             }),
             prices: std::sync::RwLock::new(Arc::new(current)),
             prices_checked: Mutex::new(std::time::Instant::now()),
+            // Generation -1: loaded by the first ingest transaction.
+            budgets: Mutex::new(Arc::new(crate::budgets::Defs {
+                generation: -1,
+                ..Default::default()
+            })),
         })
     }
 
@@ -794,6 +805,17 @@ impl Store {
         batch: Arc<Batch>,
         now_ms: i64,
     ) -> Result<Stored, StoreError> {
+        self.insert_from(owners, batch, now_ms, None)
+    }
+
+    /// [`Store::insert_priced`] for a batch a filter sent with its id (`X-Tally-Filter`).
+    pub fn insert_from(
+        &self,
+        owners: Owners,
+        batch: Arc<Batch>,
+        now_ms: i64,
+        filter: Option<String>,
+    ) -> Result<Stored, StoreError> {
         let prices = self.prices();
         let rollup = owners.with_ids(owners.count(&prices.table, &batch, 0..batch.len()));
         let job = Arc::new(Job {
@@ -801,6 +823,7 @@ impl Store {
             rollup: Mutex::new(rollup),
             batch,
             now_ms,
+            filter,
             outcome: Mutex::new(None),
         });
         lock(&self.queue).push(job.clone());
@@ -852,14 +875,17 @@ impl Store {
         conn: &mut Connection,
         group: &[Arc<Job>],
     ) -> Result<Vec<Stored>, StoreError> {
-        let tx = conn.transaction()?;
+        // IMMEDIATE: the budgets are read first, and a read before the first write would fail
+        // the write if another process (the CLI) committed in between.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let budgets = self.budget_defs(&tx)?;
         // Each batch's rollup rows (its own, or counted again: see `store_batch`); and the
         // last event stored.
         let mut counted = Vec::with_capacity(group.len());
         let mut last = None;
         let mut outcomes = Vec::with_capacity(group.len());
         for j in group {
-            let (stored, again) = self.store_batch(&tx, j, &mut last)?;
+            let (stored, again) = self.store_batch(&tx, j, &mut last, &budgets)?;
             outcomes.push(stored);
             counted.push(again);
         }
@@ -895,7 +921,9 @@ impl Store {
         tx: &rusqlite::Transaction<'_>,
         job: &Job,
         last: &mut Option<i64>,
+        budgets: &crate::budgets::Defs,
     ) -> Result<(Stored, Option<OrgRows>), StoreError> {
+        let mut spend = crate::budgets::Added::default();
         let (owners, batch, now_ms) = (&job.owners, &job.batch, job.now_ms);
         let mut accepted = 0;
         let mut new = Vec::with_capacity(batch.len());
@@ -912,10 +940,10 @@ impl Store {
                     reasoning_tokens, token_source, cost_usd, error_category, error_source, team,
                     app, feature, task, session_id, user, rule, routed, received_ms,
                     measured_output_tokens, namespace, workload, principal, cache_write_1h_tokens,
-                    web_search_requests, service_tier)
+                    web_search_requests, service_tier, shadow, model_routed)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
-                    ?33, ?34, ?35, ?36, ?37, ?38)",
+                    ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40)",
             )?;
             let mut ratio = tx.prepare_cached(
                 "SELECT exact_output, measured_output, samples FROM calibration
@@ -998,9 +1026,14 @@ impl Store {
                     tok(e.cache_write_1h_tokens),
                     tok(e.web_search_requests),
                     e.service_tier,
+                    e.shadow,
+                    e.model_routed,
                 ])?;
                 accepted += inserted;
                 if inserted == 1 {
+                    if let Some(b) = budgets.by_org.get(&org_id) {
+                        spend.add(b, e, *ts, job.filter.is_some());
+                    }
                     new.push(index);
                     *last = Some(tx.last_insert_rowid());
                     if calibrated_at.last() == Some(&index) {
@@ -1021,6 +1054,9 @@ impl Store {
                 }
             }
         }
+        if !spend.is_empty() {
+            spend.write(tx, budgets, job.filter.as_deref(), now_ms)?;
+        }
         let again = (new.len() < batch.len() || !calibrated_at.is_empty()).then(|| {
             let as_sent = new
                 .iter()
@@ -1035,6 +1071,36 @@ impl Store {
             owners.with_ids(rows)
         });
         Ok(((accepted, batch.len() - accepted, new), again))
+    }
+
+    /// Every org's budgets, read again in this transaction if they changed since they were
+    /// loaded (one row read per ingest transaction), so that a budget set from the CLI counts
+    /// every event committed after it.
+    fn budget_defs(&self, tx: &Connection) -> Result<Arc<crate::budgets::Defs>, StoreError> {
+        let generation: i64 = tx.query_row("SELECT n FROM budget_generation", [], |r| r.get(0))?;
+        let mut current = lock(&self.budgets);
+        if current.generation != generation {
+            *current = Arc::new(crate::budgets::Defs::load(tx)?);
+        }
+        Ok(current.clone())
+    }
+
+    /// The budgets of the org `org_id`, as the last ingest transaction (or this call) saw them.
+    pub fn budgets_of(&self, org_id: i64) -> Result<Vec<crate::budgets::Budget>, StoreError> {
+        let defs = {
+            let conn = self.reader();
+            let generation: i64 =
+                conn.query_row("SELECT n FROM budget_generation", [], |r| r.get(0))?;
+            let current = lock(&self.budgets).clone();
+            if current.generation == generation {
+                current
+            } else {
+                let fresh = Arc::new(crate::budgets::Defs::load(&conn)?);
+                *lock(&self.budgets) = fresh.clone();
+                fresh
+            }
+        };
+        Ok(defs.by_org.get(&org_id).cloned().unwrap_or_default())
     }
 
     /// Write the rollup rows still waiting (see [`Unwritten`]), so that the table counts every
@@ -1446,7 +1512,7 @@ impl Store {
                 cached_input_tokens, cache_write_tokens, reasoning_tokens, token_source, cost_usd,
                 error_category, error_source, team, app, feature, task, session_id, user, rule, routed,
                 measured_output_tokens, namespace, workload, principal, cache_write_1h_tokens,
-                web_search_requests, service_tier
+                web_search_requests, service_tier, shadow, model_routed
              FROM events WHERE org_id = ?",
         );
         let mut args: Vec<rusqlite::types::Value> = vec![org.id.into()];
@@ -1515,6 +1581,8 @@ impl Store {
                 principal: r.get(31)?,
                 rule: r.get(26)?,
                 routed: r.get(27)?,
+                shadow: r.get(35)?,
+                model_routed: r.get(36)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -1608,6 +1676,8 @@ fn lite_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Event)> {
         principal: None,
         rule: None,
         routed: false,
+        shadow: false,
+        model_routed: None,
     };
     Ok((r.get::<_, i64>(0)?, ev))
 }
@@ -1927,7 +1997,10 @@ pub(crate) mod tests {
                     |r| r.get(0),
                 )
                 .unwrap();
-            assert_eq!(indexes, 2, "events_by_time and the unique request id index");
+            assert_eq!(
+                indexes, 3,
+                "events_by_time, the unique request id index and events_by_rule (migration 13)"
+            );
             let mut st = conn
                 .prepare(
                     "SELECT request_id, ts_ms, measured_output_tokens FROM events ORDER BY rowid",

@@ -76,7 +76,7 @@ pub async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<Se
 }
 
 /// A POST from another site (by its `Origin`) is refused.
-fn same_origin(headers: &HeaderMap) -> bool {
+pub fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         // Browsers send Origin on POST; clients without one are not browsers.
         return true;

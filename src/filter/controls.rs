@@ -17,6 +17,7 @@
 //! the last key set it had (counted in `controls_failed`).
 
 use super::shared;
+use crate::budgets::BudgetSet;
 use crate::org_keys::KeySet;
 
 fn key(scope: &str, suffix: &str) -> String {
@@ -25,7 +26,7 @@ fn key(scope: &str, suffix: &str) -> String {
 
 /// What a VM learns from shared data.
 pub enum Update {
-    Keys(KeySet),
+    Keys(KeySet, BudgetSet),
     /// The collector refused the filter's credential.
     Refused,
 }
@@ -58,7 +59,7 @@ impl Controls {
     }
 
     /// A key set newer than the one in use, if another VM (or this one) stored it.
-    pub fn newer(&mut self, scope: &str) -> Option<Result<Update, String>> {
+    pub fn newer(&mut self, scope: &str, now_ms: u64) -> Option<Result<Update, String>> {
         let generation: u64 = shared::get(&key(scope, ".v"))
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|v| v.parse().ok())
@@ -73,11 +74,12 @@ impl Controls {
             return Some(Ok(Update::Refused));
         }
         // The generation moves on only with a key set in hand: a bad one is tried again.
-        let keys = KeySet::parse(body);
-        if keys.is_ok() {
+        let parsed = KeySet::parse(body)
+            .and_then(|keys| Ok(Update::Keys(keys, BudgetSet::parse(body, now_ms)?)));
+        if parsed.is_ok() {
             self.generation = stored_generation;
         }
-        Some(keys.map(Update::Keys))
+        Some(parsed)
     }
 
     /// Take (or keep) the poller's lease until `until_ms`; true when this VM is to poll now.
@@ -90,6 +92,25 @@ impl Controls {
             free.then(|| (format!("{ours} {until_ms}").into_bytes(), ()))
         })
         .is_some()
+    }
+
+    /// This Envoy's id for the collector (`X-Tally-Filter` on polls and batches): the first VM
+    /// of the scope to ask names it after itself, and the others read it, so that the
+    /// collector leases budget shares per Envoy, not per worker.
+    pub fn filter_id(scope: &str, writer: u64) -> String {
+        let k = key(scope, ".filter");
+        shared::ensure(&k);
+        shared::update(&k, |v| {
+            if v.is_empty() {
+                let id = format!("{writer:016x}");
+                Some((id.clone().into_bytes(), id))
+            } else {
+                None
+            }
+        })
+        .or_else(|| shared::get(&k).and_then(|v| String::from_utf8(v).ok()))
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| format!("{writer:016x}"))
     }
 
     /// Give the lease up (a stopping root context), so that another VM polls at once.

@@ -41,9 +41,20 @@ pub fn reset_request() -> bool {
 /// Answer the request from the proxy. The SDK's `send_http_response` panics when the host
 /// refuses (it unwraps): this returns false instead, and the request goes on.
 pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+    send_local_response_as(status, headers, body, "tally_org_key_refused")
+}
+
+/// [`send_local_response`] with Envoy's response code details (`%RESPONSE_CODE_DETAILS%`) set
+/// to `details`.
+pub fn send_local_response_as(
+    status: u32,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    details: &str,
+) -> bool {
     let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
     let map = header_map::serialize(&pairs);
-    let details = b"tally_org_key_refused";
+    let details = details.as_bytes();
     // SAFETY: every pointer is valid for its length for the duration of the call; the host
     // copies what it needs.
     let status = unsafe {
@@ -118,6 +129,11 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
+/// Set a header (replacing any value it had).
+pub fn set_header(map: MapType, name: &str, value: &str) -> bool {
+    hostcalls::set_map_value(map, name, Some(value)).is_ok()
+}
+
 pub fn remove_header(map: MapType, name: &str) -> bool {
     hostcalls::remove_map_value(map, name).is_ok()
 }
@@ -170,6 +186,14 @@ pub struct Metrics {
     pub requests_refused_key: Option<u32>,
     pub requests_unattributed: Option<u32>,
     pub controls_failed: Option<u32>,
+    /// Rules and budgets: requests refused by a rule (403) or a budget (429), requests whose
+    /// model was rewritten, rewrites skipped (a SigV4-signed body, or a model in the path), and
+    /// model rules passed over because the model came after the hold's cap.
+    pub requests_refused_rule: Option<u32>,
+    pub requests_refused_budget: Option<u32>,
+    pub requests_rewritten: Option<u32>,
+    pub rewrites_skipped: Option<u32>,
+    pub rules_over_cap: Option<u32>,
     /// Gauges summed over the VMs of the plugin (each VM adds its own share): how many VMs run,
     /// their linear memory (so that memory per VM is read from Envoy's stats), and the events
     /// not yet accepted by the collector.
@@ -195,6 +219,11 @@ impl Metrics {
             requests_refused_key: c("tally.requests_refused_key"),
             requests_unattributed: c("tally.requests_unattributed"),
             controls_failed: c("tally.controls_failed"),
+            requests_refused_rule: c("tally.requests_refused_rule"),
+            requests_refused_budget: c("tally.requests_refused_budget"),
+            requests_rewritten: c("tally.requests_rewritten"),
+            rewrites_skipped: c("tally.rewrites_skipped"),
+            rules_over_cap: c("tally.rules_over_cap"),
             vms: g("tally.vms"),
             vm_memory_bytes: g("tally.vm_memory_bytes"),
             events_waiting: g("tally.events_waiting"),

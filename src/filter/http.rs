@@ -4,10 +4,12 @@
 use super::host::{self, Metrics};
 use super::root::Shared;
 use crate::config::KeySetMissing;
-use crate::exchange::{begin, Exchange, Finish};
+use crate::exchange::{begin, BodyStep, Exchange, Finish, HeadersStep};
+use crate::rules::{self, Budget, Refusal, Step};
+use super::ledger::{self, Shares};
 use crate::identity::Identity;
 use crate::org_keys::{
-    stop_signed_key, unauthorized_body, Decision, Policy, Refusal, SignedKeyStop,
+    stop_signed_key, unauthorized_body, Decision, Policy, Refusal as KeyRefusal, SignedKeyStop,
 };
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -17,6 +19,10 @@ use std::rc::Rc;
 pub struct Req {
     shared: Option<Rc<RefCell<Shared>>>,
     exchange: Option<Exchange>,
+    /// The budgets of the request's org as its decision saw them (None: none apply).
+    budgets: Option<Rc<Vec<Budget>>>,
+    /// What was reserved against each budget charged (index, nano-dollars), once decided.
+    reserved: Option<Vec<(usize, u64)>>,
 }
 
 impl Req {
@@ -24,12 +30,53 @@ impl Req {
         Req {
             shared,
             exchange: None,
+            budgets: None,
+            reserved: None,
         }
+    }
+
+    /// Answer a refusal by a rule or budget in the provider's format, and stop the request; if
+    /// the host cannot answer, the request goes on (counted as a filter error).
+    fn refuse_by(&self, s: &Shared, api: crate::provider::Api, why: &Refusal) -> Action {
+        let (status, headers, body) = rules::refusal_response(api, why);
+        let (counter, details) = match why {
+            Refusal::Budget { .. } => (s.metrics.requests_refused_budget, "tally_budget_exceeded"),
+            Refusal::Rule(_) | Refusal::OverCap(_) => {
+                (s.metrics.requests_refused_rule, "tally_blocked_by_rule")
+            }
+        };
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if host::send_local_response_as(u32::from(status), &headers, body.as_bytes(), details) {
+            Metrics::add(counter, 1);
+            Action::Pause
+        } else {
+            Metrics::add(s.metrics.filter_errors, 1);
+            Action::Continue
+        }
+    }
+
+    /// Once rules and budgets have decided, reserve the request's estimate against each budget
+    /// that counts it (once).
+    fn reserve(&mut self, s: &Shared) {
+        let (Some(ex), Some(budgets)) = (self.exchange.as_ref(), self.budgets.as_ref()) else {
+            return;
+        };
+        if self.reserved.is_some() || ex.waiting() || ex.acted().refused.is_some() {
+            return;
+        }
+        let charged = &ex.acted().charged;
+        let mut reserved = Vec::with_capacity(charged.len());
+        for &i in charged {
+            if let Some(b) = budgets.get(i) {
+                reserved.push((i, ledger::reserve(&s.scope, b)));
+            }
+        }
+        self.reserved = Some(reserved);
     }
 
     /// Answer 401 in the provider's format and stop the request; if the host cannot answer, the
     /// request goes on (counted as a filter error): the filter never breaks traffic itself.
-    fn refuse(&self, api: crate::provider::Api, why: Refusal) -> Action {
+    fn refuse(&self, api: crate::provider::Api, why: KeyRefusal) -> Action {
         let (content_type, body) = unauthorized_body(api, why);
         if host::send_local_response(401, &[("content-type", content_type)], body.as_bytes()) {
             Action::Pause
@@ -48,10 +95,26 @@ impl Req {
     }
 }
 
+impl Req {
+    /// Count what rules and budgets did, once the decision is made.
+    fn count_acted(&self, s: &Shared, ex: &Exchange) {
+        let a = ex.acted();
+        if a.model_routed.is_some() {
+            Metrics::add(s.metrics.requests_rewritten, 1);
+        }
+        if a.rewrite_skipped {
+            Metrics::add(s.metrics.rewrites_skipped, 1);
+        }
+        if a.passed_over_cap {
+            Metrics::add(s.metrics.rules_over_cap, 1);
+        }
+    }
+}
+
 impl Context for Req {}
 
 impl HttpContext for Req {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
@@ -146,10 +209,60 @@ impl HttpContext for Req {
         }
         match decision {
             Decision::Meter(org) => {
+                let budgets = s.budgets.for_org(org.as_deref()).filter(|b| !b.is_empty());
                 ex.set_org(org);
                 // Counted here, reported to Envoy on the timer: one host call fewer per request.
                 s.metered.set(s.metered.get() + 1);
-                self.exchange = Some(ex);
+                if !s.cfg.rules.is_empty() || budgets.is_some() {
+                    let list = budgets.clone().unwrap_or_default();
+                    let mut shares = Shares { scope: &s.scope };
+                    let mut step =
+                        rules::decide(&s.cfg.rules, &list, &mut shares, &ex.facts(ex.model_at_headers()));
+                    if end_of_stream && matches!(step, Step::Wait { .. }) {
+                        // No body: the model will never come.
+                        step = rules::decide(
+                            &s.cfg.rules,
+                            &list,
+                            &mut shares,
+                            &ex.facts(rules::Model::Never),
+                        );
+                    }
+                    let api = ex.api();
+                    let outcome = ex.at_headers(step, s.cfg.model_hold_bytes);
+                    self.budgets = budgets;
+                    self.exchange = Some(ex);
+                    match outcome {
+                        HeadersStep::Refuse(why) => {
+                            return self.refuse_by(&s, api, &why);
+                        }
+                        HeadersStep::Go {
+                            route,
+                            body_may_change,
+                        } => {
+                            if let Some(route) = route {
+                                if !host::set_header(
+                                    MapType::HttpRequestHeaders,
+                                    "x-tally-route",
+                                    &route,
+                                ) {
+                                    Metrics::add(s.metrics.filter_errors, 1);
+                                }
+                            }
+                            if body_may_change
+                                && !b.drop_content_length
+                                && !host::remove_header(
+                                    MapType::HttpRequestHeaders,
+                                    "content-length",
+                                )
+                            {
+                                Metrics::add(s.metrics.filter_errors, 1);
+                            }
+                        }
+                    }
+                    self.reserve(&s);
+                } else {
+                    self.exchange = Some(ex);
+                }
             }
             Decision::Unattributed => Metrics::add(s.metrics.requests_unattributed, 1),
             Decision::Refuse(why) => {
@@ -163,7 +276,7 @@ impl HttpContext for Req {
         Action::Continue
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
@@ -171,13 +284,38 @@ impl HttpContext for Req {
             self.error();
             return Action::Continue;
         };
-        if let Some(edited) = ex.on_request_body(&chunk) {
-            if !host::replace_body(BufferType::HttpRequestBody, body_size, &edited) {
-                ex.request_edit_failed();
-                self.error();
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let Ok(s) = shared.try_borrow() else {
+            self.error();
+            return Action::Continue;
+        };
+        let was_waiting = ex.waiting();
+        let list = self.budgets.clone().unwrap_or_default();
+        let rules = &s.cfg.rules;
+        let mut shares = Shares { scope: &s.scope };
+        let step = ex.on_request_body(&chunk, end_of_stream, &mut |facts| {
+            rules::decide(rules, &list, &mut shares, facts)
+        });
+        let action = match step {
+            BodyStep::Pass => Action::Continue,
+            BodyStep::Replace(edited) => {
+                if !host::replace_body(BufferType::HttpRequestBody, body_size, &edited) {
+                    ex.request_edit_failed();
+                    Metrics::add(s.metrics.filter_errors, 1);
+                }
+                Action::Continue
             }
+            BodyStep::Refuse(why) => {
+                let api = ex.api();
+                self.refuse_by(&s, api, &why)
+            }
+        };
+        if was_waiting {
+            self.reserve(&s);
         }
-        Action::Continue
+        action
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -261,7 +399,22 @@ impl HttpContext for Req {
             final_status,
         };
         let s = &mut *s;
+        self.count_acted(s, &ex);
         let event = ex.finish(fin, &mut s.tokenizers);
+        if let (Some(reserved), Some(budgets)) = (self.reserved.take(), self.budgets.as_ref()) {
+            for (i, nano) in reserved {
+                if let Some(b) = budgets.get(i) {
+                    // Priced here by the org's rates, as the collector will; a model they do
+                    // not know keeps its estimate. A refused request cost nothing.
+                    let cost = if event.error_source == Some(crate::event::ErrorSource::Proxy) {
+                        0.0
+                    } else {
+                        s.budgets.cost_usd(&b.org, &event).unwrap_or(b.estimate_usd)
+                    };
+                    ledger::settle(&s.scope, b, nano, cost);
+                }
+            }
+        }
         s.outbox.push_with(now as u64, |buf| event.write_json(buf));
     }
 }

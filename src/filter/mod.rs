@@ -13,6 +13,7 @@ mod fault;
 mod handover;
 mod host;
 mod http;
+mod ledger;
 mod root;
 mod shared;
 

@@ -5,6 +5,7 @@ use super::controls::{Controls, Update};
 use super::handover;
 use super::host::{self, Metrics};
 use super::http::Req;
+use crate::budgets::BudgetSet;
 use crate::config::{Config, Env};
 use crate::identity::Identity;
 use crate::measure::Tokenizers;
@@ -33,6 +34,10 @@ pub struct Shared {
     pub own_key: Option<KeyHash>,
     /// This proxy's own workload (a sidecar), from Istio's node metadata.
     pub node_identity: Option<Rc<Identity>>,
+    /// Budgets and rates from the collector (empty until the first answer).
+    pub budgets: BudgetSet,
+    /// The scope of this filter's shared data (see `crate::handoff::scope`).
+    pub scope: String,
     ids: IdGen,
 }
 
@@ -64,6 +69,10 @@ pub struct Root {
     /// When to look next for events that a stopped VM left behind.
     next_adoption_ms: u64,
     controls: Controls,
+    /// Dropped events the collector was told of (its last accepted batch), and the count the
+    /// batch in flight tells.
+    dropped_told: u64,
+    dropped_sending: u64,
 }
 
 /// How often a running VM looks for events left by a VM that stopped.
@@ -86,6 +95,8 @@ impl Root {
             handover_warned: false,
             next_adoption_ms: 0,
             controls: Controls::default(),
+            dropped_told: 0,
+            dropped_sending: 0,
         }
     }
 
@@ -164,11 +175,10 @@ impl Root {
         let Ok(mut s) = shared.try_borrow_mut() else {
             return;
         };
-        if !s.cfg.needs_key_set() {
-            return;
-        }
-        match self.controls.newer(&self.scope) {
-            Some(Ok(Update::Keys(keys))) => {
+        // Every filter polls: budgets apply to all of them, and key sets to most.
+        match self.controls.newer(&self.scope, now) {
+            Some(Ok(Update::Keys(keys, budgets))) => {
+                s.budgets = budgets;
                 if s.keys.is_none() {
                     host::log(
                         LogLevel::Info,
@@ -178,6 +188,7 @@ impl Root {
                 s.keys = Some(keys);
             }
             Some(Ok(Update::Refused)) if s.keys.take().is_some() => {
+                s.budgets = BudgetSet::default();
                 host::log(
                     LogLevel::Warn,
                     "org keys: the collector refused this filter's credential; no key set \
@@ -207,11 +218,13 @@ impl Root {
         }
         let auth = format!("Bearer {}", s.cfg.bearer());
         let etag = Controls::etag(&self.scope);
+        let filter = Controls::filter_id(&self.scope, self.writer);
         let mut headers = vec![
             (":method", "GET"),
             (":path", "/v1/controls"),
             (":authority", s.cfg.collector_authority.as_str()),
             ("authorization", auth.as_str()),
+            ("x-tally-filter", filter.as_str()),
         ];
         // Only with a key set in hand: a VM that has none needs the whole body.
         if !etag.is_empty() && s.keys.is_some() {
@@ -238,7 +251,9 @@ impl Root {
                 let etag =
                     host::header(MapType::HttpCallResponseHeaders, "etag").unwrap_or_default();
                 // Checked before it is shared: a bad answer never replaces a good key set.
-                if let Err(e) = KeySet::parse(&body) {
+                if let Err(e) = KeySet::parse(&body)
+                    .and_then(|_| BudgetSet::parse(&body, host::now_ms() as u64))
+                {
                     return self.controls_failed(&e);
                 }
                 if !Controls::store(&self.scope, &body, &etag) {
@@ -272,7 +287,7 @@ impl Root {
         if self.controls.failures == 1 {
             host::log(
                 LogLevel::Warn,
-                &format!("org keys: polling /v1/controls failed ({why}); the last key set stays"),
+                &format!("controls: polling /v1/controls failed ({why}); the last key set and budget state stay"),
             );
         }
     }
@@ -335,9 +350,7 @@ impl Root {
         self.writer = seeded_ids().next_u64() | 1;
         self.scope = crate::handoff::scope(cfg.bearer(), &cfg.collector_cluster);
         handover::init(&self.scope);
-        if cfg.needs_key_set() {
-            Controls::init(&self.scope);
-        }
+        Controls::init(&self.scope);
         if !self.counted_vm {
             Metrics::shift(self.metrics.vms, 1);
             self.counted_vm = true;
@@ -357,6 +370,8 @@ impl Root {
             keys: None,
             own_key,
             node_identity: node_identity.map(Rc::new),
+            budgets: BudgetSet::default(),
+            scope: self.scope.clone(),
             ids: seeded_ids(),
         })));
         Ok(())
@@ -381,13 +396,23 @@ impl Root {
             return;
         };
         let auth = format!("Bearer {}", s.cfg.bearer());
-        let headers = vec![
+        let filter = Controls::filter_id(&self.scope, self.writer);
+        let c = s.outbox.counters;
+        let dropped = c.dropped_full + c.dropped_rejected + c.dropped_expired;
+        // Events dropped since the collector last accepted a batch, for its alert.
+        let untold = dropped.saturating_sub(self.dropped_told).to_string();
+        self.dropped_sending = dropped;
+        let mut headers = vec![
             (":method", "POST"),
             (":path", "/v1/events"),
             (":authority", s.cfg.collector_authority.as_str()),
             ("content-type", "application/x-ndjson"),
             ("authorization", auth.as_str()),
+            ("x-tally-filter", filter.as_str()),
         ];
+        if untold != "0" {
+            headers.push(("x-tally-dropped", untold.as_str()));
+        }
         match hostcalls::dispatch_http_call(
             &s.cfg.collector_cluster,
             headers,
@@ -476,7 +501,9 @@ impl Context for Root {
         let status = host::header(MapType::HttpCallResponseHeaders, ":status")
             .and_then(|s| s.parse::<u16>().ok());
         let outcome = Outcome::from_status(status);
-        if outcome != Outcome::Accepted {
+        if outcome == Outcome::Accepted {
+            self.dropped_told = self.dropped_sending;
+        } else {
             Metrics::add(self.metrics.batches_failed, 1);
             host::log(
                 LogLevel::Warn,
