@@ -7,7 +7,9 @@
 //   not measured is "–", and a cost with no known price is "unknown", never $0.00;
 // - the page's state (range, filters, chart and breakdown dimensions) lives in the URL's query
 //   string, so a view can be bookmarked, reloaded and walked with back and forward;
-// - a query that fails or is refused clears what it drew and says why in its own card.
+// - a query that fails or is refused clears what it drew and says why in its own card;
+// - changes (budgets, webhooks) are offered to org admins only, and carry the session's CSRF
+//   token; the server refuses them to anyone else whatever the page shows.
 'use strict';
 
 (function () {
@@ -24,6 +26,8 @@
   const DAY = 24 * HOUR;
   const RANGES = { '1h': HOUR, '24h': DAY, '7d': 7 * DAY, '30d': 30 * DAY, '90d': 90 * DAY };
   const DEFAULT_RANGE = '24h';
+  // The page's views: spend (the default), budgets, alerts, and the rules applied.
+  const VIEWS = ['spend', 'budgets', 'alerts', 'rules'];
   const FILTERS = ['team', 'app', 'feature', 'task', 'model', 'provider', 'user', 'namespace', 'workload', 'status'];
   const NAMES = {
     feature: 'Feature', model: 'Model', provider: 'Provider', team: 'Team', app: 'App', task: 'Task',
@@ -101,7 +105,8 @@
 
   function readUrl() {
     const q = new URLSearchParams(location.search);
-    const s = { preset: DEFAULT_RANGE, from: null, to: null, filters: {}, stack: 'model', by: 'feature' };
+    const s = { view: 'spend', preset: DEFAULT_RANGE, from: null, to: null, filters: {}, stack: 'model', by: 'feature' };
+    if (VIEWS.includes(q.get('view'))) s.view = q.get('view');
     const from = Date.parse(q.get('from') || '');
     const to = Date.parse(q.get('to') || '');
     if (!isNaN(from) && !isNaN(to) && from < to) {
@@ -119,6 +124,7 @@
 
   function urlOf(s) {
     const q = new URLSearchParams();
+    if (s.view !== 'spend') q.set('view', s.view);
     if (s.preset) {
       if (s.preset !== DEFAULT_RANGE) q.set('range', s.preset);
     } else {
@@ -149,10 +155,10 @@
 
   // ---- API --------------------------------------------------------------------------------
 
-  async function api(path) {
+  async function call(path, init) {
     let r;
     try {
-      r = await fetch(path, { credentials: 'same-origin' });
+      r = await fetch(path, { credentials: 'same-origin', ...init });
     } catch (e) {
       throw new Error('the collector did not answer');
     }
@@ -167,7 +173,20 @@
       } catch (e) { /* not JSON: the status says enough */ }
       throw new Error(msg);
     }
-    return r.json();
+    return r.status === 204 ? null : r.json();
+  }
+  const api = (path) => call(path);
+
+  // The signed-in user: org, email, role and the CSRF token that changes must carry.
+  const session = api('/api/v1/session');
+  const isAdmin = () => session.then((s) => s.role === 'admin', () => false);
+
+  // A change (POST, DELETE) as the signed-in user: the server checks the token and the role.
+  async function send(method, path, body) {
+    const s = await session;
+    const headers = { 'x-csrf-token': s.csrf };
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    return call(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   }
 
   // The query string of a read: the window, the page's filters, and what the read adds.
@@ -256,6 +275,11 @@
       this.columns.forEach((c, i) => {
         const th = document.createElement('th');
         if (c.num) th.className = 'num';
+        if (c.nosort) {
+          th.textContent = c.label;
+          htr.appendChild(th);
+          return;
+        }
         const b = document.createElement('button');
         b.type = 'button';
         b.textContent = c.label;
@@ -275,12 +299,25 @@
       });
       head.appendChild(htr);
       const body = document.createElement('tbody');
+      if (this.rows.length === 0 && this.opts.empty) {
+        const tr = document.createElement('tr');
+        const td = document.createElement('td');
+        td.colSpan = this.columns.length;
+        td.className = 'muted empty';
+        td.textContent = this.opts.empty;
+        tr.appendChild(td);
+        body.appendChild(tr);
+      }
       for (const r of this.sorted()) {
         const tr = document.createElement('tr');
         for (const c of this.columns) {
           const td = document.createElement('td');
-          if (c.num) td.className = 'num';
-          td.textContent = c.text(r);
+          td.className = [c.num ? 'num' : '', c.cls || ''].join(' ').trim();
+          if (c.node) {
+            for (const n of [].concat(c.node(r))) td.append(n);
+          } else {
+            td.textContent = c.text(r);
+          }
           tr.appendChild(td);
         }
         const drill = this.opts.drill && this.opts.drill(r);
@@ -303,9 +340,10 @@
         if (FORMULA.test(s) && !RUST_F64.test(s)) s = "'" + s;
         return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
       };
-      const lines = [this.columns.map((c) => cell(c.label)).join(',')];
+      const columns = this.columns.filter((c) => !c.nocsv);
+      const lines = [columns.map((c) => cell(c.label)).join(',')];
       for (const r of this.sorted()) {
-        lines.push(this.columns.map((c) => cell(c.csv ? c.csv(r) : c.value(r))).join(','));
+        lines.push(columns.map((c) => cell(c.csv ? c.csv(r) : c.value(r))).join(','));
       }
       return lines.join('\r\n') + '\r\n';
     }
@@ -661,9 +699,274 @@
     }
   }
 
+  // ---- Budgets, alerts and rules ----------------------------------------------------------
+
+  // An element with its text and class.
+  const el = (tag, textContent, className) => {
+    const e = document.createElement(tag);
+    if (textContent != null) e.textContent = textContent;
+    if (className) e.className = className;
+    return e;
+  };
+  // A signed amount: a negative saving (a rule that sent a dearer model) keeps its sign.
+  const signedUsd = (v) => (v < 0 ? '−' + usd(-v) : usd(v));
+  // A "Delete" button that asks first, then runs `del` and redraws the view.
+  const deleteButton = (what, name, card, del) => {
+    const b = el('button', 'Delete', 'danger');
+    b.type = 'button';
+    b.dataset.delete = name;
+    b.title = 'Delete ' + what + ' ' + name;
+    b.addEventListener('click', async () => {
+      if (!confirm('Delete ' + what + ' "' + name + '"?')) return;
+      b.disabled = true;
+      try {
+        await del();
+        refresh();
+      } catch (e) {
+        failure(card, e);
+        b.disabled = false;
+      }
+    });
+    return b;
+  };
+  const scopeText = (scope) => {
+    const pairs = Object.entries(scope || {});
+    return pairs.length === 0 ? 'whole org' : pairs.map(([k, v]) => k + '=' + v).join(', ');
+  };
+
+  function budgetColumns(admin) {
+    const cols = [
+      { label: 'Budget', value: (b) => b.name, text: (b) => b.name },
+      { label: 'Scope', value: (b) => scopeText(b.scope), text: (b) => scopeText(b.scope) },
+      { label: 'Period', value: (b) => b.period, text: (b) => b.period },
+      { label: 'Action', value: (b) => b.action, text: (b) => b.action },
+      {
+        label: 'Spend', num: true,
+        value: (b) => b.spend_usd,
+        node: (b) => {
+          const m = el('meter');
+          m.min = 0;
+          m.max = b.limit_usd;
+          m.low = b.warn_at * b.limit_usd;
+          m.high = b.limit_usd;
+          m.optimum = 0;
+          m.value = Math.min(b.spend_usd, b.limit_usd);
+          m.title = pct(b.spend_usd, b.limit_usd) + ' of the limit';
+          return [m, el('span', usd(b.spend_usd) + ' · ' + pct(b.spend_usd, b.limit_usd))];
+        },
+        csv: (b) => b.spend_usd,
+      },
+      { label: 'Limit', num: true, value: (b) => b.limit_usd, text: (b) => usd(b.limit_usd) },
+      numCol('Requests', (b) => b.requests),
+      {
+        label: 'Forecast to period end', num: true, value: (b) => b.forecast_usd,
+        text: (b) => usd(b.forecast_usd) + (b.forecast_usd >= b.limit_usd && b.spend_usd < b.limit_usd ? ' · over the limit' : ''),
+        csv: (b) => b.forecast_usd,
+      },
+      {
+        label: 'State', value: (b) => b.state,
+        node: (b) => el('span', b.state, 'state state-' + b.state),
+      },
+      {
+        label: 'Period ends (UTC)', value: (b) => b.period_end_ms,
+        text: (b) => utc(b.period_end_ms) + ' UTC', csv: (b) => new Date(b.period_end_ms).toISOString(),
+      },
+    ];
+    if (admin) {
+      cols.push({
+        label: '', nosort: true, nocsv: true, value: () => null,
+        node: (b) => deleteButton('budget', b.name, 'budgets-card',
+          () => send('DELETE', '/api/v1/budgets/' + encodeURIComponent(b.name))),
+      });
+    }
+    return cols;
+  }
+  const budgetsTable = new Table('budgets', [], { empty: 'No budgets yet.' });
+
+  async function budgets() {
+    const [data, admin] = await Promise.all([api('/api/v1/budgets'), isAdmin()]);
+    return () => {
+      budgetsTable.setColumns(budgetColumns(admin));
+      budgetsTable.set(data.budgets);
+      $('budget-admin').hidden = !admin;
+    };
+  }
+
+  $('budget-form').elements.action.addEventListener('change', () => {
+    $('downgrade-model').hidden = $('budget-form').elements.action.value !== 'downgrade';
+  });
+  $('budget-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const f = $('budget-form').elements;
+    const done = $('budget-admin').querySelector('.done');
+    done.hidden = true;
+    const scope = {};
+    for (const part of f.scope.value.split(',').map((p) => p.trim()).filter(Boolean)) {
+      const cut = part.indexOf('=');
+      if (cut <= 0) {
+        failure('budget-admin', new Error('scope: write FIELD=VALUE pairs separated by commas, e.g. team=payments'));
+        return;
+      }
+      scope[part.slice(0, cut).trim()] = part.slice(cut + 1).trim();
+    }
+    const action = f.action.value === 'downgrade' ? 'downgrade:' + f.model.value.trim() : f.action.value;
+    const body = {
+      name: f.name.value.trim(), scope, period: f.period.value,
+      limit_usd: Number(f.limit_usd.value), warn_at: Number(f.warn_at.value) / 100, action,
+    };
+    try {
+      await send('POST', '/api/v1/budgets', body);
+      success('budget-admin');
+      done.textContent = 'Budget ' + body.name + ' saved.';
+      done.hidden = false;
+      refresh();
+    } catch (err) {
+      failure('budget-admin', err);
+    }
+  });
+
+  const host = (url) => {
+    try { return new URL(url).host; } catch (e) { return String(url); }
+  };
+
+  function hookColumns(admin) {
+    const cols = [
+      { label: 'Webhook', value: (h) => h.name, text: (h) => h.name },
+      { label: 'Destination host', value: (h) => host(h.url), text: (h) => host(h.url) },
+      { label: 'Kinds', value: (h) => h.kinds.join(', '), text: (h) => h.kinds.join(', '), cls: 'wrap' },
+      { label: 'Created (UTC)', value: (h) => h.created, text: (h) => utcSeconds(h.created) },
+    ];
+    if (admin) {
+      cols.push({
+        label: '', nosort: true, nocsv: true, value: () => null,
+        node: (h) => deleteButton('webhook', h.name, 'hooks-card',
+          () => send('DELETE', '/api/v1/alerts/' + encodeURIComponent(h.name))),
+      });
+    }
+    return cols;
+  }
+  const hooksTable = new Table('hooks', [], { empty: 'No webhooks: alerts are recorded, and sent nowhere.' });
+
+  const dash = (v) => (v == null || v === '' ? '–' : String(v));
+  const historyTable = new Table('history', [
+    { label: 'Time (UTC)', value: (r) => r.at, text: (r) => utcSeconds(r.at) },
+    { label: 'Kind', value: (r) => r.kind, text: (r) => r.kind },
+    { label: 'Alert', value: (r) => r.text, text: (r) => r.text, cls: 'wrap' },
+    { label: 'Hook', value: (r) => (r.d ? r.d.hook : null), text: (r) => (r.d ? r.d.hook : 'no hook') },
+    numCol('Attempt', (r) => (r.d ? r.d.attempt : null)),
+    numCol('HTTP status', (r) => (r.d ? r.d.status : null), dash),
+    {
+      label: 'Outcome', value: (r) => (r.d ? r.d.outcome : null),
+      node: (r) => (r.d ? el('span', r.d.outcome, 'state outcome-' + r.d.outcome) : el('span', '–')),
+    },
+    {
+      label: 'Detail', value: (r) => detail(r), text: (r) => detail(r), cls: 'wrap',
+    },
+  ], { empty: 'No alerts yet.' });
+  // Why an attempt failed, or when the next one is due.
+  function detail(r) {
+    if (!r.d) return '–';
+    const parts = [];
+    if (r.d.error) parts.push(r.d.error);
+    if (r.d.next_attempt) parts.push('next attempt ' + utcSeconds(r.d.next_attempt) + ' UTC');
+    return parts.length ? parts.join('; ') : '–';
+  }
+
+  async function alerts() {
+    const [data, admin] = await Promise.all([api('/api/v1/alerts'), isAdmin()]);
+    return () => {
+      hooksTable.setColumns(hookColumns(admin));
+      hooksTable.set(data.hooks);
+      // One row per delivery attempt, the alert's own fields on each.
+      const rows = [];
+      for (const a of data.history) {
+        if (a.deliveries.length === 0) rows.push({ ...a, d: null });
+        for (const d of a.deliveries) rows.push({ ...a, d });
+      }
+      historyTable.set(rows);
+      $('hook-admin').hidden = !admin;
+    };
+  }
+
+  $('hook-form').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const form = $('hook-form');
+    const f = form.elements;
+    const kinds = [...form.querySelectorAll('input[name=kinds]:checked')].map((k) => k.value);
+    const body = { name: f.name.value.trim(), url: f.url.value.trim() };
+    if (kinds.length) body.kinds = kinds;
+    $('hook-secret').hidden = true;
+    try {
+      const made = await send('POST', '/api/v1/alerts', body);
+      success('hook-admin');
+      // Shown this once: the server never lists it again.
+      text('hook-secret-name', made.name);
+      text('hook-secret-value', made.secret);
+      $('hook-secret').hidden = false;
+      form.reset();
+      refresh();
+    } catch (err) {
+      failure('hook-admin', err);
+    }
+  });
+
+  const PREFIX = { rule: 'rule', budget: 'budget' };
+  const ruleKind = (r) => PREFIX[r.rule.split(':')[0]] || '–';
+  const ruleName = (r) => (r.rule.includes(':') ? r.rule.slice(r.rule.indexOf(':') + 1) : r.rule);
+  // A downgrade figure: "–" for a rule that downgraded nothing, "unknown" (never $0.00) when no
+  // downgrade was priced both ways, "+ unknown" when some were not.
+  const downgradeCost = (r, v, fmt) => {
+    if (!r.downgrades) return '–';
+    if (v == null) return 'unknown';
+    return r.unpriced > 0 ? '≥ ' + fmt(v) + ' + unknown' : fmt(v);
+  };
+  const rulesTable = new Table('rules', [
+    { label: 'Rule', value: ruleName, text: ruleName },
+    { label: 'Kind', value: ruleKind, text: ruleKind },
+    numCol('Requests', (r) => r.requests),
+    numCol('Changed', (r) => r.changed),
+    numCol('Refused', (r) => r.refused),
+    numCol('Shadow', (r) => r.shadow),
+    costCol('Cost', (r) => r.cost_usd, (r) => r.unpriced_requests),
+    numCol('Downgrades', (r) => r.downgrades),
+    {
+      label: 'Cost at requested model', num: true, value: (r) => r.cost_at_requested_usd,
+      text: (r) => downgradeCost(r, r.cost_at_requested_usd, usd),
+      csv: (r) => (!r.downgrades ? '' : r.cost_at_requested_usd == null ? 'unknown' : r.cost_at_requested_usd),
+    },
+    {
+      label: 'Estimated saving', num: true, value: (r) => r.saving_usd,
+      text: (r) => {
+        const t = downgradeCost(r, r.saving_usd, signedUsd);
+        return r.downgrades && r.unpriced > 0 ? t + ' (' + int(r.unpriced) + ' unpriced)' : t;
+      },
+      csv: (r) => (!r.downgrades ? '' : r.saving_usd == null ? 'unknown' : r.saving_usd),
+    },
+  ], { empty: 'No rule or budget acted on a request in this range.' });
+
+  async function rules(c) {
+    const data = await api('/api/v1/rules?' + new URLSearchParams({
+      from: new Date(c.from).toISOString(), to: new Date(c.to).toISOString(),
+    }));
+    return () => rulesTable.set(data.rules);
+  }
+
   // ---- The page's controls ----------------------------------------------------------------
 
   function syncControls(c) {
+    // Each view shows what applies to it: budgets and alerts are "now", rules read the range,
+    // and the filters apply to the spend view only.
+    const v = state.view;
+    for (const b of document.querySelectorAll('#views [data-view]')) {
+      b.classList.toggle('on', b.dataset.view === v);
+      if (b.dataset.view === v) b.setAttribute('aria-current', 'page'); else b.removeAttribute('aria-current');
+    }
+    for (const name of VIEWS) $(name + '-view').hidden = name !== v;
+    const ranged = v === 'spend' || v === 'rules';
+    $('range').hidden = !ranged;
+    $('showing').hidden = !ranged;
+    $('filters').hidden = v !== 'spend';
+    if (v !== 'spend') $('resolution').hidden = true;
     for (const b of document.querySelectorAll('#range [data-range]')) b.classList.toggle('on', b.dataset.range === state.preset);
     const local = (t) => new Date(t).toISOString().slice(0, 16);
     $('from').value = local(c.from);
@@ -689,7 +992,7 @@
       });
       chips.appendChild(b);
     }
-    chips.hidden = chips.children.length === 0;
+    chips.hidden = v !== 'spend' || chips.children.length === 0;
   }
 
   // Run one view's read: draw it if it is still the page's current state, else drop it; a
@@ -723,6 +1026,18 @@
     ctx = c;
     document.body.dataset.state = 'loading';
     syncControls(c);
+    if (state.view !== 'spend') {
+      const load = {
+        budgets: () => view(c, 'budgets-card', budgets, () => { budgetsTable.clear(); $('budget-admin').hidden = true; }),
+        alerts: () => view(c, 'history-card', alerts, () => { hooksTable.clear(); historyTable.clear(); $('hook-admin').hidden = true; }),
+        rules: () => view(c, 'rules-card', rules, () => rulesTable.clear()),
+      }[state.view];
+      await load();
+      if (!current(c)) return;
+      document.body.dataset.state = 'ready';
+      document.body.dataset.loaded = String(my);
+      return;
+    }
     logCursor = null;
     $('more').hidden = true;
     await Promise.all([
@@ -748,6 +1063,9 @@
     document.body.dataset.loaded = String(my);
   }
 
+  for (const b of document.querySelectorAll('#views [data-view]')) {
+    b.addEventListener('click', () => navigate({ view: b.dataset.view }));
+  }
   for (const b of document.querySelectorAll('#range [data-range]')) {
     b.addEventListener('click', () => navigate({ preset: b.dataset.range, from: null, to: null }));
   }
@@ -774,7 +1092,10 @@
   $('more').addEventListener('click', more);
 
   // Client-side CSV of the data a table holds, in its current order.
-  const TABLES = { breakdown: breakdownTable, models: modelsTable, unpriced: unpricedTable, errors: errorsTable };
+  const TABLES = {
+    breakdown: breakdownTable, models: modelsTable, unpriced: unpricedTable, errors: errorsTable,
+    budgets: budgetsTable, hooks: hooksTable, history: historyTable, rules: rulesTable,
+  };
   for (const b of document.querySelectorAll('button.csv')) {
     b.addEventListener('click', () => {
       const name = b.dataset.table;
@@ -789,7 +1110,7 @@
     });
   }
 
-  api('/api/v1/session').then((s) => {
+  session.then((s) => {
     text('org', s.org + ' · ' + s.email);
     if (s.role) {
       text('role', s.role);

@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/timeseries", get(timeseries))
         .route("/api/v1/events.csv", get(export_events))
         .route("/api/v1/session", get(crate::web::session_info))
+        .route("/api/v1/rules", get(crate::rules_report::list))
         .route(
             "/api/v1/budgets",
             get(crate::budgets::http::list).post(crate::budgets::http::set),

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod oidc;
 pub mod prices;
 pub mod rollup;
+pub mod rules_report;
 pub mod sender;
 pub mod sketch;
 pub mod store;
