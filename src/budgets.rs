@@ -5,37 +5,24 @@
 //! interval and a poll after the requests that made them. Left at that, every Envoy would keep
 //! admitting requests for that long after the limit, and concurrent streams would all pass.
 //! So the collector leases each filter a share of what remains (`share_usd`: the remainder over
-//! the filters polling for the org), and a filter acts as if the limit were reached once its
-//! own spend that the collector has not counted yet (`local spent - confirmed_usd`), plus what
-//! its requests in flight are reserved at (`estimate_usd` each), would pass its share. Spend is
-//! counted exactly as requests finish, from the rates `/v1/controls` carries; the collector's
-//! own figure replaces it as the events arrive. ARCHITECTURE.md, "Budgets", gives the bound.
+//! the filters polling for the org), and a filter acts as if the limit were reached once the
+//! requests it finished that the collector has not counted yet (`settled - confirmed_requests`),
+//! and those in flight, each at the budget's mean cost per request (`estimate_usd`), with one more
+//! would pass its share. Counting requests rather than local prices links the two counts
+//! exactly (the collector counts each filter's requests by its `X-Tally-Filter` id), whatever
+//! the prices: a cost the filter could only estimate never lingers in its count; the collector's
+//! exact figure replaces it within a flush and a poll. ARCHITECTURE.md, "Budgets", gives the
+//! bound.
 
-use crate::event::Event;
 use crate::rules::{Budget, BudgetAction, Matchers};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-/// A model's rates as an org pays them (USD per 1M tokens; per search).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct Rates {
-    pub input: f64,
-    pub cached_input: f64,
-    pub cache_write: f64,
-    #[serde(default)]
-    pub cache_write_1h: f64,
-    pub output: f64,
-    #[serde(default)]
-    pub web_search: f64,
-}
-
-/// What `/v1/controls` says about budgets: each org's, and the rates to count spend with.
+/// What `/v1/controls` says about budgets: each org's.
 #[derive(Debug, Default, Clone)]
 pub struct BudgetSet {
     /// Org -> its budgets that act at the proxy, in the collector's order.
     pub by_org: BTreeMap<String, std::rc::Rc<Vec<Budget>>>,
-    /// Org -> `provider/model` -> rates.
-    pub rates: HashMap<String, HashMap<String, Rates>>,
 }
 
 #[derive(Deserialize)]
@@ -49,21 +36,12 @@ struct RawBudget {
     period_start_ms: i64,
     period_end_ms: i64,
     share_usd: f64,
-    confirmed_usd: f64,
+    confirmed_requests: u64,
     estimate_usd: f64,
 }
 
 #[derive(Deserialize)]
-struct RawOrg {
-    org_id: String,
-    #[serde(default)]
-    rates: HashMap<String, Rates>,
-}
-
-#[derive(Deserialize)]
 struct RawControls {
-    #[serde(default)]
-    orgs: Vec<RawOrg>,
     #[serde(default)]
     budgets: Vec<RawBudget>,
 }
@@ -92,7 +70,7 @@ impl BudgetSet {
                 exceeded: b.state == "exceeded",
                 retry_after_s: end.saturating_sub(now_ms).div_ceil(1000),
                 share_usd: finite(b.share_usd),
-                confirmed_usd: finite(b.confirmed_usd),
+                confirmed_requests: b.confirmed_requests,
                 estimate_usd: finite(b.estimate_usd),
                 ledger_key: format!("{}@{}", b.name, b.period_start_ms),
             });
@@ -101,12 +79,6 @@ impl BudgetSet {
             by_org: by_org
                 .into_iter()
                 .map(|(k, v)| (k, std::rc::Rc::new(v)))
-                .collect(),
-            rates: raw
-                .orgs
-                .into_iter()
-                .filter(|o| !o.rates.is_empty())
-                .map(|o| (o.org_id, o.rates))
                 .collect(),
         })
     }
@@ -120,38 +92,9 @@ impl BudgetSet {
             None => None,
         }
     }
-
-    /// What a finished request cost, by its org's rates; None when they do not know its model.
-    pub fn cost_usd(&self, org: &str, e: &Event) -> Option<f64> {
-        let model = e.model()?;
-        let rates = self.rates.get(org)?;
-        let mut key = String::with_capacity(e.provider.len() + 1 + model.len());
-        key.push_str(&e.provider);
-        key.push('/');
-        key.push_str(model);
-        let r = rates.get(&key)?;
-        Some(cost(r, e))
-    }
 }
 
-/// A request's cost at these rates (cached and cache-written input at their own rates).
-pub fn cost(r: &Rates, e: &Event) -> f64 {
-    let n = |v: Option<u64>| v.unwrap_or(0) as f64;
-    let input = n(e.input_tokens);
-    let cached = n(e.cached_input_tokens);
-    let written = n(e.cache_write_tokens);
-    let written_1h = n(e.cache_write_1h_tokens).min(written);
-    let fresh = (input - cached - written).max(0.0);
-    (fresh * r.input
-        + cached * r.cached_input
-        + (written - written_1h) * r.cache_write
-        + written_1h * r.cache_write_1h
-        + n(e.output_tokens) * r.output)
-        / 1e6
-        + n(e.web_search_requests) * r.web_search
-}
-
-/// Nano-dollars: this Envoy's counts are integers in shared data.
+/// Nano-dollars, for comparing amounts exactly.
 pub fn to_nano(usd: f64) -> u64 {
     if usd.is_finite() && usd > 0.0 {
         (usd * 1e9).round() as u64
@@ -160,12 +103,12 @@ pub fn to_nano(usd: f64) -> u64 {
     }
 }
 
-/// One budget's local count: what this Envoy spent this period, and what its requests in
-/// flight are reserved at (nano-dollars).
+/// One budget's local count in this Envoy's shared data: requests finished this period, and
+/// requests in flight.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Local {
-    pub spent: u64,
-    pub reserved: u64,
+    pub settled: u64,
+    pub in_flight: u64,
 }
 
 impl Local {
@@ -173,20 +116,22 @@ impl Local {
         let text = std::str::from_utf8(v).unwrap_or("");
         let mut it = text.split(' ').map(|n| n.parse::<u64>().unwrap_or(0));
         Local {
-            spent: it.next().unwrap_or(0),
-            reserved: it.next().unwrap_or(0),
+            settled: it.next().unwrap_or(0),
+            in_flight: it.next().unwrap_or(0),
         }
     }
 
     pub fn write(&self) -> Vec<u8> {
-        format!("{} {}", self.spent, self.reserved).into_bytes()
+        format!("{} {}", self.settled, self.in_flight).into_bytes()
     }
 
-    /// Whether one more request, reserved at the budget's estimate, would pass this filter's
-    /// share of what remains: spend the collector has not counted, plus reservations.
+    /// Whether one more request would pass this filter's share of what remains: the requests
+    /// the collector has not counted, those in flight and this one, each at the mean cost.
     pub fn over(&self, b: &Budget) -> bool {
-        let unconfirmed = self.spent.saturating_sub(to_nano(b.confirmed_usd));
-        unconfirmed + self.reserved + to_nano(b.estimate_usd) > to_nano(b.share_usd)
+        let unconfirmed = self.settled.saturating_sub(b.confirmed_requests);
+        let requests = unconfirmed + self.in_flight + 1;
+        u128::from(requests) * u128::from(to_nano(b.estimate_usd))
+            > u128::from(to_nano(b.share_usd))
     }
 }
 
@@ -195,11 +140,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn controls_budgets_and_rates_are_read_and_alert_budgets_left_out() {
+    fn controls_budgets_are_read_and_alert_budgets_left_out() {
         let body = br#"{"orgs":[{"org_id":"acme","key_sha256":[],"rates":{"openai/gpt-4o-mini":{"input":0.15,"cached_input":0.075,"cache_write":0.15,"cache_write_1h":0.15,"output":0.6,"web_search":0.0}}}],
           "budgets":[
-            {"org_id":"acme","name":"web","scope":{"team":"web"},"action":"block","state":"exceeded","period_start_ms":0,"period_end_ms":7200000,"limit_usd":1,"spend_usd":1.2,"share_usd":0,"confirmed_usd":0.4,"estimate_usd":0.001},
-            {"org_id":"acme","name":"all","scope":{},"action":"alert","state":"ok","period_start_ms":0,"period_end_ms":7200000,"limit_usd":1,"spend_usd":0,"share_usd":0.5,"confirmed_usd":0,"estimate_usd":0}
+            {"org_id":"acme","name":"web","scope":{"team":"web"},"action":"block","state":"exceeded","period_start_ms":0,"period_end_ms":7200000,"limit_usd":1,"spend_usd":1.2,"share_usd":0,"confirmed_requests":4,"estimate_usd":0.001},
+            {"org_id":"acme","name":"all","scope":{},"action":"alert","state":"ok","period_start_ms":0,"period_end_ms":7200000,"limit_usd":1,"spend_usd":0,"share_usd":0.5,"confirmed_requests":0,"estimate_usd":0}
           ]}"#;
         let set = BudgetSet::parse(body, 3_600_000).unwrap();
         let acme = set.for_org(None).unwrap();
@@ -208,35 +153,22 @@ mod tests {
         assert!(acme[0].exceeded);
         assert_eq!(acme[0].retry_after_s, 3600);
         assert_eq!(acme[0].ledger_key, "web@0");
-        let mut e = crate::event::tests::event();
-        e.provider = "openai".into();
-        e.model_actual = None;
-        e.model_requested = Some("gpt-4o-mini".into());
-        e.input_tokens = Some(1_000_000);
-        e.cached_input_tokens = Some(500_000);
-        e.cache_write_tokens = Some(0);
-        e.output_tokens = Some(100_000);
-        let c = set.cost_usd("acme", &e).unwrap();
-        assert!((c - (0.075 + 0.0375 + 0.06)).abs() < 1e-12, "{c}");
-        assert!(BudgetSet::parse(br#"{"budgets":[{"org_id":"a","name":"x","action":"explode","state":"ok","period_start_ms":0,"period_end_ms":1,"share_usd":0,"confirmed_usd":0,"estimate_usd":0}]}"#, 0).is_err());
+        assert!(BudgetSet::parse(br#"{"budgets":[{"org_id":"a","name":"x","action":"explode","state":"ok","period_start_ms":0,"period_end_ms":1,"share_usd":0,"confirmed_requests":0,"estimate_usd":0}]}"#, 0).is_err());
     }
 
     #[test]
-    fn a_filter_stops_at_its_share_counting_reservations_and_unconfirmed_spend() {
-        let set = BudgetSet::parse(br#"{"budgets":[{"org_id":"a","name":"x","action":"block","state":"ok","period_start_ms":0,"period_end_ms":1,"share_usd":0.01,"confirmed_usd":0.002,"estimate_usd":0.001}]}"#, 0).unwrap();
+    fn a_filter_stops_at_its_share_counting_requests_in_flight_and_not_yet_counted() {
+        let set = BudgetSet::parse(br#"{"budgets":[{"org_id":"a","name":"x","action":"block","state":"ok","period_start_ms":0,"period_end_ms":1,"share_usd":0.01,"confirmed_requests":2,"estimate_usd":0.001}]}"#, 0).unwrap();
         let b = &set.for_org(Some("a")).unwrap()[0];
-        let l = |spent: f64, reserved: f64| Local {
-            spent: to_nano(spent),
-            reserved: to_nano(reserved),
-        };
-        // 0.002 spent, all confirmed: the share (0.01) is all room; the next request's 0.001
-        // fits beside 0.009 reserved, not beside more.
-        assert!(!l(0.002, 0.009).over(b));
-        assert!(l(0.002, 0.0091).over(b));
-        // Unconfirmed spend counts like a reservation.
-        assert!(l(0.0111, 0.0).over(b));
-        assert!(!l(0.011, 0.0).over(b));
-        assert_eq!(Local::parse(&l(0.5, 0.25).write()), l(0.5, 0.25));
+        let l = |settled, in_flight| Local { settled, in_flight };
+        // Two finished and counted: the share (0.01) is all room, ten requests of 0.001.
+        assert!(!l(2, 9).over(b));
+        assert!(l(2, 10).over(b));
+        // Finished but not counted yet: like requests in flight.
+        assert!(!l(11, 0).over(b));
+        assert!(l(12, 0).over(b));
+        assert!(l(7, 5).over(b));
+        assert_eq!(Local::parse(&l(5, 3).write()), l(5, 3));
         assert_eq!(Local::parse(b"garbage"), Local::default());
     }
 }

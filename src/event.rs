@@ -145,6 +145,16 @@ impl Event {
             .or(self.model_requested.as_deref())
     }
 
+    /// Refused by the proxy (a rule or a budget): it never reached a provider, so it cost
+    /// nothing and counts against no budget.
+    pub fn refused_by_proxy(&self) -> bool {
+        self.error_source == Some(ErrorSource::Proxy)
+            && matches!(
+                self.error_category,
+                Some(ErrorCategory::Blocked | ErrorCategory::BudgetExceeded)
+            )
+    }
+
     /// Append the event as one JSON line (no newline), byte for byte what `serde_json` writes for
     /// it: the filter builds one per request, and the generic serializer cost several times more.
     pub fn write_json(&self, out: &mut Vec<u8>) {

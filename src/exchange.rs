@@ -648,18 +648,26 @@ impl Exchange {
         &self.acted
     }
 
+    /// Scan a request chunk with no rule or budget to ask: the bytes to send instead of it,
+    /// when it must change.
+    pub fn on_request_body(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        match self.on_request_chunk(chunk, false, &mut |_| Step::Decided(Verdict::default())) {
+            BodyStep::Replace(b) => Some(b),
+            BodyStep::Pass | BodyStep::Refuse(_) => None,
+        }
+    }
+
     /// Scan a request chunk. Returns the bytes to send instead of it, when it must change.
     /// `decide` asks rules and budgets again once the model is known (or known never to come).
-    pub fn on_request_body(
+    pub fn on_request_chunk(
         &mut self,
         chunk: &[u8],
         end_of_stream: bool,
         decide: &mut dyn FnMut(&Facts<'_>) -> Step,
     ) -> BodyStep {
         let close = self.request.feed(chunk);
-        let insert = close.filter(|_| {
-            self.may_add_usage && stream_usage::should_insert(&self.request)
-        });
+        let insert =
+            close.filter(|_| self.may_add_usage && stream_usage::should_insert(&self.request));
         if self.plan.is_none() {
             return match insert {
                 Some(close) => {
@@ -686,10 +694,17 @@ impl Exchange {
                 if let Some(p) = self.plan.as_mut() {
                     p.values = n;
                 }
-                if self.plan.as_ref().is_some_and(|p| p.waiting.is_some()) {
+                if let Some(hold_all) = self.plan.as_ref().and_then(|p| p.waiting) {
                     let model = self.request.string("model");
+                    // Past the cap by its place in the body, however the body was cut into
+                    // chunks: the decision does not depend on how the bytes arrived.
+                    let late = hold_all && self.plan.as_ref().is_some_and(|p| start > p.cap as u64);
                     let step = {
-                        let m = model.as_deref().map_or(Model::Never, Model::Known);
+                        let m = match model.as_deref() {
+                            _ if late => Model::PastCap,
+                            Some(m) => Model::Known(m),
+                            None => Model::Never,
+                        };
                         decide(&self.facts(m))
                     };
                     if let Some(why) = self.decided(step) {
@@ -709,7 +724,12 @@ impl Exchange {
         }
         // Still waiting: the model will never come, or not within the cap.
         if let Some(Some(_)) = self.plan.as_ref().map(|p| p.waiting) {
-            let over_cap = self.plan.as_ref().is_some_and(|p| p.body.held() > p.cap);
+            // Only a whole-body hold keeps bytes: the cap bounds it. (Holding only the model's
+            // value keeps at most that value, and waits as long as the body flows.)
+            let over_cap = self
+                .plan
+                .as_ref()
+                .is_some_and(|p| p.waiting == Some(true) && p.body.held() > p.cap);
             let never = end_of_stream || self.request.is_done() || self.request.is_invalid();
             if never || over_cap {
                 let m = if never { Model::Never } else { Model::PastCap };
@@ -918,7 +938,12 @@ impl Exchange {
         let interrupted = self.sse && !self.complete;
         let (error_category, error_source) = match refused {
             Some((_, c)) => (Some(c), Some(ErrorSource::Proxy)),
-            None => match classify(status, facts.error.as_deref(), fin.code_details, interrupted) {
+            None => match classify(
+                status,
+                facts.error.as_deref(),
+                fin.code_details,
+                interrupted,
+            ) {
                 Some((c, s)) => (Some(c), Some(s)),
                 None => (None, None),
             },

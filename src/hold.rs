@@ -15,14 +15,13 @@ pub struct BodyEdit {
     from: u64,
     /// Input spans to replace (`start..end`, an empty span inserts), in order, none released.
     edits: Vec<(u64, u64, Vec<u8>)>,
-    /// The most bytes held at once.
+    /// The most bytes held from one chunk to the next.
     pub held_max: usize,
 }
 
 impl BodyEdit {
     pub fn push(&mut self, chunk: &[u8]) {
         self.pending.extend_from_slice(chunk);
-        self.held_max = self.held_max.max(self.pending.len());
     }
 
     /// Bytes held (arrived, not released).
@@ -80,7 +79,9 @@ impl BodyEdit {
                 kept.push((s, e, with));
                 continue;
             }
-            out.extend_from_slice(&self.pending[(at - self.from) as usize..(s - self.from) as usize]);
+            out.extend_from_slice(
+                &self.pending[(at - self.from) as usize..(s - self.from) as usize],
+            );
             out.extend_from_slice(&with);
             at = e;
         }
@@ -88,6 +89,7 @@ impl BodyEdit {
         self.edits = kept;
         self.pending.drain(..n);
         self.from = upto;
+        self.held_max = self.held_max.max(self.pending.len());
         out
     }
 }
@@ -98,7 +100,8 @@ mod tests {
 
     #[test]
     fn edits_apply_where_they_fall_and_nothing_is_lost_at_any_cut() {
-        let body = br#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt-4o","stream":true}"#;
+        let body =
+            br#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt-4o","stream":true}"#;
         let start = body.windows(8).position(|w| w == b"\"gpt-4o\"").unwrap() as u64;
         let close = (body.len() - 1) as u64;
         let want = br#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true}}"#;
@@ -116,11 +119,19 @@ mod tests {
                         assert!(edited.0);
                     }
                     if !edited.1 && arrived > close {
-                        edited.1 = h.edit(close, close, br#","stream_options":{"include_usage":true}"#.to_vec());
+                        edited.1 = h.edit(
+                            close,
+                            close,
+                            br#","stream_options":{"include_usage":true}"#.to_vec(),
+                        );
                         assert!(edited.1);
                     }
                     // Hold from the model's start while it is incomplete, else release all.
-                    let upto = if !edited.0 && arrived > start { start } else { arrived };
+                    let upto = if !edited.0 && arrived > start {
+                        start
+                    } else {
+                        arrived
+                    };
                     out.extend(h.release(if i == 2 { u64::MAX } else { upto }));
                 }
                 assert_eq!(out, want, "{a} {b}");

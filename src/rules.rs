@@ -266,7 +266,9 @@ pub fn parse_rules(raw: Vec<RawRule>) -> Result<Vec<Rule>, String> {
             }
             (None, Some(true), None) => RuleAction::Block,
             (None, Some(false), None) => {
-                return Err(format!("{what}: block must be true (or leave the rule out)"))
+                return Err(format!(
+                    "{what}: block must be true (or leave the rule out)"
+                ))
             }
             (None, None, Some(route)) => {
                 if !valid_route(&route) {
@@ -277,9 +279,7 @@ pub fn parse_rules(raw: Vec<RawRule>) -> Result<Vec<Rule>, String> {
                 RuleAction::Route(route)
             }
             (None, None, None) => {
-                return Err(format!(
-                    "{what}: no action (rewrite_model, block or route)"
-                ))
+                return Err(format!("{what}: no action (rewrite_model, block or route)"))
             }
             _ => {
                 return Err(format!(
@@ -361,8 +361,8 @@ pub struct Budget {
     /// What this filter may spend beyond what the collector has counted of it, before it acts
     /// as if the limit were reached (see `budgets` in the collector: the lease).
     pub share_usd: f64,
-    /// This filter's spend the collector has counted this period.
-    pub confirmed_usd: f64,
+    /// This filter's requests the collector has counted this period.
+    pub confirmed_requests: u64,
     /// What a request is reserved at until its cost is known.
     pub estimate_usd: f64,
     /// The period, so that a new one starts a new local count: `<name>@<period start ms>`.
@@ -675,16 +675,37 @@ mod tests {
     #[test]
     fn bad_rules_say_which_and_why() {
         for (json, says) in [
-            (r#"[{"name":"a","block":true,"route":"x"}]"#, "exactly one action"),
+            (
+                r#"[{"name":"a","block":true,"route":"x"}]"#,
+                "exactly one action",
+            ),
             (r#"[{"name":"a"}]"#, "no action"),
             (r#"[{"name":"a","block":false}]"#, "block must be true"),
             (r#"[{"name":"a b","block":true}]"#, "name is 1 to 64"),
-            (r#"[{"name":"a","match":{"colour":"x"},"block":true}]"#, "cannot match on \"colour\""),
-            (r#"[{"name":"a","match":{"model":"gpt-4o"},"route":"local"}]"#, "cannot match on the model"),
-            (r#"[{"name":"m","match":{"model":"gpt-4o"},"block":true},{"name":"r","match":{"team":"x"},"route":"local"}]"#, "cannot come after \"m\""),
-            (r#"[{"name":"a","block":true},{"name":"a","block":true}]"#, "two rules are named"),
-            (r#"[{"name":"a","block":true,"over_cap":"drop"}]"#, "over_cap must be"),
-            (r#"[{"name":"a","route":"no spaces"}]"#, "route \"no spaces\""),
+            (
+                r#"[{"name":"a","match":{"colour":"x"},"block":true}]"#,
+                "cannot match on \"colour\"",
+            ),
+            (
+                r#"[{"name":"a","match":{"model":"gpt-4o"},"route":"local"}]"#,
+                "cannot match on the model",
+            ),
+            (
+                r#"[{"name":"m","match":{"model":"gpt-4o"},"block":true},{"name":"r","match":{"team":"x"},"route":"local"}]"#,
+                "cannot come after \"m\"",
+            ),
+            (
+                r#"[{"name":"a","block":true},{"name":"a","block":true}]"#,
+                "two rules are named",
+            ),
+            (
+                r#"[{"name":"a","block":true,"over_cap":"drop"}]"#,
+                "over_cap must be",
+            ),
+            (
+                r#"[{"name":"a","route":"no spaces"}]"#,
+                "route \"no spaces\"",
+            ),
         ] {
             let e = rules(json).unwrap_err();
             assert!(e.contains(says), "{json}: {e}");
@@ -789,7 +810,7 @@ mod tests {
             exceeded,
             retry_after_s: 3600,
             share_usd: 1.0,
-            confirmed_usd: 0.0,
+            confirmed_requests: 0,
             estimate_usd: 0.01,
             ledger_key: format!("{name}@0"),
         }
@@ -797,14 +818,26 @@ mod tests {
 
     #[test]
     fn budgets_block_downgrade_and_shadow_in_their_order() {
-        let rs = rules(r#"[{"name":"cheap","match":{"model":"gpt-4o"},"rewrite_model":"gpt-4o-mini"}]"#).unwrap();
+        let rs =
+            rules(r#"[{"name":"cheap","match":{"model":"gpt-4o"},"rewrite_model":"gpt-4o-mini"}]"#)
+                .unwrap();
         let bs = vec![
             budget("web-shadow", &[("team", "web")], "shadow", true),
-            budget("web-down", &[("team", "web")], "downgrade:gpt-4.1-nano", true),
+            budget(
+                "web-down",
+                &[("team", "web")],
+                "downgrade:gpt-4.1-nano",
+                true,
+            ),
             budget("ml-block", &[("team", "ml")], "block", true),
             budget("ok", &[], "block", false),
         ];
-        let Step::Decided(v) = decide(&rs, &bs, &mut Never, &facts(Some("ml"), Model::Known("gpt-4o"))) else {
+        let Step::Decided(v) = decide(
+            &rs,
+            &bs,
+            &mut Never,
+            &facts(Some("ml"), Model::Known("gpt-4o")),
+        ) else {
             panic!()
         };
         assert_eq!(
@@ -817,24 +850,51 @@ mod tests {
         assert_eq!(v.label.as_deref(), Some("budget:ml-block"));
         assert_eq!(v.charged, vec![2, 3]);
         // A rule's rewrite outranks a budget's downgrade.
-        let Step::Decided(v) = decide(&rs, &bs, &mut Never, &facts(Some("web"), Model::Known("gpt-4o"))) else {
+        let Step::Decided(v) = decide(
+            &rs,
+            &bs,
+            &mut Never,
+            &facts(Some("web"), Model::Known("gpt-4o")),
+        ) else {
             panic!()
         };
-        assert_eq!((v.rewrite.as_deref(), v.label.as_deref(), v.shadow), (Some("gpt-4o-mini"), Some("rule:cheap"), false));
-        let Step::Decided(v) = decide(&rs, &bs, &mut Never, &facts(Some("web"), Model::Known("gpt-4.1"))) else {
+        assert_eq!(
+            (v.rewrite.as_deref(), v.label.as_deref(), v.shadow),
+            (Some("gpt-4o-mini"), Some("rule:cheap"), false)
+        );
+        let Step::Decided(v) = decide(
+            &rs,
+            &bs,
+            &mut Never,
+            &facts(Some("web"), Model::Known("gpt-4.1")),
+        ) else {
             panic!()
         };
-        assert_eq!((v.rewrite.as_deref(), v.label.as_deref()), (Some("gpt-4.1-nano"), Some("budget:web-down")));
+        assert_eq!(
+            (v.rewrite.as_deref(), v.label.as_deref()),
+            (Some("gpt-4.1-nano"), Some("budget:web-down"))
+        );
         // Shadow alone: marked, nothing changed.
-        let Step::Decided(v) = decide(&[], &bs[..1], &mut Never, &facts(Some("web"), Model::Known("gpt-4.1"))) else {
+        let Step::Decided(v) = decide(
+            &[],
+            &bs[..1],
+            &mut Never,
+            &facts(Some("web"), Model::Known("gpt-4.1")),
+        ) else {
             panic!()
         };
-        assert_eq!((v.rewrite, v.label.as_deref(), v.shadow), (None, Some("budget:web-shadow"), true));
+        assert_eq!(
+            (v.rewrite, v.label.as_deref(), v.shadow),
+            (None, Some("budget:web-shadow"), true)
+        );
         // A block budget on the model: hold everything until it is known.
         let model_block = vec![budget("o1", &[("model", "o1*")], "block", true)];
         assert_eq!(
             decide(&[], &model_block, &mut Never, &facts(None, Model::Later)),
-            Step::Wait { hold_all: true, route: None }
+            Step::Wait {
+                hold_all: true,
+                route: None
+            }
         );
     }
 }

@@ -33,12 +33,15 @@ CREATE TABLE budget_spend (
 ) WITHOUT ROWID;
 
 -- The same, per filter (the `X-Tally-Filter` id a batch came with): what a filter's own events
--- added, so that it can tell which of its spend the collector has counted (see budgets.rs).
+-- added, so that it can tell which of its requests the collector has counted (see budgets.rs).
 CREATE TABLE budget_filter_spend (
     budget_id       INTEGER NOT NULL REFERENCES budgets(id) ON DELETE CASCADE,
     period_start_ms INTEGER NOT NULL,
     filter_id       TEXT    NOT NULL,
     spend_usd       REAL    NOT NULL,
+    -- Every event of the scope but the proxy's refusals, priced or not: what the filter counts
+    -- as its requests settled, so that the two counts link exactly.
+    requests        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (budget_id, period_start_ms, filter_id)
 ) WITHOUT ROWID;
 

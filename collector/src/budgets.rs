@@ -152,20 +152,33 @@ impl BudgetSpec {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
-            return Err(invalid("name", "a budget's name is 1 to 64 of a-z A-Z 0-9 - _ ."));
+            return Err(invalid(
+                "name",
+                "a budget's name is 1 to 64 of a-z A-Z 0-9 - _ .",
+            ));
         }
-        let period = Period::parse(&self.period)
-            .ok_or_else(|| invalid("period", format!("{:?} is not day, week or month", self.period)))?;
+        let period = Period::parse(&self.period).ok_or_else(|| {
+            invalid(
+                "period",
+                format!("{:?} is not day, week or month", self.period),
+            )
+        })?;
         if !(self.limit_usd.is_finite() && self.limit_usd > 0.0 && self.limit_usd <= 1e12) {
             return Err(invalid("limit_usd", "must be a positive amount of USD"));
         }
         if !(self.warn_at.is_finite() && self.warn_at > 0.0 && self.warn_at <= 1.0) {
-            return Err(invalid("warn_at", "must be a fraction of the limit, above 0 and at most 1"));
+            return Err(invalid(
+                "warn_at",
+                "must be a fraction of the limit, above 0 and at most 1",
+            ));
         }
         if BudgetAction::parse(&self.action).is_none() {
             return Err(invalid(
                 "action",
-                format!("{:?} is not alert, block, shadow or downgrade:MODEL", self.action),
+                format!(
+                    "{:?} is not alert, block, shadow or downgrade:MODEL",
+                    self.action
+                ),
             ));
         }
         let matchers = Matchers::parse(&self.scope, "scope").map_err(|m| invalid("scope", m))?;
@@ -253,35 +266,42 @@ impl Defs {
     }
 }
 
-/// Spend added by one batch, before it is written: (budget id, period start) -> (USD,
-/// requests), and the same per filter.
+/// Spend added by one batch, before it is written: (budget id, period start) -> (USD, priced
+/// requests), and per filter (USD, requests: every one of the scope but the proxy's refusals).
 #[derive(Debug, Default)]
 pub struct Added {
     pub spend: HashMap<(i64, i64), (f64, i64)>,
-    pub by_filter: HashMap<(i64, i64), f64>,
+    pub by_filter: HashMap<(i64, i64), (f64, i64)>,
 }
 
 impl Added {
     /// Count one stored event against every budget of its org that its scope matches.
     pub fn add(&mut self, budgets: &[Budget], e: &Event, ts_ms: i64, filter: bool) {
-        let Some(cost) = e.cost_usd.filter(|c| *c > 0.0 && c.is_finite()) else {
+        // A request the proxy refused never went upstream: the filter does not count it either.
+        let refused = e.refused_by_proxy();
+        let cost = e.cost_usd.filter(|c| *c > 0.0 && c.is_finite());
+        if refused || (cost.is_none() && !filter) {
             return;
-        };
+        }
         for b in budgets {
             if matches(b, e) {
                 let (start, _) = b.period.bounds(ts_ms);
-                let s = self.spend.entry((b.id, start)).or_default();
-                s.0 += cost;
-                s.1 += 1;
+                if let Some(cost) = cost {
+                    let s = self.spend.entry((b.id, start)).or_default();
+                    s.0 += cost;
+                    s.1 += 1;
+                }
                 if filter {
-                    *self.by_filter.entry((b.id, start)).or_default() += cost;
+                    let f = self.by_filter.entry((b.id, start)).or_default();
+                    f.0 += cost.unwrap_or(0.0);
+                    f.1 += 1;
                 }
             }
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.spend.is_empty()
+        self.spend.is_empty() && self.by_filter.is_empty()
     }
 
     /// Write the counters in the ingest transaction, and record the alerts of each crossing
@@ -331,13 +351,15 @@ impl Added {
         }
         if let Some(filter) = filter {
             let mut upsert = tx.prepare_cached(
-                "INSERT INTO budget_filter_spend (budget_id, period_start_ms, filter_id, spend_usd)
-                 VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO budget_filter_spend
+                    (budget_id, period_start_ms, filter_id, spend_usd, requests)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (budget_id, period_start_ms, filter_id) DO UPDATE SET
-                    spend_usd = spend_usd + excluded.spend_usd",
+                    spend_usd = spend_usd + excluded.spend_usd,
+                    requests = requests + excluded.requests",
             )?;
-            for (&(id, start), &usd) in &self.by_filter {
-                upsert.execute(params![id, start, filter, usd])?;
+            for (&(id, start), &(usd, n)) in &self.by_filter {
+                upsert.execute(params![id, start, filter, usd, n])?;
             }
         }
         Ok(())
@@ -439,29 +461,28 @@ pub struct ForFilter<'a> {
     pub spend_usd: f64,
     /// What this filter may spend beyond what the collector has counted of it.
     pub share_usd: f64,
-    /// This filter's spend the collector has counted this period.
-    pub confirmed_usd: f64,
-    /// What a request in flight is reserved at: twice the period's mean cost per request, so
-    /// that reservations rarely under-estimate.
+    /// This filter's requests the collector has counted this period.
+    pub confirmed_requests: i64,
+    /// What a request in flight is reserved at: the period's mean cost per request.
     pub estimate_usd: f64,
 }
 
-/// This filter's counted spend per budget in the current periods.
+/// This filter's counted requests per budget in the current periods.
 pub fn confirmed(
     conn: &Connection,
     budgets: &[&Budget],
     filter: &str,
     now_ms: i64,
-) -> rusqlite::Result<HashMap<i64, f64>> {
+) -> rusqlite::Result<HashMap<i64, i64>> {
     let mut st = conn.prepare_cached(
-        "SELECT spend_usd FROM budget_filter_spend
+        "SELECT requests FROM budget_filter_spend
          WHERE budget_id = ?1 AND period_start_ms = ?2 AND filter_id = ?3",
     )?;
     let mut out = HashMap::new();
     for b in budgets {
         let (start, _) = b.period.bounds(now_ms);
         if let Some(v) = st
-            .query_row(params![b.id, start, filter], |r| r.get::<_, f64>(0))
+            .query_row(params![b.id, start, filter], |r| r.get::<_, i64>(0))
             .optional()?
         {
             out.insert(b.id, v);
@@ -470,14 +491,15 @@ pub fn confirmed(
     Ok(out)
 }
 
-/// The estimate a request in flight is reserved at, from the period so far.
+/// The estimate a request in flight is reserved at, from the period so far: its mean cost per
+/// request (a filter admits a request while what remains of its share covers it).
 pub fn estimate(s: &State) -> f64 {
     if s.requests > 0 {
-        2.0 * s.spend_usd / s.requests as f64
+        s.spend_usd / s.requests as f64
     } else {
-        // Nothing spent yet this period: a thousandth of the limit, so that a first burst of
-        // concurrent requests cannot take the whole limit unseen.
-        s.limit_usd / 1000.0
+        // Nothing spent yet this period: a hundredth of the limit, so that a first burst of
+        // requests cannot take the whole limit before the first costs are counted.
+        s.limit_usd / 100.0
     }
 }
 
@@ -553,11 +575,21 @@ pub fn set(
     let (id, recount) = match existing {
         Some((id, old_period)) => {
             let old_scope: String =
-                tx.query_row("SELECT scope FROM budgets WHERE id = ?1", [id], |r| r.get(0))?;
+                tx.query_row("SELECT scope FROM budgets WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
             tx.execute(
                 "UPDATE budgets SET scope = ?2, period = ?3, limit_usd = ?4, warn_at = ?5,
                     action = ?6, updated_ms = ?7 WHERE id = ?1",
-                params![id, scope, period.name(), spec.limit_usd, spec.warn_at, spec.action, now_ms],
+                params![
+                    id,
+                    scope,
+                    period.name(),
+                    spec.limit_usd,
+                    spec.warn_at,
+                    spec.action,
+                    now_ms
+                ],
             )?;
             // A new scope or period counts other events: count again.
             (id, old_scope != scope || old_period != period.name())
@@ -566,7 +598,16 @@ pub fn set(
             tx.execute(
                 "INSERT INTO budgets (org_id, name, scope, period, limit_usd, warn_at, action,
                     created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                params![org_id, spec.name, scope, period.name(), spec.limit_usd, spec.warn_at, spec.action, now_ms],
+                params![
+                    org_id,
+                    spec.name,
+                    scope,
+                    period.name(),
+                    spec.limit_usd,
+                    spec.warn_at,
+                    spec.action,
+                    now_ms
+                ],
             )?;
             (tx.last_insert_rowid(), true)
         }
@@ -623,16 +664,156 @@ mod tests {
     #[test]
     fn periods_are_utc_days_monday_weeks_and_calendar_months() {
         let t = ms(2026, 12, 1, 13); // a Tuesday
-        assert_eq!(Period::Day.bounds(t), (ms(2026, 12, 1, 0), ms(2026, 12, 2, 0)));
-        assert_eq!(Period::Week.bounds(t), (ms(2026, 11, 30, 0), ms(2026, 12, 7, 0)));
-        assert_eq!(Period::Month.bounds(t), (ms(2026, 12, 1, 0), ms(2027, 1, 1, 0)));
-        assert_eq!(Period::Month.bounds(ms(2028, 2, 29, 23)), (ms(2028, 2, 1, 0), ms(2028, 3, 1, 0)));
+        assert_eq!(
+            Period::Day.bounds(t),
+            (ms(2026, 12, 1, 0), ms(2026, 12, 2, 0))
+        );
+        assert_eq!(
+            Period::Week.bounds(t),
+            (ms(2026, 11, 30, 0), ms(2026, 12, 7, 0))
+        );
+        assert_eq!(
+            Period::Month.bounds(t),
+            (ms(2026, 12, 1, 0), ms(2027, 1, 1, 0))
+        );
+        assert_eq!(
+            Period::Month.bounds(ms(2028, 2, 29, 23)),
+            (ms(2028, 2, 1, 0), ms(2028, 3, 1, 0))
+        );
         // A Monday at midnight starts its own week; the Sunday before is the week before's.
-        assert_eq!(Period::Week.bounds(ms(2026, 11, 30, 0)).0, ms(2026, 11, 30, 0));
-        assert_eq!(Period::Week.bounds(ms(2026, 11, 30, 0) - 1).0, ms(2026, 11, 23, 0));
+        assert_eq!(
+            Period::Week.bounds(ms(2026, 11, 30, 0)).0,
+            ms(2026, 11, 30, 0)
+        );
+        assert_eq!(
+            Period::Week.bounds(ms(2026, 11, 30, 0) - 1).0,
+            ms(2026, 11, 23, 0)
+        );
         for day in -1000..1000 {
             assert_eq!(days_from_civil_roundtrip(day), day);
         }
+    }
+
+    fn event(id: &str, team: &str, ts_ms: i64, cost: f64) -> (Event, i64) {
+        let e: Event = serde_json::from_value(serde_json::json!({
+            "request_id": id, "timestamp": tally::time::format_rfc3339_ms(ts_ms),
+            "provider": "openai", "api": "chat_completions", "endpoint": "/v1/chat/completions",
+            "model_requested": "gpt-4o", "status": 200, "streaming": false, "latency_ms": 1.0,
+            "input_tokens": 10, "output_tokens": 1, "cost_usd": cost, "team": team,
+            "routed": false,
+        }))
+        .unwrap();
+        (e, ts_ms)
+    }
+
+    #[test]
+    fn spend_is_counted_at_ingest_per_budget_and_filter_and_each_crossing_alerts_once() {
+        use crate::store::{Owners, Store};
+        use std::sync::Arc;
+        let dir = crate::store::tests::temp_dir("budgets");
+        let store = Store::open(&dir).unwrap();
+        let key = store.create_org("acme", 0).unwrap();
+        let org = store.org_for_key(&key).unwrap().unwrap();
+        let now = crate::api::now_ms();
+        let (start, _) = Period::Day.bounds(now);
+        // Spend before the budget exists: a new budget counts it.
+        let before = vec![
+            event("e0", "web", start + 1, 0.25),
+            event("e1", "ml", start + 1, 5.0),
+        ];
+        store.insert_events(&org, Arc::new(before), now).unwrap();
+        let spec = BudgetSpec {
+            name: "web-day".into(),
+            scope: [("team".to_string(), "w*".to_string())].into(),
+            period: "day".into(),
+            limit_usd: 1.0,
+            warn_at: 0.5,
+            action: "block".into(),
+        };
+        // Set from another connection, as the CLI does: the serving store sees it at its next
+        // ingest transaction.
+        let cli = Store::open(&dir).unwrap();
+        let st = set(&mut cli.conn_for_cli(), org.id, &spec, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!((st.spend_usd, st.requests, st.state), (0.25, 1, "ok"));
+        let batch = |ids: &[(&str, &str, f64)]| {
+            Arc::new(
+                ids.iter()
+                    .map(|(id, team, c)| event(id, team, now, *c))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let from = |f: &str| Some(f.to_string());
+        let owners = || Owners::one(org.clone());
+        store
+            .insert_from(
+                owners(),
+                batch(&[("a", "web", 0.3), ("b", "ml", 9.0)]),
+                now,
+                from("envoy-a"),
+            )
+            .unwrap();
+        // A duplicate adds nothing; another filter's event counts for that filter.
+        store
+            .insert_from(
+                owners(),
+                batch(&[("a", "web", 0.3), ("c", "web", 0.5)]),
+                now,
+                from("envoy-b"),
+            )
+            .unwrap();
+        let budgets = store.budgets_of(org.id).unwrap();
+        let st = &states(&store.reader(), &budgets, now).unwrap()[0];
+        assert!((st.spend_usd - 1.05).abs() < 1e-12, "{}", st.spend_usd);
+        assert_eq!((st.requests, st.state), (3, "exceeded"));
+        let refs: Vec<&Budget> = budgets.iter().collect();
+        let mine = |f: &str| {
+            confirmed(&store.reader(), &refs, f, now)
+                .unwrap()
+                .get(&budgets[0].id)
+                .copied()
+        };
+        assert_eq!(mine("envoy-a"), Some(1), "one request of its scope");
+        assert_eq!(mine("envoy-b"), Some(1));
+        assert_eq!(mine("envoy-c"), None);
+        // The warning (0.5) and the limit (1.0) were crossed once each.
+        store
+            .insert_from(owners(), batch(&[("d", "web", 0.5)]), now, None)
+            .unwrap();
+        let alerts: Vec<(String, String)> = {
+            let conn = store.reader();
+            let mut st = conn
+                .prepare("SELECT kind, dedupe_key FROM alert_events ORDER BY id")
+                .unwrap();
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        };
+        let id = budgets[0].id;
+        assert_eq!(
+            alerts,
+            vec![
+                (
+                    "budget_warning".to_string(),
+                    format!("budget:{id}:{start}:warning")
+                ),
+                (
+                    "budget_limit".to_string(),
+                    format!("budget:{id}:{start}:limit")
+                ),
+            ]
+        );
+        // Rebuilt from the events, the counter is the same.
+        let counted = states(&store.reader(), &budgets, now).unwrap()[0].spend_usd;
+        let rebuilt = rebuild(&store.conn_for_cli(), &budgets[0], now).unwrap();
+        assert!((counted - rebuilt).abs() < 1e-12, "{counted} {rebuilt}");
+        // A restart keeps it.
+        drop(store);
+        let again = Store::open(&dir).unwrap();
+        let b = again.budgets_of(org.id).unwrap();
+        assert!((states(&again.reader(), &b, now).unwrap()[0].spend_usd - counted).abs() < 1e-12);
+        assert!(delete(&again.conn_for_cli(), org.id, "web-day").unwrap());
+        assert!(!delete(&again.conn_for_cli(), org.id, "web-day").unwrap());
     }
 
     fn days_from_civil_roundtrip(day: i64) -> i64 {
@@ -652,14 +833,62 @@ mod tests {
         };
         assert!(ok.check().is_ok());
         for (change, field) in [
-            (BudgetSpec { name: "a b".into(), ..ok.clone() }, "name"),
-            (BudgetSpec { period: "year".into(), ..ok.clone() }, "period"),
-            (BudgetSpec { limit_usd: 0.0, ..ok.clone() }, "limit_usd"),
-            (BudgetSpec { limit_usd: f64::NAN, ..ok.clone() }, "limit_usd"),
-            (BudgetSpec { warn_at: 1.5, ..ok.clone() }, "warn_at"),
-            (BudgetSpec { action: "explode".into(), ..ok.clone() }, "action"),
-            (BudgetSpec { action: "downgrade:".into(), ..ok.clone() }, "action"),
-            (BudgetSpec { scope: [("colour".to_string(), "x".to_string())].into(), ..ok.clone() }, "scope"),
+            (
+                BudgetSpec {
+                    name: "a b".into(),
+                    ..ok.clone()
+                },
+                "name",
+            ),
+            (
+                BudgetSpec {
+                    period: "year".into(),
+                    ..ok.clone()
+                },
+                "period",
+            ),
+            (
+                BudgetSpec {
+                    limit_usd: 0.0,
+                    ..ok.clone()
+                },
+                "limit_usd",
+            ),
+            (
+                BudgetSpec {
+                    limit_usd: f64::NAN,
+                    ..ok.clone()
+                },
+                "limit_usd",
+            ),
+            (
+                BudgetSpec {
+                    warn_at: 1.5,
+                    ..ok.clone()
+                },
+                "warn_at",
+            ),
+            (
+                BudgetSpec {
+                    action: "explode".into(),
+                    ..ok.clone()
+                },
+                "action",
+            ),
+            (
+                BudgetSpec {
+                    action: "downgrade:".into(),
+                    ..ok.clone()
+                },
+                "action",
+            ),
+            (
+                BudgetSpec {
+                    scope: [("colour".to_string(), "x".to_string())].into(),
+                    ..ok.clone()
+                },
+                "scope",
+            ),
         ] {
             assert_eq!(change.check().unwrap_err().field, field);
         }
@@ -700,10 +929,9 @@ pub mod http {
         let spec: BudgetSpec = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad(format!("a budget is a JSON object: {e}")))?;
         let store = state.store.clone();
-        let outcome = blocking(move || {
-            super::set(&mut store.conn_for_cli(), org.id, &spec, now_ms())
-        })
-        .await?;
+        let outcome =
+            blocking(move || super::set(&mut store.conn_for_cli(), org.id, &spec, now_ms()))
+                .await?;
         match outcome {
             Ok(st) => Ok((StatusCode::OK, Json(serde_json::json!({ "budget": st })))),
             Err(e) => Err(ApiError::field(e.field, e.message)),
@@ -721,7 +949,10 @@ pub mod http {
         if deleted {
             Ok(StatusCode::NO_CONTENT)
         } else {
-            Err(ApiError::field("name", "the org has no budget of that name"))
+            Err(ApiError::field(
+                "name",
+                "the org has no budget of that name",
+            ))
         }
     }
 }

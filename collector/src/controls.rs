@@ -290,7 +290,7 @@ pub fn with_budgets(
                 limit_usd: b.limit_usd,
                 spend_usd: st.spend_usd,
                 share_usd: (b.limit_usd - st.spend_usd).max(0.0) / n,
-                confirmed_usd: confirmed.get(&b.id).copied().unwrap_or(0.0),
+                confirmed_requests: confirmed.get(&b.id).copied().unwrap_or(0),
                 estimate_usd: crate::budgets::estimate(st),
             });
         }

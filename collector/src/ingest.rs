@@ -311,7 +311,10 @@ fn validate(e: &Event) -> Result<i64, Invalid> {
     opt_text("session_id", &e.session_id, 256)?;
     opt_text("user", &e.user, 256)?;
     opt_text("rule", &e.rule, 256)?;
-    if e.rule.as_deref().is_some_and(|r| !r.starts_with("rule:") && !r.starts_with("budget:")) {
+    if e.rule
+        .as_deref()
+        .is_some_and(|r| !r.starts_with("rule:") && !r.starts_with("budget:"))
+    {
         return Err(("rule", "must be rule:<name> or budget:<name>".into()));
     }
     opt_text("model_routed", &e.model_routed, 256)?;

@@ -422,7 +422,10 @@ fn budget(command: BudgetCommand, data_dir: &std::path::Path) -> Result<(), Stri
                 let (k, v) = s
                     .split_once('=')
                     .ok_or_else(|| format!("--scope {s:?}: expected FIELD=VALUE"))?;
-                if fields.insert(k.trim().to_string(), v.trim().to_string()).is_some() {
+                if fields
+                    .insert(k.trim().to_string(), v.trim().to_string())
+                    .is_some()
+                {
                     return Err(format!("--scope: {k} is given twice"));
                 }
             }

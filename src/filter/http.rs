@@ -2,15 +2,15 @@
 //! event. Every callback returns `Continue`: bytes are looked at as they pass, never held.
 
 use super::host::{self, Metrics};
+use super::ledger::{self, Shares};
 use super::root::Shared;
 use crate::config::KeySetMissing;
 use crate::exchange::{begin, BodyStep, Exchange, Finish, HeadersStep};
-use crate::rules::{self, Budget, Refusal, Step};
-use super::ledger::{self, Shares};
 use crate::identity::Identity;
 use crate::org_keys::{
     stop_signed_key, unauthorized_body, Decision, Policy, Refusal as KeyRefusal, SignedKeyStop,
 };
+use crate::rules::{self, Budget, Refusal, Step};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::RefCell;
@@ -21,8 +21,8 @@ pub struct Req {
     exchange: Option<Exchange>,
     /// The budgets of the request's org as its decision saw them (None: none apply).
     budgets: Option<Rc<Vec<Budget>>>,
-    /// What was reserved against each budget charged (index, nano-dollars), once decided.
-    reserved: Option<Vec<(usize, u64)>>,
+    /// The budgets (indexes) this request is counted in flight against, once decided.
+    reserved: Option<Vec<usize>>,
 }
 
 impl Req {
@@ -55,7 +55,7 @@ impl Req {
         }
     }
 
-    /// Once rules and budgets have decided, reserve the request's estimate against each budget
+    /// Once rules and budgets have decided, count the request in flight against each budget
     /// that counts it (once).
     fn reserve(&mut self, s: &Shared) {
         let (Some(ex), Some(budgets)) = (self.exchange.as_ref(), self.budgets.as_ref()) else {
@@ -67,8 +67,8 @@ impl Req {
         let charged = &ex.acted().charged;
         let mut reserved = Vec::with_capacity(charged.len());
         for &i in charged {
-            if let Some(b) = budgets.get(i) {
-                reserved.push((i, ledger::reserve(&s.scope, b)));
+            if budgets.get(i).is_some_and(|b| ledger::reserve(&s.scope, b)) {
+                reserved.push(i);
             }
         }
         self.reserved = Some(reserved);
@@ -216,8 +216,12 @@ impl HttpContext for Req {
                 if !s.cfg.rules.is_empty() || budgets.is_some() {
                     let list = budgets.clone().unwrap_or_default();
                     let mut shares = Shares { scope: &s.scope };
-                    let mut step =
-                        rules::decide(&s.cfg.rules, &list, &mut shares, &ex.facts(ex.model_at_headers()));
+                    let mut step = rules::decide(
+                        &s.cfg.rules,
+                        &list,
+                        &mut shares,
+                        &ex.facts(ex.model_at_headers()),
+                    );
                     if end_of_stream && matches!(step, Step::Wait { .. }) {
                         // No body: the model will never come.
                         step = rules::decide(
@@ -295,7 +299,7 @@ impl HttpContext for Req {
         let list = self.budgets.clone().unwrap_or_default();
         let rules = &s.cfg.rules;
         let mut shares = Shares { scope: &s.scope };
-        let step = ex.on_request_body(&chunk, end_of_stream, &mut |facts| {
+        let step = ex.on_request_chunk(&chunk, end_of_stream, &mut |facts| {
             rules::decide(rules, &list, &mut shares, facts)
         });
         let action = match step {
@@ -402,16 +406,9 @@ impl HttpContext for Req {
         self.count_acted(s, &ex);
         let event = ex.finish(fin, &mut s.tokenizers);
         if let (Some(reserved), Some(budgets)) = (self.reserved.take(), self.budgets.as_ref()) {
-            for (i, nano) in reserved {
+            for i in reserved {
                 if let Some(b) = budgets.get(i) {
-                    // Priced here by the org's rates, as the collector will; a model they do
-                    // not know keeps its estimate. A refused request cost nothing.
-                    let cost = if event.error_source == Some(crate::event::ErrorSource::Proxy) {
-                        0.0
-                    } else {
-                        s.budgets.cost_usd(&b.org, &event).unwrap_or(b.estimate_usd)
-                    };
-                    ledger::settle(&s.scope, b, nano, cost);
+                    ledger::settle(&s.scope, b);
                 }
             }
         }

@@ -3,11 +3,11 @@
 //! Envoy's, not each worker's.
 //!
 //! ```text
-//! tally.budget.<scope>.<org>.<name>@<period start> = spent-nano SP reserved-nano
+//! tally.budget.<scope>.<org>.<name>@<period start> = settled SP in-flight     (requests)
 //! ```
 
 use super::shared;
-use crate::budgets::{to_nano, Local};
+use crate::budgets::Local;
 use crate::rules::{Budget, Ledger};
 
 fn key(scope: &str, b: &Budget) -> String {
@@ -31,28 +31,29 @@ impl Ledger for Shares<'_> {
     }
 }
 
-/// Reserve a request's estimate against a budget; the nano-dollars reserved (0 if the count
-/// could not be written: the request is then only counted when it settles).
-pub fn reserve(scope: &str, b: &Budget) -> u64 {
-    let est = to_nano(b.estimate_usd);
+/// Count a request in flight against a budget; false if the count could not be written (the
+/// request is then not counted when it finishes either).
+pub fn reserve(scope: &str, b: &Budget) -> bool {
     let k = key(scope, b);
     shared::ensure(&k);
     shared::update(&k, |v| {
         let mut l = Local::parse(v);
-        l.reserved = l.reserved.saturating_add(est);
-        Some((l.write(), est))
+        l.in_flight = l.in_flight.saturating_add(1);
+        Some((l.write(), ()))
     })
-    .unwrap_or(0)
+    .is_some()
 }
 
-/// A finished request: its reservation goes, its cost stays.
-pub fn settle(scope: &str, b: &Budget, reserved: u64, cost_usd: f64) -> bool {
+/// A request counted in flight finished: it is settled, as the collector will count its
+/// event (every event of the budget's scope but the proxy's refusals, which are never counted
+/// in flight).
+pub fn settle(scope: &str, b: &Budget) -> bool {
     let k = key(scope, b);
     shared::ensure(&k);
     shared::update(&k, |v| {
         let mut l = Local::parse(v);
-        l.reserved = l.reserved.saturating_sub(reserved);
-        l.spent = l.spent.saturating_add(to_nano(cost_usd));
+        l.in_flight = l.in_flight.saturating_sub(1);
+        l.settled = l.settled.saturating_add(1);
         Some((l.write(), ()))
     })
     .is_some()

@@ -195,6 +195,9 @@ pub struct Options {
     pub token_orgs: Vec<&'static str>,
     /// Give Envoy acme's key as TALLY_ORG_KEY (default true).
     pub org_key_env: bool,
+    /// Acme's key at a collector another stack started (with `collector_port`): no org is
+    /// created here, so several Envoys can send to one collector as the same org.
+    pub org_key: Option<String>,
 }
 
 impl Default for Options {
@@ -214,6 +217,7 @@ impl Default for Options {
             listener_tls: None,
             token_orgs: Vec::new(),
             org_key_env: true,
+            org_key: None,
         }
     }
 }
@@ -341,6 +345,9 @@ static_resources:
             - name: providers
               domains: ["*"]
               routes:
+              # For rules tests: what a `route` rule's `x-tally-route: teapot` is sent to.
+              - match: {{ prefix: "/", headers: [{{ name: x-tally-route, string_match: {{ exact: teapot }} }}] }}
+                direct_response: {{ status: 418, body: {{ inline_string: "routed by x-tally-route" }} }}
               # For timeout tests: a route that gives the upstream 200 ms.
               - match: {{ prefix: "/", headers: [{{ name: x-test-short-timeout, present_match: true }}] }}
                 route: {{ cluster: openai, timeout: 0.2s }}
@@ -399,20 +406,25 @@ impl Stack {
         let logs = dir.path().join("logs");
         std::fs::create_dir_all(&logs).expect("logs dir");
 
-        let out = Command::new(artifact("target/release/tally-collector"))
-            .args(["org", "create", "acme", "--data-dir"])
-            .arg(&data)
-            .output()
-            .expect("org create");
-        assert!(
-            out.status.success(),
-            "org create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let key = String::from_utf8(out.stdout)
-            .expect("utf8")
-            .trim()
-            .to_string();
+        let key = match &opts.org_key {
+            Some(key) => key.clone(),
+            None => {
+                let out = Command::new(artifact("target/release/tally-collector"))
+                    .args(["org", "create", "acme", "--data-dir"])
+                    .arg(&data)
+                    .output()
+                    .expect("org create");
+                assert!(
+                    out.status.success(),
+                    "org create: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8(out.stdout)
+                    .expect("utf8")
+                    .trim()
+                    .to_string()
+            }
+        };
         let mut keys = std::collections::BTreeMap::from([("acme".to_string(), key.clone())]);
         let cli = |args: &[&str]| collector_cli_ok(&data, args);
         let mut token = None;
