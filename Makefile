@@ -59,8 +59,10 @@ test: build build-fault test-wasm test-deps
 	$(MAKE) test-containers
 
 # Debian packages that the delivery tests run for real (a registry, and skopeo to read images
-# back from it), installed with apt-get when missing; and Python's prometheus-client (pip, into
-# .venv), whose parsers read the collector's /metrics in the collector tests.
+# back from it), installed with apt-get when missing; Python's prometheus-client (pip, into
+# .venv), whose parsers read the collector's /metrics in the collector tests; and the official
+# OpenAI and Anthropic Python SDKs (pip, into .venv), which the rules and budgets tests call
+# through Envoy to see that refusals raise the SDKs' own errors.
 test-deps: envoy
 	@missing=""; for p in docker-registry skopeo; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -70,6 +72,9 @@ test-deps: envoy
 	@$(VENV)/bin/python -c "import prometheus_client" 2>/dev/null || { \
 		echo "make test-deps: installing prometheus-client into .venv (pip), to parse /metrics as Prometheus does"; \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check prometheus-client==0.21.1; }
+	@$(VENV)/bin/python -c "import openai, anthropic" 2>/dev/null || { \
+		echo "make test-deps: installing openai==1.109.1 and anthropic==2.15.0 (the official SDKs) into .venv (pip), for the rules and budgets tests"; \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check openai==1.109.1 anthropic==2.15.0; }
 
 # docker-compose.yml brought up for real with podman-compose (e2e/containers/test_compose.py),
 # over the static collector and mock that collector/Dockerfile builds (x86_64-unknown-linux-musl).

@@ -1,7 +1,10 @@
 //! Native cost of the metering logic for one request (no Envoy, no wasm): headers, a 2 KB
 //! request body, a JSON response with usage (or, with `stream` as second argument, a 200-chunk
 //! SSE stream in one piece; with `paced`, the same stream one event per piece, as a provider
-//! sends it), the event, its JSON line. For profiling
+//! sends it), the event, its JSON line. With `rewrite` or `hold` as second argument, the body
+//! has `messages` before `model` (the OpenAI SDK's order) and rules act: `rewrite` rewrites the
+//! model (only its value is held), `hold` also has a block rule on the model (the whole body is
+//! held until the model); `plain-sdk` is that body with no rule, to compare. For profiling
 //! (`valgrind --tool=callgrind target/release/examples/exchange_cost 2000 [stream]`) and quick
 //! timing; built for wasm32-wasip1 it also runs under Node's V8 (`scripts/wasi-run.sh`).
 
@@ -10,13 +13,31 @@ use tally::exchange::{begin, Finish};
 use tally::measure::Tokenizers;
 use tally::request_id::IdGen;
 
+/// No budget in these runs.
+struct NoBudgets;
+impl tally::rules::Ledger for NoBudgets {
+    fn acting(&mut self, _: usize, _: &tally::rules::Budget) -> bool {
+        false
+    }
+}
+
 fn main() {
     let n: u32 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
+    let mode = std::env::args().nth(2).unwrap_or_default();
+    let rules = match mode.as_str() {
+        "rewrite" => {
+            r#"{"rules":[{"name":"r","match":{"model":"gpt-4o-mini"},"rewrite_model":"gpt-4.1-nano"}]}"#
+        }
+        "hold" => {
+            r#"{"rules":[{"name":"b","match":{"model":"o1*"},"block":true},{"name":"r","match":{"model":"gpt-4o-mini"},"rewrite_model":"gpt-4.1-nano"}]}"#
+        }
+        _ => "",
+    };
     let cfg = Config::parse(
-        b"",
+        rules.as_bytes(),
         Some("tly_0123456789abcdefghijABCDEFGHIJ0123456789".into()),
     )
     .expect("config");
@@ -37,11 +58,18 @@ fn main() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let body = format!(
-        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
-        "x".repeat(1900)
-    );
-    let mode = std::env::args().nth(2).unwrap_or_default();
+    let sdk_order = matches!(mode.as_str(), "rewrite" | "hold" | "plain-sdk");
+    let body = if sdk_order {
+        format!(
+            r#"{{"messages":[{{"role":"user","content":"{}"}}],"model":"gpt-4o-mini"}}"#,
+            "x".repeat(1900)
+        )
+    } else {
+        format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "x".repeat(1900)
+        )
+    };
     let (stream, paced) = (mode == "stream" || mode == "paced", mode == "paced");
     let mut sse = String::new();
     for i in 0..199 {
@@ -72,8 +100,21 @@ fn main() {
     for _ in 0..n {
         let b = begin(&cfg, &headers, 1000.0);
         let mut ex = b.exchange.expect("metered");
-        let _ = ex.on_request_body(body.as_bytes());
-        let _ = ex.on_request_body(&[]);
+        if cfg.rules.is_empty() {
+            let _ = ex.on_request_body(body.as_bytes());
+            let _ = ex.on_request_body(&[]);
+        } else {
+            // As the filter does: decide at the headers, then with the model, in 4 KB chunks.
+            let mut decide = |f: &tally::rules::Facts<'_>| {
+                tally::rules::decide(&cfg.rules, &[], &mut NoBudgets, f)
+            };
+            let step = decide(&ex.facts(ex.model_at_headers()));
+            let _ = ex.at_headers(step, cfg.model_hold_bytes);
+            let chunks: Vec<&[u8]> = body.as_bytes().chunks(4096).collect();
+            for (i, c) in chunks.iter().enumerate() {
+                let _ = ex.on_request_chunk(c, i + 1 == chunks.len(), &mut decide);
+            }
+        }
         ex.on_response_headers(Some(200), Some(content_type), None, 1010.0);
         if paced {
             for event in &events {

@@ -69,6 +69,7 @@ impl BudgetSet {
                 action,
                 exceeded: b.state == "exceeded",
                 retry_after_s: end.saturating_sub(now_ms).div_ceil(1000),
+                period_end_ms: end,
                 share_usd: finite(b.share_usd),
                 confirmed_requests: b.confirmed_requests,
                 estimate_usd: finite(b.estimate_usd),

@@ -356,8 +356,10 @@ pub struct Budget {
     pub action: BudgetAction,
     /// The collector counts the limit reached.
     pub exceeded: bool,
-    /// Seconds to the end of the period (a block's `retry-after`).
+    /// Seconds to the end of the period (a block's `retry-after`), as of the state's arrival.
     pub retry_after_s: u64,
+    /// When the period ends (Unix ms): past it, the state no longer applies.
+    pub period_end_ms: u64,
     /// What this filter may spend beyond what the collector has counted of it, before it acts
     /// as if the limit were reached (see `budgets` in the collector: the lease).
     pub share_usd: f64,
@@ -809,6 +811,7 @@ mod tests {
             action: BudgetAction::parse(action).unwrap(),
             exceeded,
             retry_after_s: 3600,
+            period_end_ms: u64::MAX,
             share_usd: 1.0,
             confirmed_requests: 0,
             estimate_usd: 0.01,

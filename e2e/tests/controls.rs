@@ -236,8 +236,11 @@ fn rules_block_rewrite_and_route_in_envoy_and_the_sdks_raise_their_own_errors() 
     assert_no_canaries(&stack, &[]);
 }
 
+/// One webhook delivery: its headers (names lower case) and body.
+type Delivery = (Vec<(String, String)>, String);
+
 /// A webhook receiver on 127.0.0.1: each request's headers and body.
-fn receiver() -> (u16, Arc<Mutex<Vec<(Vec<(String, String)>, String)>>>) {
+fn receiver() -> (u16, Arc<Mutex<Vec<Delivery>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -501,7 +504,7 @@ fn budgets_block_downgrade_and_shadow_in_envoy_and_the_crossing_is_sent_signed()
     });
     std::thread::sleep(Duration::from_millis(500));
     let got = hooks.lock().unwrap().clone();
-    let web_alerts: Vec<&(Vec<(String, String)>, String)> = got
+    let web_alerts: Vec<&Delivery> = got
         .iter()
         .filter(|(_, b)| b.contains("\"budget\":\"web\""))
         .collect();

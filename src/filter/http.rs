@@ -215,7 +215,10 @@ impl HttpContext for Req {
                 s.metered.set(s.metered.get() + 1);
                 if !s.cfg.rules.is_empty() || budgets.is_some() {
                     let list = budgets.clone().unwrap_or_default();
-                    let mut shares = Shares { scope: &s.scope };
+                    let mut shares = Shares {
+                        scope: &s.scope,
+                        now_ms: host::now_ms() as u64,
+                    };
                     let mut step = rules::decide(
                         &s.cfg.rules,
                         &list,
@@ -298,7 +301,10 @@ impl HttpContext for Req {
         let was_waiting = ex.waiting();
         let list = self.budgets.clone().unwrap_or_default();
         let rules = &s.cfg.rules;
-        let mut shares = Shares { scope: &s.scope };
+        let mut shares = Shares {
+            scope: &s.scope,
+            now_ms: host::now_ms() as u64,
+        };
         let step = ex.on_request_chunk(&chunk, end_of_stream, &mut |facts| {
             rules::decide(rules, &list, &mut shares, facts)
         });

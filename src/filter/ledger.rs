@@ -17,10 +17,16 @@ fn key(scope: &str, b: &Budget) -> String {
 /// The decision's view: each budget's local count read once per decision.
 pub struct Shares<'a> {
     pub scope: &'a str,
+    pub now_ms: u64,
 }
 
 impl Ledger for Shares<'_> {
     fn acting(&mut self, _i: usize, b: &Budget) -> bool {
+        if self.now_ms >= b.period_end_ms {
+            // A period the last state was about is over (the collector has not been reached
+            // since): a new one starts with nothing spent.
+            return false;
+        }
         if b.exceeded {
             return true;
         }
