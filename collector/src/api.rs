@@ -323,7 +323,7 @@ const FILTER_PARAMS: [&str; 12] = [
     "workload",
 ];
 
-fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
     q.get(name)
         .map(|v| {
             tally::time::parse_rfc3339_ms(v).ok_or_else(|| {

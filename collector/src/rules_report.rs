@@ -220,19 +220,6 @@ pub fn report(
     Ok(out)
 }
 
-fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
-    q.get(name)
-        .map(|v| {
-            tally::time::parse_rfc3339_ms(v).ok_or_else(|| {
-                ApiError::field(
-                    name,
-                    format!("{name} must be an RFC 3339 date-time or a date"),
-                )
-            })
-        })
-        .transpose()
-}
-
 /// `from`/`to`, defaulting to the last 30 days; `to` after `from`, 400 days at most.
 fn range(q: &HashMap<String, String>, now: i64) -> Result<(i64, i64), ApiError> {
     if let Some(bad) = q.keys().find(|k| *k != "from" && *k != "to") {
@@ -241,8 +228,8 @@ fn range(q: &HashMap<String, String>, now: i64) -> Result<(i64, i64), ApiError> 
             "unknown parameter; use from, to",
         ));
     }
-    let to = time_param(q, "to")?.unwrap_or(now);
-    let from = time_param(q, "from")?.unwrap_or(to - DEFAULT_DAYS * DAY_MS);
+    let to = crate::api::time_param(q, "to")?.unwrap_or(now);
+    let from = crate::api::time_param(q, "from")?.unwrap_or(to - DEFAULT_DAYS * DAY_MS);
     if from >= to {
         return Err(ApiError::field("from", "from must be before to"));
     }

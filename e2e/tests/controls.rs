@@ -553,6 +553,17 @@ fn budgets_block_downgrade_and_shadow_in_envoy_and_the_crossing_is_sent_signed()
     assert_eq!(kinds.len(), 5, "{kinds:?}");
     let bodies: Vec<String> = got.iter().map(|(_, b)| b.clone()).collect();
     assert_no_canaries(&stack, &bodies);
+    // The collector goes away: the filter keeps enforcing the last state it had, and says so.
+    collector.stop();
+    let failed = stack.envoy_counter("wasmcustom.tally.controls_failed");
+    let r = call("web", "collector-down");
+    assert_eq!(r["error"], "RateLimitError", "{r}");
+    assert!(
+        stack.wait_stat("wasmcustom.tally.controls_failed", |v| v > failed) > failed,
+        "a failed poll is counted"
+    );
+    let r = call("web", "collector-down");
+    assert_eq!(r["error"], "RateLimitError", "still enforced: {r}");
     drop(collector);
     for entry in std::fs::read_dir(&logs).unwrap().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
@@ -657,4 +668,61 @@ fn overspend_with_two_envoys_and_sixteen_concurrent_streams_stays_within_five_pe
         spend >= limit * 0.9,
         "the budget let too little through: ${spend}"
     );
+}
+
+/// Events a filter drops (a full queue while the collector is away) are reported with its next
+/// accepted batch (`X-Tally-Dropped`), and raise the `events_dropped` alert.
+#[test]
+fn events_a_filter_drops_are_reported_to_the_collector_and_alerted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let key = collector_cli_ok(&data, &["org", "create", "acme"]);
+    let port = common::free_port();
+    let stack = Stack::start_with(Options {
+        start_collector: false,
+        collector_port: Some(port),
+        org_key: Some(key.clone()),
+        filter_config: r#"{"flush_interval_ms": 100, "batch_max_events": 1, "queue_max_events": 2, "call_timeout_ms": 300}"#.into(),
+        ..Options::default()
+    });
+    for i in 0..5 {
+        let (status, _) = stack.post_json(
+            "/v1/chat/completions",
+            &[("x-tally-feature", &format!("d{i}"))],
+            r#"{"model":"gpt-4o-mini","messages":[]}"#,
+        );
+        assert_eq!(status, 200);
+    }
+    // Two fit in the queue (one of them perhaps in a failing call); the rest are dropped.
+    stack.wait_stat("wasmcustom.tally.events_dropped", |v| v >= 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let dropped = stack.envoy_counter("wasmcustom.tally.events_dropped");
+    assert!((3..=4).contains(&dropped), "{dropped}");
+    let mut collector = common::spawn(
+        "collector",
+        Command::new(artifact("target/release/tally-collector"))
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--alert-detect-every-ms",
+                "200",
+            ]),
+        &logs,
+    );
+    common::announced_port(&mut collector, &logs);
+    stack.wait_events("limit=100", 5 - dropped as usize);
+    let mut alert = Value::Null;
+    common::wait_until("the events_dropped alert", Duration::from_secs(15), || {
+        let a = stack.api_as(&key, "/api/v1/alerts");
+        alert = a["history"]
+            .as_array()
+            .and_then(|h| h.iter().find(|x| x["kind"] == "events_dropped").cloned())
+            .unwrap_or(Value::Null);
+        !alert.is_null()
+    });
+    assert_eq!(alert["payload"]["dropped"], dropped, "{alert}");
 }
