@@ -35,6 +35,9 @@ struct RawBudget {
     state: String,
     period_start_ms: i64,
     period_end_ms: i64,
+    /// When the budget's counting began; a new epoch starts this filter's count afresh.
+    #[serde(default)]
+    epoch: i64,
     share_usd: f64,
     confirmed_requests: u64,
     estimate_usd: f64,
@@ -47,8 +50,8 @@ struct RawControls {
 }
 
 impl BudgetSet {
-    /// From the body of `GET /v1/controls`; `now_ms` by the filter's clock, for `retry-after`.
-    pub fn parse(json: &[u8], now_ms: u64) -> Result<BudgetSet, String> {
+    /// From the body of `GET /v1/controls`.
+    pub fn parse(json: &[u8]) -> Result<BudgetSet, String> {
         let raw: RawControls =
             serde_json::from_slice(json).map_err(|e| format!("controls: {e}"))?;
         let mut by_org: BTreeMap<String, Vec<Budget>> = BTreeMap::new();
@@ -68,12 +71,11 @@ impl BudgetSet {
                 matchers,
                 action,
                 exceeded: b.state == "exceeded",
-                retry_after_s: end.saturating_sub(now_ms).div_ceil(1000),
                 period_end_ms: end,
                 share_usd: finite(b.share_usd),
                 confirmed_requests: b.confirmed_requests,
                 estimate_usd: finite(b.estimate_usd),
-                ledger_key: format!("{}@{}", b.name, b.period_start_ms),
+                ledger_key: format!("{}@{}@{}", b.name, b.epoch, b.period_start_ms),
             });
         }
         Ok(BudgetSet {
@@ -104,12 +106,13 @@ pub fn to_nano(usd: f64) -> u64 {
     }
 }
 
-/// One budget's local count in this Envoy's shared data: requests finished this period, and
-/// requests in flight.
+/// One budget's local count in this Envoy's shared data: requests finished this period,
+/// requests in flight, and the Envoy's count of dropped events when this count began.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Local {
     pub settled: u64,
     pub in_flight: u64,
+    pub dropped_base: u64,
 }
 
 impl Local {
@@ -119,20 +122,38 @@ impl Local {
         Local {
             settled: it.next().unwrap_or(0),
             in_flight: it.next().unwrap_or(0),
+            dropped_base: it.next().unwrap_or(0),
         }
     }
 
     pub fn write(&self) -> Vec<u8> {
-        format!("{} {}", self.settled, self.in_flight).into_bytes()
+        format!("{} {} {}", self.settled, self.in_flight, self.dropped_base).into_bytes()
     }
 
     /// Whether one more request would pass this filter's share of what remains: the requests
     /// the collector has not counted, those in flight and this one, each at the mean cost.
-    pub fn over(&self, b: &Budget) -> bool {
-        let unconfirmed = self.settled.saturating_sub(b.confirmed_requests);
+    /// `dropped` is the Envoy's count of events it dropped: a dropped event never reaches the
+    /// collector, so it never counts as unconfirmed (taken off every budget's count, which errs
+    /// towards letting through, by at most the events dropped).
+    pub fn over(&self, b: &Budget, dropped: u64) -> bool {
+        self.spoken_for(b, dropped) > u128::from(to_nano(b.share_usd))
+    }
+
+    /// Whether half the share is spoken for: the filter then polls sooner, so that shares
+    /// computed from an older remainder do not linger near the limit (see `filter::root`).
+    pub fn near(&self, b: &Budget, dropped: u64) -> bool {
+        self.spoken_for(b, dropped) * 2 > u128::from(to_nano(b.share_usd))
+    }
+
+    /// What the uncounted and in-flight requests and one more take of the share (nano-dollars).
+    fn spoken_for(&self, b: &Budget, dropped: u64) -> u128 {
+        let lost = dropped.saturating_sub(self.dropped_base);
+        let unconfirmed = self
+            .settled
+            .saturating_sub(b.confirmed_requests)
+            .saturating_sub(lost);
         let requests = unconfirmed + self.in_flight + 1;
         u128::from(requests) * u128::from(to_nano(b.estimate_usd))
-            > u128::from(to_nano(b.share_usd))
     }
 }
 
@@ -147,28 +168,41 @@ mod tests {
             {"org_id":"acme","name":"web","scope":{"team":"web"},"action":"block","state":"exceeded","period_start_ms":0,"period_end_ms":7200000,"limit_usd":1,"spend_usd":1.2,"share_usd":0,"confirmed_requests":4,"estimate_usd":0.001},
             {"org_id":"acme","name":"all","scope":{},"action":"alert","state":"ok","period_start_ms":0,"period_end_ms":7200000,"limit_usd":1,"spend_usd":0,"share_usd":0.5,"confirmed_requests":0,"estimate_usd":0}
           ]}"#;
-        let set = BudgetSet::parse(body, 3_600_000).unwrap();
+        let set = BudgetSet::parse(body).unwrap();
         let acme = set.for_org(None).unwrap();
         assert_eq!(acme.len(), 1);
         assert_eq!(acme[0].label, "budget:web");
         assert!(acme[0].exceeded);
-        assert_eq!(acme[0].retry_after_s, 3600);
-        assert_eq!(acme[0].ledger_key, "web@0");
-        assert!(BudgetSet::parse(br#"{"budgets":[{"org_id":"a","name":"x","action":"explode","state":"ok","period_start_ms":0,"period_end_ms":1,"share_usd":0,"confirmed_requests":0,"estimate_usd":0}]}"#, 0).is_err());
+        assert_eq!(acme[0].period_end_ms, 7_200_000);
+        assert_eq!(acme[0].ledger_key, "web@0@0");
+        assert!(BudgetSet::parse(br#"{"budgets":[{"org_id":"a","name":"x","action":"explode","state":"ok","period_start_ms":0,"period_end_ms":1,"share_usd":0,"confirmed_requests":0,"estimate_usd":0}]}"#).is_err());
     }
 
     #[test]
     fn a_filter_stops_at_its_share_counting_requests_in_flight_and_not_yet_counted() {
-        let set = BudgetSet::parse(br#"{"budgets":[{"org_id":"a","name":"x","action":"block","state":"ok","period_start_ms":0,"period_end_ms":1,"share_usd":0.01,"confirmed_requests":2,"estimate_usd":0.001}]}"#, 0).unwrap();
+        let set = BudgetSet::parse(br#"{"budgets":[{"org_id":"a","name":"x","action":"block","state":"ok","period_start_ms":0,"period_end_ms":1,"share_usd":0.01,"confirmed_requests":2,"estimate_usd":0.001}]}"#).unwrap();
         let b = &set.for_org(Some("a")).unwrap()[0];
-        let l = |settled, in_flight| Local { settled, in_flight };
+        let l = |settled, in_flight| Local {
+            settled,
+            in_flight,
+            dropped_base: 0,
+        };
         // Two finished and counted: the share (0.01) is all room, ten requests of 0.001.
-        assert!(!l(2, 9).over(b));
-        assert!(l(2, 10).over(b));
+        assert!(!l(2, 9).over(b, 0));
+        assert!(l(2, 10).over(b, 0));
         // Finished but not counted yet: like requests in flight.
-        assert!(!l(11, 0).over(b));
-        assert!(l(12, 0).over(b));
-        assert!(l(7, 5).over(b));
+        assert!(!l(11, 0).over(b, 0));
+        assert!(l(12, 0).over(b, 0));
+        assert!(l(7, 5).over(b, 0));
+        // Events dropped since the count began never reach the collector: not waited for.
+        assert!(!l(12, 0).over(b, 1));
+        let since = Local {
+            dropped_base: 5,
+            ..l(12, 0)
+        };
+        assert!(since.over(b, 5) && !since.over(b, 6));
+        // Half the share spoken for: poll sooner.
+        assert!(!l(2, 4).near(b, 0) && l(2, 5).near(b, 0));
         assert_eq!(Local::parse(&l(5, 3).write()), l(5, 3));
         assert_eq!(Local::parse(b"garbage"), Local::default());
     }

@@ -607,7 +607,6 @@ impl Exchange {
                 Refusal::Budget { label, .. } => Some(label.clone()),
             };
             if let Some(p) = self.plan.as_mut() {
-                p.body.drop_all();
                 p.waiting = None;
             }
             return Some(why);
@@ -690,15 +689,20 @@ impl Exchange {
         }
         // A new model value: decide, if waiting, and rewrite it, if so decided.
         if let Some((start, end, n)) = self.request.span("model") {
-            if self.plan.as_ref().is_some_and(|p| n > p.values) {
+            let seen = self.plan.as_ref().map_or(0, |p| p.values);
+            if self.plan.is_some() && n > seen {
+                let waiting = self.plan.as_ref().and_then(|p| p.waiting);
+                let cap = self.plan.as_ref().map_or(0, |p| p.cap as u64);
                 if let Some(p) = self.plan.as_mut() {
                     p.values = n;
                 }
-                if let Some(hold_all) = self.plan.as_ref().and_then(|p| p.waiting) {
+                // The first value, while waiting; or a later one (a key given twice, which
+                // providers read as its last value): the decision follows the value that counts.
+                if waiting.is_some() || seen > 0 {
                     let model = self.request.string("model");
                     // Past the cap by its place in the body, however the body was cut into
                     // chunks: the decision does not depend on how the bytes arrived.
-                    let late = hold_all && self.plan.as_ref().is_some_and(|p| start > p.cap as u64);
+                    let late = waiting == Some(true) && start > cap;
                     let step = {
                         let m = match model.as_deref() {
                             _ if late => Model::PastCap,
@@ -707,6 +711,13 @@ impl Exchange {
                         };
                         decide(&self.facts(m))
                     };
+                    if seen > 0 {
+                        // The earlier value's rewrite no longer counts.
+                        if let Some(p) = self.plan.as_mut() {
+                            p.rewrite = None;
+                        }
+                        self.acted.model_routed = None;
+                    }
                     if let Some(why) = self.decided(step) {
                         return BodyStep::Refuse(why);
                     }
@@ -725,11 +736,14 @@ impl Exchange {
         // Still waiting: the model will never come, or not within the cap.
         if let Some(Some(_)) = self.plan.as_ref().map(|p| p.waiting) {
             // Only a whole-body hold keeps bytes: the cap bounds it. (Holding only the model's
-            // value keeps at most that value, and waits as long as the body flows.)
-            let over_cap = self
-                .plan
-                .as_ref()
-                .is_some_and(|p| p.waiting == Some(true) && p.body.held() > p.cap);
+            // value keeps at most that value, and waits as long as the body flows.) A model
+            // value that began within the cap is waited for, whatever the chunking.
+            let open = self.request.open_value("model");
+            let over_cap = self.plan.as_ref().is_some_and(|p| {
+                p.waiting == Some(true)
+                    && p.body.held() > p.cap
+                    && open.is_none_or(|at| at > p.cap as u64)
+            });
             let never = end_of_stream || self.request.is_done() || self.request.is_invalid();
             if never || over_cap {
                 let m = if never { Model::Never } else { Model::PastCap };
@@ -771,6 +785,24 @@ impl Exchange {
     /// The most request bytes held at once (0 when nothing was).
     pub fn held_max(&self) -> usize {
         self.plan.as_ref().map_or(0, |p| p.body.held_max)
+    }
+
+    /// The refusal could not be sent, so the request goes on after all (the filter never breaks
+    /// traffic itself): it is no longer refused, and everything held goes now, as the bytes to
+    /// send instead of the current chunk (None: nothing was held).
+    pub fn refusal_failed(&mut self) -> Option<Vec<u8>> {
+        self.acted.refused = None;
+        self.acted.label = None;
+        let p = self.plan.as_mut()?;
+        p.waiting = None;
+        Some(p.body.release(u64::MAX))
+    }
+
+    /// A refused request: what was held is dropped (the refusal was sent).
+    pub fn refused_sent(&mut self) {
+        if let Some(p) = self.plan.as_mut() {
+            p.body.drop_all();
+        }
     }
 
     /// Whether a decision still waits for the model.

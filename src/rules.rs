@@ -356,9 +356,8 @@ pub struct Budget {
     pub action: BudgetAction,
     /// The collector counts the limit reached.
     pub exceeded: bool,
-    /// Seconds to the end of the period (a block's `retry-after`), as of the state's arrival.
-    pub retry_after_s: u64,
-    /// When the period ends (Unix ms): past it, the state no longer applies.
+    /// When the period ends (Unix ms): a block's `retry-after`; past it, the state no longer
+    /// applies.
     pub period_end_ms: u64,
     /// What this filter may spend beyond what the collector has counted of it, before it acts
     /// as if the limit were reached (see `budgets` in the collector: the lease).
@@ -382,8 +381,8 @@ pub trait Ledger {
 pub enum Refusal {
     /// A rule's `block`: 403.
     Rule(String),
-    /// A budget's `block`: 429 until the period ends.
-    Budget { label: String, retry_after_s: u64 },
+    /// A budget's `block`: 429 until the period ends (Unix ms).
+    Budget { label: String, period_end_ms: u64 },
     /// A model rule's `over_cap: refuse`: the model came past the hold's cap.
     OverCap(String),
 }
@@ -480,7 +479,12 @@ pub fn decide(
             continue;
         }
         match b.matchers.fit(facts) {
-            Fit::No => {}
+            Fit::No => {
+                // A budget on the model, whose model came past the cap: passed over, and said so.
+                if past_cap && b.matchers.on_model() && matches_but_model(&b.matchers, facts) {
+                    passed_over_cap = true;
+                }
+            }
             Fit::NeedsModel => {
                 waiting = true;
                 if b.action == BudgetAction::Block {
@@ -502,7 +506,12 @@ pub fn decide(
         }
     }
     if waiting {
-        return Step::Wait { hold_all, route };
+        // A block that already acts may stand once the model is known: nothing goes upstream
+        // before then.
+        return Step::Wait {
+            hold_all: hold_all || block.is_some(),
+            route,
+        };
     }
     let mut v = Verdict {
         route,
@@ -525,7 +534,7 @@ pub fn decide(
         v.label = Some(b.label.clone());
         v.refuse = Some(Refusal::Budget {
             label: b.label.clone(),
-            retry_after_s: b.retry_after_s,
+            period_end_ms: b.period_end_ms,
         });
         v.rewrite = None;
         return Step::Decided(v);
@@ -560,21 +569,25 @@ pub fn refusal_status(why: &Refusal) -> u16 {
 pub fn refusal_response(
     api: crate::provider::Api,
     why: &Refusal,
+    now_ms: u64,
 ) -> (u16, Vec<(&'static str, String)>, String) {
     use crate::provider::Api;
     let status = refusal_status(why);
     let message = match why {
         Refusal::Rule(label) => format!("The proxy refused this request: {label} blocks it."),
         Refusal::OverCap(label) => format!(
-            "The proxy refused this request: {label} needs the model, and the body named it              too late (send \"model\" earlier in the body)."
+            "The proxy refused this request: {label} needs the model, and the body named it \
+             too late (send \"model\" earlier in the body)."
         ),
         Refusal::Budget { label, .. } => format!(
             "The proxy refused this request: {label} has reached its limit for this period."
         ),
     };
     let mut headers = vec![("content-type", "application/json".to_string())];
-    if let Refusal::Budget { retry_after_s, .. } = why {
-        headers.push(("retry-after", retry_after_s.max(&1).to_string()));
+    if let Refusal::Budget { period_end_ms, .. } = why {
+        // Seconds to the period's end, as of now (not as of the state's arrival).
+        let retry_after = period_end_ms.saturating_sub(now_ms).div_ceil(1000).max(1);
+        headers.push(("retry-after", retry_after.to_string()));
         headers.push(("x-should-retry", "false".to_string()));
     }
     let budget = matches!(why, Refusal::Budget { .. });
@@ -810,8 +823,7 @@ mod tests {
             matchers: Matchers::parse(&fields, "b").unwrap(),
             action: BudgetAction::parse(action).unwrap(),
             exceeded,
-            retry_after_s: 3600,
-            period_end_ms: u64::MAX,
+            period_end_ms: 3_600_000,
             share_usd: 1.0,
             confirmed_requests: 0,
             estimate_usd: 0.01,
@@ -847,7 +859,7 @@ mod tests {
             v.refuse,
             Some(Refusal::Budget {
                 label: "budget:ml-block".into(),
-                retry_after_s: 3600
+                period_end_ms: 3_600_000
             })
         );
         assert_eq!(v.label.as_deref(), Some("budget:ml-block"));

@@ -240,7 +240,6 @@ fn header_rules_decide_at_the_headers_and_budgets_block_in_the_providers_format(
     // A budget at its limit refuses with 429 and says when to come back.
     let set = tally::budgets::BudgetSet::parse(
         br#"{"budgets":[{"org_id":"acme","name":"web-month","scope":{"team":"web"},"action":"block","state":"exceeded","period_start_ms":0,"period_end_ms":3600000,"share_usd":0,"confirmed_requests":0,"estimate_usd":0.01}]}"#,
-        1_800_000,
     )
     .unwrap();
     let budgets = set.for_org(None).unwrap();
@@ -264,7 +263,8 @@ fn header_rules_decide_at_the_headers_and_budgets_block_in_the_providers_format(
     let HeadersStep::Refuse(why) = ex.at_headers(step, 4096) else {
         panic!("not refused")
     };
-    let (status, headers, body) = rules::refusal_response(ex.api(), &why);
+    // Half an hour before the period's end.
+    let (status, headers, body) = rules::refusal_response(ex.api(), &why, 1_800_000);
     assert_eq!(status, 429);
     assert!(headers.contains(&("retry-after", "1800".to_string())));
     assert!(headers.contains(&("x-should-retry", "false".to_string())));
@@ -320,4 +320,92 @@ fn a_rewrite_after_a_whole_body_hold_changes_the_model() {
         assert_eq!(refused, None);
         same(&out, want.as_bytes(), &format!("chunks of {size}"));
     }
+}
+
+#[test]
+fn a_model_given_twice_is_decided_on_each_value_as_providers_read_the_last() {
+    let block = cfg(
+        r#"[{"name":"no-o1","match":{"model":"o1*"},"block":true}]"#,
+        4096,
+    );
+    let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"canary-prompt"}],"model":"o1-pro"}"#;
+    for size in [7, 40, body.len()] {
+        let (mut ex, _) = start(&block, "/v1/chat/completions", &[]);
+        let (_, refused) = feed(&mut ex, &block, body, size);
+        assert_eq!(
+            refused,
+            Some(Refusal::Rule("rule:no-o1".into())),
+            "chunks of {size}"
+        );
+    }
+    let rewrite = cfg(
+        r#"[{"name":"cheap","match":{"model":"gpt-4o"},"rewrite_model":"gpt-4o-mini"}]"#,
+        4096,
+    );
+    let body = br#"{"model":"gpt-4o","messages":[],"model":"gpt-4.1"}"#;
+    let (mut ex, _) = start(&rewrite, "/v1/chat/completions", &[]);
+    let (out, _) = feed(&mut ex, &rewrite, body, 20);
+    // The first value was rewritten, but the last one, which counts, is not the rule's.
+    assert!(
+        out.ends_with(br#""model":"gpt-4.1"}"#),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let e = finish(ex, 200);
+    assert_eq!(
+        (e.model_routed, e.model_requested.as_deref()),
+        (None, Some("gpt-4.1"))
+    );
+}
+
+#[test]
+fn a_model_that_begins_within_the_cap_is_waited_for_whatever_the_chunking() {
+    let cfg = cfg(
+        r#"[{"name":"no-o1","match":{"model":"o1*"},"block":true,"over_cap":"pass"}]"#,
+        1024,
+    );
+    let pad = "p".repeat(1000);
+    let body =
+        format!(r#"{{"messages":"{pad}","model":"o1-preview-2024-09-12-with-a-long-name"}}"#);
+    let start_at = body.find("\"o1-").unwrap();
+    assert!(start_at < 1024 && body.len() > 1030);
+    // Cut inside the model's value, past the cap, and not at all.
+    for size in [1030, body.len()] {
+        let (mut ex, _) = start(&cfg, "/v1/chat/completions", &[]);
+        let (out, refused) = feed(&mut ex, &cfg, body.as_bytes(), size);
+        assert_eq!(
+            refused,
+            Some(Refusal::Rule("rule:no-o1".into())),
+            "chunks of {size}"
+        );
+        assert!(out.is_empty());
+    }
+}
+
+#[test]
+fn a_block_budget_at_its_limit_holds_the_body_while_a_rewrite_rule_waits_for_the_model() {
+    let cfg = cfg(
+        r#"[{"name":"cheap","match":{"model":"gpt-4o"},"rewrite_model":"gpt-4o-mini"}]"#,
+        65536,
+    );
+    let set = tally::budgets::BudgetSet::parse(
+        br#"{"budgets":[{"org_id":"acme","name":"web","scope":{"team":"web"},"action":"block","state":"exceeded","period_start_ms":0,"period_end_ms":3600000,"share_usd":0,"confirmed_requests":0,"estimate_usd":0.01}]}"#,
+    )
+    .unwrap();
+    let budgets = set.for_org(None).unwrap();
+    let (ex, _) = start(&cfg, "/v1/chat/completions", &[]);
+    let step = rules::decide(
+        &cfg.rules,
+        &budgets,
+        &mut Collector,
+        &ex.facts(ex.model_at_headers()),
+    );
+    assert_eq!(
+        step,
+        rules::Step::Wait {
+            hold_all: true,
+            route: None
+        },
+        "the block stands unless the model's rule acts first: nothing may go upstream before"
+    );
 }

@@ -16,6 +16,9 @@ CREATE TABLE budgets (
     warn_at    REAL    NOT NULL CHECK (warn_at > 0 AND warn_at <= 1),
     -- `alert`, `block`, `shadow` or `downgrade:<model>`.
     action     TEXT    NOT NULL,
+    -- When its counting began (created, or its scope or period changed): filters count their
+    -- requests per epoch, so that their counts start again with the collector's.
+    epoch      INTEGER NOT NULL,
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
     UNIQUE (org_id, name)

@@ -845,9 +845,17 @@ async fn controls(
     };
     // The filter's id (one per Envoy): its share of each budget, and its spend counted so far.
     let filter = filter_id(&headers).unwrap_or_default();
+    // How often it polls (`X-Tally-Refresh-Ms`), so that it counts as active that long.
+    let refresh = headers
+        .get("x-tally-refresh-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(std::time::Duration::ZERO, |ms| {
+            std::time::Duration::from_millis(ms.min(3_600_000))
+        });
     let (store, pollers) = (state.store.clone(), state.pollers.clone());
     let answer = blocking(move || {
-        crate::controls::with_budgets(&store, &pollers, answer, &filter, now_ms())
+        crate::controls::with_budgets(&store, &pollers, answer, &filter, refresh, now_ms())
     })
     .await?;
     let etag = header::HeaderValue::from_str(&answer.etag)

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use tally::event::Event;
 use tally::rules::{BudgetAction, Facts, Matchers, Model};
 
-/// How recently a filter must have polled to count in the shares.
+/// How recently a filter must have polled to count in the shares: three of its poll intervals
+/// (`X-Tally-Refresh-Ms`), and at least this.
 pub const ACTIVE_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -108,6 +109,8 @@ pub struct Budget {
     pub limit_usd: f64,
     pub warn_at: f64,
     pub action: String,
+    /// When its counting began (see migration 13): part of each filter's count's name.
+    pub epoch: i64,
 }
 
 /// What `budget set` and `POST /api/v1/budgets` take.
@@ -223,7 +226,7 @@ impl Defs {
         let generation: i64 =
             conn.query_row("SELECT n FROM budget_generation", [], |r| r.get(0))?;
         let mut st = conn.prepare(
-            "SELECT id, org_id, name, scope, period, limit_usd, warn_at, action FROM budgets
+            "SELECT id, org_id, name, scope, period, limit_usd, warn_at, action, epoch FROM budgets
              ORDER BY org_id, name",
         )?;
         let rows = st.query_map([], |r| {
@@ -236,11 +239,12 @@ impl Defs {
                 r.get::<_, f64>(5)?,
                 r.get::<_, f64>(6)?,
                 r.get::<_, String>(7)?,
+                r.get::<_, i64>(8)?,
             ))
         })?;
         let mut by_org: HashMap<i64, Vec<Budget>> = HashMap::new();
         for row in rows {
-            let (id, org_id, name, scope, period, limit_usd, warn_at, action) = row?;
+            let (id, org_id, name, scope, period, limit_usd, warn_at, action, epoch) = row?;
             // Rows were checked when written; one that no longer parses is skipped, not fatal.
             let Ok(scope) = serde_json::from_str::<BTreeMap<String, String>>(&scope) else {
                 continue;
@@ -260,6 +264,7 @@ impl Defs {
                 limit_usd,
                 warn_at,
                 action,
+                epoch,
             });
         }
         Ok(Defs { generation, by_org })
@@ -426,21 +431,24 @@ pub fn states(conn: &Connection, budgets: &[Budget], now_ms: i64) -> rusqlite::R
 /// The filters polling for each org, for the shares.
 #[derive(Default)]
 pub struct Pollers {
+    /// Org -> filter -> until when it counts as active.
     seen: Mutex<HashMap<i64, HashMap<String, Instant>>>,
 }
 
 impl Pollers {
-    /// Note that `filter` polled for `orgs`; how many filters are active for each of them.
-    pub fn polled(&self, orgs: &[i64], filter: &str) -> HashMap<i64, usize> {
+    /// Note that `filter`, which polls every `refresh`, polled for `orgs`; how many filters are
+    /// active for each of them.
+    pub fn polled(&self, orgs: &[i64], filter: &str, refresh: Duration) -> HashMap<i64, usize> {
         let now = Instant::now();
+        let until = now + ACTIVE_FOR.max(refresh.saturating_mul(3));
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = HashMap::with_capacity(orgs.len());
         for org in orgs {
             let filters = seen.entry(*org).or_default();
             if filters.len() < 100_000 {
-                filters.insert(filter.to_string(), now);
+                filters.insert(filter.to_string(), until);
             }
-            filters.retain(|_, t| now.duration_since(*t) < ACTIVE_FOR);
+            filters.retain(|_, t| *t > now);
             out.insert(*org, filters.len().max(1));
         }
         out
@@ -452,6 +460,8 @@ impl Pollers {
 pub struct ForFilter<'a> {
     pub org_id: &'a str,
     pub name: &'a str,
+    /// When the budget's counting began: a filter's count is per epoch.
+    pub epoch: i64,
     pub scope: &'a BTreeMap<String, String>,
     pub action: &'a str,
     pub state: &'static str,
@@ -550,6 +560,24 @@ pub fn rebuild(conn: &Connection, b: &Budget, now_ms: i64) -> Result<f64, StoreE
     Ok(spend)
 }
 
+/// Count every budget of `org_id` again in its current period, in one IMMEDIATE transaction
+/// (after a repricing, or counters lost): each budget's name, period and spend.
+pub fn rebuild_org(
+    store: &crate::store::Store,
+    org_id: i64,
+    now_ms: i64,
+) -> Result<Vec<(String, Period, f64)>, StoreError> {
+    let list = store.budgets_of(org_id)?;
+    let mut conn = store.conn_for_cli();
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(list.len());
+    for b in &list {
+        out.push((b.name.clone(), b.period, rebuild(&tx, b, now_ms)?));
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
 /// Create or change a budget of `org_id` (one IMMEDIATE transaction: a serving collector's
 /// ingest waits, so no event is counted twice or missed). A new budget counts the period's
 /// events so far.
@@ -578,9 +606,11 @@ pub fn set(
                 tx.query_row("SELECT scope FROM budgets WHERE id = ?1", [id], |r| {
                     r.get(0)
                 })?;
+            let recount = old_scope != scope || old_period != period.name();
             tx.execute(
                 "UPDATE budgets SET scope = ?2, period = ?3, limit_usd = ?4, warn_at = ?5,
-                    action = ?6, updated_ms = ?7 WHERE id = ?1",
+                    action = ?6, updated_ms = ?7, epoch = CASE WHEN ?8 THEN ?7 ELSE epoch END
+                 WHERE id = ?1",
                 params![
                     id,
                     scope,
@@ -588,16 +618,17 @@ pub fn set(
                     spec.limit_usd,
                     spec.warn_at,
                     spec.action,
-                    now_ms
+                    now_ms,
+                    recount
                 ],
             )?;
-            // A new scope or period counts other events: count again.
-            (id, old_scope != scope || old_period != period.name())
+            // A new scope or period counts other events: count again, in a new epoch.
+            (id, recount)
         }
         None => {
             tx.execute(
                 "INSERT INTO budgets (org_id, name, scope, period, limit_usd, warn_at, action,
-                    created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                    epoch, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)",
                 params![
                     org_id,
                     spec.name,
@@ -612,7 +643,11 @@ pub fn set(
             (tx.last_insert_rowid(), true)
         }
     };
+    let epoch: i64 = tx.query_row("SELECT epoch FROM budgets WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?;
     let b = Budget {
+        epoch,
         id,
         org_id,
         name: spec.name.clone(),
@@ -807,7 +842,31 @@ mod tests {
         let counted = states(&store.reader(), &budgets, now).unwrap()[0].spend_usd;
         let rebuilt = rebuild(&store.conn_for_cli(), &budgets[0], now).unwrap();
         assert!((counted - rebuilt).abs() < 1e-12, "{counted} {rebuilt}");
+        // A new limit keeps the counts; a new scope counts again, in a new epoch, so that the
+        // filters' own counts start again with the collector's.
+        let epoch = budgets[0].epoch;
+        let raised = BudgetSpec {
+            limit_usd: 2.0,
+            ..spec.clone()
+        };
+        set(&mut cli.conn_for_cli(), org.id, &raised, now + 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.budgets_of(org.id).unwrap()[0].epoch, epoch);
+        assert_eq!(mine("envoy-a"), Some(1));
+        let wider = BudgetSpec {
+            scope: BTreeMap::new(),
+            ..raised
+        };
+        let st = set(&mut cli.conn_for_cli(), org.id, &wider, now + 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.budgets_of(org.id).unwrap()[0].epoch, now + 2);
+        assert_eq!(mine("envoy-a"), None);
+        // Every priced event of the day, ml's included: 0.25 + 5 + 0.3 + 9 + 0.5 + 0.5.
+        assert!((st.spend_usd - 15.55).abs() < 1e-9, "{}", st.spend_usd);
         // A restart keeps it.
+        let counted = st.spend_usd;
         drop(store);
         let again = Store::open(&dir).unwrap();
         let b = again.budgets_of(org.id).unwrap();

@@ -257,6 +257,7 @@ pub fn with_budgets(
     pollers: &crate::budgets::Pollers,
     answer: Arc<Answer>,
     filter: &str,
+    refresh: std::time::Duration,
     now_ms: i64,
 ) -> Result<Arc<Answer>, StoreError> {
     let mut all = Vec::new();
@@ -270,18 +271,21 @@ pub fn with_budgets(
         return Ok(answer);
     }
     let ids: Vec<i64> = all.iter().map(|(id, _, _)| *id).collect();
-    let active = pollers.polled(&ids, filter);
+    let active = pollers.polled(&ids, filter, refresh);
     let conn = store.reader();
+    // One snapshot: spend, states and this filter's counts as of the same commit.
+    let tx = conn.unchecked_transaction()?;
     let mut out = Vec::new();
     for (id, org, budgets) in &all {
         let refs: Vec<&crate::budgets::Budget> = budgets.iter().collect();
-        let states = crate::budgets::states(&conn, budgets, now_ms)?;
-        let confirmed = crate::budgets::confirmed(&conn, &refs, filter, now_ms)?;
+        let states = crate::budgets::states(&tx, budgets, now_ms)?;
+        let confirmed = crate::budgets::confirmed(&tx, &refs, filter, now_ms)?;
         let n = active.get(id).copied().unwrap_or(1) as f64;
         for (b, st) in budgets.iter().zip(&states) {
             out.push(crate::budgets::ForFilter {
                 org_id: org,
                 name: &b.name,
+                epoch: b.epoch,
                 scope: &b.scope,
                 action: &b.action,
                 state: st.state,
@@ -295,6 +299,7 @@ pub fn with_budgets(
             });
         }
     }
+    drop(tx);
     drop(conn);
     let budgets = serde_json::to_vec(&out).map_err(|e| StoreError::Io(e.to_string()))?;
     // The cached body is one JSON object: its members, then the budgets.

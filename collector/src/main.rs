@@ -460,16 +460,11 @@ fn budget(command: BudgetCommand, data_dir: &std::path::Path) -> Result<(), Stri
         }
         BudgetCommand::Rebuild { org } => {
             let id = org_id(&store, &org)?;
-            let list = store.budgets_of(id).map_err(|e| e.to_string())?;
-            let mut conn = store.conn_for_cli();
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(|e| e.to_string())?;
-            for b in &list {
-                let spend = budgets::rebuild(&tx, b, now_ms()).map_err(|e| e.to_string())?;
-                eprintln!("{}: ${spend:.6} this {}", b.name, b.period.name());
+            for (name, period, spend) in
+                budgets::rebuild_org(&store, id, now_ms()).map_err(|e| e.to_string())?
+            {
+                eprintln!("{name}: ${spend:.6} this {}", period.name());
             }
-            tx.commit().map_err(|e| e.to_string())?;
         }
     }
     Ok(())
@@ -570,6 +565,16 @@ fn reprice(
             "{} events stored in the last second are not in the rollups yet and were left as \
              they are: run reprice again to price them.",
             r.skipped
+        );
+    }
+    // Budgets count spend as priced at ingest: count their current periods again.
+    let id = org_id(&store, org)?;
+    for (name, period, spend) in
+        tally_collector::budgets::rebuild_org(&store, id, now_ms()).map_err(|e| e.to_string())?
+    {
+        eprintln!(
+            "Budget {name}: ${spend:.6} this {} after repricing.",
+            period.name()
         );
     }
     Ok(())

@@ -172,6 +172,11 @@ impl Prices {
     /// What an event of `org` costs: its own rate for the model (the one that answered, else
     /// the one asked for) where it has one, else the table's less its discount.
     pub fn cost_usd(&self, pricer: &mut Pricer, org: i64, e: &Event) -> Option<f64> {
+        // A request the proxy refused never reached a provider: its cost is known, 0 (not
+        // unknown, which would read as an unpriced model), whoever prices it.
+        if e.refused_by_proxy() {
+            return Some(0.0);
+        }
         let models: Vec<&str> = [e.model_actual.as_deref(), e.model_requested.as_deref()]
             .into_iter()
             .flatten()

@@ -737,13 +737,7 @@ impl Store {
         for (i, (e, _)) in batch.iter_mut().enumerate() {
             if e.cost_usd.is_none() {
                 let org = owners.of(i).map_or(0, |o| o.id);
-                // A request the proxy refused never reached a provider: its cost is known, 0
-                // (not unknown, which would read as an unpriced model).
-                e.cost_usd = if e.refused_by_proxy() {
-                    Some(0.0)
-                } else {
-                    prices.cost_usd(&mut pricer, org, e)
-                };
+                e.cost_usd = prices.cost_usd(&mut pricer, org, e);
             }
         }
     }

@@ -37,6 +37,8 @@ pub struct Controls {
     /// The generation of the key set in use.
     generation: u64,
     pub next_poll_ms: u64,
+    /// When this VM last polled (a poll sooner than the refresh interval waits this long).
+    pub last_poll_ms: u64,
     pub in_flight: Option<u32>,
     /// Polls that failed in a row (logged on the first).
     pub failures: u32,
@@ -59,7 +61,7 @@ impl Controls {
     }
 
     /// A key set newer than the one in use, if another VM (or this one) stored it.
-    pub fn newer(&mut self, scope: &str, now_ms: u64) -> Option<Result<Update, String>> {
+    pub fn newer(&mut self, scope: &str) -> Option<Result<Update, String>> {
         let generation: u64 = shared::get(&key(scope, ".v"))
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|v| v.parse().ok())
@@ -74,8 +76,8 @@ impl Controls {
             return Some(Ok(Update::Refused));
         }
         // The generation moves on only with a key set in hand: a bad one is tried again.
-        let parsed = KeySet::parse(body)
-            .and_then(|keys| Ok(Update::Keys(keys, BudgetSet::parse(body, now_ms)?)));
+        let parsed =
+            KeySet::parse(body).and_then(|keys| Ok(Update::Keys(keys, BudgetSet::parse(body)?)));
         if parsed.is_ok() {
             self.generation = stored_generation;
         }

@@ -1,5 +1,7 @@
 //! One per request: hands headers, body chunks and times to its [`Exchange`], then queues the
-//! event. Every callback returns `Continue`: bytes are looked at as they pass, never held.
+//! event. Bytes are looked at as they pass; a body is held (in the filter, chunk by chunk
+//! replaced by what may go) only while a rule or budget waits for its model, and a request is
+//! stopped only to answer a configured refusal.
 
 use super::host::{self, Metrics};
 use super::ledger::{self, Shares};
@@ -35,10 +37,10 @@ impl Req {
         }
     }
 
-    /// Answer a refusal by a rule or budget in the provider's format, and stop the request; if
-    /// the host cannot answer, the request goes on (counted as a filter error).
-    fn refuse_by(&self, s: &Shared, api: crate::provider::Api, why: &Refusal) -> Action {
-        let (status, headers, body) = rules::refusal_response(api, why);
+    /// Answer a refusal by a rule or budget in the provider's format; false if the host could
+    /// not (counted as a filter error: the request goes on).
+    fn refuse_by(s: &Shared, api: crate::provider::Api, why: &Refusal) -> bool {
+        let (status, headers, body) = rules::refusal_response(api, why, host::now_ms() as u64);
         let (counter, details) = match why {
             Refusal::Budget { .. } => (s.metrics.requests_refused_budget, "tally_budget_exceeded"),
             Refusal::Rule(_) | Refusal::OverCap(_) => {
@@ -48,10 +50,10 @@ impl Req {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         if host::send_local_response_as(u32::from(status), &headers, body.as_bytes(), details) {
             Metrics::add(counter, 1);
-            Action::Pause
+            true
         } else {
             Metrics::add(s.metrics.filter_errors, 1);
-            Action::Continue
+            false
         }
     }
 
@@ -240,7 +242,13 @@ impl HttpContext for Req {
                     self.exchange = Some(ex);
                     match outcome {
                         HeadersStep::Refuse(why) => {
-                            return self.refuse_by(&s, api, &why);
+                            if Self::refuse_by(&s, api, &why) {
+                                return Action::Pause;
+                            }
+                            // Not answered: the request goes on, unrefused.
+                            if let Some(ex) = self.exchange.as_mut() {
+                                ex.refusal_failed();
+                            }
                         }
                         HeadersStep::Go {
                             route,
@@ -318,8 +326,18 @@ impl HttpContext for Req {
                 Action::Continue
             }
             BodyStep::Refuse(why) => {
-                let api = ex.api();
-                self.refuse_by(&s, api, &why)
+                if Self::refuse_by(&s, ex.api(), &why) {
+                    ex.refused_sent();
+                    Action::Pause
+                } else {
+                    // Not answered: the request goes on, with everything held.
+                    let held = ex.refusal_failed();
+                    let all = held.unwrap_or_else(|| chunk.clone());
+                    if !host::replace_body(BufferType::HttpRequestBody, body_size, &all) {
+                        Metrics::add(s.metrics.filter_errors, 1);
+                    }
+                    Action::Continue
+                }
             }
         };
         if was_waiting {

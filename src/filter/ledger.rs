@@ -3,7 +3,8 @@
 //! Envoy's, not each worker's.
 //!
 //! ```text
-//! tally.budget.<scope>.<org>.<name>@<period start> = settled SP in-flight     (requests)
+//! tally.budget.<scope>.<org>.<name>@<epoch>@<period start> = settled SP in-flight SP dropped-base
+//! tally.budget.<scope>.dropped                             = events this Envoy dropped
 //! ```
 
 use super::shared;
@@ -12,6 +13,34 @@ use crate::rules::{Budget, Ledger};
 
 fn key(scope: &str, b: &Budget) -> String {
     format!("tally.budget.{scope}.{}.{}", b.org, b.ledger_key)
+}
+
+fn dropped_key(scope: &str) -> String {
+    format!("tally.budget.{scope}.dropped")
+}
+
+/// Events this Envoy dropped (every VM adds its own).
+pub fn dropped(scope: &str) -> u64 {
+    shared::get(&dropped_key(scope))
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Add a VM's newly dropped events to the Envoy's count.
+pub fn add_dropped(scope: &str, n: u64) {
+    if n == 0 {
+        return;
+    }
+    let k = dropped_key(scope);
+    shared::ensure(&k);
+    shared::update(&k, |v| {
+        let now: u64 = std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Some((now.saturating_add(n).to_string().into_bytes(), ()))
+    });
 }
 
 /// The decision's view: each budget's local count read once per decision.
@@ -33,8 +62,20 @@ impl Ledger for Shares<'_> {
         let local = shared::get(&key(self.scope, b))
             .map(|v| Local::parse(&v))
             .unwrap_or_default();
-        local.over(b)
+        local.over(b, dropped(self.scope))
     }
+}
+
+/// Whether any enforcing budget of `set` has half its share spoken for in this Envoy.
+pub fn near_any(scope: &str, set: &crate::budgets::BudgetSet) -> bool {
+    let dropped = dropped(scope);
+    set.by_org.values().flat_map(|b| b.iter()).any(|b| {
+        !b.exceeded
+            && shared::get(&key(scope, b))
+                .map(|v| Local::parse(&v))
+                .unwrap_or_default()
+                .near(b, dropped)
+    })
 }
 
 /// Count a request in flight against a budget; false if the count could not be written (the
@@ -42,8 +83,13 @@ impl Ledger for Shares<'_> {
 pub fn reserve(scope: &str, b: &Budget) -> bool {
     let k = key(scope, b);
     shared::ensure(&k);
+    let base = dropped(scope);
     shared::update(&k, |v| {
         let mut l = Local::parse(v);
+        if v.is_empty() {
+            // A new count: drops before it are not its concern.
+            l.dropped_base = base;
+        }
         l.in_flight = l.in_flight.saturating_add(1);
         Some((l.write(), ()))
     })

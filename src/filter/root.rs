@@ -176,7 +176,7 @@ impl Root {
             return;
         };
         // Every filter polls: budgets apply to all of them, and key sets to most.
-        match self.controls.newer(&self.scope, now) {
+        match self.controls.newer(&self.scope) {
             Some(Ok(Update::Keys(keys, budgets))) => {
                 s.budgets = budgets;
                 if s.keys.is_none() {
@@ -205,11 +205,22 @@ impl Root {
             }
             None => {}
         }
-        if self.controls.in_flight.is_some() || now < self.controls.next_poll_ms {
+        if self.controls.in_flight.is_some() {
             return;
         }
         let (refresh, timeout) = (s.cfg.controls_refresh_ms, s.cfg.call_timeout_ms);
+        // Near a budget's share, poll sooner (every eighth of the interval, at least 100 ms
+        // apart): a share computed from an older remainder is what lets spend pass a limit.
+        let soon = self.controls.last_poll_ms + (refresh / 8).max(100);
+        let due = now >= self.controls.next_poll_ms
+            || (now >= soon
+                && !s.budgets.by_org.is_empty()
+                && super::ledger::near_any(&self.scope, &s.budgets));
+        if !due {
+            return;
+        }
         self.controls.next_poll_ms = now + refresh;
+        self.controls.last_poll_ms = now;
         // Long enough to poll again before it runs out, short enough that another VM takes
         // over quickly if this one stops.
         let lease = now + refresh + timeout.min(1000);
@@ -219,12 +230,14 @@ impl Root {
         let auth = format!("Bearer {}", s.cfg.bearer());
         let etag = Controls::etag(&self.scope);
         let filter = Controls::filter_id(&self.scope, self.writer);
+        let refresh_ms = refresh.to_string();
         let mut headers = vec![
             (":method", "GET"),
             (":path", "/v1/controls"),
             (":authority", s.cfg.collector_authority.as_str()),
             ("authorization", auth.as_str()),
             ("x-tally-filter", filter.as_str()),
+            ("x-tally-refresh-ms", refresh_ms.as_str()),
         ];
         // Only with a key set in hand: a VM that has none needs the whole body.
         if !etag.is_empty() && s.keys.is_some() {
@@ -251,9 +264,7 @@ impl Root {
                 let etag =
                     host::header(MapType::HttpCallResponseHeaders, "etag").unwrap_or_default();
                 // Checked before it is shared: a bad answer never replaces a good key set.
-                if let Err(e) = KeySet::parse(&body)
-                    .and_then(|_| BudgetSet::parse(&body, host::now_ms() as u64))
-                {
+                if let Err(e) = KeySet::parse(&body).and_then(|_| BudgetSet::parse(&body)) {
                     return self.controls_failed(&e);
                 }
                 if !Controls::store(&self.scope, &body, &etag) {
@@ -444,11 +455,11 @@ impl Root {
         Metrics::add(m.events_queued, c.queued - r.queued);
         Metrics::add(m.events_sent, c.sent - r.sent);
         Metrics::add(m.events_retried, c.retried - r.retried);
-        Metrics::add(
-            m.events_dropped,
-            (c.dropped_full + c.dropped_rejected + c.dropped_expired)
-                - (r.dropped_full + r.dropped_rejected + r.dropped_expired),
-        );
+        let dropped = (c.dropped_full + c.dropped_rejected + c.dropped_expired)
+            - (r.dropped_full + r.dropped_rejected + r.dropped_expired);
+        Metrics::add(m.events_dropped, dropped);
+        // Budgets do not wait for the collector to count what will never reach it.
+        super::ledger::add_dropped(&self.scope, dropped);
         self.reported = c;
     }
 }
