@@ -7,22 +7,17 @@
 // computed by the collector at its own (real) time: the test brackets that time to check them.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import { createHmac } from 'node:crypto';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const bin = join(root, 'target/release/tally-collector');
-const shots = join(root, 'target/screenshots');
-const PASSWORD = 'correct horse battery staple';
-const MINUTE = 60e3;
-const HOUR = 3600e3;
-const DAY = 24 * HOUR;
+import * as h from './harness.mjs';
+import { bin, shots, PASSWORD, MINUTE, DAY, waitForPort, settle, cells, usd } from './harness.mjs';
+
 const T0 = Date.now();
 const now0 = new Date(T0);
 const MONTH_START = Date.UTC(now0.getUTCFullYear(), now0.getUTCMonth(), 1);
@@ -32,22 +27,7 @@ const TS = new Date(Math.max(T0 - MINUTE, MONTH_START)).toISOString();
 let collector, base, browser, keyA, keyB, dataDir, hookServer, hookPort, hookSecret;
 const received = []; // what the webhook receiver was sent: { headers, body, status }
 
-function cli(args, input) {
-  return execFileSync(bin, [...args, '--data-dir', dataDir], { input, encoding: 'utf8' }).trim();
-}
-
-async function waitForPort(proc) {
-  let log = '';
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('collector did not start: ' + log)), 15000);
-    proc.stderr.on('data', (d) => {
-      log += d;
-      const m = log.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/);
-      if (m) { clearTimeout(timer); resolve(Number(m[1])); }
-    });
-    proc.on('exit', (c) => reject(new Error('collector exited ' + c + ': ' + log)));
-  });
-}
+const cli = (args, input) => h.cli(dataDir, args, input);
 
 function event(id, extra) {
   return {
@@ -84,18 +64,8 @@ const EVENTS = [
   event('p1', { cost_usd: 0.18 }),
 ];
 
-async function ingest(key, events) {
-  const r = await fetch(base + '/v1/events', {
-    method: 'POST', headers: { authorization: 'Bearer ' + key }, body: JSON.stringify(events),
-  });
-  assert.equal(r.status, 202, await r.text());
-}
-
-async function read(key, path) {
-  const r = await fetch(base + path, { headers: { authorization: 'Bearer ' + key } });
-  assert.equal(r.status, 200, path + ': ' + (await r.clone().text()));
-  return r.json();
-}
+const ingest = (key, events) => h.ingest(base, key, events);
+const read = (key, path) => h.read(base, key, path);
 
 // Wait until `probe` returns something truthy (polled), or fail saying what was last seen.
 async function until(what, probe, ms = 20000) {
@@ -184,30 +154,11 @@ async function signIn(email, opts = {}) {
   return { context, page, problems };
 }
 
-async function open(page, path) {
-  await page.goto(base + path);
-  await page.waitForSelector('body[data-state=ready]');
-}
+const open = (page, path) => h.open(base, page, path);
 
-async function settle(page, action) {
-  const was = await page.getAttribute('body', 'data-loaded');
-  await action();
-  await page.waitForFunction((w) => document.body.dataset.state === 'ready' && document.body.dataset.loaded !== w, was);
-}
-
-const cells = (page, table) =>
-  page.$$eval(`#${table} tbody tr`, (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
 const heads = (page, table) => page.$$eval(`#${table} thead th`, (ths) => ths.map((th) => th.textContent.replace(/ [▲▼]$/, '')));
 const visible = (page, sel) => page.isVisible(sel);
 
-// The page's formats, for figures computed here.
-const usd = (v) => {
-  if (v >= 100) return '$' + v.toFixed(0);
-  if (v >= 1 || v === 0) return '$' + v.toFixed(2);
-  let s = v.toPrecision(3).replace(/0+$/, '');
-  if ((s.split('.')[1] || '').length < 2) s = v.toFixed(2);
-  return '$' + s;
-};
 const utcMinute = (t) => new Date(t).toISOString().slice(0, 16).replace('T', ' ');
 const utcSecond = (t) => new Date(t).toISOString().slice(0, 19).replace('T', ' ');
 const close = (a, b) => Math.abs(a - b) < 1e-9;

@@ -6,40 +6,19 @@
 // browser runs in New York time, so that a page that mixed local time with UTC would show it.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const bin = join(root, 'target/release/tally-collector');
-const shots = join(root, 'target/screenshots');
-const PASSWORD = 'correct horse battery staple';
-const MINUTE = 60e3;
-const HOUR = 3600e3;
-const DAY = 24 * HOUR;
+import * as h from './harness.mjs';
+import { root, bin, shots, PASSWORD, MINUTE, HOUR, DAY, waitForPort, settle, cells, usd } from './harness.mjs';
+
 const T0 = Date.now();
 let collector, base, browser, keyA, keyB, keyC, keyD, dataDir;
 
-function cli(data, args, input) {
-  return execFileSync(bin, [...args, '--data-dir', data], { input, encoding: 'utf8' }).trim();
-}
-
-async function waitForPort(proc) {
-  let log = '';
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('collector did not start: ' + log)), 15000);
-    proc.stderr.on('data', (d) => {
-      log += d;
-      const m = log.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/);
-      if (m) { clearTimeout(timer); resolve(Number(m[1])); }
-    });
-    proc.on('exit', (c) => reject(new Error('collector exited ' + c + ': ' + log)));
-  });
-}
-
+const cli = h.cli;
 const ago = (m) => new Date(T0 - m * MINUTE).toISOString();
 
 function event(id, extra) {
@@ -86,18 +65,8 @@ const ACME = [
 // Labels come from request headers: a team that is a formula, a command, and a plain number.
 const HOOLI_TEAMS = ['=HYPERLINK("http://x","y")', '@SUM(1)', '-1.5'];
 
-async function ingest(key, events) {
-  const r = await fetch(base + '/v1/events', {
-    method: 'POST', headers: { authorization: 'Bearer ' + key }, body: JSON.stringify(events),
-  });
-  assert.equal(r.status, 202, await r.text());
-}
-
-async function read(key, path) {
-  const r = await fetch(base + path, { headers: { authorization: 'Bearer ' + key } });
-  assert.equal(r.status, 200, path + ': ' + (await r.clone().text()));
-  return r.json();
-}
+const ingest = (key, events) => h.ingest(base, key, events);
+const read = (key, path) => h.read(base, key, path);
 
 before(async () => {
   dataDir = mkdtempSync(join(tmpdir(), 'tally-browser-'));
@@ -151,20 +120,8 @@ async function signIn(email, opts = {}) {
 }
 
 // Load a URL of the dashboard and wait until every view has drawn.
-async function open(page, path) {
-  await page.goto(base + path);
-  await page.waitForSelector('body[data-state=ready]');
-}
+const open = (page, path) => h.open(base, page, path);
 
-// Do something that redraws the page, and wait until the redraw is complete.
-async function settle(page, action) {
-  const was = await page.getAttribute('body', 'data-loaded');
-  await action();
-  await page.waitForFunction((w) => document.body.dataset.state === 'ready' && document.body.dataset.loaded !== w, was);
-}
-
-const cells = (page, table) =>
-  page.$$eval(`#${table} tbody tr`, (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
 const heads = (page, table) => page.$$eval(`#${table} thead th`, (ths) => ths.map((th) => th.textContent));
 const texts = (page, ids) => Promise.all(ids.map((id) => page.textContent('#' + id)));
 const chartOf = (page) => page.evaluate(() => {
@@ -173,14 +130,6 @@ const chartOf = (page) => page.evaluate(() => {
 });
 const search = (page) => new URL(page.url()).search;
 
-// The page's formats, for figures computed here.
-const usd = (v) => {
-  if (v >= 100) return '$' + v.toFixed(0);
-  if (v >= 1 || v === 0) return '$' + v.toFixed(2);
-  let s = v.toPrecision(3).replace(/0+$/, '');
-  if ((s.split('.')[1] || '').length < 2) s = v.toFixed(2);
-  return '$' + s;
-};
 const pad = (n) => String(n).padStart(2, '0');
 const utc = (t) => new Date(t).toISOString().slice(0, 16).replace('T', ' ');
 const ms = (v) => (v == null ? '–' : v >= 1000 ? (v / 1000).toFixed(2) + ' s' : v.toFixed(v >= 100 ? 0 : 1) + ' ms');

@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import * as h from './harness.mjs';
 import Provider from 'oidc-provider';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -164,12 +165,7 @@ function event(id, extra) {
   };
 }
 
-async function ingest(key, events) {
-  const r = await fetch(base + '/v1/events', {
-    method: 'POST', headers: { authorization: 'Bearer ' + key }, body: JSON.stringify(events),
-  });
-  assert.equal(r.status, 202, await r.text());
-}
+const ingest = (key, events) => h.ingest(base, key, events);
 
 before(async () => {
   tmp = mkdtempSync(join(tmpdir(), 'tally-oidc-'));
