@@ -16,6 +16,7 @@ pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod oidc;
+pub mod outbound;
 pub mod prices;
 pub mod rollup;
 pub mod rules_report;

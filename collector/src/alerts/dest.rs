@@ -54,51 +54,22 @@ pub fn parse_allow_host(s: &str) -> Result<(String, Option<u16>), String> {
 }
 
 /// A parsed hook URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub https: bool,
-    /// Lowercase, without brackets or a trailing dot.
-    pub host: String,
-    pub port: u16,
-    /// `Host:` as the URL wrote it.
-    pub authority: String,
-    pub path: String,
-}
+pub use crate::outbound::Target;
 
 pub fn parse(url: &str) -> Result<Target, String> {
+    use crate::outbound::BadUrl;
     // The URL is not repeated in errors: its path or query may hold a token.
     if url.len() > MAX_URL {
         return Err(format!("a URL may be at most {MAX_URL} characters"));
     }
-    let uri: axum::http::Uri = url
-        .parse()
-        .map_err(|_| "not a URL (expected https://host/path)".to_string())?;
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err("only http:// and https:// URLs are accepted (https recommended)".into()),
-    };
-    let authority = uri.authority().ok_or("the URL has no host")?;
-    if authority.as_str().contains('@') {
-        return Err("credentials in a URL are not accepted".into());
-    }
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    if host.is_empty() {
-        return Err("the URL has no host".into());
-    }
-    Ok(Target {
-        https,
-        port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
-        authority: authority.as_str().to_string(),
-        host,
-        path: uri
-            .path_and_query()
-            .map_or("/".to_string(), |p| p.as_str().to_string()),
+    crate::outbound::parse(url).map_err(|e| {
+        match e {
+            BadUrl::NotAUrl => "not a URL (expected https://host/path)",
+            BadUrl::Scheme => "only http:// and https:// URLs are accepted (https recommended)",
+            BadUrl::NoHost => "the URL has no host",
+            BadUrl::Credentials => "credentials in a URL are not accepted",
+        }
+        .to_string()
     })
 }
 

@@ -5,7 +5,7 @@
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
-use hyper::http::{header, Method, Request, StatusCode, Uri};
+use hyper::http::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
@@ -26,51 +26,31 @@ pub struct Client {
 /// A URL the client may call: `https`, or `http` to a loopback host (tests, a provider on the
 /// same machine).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    https: bool,
-    host: String,
-    port: u16,
-    authority: String,
-    path: String,
+pub struct Target(crate::outbound::Target);
+
+impl std::ops::Deref for Target {
+    type Target = crate::outbound::Target;
+    fn deref(&self) -> &crate::outbound::Target {
+        &self.0
+    }
 }
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, String> {
-        let uri: Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("{url:?} must be an https:// URL")),
-        };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("{url:?} has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("{url:?}: credentials in a URL are not accepted"));
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        if host.is_empty() {
-            return Err(format!("{url:?} has no host"));
-        }
-        if !https && !is_loopback_name(&host) {
+        use crate::outbound::BadUrl;
+        let t = crate::outbound::parse(url).map_err(|e| match e {
+            BadUrl::NotAUrl => format!("{url:?} is not a URL"),
+            BadUrl::Scheme => format!("{url:?} must be an https:// URL"),
+            BadUrl::NoHost => format!("{url:?} has no host"),
+            BadUrl::Credentials => format!("{url:?}: credentials in a URL are not accepted"),
+        })?;
+        if !t.https && !is_loopback_name(&t.host) {
             return Err(format!(
                 "{url:?}: plain http is allowed only for a loopback address (127.0.0.1, ::1, \
                  localhost); use https"
             ));
         }
-        Ok(Target {
-            https,
-            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
-            authority: authority.as_str().to_string(),
-            host,
-            path: uri
-                .path_and_query()
-                .map_or("/".to_string(), |p| p.as_str().to_string()),
-        })
+        Ok(Target(t))
     }
 
     pub fn is_https(&self) -> bool {
@@ -115,13 +95,7 @@ impl Client {
                     .map_err(|e| format!("--oidc-ca-file {}: {e}", path.display()))?;
             }
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = crate::outbound::tls_config(roots)?;
         Ok(Client {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             timeout: TIMEOUT,
