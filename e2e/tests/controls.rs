@@ -158,6 +158,17 @@ fn rules_block_rewrite_and_route_in_envoy_and_the_sdks_raise_their_own_errors() 
         r#"{"model":"gpt-4o","messages":[]}"#,
     );
     assert_eq!((status, body.as_str()), (418, "routed by x-tally-route"));
+    // A client cannot pick a route itself: its own x-tally-route is removed like every
+    // x-tally-* header.
+    let (status, _) = stack.post_json(
+        "/v1/chat/completions",
+        &[
+            ("x-tally-route", "teapot"),
+            ("x-tally-feature", "own-route"),
+        ],
+        r#"{"model":"gpt-4.1","messages":[]}"#,
+    );
+    assert_eq!(status, 200);
 
     let e = stack.wait_events("feature=rewrite", 1);
     let e = &e[0];
