@@ -62,7 +62,8 @@ test: build build-fault test-wasm test-deps
 # back from it), installed with apt-get when missing; Python's prometheus-client (pip, into
 # .venv), whose parsers read the collector's /metrics in the collector tests; and the official
 # OpenAI and Anthropic Python SDKs (pip, into .venv), which the rules and budgets tests call
-# through Envoy to see that refusals raise the SDKs' own errors.
+# through Envoy to see that refusals raise the SDKs' own errors; and opentelemetry-proto (pip,
+# into .venv), whose official generated code decodes what the OTLP export sends.
 test-deps: envoy
 	@missing=""; for p in docker-registry skopeo; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -75,6 +76,9 @@ test-deps: envoy
 	@$(VENV)/bin/python -c "import openai, anthropic" 2>/dev/null || { \
 		echo "make test-deps: installing openai==1.109.1 and anthropic==2.15.0 (the official SDKs) into .venv (pip), for the rules and budgets tests"; \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check openai==1.109.1 anthropic==2.15.0; }
+	@$(VENV)/bin/python -c "import opentelemetry.proto" 2>/dev/null || { \
+		echo "make test-deps: installing opentelemetry-proto==1.45.2 (OTLP's official generated code) and protobuf into .venv (pip), for the OTLP receiver of the export tests"; \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check opentelemetry-proto==1.45.2 protobuf==7.36.2; }
 
 # docker-compose.yml brought up for real with podman-compose (e2e/containers/test_compose.py),
 # over the static collector and mock that collector/Dockerfile builds (x86_64-unknown-linux-musl).

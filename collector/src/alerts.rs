@@ -12,7 +12,7 @@
 mod dest;
 mod detect;
 pub mod http;
-mod send;
+pub mod send;
 #[cfg(test)]
 mod tests;
 

@@ -35,6 +35,8 @@ pub struct AppState {
     pub sign_in: Arc<crate::web::SignIn>,
     /// The filters polling `/v1/controls` for each org (budget shares).
     pub pollers: Arc<crate::budgets::Pollers>,
+    /// OpenTelemetry export (`--otlp-endpoint`).
+    pub otlp: Option<Arc<crate::otlp::Exporter>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -285,6 +287,7 @@ async fn ingest(
     let filter = filter_id(headers);
     let store = state.store.clone();
     let metrics = state.metrics.clone();
+    let otlp = state.otlp.clone();
     // Events the sending filter dropped since its last accepted batch (alerts).
     let dropped = headers.get("x-tally-dropped").cloned();
     // 202 only once the transaction has committed (and, with synchronous=FULL, reached disk).
@@ -299,6 +302,9 @@ async fn ingest(
         let (accepted, duplicates, new) =
             store.insert_from(owners.clone(), batch.clone(), now_ms(), filter)?;
         metrics.events(&owners, &batch, &new);
+        if let Some(o) = &otlp {
+            o.observe(&owners, &batch, &new);
+        }
         metrics.unknown_fields(&unknown);
         crate::alerts::batch_dropped(&store, dropped.as_ref(), &owners, accepted);
         Ok(Ok((accepted, duplicates)))

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod oidc;
+pub mod otlp;
 pub mod outbound;
 pub mod prices;
 pub mod rollup;

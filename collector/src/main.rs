@@ -53,6 +53,9 @@ enum Command {
         /// Where alert webhooks may send.
         #[command(flatten)]
         alerts: AlertArgs,
+        /// OpenTelemetry export.
+        #[command(flatten)]
+        otlp: tally_collector::otlp::Args,
     },
     /// Manage alert webhooks, and read the alerts sent.
     Alert {
@@ -316,6 +319,7 @@ fn main() -> ExitCode {
             sign_in,
             metrics,
             alerts,
+            otlp,
         } => serve(
             data_dir,
             listen,
@@ -325,6 +329,7 @@ fn main() -> ExitCode {
             &sign_in,
             &metrics,
             &alerts,
+            &otlp,
         ),
         Command::Alert { command, data_dir } => alert(command, &data_dir),
         Command::Budget { command, data_dir } => budget(command, &data_dir),
@@ -736,7 +741,12 @@ fn serve(
     sign_in: &oidc::Args,
     metrics: &api::MetricsArgs,
     alert_args: &AlertArgs,
+    otlp: &tally_collector::otlp::Args,
 ) -> Result<(), String> {
+    let otlp = tally_collector::otlp::Exporter::new(otlp)?;
+    if let Some(o) = &otlp {
+        o.start()?;
+    }
     // The secret is read from the environment here and nowhere else, never from the command
     // line (which `ps` shows).
     let sso_config = oidc::Config::from_args(
@@ -799,6 +809,7 @@ fn serve(
         tls: tls.is_some(),
         sign_in: sign_in.clone(),
         pollers: Default::default(),
+        otlp,
     };
     let at_exit = store.clone();
     let served = runtime.block_on(async move {

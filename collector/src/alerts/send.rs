@@ -68,14 +68,36 @@ impl Client {
         body: &[u8],
     ) -> Result<u16, Failure> {
         let target = dest::parse(url).map_err(Failure::Refused)?;
-        let deadline = Instant::now() + self.call_timeout;
-        let host = target.host.clone();
         let addrs = policy
             .resolve(&target, self.call_timeout.min(dest::RESOLVE_TIMEOUT))
             .map_err(|e| match e {
                 DestError::Refused(m) => Failure::Refused(m),
                 DestError::Lookup(m) => Failure::Transient(m),
             })?;
+        let timestamp = crate::api::now_ms() / 1000;
+        let headers = [
+            ("Content-Type", "application/json".to_string()),
+            ("X-Tally-Timestamp", timestamp.to_string()),
+            (
+                "X-Tally-Signature",
+                format!("sha256={}", sign(secret, timestamp, body)),
+            ),
+        ];
+        self.send(&target, addrs, &headers, body)
+    }
+
+    /// POST `body` to `target` at one of `addrs` (already checked, or the operator's own
+    /// endpoint) with these headers (`Host`, `Content-Length` and `Connection` are added); the
+    /// answer's status. Bounded by the client's timeouts; errors name the host only.
+    pub fn send(
+        &self,
+        target: &dest::Target,
+        addrs: Vec<std::net::SocketAddr>,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<u16, Failure> {
+        let deadline = Instant::now() + self.call_timeout;
+        let host = target.host.clone();
         let late = || {
             Failure::Transient(format!(
                 "{host}: no answer within {} ms",
@@ -99,17 +121,21 @@ impl Client {
         }
         let tcp = tcp.ok_or(Failure::Transient(last))?;
         let _ = tcp.set_nodelay(true);
-        let timestamp = crate::api::now_ms() / 1000;
         let mut request = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nUser-Agent: tally-collector\r\nConnection: close\r\n\
-             X-Tally-Timestamp: {timestamp}\r\nX-Tally-Signature: sha256={}\r\n\r\n",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\
+             User-Agent: tally-collector\r\nConnection: close\r\n",
             target.path,
             target.authority,
             body.len(),
-            sign(secret, timestamp, body)
-        )
-        .into_bytes();
+        );
+        for (name, value) in headers {
+            request.push_str(name);
+            request.push_str(": ");
+            request.push_str(value);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        let mut request = request.into_bytes();
         request.extend_from_slice(body);
         let io = |what: &str, e: std::io::Error| {
             if matches!(
