@@ -134,6 +134,12 @@ pub struct Event {
     /// The model sent upstream when a rule or budget changed it.
     #[serde(default)]
     pub model_routed: Option<String>,
+    /// The request's W3C `traceparent`: its trace id and the caller's span id (hex), so that an
+    /// exported span is a child of the caller's.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    #[serde(default)]
+    pub span_id: Option<String>,
 }
 
 impl Event {
@@ -200,6 +206,8 @@ impl Event {
         w.raw("routed", if self.routed { "true" } else { "false" });
         w.raw("shadow", if self.shadow { "true" } else { "false" });
         w.str("model_routed", self.model_routed.as_deref());
+        w.str("trace_id", self.trace_id.as_deref());
+        w.str("span_id", self.span_id.as_deref());
         w.out.push(b'}');
     }
 }
@@ -346,6 +354,8 @@ pub(crate) mod tests {
             routed: false,
             shadow: false,
             model_routed: None,
+            trace_id: None,
+            span_id: None,
         }
     }
 
@@ -369,6 +379,8 @@ pub(crate) mod tests {
         e.rule = Some("r".into());
         e.shadow = true;
         e.model_routed = Some("gpt-4o-mini".into());
+        e.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        e.span_id = Some("00f067aa0ba902b7".into());
         e.latency_ms = 1e21;
         variants.push(e);
         for cost in [0.0, 1e-12, 123_456.789, f64::NAN, f64::INFINITY] {

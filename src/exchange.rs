@@ -156,6 +156,8 @@ pub struct Exchange {
     /// The body, held while a decision waits for the model or while the model's value is to be
     /// rewritten (None: every chunk passes as it is, the usual case).
     plan: Option<Plan>,
+    /// The request's `traceparent`: its trace id and the caller's span id (lower-case hex).
+    trace: Option<(String, String)>,
 }
 
 /// What rules and budgets did, for the event.
@@ -266,6 +268,8 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
     let mut signed_headers: Option<String> = None;
     // Any sign of a SigV4 signature: its body hash is signed too, so the body never changes.
     let mut sigv4 = false;
+    // The caller's W3C trace context: identifiers only, passed on unchanged.
+    let mut trace = None;
     for (name, value) in headers {
         let (name, value) = (name.as_ref(), value.as_ref());
         match name {
@@ -279,6 +283,7 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
                 }
             }
             "x-amz-content-sha256" => sigv4 = true,
+            "traceparent" => trace = parse_traceparent(value),
             _ => {}
         }
         let field = cfg.field_for_header(name);
@@ -362,6 +367,7 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
             signed: sigv4,
             acted: Acted::default(),
             plan: None,
+            trace: trace.take(),
         }
     });
     let drop_content_length = exchange.as_ref().is_some_and(|e| e.may_add_usage);
@@ -388,6 +394,29 @@ pub fn begin<N: AsRef<str>, V: AsRef<str>>(
         signed_key,
         signed_key_headers,
     }
+}
+
+/// The trace id and parent span id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`);
+/// None for any other value, or all-zero ids (invalid by the spec). A later version's header
+/// is read by its first four fields, as the spec says.
+fn parse_traceparent(v: &str) -> Option<(String, String)> {
+    let v = v.trim();
+    let mut parts = v.split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
+        return None;
+    }
+    if (version == "00" && parts.next().is_some()) || zero(trace) || zero(span) {
+        return None;
+    }
+    Some((trace.to_string(), span.to_string()))
 }
 
 /// An AWS SigV4 `Authorization` value: `AWS4-HMAC-SHA256 ...` (or SigV4a's
@@ -1024,6 +1053,8 @@ impl Exchange {
             namespace: identity.as_ref().and_then(|i| i.namespace.clone()),
             workload: identity.as_ref().and_then(|i| i.workload.clone()),
             principal: identity.as_ref().and_then(|i| i.principal.clone()),
+            trace_id: self.trace.as_ref().map(|(t, _)| t.clone()),
+            span_id: self.trace.map(|(_, s)| s),
             routed: self.acted.model_routed.is_some() || self.acted.rerouted,
             model_routed: self.acted.model_routed,
             rule: self.acted.label,
@@ -1164,7 +1195,30 @@ fn round_ms(ms: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{clean, presigned_query, sigv4_signed_headers};
+    use super::{clean, parse_traceparent, presigned_query, sigv4_signed_headers};
+
+    #[test]
+    fn traceparents_by_the_w3c_spec() {
+        let t = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let s = "00f067aa0ba902b7";
+        assert_eq!(
+            parse_traceparent(&format!("00-{t}-{s}-01")),
+            Some((t.to_string(), s.to_string()))
+        );
+        // A later version may add fields; version 00 may not.
+        assert!(parse_traceparent(&format!("01-{t}-{s}-01-extra")).is_some());
+        for bad in [
+            format!("00-{t}-{s}-01-extra"),
+            format!("ff-{t}-{s}-01"),
+            format!("00-{}-{s}-01", "0".repeat(32)),
+            format!("00-{t}-{}-01", "0".repeat(16)),
+            format!("00-{}-{s}-01", t.to_uppercase()),
+            format!("00-{t}-{s}"),
+            "garbage".to_string(),
+        ] {
+            assert_eq!(parse_traceparent(&bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn sigv4_signatures_in_headers_and_queries() {

@@ -122,6 +122,8 @@ fn event(rng: &mut Rng, i: u64, ts: i64, independent: bool) -> Event {
         routed: false,
         shadow: false,
         model_routed: None,
+        trace_id: None,
+        span_id: None,
     }
 }
 

@@ -318,6 +318,17 @@ fn validate(e: &Event) -> Result<i64, Invalid> {
         return Err(("rule", "must be rule:<name> or budget:<name>".into()));
     }
     opt_text("model_routed", &e.model_routed, 256)?;
+    // Trace context: lower-case hex of the W3C lengths, nothing else.
+    for (field, v, n) in [("trace_id", &e.trace_id, 32), ("span_id", &e.span_id, 16)] {
+        if v.as_deref().is_some_and(|v| {
+            v.len() != n
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }) {
+            return Err((field, format!("must be {n} lower-case hex digits")));
+        }
+    }
     opt_text("namespace", &e.namespace, 256)?;
     opt_text("workload", &e.workload, 256)?;
     opt_text("principal", &e.principal, 1024)?;

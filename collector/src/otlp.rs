@@ -56,7 +56,16 @@ pub struct Args {
     /// Distinct values kept per opt-in attribute; the rest are `other`.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub otlp_max_values: u64,
+    /// Also send a span per event (`/v1/traces`), a child of the caller's span when the request
+    /// carried a W3C `traceparent`.
+    #[arg(long)]
+    pub otlp_spans: bool,
 }
+
+/// Spans waiting at most; past it the oldest are dropped (counted).
+const MAX_SPANS: usize = 10_000;
+/// Spans sent in one export at most.
+const SPANS_PER_EXPORT: usize = 1_000;
 
 /// An opt-in attribute: its OTLP key and how to read it from an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +199,10 @@ struct Aggregates {
 
 pub struct Exporter {
     url: crate::outbound::Target,
+    /// Where spans go (`/v1/traces` beside `/v1/metrics`), when they are sent.
+    traces: Option<crate::outbound::Target>,
+    spans: Mutex<std::collections::VecDeque<Vec<u8>>>,
+    pub spans_dropped: std::sync::atomic::AtomicU64,
     headers: Vec<(String, String)>,
     interval: Duration,
     extras: Vec<Extra>,
@@ -216,9 +229,18 @@ impl Exporter {
         };
         let mut url = crate::outbound::parse(endpoint)
             .map_err(|e| format!("--otlp-endpoint {endpoint:?}: {e:?}"))?;
-        if url.path == "/" || url.path.is_empty() {
-            url.path = "/v1/metrics".into();
-        }
+        // The endpoint is the base the signals' paths are added to (as OTLP exporters take
+        // it); a URL already ending in `/v1/metrics` is taken as that signal's.
+        let base = url
+            .path
+            .trim_end_matches('/')
+            .trim_end_matches("/v1/metrics")
+            .to_string();
+        url.path = format!("{base}/v1/metrics");
+        let traces = args.otlp_spans.then(|| crate::outbound::Target {
+            path: format!("{base}/v1/traces"),
+            ..url.clone()
+        });
         let mut headers = Vec::new();
         for h in &args.otlp_headers {
             let (k, v) = h
@@ -246,6 +268,9 @@ impl Exporter {
         let timeout = Duration::from_millis(args.otlp_timeout_ms);
         Ok(Some(Arc::new(Exporter {
             url,
+            traces,
+            spans: Mutex::new(std::collections::VecDeque::new()),
+            spans_dropped: Default::default(),
             headers,
             interval: Duration::from_millis(args.otlp_interval_ms),
             extras,
@@ -260,6 +285,19 @@ impl Exporter {
 
     /// Add the newly stored events of a batch (`new`: their indexes).
     pub fn observe(&self, owners: &Owners, batch: &[(Event, i64)], new: &[usize]) {
+        if self.traces.is_some() {
+            let mut q = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+            for &i in new {
+                if let (Some((e, ts)), Some(org)) = (batch.get(i), owners.of(i)) {
+                    if q.len() >= MAX_SPANS {
+                        q.pop_front();
+                        self.spans_dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    q.push_back(span(&org.name, e, *ts));
+                }
+            }
+        }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for &i in new {
             let (Some((e, _)), Some(org)) = (batch.get(i), owners.of(i)) else {
@@ -424,21 +462,50 @@ impl Exporter {
         Some(pb::request(&metrics))
     }
 
-    /// Push the aggregates now; whether the endpoint took them (2xx).
+    /// Push the aggregates and the waiting spans now; whether the endpoint took them (2xx).
     pub fn export(&self) -> Result<(), String> {
-        let Some(body) = self.request() else {
+        if let Some(body) = self.request() {
+            self.post(&self.url, &body)?;
+        }
+        let Some(traces) = &self.traces else {
             return Ok(());
         };
+        loop {
+            let batch: Vec<Vec<u8>> = {
+                let mut q = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+                let n = q.len().min(SPANS_PER_EXPORT);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            if let Err(e) = self.post(traces, &pb::traces(&batch)) {
+                // Back in front, for the next try (the oldest go first if the queue is full).
+                let mut q = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+                for s in batch.into_iter().rev() {
+                    if q.len() >= MAX_SPANS {
+                        self.spans_dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                    q.push_front(s);
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    fn post(&self, target: &crate::outbound::Target, body: &[u8]) -> Result<(), String> {
         let addrs: Vec<std::net::SocketAddr> =
-            std::net::ToSocketAddrs::to_socket_addrs(&(self.url.host.as_str(), self.url.port))
-                .map_err(|e| format!("{}: cannot resolve: {e}", self.url.host))?
+            std::net::ToSocketAddrs::to_socket_addrs(&(target.host.as_str(), target.port))
+                .map_err(|e| format!("{}: cannot resolve: {e}", target.host))?
                 .collect();
         let mut headers: Vec<(&str, String)> =
             vec![("Content-Type", "application/x-protobuf".to_string())];
         headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
-        match self.client.send(&self.url, addrs, &headers, &body) {
+        match self.client.send(target, addrs, &headers, body) {
             Ok(code) if (200..300).contains(&code) => Ok(()),
-            Ok(code) => Err(format!("{} answered {code}", self.url.host)),
+            Ok(code) => Err(format!("{} answered {code}", target.host)),
             Err(
                 crate::alerts::send::Failure::Refused(m)
                 | crate::alerts::send::Failure::Transient(m),
@@ -459,7 +526,7 @@ impl Exporter {
                     let due = {
                         let mut st = me.state.lock().unwrap_or_else(|p| p.into_inner());
                         std::mem::take(&mut st.changed) || failures > 0
-                    };
+                    } || !me.spans.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
                     if !due {
                         continue;
                     }
@@ -486,6 +553,77 @@ impl Exporter {
             .map(|_| ())
             .map_err(|e| format!("cannot start the OTLP thread: {e}"))
     }
+}
+
+/// Random bytes for span ids (a trace id too, for a request that came without one).
+fn random<const N: usize>() -> [u8; N] {
+    use rand::RngCore;
+    let mut b = [0u8; N];
+    rand::thread_rng().fill_bytes(&mut b);
+    b
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    if s.len() != 2 * N {
+        return None;
+    }
+    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// One event's span, encoded: the GenAI client span's name and attributes, no content; a child
+/// of the caller's span when the request carried a `traceparent`.
+fn span(org: &str, e: &Event, ts_ms: i64) -> Vec<u8> {
+    let trace: [u8; 16] = e.trace_id.as_deref().and_then(unhex).unwrap_or_else(random);
+    let parent: Option<[u8; 8]> = e.span_id.as_deref().and_then(unhex);
+    let start = (ts_ms.max(0) as u64).saturating_mul(1_000_000);
+    let end = start.saturating_add((e.latency_ms.max(0.0) * 1e6) as u64);
+    let op = operation_name(&e.api);
+    let name = match &e.model_requested {
+        Some(m) => format!("{op} {m}"),
+        None => op.to_string(),
+    };
+    let mut attrs: Vec<(&str, pb::Value)> = vec![
+        ("gen_ai.operation.name", pb::Value::Str(op)),
+        (
+            "gen_ai.provider.name",
+            pb::Value::Str(provider_name(&e.provider)),
+        ),
+    ];
+    if let Some(m) = &e.model_requested {
+        attrs.push(("gen_ai.request.model", pb::Value::Str(m)));
+    }
+    if let Some(m) = &e.model_actual {
+        attrs.push(("gen_ai.response.model", pb::Value::Str(m)));
+    }
+    if let Some(n) = e.input_tokens {
+        attrs.push(("gen_ai.usage.input_tokens", pb::Value::Int(n as i64)));
+    }
+    if let Some(n) = e.output_tokens {
+        attrs.push(("gen_ai.usage.output_tokens", pb::Value::Int(n as i64)));
+    }
+    let error = e.error_category.map(|c| c.name());
+    if let Some(c) = error {
+        attrs.push(("error.type", pb::Value::Str(c)));
+    }
+    if let Some(c) = e.cost_usd.filter(|c| c.is_finite()) {
+        attrs.push(("tally.cost_usd", pb::Value::Double(c)));
+    }
+    attrs.push(("tally.org", pb::Value::Str(org)));
+    attrs.push(("tally.request_id", pb::Value::Str(&e.request_id)));
+    pb::span(
+        &trace,
+        &random::<8>(),
+        parent.as_ref(),
+        &name,
+        start,
+        end,
+        &attrs,
+        error,
+    )
 }
 
 /// Just enough protobuf for OTLP's metrics (field numbers from opentelemetry-proto's
@@ -540,12 +678,95 @@ pub mod pb {
 
     /// `KeyValue { key = 1; AnyValue value = 2 { string_value = 1 } }`.
     fn attribute(out: &mut Vec<u8>, field: u32, k: &str, v: &str) {
+        typed_attribute(out, field, k, &Value::Str(v));
+    }
+
+    /// An attribute's value: `AnyValue { string_value 1, int_value 3, double_value 4 }`.
+    pub enum Value<'a> {
+        Str(&'a str),
+        Int(i64),
+        Double(f64),
+    }
+
+    fn typed_attribute(out: &mut Vec<u8>, field: u32, k: &str, v: &Value<'_>) {
         let mut any = Vec::new();
-        bytes(&mut any, 1, v.as_bytes());
+        match v {
+            Value::Str(s) => bytes(&mut any, 1, s.as_bytes()),
+            Value::Int(n) => {
+                key(&mut any, 3, 0);
+                varint(&mut any, *n as u64);
+            }
+            Value::Double(d) => double(&mut any, 4, *d),
+        }
         let mut kv = Vec::new();
         string(&mut kv, 1, k);
         bytes(&mut kv, 2, &any);
         bytes(out, field, &kv);
+    }
+
+    /// `Span { trace_id 1, span_id 2, parent_span_id 4, name 5, kind 6 = CLIENT,
+    /// start_time_unix_nano 7, end_time_unix_nano 8, attributes 9, status 15 { message 2,
+    /// code 3 = ERROR } }`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn span(
+        trace: &[u8; 16],
+        id: &[u8; 8],
+        parent: Option<&[u8; 8]>,
+        name: &str,
+        start: u64,
+        end: u64,
+        attrs: &[(&str, Value<'_>)],
+        error: Option<&str>,
+    ) -> Vec<u8> {
+        let mut s = Vec::new();
+        bytes(&mut s, 1, trace);
+        bytes(&mut s, 2, id);
+        if let Some(p) = parent {
+            bytes(&mut s, 4, p);
+        }
+        string(&mut s, 5, name);
+        uint(&mut s, 6, 3);
+        fixed64(&mut s, 7, start);
+        fixed64(&mut s, 8, end);
+        for (k, v) in attrs {
+            typed_attribute(&mut s, 9, k, v);
+        }
+        if let Some(e) = error {
+            let mut status = Vec::new();
+            string(&mut status, 2, e);
+            uint(&mut status, 3, 2);
+            bytes(&mut s, 15, &status);
+        }
+        s
+    }
+
+    /// `ExportTraceServiceRequest { resource_spans 1 { resource 1, scope_spans 2 { scope 1,
+    /// spans 2 } } }`.
+    pub fn traces(spans: &[Vec<u8>]) -> Vec<u8> {
+        let mut ss = Vec::new();
+        bytes(&mut ss, 1, &scope());
+        for s in spans {
+            bytes(&mut ss, 2, s);
+        }
+        let mut rs = Vec::new();
+        bytes(&mut rs, 1, &resource());
+        bytes(&mut rs, 2, &ss);
+        let mut out = Vec::new();
+        bytes(&mut out, 1, &rs);
+        out
+    }
+
+    fn resource() -> Vec<u8> {
+        let mut r = Vec::new();
+        attribute(&mut r, 1, "service.name", "tally-collector");
+        r
+    }
+
+    fn scope() -> Vec<u8> {
+        let mut s = Vec::new();
+        string(&mut s, 1, "tally");
+        string(&mut s, 2, env!("CARGO_PKG_VERSION"));
+        s
     }
 
     /// `HistogramDataPoint`: start 2, time 3, count 4, sum 5, bucket_counts 6 (packed),
@@ -635,18 +856,13 @@ pub mod pb {
     /// `ExportMetricsServiceRequest { resource_metrics 1 { resource 1 { attributes 1 },
     /// scope_metrics 2 { scope 1 { name 1, version 2 }, metrics 2 } } }`.
     pub fn request(metrics: &[Vec<u8>]) -> Vec<u8> {
-        let mut resource = Vec::new();
-        attribute(&mut resource, 1, "service.name", "tally-collector");
-        let mut scope = Vec::new();
-        string(&mut scope, 1, "tally");
-        string(&mut scope, 2, env!("CARGO_PKG_VERSION"));
         let mut sm = Vec::new();
-        bytes(&mut sm, 1, &scope);
+        bytes(&mut sm, 1, &scope());
         for m in metrics {
             bytes(&mut sm, 2, m);
         }
         let mut rm = Vec::new();
-        bytes(&mut rm, 1, &resource);
+        bytes(&mut rm, 1, &resource());
         bytes(&mut rm, 2, &sm);
         let mut out = Vec::new();
         bytes(&mut out, 1, &rm);

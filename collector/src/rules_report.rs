@@ -130,6 +130,8 @@ fn as_requested(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         routed: false,
         shadow: false,
         model_routed: None,
+        trace_id: None,
+        span_id: None,
     })
 }
 

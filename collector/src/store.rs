@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0012_prices.sql"),
     include_str!("../migrations/0013_budgets.sql"),
     include_str!("../migrations/0014_alerts.sql"),
+    include_str!("../migrations/0015_trace_context.sql"),
 ];
 
 /// Minute rollups are kept this long; older ranges are answered from hour rollups.
@@ -940,10 +941,10 @@ impl Store {
                     reasoning_tokens, token_source, cost_usd, error_category, error_source, team,
                     app, feature, task, session_id, user, rule, routed, received_ms,
                     measured_output_tokens, namespace, workload, principal, cache_write_1h_tokens,
-                    web_search_requests, service_tier, shadow, model_routed)
+                    web_search_requests, service_tier, shadow, model_routed, trace_id, span_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                     ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
-                    ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40)",
+                    ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42)",
             )?;
             let mut ratio = tx.prepare_cached(
                 "SELECT exact_output, measured_output, samples FROM calibration
@@ -1028,6 +1029,8 @@ impl Store {
                     e.service_tier,
                     e.shadow,
                     e.model_routed,
+                    e.trace_id,
+                    e.span_id,
                 ])?;
                 accepted += inserted;
                 if inserted == 1 {
@@ -1512,7 +1515,7 @@ impl Store {
                 cached_input_tokens, cache_write_tokens, reasoning_tokens, token_source, cost_usd,
                 error_category, error_source, team, app, feature, task, session_id, user, rule, routed,
                 measured_output_tokens, namespace, workload, principal, cache_write_1h_tokens,
-                web_search_requests, service_tier, shadow, model_routed
+                web_search_requests, service_tier, shadow, model_routed, trace_id, span_id
              FROM events WHERE org_id = ?",
         );
         let mut args: Vec<rusqlite::types::Value> = vec![org.id.into()];
@@ -1583,6 +1586,8 @@ impl Store {
                 routed: r.get(27)?,
                 shadow: r.get(35)?,
                 model_routed: r.get(36)?,
+                trace_id: r.get(37)?,
+                span_id: r.get(38)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -1678,6 +1683,8 @@ fn lite_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Event)> {
         routed: false,
         shadow: false,
         model_routed: None,
+        trace_id: None,
+        span_id: None,
     };
     Ok((r.get::<_, i64>(0)?, ev))
 }

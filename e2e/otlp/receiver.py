@@ -46,6 +46,25 @@ class Handler(BaseHTTPRequestHandler):
                 raise ValueError(f"re-encoded differently ({len(again)} bytes against {len(body)})")
             record["ok"] = True
             record["message"] = MessageToDict(msg, preserving_proto_field_name=True)
+            if kind is ExportTraceServiceRequest:
+                # Ids in hex, as traceparent writes them.
+                record["spans"] = [
+                    {
+                        "trace_id": s.trace_id.hex(),
+                        "span_id": s.span_id.hex(),
+                        "parent_span_id": s.parent_span_id.hex(),
+                        "name": s.name,
+                        "kind": s.kind,
+                        "status_code": s.status.code,
+                        "attributes": {
+                            a.key: MessageToDict(a.value, preserving_proto_field_name=True)
+                            for a in s.attributes
+                        },
+                    }
+                    for rs in msg.resource_spans
+                    for ss in rs.scope_spans
+                    for s in ss.spans
+                ]
             status = 200
         except Exception as e:  # a bad export is recorded, and refused
             record["ok"] = False

@@ -71,7 +71,7 @@ fn check_event(ev: &Value, expected: Value) {
 fn base(user: &str) -> Value {
     json!({
         "team": "payments", "app": "checkout", "feature": "receipt-summary", "task": "summarise",
-        "session_id": "sess-42", "user": user, "rule": null, "routed": false, "shadow": false, "model_routed": null, "status": 200,
+        "session_id": "sess-42", "user": user, "rule": null, "routed": false, "shadow": false, "model_routed": null, "trace_id": null, "span_id": null, "status": 200,
         "error_category": null, "error_source": null, "token_source": "exact",
         "measured_output_tokens": null,
         // Plain Envoy: no mesh identity.

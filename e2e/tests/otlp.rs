@@ -91,6 +91,7 @@ fn metrics_reach_an_otlp_receiver_by_the_genai_conventions_and_sum_to_the_events
                 "200",
                 "--otlp-attribute",
                 "team",
+                "--otlp-spans",
             ]),
         &logs,
     );
@@ -126,11 +127,15 @@ fn metrics_reach_an_otlp_receiver_by_the_genai_conventions_and_sum_to_the_events
     }
     assert_eq!(chat("ml", "gpt-4o", "input=50,output=5", None).0, 200);
     assert_eq!(chat("ml", "gpt-4o", "input=1,output=1", Some("429")).0, 429);
+    // The caller's trace context: the span of this call is a child of the caller's.
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let traceparent = format!("00-{trace}-{parent}-01");
     let (status, _) = stack.post_json(
         "/v1/messages",
         &[
             ("x-tally-team", "web"),
             ("x-mock-usage", "input=70,output=7"),
+            ("traceparent", &traceparent),
         ],
         r#"{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[]}"#,
     );
@@ -228,6 +233,45 @@ fn metrics_reach_an_otlp_receiver_by_the_genai_conventions_and_sum_to_the_events
     assert!(
         (exported_cost - cost).abs() < 1e-9,
         "{exported_cost} {cost}"
+    );
+    // Spans: one per event, the traced one a child of the caller's span.
+    let mut spans: Vec<Value> = Vec::new();
+    let started = Instant::now();
+    while spans.len() < 6 && started.elapsed() < Duration::from_secs(10) {
+        spans = exports(&out)
+            .iter()
+            .filter(|x| x["path"] == "/v1/traces")
+            .flat_map(|x| x["spans"].as_array().cloned().unwrap_or_default())
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    let traced = spans
+        .iter()
+        .find(|s| s["trace_id"] == trace)
+        .unwrap_or_else(|| panic!("no span in the caller's trace: {spans:#?}"));
+    assert_eq!(traced["parent_span_id"], parent);
+    assert_eq!(traced["name"], "chat claude-sonnet-4-5");
+    assert_eq!(traced["kind"], 3, "SPAN_KIND_CLIENT");
+    let a = &traced["attributes"];
+    assert_eq!(a["gen_ai.provider.name"]["string_value"], "anthropic");
+    assert_eq!(a["gen_ai.usage.input_tokens"]["int_value"], "70");
+    assert_eq!(a["gen_ai.usage.output_tokens"]["int_value"], "7");
+    let stored = events
+        .iter()
+        .find(|e| e["trace_id"] == trace)
+        .expect("the event keeps the trace context");
+    assert_eq!(stored["span_id"], parent);
+    assert_eq!(a["tally.request_id"]["string_value"], stored["request_id"]);
+    // The others are roots of traces of their own; the 429's is an error.
+    assert!(spans
+        .iter()
+        .filter(|s| s["trace_id"] != trace)
+        .all(|s| s["parent_span_id"] == ""));
+    assert_eq!(
+        spans.iter().filter(|s| s["status_code"] == 2).count(),
+        1,
+        "STATUS_CODE_ERROR on the 429"
     );
     // No content, no key anywhere in what was exported.
     let text = std::fs::read_to_string(&out).unwrap();
