@@ -14,6 +14,12 @@ use std::time::Duration;
 
 pub const MAX_SERIES: usize = 2000;
 
+/// Upper bounds (seconds) of the buckets of `tally_collector_ingest_batch_seconds`, a
+/// histogram, so that a dashboard can take its quantiles (`histogram_quantile`).
+pub const BATCH_SECONDS_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
 /// Distinct `field` labels of `tally_ingest_unknown_fields_total`; past them, `_other`.
 pub const MAX_UNKNOWN_FIELDS: usize = 50;
 
@@ -34,7 +40,12 @@ struct Inner {
     duplicates: u64,
     batch_seconds_sum: f64,
     batch_count: u64,
+    /// Ingest calls per bucket of [`BATCH_SECONDS_BUCKETS`] (not cumulative; the last, +Inf).
+    batch_buckets: [u64; BATCH_SECONDS_BUCKETS.len() + 1],
     series: BTreeMap<(String, String, String), Totals>,
+    /// Failed requests by (org, provider, error category): at most orgs x providers x the
+    /// categories the event schema allows.
+    errors: BTreeMap<(String, String, &'static str), u64>,
     /// Events carrying a field this collector does not know, by field name.
     unknown_fields: BTreeMap<String, u64>,
     /// Unknown field names already logged (at most [`MAX_UNKNOWN_FIELDS`]).
@@ -73,8 +84,14 @@ impl Metrics {
             Err(_) => "error",
         };
         *m.batches.entry(outcome).or_insert(0) += 1;
-        m.batch_seconds_sum += took.as_secs_f64();
+        let secs = took.as_secs_f64();
+        m.batch_seconds_sum += secs;
         m.batch_count += 1;
+        let bucket = BATCH_SECONDS_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(BATCH_SECONDS_BUCKETS.len());
+        m.batch_buckets[bucket] += 1;
     }
 
     /// Events of an accepted batch carried fields this collector does not know: counted, and
@@ -133,6 +150,10 @@ impl Metrics {
             if !m.series.contains_key(&k) && m.series.len() >= MAX_SERIES {
                 k.2 = "other".into();
             }
+            if let Some(category) = e.error_category {
+                let key = (k.0.clone(), k.1.clone(), category.name());
+                *m.errors.entry(key).or_insert(0) += 1;
+            }
             let t = m.series.entry(k).or_default();
             t.requests += 1;
             t.errors += u64::from(e.error_category.is_some());
@@ -186,7 +207,13 @@ impl Metrics {
             let _ = writeln!(out, "{n}{{field=\"{}\"}} {v}", label(field));
         }
         let n = "tally_collector_ingest_batch_seconds";
-        head(&mut out, n, "summary", "Time to answer an ingest call.");
+        head(&mut out, n, "histogram", "Time to answer an ingest call.");
+        let mut cumulative = 0;
+        for (i, le) in BATCH_SECONDS_BUCKETS.iter().enumerate() {
+            cumulative += m.batch_buckets[i];
+            let _ = writeln!(out, "{n}_bucket{{le=\"{le:?}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{n}_bucket{{le=\"+Inf\"}} {}", m.batch_count);
         let _ = writeln!(out, "{n}_sum {}", m.batch_seconds_sum);
         let _ = writeln!(out, "{n}_count {}", m.batch_count);
         let n = "tally_collector_db_bytes";
@@ -231,6 +258,21 @@ impl Metrics {
                 );
             }
         }
+        let n = "tally_errors_by_category_total";
+        head(
+            &mut out,
+            n,
+            "counter",
+            "LLM requests that failed, by error category (as the event's error_category).",
+        );
+        for ((org, provider, category), v) in &m.errors {
+            let _ = writeln!(
+                out,
+                "{n}{{org=\"{}\",provider=\"{}\",category=\"{category}\"}} {v}",
+                label(org),
+                label(provider),
+            );
+        }
         if openmetrics {
             out.push_str("# EOF\n");
         }
@@ -270,5 +312,32 @@ mod tests {
                 assert!(line.starts_with(family), "{line} after # TYPE {family}");
             }
         }
+    }
+
+    #[test]
+    fn batch_time_is_a_histogram_with_cumulative_buckets() {
+        let m = Metrics::default();
+        for ms in [0, 3, 3, 40, 7000] {
+            m.batch(Ok((1, 0)), Duration::from_millis(ms));
+        }
+        let text = m.render(0, false);
+        let n = "tally_collector_ingest_batch_seconds";
+        for line in [
+            "# TYPE tally_collector_ingest_batch_seconds histogram",
+            "tally_collector_ingest_batch_seconds_bucket{le=\"0.001\"} 1",
+            "tally_collector_ingest_batch_seconds_bucket{le=\"0.0025\"} 1",
+            "tally_collector_ingest_batch_seconds_bucket{le=\"0.005\"} 3",
+            "tally_collector_ingest_batch_seconds_bucket{le=\"0.05\"} 4",
+            "tally_collector_ingest_batch_seconds_bucket{le=\"5.0\"} 4",
+            "tally_collector_ingest_batch_seconds_bucket{le=\"+Inf\"} 5",
+            "tally_collector_ingest_batch_seconds_count 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{n}_bucket")))
+            .count();
+        assert_eq!(buckets, BATCH_SECONDS_BUCKETS.len() + 1);
     }
 }
