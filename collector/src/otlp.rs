@@ -177,6 +177,9 @@ impl Hist {
     }
 }
 
+/// The histograms of a series a metric reads, each with its `gen_ai.token.type` if any.
+type Pick = fn(&Series) -> Vec<(Option<&'static str>, &Hist)>;
+
 #[derive(Default)]
 struct Series {
     input: Option<Hist>,
@@ -383,8 +386,7 @@ impl Exporter {
         }
         let (start, now) = (self.start_ns, now_ns());
         let mut metrics = Vec::new();
-        let hist_points = |pick: &dyn Fn(&Series) -> Vec<(Option<&'static str>, &Hist)>,
-                           bounds: &[f64]| {
+        let hist_points = |pick: Pick, bounds: &[f64]| {
             let mut points = Vec::new();
             for (attrs, s) in &st.series {
                 for (token_type, h) in pick(s) {
@@ -399,7 +401,7 @@ impl Exporter {
             points
         };
         let tokens = hist_points(
-            &|s| {
+            |s| {
                 let mut v = Vec::new();
                 if let Some(h) = &s.input {
                     v.push((Some("input"), h));
@@ -418,7 +420,7 @@ impl Exporter {
             &tokens,
         ));
         let durations = hist_points(
-            &|s| s.duration.iter().map(|h| (None, h)).collect(),
+            |s| s.duration.iter().map(|h| (None, h)).collect(),
             &SECONDS_BOUNDS,
         );
         metrics.push(pb::histogram_metric(
@@ -428,7 +430,7 @@ impl Exporter {
             &durations,
         ));
         let headers = hist_points(
-            &|s| s.headers.iter().map(|h| (None, h)).collect(),
+            |s| s.headers.iter().map(|h| (None, h)).collect(),
             &SECONDS_BOUNDS,
         );
         metrics.push(pb::histogram_metric(
