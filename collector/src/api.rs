@@ -823,7 +823,15 @@ async fn metrics(
     let db_bytes = tokio::task::spawn_blocking(move || store.db_bytes())
         .await
         .unwrap_or(0);
-    let text = state.metrics.render(db_bytes, openmetrics);
+    let otlp = state.otlp.as_ref().map(|o| {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::metrics::OtlpCounts {
+            sent: o.sent.load(Relaxed),
+            failed: o.failed.load(Relaxed),
+            spans_dropped: o.spans_dropped.load(Relaxed),
+        }
+    });
+    let text = state.metrics.render_with(db_bytes, openmetrics, otlp);
     let kind = if openmetrics {
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     } else {

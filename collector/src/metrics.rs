@@ -64,6 +64,14 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The OpenTelemetry export's counters, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OtlpCounts {
+    pub sent: u64,
+    pub failed: u64,
+    pub spans_dropped: u64,
+}
+
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -169,6 +177,16 @@ impl Metrics {
     /// The page in the Prometheus text format, or in OpenMetrics (`openmetrics`), which names
     /// a counter's family without its `_total` suffix and ends with `# EOF`.
     pub fn render(&self, db_bytes: u64, openmetrics: bool) -> String {
+        self.render_with(db_bytes, openmetrics, None)
+    }
+
+    /// [`Metrics::render`] with the OpenTelemetry export's counters, when it runs.
+    pub fn render_with(
+        &self,
+        db_bytes: u64,
+        openmetrics: bool,
+        otlp: Option<OtlpCounts>,
+    ) -> String {
         let m = self.lock();
         let mut out = String::with_capacity(4096);
         // Each family's HELP and TYPE lines, then its samples.
@@ -216,6 +234,25 @@ impl Metrics {
         let _ = writeln!(out, "{n}_bucket{{le=\"+Inf\"}} {}", m.batch_count);
         let _ = writeln!(out, "{n}_sum {}", m.batch_seconds_sum);
         let _ = writeln!(out, "{n}_count {}", m.batch_count);
+        if let Some(o) = otlp {
+            let n = "tally_collector_otlp_exports_total";
+            head(
+                &mut out,
+                n,
+                "counter",
+                "OTLP exports by outcome (--otlp-endpoint).",
+            );
+            let _ = writeln!(out, "{n}{{outcome=\"sent\"}} {}", o.sent);
+            let _ = writeln!(out, "{n}{{outcome=\"failed\"}} {}", o.failed);
+            let n = "tally_collector_otlp_spans_dropped_total";
+            head(
+                &mut out,
+                n,
+                "counter",
+                "Spans dropped: the export queue was full (--otlp-spans).",
+            );
+            let _ = writeln!(out, "{n} {}", o.spans_dropped);
+        }
         let n = "tally_collector_db_bytes";
         head(&mut out, n, "gauge", "Size of the database files.");
         let _ = writeln!(out, "{n} {db_bytes}");

@@ -328,6 +328,17 @@ fn an_unreachable_otlp_endpoint_never_touches_ingest() {
         slowest < Duration::from_millis(500),
         "slowest ingest {slowest:?}"
     );
+    // Counted on /metrics.
+    let (_, metrics, _) = send(
+        agent().get(&format!("http://127.0.0.1:{port}/metrics")),
+        None,
+    );
+    let failed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tally_collector_otlp_exports_total{outcome=\"failed\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(failed >= 1, "{metrics}");
     // The failure is said once, without the endpoint's path.
     std::thread::sleep(Duration::from_millis(300));
     let log = std::fs::read_to_string(logs.join("collector.stderr.log")).unwrap();
