@@ -8,7 +8,7 @@ ENVOY   := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM    := target/wasm32-wasip1/release/tally.wasm
 
-.PHONY: bench bench-identity bench-query dashboard-deps build build-fault run demo test test-wasm test-browser test-deps test-deploy test-containers test-run oci oci-push fuzz soak lint fmt prices envoy wasm-target clean
+.PHONY: bench bench-export bench-identity bench-query dashboard-deps build build-fault run demo test test-wasm test-browser test-deps test-deploy test-containers test-run oci oci-push fuzz soak lint fmt prices envoy wasm-target clean
 
 # Every step that installs something says first what, with which tool and where (README.md,
 # "What make test installs"). npm_deps: the packages DIR/package.json names (name@version), which
@@ -63,7 +63,8 @@ test: build build-fault test-wasm test-deps
 # .venv), whose parsers read the collector's /metrics in the collector tests; and the official
 # OpenAI and Anthropic Python SDKs (pip, into .venv), which the rules and budgets tests call
 # through Envoy to see that refusals raise the SDKs' own errors; and opentelemetry-proto (pip,
-# into .venv), whose official generated code decodes what the OTLP export sends.
+# into .venv), whose official generated code decodes what the OTLP export sends; and pyarrow
+# (pip, into .venv), which reads `tally-collector export`'s Parquet files back.
 test-deps: envoy
 	@missing=""; for p in docker-registry skopeo; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -76,6 +77,9 @@ test-deps: envoy
 	@$(VENV)/bin/python -c "import openai, anthropic" 2>/dev/null || { \
 		echo "make test-deps: installing openai==1.109.1 and anthropic==2.15.0 (the official SDKs) into .venv (pip), for the rules and budgets tests"; \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check openai==1.109.1 anthropic==2.15.0; }
+	@$(VENV)/bin/python -c "import pyarrow.parquet" 2>/dev/null || { \
+		echo "make test-deps: installing pyarrow==26.0.1 into .venv (pip), which reads the collector's Parquet exports back in the export tests"; \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check pyarrow==26.0.1; }
 	@$(VENV)/bin/python -c "import opentelemetry.proto" 2>/dev/null || { \
 		echo "make test-deps: installing opentelemetry-proto==1.45.2 (OTLP's official generated code) and protobuf into .venv (pip), for the OTLP receiver of the export tests"; \
 		$(VENV)/bin/pip install --quiet --disable-pip-version-check opentelemetry-proto==1.45.2 protobuf==7.36.2; }
@@ -178,6 +182,12 @@ bench-identity: build
 	@command -v valgrind >/dev/null || { echo "make bench-identity: installing with apt-get: valgrind"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
 	$(VENV)/bin/python bench/identity_cost.py
+
+# `tally-collector export` at EXPORT_EVENTS events (and 200 000): time and peak RSS per format, the
+# memory test of collector/tests/export.rs at a larger size (10 M: about 4 GB of disk, minutes).
+EXPORT_EVENTS ?= 10000000
+bench-export: test-deps
+	TALLY_EXPORT_EVENTS=$(EXPORT_EVENTS) $(CARGO) test --release -j $(JOBS) -p tally-collector --test export memory -- --nocapture
 
 # Summary and time-series query latency over EVENTS synthetic events (30 days of traffic).
 EVENTS ?= 1000000

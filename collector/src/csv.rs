@@ -4,20 +4,28 @@
 
 use tally::event::Event;
 
-fn field(out: &mut String, v: &str) {
+/// One CSV field: guarded against formulas, quoted when it holds a separator, a quote or a line
+/// break. Also written by `export` for each string of a row.
+pub fn field(out: &mut String, v: &str) {
     let guarded = matches!(v.chars().next(), Some('=' | '+' | '-' | '@' | '\t' | '\r'))
         && v.parse::<f64>().is_err();
-    let v = if guarded {
-        format!("'{v}")
-    } else {
-        v.to_string()
-    };
-    if v.contains([',', '"', '\n', '\r']) {
+    let quoted = v.contains([',', '"', '\n', '\r']);
+    if quoted {
         out.push('"');
-        out.push_str(&v.replace('"', "\"\""));
+    }
+    if guarded {
+        out.push('\'');
+    }
+    if quoted {
+        for (i, part) in v.split('"').enumerate() {
+            if i > 0 {
+                out.push_str("\"\"");
+            }
+            out.push_str(part);
+        }
         out.push('"');
     } else {
-        out.push_str(&v);
+        out.push_str(v);
     }
 }
 
@@ -64,5 +72,6 @@ mod tests {
         assert_eq!(f("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(f("=HYPERLINK(1)"), "'=HYPERLINK(1)");
         assert_eq!(f("-1.5"), "-1.5");
+        assert_eq!(f("=1,\"2\""), "\"'=1,\"\"2\"\"\"");
     }
 }

@@ -11,6 +11,7 @@ pub mod budgets;
 pub mod controls;
 pub mod csv;
 pub mod error;
+pub mod export;
 pub mod ingest;
 pub mod keys;
 pub mod log;

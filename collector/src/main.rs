@@ -115,6 +115,9 @@ enum Command {
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
     },
+    /// Stream stored events out for a data warehouse (NDJSON, CSV or Parquet), in memory that
+    /// does not grow with their number.
+    Export(tally_collector::export::Args),
 }
 
 /// `serve`'s alert options.
@@ -343,6 +346,7 @@ fn main() -> ExitCode {
             to,
             data_dir,
         } => reprice(&org, from.as_deref(), to.as_deref(), &data_dir),
+        Command::Export(args) => tally_collector::export::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
