@@ -16,6 +16,7 @@
 //! `status` INT32, times and cost DOUBLE, flags BOOLEAN, labels nullable UTF-8 strings),
 //! Snappy-compressed, with min/max statistics per row group.
 
+use crate::store::EVENT_COLUMNS;
 use parquet::basic::{Compression, LogicalType, Repetition, TimeUnit, Type as Physical};
 use parquet::column::writer::ColumnWriter;
 use parquet::data_type::ByteArray;
@@ -235,74 +236,19 @@ fn orgs(conn: &Connection, org: Option<&str>) -> Result<Vec<(i64, String)>, Stri
 }
 
 /// A page of an org's events after the cursor `(?2, ?3)` (`ts_ms`, `seq`) and before `?4`, in
-/// that order. `ts_ms >= ?2` alone first, so that the index bounds the range.
-const PAGE_SQL: &str = "SELECT seq, ts_ms, request_id, timestamp, provider, api, endpoint,
-        model_requested, model_actual, status, streaming, latency_ms, ttfb_ms, input_tokens,
-        output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens, token_source,
-        cost_usd, error_category, error_source, team, app, feature, task, session_id, user, rule,
-        routed, measured_output_tokens, namespace, workload, principal, cache_write_1h_tokens,
-        web_search_requests, service_tier, shadow, model_routed, trace_id, span_id
-    FROM events
-    WHERE org_id = ?1 AND ts_ms >= ?2 AND (ts_ms > ?2 OR seq > ?3) AND ts_ms < ?4
-    ORDER BY ts_ms, seq LIMIT ?5";
-
-/// A named value (`token_source`, `error_category`, ...) from a column. One this collector does
-/// not know (a newer collector stored it) is left out rather than failing the export.
-fn named<T: serde::de::DeserializeOwned>(
-    r: &rusqlite::Row<'_>,
-    i: usize,
-) -> rusqlite::Result<Option<T>> {
-    Ok(r.get::<_, Option<String>>(i)?
-        .and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok()))
+/// that order: `seq`, `ts_ms`, then [`EVENT_COLUMNS`]. `ts_ms >= ?2` alone first, so that the
+/// index bounds the range.
+fn page_sql() -> String {
+    format!(
+        "SELECT seq, ts_ms, {EVENT_COLUMNS} FROM events
+         WHERE org_id = ?1 AND ts_ms >= ?2 AND (ts_ms > ?2 OR seq > ?3) AND ts_ms < ?4
+         ORDER BY ts_ms, seq LIMIT ?5"
+    )
 }
 
-/// An event from a row of [`PAGE_SQL`].
+/// An event from a row of [`page_sql`].
 fn event(r: &rusqlite::Row<'_>, org: &str) -> rusqlite::Result<Event> {
-    let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
-        Ok(r.get::<_, Option<i64>>(i)?.map(|n| n as u64))
-    };
-    Ok(Event {
-        request_id: r.get(2)?,
-        timestamp: r.get(3)?,
-        org_id: Some(org.to_string()),
-        provider: r.get(4)?,
-        api: r.get(5)?,
-        endpoint: r.get(6)?,
-        model_requested: r.get(7)?,
-        model_actual: r.get(8)?,
-        status: r.get(9)?,
-        streaming: r.get(10)?,
-        latency_ms: r.get(11)?,
-        ttfb_ms: r.get(12)?,
-        input_tokens: tok(13)?,
-        output_tokens: tok(14)?,
-        cached_input_tokens: tok(15)?,
-        cache_write_tokens: tok(16)?,
-        reasoning_tokens: tok(17)?,
-        cache_write_1h_tokens: tok(34)?,
-        web_search_requests: tok(35)?,
-        service_tier: r.get(36)?,
-        token_source: named(r, 18)?,
-        measured_output_tokens: tok(30)?,
-        cost_usd: r.get(19)?,
-        error_category: named(r, 20)?,
-        error_source: named(r, 21)?,
-        team: r.get(22)?,
-        app: r.get(23)?,
-        feature: r.get(24)?,
-        task: r.get(25)?,
-        session_id: r.get(26)?,
-        user: r.get(27)?,
-        namespace: r.get(31)?,
-        workload: r.get(32)?,
-        principal: r.get(33)?,
-        rule: r.get(28)?,
-        routed: r.get(29)?,
-        shadow: r.get(37)?,
-        model_routed: r.get(38)?,
-        trace_id: r.get(39)?,
-        span_id: r.get(40)?,
-    })
+    crate::store::event_from_row(r, 2, org)
 }
 
 /// Export the events `opts` picks from `conn` to `out`, and flush it.
@@ -316,7 +262,7 @@ pub fn export<W: Write + Send>(
     let tx = conn.unchecked_transaction().map_err(db)?;
     let orgs = orgs(&tx, opts.org.as_deref())?;
     let mut sink = Sink::new(opts.format, out)?;
-    let mut st = tx.prepare(PAGE_SQL).map_err(db)?;
+    let mut st = tx.prepare(&page_sql()).map_err(db)?;
     let mut events = 0u64;
     for (id, name) in &orgs {
         let mut cursor = (opts.from_ms, 0i64);

@@ -1509,15 +1509,7 @@ impl Store {
 
     /// An org's events, newest first.
     pub fn query_events(&self, org: &Org, f: &EventFilter) -> Result<Vec<Event>, StoreError> {
-        let mut sql = String::from(
-            "SELECT request_id, timestamp, provider, api, endpoint, model_requested, model_actual,
-                status, streaming, latency_ms, ttfb_ms, input_tokens, output_tokens,
-                cached_input_tokens, cache_write_tokens, reasoning_tokens, token_source, cost_usd,
-                error_category, error_source, team, app, feature, task, session_id, user, rule, routed,
-                measured_output_tokens, namespace, workload, principal, cache_write_1h_tokens,
-                web_search_requests, service_tier, shadow, model_routed, trace_id, span_id
-             FROM events WHERE org_id = ?",
-        );
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE org_id = ?");
         let mut args: Vec<rusqlite::types::Value> = vec![org.id.into()];
         if let Some(v) = f.from_ms {
             sql.push_str(" AND ts_ms >= ?");
@@ -1543,53 +1535,7 @@ impl Store {
 
         let conn = self.reader();
         let mut st = conn.prepare_cached(&sql)?;
-        let rows = st.query_map(params_from_iter(args), |r| {
-            let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
-                Ok(r.get::<_, Option<i64>>(i)?.map(|n| n as u64))
-            };
-            Ok(Event {
-                request_id: r.get(0)?,
-                timestamp: r.get(1)?,
-                org_id: Some(org.name.clone()),
-                provider: r.get(2)?,
-                api: r.get(3)?,
-                endpoint: r.get(4)?,
-                model_requested: r.get(5)?,
-                model_actual: r.get(6)?,
-                status: r.get(7)?,
-                streaming: r.get(8)?,
-                latency_ms: r.get(9)?,
-                ttfb_ms: r.get(10)?,
-                input_tokens: tok(11)?,
-                output_tokens: tok(12)?,
-                cached_input_tokens: tok(13)?,
-                cache_write_tokens: tok(14)?,
-                reasoning_tokens: tok(15)?,
-                cache_write_1h_tokens: tok(32)?,
-                web_search_requests: tok(33)?,
-                service_tier: r.get(34)?,
-                token_source: from_enum_str(r.get(16)?),
-                measured_output_tokens: tok(28)?,
-                cost_usd: r.get(17)?,
-                error_category: from_enum_str(r.get(18)?),
-                error_source: from_enum_str(r.get(19)?),
-                team: r.get(20)?,
-                app: r.get(21)?,
-                feature: r.get(22)?,
-                task: r.get(23)?,
-                session_id: r.get(24)?,
-                user: r.get(25)?,
-                namespace: r.get(29)?,
-                workload: r.get(30)?,
-                principal: r.get(31)?,
-                rule: r.get(26)?,
-                routed: r.get(27)?,
-                shadow: r.get(35)?,
-                model_routed: r.get(36)?,
-                trace_id: r.get(37)?,
-                span_id: r.get(38)?,
-            })
-        })?;
+        let rows = st.query_map(params_from_iter(args), |r| event_from_row(r, 0, &org.name))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
@@ -1768,6 +1714,67 @@ fn roll_up(
     Ok((counted, matches!(which, Counted::After(_)).then_some(max)))
 }
 
+/// The columns of an event as [`event_from_row`] reads them, in its order.
+pub const EVENT_COLUMNS: &str = "request_id, timestamp, provider, api, endpoint,
+    model_requested, model_actual, status, streaming, latency_ms, ttfb_ms, input_tokens,
+    output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens, token_source,
+    cost_usd, error_category, error_source, team, app, feature, task, session_id, user, rule,
+    routed, measured_output_tokens, namespace, workload, principal, cache_write_1h_tokens,
+    web_search_requests, service_tier, shadow, model_routed, trace_id, span_id";
+
+/// An event of `org` from a row holding [`EVENT_COLUMNS`] from column `base` on: the one
+/// reading of stored events (the read API, the export).
+pub fn event_from_row(r: &rusqlite::Row<'_>, base: usize, org: &str) -> rusqlite::Result<Event> {
+    let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(r.get::<_, Option<i64>>(base + i)?.map(|n| n as u64))
+    };
+    let get = |i: usize| base + i;
+    Ok(Event {
+        request_id: r.get(get(0))?,
+        timestamp: r.get(get(1))?,
+        org_id: Some(org.to_string()),
+        provider: r.get(get(2))?,
+        api: r.get(get(3))?,
+        endpoint: r.get(get(4))?,
+        model_requested: r.get(get(5))?,
+        model_actual: r.get(get(6))?,
+        status: r.get(get(7))?,
+        streaming: r.get(get(8))?,
+        latency_ms: r.get(get(9))?,
+        ttfb_ms: r.get(get(10))?,
+        input_tokens: tok(11)?,
+        output_tokens: tok(12)?,
+        cached_input_tokens: tok(13)?,
+        cache_write_tokens: tok(14)?,
+        reasoning_tokens: tok(15)?,
+        token_source: from_enum_str(r.get(get(16))?),
+        cost_usd: r.get(get(17))?,
+        error_category: from_enum_str(r.get(get(18))?),
+        error_source: from_enum_str(r.get(get(19))?),
+        team: r.get(get(20))?,
+        app: r.get(get(21))?,
+        feature: r.get(get(22))?,
+        task: r.get(get(23))?,
+        session_id: r.get(get(24))?,
+        user: r.get(get(25))?,
+        rule: r.get(get(26))?,
+        routed: r.get(get(27))?,
+        measured_output_tokens: tok(28)?,
+        namespace: r.get(get(29))?,
+        workload: r.get(get(30))?,
+        principal: r.get(get(31))?,
+        cache_write_1h_tokens: tok(32)?,
+        web_search_requests: tok(33)?,
+        service_tier: r.get(get(34))?,
+        shadow: r.get(get(35))?,
+        model_routed: r.get(get(36))?,
+        trace_id: r.get(get(37))?,
+        span_id: r.get(get(38))?,
+    })
+}
+
+/// A named value (`token_source`, `error_category`, ...) from its column; one this collector
+/// does not know (a newer collector stored it) is None rather than an error.
 fn from_enum_str<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T> {
     s.and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok())
 }
