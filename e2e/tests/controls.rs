@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{agent, artifact, collector_cli_ok, root, send, Options, Stack};
+use common::{agent, collector_cli_ok, root, send, Options, Stack};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -315,23 +315,19 @@ fn budgets_block_downgrade_and_shadow_in_envoy_and_the_crossing_is_sent_signed()
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let key = collector_cli_ok(&data, &["org", "create", "acme"]);
-    let mut collector = common::spawn(
-        "collector",
-        Command::new(artifact("target/release/tally-collector"))
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--alert-allow-private",
-                "--alert-retry-base-ms",
-                "100",
-                "--alert-detect-every-ms",
-                "200",
-            ]),
+    let (mut collector, port) = common::start_collector_with(
+        &data,
+        0,
         &logs,
+        "collector",
+        &[
+            "--alert-allow-private",
+            "--alert-retry-base-ms",
+            "100",
+            "--alert-detect-every-ms",
+            "200",
+        ],
     );
-    let port = common::announced_port(&mut collector, &logs);
     let (hook_port, hooks) = receiver();
     let secret = collector_cli_ok(
         &data,
@@ -711,20 +707,13 @@ fn events_a_filter_drops_are_reported_to_the_collector_and_alerted() {
     std::thread::sleep(Duration::from_millis(300));
     let dropped = stack.envoy_counter("wasmcustom.tally.events_dropped");
     assert!((3..=4).contains(&dropped), "{dropped}");
-    let mut collector = common::spawn(
-        "collector",
-        Command::new(artifact("target/release/tally-collector"))
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--alert-detect-every-ms",
-                "200",
-            ]),
+    let (_collector, _) = common::start_collector_with(
+        &data,
+        port,
         &logs,
+        "collector",
+        &["--alert-detect-every-ms", "200"],
     );
-    common::announced_port(&mut collector, &logs);
     stack.wait_events("limit=100", 5 - dropped as usize);
     let mut alert = Value::Null;
     common::wait_until("the events_dropped alert", Duration::from_secs(15), || {

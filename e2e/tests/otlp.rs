@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{agent, artifact, collector_cli_ok, root, send, Options, Stack};
+use common::{agent, collector_cli_ok, root, send, Options, Stack};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -75,27 +75,23 @@ fn metrics_reach_an_otlp_receiver_by_the_genai_conventions_and_sum_to_the_events
     let key = collector_cli_ok(&data, &["org", "create", "acme"]);
     // The receiver refuses the first export: the next one still carries the totals.
     let (_receiver, port, out) = receiver(dir.path(), 1);
-    let mut collector = common::spawn(
-        "collector",
-        Command::new(artifact("target/release/tally-collector"))
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--otlp-endpoint",
-                &format!("http://127.0.0.1:{port}"),
-                "--otlp-header",
-                "x-otlp-tenant=tally-test",
-                "--otlp-interval-ms",
-                "200",
-                "--otlp-attribute",
-                "team",
-                "--otlp-spans",
-            ]),
+    let (_collector, cport) = common::start_collector_with(
+        &data,
+        0,
         &logs,
+        "collector",
+        &[
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{port}"),
+            "--otlp-header",
+            "x-otlp-tenant=tally-test",
+            "--otlp-interval-ms",
+            "200",
+            "--otlp-attribute",
+            "team",
+            "--otlp-spans",
+        ],
     );
-    let cport = common::announced_port(&mut collector, &logs);
     let stack = Stack::start_with(Options {
         start_collector: false,
         collector_port: Some(cport),
@@ -286,22 +282,18 @@ fn an_unreachable_otlp_endpoint_never_touches_ingest() {
     std::fs::create_dir_all(&logs).unwrap();
     let key = collector_cli_ok(&data, &["org", "create", "acme"]);
     let closed = common::free_port();
-    let mut collector = common::spawn(
-        "collector",
-        Command::new(artifact("target/release/tally-collector"))
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--otlp-endpoint",
-                &format!("http://127.0.0.1:{closed}/v1/metrics"),
-                "--otlp-interval-ms",
-                "100",
-            ]),
+    let (_collector, port) = common::start_collector_with(
+        &data,
+        0,
         &logs,
+        "collector",
+        &[
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{closed}/v1/metrics"),
+            "--otlp-interval-ms",
+            "100",
+        ],
     );
-    let port = common::announced_port(&mut collector, &logs);
     let mut slowest = Duration::ZERO;
     for i in 0..50 {
         let body = format!(

@@ -660,12 +660,24 @@ impl Stack {
 
 /// Start a collector on `port` (0: any) and return it with the port it listens on.
 pub fn start_collector(data: &Path, port: u16, logs: &Path, name: &'static str) -> (Proc, u16) {
+    start_collector_with(data, port, logs, name, &[])
+}
+
+/// [`start_collector`] with more `serve` flags.
+pub fn start_collector_with(
+    data: &Path,
+    port: u16,
+    logs: &Path,
+    name: &'static str,
+    flags: &[&str],
+) -> (Proc, u16) {
     let mut p = spawn(
         name,
         Command::new(artifact("target/release/tally-collector"))
             .args(["serve", "--data-dir"])
             .arg(data)
-            .args(["--listen", &format!("127.0.0.1:{port}")]),
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(flags),
         logs,
     );
     let port = announced_port(&mut p, logs);
