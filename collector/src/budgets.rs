@@ -517,36 +517,18 @@ pub fn estimate(s: &State) -> f64 {
 /// counters lost); the per-filter counts cannot be rebuilt and start again.
 pub fn rebuild(conn: &Connection, b: &Budget, now_ms: i64) -> Result<f64, StoreError> {
     let (start, end) = b.period.bounds(now_ms);
-    let mut st = conn.prepare(
-        "SELECT cost_usd, team, app, feature, task, user, namespace, workload, principal,
-                provider, model_requested, model_actual
-         FROM events WHERE org_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND cost_usd > 0",
-    )?;
+    // Events as the read API reads them, matched as ingest matches them (`matches`).
+    let mut st = conn.prepare(&format!(
+        "SELECT {} FROM events
+         WHERE org_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND cost_usd > 0",
+        crate::store::EVENT_COLUMNS
+    ))?;
     let mut rows = st.query(params![b.org_id, start, end])?;
     let (mut spend, mut n) = (0.0, 0i64);
     while let Some(r) = rows.next()? {
-        let get = |i: usize| r.get::<_, Option<String>>(i);
-        let provider: String = r.get(9)?;
-        let (team, app, feature, task, user) = (get(1)?, get(2)?, get(3)?, get(4)?, get(5)?);
-        let (namespace, workload, principal) = (get(6)?, get(7)?, get(8)?);
-        let (requested, actual) = (get(10)?, get(11)?);
-        let f = Facts {
-            team: team.as_deref(),
-            app: app.as_deref(),
-            feature: feature.as_deref(),
-            task: task.as_deref(),
-            user: user.as_deref(),
-            namespace: namespace.as_deref(),
-            workload: workload.as_deref(),
-            principal: principal.as_deref(),
-            provider: &provider,
-            model: requested
-                .as_deref()
-                .or(actual.as_deref())
-                .map_or(Model::Never, Model::Known),
-        };
-        if b.matchers.matches(&f) {
-            spend += r.get::<_, f64>(0)?;
+        let e = crate::store::event_from_row(r, 0, "")?;
+        if matches(b, &e) {
+            spend += e.cost_usd.unwrap_or(0.0);
             n += 1;
         }
     }

@@ -260,10 +260,11 @@ pub fn with_budgets(
     refresh: std::time::Duration,
     now_ms: i64,
 ) -> Result<Arc<Answer>, StoreError> {
+    // One read of the budgets' generation per poll, whatever the number of orgs.
+    let defs = store.budgets()?;
     let mut all = Vec::new();
     for (id, name) in &answer.orgs {
-        let budgets = store.budgets_of(*id)?;
-        if !budgets.is_empty() {
+        if let Some(budgets) = defs.by_org.get(id).filter(|b| !b.is_empty()) {
             all.push((*id, name.as_str(), budgets));
         }
     }

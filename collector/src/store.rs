@@ -1088,22 +1088,19 @@ impl Store {
         Ok(current.clone())
     }
 
-    /// The budgets of the org `org_id`, as the last ingest transaction (or this call) saw them.
+    /// Every org's budgets as they stand (read again only when their generation moved).
+    pub fn budgets(&self) -> Result<Arc<crate::budgets::Defs>, StoreError> {
+        self.budget_defs(&self.reader())
+    }
+
+    /// The budgets of the org `org_id` as they stand.
     pub fn budgets_of(&self, org_id: i64) -> Result<Vec<crate::budgets::Budget>, StoreError> {
-        let defs = {
-            let conn = self.reader();
-            let generation: i64 =
-                conn.query_row("SELECT n FROM budget_generation", [], |r| r.get(0))?;
-            let current = lock(&self.budgets).clone();
-            if current.generation == generation {
-                current
-            } else {
-                let fresh = Arc::new(crate::budgets::Defs::load(&conn)?);
-                *lock(&self.budgets) = fresh.clone();
-                fresh
-            }
-        };
-        Ok(defs.by_org.get(&org_id).cloned().unwrap_or_default())
+        Ok(self
+            .budgets()?
+            .by_org
+            .get(&org_id)
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Write the rollup rows still waiting (see [`Unwritten`]), so that the table counts every

@@ -217,10 +217,7 @@ impl HttpContext for Req {
                 s.metered.set(s.metered.get() + 1);
                 if !s.cfg.rules.is_empty() || budgets.is_some() {
                     let list = budgets.clone().unwrap_or_default();
-                    let mut shares = Shares {
-                        scope: &s.scope,
-                        now_ms: host::now_ms() as u64,
-                    };
+                    let mut shares = Shares::new(&s.scope);
                     let mut step = rules::decide(
                         &s.cfg.rules,
                         &list,
@@ -309,10 +306,7 @@ impl HttpContext for Req {
         let was_waiting = ex.waiting();
         let list = self.budgets.clone().unwrap_or_default();
         let rules = &s.cfg.rules;
-        let mut shares = Shares {
-            scope: &s.scope,
-            now_ms: host::now_ms() as u64,
-        };
+        let mut shares = Shares::new(&s.scope);
         let step = ex.on_request_chunk(&chunk, end_of_stream, &mut |facts| {
             rules::decide(rules, &list, &mut shares, facts)
         });

@@ -43,15 +43,31 @@ pub fn add_dropped(scope: &str, n: u64) {
     });
 }
 
-/// The decision's view: each budget's local count read once per decision.
+/// The decision's view of the budgets. The clock and the Envoy's count of dropped events are
+/// read on the first budget that needs them, once per decision: a request no budget matches
+/// costs no host call (the body callbacks build one for every chunk).
 pub struct Shares<'a> {
-    pub scope: &'a str,
-    pub now_ms: u64,
+    scope: &'a str,
+    now_ms: Option<u64>,
+    dropped: Option<u64>,
+}
+
+impl<'a> Shares<'a> {
+    pub fn new(scope: &'a str) -> Self {
+        Shares {
+            scope,
+            now_ms: None,
+            dropped: None,
+        }
+    }
 }
 
 impl Ledger for Shares<'_> {
     fn acting(&mut self, _i: usize, b: &Budget) -> bool {
-        if self.now_ms >= b.period_end_ms {
+        let now = *self
+            .now_ms
+            .get_or_insert_with(|| super::host::now_ms() as u64);
+        if now >= b.period_end_ms {
             // A period the last state was about is over (the collector has not been reached
             // since): a new one starts with nothing spent.
             return false;
@@ -62,7 +78,8 @@ impl Ledger for Shares<'_> {
         let local = shared::get(&key(self.scope, b))
             .map(|v| Local::parse(&v))
             .unwrap_or_default();
-        local.over(b, dropped(self.scope))
+        let scope = self.scope;
+        local.over(b, *self.dropped.get_or_insert_with(|| dropped(scope)))
     }
 }
 
