@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Default, Clone)]
 pub struct BudgetSet {
     /// Org -> its budgets that act at the proxy, in the collector's order.
-    pub by_org: BTreeMap<String, std::rc::Rc<Vec<Budget>>>,
+    pub by_org: BTreeMap<String, std::sync::Arc<Vec<Budget>>>,
 }
 
 #[derive(Deserialize)]
@@ -81,14 +81,14 @@ impl BudgetSet {
         Ok(BudgetSet {
             by_org: by_org
                 .into_iter()
-                .map(|(k, v)| (k, std::rc::Rc::new(v)))
+                .map(|(k, v)| (k, std::sync::Arc::new(v)))
                 .collect(),
         })
     }
 
     /// The budgets of a request's org (None: the filter's own, the only org its credential
     /// serves).
-    pub fn for_org(&self, org: Option<&str>) -> Option<std::rc::Rc<Vec<Budget>>> {
+    pub fn for_org(&self, org: Option<&str>) -> Option<std::sync::Arc<Vec<Budget>>> {
         match org {
             Some(o) => self.by_org.get(o).cloned(),
             None if self.by_org.len() == 1 => self.by_org.values().next().cloned(),

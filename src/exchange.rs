@@ -24,7 +24,7 @@ use crate::sse::{SseEvent, SseParser, SseSink};
 use crate::stream_usage::{self, UsageChunkStripper};
 use crate::time::format_rfc3339_ms;
 use crate::usage::{TokenSource, Usage};
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// The most bytes of an attribution header value kept; labels, not documents.
 const MAX_LABEL: usize = 128;
@@ -125,7 +125,7 @@ pub struct Exchange {
     endpoint: String,
     attribution: Attribution,
     /// Shared with the VM when it is the node's: only its three event fields are copied.
-    identity: Option<Rc<Identity>>,
+    identity: Option<Arc<Identity>>,
     /// The org the event belongs to, when the filter names it (org keys per request, or a
     /// mesh token); None: the org of the key the batch is sent with.
     org: Option<String>,
@@ -532,7 +532,7 @@ impl Exchange {
     /// request's headers left empty, as `mapping` says (headers win).
     pub fn set_identity(
         &mut self,
-        identity: Rc<Identity>,
+        identity: Arc<Identity>,
         mapping: &[(Field, crate::identity::Source)],
     ) {
         for (field, source) in mapping {

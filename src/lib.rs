@@ -28,6 +28,7 @@ pub mod org_keys;
 pub mod outbox;
 pub mod pricing;
 pub mod provider;
+pub mod proxy;
 pub mod request_id;
 pub mod rules;
 pub mod scan;

@@ -16,7 +16,7 @@
 //! key set, and `key_set_missing` decides. If the collector cannot be reached, every VM keeps
 //! the last key set it had (counted in `controls_failed`).
 
-use super::shared;
+use super::{shared, Host};
 use crate::budgets::BudgetSet;
 use crate::org_keys::KeySet;
 
@@ -55,21 +55,21 @@ fn parse_stored(value: &[u8]) -> Option<(u64, &str, &[u8])> {
 impl Controls {
     /// Make sure the lease and the stored value exist before any VM claims or writes them
     /// (see [`shared::ensure`]).
-    pub fn init(scope: &str) {
-        shared::ensure(&key(scope, ".lease"));
-        shared::ensure(&key(scope, ""));
+    pub fn init<H: Host>(scope: &str) {
+        shared::ensure::<H>(&key(scope, ".lease"));
+        shared::ensure::<H>(&key(scope, ""));
     }
 
     /// A key set newer than the one in use, if another VM (or this one) stored it.
-    pub fn newer(&mut self, scope: &str) -> Option<Result<Update, String>> {
-        let generation: u64 = shared::get(&key(scope, ".v"))
+    pub fn newer<H: Host>(&mut self, scope: &str) -> Option<Result<Update, String>> {
+        let generation: u64 = shared::get::<H>(&key(scope, ".v"))
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if generation == self.generation {
             return None;
         }
-        let value = shared::get(&key(scope, ""))?;
+        let value = shared::get::<H>(&key(scope, ""))?;
         let (stored_generation, _, body) = parse_stored(&value)?;
         if body.is_empty() {
             self.generation = stored_generation;
@@ -85,9 +85,9 @@ impl Controls {
     }
 
     /// Take (or keep) the poller's lease until `until_ms`; true when this VM is to poll now.
-    pub fn lead(&self, scope: &str, writer: u64, now_ms: u64, until_ms: u64) -> bool {
+    pub fn lead<H: Host>(&self, scope: &str, writer: u64, now_ms: u64, until_ms: u64) -> bool {
         let ours = format!("{writer:016x}");
-        shared::update(&key(scope, ".lease"), |value| {
+        shared::update::<H, _>(&key(scope, ".lease"), |value| {
             let text = String::from_utf8_lossy(value);
             let (holder, held_until) = text.split_once(' ').unwrap_or(("", "0"));
             let free = holder == ours || held_until.parse::<u64>().unwrap_or(0) <= now_ms;
@@ -99,10 +99,10 @@ impl Controls {
     /// This Envoy's id for the collector (`X-Tally-Filter` on polls and batches): the first VM
     /// of the scope to ask names it after itself, and the others read it, so that the
     /// collector leases budget shares per Envoy, not per worker.
-    pub fn filter_id(scope: &str, writer: u64) -> String {
+    pub fn filter_id<H: Host>(scope: &str, writer: u64) -> String {
         let k = key(scope, ".filter");
-        shared::ensure(&k);
-        shared::update(&k, |v| {
+        shared::ensure::<H>(&k);
+        shared::update::<H, _>(&k, |v| {
             if v.is_empty() {
                 let id = format!("{writer:016x}");
                 Some((id.clone().into_bytes(), id))
@@ -110,22 +110,22 @@ impl Controls {
                 None
             }
         })
-        .or_else(|| shared::get(&k).and_then(|v| String::from_utf8(v).ok()))
+        .or_else(|| shared::get::<H>(&k).and_then(|v| String::from_utf8(v).ok()))
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| format!("{writer:016x}"))
     }
 
     /// Give the lease up (a stopping root context), so that another VM polls at once.
-    pub fn release(scope: &str, writer: u64) {
+    pub fn release<H: Host>(scope: &str, writer: u64) {
         let ours = format!("{writer:016x} ");
-        shared::update(&key(scope, ".lease"), |value| {
+        shared::update::<H, _>(&key(scope, ".lease"), |value| {
             value.starts_with(ours.as_bytes()).then(|| (Vec::new(), ()))
         });
     }
 
     /// The ETag of the stored body, for `If-None-Match`.
-    pub fn etag(scope: &str) -> String {
-        shared::get(&key(scope, ""))
+    pub fn etag<H: Host>(scope: &str) -> String {
+        shared::get::<H>(&key(scope, ""))
             .as_deref()
             .and_then(parse_stored)
             .map(|(_, etag, _)| etag.to_string())
@@ -134,8 +134,8 @@ impl Controls {
 
     /// Store a new body (empty: the credential was refused) for every VM of the scope: body and
     /// ETag in one value, written with compare-and-swap, then the generation VMs poll.
-    pub fn store(scope: &str, body: &[u8], etag: &str) -> bool {
-        let stored = shared::update(&key(scope, ""), |value| {
+    pub fn store<H: Host>(scope: &str, body: &[u8], etag: &str) -> bool {
+        let stored = shared::update::<H, _>(&key(scope, ""), |value| {
             let generation = parse_stored(value).map_or(0, |(g, _, _)| g) + 1;
             let mut new = format!("{generation} {etag}\n").into_bytes();
             new.extend_from_slice(body);
@@ -144,7 +144,7 @@ impl Controls {
         let Some(generation) = stored else {
             return false;
         };
-        shared::set(&key(scope, ".v"), generation.to_string().as_bytes());
+        shared::set::<H>(&key(scope, ".v"), generation.to_string().as_bytes());
         true
     }
 }

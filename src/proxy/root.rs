@@ -3,8 +3,8 @@
 
 use super::controls::{Controls, Update};
 use super::handover;
-use super::host::{self, Metrics};
 use super::http::Req;
+use super::{Buf, Cell, Host, Level, Map, Metrics, Ref};
 use crate::budgets::BudgetSet;
 use crate::config::{Config, Env};
 use crate::identity::Identity;
@@ -12,14 +12,13 @@ use crate::measure::Tokenizers;
 use crate::org_keys::{self, KeyHash, KeySet};
 use crate::outbox::{Counters, Outbox, Outcome};
 use crate::request_id::IdGen;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType};
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::marker::PhantomData;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// State shared by the root context and every request of this VM.
+/// State shared by the root context and every request of this VM (of this filter
+/// configuration, natively).
 pub struct Shared {
     pub cfg: Config,
     /// Built on the first stream that needs counting, then kept for the VM's life.
@@ -27,13 +26,13 @@ pub struct Shared {
     pub outbox: Outbox,
     pub metrics: Metrics,
     /// Requests metered since the last report to Envoy's counter.
-    pub metered: std::cell::Cell<u64>,
+    pub metered: AtomicU64,
     /// The keys requests may carry, from the collector (None until the first answer).
     pub keys: Option<KeySet>,
     /// The SHA-256 of the filter's own org key.
     pub own_key: Option<KeyHash>,
     /// This proxy's own workload (a sidecar), from Istio's node metadata.
-    pub node_identity: Option<Rc<Identity>>,
+    pub node_identity: Option<Arc<Identity>>,
     /// Budgets and rates from the collector (empty until the first answer).
     pub budgets: BudgetSet,
     /// The scope of this filter's shared data (see `crate::handoff::scope`).
@@ -48,8 +47,10 @@ impl Shared {
     }
 }
 
-pub struct Root {
-    shared: Option<Rc<RefCell<Shared>>>,
+/// One per VM under proxy-wasm (on its worker), one per filter configuration natively (on the
+/// main thread): the configuration, the outbox's batches, the controls' polls.
+pub struct Root<H> {
+    shared: Option<Ref<Cell<Shared>>>,
     metrics: Metrics,
     /// Counters already reported to Envoy, to add only the difference.
     reported: Counters,
@@ -73,12 +74,24 @@ pub struct Root {
     /// batch in flight tells.
     dropped_told: u64,
     dropped_sending: u64,
+    host: PhantomData<H>,
 }
 
 /// How often a running VM looks for events left by a VM that stopped.
 const ADOPT_EVERY_MS: u64 = 500;
 
-impl Root {
+impl<H: Host> Default for Root<H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An attribute as text.
+fn property<H: Host>(path: &[&str]) -> Option<String> {
+    H::property(path).and_then(|b| String::from_utf8(b).ok())
+}
+
+impl<H: Host> Root<H> {
     pub fn new() -> Self {
         Root {
             shared: None,
@@ -97,6 +110,7 @@ impl Root {
             controls: Controls::default(),
             dropped_told: 0,
             dropped_sending: 0,
+            host: PhantomData,
         }
     }
 
@@ -107,7 +121,7 @@ impl Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let Ok(s) = shared.try_borrow() else {
+        let Some(s) = shared.read() else {
             return;
         };
         let (waiting, generation) = (s.outbox.len(), s.outbox.generation());
@@ -116,18 +130,18 @@ impl Root {
         }
         let lines = s.outbox.export();
         drop(s);
-        let now = host::now_ms() as u64;
-        if handover::publish(&self.scope, self.writer, &lines, waiting as u64, now) {
+        let now = H::now_ms() as u64;
+        if handover::publish::<H>(&self.scope, self.writer, &lines, waiting as u64, now) {
             if self.handed_gen.is_none() {
                 // What the VM still held when it stopped.
-                Metrics::add(self.metrics.events_handed_over, waiting as u64);
+                H::count(self.metrics.events_handed_over, waiting as u64);
             }
             self.handed_gen = (waiting > 0).then_some(generation);
         } else if !self.handover_warned {
             self.handover_warned = true;
-            Metrics::add(self.metrics.filter_errors, 1);
-            host::log(
-                LogLevel::Warn,
+            H::count(self.metrics.filter_errors, 1);
+            H::log(
+                Level::Warn,
                 &format!("stopping with {waiting} events waiting; they could not be handed over to the other VMs (shared data refused them)"),
             );
         }
@@ -143,11 +157,12 @@ impl Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let Ok(mut s) = shared.try_borrow_mut() else {
+        let Some(mut s) = shared.write() else {
             return;
         };
         let grace = s.cfg.call_timeout_ms.saturating_mul(2).max(1000);
-        let records = handover::take_abandoned(&self.scope, now, grace, s.outbox.room() as u64);
+        let records =
+            handover::take_abandoned::<H>(&self.scope, now, grace, s.outbox.room() as u64);
         if records.is_empty() {
             return;
         }
@@ -156,9 +171,9 @@ impl Root {
             .map(|(lines, written)| s.outbox.adopt(lines, *written))
             .sum();
         drop(s);
-        Metrics::add(self.metrics.events_adopted, taken as u64);
-        host::log(
-            LogLevel::Info,
+        H::count(self.metrics.events_adopted, taken as u64);
+        H::log(
+            Level::Info,
             &format!(
                 "took over {taken} events from {} records of VMs that stopped before sending them",
                 records.len()
@@ -172,16 +187,16 @@ impl Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let Ok(mut s) = shared.try_borrow_mut() else {
+        let Some(mut s) = shared.write() else {
             return;
         };
         // Every filter polls: budgets apply to all of them, and key sets to most.
-        match self.controls.newer(&self.scope) {
+        match self.controls.newer::<H>(&self.scope) {
             Some(Ok(Update::Keys(keys, budgets))) => {
                 s.budgets = budgets;
                 if s.keys.is_none() {
-                    host::log(
-                        LogLevel::Info,
+                    H::log(
+                        Level::Info,
                         &format!("org keys: {} accepted, from the collector", keys.len()),
                     );
                 }
@@ -189,17 +204,17 @@ impl Root {
             }
             Some(Ok(Update::Refused)) if s.keys.take().is_some() => {
                 s.budgets = BudgetSet::default();
-                host::log(
-                    LogLevel::Warn,
+                H::log(
+                    Level::Warn,
                     "org keys: the collector refused this filter's credential; no key set \
                      until it accepts it again (key_set_missing decides meanwhile)",
                 );
             }
             Some(Ok(Update::Refused)) => {}
             Some(Err(e)) => {
-                Metrics::add(self.metrics.filter_errors, 1);
-                host::log(
-                    LogLevel::Warn,
+                H::count(self.metrics.filter_errors, 1);
+                H::log(
+                    Level::Warn,
                     &format!("org keys: {e}; the last key set stays"),
                 );
             }
@@ -215,7 +230,7 @@ impl Root {
         let due = now >= self.controls.next_poll_ms
             || (now >= soon
                 && !s.budgets.by_org.is_empty()
-                && super::ledger::near_any(&self.scope, &s.budgets));
+                && super::ledger::near_any::<H>(&self.scope, &s.budgets));
         if !due {
             return;
         }
@@ -224,12 +239,15 @@ impl Root {
         // Long enough to poll again before it runs out, short enough that another VM takes
         // over quickly if this one stops.
         let lease = now + refresh + timeout.min(1000);
-        if !self.controls.lead(&self.scope, self.writer, now, lease) {
+        if !self
+            .controls
+            .lead::<H>(&self.scope, self.writer, now, lease)
+        {
             return;
         }
         let auth = format!("Bearer {}", s.cfg.bearer());
-        let etag = Controls::etag(&self.scope);
-        let filter = Controls::filter_id(&self.scope, self.writer);
+        let etag = Controls::etag::<H>(&self.scope);
+        let filter = Controls::filter_id::<H>(&self.scope, self.writer);
         let refresh_ms = refresh.to_string();
         let mut headers = vec![
             (":method", "GET"),
@@ -243,46 +261,44 @@ impl Root {
         if !etag.is_empty() && s.keys.is_some() {
             headers.push(("if-none-match", etag.as_str()));
         }
-        match hostcalls::dispatch_http_call(
+        match H::dispatch(
             &s.cfg.collector_cluster,
-            headers,
+            &headers,
             None,
-            vec![],
             Duration::from_millis(timeout),
         ) {
             Ok(token) => self.controls.in_flight = Some(token),
-            Err(_) => self.controls_failed("the call could not be made"),
+            Err(why) => self.controls_failed(&format!("the call could not be made: {why}")),
         }
     }
 
     fn controls_answered(&mut self, body_size: usize) {
-        let status = host::header(MapType::HttpCallResponseHeaders, ":status");
+        let status = H::header(Map::CallResponseHeaders, ":status");
         match status.as_deref() {
             Some("200") => {
-                let body =
-                    host::body(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
-                let etag =
-                    host::header(MapType::HttpCallResponseHeaders, "etag").unwrap_or_default();
+                let body = H::with_body(Buf::CallResponseBody, body_size, <[u8]>::to_vec)
+                    .unwrap_or_default();
+                let etag = H::header(Map::CallResponseHeaders, "etag").unwrap_or_default();
                 // Checked before it is shared: a bad answer never replaces a good key set.
                 if let Err(e) = KeySet::parse(&body).and_then(|_| BudgetSet::parse(&body)) {
                     return self.controls_failed(&e);
                 }
-                if !Controls::store(&self.scope, &body, &etag) {
+                if !Controls::store::<H>(&self.scope, &body, &etag) {
                     return self.controls_failed("shared data refused the key set");
                 }
                 self.controls.failures = 0;
-                self.sync_controls(host::now_ms() as u64);
+                self.sync_controls(H::now_ms() as u64);
             }
             Some("304") => self.controls.failures = 0,
             Some("401" | "403") => {
                 // Refused for good, not an outage: the keys it gave may be stale by now.
-                Metrics::add(self.metrics.controls_failed, 1);
-                host::log(
-                    LogLevel::Warn,
+                H::count(self.metrics.controls_failed, 1);
+                H::log(
+                    Level::Warn,
                     "org keys: the collector refused the filter's credential for /v1/controls (a revoked mesh token, or a rotated or disabled org key)",
                 );
-                if Controls::store(&self.scope, b"", "") {
-                    self.sync_controls(host::now_ms() as u64);
+                if Controls::store::<H>(&self.scope, b"", "") {
+                    self.sync_controls(H::now_ms() as u64);
                 }
             }
             other => self.controls_failed(&format!(
@@ -293,11 +309,11 @@ impl Root {
     }
 
     fn controls_failed(&mut self, why: &str) {
-        Metrics::add(self.metrics.controls_failed, 1);
+        H::count(self.metrics.controls_failed, 1);
         self.controls.failures += 1;
         if self.controls.failures == 1 {
-            host::log(
-                LogLevel::Warn,
+            H::log(
+                Level::Warn,
                 &format!("controls: polling /v1/controls failed ({why}); the last key set and budget state stay"),
             );
         }
@@ -305,31 +321,32 @@ impl Root {
 
     /// Bring this VM's share of the gauges up to date (a host call only for one that moved).
     fn report_gauges(&mut self, waiting: usize) {
-        let memory = host::memory_bytes();
-        Metrics::shift(self.metrics.vm_memory_bytes, memory - self.reported_memory);
+        let memory = H::memory_bytes();
+        H::shift(self.metrics.vm_memory_bytes, memory - self.reported_memory);
         self.reported_memory = memory;
         let waiting = i64::try_from(waiting).unwrap_or(i64::MAX);
-        Metrics::shift(self.metrics.events_waiting, waiting - self.reported_waiting);
+        H::shift(self.metrics.events_waiting, waiting - self.reported_waiting);
         self.reported_waiting = waiting;
     }
 
-    fn configure(&mut self, size: usize) -> Result<(), String> {
-        let json = host::body(BufferType::PluginConfiguration, size).unwrap_or_default();
+    /// Take a configuration (the filter's JSON): the tick period the host is to call
+    /// [`Root::on_tick`] at, or why the configuration is refused.
+    pub fn configure(&mut self, json: &[u8]) -> Result<Duration, String> {
         let env = Env {
             org_key: std::env::var("TALLY_ORG_KEY").ok(),
             collector_token: std::env::var("TALLY_COLLECTOR_TOKEN").ok(),
         };
-        let cfg = Config::parse_env(&json, env)?;
+        let cfg = Config::parse_env(json, env)?;
         let node_identity = if cfg.identity.node {
             // `xds.node` since Envoy moved its xDS attributes there; `node` before.
             Identity::from_node(
                 |k| {
-                    host::property(&["xds", "node", "metadata", k])
-                        .or_else(|| host::property(&["node", "metadata", k]))
+                    property::<H>(&["xds", "node", "metadata", k])
+                        .or_else(|| property::<H>(&["node", "metadata", k]))
                 },
                 |l| {
-                    host::property(&["xds", "node", "metadata", "LABELS", l])
-                        .or_else(|| host::property(&["node", "metadata", "LABELS", l]))
+                    property::<H>(&["xds", "node", "metadata", "LABELS", l])
+                        .or_else(|| property::<H>(&["node", "metadata", "LABELS", l]))
                 },
                 &cfg.identity.trust_domain,
                 &cfg.identity.labels(),
@@ -338,8 +355,8 @@ impl Root {
             None
         };
         if let Some(id) = &node_identity {
-            host::log(
-                LogLevel::Info,
+            H::log(
+                Level::Info,
                 &format!(
                     "mesh identity from node metadata: namespace {}, workload {}, principal {}",
                     id.namespace.as_deref().unwrap_or("-"),
@@ -349,25 +366,23 @@ impl Root {
             );
         }
         let tick = (cfg.flush_interval_ms / 2).clamp(20, 50);
-        hostcalls::set_tick_period(Duration::from_millis(tick))
-            .map_err(|s| format!("cannot set the flush timer: {s:?}"))?;
-        self.metrics = Metrics::define();
+        self.metrics = Metrics::define::<H>();
         // A new configuration of this root context starts its controls afresh: its key set and
         // writer id are new (the old writer's lease, if any, is given up first).
         if self.writer != 0 {
-            Controls::release(&self.scope, self.writer);
+            Controls::release::<H>(&self.scope, self.writer);
         }
         self.controls = Controls::default();
-        self.writer = seeded_ids().next_u64() | 1;
+        self.writer = seeded_ids::<H>().next_u64() | 1;
         self.scope = crate::handoff::scope(cfg.bearer(), &cfg.collector_cluster);
-        handover::init(&self.scope);
-        Controls::init(&self.scope);
+        handover::init::<H>(&self.scope);
+        Controls::init::<H>(&self.scope);
         if !self.counted_vm {
-            Metrics::shift(self.metrics.vms, 1);
+            H::shift(self.metrics.vms, 1);
             self.counted_vm = true;
         }
         let own_key = cfg.org_key.as_ref().map(|k| org_keys::hash(k.expose()));
-        self.shared = Some(Rc::new(RefCell::new(Shared {
+        self.shared = Some(Ref::new(Cell::new(Shared {
             outbox: Outbox::new(
                 cfg.batch_max_events,
                 cfg.queue_max_events,
@@ -377,15 +392,16 @@ impl Root {
             cfg,
             tokenizers: Tokenizers::default(),
             metrics: self.metrics,
-            metered: std::cell::Cell::new(0),
+            metered: AtomicU64::new(0),
             keys: None,
             own_key,
-            node_identity: node_identity.map(Rc::new),
+            node_identity: node_identity.map(Arc::new),
             budgets: BudgetSet::default(),
             scope: self.scope.clone(),
-            ids: seeded_ids(),
+            ids: seeded_ids::<H>(),
         })));
-        Ok(())
+        self.report_gauges(0);
+        Ok(Duration::from_millis(tick))
     }
 
     /// Send the next batch if one is due and none is in flight.
@@ -396,10 +412,10 @@ impl Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let Ok(mut s) = shared.try_borrow_mut() else {
+        let Some(mut s) = shared.write() else {
             return;
         };
-        let now = host::now_ms() as u64;
+        let now = H::now_ms() as u64;
         if self.stopping {
             s.outbox.flush_now();
         }
@@ -407,7 +423,7 @@ impl Root {
             return;
         };
         let auth = format!("Bearer {}", s.cfg.bearer());
-        let filter = Controls::filter_id(&self.scope, self.writer);
+        let filter = Controls::filter_id::<H>(&self.scope, self.writer);
         let c = s.outbox.counters;
         let dropped = c.dropped_full + c.dropped_rejected + c.dropped_expired;
         // Events dropped since the collector last accepted a batch, for its alert.
@@ -424,21 +440,20 @@ impl Root {
         if untold != "0" {
             headers.push(("x-tally-dropped", untold.as_str()));
         }
-        match hostcalls::dispatch_http_call(
+        match H::dispatch(
             &s.cfg.collector_cluster,
-            headers,
+            &headers,
             Some(&body),
-            vec![],
             Duration::from_millis(s.cfg.call_timeout_ms),
         ) {
             Ok(token) => self.in_flight = Some(token),
-            Err(status) => {
+            Err(why) => {
                 s.outbox.abandon(now);
-                Metrics::add(self.metrics.batches_failed, 1);
-                host::log(
-                    LogLevel::Warn,
+                H::count(self.metrics.batches_failed, 1);
+                H::log(
+                    Level::Warn,
                     &format!(
-                        "cannot call cluster {:?} ({status:?}); events kept for retry",
+                        "cannot call cluster {:?} ({why}); events kept for retry",
                         s.cfg.collector_cluster
                     ),
                 );
@@ -452,36 +467,38 @@ impl Root {
     fn report(&mut self, c: Counters) {
         let r = self.reported;
         let m = self.metrics;
-        Metrics::add(m.events_queued, c.queued - r.queued);
-        Metrics::add(m.events_sent, c.sent - r.sent);
-        Metrics::add(m.events_retried, c.retried - r.retried);
+        H::count(m.events_queued, c.queued - r.queued);
+        H::count(m.events_sent, c.sent - r.sent);
+        H::count(m.events_retried, c.retried - r.retried);
         let dropped = (c.dropped_full + c.dropped_rejected + c.dropped_expired)
             - (r.dropped_full + r.dropped_rejected + r.dropped_expired);
-        Metrics::add(m.events_dropped, dropped);
+        H::count(m.events_dropped, dropped);
         // Budgets do not wait for the collector to count what will never reach it.
-        super::ledger::add_dropped(&self.scope, dropped);
+        super::ledger::add_dropped::<H>(&self.scope, dropped);
         self.reported = c;
     }
 }
 
-impl Context for Root {
-    fn on_done(&mut self) -> bool {
+impl<H: Host> Root<H> {
+    /// The host is stopping this root context: true when it may go at once, false when it is
+    /// to wait for the last batch's answer ([`Root::on_call_response`] says when).
+    pub fn on_done(&mut self) -> bool {
         self.stopping = true;
         if self.writer != 0 {
             // Another VM of the Envoy polls the key set at once.
-            Controls::release(&self.scope, self.writer);
+            Controls::release::<H>(&self.scope, self.writer);
         }
         if self.counted_vm {
-            Metrics::shift(self.metrics.vms, -1);
-            Metrics::shift(self.metrics.vm_memory_bytes, -self.reported_memory);
-            Metrics::shift(self.metrics.events_waiting, -self.reported_waiting);
+            H::shift(self.metrics.vms, -1);
+            H::shift(self.metrics.vm_memory_bytes, -self.reported_memory);
+            H::shift(self.metrics.events_waiting, -self.reported_waiting);
             self.counted_vm = false;
             (self.reported_memory, self.reported_waiting) = (0, 0);
         }
         let pending = self
             .shared
             .as_ref()
-            .and_then(|s| s.try_borrow().ok().map(|s| !s.outbox.is_empty()))
+            .and_then(|s| s.read().map(|s| !s.outbox.is_empty()))
             .unwrap_or(false);
         if !pending {
             return true;
@@ -492,32 +509,28 @@ impl Context for Root {
         self.in_flight.is_none()
     }
 
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
+    /// A call's answer (its headers and body are [`Map::CallResponseHeaders`] and
+    /// [`Buf::CallResponseBody`] for the host). True when a stopping root context is done.
+    pub fn on_call_response(&mut self, token: u32, body_size: usize) -> bool {
         if self.controls.in_flight == Some(token) {
             self.controls.in_flight = None;
             self.controls_answered(body_size);
-            return;
+            return false;
         }
         if self.in_flight != Some(token) {
-            return;
+            return false;
         }
         self.in_flight = None;
         // No `:status` means the call failed (timeout, connection refused).
-        let status = host::header(MapType::HttpCallResponseHeaders, ":status")
-            .and_then(|s| s.parse::<u16>().ok());
+        let status =
+            H::header(Map::CallResponseHeaders, ":status").and_then(|s| s.parse::<u16>().ok());
         let outcome = Outcome::from_status(status);
         if outcome == Outcome::Accepted {
             self.dropped_told = self.dropped_sending;
         } else {
-            Metrics::add(self.metrics.batches_failed, 1);
-            host::log(
-                LogLevel::Warn,
+            H::count(self.metrics.batches_failed, 1);
+            H::log(
+                Level::Warn,
                 &format!(
                     "collector answered {} to a batch; {}",
                     status.map_or_else(|| "nothing".to_string(), |s| s.to_string()),
@@ -530,8 +543,8 @@ impl Context for Root {
             );
         }
         if let Some(shared) = self.shared.clone() {
-            if let Ok(mut s) = shared.try_borrow_mut() {
-                s.outbox.complete(outcome, host::now_ms() as u64);
+            if let Some(mut s) = shared.write() {
+                s.outbox.complete(outcome, H::now_ms() as u64);
                 let c = s.outbox.counters;
                 let empty = s.outbox.is_empty();
                 drop(s);
@@ -542,44 +555,34 @@ impl Context for Root {
                     if empty || outcome != Outcome::Accepted {
                         // What could not be sent now stays in the record, for a VM that goes
                         // on; this one cannot wait.
-                        let _ = hostcalls::done();
-                        return;
+                        return true;
                     }
                 }
             }
         }
         // More may be due already (a full queue behind this batch).
         self.flush();
+        false
     }
 }
 
-impl RootContext for Root {
-    fn on_configure(&mut self, size: usize) -> bool {
-        match self.configure(size) {
-            Ok(()) => {
-                self.report_gauges(0);
-                true
-            }
-            Err(e) => {
-                host::log(LogLevel::Critical, &format!("configuration rejected: {e}"));
-                false
-            }
-        }
-    }
-
-    fn on_tick(&mut self) {
+impl<H: Host> Root<H> {
+    pub fn on_tick(&mut self) {
         if self.stopping {
             // Requests that were still running add their events.
             self.hand_over();
         } else {
-            let now = host::now_ms() as u64;
+            let now = H::now_ms() as u64;
             self.adopt_abandoned(now);
             self.sync_controls(now);
         }
         self.flush();
         let mut waiting = 0;
-        if let Some(s) = self.shared.as_ref().and_then(|s| s.try_borrow().ok()) {
-            Metrics::add(self.metrics.requests_metered, s.metered.take());
+        if let Some(s) = self.shared.as_ref().and_then(|s| s.read()) {
+            H::count(
+                self.metrics.requests_metered,
+                s.metered.swap(0, std::sync::atomic::Ordering::Relaxed),
+            );
             waiting = s.outbox.len();
         }
         if self.counted_vm {
@@ -587,21 +590,20 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Req::new(self.shared.clone())))
+    /// A request's context, sharing this root context's state.
+    pub fn new_request(&self) -> Req<H> {
+        Req::new(self.shared.clone())
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    /// The state its requests share (None until configured), for a host whose requests are
+    /// made on other threads than the root context's.
+    pub fn shared(&self) -> Option<Ref<Cell<Shared>>> {
+        self.shared.clone()
     }
 }
 
 /// A generator seeded by the host's entropy (time, when there is none).
-fn seeded_ids() -> IdGen {
-    let mut seed = [0u8; 8];
-    if getrandom::getrandom(&mut seed).is_err() {
-        // Without entropy, time still separates VMs well enough for ids.
-        seed = (host::now_ms() as u64).to_le_bytes();
-    }
-    IdGen::new(u64::from_le_bytes(seed))
+fn seeded_ids<H: Host>() -> IdGen {
+    // Without entropy, time still separates VMs well enough for ids.
+    IdGen::new(H::random_u64().unwrap_or_else(|| H::now_ms() as u64))
 }

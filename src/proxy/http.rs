@@ -3,9 +3,9 @@
 //! replaced by what may go) only while a rule or budget waits for its model, and a request is
 //! stopped only to answer a configured refusal.
 
-use super::host::{self, Metrics};
 use super::ledger::{self, Shares};
 use super::root::Shared;
+use super::{Action, Buf, Cell, Host, Map, Ref};
 use crate::config::KeySetMissing;
 use crate::exchange::{begin, BodyStep, Exchange, Finish, HeadersStep};
 use crate::identity::Identity;
@@ -13,34 +13,39 @@ use crate::org_keys::{
     stop_signed_key, unauthorized_body, Decision, Policy, Refusal as KeyRefusal, SignedKeyStop,
 };
 use crate::rules::{self, Budget, Refusal, Step};
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, BufferType, MapType};
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::marker::PhantomData;
+use std::sync::Arc;
 
-pub struct Req {
-    shared: Option<Rc<RefCell<Shared>>>,
+pub struct Req<H> {
+    shared: Option<Ref<Cell<Shared>>>,
     exchange: Option<Exchange>,
     /// The budgets of the request's org as its decision saw them (None: none apply).
-    budgets: Option<Rc<Vec<Budget>>>,
+    budgets: Option<Arc<Vec<Budget>>>,
     /// The budgets (indexes) this request is counted in flight against, once decided.
     reserved: Option<Vec<usize>>,
+    host: PhantomData<H>,
 }
 
-impl Req {
-    pub fn new(shared: Option<Rc<RefCell<Shared>>>) -> Self {
+/// An attribute as text.
+fn property<H: Host>(path: &[&str]) -> Option<String> {
+    H::property(path).and_then(|b| String::from_utf8(b).ok())
+}
+
+impl<H: Host> Req<H> {
+    pub fn new(shared: Option<Ref<Cell<Shared>>>) -> Self {
         Req {
             shared,
             exchange: None,
             budgets: None,
             reserved: None,
+            host: PhantomData,
         }
     }
 
     /// Answer a refusal by a rule or budget in the provider's format; false if the host could
     /// not (counted as a filter error: the request goes on).
     fn refuse_by(s: &Shared, api: crate::provider::Api, why: &Refusal) -> bool {
-        let (status, headers, body) = rules::refusal_response(api, why, host::now_ms() as u64);
+        let (status, headers, body) = rules::refusal_response(api, why, H::now_ms() as u64);
         let (counter, details) = match why {
             Refusal::Budget { .. } => (s.metrics.requests_refused_budget, "tally_budget_exceeded"),
             Refusal::Rule(_) | Refusal::OverCap(_) => {
@@ -48,11 +53,11 @@ impl Req {
             }
         };
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        if host::send_local_response_as(u32::from(status), &headers, body.as_bytes(), details) {
-            Metrics::add(counter, 1);
+        if H::send_local_response(u32::from(status), &headers, body.as_bytes(), details) {
+            H::count(counter, 1);
             true
         } else {
-            Metrics::add(s.metrics.filter_errors, 1);
+            H::count(s.metrics.filter_errors, 1);
             false
         }
     }
@@ -69,7 +74,10 @@ impl Req {
         let charged = &ex.acted().charged;
         let mut reserved = Vec::with_capacity(charged.len());
         for &i in charged {
-            if budgets.get(i).is_some_and(|b| ledger::reserve(&s.scope, b)) {
+            if budgets
+                .get(i)
+                .is_some_and(|b| ledger::reserve::<H>(&s.scope, b))
+            {
                 reserved.push(i);
             }
         }
@@ -80,7 +88,12 @@ impl Req {
     /// request goes on (counted as a filter error): the filter never breaks traffic itself.
     fn refuse(&self, api: crate::provider::Api, why: KeyRefusal) -> Action {
         let (content_type, body) = unauthorized_body(api, why);
-        if host::send_local_response(401, &[("content-type", content_type)], body.as_bytes()) {
+        if H::send_local_response(
+            401,
+            &[("content-type", content_type)],
+            body.as_bytes(),
+            "tally_org_key_refused",
+        ) {
             Action::Pause
         } else {
             self.error();
@@ -90,53 +103,51 @@ impl Req {
 
     fn error(&self) {
         if let Some(s) = &self.shared {
-            if let Ok(s) = s.try_borrow() {
-                Metrics::add(s.metrics.filter_errors, 1);
+            if let Some(s) = s.read() {
+                H::count(s.metrics.filter_errors, 1);
             }
         }
     }
 }
 
-impl Req {
+impl<H: Host> Req<H> {
     /// Count what rules and budgets did, once the decision is made.
     fn count_acted(&self, s: &Shared, ex: &Exchange) {
         let a = ex.acted();
         if a.model_routed.is_some() {
-            Metrics::add(s.metrics.requests_rewritten, 1);
+            H::count(s.metrics.requests_rewritten, 1);
         }
         if a.rewrite_skipped {
-            Metrics::add(s.metrics.rewrites_skipped, 1);
+            H::count(s.metrics.rewrites_skipped, 1);
         }
         if a.passed_over_cap {
-            Metrics::add(s.metrics.rules_over_cap, 1);
+            H::count(s.metrics.rules_over_cap, 1);
         }
     }
 }
 
-impl Context for Req {}
-
-impl HttpContext for Req {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+impl<H: Host> Req<H> {
+    pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        let Some(map) = host::Headers::read(MapType::HttpRequestHeaders) else {
+        let Some(s) = shared.read() else {
             self.error();
             return Action::Continue;
         };
-        let headers = map.pairs();
-        #[cfg(feature = "fault-injection")]
-        super::fault::check(&headers);
-        let Ok(s) = shared.try_borrow() else {
+        let begun = H::with_headers(Map::RequestHeaders, |headers| {
+            #[cfg(feature = "fault-injection")]
+            super::fault::check(headers);
+            begin(&s.cfg, headers, H::now_ms())
+        });
+        let Some(b) = begun else {
+            drop(s);
             self.error();
             return Action::Continue;
         };
-        let b = begin(&s.cfg, &headers, host::now_ms());
-        drop(headers);
-        drop(map);
         if b.signed_key {
             // Neither removable nor fit to send on: refused before it reaches the provider.
-            Metrics::add(s.metrics.requests_refused_key, 1);
+            H::count(s.metrics.requests_refused_key, 1);
             let body = br#"{"message":"X-Tally-Key is covered by this request's SigV4 signature: send it unsigned (it is removed before the request goes upstream)"}"#;
             let headers = [
                 ("content-type", "application/json"),
@@ -149,12 +160,12 @@ impl HttpContext for Req {
             // request, 403, and never sees the key); failing that too the request is held until
             // Envoy's timeouts end it. Never `Continue` with the key on.
             let stop = stop_signed_key(
-                || host::send_local_response(400, &headers, body),
-                host::reset_request,
+                || H::send_local_response(400, &headers, body, "tally_org_key_refused"),
+                H::reset_request,
                 || {
                     b.signed_key_headers
                         .iter()
-                        .all(|name| host::remove_header(MapType::HttpRequestHeaders, name))
+                        .all(|name| H::remove_header(Map::RequestHeaders, name))
                 },
             );
             if stop != SignedKeyStop::Refused {
@@ -167,14 +178,12 @@ impl HttpContext for Req {
             };
         }
         for name in &b.strip {
-            if !host::remove_header(MapType::HttpRequestHeaders, name) {
-                Metrics::add(s.metrics.filter_errors, 1);
+            if !H::remove_header(Map::RequestHeaders, name) {
+                H::count(s.metrics.filter_errors, 1);
             }
         }
-        if b.drop_content_length
-            && !host::remove_header(MapType::HttpRequestHeaders, "content-length")
-        {
-            Metrics::add(s.metrics.filter_errors, 1);
+        if b.drop_content_length && !H::remove_header(Map::RequestHeaders, "content-length") {
+            H::count(s.metrics.filter_errors, 1);
         }
         let policy = Policy {
             org_from_request: s.cfg.org_from_request,
@@ -191,7 +200,7 @@ impl HttpContext for Req {
             let checked = b.provider_host || s.cfg.org_key_every_request;
             if s.cfg.require_org_key && checked {
                 if let Decision::Refuse(why) = decision {
-                    Metrics::add(s.metrics.requests_refused_key, 1);
+                    H::count(s.metrics.requests_refused_key, 1);
                     drop(s);
                     return self.refuse(b.refusal_api, why);
                 }
@@ -200,9 +209,9 @@ impl HttpContext for Req {
         };
         // At a gateway the caller is the peer of the mTLS connection; on a sidecar, the node.
         let identity = if s.cfg.identity.peer_certificate {
-            host::property(&["connection", "uri_san_peer_certificate"])
+            property::<H>(&["connection", "uri_san_peer_certificate"])
                 .and_then(|uri| Identity::from_spiffe(&uri, &s.cfg.identity.trust_domain))
-                .map(Rc::new)
+                .map(Arc::new)
         } else {
             s.node_identity.clone()
         };
@@ -214,10 +223,10 @@ impl HttpContext for Req {
                 let budgets = s.budgets.for_org(org.as_deref()).filter(|b| !b.is_empty());
                 ex.set_org(org);
                 // Counted here, reported to Envoy on the timer: one host call fewer per request.
-                s.metered.set(s.metered.get() + 1);
+                s.metered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if !s.cfg.rules.is_empty() || budgets.is_some() {
                     let list = budgets.clone().unwrap_or_default();
-                    let mut shares = Shares::new(&s.scope);
+                    let mut shares = Shares::<H>::new(&s.scope);
                     let mut step = rules::decide(
                         &s.cfg.rules,
                         &list,
@@ -252,22 +261,15 @@ impl HttpContext for Req {
                             body_may_change,
                         } => {
                             if let Some(route) = route {
-                                if !host::set_header(
-                                    MapType::HttpRequestHeaders,
-                                    "x-tally-route",
-                                    &route,
-                                ) {
-                                    Metrics::add(s.metrics.filter_errors, 1);
+                                if !H::set_header(Map::RequestHeaders, "x-tally-route", &route) {
+                                    H::count(s.metrics.filter_errors, 1);
                                 }
                             }
                             if body_may_change
                                 && !b.drop_content_length
-                                && !host::remove_header(
-                                    MapType::HttpRequestHeaders,
-                                    "content-length",
-                                )
+                                && !H::remove_header(Map::RequestHeaders, "content-length")
                             {
-                                Metrics::add(s.metrics.filter_errors, 1);
+                                H::count(s.metrics.filter_errors, 1);
                             }
                         }
                     }
@@ -276,11 +278,11 @@ impl HttpContext for Req {
                     self.exchange = Some(ex);
                 }
             }
-            Decision::Unattributed => Metrics::add(s.metrics.requests_unattributed, 1),
+            Decision::Unattributed => H::count(s.metrics.requests_unattributed, 1),
             Decision::Refuse(why) => {
                 // A configured decision: the provider never sees the request, and no event is
                 // made (it has no org).
-                Metrics::add(s.metrics.requests_refused_key, 1);
+                H::count(s.metrics.requests_refused_key, 1);
                 drop(s);
                 return self.refuse(b.refusal_api, why);
             }
@@ -288,34 +290,39 @@ impl HttpContext for Req {
         Action::Continue
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(ex) = self.exchange.as_mut() else {
-            return Action::Continue;
-        };
-        let Some(chunk) = host::body(BufferType::HttpRequestBody, body_size) else {
-            self.error();
-            return Action::Continue;
-        };
+    pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        let Ok(s) = shared.try_borrow() else {
+        let Some(s) = shared.read() else {
             self.error();
+            return Action::Continue;
+        };
+        let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
         let was_waiting = ex.waiting();
         let list = self.budgets.clone().unwrap_or_default();
         let rules = &s.cfg.rules;
-        let mut shares = Shares::new(&s.scope);
-        let step = ex.on_request_chunk(&chunk, end_of_stream, &mut |facts| {
-            rules::decide(rules, &list, &mut shares, facts)
+        let mut shares = Shares::<H>::new(&s.scope);
+        let stepped = H::with_body(Buf::RequestBody, body_size, |chunk| {
+            let step = ex.on_request_chunk(chunk, end_of_stream, &mut |facts| {
+                rules::decide(rules, &list, &mut shares, facts)
+            });
+            // A refusal that cannot be sent lets the chunk go on whole.
+            let kept = matches!(step, BodyStep::Refuse(_)).then(|| chunk.to_vec());
+            (step, kept)
         });
+        let Some((step, kept)) = stepped else {
+            H::count(s.metrics.filter_errors, 1);
+            return Action::Continue;
+        };
         let action = match step {
             BodyStep::Pass => Action::Continue,
             BodyStep::Replace(edited) => {
-                if !host::replace_body(BufferType::HttpRequestBody, body_size, &edited) {
+                if !H::replace_body(Buf::RequestBody, body_size, &edited) {
                     ex.request_edit_failed();
-                    Metrics::add(s.metrics.filter_errors, 1);
+                    H::count(s.metrics.filter_errors, 1);
                 }
                 Action::Continue
             }
@@ -325,10 +332,9 @@ impl HttpContext for Req {
                     Action::Pause
                 } else {
                     // Not answered: the request goes on, with everything held.
-                    let held = ex.refusal_failed();
-                    let all = held.unwrap_or_else(|| chunk.clone());
-                    if !host::replace_body(BufferType::HttpRequestBody, body_size, &all) {
-                        Metrics::add(s.metrics.filter_errors, 1);
+                    let all = ex.refusal_failed().or(kept).unwrap_or_default();
+                    if !H::replace_body(Buf::RequestBody, body_size, &all) {
+                        H::count(s.metrics.filter_errors, 1);
                     }
                     Action::Continue
                 }
@@ -340,71 +346,74 @@ impl HttpContext for Req {
         action
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(ex) = self.exchange.as_mut() {
-            // The whole map in one host call rather than one call per header wanted.
-            let map = host::Headers::read(MapType::HttpResponseHeaders);
-            let h = |name| map.as_ref().and_then(|m| m.get(name));
-            let status = h(":status").and_then(|s| s.parse::<u16>().ok());
-            ex.on_response_headers(
-                status,
-                h("content-type").as_deref(),
-                h("content-encoding").as_deref(),
-                host::now_ms(),
-            );
-            if ex.reads_provider_headers() {
-                let (input, output, error) = (
-                    h("x-amzn-bedrock-input-token-count"),
-                    h("x-amzn-bedrock-output-token-count"),
-                    h("x-amzn-errortype"),
-                );
-                ex.on_provider_headers(&crate::provider::ProviderHeaders {
-                    input_tokens: input.as_deref(),
-                    output_tokens: output.as_deref(),
-                    error_type: error.as_deref(),
-                });
-            }
-            if ex.rewrites_response()
-                && !host::remove_header(MapType::HttpResponseHeaders, "content-length")
-            {
-                self.error();
-            }
-        }
-        Action::Continue
-    }
-
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_response_headers(&mut self) -> Action {
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
-        let Some(chunk) = host::body(BufferType::HttpResponseBody, body_size) else {
-            self.error();
-            return Action::Continue;
-        };
-        if let Some(edited) = ex.on_response_body(&chunk, end_of_stream) {
-            if !host::replace_body(BufferType::HttpResponseBody, body_size, &edited) {
-                self.error();
+        let now = H::now_ms();
+        // The whole map in one host call rather than one call per header wanted.
+        let read = |ex: &mut Exchange, pairs: &[(&str, std::borrow::Cow<'_, str>)]| {
+            let h = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.as_ref())
+            };
+            let status = h(":status").and_then(|s| s.parse::<u16>().ok());
+            ex.on_response_headers(status, h("content-type"), h("content-encoding"), now);
+            if ex.reads_provider_headers() {
+                ex.on_provider_headers(&crate::provider::ProviderHeaders {
+                    input_tokens: h("x-amzn-bedrock-input-token-count"),
+                    output_tokens: h("x-amzn-bedrock-output-token-count"),
+                    error_type: h("x-amzn-errortype"),
+                });
             }
+        };
+        if H::with_headers(Map::ResponseHeaders, |pairs| read(ex, pairs)).is_none() {
+            read(ex, &[]);
+        }
+        if ex.rewrites_response() && !H::remove_header(Map::ResponseHeaders, "content-length") {
+            self.error();
         }
         Action::Continue
     }
 
-    fn on_log(&mut self) {
+    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(ex) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        let edited = H::with_body(Buf::ResponseBody, body_size, |chunk| {
+            ex.on_response_body(chunk, end_of_stream)
+        });
+        match edited {
+            None => self.error(),
+            Some(Some(edited)) => {
+                if !H::replace_body(Buf::ResponseBody, body_size, &edited) {
+                    self.error();
+                }
+            }
+            Some(None) => {}
+        }
+        Action::Continue
+    }
+
+    /// The request is over (Envoy's access-log time): its event goes to the outbox.
+    pub fn on_log(&mut self) {
         let Some(ex) = self.exchange.take() else {
             return;
         };
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let Ok(mut s) = shared.try_borrow_mut() else {
+        let Some(mut s) = shared.write() else {
             self.error();
             return;
         };
         // Envoy's account matters only when the filter did not see the response through.
         let (details, final_status) = if ex.needs_proxy_details() {
-            let details = host::property(&["response", "code_details"]);
+            let details = property::<H>(&["response", "code_details"]);
             // `response.code` is an int64 in little-endian; 0 when no response was sent.
-            let final_status = host::property_bytes(&["response", "code"])
+            let final_status = H::property(&["response", "code"])
                 .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
                 .map(i64::from_le_bytes)
                 .and_then(|c| u16::try_from(c).ok())
@@ -413,7 +422,7 @@ impl HttpContext for Req {
         } else {
             (None, None)
         };
-        let now = host::now_ms();
+        let now = H::now_ms();
         let fin = Finish {
             now_unix_ms: now,
             request_id: s.next_request_id(now),
@@ -426,7 +435,7 @@ impl HttpContext for Req {
         if let (Some(reserved), Some(budgets)) = (self.reserved.take(), self.budgets.as_ref()) {
             for i in reserved {
                 if let Some(b) = budgets.get(i) {
-                    ledger::settle(&s.scope, b);
+                    ledger::settle::<H>(&s.scope, b);
                 }
             }
         }
