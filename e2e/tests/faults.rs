@@ -22,9 +22,10 @@ fn raw(req: ureq::Request, body: &[u8]) -> (u16, Vec<u8>) {
     (status, bytes)
 }
 
-/// Envoy answers the one request during which the VM crashed with a 503 of its own (with
-/// `FAIL_OPEN` as with `FAIL_RELOAD`, in 1.40); every later request passes, unmetered. The filter
-/// denies `unwrap`, `expect` and `panic` so that this stays a test, not an incident.
+/// wasm: Envoy answers the one request during which the VM crashed with a 503 of its own (with
+/// `FAIL_OPEN` as with `FAIL_RELOAD`, in 1.40); every later request passes, unmetered. native:
+/// the module catches the panic at its boundary, counts it, and the request itself passes. The
+/// filter denies `unwrap`, `expect` and `panic` so that this stays a test, not an incident.
 #[test]
 fn a_panic_inside_the_filter_fails_open() {
     let stack = Stack::start_with(Options {
@@ -38,20 +39,39 @@ fn a_panic_inside_the_filter_fails_open() {
             .set("x-tally-fault", "panic"),
         Some(body),
     );
-    assert_eq!(
-        status, 503,
-        "Envoy's own answer to the crashed stream: {text}"
-    );
-    // Traffic keeps flowing after the VM died.
-    for _ in 0..3 {
-        let (status, _, _) = send(agent().post(&stack.url("/v1/chat/completions")), Some(body));
+    let log = || std::fs::read_to_string(stack.logs_dir().join("envoy.stderr.log")).unwrap();
+    match common::build() {
+        common::Build::Wasm => {
+            assert_eq!(
+                status, 503,
+                "Envoy's own answer to the crashed stream: {text}"
+            );
+            assert!(
+                log().contains("[critical]") && log().contains("fault injected by x-tally-fault"),
+                "the panic hook logs at critical"
+            );
+        }
+        common::Build::Native => {
+            assert_eq!(status, 200, "the request passes: {text}");
+            assert_eq!(stack.envoy_counter("dynamicmodulescustom.tally.panics"), 1);
+            // Where, never what: a panic's message may quote the bytes being read.
+            assert!(log().contains("[critical]") && log().contains("panic caught at"));
+            assert!(!log().contains("fault injected by x-tally-fault"));
+        }
+    }
+    // Traffic keeps flowing, metered again natively.
+    for i in 0..3 {
+        let (status, _, _) = send(
+            agent()
+                .post(&stack.url("/v1/chat/completions"))
+                .set("x-tally-user", &format!("after-{i}")),
+            Some(body),
+        );
         assert_eq!(status, 200);
     }
-    let log = std::fs::read_to_string(stack.logs_dir().join("envoy.stderr.log")).unwrap();
-    assert!(
-        log.contains("[critical]") && log.contains("fault injected by x-tally-fault"),
-        "the panic hook logs at critical"
-    );
+    if common::build() == common::Build::Native {
+        assert_eq!(stack.wait_events("user=after-0", 1).len(), 1);
+    }
 }
 
 #[test]

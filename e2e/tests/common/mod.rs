@@ -165,6 +165,49 @@ pub fn answered(
     (status, headers, resp)
 }
 
+/// Which build of the filter the stacks run: the proxy-wasm module (the default) or the native
+/// dynamic module (`TALLY_BUILD=native`). One suite, run once per build by `make test`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Build {
+    Wasm,
+    Native,
+}
+
+pub fn build() -> Build {
+    match std::env::var("TALLY_BUILD").as_deref() {
+        Ok("native") => Build::Native,
+        Ok("wasm") | Err(_) => Build::Wasm,
+        Ok(other) => panic!("TALLY_BUILD={other}: wasm or native"),
+    }
+}
+
+/// The native module built alongside `wasm` (the fault-injection build beside the fault one).
+fn native_module(wasm: &str) -> PathBuf {
+    artifact(if wasm.contains("/fault/") {
+        "target/fault/libtally_envoy.so"
+    } else {
+        "target/release/libtally_envoy.so"
+    })
+}
+
+/// The typed config of the stack's native filter (YAML, at the left margin).
+pub fn native_typed_config(filter_config: &str, module: &Path) -> String {
+    let filter_json = serde_json::to_string(filter_config).expect("string");
+    format!(
+        r#""@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+dynamic_module_config:
+  name: tally_envoy
+  module: {{ local: {{ filename: "{}" }} }}
+  do_not_close: true
+filter_name: tally
+filter_config:
+  "@type": type.googleapis.com/google.protobuf.StringValue
+  value: {filter_json}
+"#,
+        module.display()
+    )
+}
+
 pub struct Options {
     /// The filter's JSON configuration.
     pub filter_config: String,
@@ -319,6 +362,13 @@ fn envoy_config(listen: u16, admin: u16, upstream: u16, collector: u16, opts: &O
               type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
 "#,
             path.display()
+        ),
+        None if build() == Build::Native && opts.code.is_none() => format!(
+            "          - name: envoy.filters.http.dynamic_modules\n            typed_config:\n{}",
+            indent(
+                &native_typed_config(&opts.filter_config, &native_module(opts.wasm)),
+                14
+            )
         ),
         None => format!(
             "          - name: envoy.filters.http.wasm\n            typed_config:\n{}",
@@ -622,8 +672,14 @@ impl Stack {
         out
     }
 
-    /// An Envoy counter from the admin stats (0 when absent).
+    /// An Envoy counter from the admin stats (0 when absent). The filter's own, named
+    /// `wasmcustom.tally.*` by the tests, are `dynamicmodulescustom.tally.*` in a native build.
     pub fn envoy_counter(&self, name: &str) -> u64 {
+        let name = match (build(), name.strip_prefix("wasmcustom.")) {
+            (Build::Native, Some(own)) => format!("dynamicmodulescustom.{own}"),
+            _ => name.to_string(),
+        };
+        let name = name.as_str();
         let (_, body, _) = send(agent().get(&self.admin_url("/stats")), None);
         body.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))
