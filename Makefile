@@ -137,10 +137,11 @@ test-browser: build
 test-run: build
 	python3 scripts/test_tally_run.py
 
-# The end-to-end metering, fault, privacy, identity, rules and budgets suites again, with the
-# native module in Envoy instead of tally.wasm (common::build()). Not the sidecar's identity from
-# node metadata: Istio runs the wasm filter, and node metadata is not a dynamic module's attribute.
-NATIVE_SUITES := metering faults controls mesh bedrock vertex
+# The end-to-end metering, fault, privacy, identity, rules, budgets and shipped-configuration
+# suites again, with the native module in Envoy instead of tally.wasm (common::build()). Not the
+# sidecar's identity from node metadata: Istio runs the wasm filter, and node metadata is not a
+# dynamic module's attribute.
+NATIVE_SUITES := metering envoy faults controls mesh bedrock vertex deploy
 test-native: build build-native build-native-fault
 	TALLY_BUILD=native $(CARGO) test --release -j $(JOBS) -p tally-e2e $(foreach t,$(NATIVE_SUITES),--test $(t)) -- \
 		--skip a_sidecar_knows_its_workload_from_node_metadata
@@ -185,7 +186,7 @@ soak: build
 # redraws the report from bench/results/results.json, and BENCH_COLLECTOR_ONLY=1 measures the collector
 # again, keeping the filter's figures from there.
 LITELLM_VERSION ?= 1.108.7
-bench: build
+bench: build build-native
 	@command -v wrk >/dev/null && command -v valgrind >/dev/null || { echo "make bench: installing with apt-get: wrk valgrind"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind; }
 	@$(VENV)/bin/python -c "import matplotlib" 2>/dev/null || { echo "make bench: installing matplotlib with pip into $(VENV)/"; \
@@ -193,6 +194,7 @@ bench: build
 	@test -x .venv-litellm/bin/litellm || { echo "make bench: installing litellm[proxy]==$(LITELLM_VERSION) with pip into .venv-litellm/"; \
 		python3 -m venv .venv-litellm && .venv-litellm/bin/pip install --quiet --disable-pip-version-check 'litellm[proxy]==$(LITELLM_VERSION)'; }
 	$(CARGO) build --release -j $(JOBS) --target wasm32-wasip1 --manifest-path bench/noop-filter/Cargo.toml --target-dir target
+	$(CARGO) build --release -j $(JOBS) --manifest-path bench/noop-native/Cargo.toml --target-dir target
 	$(VENV)/bin/python bench/run.py
 
 # What mesh identity costs per request (node metadata, peer certificates): instructions under

@@ -42,6 +42,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENVOY = os.path.join(ROOT, ".venv/bin/envoy")
 WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/tally.wasm")
 NOOP_WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/noop_filter.wasm")
+# The same filter as an Envoy dynamic module (make build-native).
+NATIVE = os.path.join(ROOT, "target/release/libtally_envoy.so")
+# A dynamic module that does nothing (bench/noop-native): the floor any native filter pays.
+NOOP_NATIVE = os.path.join(ROOT, "target/release/libnoop_native.so")
 LITELLM = os.path.join(ROOT, ".venv-litellm/bin/litellm")
 SKIP_LITELLM = os.environ.get("BENCH_SKIP_LITELLM") == "1"
 # LiteLLM refuses to start without a master key; a fixed one serves this loopback-only run.
@@ -72,6 +76,8 @@ INSTR_REQUESTS = int(os.environ.get("BENCH_INSTR_REQUESTS", "300"))
 # Workloads counted (names' first words): a request under callgrind takes about 50 times longer.
 INSTR_ONLY = [w for w in os.environ.get("BENCH_INSTR_ONLY", "chat,streamed,paced").split(",") if w]
 TICK = os.sysconf("SC_CLK_TCK")
+# Envoy's worker counts for the memory figures (2 is a sidecar's usual setting).
+MEM_WORKERS = (1, 2, 4)
 
 procs = []
 
@@ -172,6 +178,24 @@ TALLY_FILTER = f"""
                   environment_variables: {{host_env_keys: ["TALLY_ORG_KEY"]}}"""
 
 
+NATIVE_FILTER = f"""
+          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{name: tally_envoy, module: {{local: {{filename: "{NATIVE}"}}}}, do_not_close: true}}
+              filter_name: tally
+              filter_config: {{"@type": type.googleapis.com/google.protobuf.StringValue, value: {FILTER_CONFIG}}}"""
+
+NOOP_NATIVE_FILTER = (NATIVE_FILTER.replace(NATIVE, NOOP_NATIVE).replace("name: tally_envoy", "name: noop_native")
+                      .replace("filter_name: tally", "filter_name: noop"))
+
+# Listeners side by side: none, the no-op wasm filter, Tally's wasm filter, the no-op dynamic
+# module, Tally's native module.
+KINDS = ("bare", "noop", "tally", "noopnative", "native")
+LABEL = {"bare": "bare", "noop": "no-op wasm", "tally": "Tally wasm", "noopnative": "no-op native",
+         "native": "Tally native"}
+
+
 def noop_filter():
     return (TALLY_FILTER.replace(WASM, NOOP_WASM).replace("vm_id: tally", "vm_id: noop")
             .replace("name: tally", "name: noop").replace("root_id: tally", "root_id: noop"))
@@ -190,10 +214,16 @@ static_resources:
   listeners:""" + hcm("responder", port, ", ".join(rs), BUFFER_FILTER) + "\n")
 
 
+def filter_of(which):
+    return {"bare": "", "noop": noop_filter(), "tally": TALLY_FILTER, "noopnative": NOOP_NATIVE_FILTER,
+            "native": NATIVE_FILTER}[which]
+
+
 def three_listeners():
-    """Ports and listeners identical but for their HTTP filters: none, the no-op filter, Tally."""
-    ports = {"bare": free_port(), "noop": free_port(), "tally": free_port()}
-    filters = {"bare": "", "noop": noop_filter(), "tally": TALLY_FILTER}
+    """Ports and listeners identical but for their HTTP filters: none, the no-op filter, Tally's
+    wasm filter and Tally's native module."""
+    ports = {k: free_port() for k in KINDS}
+    filters = {k: filter_of(k) for k in KINDS}
     return ports, [hcm(k, ports[k], PACED_ROUTE + ", " + PROXY_ROUTES, filters[k]) for k in ports]
 
 
@@ -403,10 +433,10 @@ def run(tmp):
         rf = write(tmp, "req-" + re.sub(r"\W+", "-", name) + ".tsv", "".join(f"{p}\t{h}\t{b}\n" for p, h, b in reqs))
         runs, med = interleaved(ports, proxy, rf)
         # Latency without queueing: one connection, one request at a time.
-        light = {"bare": [], "noop": [], "tally": []}
+        light = {k: [] for k in KINDS}
         for r in range(ROUNDS):
-            order = ["bare", "noop", "tally"]
-            for which in order[r % 3:] + order[:r % 3]:
+            order = list(KINDS)
+            for which in order[r % len(order):] + order[:r % len(order)]:
                 light[which].append(wrk(ports[which], rf, max(SECONDS // 2, 2), connections=1))
         for k, v in light.items():
             med[k]["light_p50_us"] = statistics.median(x["p50_us"] for x in v)
@@ -418,7 +448,9 @@ def run(tmp):
               f"p50 +{med['tally']['p50_us'] - med['bare']['p50_us']:.0f} us, "
               f"p99 +{med['tally']['p99_us'] - med['bare']['p99_us']:.0f} us, one connection: p50 "
               f"+{med['tally']['light_p50_us'] - med['bare']['light_p50_us']:.0f} us "
-              f"(no-op +{med['noop']['light_p50_us'] - med['bare']['light_p50_us']:.0f} us), non-2xx {bad}", flush=True)
+              f"(no-op +{med['noop']['light_p50_us'] - med['bare']['light_p50_us']:.0f} us); native "
+              f"{med['native']['rps'] / med['bare']['rps']:.1%}, one connection p50 "
+              f"+{med['native']['light_p50_us'] - med['bare']['light_p50_us']:.0f} us; non-2xx {bad}", flush=True)
 
     paced_reqs, paced_rf = paced_request(tmp, workloads["streamed, 200 SSE chunks"][0][2])
     paced = {}
@@ -426,11 +458,15 @@ def run(tmp):
         runs, med = interleaved(ports, proxy, paced_rf)
         paced = {"median": med, "non2xx": sum(x["non2xx"] for v in runs.values() for x in v)}
         print(f"paced stream: Envoy CPU per request bare {med['bare']['cpu_us_per_req']:.0f} us, no-op "
-              f"{med['noop']['cpu_us_per_req']:.0f} us, tally {med['tally']['cpu_us_per_req']:.0f} us; "
+              f"{med['noop']['cpu_us_per_req']:.0f} us, tally {med['tally']['cpu_us_per_req']:.0f} us, native "
+              f"{med['native']['cpu_us_per_req']:.0f} us; "
               f"{med['tally']['rps']:.1f} req/s; non-2xx {paced['non2xx']}", flush=True)
 
     counts = {k: tally_stat(admin, n) for k, n in
               (("metered", "requests_metered"), ("dropped", "events_dropped"), ("errors", "filter_errors"))}
+    counts |= {"native_" + k: tally_stat(admin, n, "dynamicmodulescustom") for k, n in
+               (("metered", "requests_metered"), ("dropped", "events_dropped"), ("errors", "filter_errors"),
+                ("panics", "panics"))}
     mem = memory(tmp, resp_port, key, workloads) | counts
     litellm = {} if SKIP_LITELLM else litellm_runs(tmp, resp_port, ports, workloads, results)
     proxy.kill()
@@ -476,47 +512,50 @@ def collector_figures(col_port, key):
 
 
 def memory(tmp, resp_port, key, workloads):
-    """RSS of Envoy alone, and with the filter, at 1 and 3 workers after the same traffic; then
-    what one VM's tokenizer adds."""
+    """RSS of Envoy alone, with the no-op wasm filter, with Tally's wasm filter and with its native
+    module, at 1, 2 and 4 workers after the same traffic; then what one VM's tokenizer adds."""
     rf = write(tmp, "mem-req.tsv", "".join(f"{p}\t{h}\t{b}\n" for p, h, b in workloads["mixed providers"]))
     nousage = write(tmp, "mem-nousage.tsv", "/v1/chat/completions\tx-bench-no-usage:1\t"
                     + workloads["streamed, 200 SSE chunks"][0][2] + "\n")
     rss, stats = {}, {}
-    for which in ("bare", "tally"):
-        for workers in (1, 3):
+    for workers in MEM_WORKERS:
+        for which in KINDS:
             port, admin = free_port(), free_port()
-            filters = TALLY_FILTER if which == "tally" else ""
-            p = start([ENVOY, "-c", write(tmp, f"mem-{which}-{workers}.yaml", proxy_config(admin, [hcm("l", port, PROXY_ROUTES, filters)], resp_port, resp_port)),
+            p = start([ENVOY, "-c", write(tmp, f"mem-{which}-{workers}.yaml", proxy_config(admin, [hcm("l", port, PROXY_ROUTES, filter_of(which))], resp_port, resp_port)),
                        "--disable-hot-restart", "--concurrency", str(workers), "--log-level", "warn"],
                       os.path.join(tmp, f"mem-{which}-{workers}.log"), dict(os.environ, TALLY_ORG_KEY=key))
             wait_ready(admin, "the memory probe")
+            # 50 requests at least, as the issue's figures were taken, then the mixed workload.
             wrk(port, rf, 3)
             # Past the filter's next tick, which reports its gauges.
             time.sleep(1.5)
-            rss[(which, workers)] = rss_kib(p.pid) / 1024
+            rss[f"{which}@{workers}"] = rss_kib(p.pid) / 1024
             if which == "tally":
                 stats[workers] = (tally_stat(admin, "vms"), tally_stat(admin, "vm_memory_bytes") / 2**20)
             if which == "tally" and workers == 1:
                 # Streams without usage: the one worker VM builds its tokenizer (once).
                 wrk(port, nousage, 2)
                 time.sleep(1.5)
-                rss["tokenizer"] = rss_kib(p.pid) / 1024 - rss[(which, workers)]
+                rss["tokenizer"] = rss_kib(p.pid) / 1024 - rss[f"{which}@{workers}"]
                 stats["tokenizer"] = tally_stat(admin, "vm_memory_bytes") / 2**20 - stats[1][1]
             p.kill()
             p.wait()
     print(f"memory: {rss}; the filter's gauges: {stats}", flush=True)
-    per_vm = ((rss[("tally", 3)] - rss[("tally", 1)]) - (rss[("bare", 3)] - rss[("bare", 1)])) / 2
-    return {"bare_mib": rss[("bare", 1)], "tally_mib": rss[("tally", 1)], "per_vm_mib": per_vm,
-            "once_mib": rss[("tally", 1)] - rss[("bare", 1)] - per_vm, "tokenizer_mib": rss["tokenizer"],
-            "module_mb": os.path.getsize(WASM) / 1e6,
-            "vms": (stats[1][0], stats[3][0]), "linear_per_vm_mib": (stats[3][1] - stats[1][1]) / 2,
+    lo, hi = MEM_WORKERS[0], MEM_WORKERS[-1]
+    per_vm = ((rss[f"tally@{hi}"] - rss[f"tally@{lo}"]) - (rss[f"bare@{hi}"] - rss[f"bare@{lo}"])) / (hi - lo)
+    return {"rss": rss, "workers": list(MEM_WORKERS), "bare_mib": rss[f"bare@{lo}"], "tally_mib": rss[f"tally@{lo}"],
+            "per_vm_mib": per_vm, "once_mib": rss[f"tally@{lo}"] - rss[f"bare@{lo}"] - per_vm,
+            "tokenizer_mib": rss["tokenizer"], "module_mb": os.path.getsize(WASM) / 1e6,
+            "native_mb": os.path.getsize(NATIVE) / 1e6,
+            "vms": (stats[lo][0], stats[hi][0]), "linear_per_vm_mib": (stats[hi][1] - stats[lo][1]) / (hi - lo),
             "linear_tokenizer_mib": stats["tokenizer"]}
 
 
-def tally_stat(admin, name):
-    """One of the filter's counters or gauges (a gauge summed over its VMs), from Envoy's stats."""
+def tally_stat(admin, name, prefix="wasmcustom"):
+    """One of the filter's counters or gauges (a gauge summed over its VMs), from Envoy's stats
+    (`dynamicmodulescustom` for the native module's)."""
     _, stats = get(f"http://127.0.0.1:{admin}/stats?filter=tally")
-    m = re.search(rf"wasmcustom\.tally\.{name}: (\d+)", stats)
+    m = re.search(rf"{prefix}\.tally\.{name}: (\d+)", stats)
     return int(m.group(1)) if m else 0
 
 
@@ -603,15 +642,16 @@ def instructions(tmp, resp_port, key, workloads, mock_port, paced):
             dumps = sorted((f for f in os.listdir(tmp) if f.startswith("callgrind.out.")),
                            key=lambda f: int(f.rsplit(".", 1)[1]))
             costs = callgrind_costs(os.path.join(tmp, dumps[-1]))
-            group = {"envoy": 0, "jit": 0, "libc": 0, "other": 0}
+            group = {"envoy": 0, "jit": 0, "libc": 0, "native": 0, "other": 0}
             for obj, c in costs.items():
                 k = ("envoy" if obj == binary else "jit" if obj in ("?", "???") else
-                     "libc" if "/libc.so" in obj else "other")
+                     "libc" if "/libc.so" in obj else "native" if obj.endswith(".so") and "/target/" in obj else "other")
                 group[k] += c / n
             counts[name][which] = group
         c = counts[name]
         print(f"{name}: instructions per request: bare {sum(c['bare'].values()):.0f}, "
-              f"no-op {sum(c['noop'].values()):.0f}, tally {sum(c['tally'].values()):.0f}", flush=True)
+              f"no-op {sum(c['noop'].values()):.0f}, tally {sum(c['tally'].values()):.0f}, "
+              f"native {sum(c['native'].values()):.0f}", flush=True)
     p.kill()
     p.wait()
     return counts
@@ -686,7 +726,9 @@ def chart(results, litellm):
     names = list(results)
     ratio = lambda r, k: 100 * r["median"][k]["rps"] / r["median"]["bare"]["rps"]
     series = [("no-op wasm filter", [ratio(results[n], "noop") for n in names], "#9aa5b1"),
-              ("Tally", [ratio(results[n], "tally") for n in names], "#2f6fed")]
+              ("Tally wasm", [ratio(results[n], "tally") for n in names], "#2f6fed")]
+    if all("native" in results[n]["median"] for n in names):
+        series.append(("Tally native", [ratio(results[n], "native") for n in names], "#2a9d5c"))
     if litellm:
         series.append(("LiteLLM proxy", [ratio(litellm[n], "litellm") if n in litellm else 0 for n in names], "#e0823d"))
     fig, ax = plt.subplots(figsize=(9.5, 3.8))
@@ -710,10 +752,13 @@ def chart(results, litellm):
     fig, ax = plt.subplots(figsize=(8, 3.2))
     y = range(len(names))
     # p50 only: a one-connection p99 over a few seconds is mostly this VM's scheduling (see the table).
-    ax.barh([i + 0.2 for i in y], [added(n, "noop", "light_p50_us") for n in names], height=0.4,
+    ax.barh([i + 0.27 for i in y], [added(n, "noop", "light_p50_us") for n in names], height=0.27,
             label="no-op wasm filter", color="#9aa5b1")
-    ax.barh([i - 0.2 for i in y], [added(n, "tally", "light_p50_us") for n in names], height=0.4, label="Tally",
+    ax.barh(list(y), [added(n, "tally", "light_p50_us") for n in names], height=0.27, label="Tally wasm",
             color="#2f6fed")
+    if all("native" in results[n]["median"] for n in names):
+        ax.barh([i - 0.27 for i in y], [added(n, "native", "light_p50_us") for n in names], height=0.27,
+                label="Tally native", color="#2a9d5c")
     ax.set_yticks(list(y), names)
     ax.axvline(50, color="#c23b3b", linestyle="--", label="goal: +50 µs")
     ax.set_xlabel("p50 latency added over bare Envoy, one connection, µs (median of rounds)")
@@ -743,21 +788,30 @@ def report(results, mem, litellm, ingest, query, instr, paced):
         "",
         "## The filter beside bare Envoy",
         "",
-        "Three listeners of one Envoy, identical but for their HTTP filters: none, a proxy-wasm filter that "
-        "does nothing (`bench/noop-filter`: the floor any wasm filter pays in this Envoy), and Tally.",
+        "Four listeners of one Envoy, identical but for their HTTP filters: none, a proxy-wasm filter that "
+        "does nothing (`bench/noop-filter`: the floor any wasm filter pays in this Envoy), Tally's wasm filter, "
+        "and Tally's native module (`libtally_envoy.so`, an Envoy dynamic module over the same code).",
         "",
         "Throughput at saturation (16 connections), and the latency Tally adds to a request on its own "
         "(one connection, one request at a time: no queueing, which at saturation dominates).",
         "",
-        "| workload | bare req/s | no-op wasm filter | Tally req/s | Tally ratio | p50 added, 1 conn: no-op | Tally | Tally p99 added, 1 conn | Envoy CPU/req bare | no-op | Tally |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Throughput ratios are each listener's requests/s over bare Envoy's.",
+        "",
+        "| workload | bare req/s | " + " | ".join(LABEL[k] for k in KINDS[1:])
+        + " | p50 added, 1 conn: " + " | ".join(LABEL[k] for k in KINDS[1:])
+        + " | p99 added, 1 conn: Tally wasm | Tally native | Envoy CPU/req: " + " | ".join(LABEL[k] for k in KINDS) + " |",
+        "|---|" + "---:|" * (1 + 2 * (len(KINDS) - 1) + 2 + len(KINDS)),
     ]
     for n, r in results.items():
-        b, o, t = r["median"]["bare"], r["median"]["noop"], r["median"]["tally"]
-        noop_p50 = f"{o['light_p50_us'] - b['light_p50_us']:+.0f} µs" if "light_p50_us" in o else "–"
-        lines.append(f"| {n} | {b['rps']:.0f} | {o['rps'] / b['rps']:.1%} | {t['rps']:.0f} | {t['rps'] / b['rps']:.1%} | "
-                     f"{noop_p50} | {t['light_p50_us'] - b['light_p50_us']:+.0f} µs | {t['light_p99_us'] - b['light_p99_us']:+.0f} µs | "
-                     f"{b['cpu_us_per_req']:.1f} µs | {o['cpu_us_per_req']:.1f} µs | {t['cpu_us_per_req']:.1f} µs |")
+        m = r["median"]
+        b = m["bare"]
+        cell = lambda k, f: f(m[k]) if k in m else "–"
+        lines.append(
+            f"| {n} | {b['rps']:.0f} | "
+            + " | ".join(cell(k, lambda v: format(v["rps"] / b["rps"], ".1%")) for k in KINDS[1:]) + " | "
+            + " | ".join(cell(k, lambda v: format(v["light_p50_us"] - b["light_p50_us"], "+.0f") + " µs") for k in KINDS[1:]) + " | "
+            + " | ".join(cell(k, lambda v: format(v["light_p99_us"] - b["light_p99_us"], "+.0f") + " µs") for k in ("tally", "native")) + " | "
+            + " | ".join(cell(k, lambda v: format(v["cpu_us_per_req"], ".1f") + " µs") for k in KINDS) + " |")
     lines += ["", *[f"![{c}](bench/results/{c})" for c in charts], "",
               f"Memory (RSS after the mixed workload, tokenizer not loaded): each wasm VM adds "
               f"**{mem['per_vm_mib']:.1f} MiB** (Envoy at 3 workers against 1, with the filter and without); the "
@@ -770,14 +824,31 @@ def report(results, mem, litellm, ingest, query, instr, paced):
                  f"**{mem['linear_per_vm_mib']:.1f} MiB** per worker VM, and "
                  f"**+{mem['linear_tokenizer_mib']:.1f} MiB** in the VM that built the tokenizer. "
                  if "linear_per_vm_mib" in mem else "")
-              + f"Requests metered during the run: {mem['metered']}, events dropped: {mem['dropped']}, "
-              f"filter errors: {mem['errors']}.",
+              + f"Requests metered during the run: {mem['metered']} by the wasm filter and "
+              f"{mem.get('native_metered', 0)} by the native module; events dropped: {mem['dropped']} and "
+              f"{mem.get('native_dropped', 0)}; filter errors: {mem['errors']} and {mem.get('native_errors', 0)}; "
+              f"panics caught by the native module: {mem.get('native_panics', 0)}.",
               ""]
+    if "rss" in mem:
+        ws = mem["workers"]
+        lines += ["Envoy's RSS by worker count (`--concurrency`; 2 is a sidecar's usual setting), after the mixed "
+                  "workload, each in an Envoy of its own; in parentheses, above bare Envoy at the same count. "
+                  f"Modules: tally.wasm {mem['module_mb']:.1f} MB, libtally_envoy.so {mem['native_mb']:.1f} MB.",
+                  "",
+                  "| workers | " + " | ".join(LABEL[k] for k in KINDS) + " |",
+                  "|---:|" + "---:|" * len(KINDS)]
+        for w in ws:
+            bare = mem["rss"][f"bare@{w}"]
+            cells = [f"{bare:.1f} MiB"] + [f"{mem['rss'][f'{k}@{w}']:.1f} MiB ({mem['rss'][f'{k}@{w}'] - bare:+.1f})"
+                                           for k in KINDS[1:]]
+            lines.append(f"| {w} | " + " | ".join(cells) + " |")
+        lines.append("")
     if paced:
         m = paced["median"]
-        cpu = [m[k]["cpu_us_per_req"] for k in ("bare", "noop", "tally")]
+        kinds = [k for k in KINDS if k in m]
+        cpu = [m[k]["cpu_us_per_req"] for k in kinds]
         ins = instr.get(PACED)
-        total = [sum(ins[k].values()) for k in ("bare", "noop", "tally")] if ins else None
+        total = [sum(ins[k].values()) for k in kinds if k in ins] if ins else None
         lines += ["## Streams as providers send them",
                   "",
                   f"`tally-mock` sends a streamed chat completion's {PACED_EVENTS} events each on its own, "
@@ -789,14 +860,15 @@ def report(results, mem, litellm, ingest, query, instr, paced):
                   "the CPU time is about a hundred clock ticks per run and moves by more than the filter's share of "
                   "it from round to round; read the instructions.",
                   "",
-                  "| | bare | no-op wasm filter | Tally |",
-                  "|---|---:|---:|---:|"]
+                  "| | " + " | ".join(LABEL[k] for k in kinds) + " |",
+                  "|---|" + "---:|" * len(kinds)]
         if total:
-            lines += [f"| instructions per request | {total[0] / 1e3:.0f} k | {total[1] / 1e3:.0f} k | "
-                      f"{total[2] / 1e3:.0f} k |",
-                      f"| instructions added per event | – | {(total[1] - total[0]) / PACED_EVENTS / 1e3:+.1f} k | "
-                      f"{(total[2] - total[0]) / PACED_EVENTS / 1e3:+.1f} k |"]
-        lines += [f"| Envoy CPU per request (noisy) | {cpu[0]:.0f} µs | {cpu[1]:.0f} µs | {cpu[2]:.0f} µs |",
+            lines += ["| instructions per request | " + " | ".join(f"{t / 1e3:.0f} k" for t in total) + " |",
+                      "| instructions added per event | – | "
+                      + " | ".join(f"{(t - total[0]) / PACED_EVENTS / 1e3:+.2f} k" for t in total[1:]) + " |",
+                      f"| throughput, share of the no-op wasm filter's | – | – | "
+                      + " | ".join(f"{m[k]['rps'] / m['noop']['rps']:.1%}" for k in kinds[2:]) + " |"]
+        lines += ["| Envoy CPU per request (noisy) | " + " | ".join(f"{c:.0f} µs" for c in cpu) + " |",
                   "",
                   f"Answers that were not 2xx: {paced['non2xx']}.",
                   ""]
@@ -811,13 +883,21 @@ def report(results, mem, litellm, ingest, query, instr, paced):
                   "module and its call stubs. Large copies weigh more here than in time: callgrind counts each "
                   "byte that `rep movsb` moves in libc's memcpy.",
                   "",
-                  "| workload | bare | no-op wasm filter | Tally | Tally over no-op: unnamed (wasm) | Envoy | libc |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| workload | bare | no-op wasm filter | Tally wasm | Tally wasm over no-op: unnamed (wasm) | Envoy | libc | no-op native | Tally native | native over no-op native: the module | Envoy | libc |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for n, c in instr.items():
             b, o, t = (sum(c[k].values()) for k in ("bare", "noop", "tally"))
             d = {k: c["tally"][k] - c["noop"][k] for k in ("jit", "envoy", "libc")}
-            lines.append(f"| {n} | {b / 1e3:.1f} k | {o / 1e3:.1f} k | {t / 1e3:.1f} k | {d['jit'] / 1e3:+.1f} k | "
-                         f"{d['envoy'] / 1e3:+.1f} k | {d['libc'] / 1e3:+.1f} k |")
+            row = (f"| {n} | {b / 1e3:.1f} k | {o / 1e3:.1f} k | {t / 1e3:.1f} k | {d['jit'] / 1e3:+.1f} k | "
+                   f"{d['envoy'] / 1e3:+.1f} k | {d['libc'] / 1e3:+.1f} k |")
+            if "native" in c and "noopnative" in c:
+                v, z = c["native"], c["noopnative"]
+                e = {k: v.get(k, 0) - z.get(k, 0) for k in ("native", "envoy", "libc")}
+                row += (f" {sum(z.values()) / 1e3:.1f} k | {sum(v.values()) / 1e3:.1f} k | {e['native'] / 1e3:+.1f} k | "
+                        f"{e['envoy'] / 1e3:+.1f} k | {e['libc'] / 1e3:+.1f} k |")
+            else:
+                row += " – | – | – | – | – |"
+            lines.append(row)
         lines.append("")
     if litellm:
         lines += ["## LiteLLM's proxy on the same workloads",

@@ -59,6 +59,55 @@ const groupDirs = {
 };
 
 const groups = { "gateway.envoyproxy.io/v1alpha1": eg, "gateway.networking.k8s.io/v1": gw };
+
+// Dynamic modules (EnvoyProxy spec.dynamicModules, EnvoyExtensionPolicy spec.dynamicModule)
+// came to Envoy Gateway after the newest published models (@kubernetes-models/envoy-gateway
+// 2.0.0): they are taken out before the model's validation and checked here against the fields
+// and types of Envoy Gateway's api/v1alpha1/dynamic_module_types.go and
+// envoyextensionpolicy_types.go.
+const str = (v) => typeof v === "string";
+const bool = (v) => typeof v === "boolean";
+const MODULE_NAME = /^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/;
+const dynamicModuleFields = {
+  EnvoyProxy: ["dynamicModules", {
+    name: (v) => str(v) && MODULE_NAME.test(v),
+    source: (v) => v && ["Local", "Remote"].includes(v.type)
+      && Object.keys(v).every((k) => ["type", "local", "remote"].includes(k))
+      && (v.type !== "Local" || (v.local && str(v.local.path) && v.local.path.startsWith("/")
+        && Object.keys(v.local).every((k) => k === "path")))
+      && (v.type !== "Remote" || (v.remote && str(v.remote.url)
+        && Object.keys(v.remote).every((k) => ["url", "sha256"].includes(k)))),
+    doNotClose: bool,
+    loadGlobally: bool,
+  }, ["name", "source"], 16],
+  EnvoyExtensionPolicy: ["dynamicModule", {
+    name: (v) => str(v) && MODULE_NAME.test(v),
+    filterName: str,
+    config: (v) => v !== null && typeof v === "object",
+    terminalFilter: bool,
+  }, ["name"], 16],
+};
+
+// Errors in `doc`'s dynamic-module list, which is removed from it.
+function takeDynamicModules(doc) {
+  const rule = dynamicModuleFields[doc.kind];
+  if (!rule || !doc.spec || !(rule[0] in doc.spec)) return [];
+  const [field, fields, required, max] = rule;
+  const list = doc.spec[field];
+  delete doc.spec[field];
+  if (!Array.isArray(list) || list.length === 0 || list.length > max) {
+    return [`spec.${field}: a list of 1 to ${max} entries`];
+  }
+  const out = [];
+  list.forEach((entry, i) => {
+    for (const k of required) if (!(k in entry)) out.push(`spec.${field}[${i}].${k}: required`);
+    for (const [k, v] of Object.entries(entry)) {
+      if (!(k in fields)) out.push(`spec.${field}[${i}].${k}: unknown field`);
+      else if (!fields[k](v)) out.push(`spec.${field}[${i}].${k}: invalid value`);
+    }
+  });
+  return out;
+}
 for await (const line of createInterface({ input: process.stdin })) {
   if (!line.trim()) continue;
   const doc = JSON.parse(line);
@@ -67,11 +116,12 @@ for await (const line of createInterface({ input: process.stdin })) {
     console.log(`FAIL no schema for ${doc.apiVersion} ${doc.kind}`);
     continue;
   }
+  const moduleErrors = takeDynamicModules(doc);
   try {
     new Model(doc).validate();
     const kindFile = join(groupDirs[doc.apiVersion], `${doc.kind}.d.ts`);
     const { props } = dts(kindFile);
-    const unknown = [];
+    const unknown = [...moduleErrors];
     for (const [k, v] of Object.entries(doc)) {
       if (!props.has(k)) unknown.push(`${k}: unknown field`);
       else unknownFields(v, props.get(k), kindFile, k, unknown);

@@ -156,11 +156,13 @@ def self_check(docs):
     for d in broken:
         assert validate(d), f"a broken object passed: {json.dumps(d)[:300]}"
     gateway = []
-    d = find("EnvoyExtensionPolicy"); d["spec"]["wasm"][0]["code"]["type"] = "Bogus"; gateway.append(d)
-    d = find("EnvoyExtensionPolicy"); d["spec"]["wasm"][0]["failopen"] = True; gateway.append(d)
-    d = find("EnvoyExtensionPolicy"); d["spec"]["wasm"][0]["code"]["image"]["uri"] = "x"; gateway.append(d)
+    d = find("EnvoyExtensionPolicy", "wasm"); d["spec"]["wasm"][0]["code"]["type"] = "Bogus"; gateway.append(d)
+    d = find("EnvoyExtensionPolicy", "wasm"); d["spec"]["wasm"][0]["failopen"] = True; gateway.append(d)
+    d = find("EnvoyExtensionPolicy", "wasm"); d["spec"]["wasm"][0]["code"]["image"]["uri"] = "x"; gateway.append(d)
     d = find("HTTPRoute"); d["spec"]["rules"][0]["backendRefs"][0]["prot"] = 1; gateway.append(d)
     d = find("EnvoyProxy"); d["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]["envs"] = []; gateway.append(d)
+    d = find("EnvoyProxy", "dynamicModules"); d["spec"]["dynamicModules"][0]["source"]["local"]["path"] = "lib.so"; gateway.append(d)
+    d = find("EnvoyExtensionPolicy", "dynamicModule"); d["spec"]["dynamicModule"][0]["filtername"] = "tally"; gateway.append(d)
     for d, errs in zip(gateway, validate_gateway(gateway)):
         assert errs, f"a broken object passed: {json.dumps(d)[:300]}"
     print(f"self-check: {len(broken) + len(gateway)} broken copies refused")

@@ -159,6 +159,15 @@ fn chunks(buf: Buf) -> Option<Vec<EnvoyBuffer>> {
     }
 }
 
+/// Whether a change to this header must make Envoy pick the route again. Proxy-wasm re-routes
+/// after any change to the request's headers; here only Tally's own count (`x-tally-route`, set
+/// by a rule, or a client's own, removed), since a re-route costs more than the rest of the
+/// filter's work on a request, and the `content-length` removed from every request whose body
+/// may change is never routed on.
+fn routes_on(map: Map, name: &str) -> bool {
+    map == Map::RequestHeaders && name.starts_with("x-tally-")
+}
+
 fn module_headers(headers: &[(&str, &str)]) -> Vec<Header> {
     headers
         .iter()
@@ -246,8 +255,8 @@ impl Host for Native {
         Some(String::from_utf8_lossy(unsafe { bytes(out.ptr, out.len) }).into_owned())
     }
 
-    /// Envoy picks the route again after a request header changes, as under proxy-wasm (a
-    /// `route` rule's `x-tally-route` is routed on).
+    /// Envoy picks the route again after one of Tally's request headers changes (a `route`
+    /// rule's `x-tally-route` is routed on); see [`routes_on`].
     fn set_header(map: Map, name: &str, value: &str) -> bool {
         let cur = current();
         match header_type(map) {
@@ -259,7 +268,7 @@ impl Host for Native {
                     ModuleBuffer::of(name.as_bytes()),
                     ModuleBuffer::of(value.as_bytes()),
                 );
-                if set && map == Map::RequestHeaders {
+                if set && routes_on(map, name) {
                     abi::envoy_dynamic_module_callback_http_clear_route_cache(cur.filter);
                 }
                 set
@@ -281,7 +290,7 @@ impl Host for Native {
                     ModuleBuffer::of(name.as_bytes()),
                     ModuleBuffer::null(),
                 );
-                if removed && map == Map::RequestHeaders {
+                if removed && routes_on(map, name) {
                     abi::envoy_dynamic_module_callback_http_clear_route_cache(cur.filter);
                 }
                 removed
