@@ -4,7 +4,7 @@
 
 use crate::abi::{self, EnvoyBuffer, Header, ModuleBuffer};
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
@@ -37,6 +37,10 @@ impl Current {
 
 thread_local! {
     static CURRENT: Cell<Current> = const { Cell::new(Current::NONE) };
+    /// Where Envoy writes a map's headers and a body's slices, kept from call to call on each
+    /// worker: no allocation per request for them.
+    static HEADERS: RefCell<Vec<Header>> = const { RefCell::new(Vec::new()) };
+    static SLICES: RefCell<Vec<EnvoyBuffer>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Run `f` with `current` as the thread's current hook, restoring the previous one after (a
@@ -85,77 +89,101 @@ fn body_type(buf: Buf) -> Option<abi::BodyType> {
     }
 }
 
-/// The headers of `map`, in Envoy's memory (valid until the hook returns or the map changes).
-fn envoy_headers(map: Map) -> Option<Vec<Header>> {
+/// Fill `out` with the headers of `map`, in Envoy's memory (valid until the hook returns or the
+/// map changes); false if Envoy cannot say.
+fn envoy_headers(map: Map, out: &mut Vec<Header>) -> bool {
+    out.clear();
     let cur = current();
     let Some(t) = header_type(map) else {
         let (ptr, len) = cur.call_headers;
-        // SAFETY: Envoy gave `len` headers at `ptr` for the duration of the callout hook.
-        return Some(if ptr.is_null() {
-            Vec::new()
-        } else {
-            unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
-        });
+        if !ptr.is_null() {
+            // SAFETY: Envoy gave `len` headers at `ptr` for the duration of the callout hook.
+            out.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr, len) });
+        }
+        return true;
     };
     if cur.filter.is_null() {
-        return None;
+        return false;
     }
     // SAFETY: the filter pointer is the current hook's; the vector holds `n` headers.
     unsafe {
         let n = abi::envoy_dynamic_module_callback_http_get_headers_size(cur.filter, t);
-        let mut out = vec![
+        out.resize(
+            n,
             Header {
                 key_ptr: std::ptr::null(),
                 key_len: 0,
                 value_ptr: std::ptr::null(),
                 value_len: 0,
-            };
-            n
-        ];
-        if n > 0
-            && !abi::envoy_dynamic_module_callback_http_get_headers(cur.filter, t, out.as_mut_ptr())
-        {
-            return None;
-        }
-        Some(out)
+            },
+        );
+        n == 0
+            || abi::envoy_dynamic_module_callback_http_get_headers(cur.filter, t, out.as_mut_ptr())
     }
 }
 
-/// The slices of the current chunk of `buf`, in Envoy's memory.
-fn chunks(buf: Buf) -> Option<Vec<EnvoyBuffer>> {
+/// Fill `out` with the slices of the current chunk of `buf`, in Envoy's memory.
+fn chunks(buf: Buf, out: &mut Vec<EnvoyBuffer>) -> bool {
+    out.clear();
     let cur = current();
     let Some(t) = body_type(buf) else {
         let (ptr, len) = cur.call_body;
-        // SAFETY: as for the callout's headers.
-        return Some(if ptr.is_null() {
-            Vec::new()
-        } else {
-            unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
-        });
+        if !ptr.is_null() {
+            // SAFETY: as for the callout's headers.
+            out.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr, len) });
+        }
+        return true;
     };
     if cur.filter.is_null() {
-        return None;
+        return false;
     }
     // SAFETY: the filter pointer is the current hook's; the vector holds `n` slices.
     unsafe {
         let n = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(cur.filter, t);
-        let mut out = vec![
+        out.resize(
+            n,
             EnvoyBuffer {
                 ptr: std::ptr::null(),
-                len: 0
-            };
-            n
-        ];
-        if n > 0
-            && !abi::envoy_dynamic_module_callback_http_get_body_chunks(
+                len: 0,
+            },
+        );
+        n == 0
+            || abi::envoy_dynamic_module_callback_http_get_body_chunks(
                 cur.filter,
                 t,
                 out.as_mut_ptr(),
             )
-        {
-            return None;
+    }
+}
+
+/// Run `f` with this thread's reusable vector `key` (a new one if it is already in use, which
+/// only a hook inside a hook could do).
+fn with_reused<T, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    f: impl FnOnce(&mut Vec<T>) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// Call `f` with the bytes of `slices`: in place for one slice (the usual case), else copied
+/// together.
+///
+/// # Safety
+/// Every slice must be valid for the call.
+unsafe fn read_slices<R>(slices: &[EnvoyBuffer], f: impl FnOnce(&[u8]) -> R) -> R {
+    match slices {
+        [] => f(&[]),
+        [one] => f(bytes(one.ptr, one.len)),
+        many => {
+            let mut all = Vec::with_capacity(many.iter().map(|s| s.len).sum());
+            for s in many {
+                all.extend_from_slice(bytes(s.ptr, s.len));
+            }
+            f(&all)
         }
-        Some(out)
     }
 }
 
@@ -206,17 +234,21 @@ impl Host for Native {
     }
 
     fn with_headers<R>(map: Map, f: impl FnOnce(&[(&str, Cow<'_, str>)]) -> R) -> Option<R> {
-        let raw = envoy_headers(map)?;
-        let pairs: Vec<(&str, Cow<'_, str>)> = raw
-            .iter()
-            .filter_map(|h| {
-                // SAFETY: Envoy's header memory outlives this call (the hook is still running).
-                let (k, v) =
-                    unsafe { (bytes(h.key_ptr, h.key_len), bytes(h.value_ptr, h.value_len)) };
-                Some((std::str::from_utf8(k).ok()?, String::from_utf8_lossy(v)))
-            })
-            .collect();
-        Some(f(&pairs))
+        with_reused(&HEADERS, |raw| {
+            if !envoy_headers(map, raw) {
+                return None;
+            }
+            let pairs: Vec<(&str, Cow<'_, str>)> = raw
+                .iter()
+                .filter_map(|h| {
+                    // SAFETY: Envoy's header memory outlives this call (the hook still runs).
+                    let (k, v) =
+                        unsafe { (bytes(h.key_ptr, h.key_len), bytes(h.value_ptr, h.value_len)) };
+                    Some((std::str::from_utf8(k).ok()?, String::from_utf8_lossy(v)))
+                })
+                .collect();
+            Some(f(&pairs))
+        })
     }
 
     fn header(map: Map, name: &str) -> Option<String> {
@@ -300,22 +332,13 @@ impl Host for Native {
     }
 
     fn with_body<R>(buf: Buf, _size: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-        let slices = chunks(buf)?;
-        // SAFETY: Envoy's slices, valid during the hook and untouched until `f` returns.
-        unsafe {
-            match slices.as_slice() {
-                [] => Some(f(&[])),
-                // The usual case: read in place, no copy.
-                [one] => Some(f(bytes(one.ptr, one.len))),
-                many => {
-                    let mut all = Vec::with_capacity(many.iter().map(|s| s.len).sum());
-                    for s in many {
-                        all.extend_from_slice(bytes(s.ptr, s.len));
-                    }
-                    Some(f(&all))
-                }
+        with_reused(&SLICES, |slices| {
+            if !chunks(buf, slices) {
+                return None;
             }
-        }
+            // SAFETY: Envoy's slices, valid during the hook and untouched until `f` returns.
+            Some(unsafe { read_slices(slices, f) })
+        })
     }
 
     fn replace_body(buf: Buf, _size: usize, new: &[u8]) -> bool {

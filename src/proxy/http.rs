@@ -225,11 +225,11 @@ impl<H: Host> Req<H> {
                 // Counted here, reported to Envoy on the timer: one host call fewer per request.
                 s.metered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if !s.cfg.rules.is_empty() || budgets.is_some() {
-                    let list = budgets.clone().unwrap_or_default();
+                    let list: &[Budget] = budgets.as_deref().map_or(&[], Vec::as_slice);
                     let mut shares = Shares::<H>::new(&s.scope);
                     let mut step = rules::decide(
                         &s.cfg.rules,
-                        &list,
+                        list,
                         &mut shares,
                         &ex.facts(ex.model_at_headers()),
                     );
@@ -237,7 +237,7 @@ impl<H: Host> Req<H> {
                         // No body: the model will never come.
                         step = rules::decide(
                             &s.cfg.rules,
-                            &list,
+                            list,
                             &mut shares,
                             &ex.facts(rules::Model::Never),
                         );
@@ -302,12 +302,13 @@ impl<H: Host> Req<H> {
             return Action::Continue;
         };
         let was_waiting = ex.waiting();
-        let list = self.budgets.clone().unwrap_or_default();
+        // Borrowed, not an empty list made for each chunk: most requests have no budget.
+        let list: &[Budget] = self.budgets.as_deref().map_or(&[], Vec::as_slice);
         let rules = &s.cfg.rules;
         let mut shares = Shares::<H>::new(&s.scope);
         let stepped = H::with_body(Buf::RequestBody, body_size, |chunk| {
             let step = ex.on_request_chunk(chunk, end_of_stream, &mut |facts| {
-                rules::decide(rules, &list, &mut shares, facts)
+                rules::decide(rules, list, &mut shares, facts)
             });
             // A refusal that cannot be sent lets the chunk go on whole.
             let kept = matches!(step, BodyStep::Refuse(_)).then(|| chunk.to_vec());
