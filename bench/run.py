@@ -2,22 +2,23 @@
 """`make bench`: the filter's cost beside bare Envoy, and the collector's ingest and query figures.
 
 Side by side in one run, on this machine:
-- One Envoy process (1 worker) with three listeners identical but for their HTTP filters: none
+- One Envoy process (1 worker) with five listeners identical but for their HTTP filters: none
   (bare Envoy), a proxy-wasm filter that does nothing (bench/noop-filter: what any wasm filter
-  costs in this Envoy), and Tally; all in front of a second Envoy that answers from memory
+  costs in this Envoy), Tally's wasm filter, a dynamic module that does nothing
+  (bench/noop-native), and Tally's native module; all in front of a second Envoy that answers from memory
   (buffer filter + direct_response: it reads the whole request, then replies at once), so the
   upstream never limits the rate.
 - wrk (1 thread) drives each workload against each listener in interleaved rounds; medians are
   reported: throughput ratio, added p50 and p99 latency, Envoy CPU per request (from /proc).
-- A paced stream: tally-mock (a third upstream, behind the same three listeners) sends 200
+- A paced stream: tally-mock (a third upstream, behind the same listeners) sends 200
   events 1 ms apart, each its own chunk, as providers do. The pacing sets the rate, so the
   figures are per request: instructions (below) and Envoy's CPU time, which is noise at that rate.
-- Memory: RSS of Envoy with the filter at 1 and 3 workers, beside bare Envoy, gives what each
-  wasm VM adds and what the module costs once; then one stream without usage makes a VM build
-  its tokenizer, and the RSS it adds is reported.
+- Memory: RSS of Envoy alone and with each filter at 1, 2 and 4 workers gives what each wasm VM
+  adds and what a module costs once; then one stream without usage makes a VM build its
+  tokenizer, and the RSS it adds is reported.
 - LiteLLM's proxy (PyPI `litellm[proxy]`, in its own virtualenv) in front of the same upstream,
   on the same workloads, for the alternative users would otherwise deploy.
-- Instructions per request, counted by callgrind in the same three listeners (chat, streamed
+- Instructions per request, counted by callgrind in the same listeners (chat, streamed
   and the paced stream): exact where timings on a shared VM drift, and split by binary (Envoy, the wasm
   code V8 compiled, libc).
 - The collector's ingest rate with batches as the filter sends them, over HTTP, and the query
@@ -151,7 +152,7 @@ def hcm(name, port, routes, filters):
 
 # Every request to the `upstream` cluster.
 PROXY_ROUTES = '{match: {prefix: "/"}, route: {cluster: upstream, timeout: 30s}}'
-# The three listeners also send paced streams (`x-bench-paced`) to tally-mock (`provider`).
+# The listeners also send paced streams (`x-bench-paced`) to tally-mock (`provider`).
 PACED_ROUTE = ('{match: {prefix: "/", headers: [{name: x-bench-paced, present_match: true}]}, '
                'route: {cluster: provider, timeout: 30s}}')
 
@@ -219,7 +220,7 @@ def filter_of(which):
             "native": NATIVE_FILTER}[which]
 
 
-def three_listeners():
+def listeners_side_by_side():
     """Ports and listeners identical but for their HTTP filters: none, the no-op filter, Tally's
     wasm filter and Tally's native module."""
     ports = {k: free_port() for k in KINDS}
@@ -417,7 +418,7 @@ def run(tmp):
                             ("/v1/chat/completions", "x-bench-stream:1", f("streamed2.json", streamed))],
     }
 
-    ports, listeners = three_listeners()
+    ports, listeners = listeners_side_by_side()
     admin = free_port()
     env = dict(os.environ, TALLY_ORG_KEY=key)
     sink = os.environ.get("BENCH_SINK_EVENTS", "1") == "1"
@@ -592,7 +593,7 @@ PACED = f"paced stream, {PACED_EVENTS} events {PACED_DELAY_MS} ms apart"
 
 def instructions(tmp, resp_port, key, workloads, mock_port, paced):
     """Instructions the proxy Envoy executes per request, counted by callgrind: exact and
-    repeatable where timings on a shared VM are not. Same three listeners; for each workload
+    repeatable where timings on a shared VM are not. The same listeners; for each workload
     and listener, requests one at a time, first to warm up, then counted from a zeroed counter
     (events batches and timers included, as they fall)."""
     binary = envoy_binary()
@@ -600,7 +601,7 @@ def instructions(tmp, resp_port, key, workloads, mock_port, paced):
         print("bench: valgrind (or the Envoy binary) is missing; instruction counts skipped", flush=True)
         return {}
     import http.client
-    ports, listeners = three_listeners()
+    ports, listeners = listeners_side_by_side()
     admin = free_port()
     out = os.path.join(tmp, "callgrind.out")
     p = start(["valgrind", "--tool=callgrind", "--smc-check=all", "--compress-strings=no", "--compress-pos=no",
@@ -648,10 +649,8 @@ def instructions(tmp, resp_port, key, workloads, mock_port, paced):
                      "libc" if "/libc.so" in obj else "native" if obj.endswith(".so") and "/target/" in obj else "other")
                 group[k] += c / n
             counts[name][which] = group
-        c = counts[name]
-        print(f"{name}: instructions per request: bare {sum(c['bare'].values()):.0f}, "
-              f"no-op {sum(c['noop'].values()):.0f}, tally {sum(c['tally'].values()):.0f}, "
-              f"native {sum(c['native'].values()):.0f}", flush=True)
+        print(f"{name}: instructions per request: "
+              + ", ".join(f"{LABEL[k]} {sum(v.values()):.0f}" for k, v in counts[name].items()), flush=True)
     p.kill()
     p.wait()
     return counts
@@ -875,7 +874,7 @@ def report(results, mem, litellm, ingest, query, instr, paced):
     if instr:
         lines += ["## Instructions per request",
                   "",
-                  f"Counted by callgrind in the same three listeners of one Envoy: {INSTR_REQUESTS} requests one at a "
+                  f"Counted by callgrind in the same listeners of one Envoy: {INSTR_REQUESTS} requests one at a "
                   f"time per listener and workload after {INSTR_WARMUP} to warm up ({PACED_INSTR_REQUESTS} and "
                   f"{PACED_INSTR_REQUESTS} of the paced stream), counters zeroed in between; the "
                   "filter's event batches and timers are counted as they fall. Unlike the timings above, these "
