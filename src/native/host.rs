@@ -89,70 +89,70 @@ fn body_type(buf: Buf) -> Option<abi::BodyType> {
     }
 }
 
-/// Fill `out` with the headers of `map`, in Envoy's memory (valid until the hook returns or the
-/// map changes); false if Envoy cannot say.
-fn envoy_headers(map: Map, out: &mut Vec<Header>) -> bool {
+/// Fill `out` with a list Envoy holds: the current callout's answer (`callout`), or `n` items
+/// of the current request, `size` telling `n` and `get` writing them. False if Envoy cannot say.
+fn envoy_list<T: Copy>(
+    out: &mut Vec<T>,
+    callout: Option<(*const T, usize)>,
+    empty: T,
+    size: impl FnOnce(abi::FilterEnvoy) -> usize,
+    get: impl FnOnce(abi::FilterEnvoy, *mut T) -> bool,
+) -> bool {
     out.clear();
-    let cur = current();
-    let Some(t) = header_type(map) else {
-        let (ptr, len) = cur.call_headers;
+    if let Some((ptr, len)) = callout {
         if !ptr.is_null() {
-            // SAFETY: Envoy gave `len` headers at `ptr` for the duration of the callout hook.
+            // SAFETY: Envoy gave `len` items at `ptr` for the duration of the callout hook.
             out.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr, len) });
         }
         return true;
-    };
-    if cur.filter.is_null() {
+    }
+    let filter = current().filter;
+    if filter.is_null() {
         return false;
     }
-    // SAFETY: the filter pointer is the current hook's; the vector holds `n` headers.
-    unsafe {
-        let n = abi::envoy_dynamic_module_callback_http_get_headers_size(cur.filter, t);
-        out.resize(
-            n,
-            Header {
-                key_ptr: std::ptr::null(),
-                key_len: 0,
-                value_ptr: std::ptr::null(),
-                value_len: 0,
-            },
-        );
-        n == 0
-            || abi::envoy_dynamic_module_callback_http_get_headers(cur.filter, t, out.as_mut_ptr())
+    let n = size(filter);
+    out.resize(n, empty);
+    n == 0 || get(filter, out.as_mut_ptr())
+}
+
+/// Fill `out` with the headers of `map`, in Envoy's memory (valid until the hook returns or the
+/// map changes).
+fn envoy_headers(map: Map, out: &mut Vec<Header>) -> bool {
+    let empty = Header {
+        key_ptr: std::ptr::null(),
+        key_len: 0,
+        value_ptr: std::ptr::null(),
+        value_len: 0,
+    };
+    match header_type(map) {
+        None => envoy_list(out, Some(current().call_headers), empty, |_| 0, |_, _| true),
+        // SAFETY: the filter pointer is the current hook's; the vector holds `n` headers.
+        Some(t) => envoy_list(
+            out,
+            None,
+            empty,
+            |f| unsafe { abi::envoy_dynamic_module_callback_http_get_headers_size(f, t) },
+            |f, p| unsafe { abi::envoy_dynamic_module_callback_http_get_headers(f, t, p) },
+        ),
     }
 }
 
 /// Fill `out` with the slices of the current chunk of `buf`, in Envoy's memory.
 fn chunks(buf: Buf, out: &mut Vec<EnvoyBuffer>) -> bool {
-    out.clear();
-    let cur = current();
-    let Some(t) = body_type(buf) else {
-        let (ptr, len) = cur.call_body;
-        if !ptr.is_null() {
-            // SAFETY: as for the callout's headers.
-            out.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr, len) });
-        }
-        return true;
+    let empty = EnvoyBuffer {
+        ptr: std::ptr::null(),
+        len: 0,
     };
-    if cur.filter.is_null() {
-        return false;
-    }
-    // SAFETY: the filter pointer is the current hook's; the vector holds `n` slices.
-    unsafe {
-        let n = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(cur.filter, t);
-        out.resize(
-            n,
-            EnvoyBuffer {
-                ptr: std::ptr::null(),
-                len: 0,
-            },
-        );
-        n == 0
-            || abi::envoy_dynamic_module_callback_http_get_body_chunks(
-                cur.filter,
-                t,
-                out.as_mut_ptr(),
-            )
+    match body_type(buf) {
+        None => envoy_list(out, Some(current().call_body), empty, |_| 0, |_, _| true),
+        // SAFETY: the filter pointer is the current hook's; the vector holds `n` slices.
+        Some(t) => envoy_list(
+            out,
+            None,
+            empty,
+            |f| unsafe { abi::envoy_dynamic_module_callback_http_get_body_chunks_size(f, t) },
+            |f, p| unsafe { abi::envoy_dynamic_module_callback_http_get_body_chunks(f, t, p) },
+        ),
     }
 }
 
