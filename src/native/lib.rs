@@ -319,49 +319,28 @@ fn body_status(a: Action) -> abi::BodyStatus {
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
-    filter_envoy: FilterEnvoy,
-    ptr: *const c_void,
-    end_of_stream: bool,
-) -> abi::HeadersStatus {
-    on_request(filter_envoy, ptr, abi::HEADERS_CONTINUE, |r| {
-        headers_status(r.on_request_headers(end_of_stream))
-    })
+/// A request hook with `end_of_stream`: the request's `Req` answers, through `status`.
+macro_rules! stream_hook {
+    ($name:ident -> $status:ty, $pass:expr, |$req:ident, $eos:ident| $call:expr) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            filter_envoy: FilterEnvoy,
+            ptr: *const c_void,
+            $eos: bool,
+        ) -> $status {
+            on_request(filter_envoy, ptr, $pass, |$req| $call)
+        }
+    };
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-    filter_envoy: FilterEnvoy,
-    ptr: *const c_void,
-    end_of_stream: bool,
-) -> abi::BodyStatus {
-    on_request(filter_envoy, ptr, abi::BODY_CONTINUE, |r| {
-        body_status(r.on_request_body(0, end_of_stream))
-    })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    filter_envoy: FilterEnvoy,
-    ptr: *const c_void,
-    _end_of_stream: bool,
-) -> abi::HeadersStatus {
-    on_request(filter_envoy, ptr, abi::HEADERS_CONTINUE, |r| {
-        headers_status(r.on_response_headers())
-    })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    filter_envoy: FilterEnvoy,
-    ptr: *const c_void,
-    end_of_stream: bool,
-) -> abi::BodyStatus {
-    on_request(filter_envoy, ptr, abi::BODY_CONTINUE, |r| {
-        body_status(r.on_response_body(0, end_of_stream))
-    })
-}
+stream_hook!(envoy_dynamic_module_on_http_filter_request_headers -> abi::HeadersStatus,
+    abi::HEADERS_CONTINUE, |r, eos| headers_status(r.on_request_headers(eos)));
+stream_hook!(envoy_dynamic_module_on_http_filter_request_body -> abi::BodyStatus,
+    abi::BODY_CONTINUE, |r, eos| body_status(r.on_request_body(0, eos)));
+stream_hook!(envoy_dynamic_module_on_http_filter_response_headers -> abi::HeadersStatus,
+    abi::HEADERS_CONTINUE, |r, _eos| headers_status(r.on_response_headers()));
+stream_hook!(envoy_dynamic_module_on_http_filter_response_body -> abi::BodyStatus,
+    abi::BODY_CONTINUE, |r, eos| body_status(r.on_response_body(0, eos)));
 
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
