@@ -267,8 +267,9 @@ impl Config {
             nonempty(raw.collector_token).or_else(|| nonempty(env.collector_token));
         if org_key.is_none() && collector_token.is_none() {
             return Err(
-                "no org key: set TALLY_ORG_KEY in Envoy's environment (and list it in \
-                 vm_config.environment_variables.host_env_keys) or org_key in the configuration \
+                "no org key: set TALLY_ORG_KEY in Envoy's environment (and, for the wasm filter, \
+                 list it in vm_config.environment_variables.host_env_keys) or org_key in the \
+                 configuration \
                  (or, for a filter serving several orgs, a mesh token: TALLY_COLLECTOR_TOKEN or \
                  collector_token)"
                     .into(),
