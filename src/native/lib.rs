@@ -142,6 +142,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     };
     let scheduler =
         abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(config_envoy);
+    if scheduler.is_null() {
+        // Without its timer the filter would meter and never send: refused, loudly.
+        with_current(current, || {
+            Native::log(
+                Level::Critical,
+                "configuration rejected: Envoy gave the module no scheduler for its timer",
+            )
+        });
+        return std::ptr::null();
+    }
     let shared = root.shared();
     let mut cfg = Box::new(Config {
         envoy: config_envoy,
@@ -151,9 +161,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         scheduler,
         ticker: None,
     });
-    if !scheduler.is_null() {
-        cfg.ticker = Some(start_ticker(SendPtr(scheduler), tick));
-    }
+    cfg.ticker = Some(start_ticker(SendPtr(scheduler), tick));
     Box::into_raw(cfg) as *const c_void
 }
 
