@@ -26,11 +26,6 @@ pub struct Req<H> {
     host: PhantomData<H>,
 }
 
-/// An attribute as text.
-fn property<H: Host>(path: &[&str]) -> Option<String> {
-    H::property(path).and_then(|b| String::from_utf8(b).ok())
-}
-
 impl<H: Host> Req<H> {
     pub fn new(shared: Option<Ref<Cell<Shared>>>) -> Self {
         Req {
@@ -209,7 +204,7 @@ impl<H: Host> Req<H> {
         };
         // At a gateway the caller is the peer of the mTLS connection; on a sidecar, the node.
         let identity = if s.cfg.identity.peer_certificate {
-            property::<H>(&["connection", "uri_san_peer_certificate"])
+            H::property_text(&["connection", "uri_san_peer_certificate"])
                 .and_then(|uri| Identity::from_spiffe(&uri, &s.cfg.identity.trust_domain))
                 .map(Arc::new)
         } else {
@@ -412,7 +407,7 @@ impl<H: Host> Req<H> {
         };
         // Envoy's account matters only when the filter did not see the response through.
         let (details, final_status) = if ex.needs_proxy_details() {
-            let details = property::<H>(&["response", "code_details"]);
+            let details = H::property_text(&["response", "code_details"]);
             // `response.code` is an int64 in little-endian; 0 when no response was sent.
             let final_status = H::property(&["response", "code"])
                 .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())

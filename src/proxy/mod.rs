@@ -94,6 +94,10 @@ pub trait Host: 'static {
     /// uri_san_peer_certificate`, `response code_details`, `response code` as a little-endian
     /// int64, `xds node metadata K`...). None where the host does not have it.
     fn property(path: &[&str]) -> Option<Vec<u8>>;
+    /// [`Host::property`] as text (None if it is not UTF-8).
+    fn property_text(path: &[&str]) -> Option<String> {
+        Self::property(path).and_then(|b| String::from_utf8(b).ok())
+    }
 
     /// Shared data, one store for every worker of the Envoy: a value and its CAS token.
     fn shared_get(key: &str) -> Option<(Option<Vec<u8>>, Option<u32>)>;

@@ -86,11 +86,6 @@ impl<H: Host> Default for Root<H> {
     }
 }
 
-/// An attribute as text.
-fn property<H: Host>(path: &[&str]) -> Option<String> {
-    H::property(path).and_then(|b| String::from_utf8(b).ok())
-}
-
 impl<H: Host> Root<H> {
     pub fn new() -> Self {
         Root {
@@ -341,12 +336,12 @@ impl<H: Host> Root<H> {
             // `xds.node` since Envoy moved its xDS attributes there; `node` before.
             Identity::from_node(
                 |k| {
-                    property::<H>(&["xds", "node", "metadata", k])
-                        .or_else(|| property::<H>(&["node", "metadata", k]))
+                    H::property_text(&["xds", "node", "metadata", k])
+                        .or_else(|| H::property_text(&["node", "metadata", k]))
                 },
                 |l| {
-                    property::<H>(&["xds", "node", "metadata", "LABELS", l])
-                        .or_else(|| property::<H>(&["node", "metadata", "LABELS", l]))
+                    H::property_text(&["xds", "node", "metadata", "LABELS", l])
+                        .or_else(|| H::property_text(&["node", "metadata", "LABELS", l]))
                 },
                 &cfg.identity.trust_domain,
                 &cfg.identity.labels(),
