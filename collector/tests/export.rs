@@ -243,6 +243,15 @@ fn columns() -> Vec<String> {
         .collect()
 }
 
+/// The names of the files in `dir` that `keep` picks.
+fn files_in(dir: &std::path::Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| keep(n))
+        .collect()
+}
 #[test]
 fn ndjson_has_every_stored_event_of_the_range_as_the_api_gives_it() {
     let dir = TempDir::new("ndjson");
@@ -319,12 +328,7 @@ fn ndjson_has_every_stored_event_of_the_range_as_the_api_gives_it() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let left: Vec<_> = std::fs::read_dir(&dir.0)
-        .expect("dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("partial"))
-        .collect();
+    let left = files_in(&dir.0, |n| n.contains("partial"));
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -570,12 +574,7 @@ fn empty_ranges_give_a_header_or_an_empty_file_and_bad_flags_say_what_is_wrong()
         ],
         "no org named",
     );
-    let left: Vec<_> = std::fs::read_dir(&dir.0)
-        .expect("dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("never"))
-        .collect();
+    let left = files_in(&dir.0, |n| n.starts_with("never"));
     assert!(left.is_empty(), "{left:?}");
 }
 
