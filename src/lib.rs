@@ -26,6 +26,7 @@ pub mod json_array;
 pub mod measure;
 pub mod org_keys;
 pub mod outbox;
+pub mod pretokenize;
 pub mod pricing;
 pub mod provider;
 pub mod proxy;

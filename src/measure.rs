@@ -3,16 +3,15 @@
 //!
 //! While a stream passes, the JSON data of its events is kept in memory (bounded); only when the
 //! exchange ends without exact usage is the output text pulled out of it and counted with the
-//! model family's tiktoken encoding. Tokenizers are built once per VM, on the first stream that
-//! needs one, never per request and never while exact usage keeps arriving: building
-//! `o200k_base` costs about 28 MiB and 180 ms under a wasm JIT. Until then only the compressed
-//! vocabularies ([`crate::vocab`]) sit in the VM's memory.
+//! model family's tiktoken encoding. A vocabulary is unpacked once per VM, on the first stream
+//! that needs it, never per request and never while exact usage keeps arriving. Until then only
+//! the compressed vocabularies ([`crate::vocab`]) sit in the VM's memory.
 //!
 //! Claude and Gemini use their own tokenizers, which are not public: for them `o200k_base` is an
 //! approximation, which the collector's calibration (exact/measured per model) corrects.
 
 use crate::sse::{SseEvent, SseParser};
-use tiktoken_rs::CoreBPE;
+use crate::vocab::Vocab;
 
 /// The BPE encodings Tally can count with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,19 +36,11 @@ pub fn encoding_for(model: &str) -> Encoding {
     }
 }
 
-/// Whitespace runs longer than this are shortened before counting. The encodings' pattern has a
-/// look-ahead on whitespace, and tiktoken-rs unwraps the regex engine's result: an unbounded run
-/// could exhaust its backtracking limit, and a panic would take the VM down.
-const MAX_WS_RUN: usize = 32;
-
-/// Text pieces handed to the tokenizer at a time (cut at whitespace).
-const PIECE: usize = 4096;
-
 /// Lazily built tokenizers, one set per VM.
 #[derive(Default)]
 pub struct Tokenizers {
-    o200k: Option<CoreBPE>,
-    cl100k: Option<CoreBPE>,
+    o200k: Option<Vocab>,
+    cl100k: Option<Vocab>,
     failed: bool,
     streams: u32,
 }
@@ -72,7 +63,7 @@ impl Tokenizers {
         }
     }
 
-    fn get(&mut self, enc: Encoding) -> Option<&CoreBPE> {
+    fn get(&mut self, enc: Encoding) -> Option<&Vocab> {
         if self.failed {
             return None;
         }
@@ -81,7 +72,7 @@ impl Tokenizers {
             Encoding::Cl100k => &mut self.cl100k,
         };
         if slot.is_none() {
-            match crate::vocab::tokenizer(enc) {
+            match Vocab::load(enc) {
                 Ok(bpe) => *slot = Some(bpe),
                 Err(_) => {
                     self.failed = true;
@@ -92,43 +83,10 @@ impl Tokenizers {
         slot.as_ref()
     }
 
-    /// Tokens in `text` by `enc`; `None` if the tokenizer could not be built.
+    /// Tokens in `text` by `enc`; `None` if the vocabulary could not be unpacked.
     pub fn count(&mut self, enc: Encoding, text: &str) -> Option<u64> {
-        let bpe = self.get(enc)?;
-        let mut total = 0u64;
-        for piece in pieces(text) {
-            total += bpe.encode_ordinary(&piece).len() as u64;
-        }
-        Some(total)
+        Some(self.get(enc)?.count(text))
     }
-}
-
-/// `text` cut into bounded pieces at whitespace, with over-long whitespace runs shortened.
-fn pieces(text: &str) -> impl Iterator<Item = String> + '_ {
-    let mut chars = text.chars().peekable();
-    std::iter::from_fn(move || {
-        chars.peek()?;
-        let mut piece = String::with_capacity(PIECE + 8);
-        let mut ws_run = 0;
-        while let Some(&c) = chars.peek() {
-            if c.is_whitespace() {
-                ws_run += 1;
-                if ws_run > MAX_WS_RUN {
-                    chars.next();
-                    continue;
-                }
-                // A long piece ends before whitespace, so words stay whole.
-                if piece.len() >= PIECE && ws_run == 1 {
-                    break;
-                }
-            } else {
-                ws_run = 0;
-            }
-            piece.push(c);
-            chars.next();
-        }
-        Some(piece)
-    })
 }
 
 /// A stream's (decoded) bytes, kept until the exchange ends, so that output can be counted if
@@ -219,20 +177,20 @@ mod tests {
         assert!(t.is_loaded(Encoding::O200k));
     }
 
+    /// Long runs of whitespace and long texts are counted whole, as tiktoken counts them
+    /// (there is no backtracking limit to keep clear of).
     #[test]
-    fn hostile_whitespace_and_long_text_do_not_panic() {
+    fn hostile_whitespace_and_long_text_are_counted_exactly() {
         let mut t = Tokenizers::default();
-        let text = format!("a{}b{}", " ".repeat(200_000), "word ".repeat(50_000));
-        let n = t.count(Encoding::O200k, &text).unwrap();
-        assert!((50_000..=50_100).contains(&n), "{n}");
-    }
-
-    #[test]
-    fn pieces_keep_words_whole_and_text_otherwise_intact() {
-        let text = "alpha beta ".repeat(2000);
-        let joined: String = pieces(&text).collect();
-        assert_eq!(joined, text);
-        assert!(pieces(&text).all(|p| p.len() <= PIECE + 16));
+        let reference = tiktoken_rs::o200k_base().unwrap();
+        for text in [
+            format!("a{}b{}", " ".repeat(200_000), "word ".repeat(50_000)),
+            format!("x{}y", "\n \t".repeat(30_000)),
+            "z".repeat(300_000),
+        ] {
+            let n = t.count(Encoding::O200k, &text).unwrap();
+            assert_eq!(n, reference.encode_ordinary(&text).len() as u64);
+        }
     }
 
     #[test]
