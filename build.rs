@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::Path;
 
-fn pack(name: &str, bpe: &tiktoken_rs::CoreBPE, ranks: u32) {
+fn pack(name: &str, bpe: &tiktoken_rs::CoreBPE, ranks: u32) -> Vec<u8> {
     let mut packed = Vec::with_capacity(ranks as usize * 8);
     for rank in 0..ranks {
         let token = bpe
@@ -21,7 +21,9 @@ fn pack(name: &str, bpe: &tiktoken_rs::CoreBPE, ranks: u32) {
     }
     let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
     z.write_all(&packed).expect("deflate");
-    std::fs::write(out_dir().join(name), z.finish().expect("deflate")).expect("write vocabulary");
+    let blob = z.finish().expect("deflate");
+    std::fs::write(out_dir().join(name), &blob).expect("write vocabulary");
+    blob
 }
 
 fn out_dir() -> std::path::PathBuf {
@@ -74,14 +76,23 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     unicode_tables();
     // Rank counts of the regular tokens (special tokens come after them).
-    pack(
+    let o200k = pack(
         "o200k_base.vocab",
         &tiktoken_rs::o200k_base().expect("o200k_base"),
         199_998,
     );
-    pack(
+    let cl100k = pack(
         "cl100k_base.vocab",
         &tiktoken_rs::cl100k_base().expect("cl100k_base"),
         100_256,
     );
+    // What a vocabulary fetched from the collector must be (the wasm filter embeds none).
+    use sha2::Digest;
+    let sha = |blob: &[u8]| format!("{:?}", sha2::Sha256::digest(blob).as_slice());
+    let consts = format!(
+        "const O200K_SHA256: &[u8] = &{};\nconst CL100K_SHA256: &[u8] = &{};\n",
+        sha(&o200k),
+        sha(&cl100k)
+    );
+    std::fs::write(out_dir().join("vocab_sha256.rs"), consts).expect("write digests");
 }

@@ -124,15 +124,17 @@ fn main() {
         } else {
             let _ = ex.on_response_body(response, true);
         }
-        let ev = ex.finish(
-            Finish {
-                now_unix_ms: 1050.0,
-                request_id: ids.next_uuid(1050),
-                code_details: Some("via_upstream"),
-                final_status: Some(200),
-            },
-            &mut tokenizers,
-        );
+        let ev = ex
+            .finish(
+                Finish {
+                    now_unix_ms: 1050.0,
+                    request_id: ids.next_uuid(1050),
+                    code_details: Some("via_upstream"),
+                    final_status: Some(200),
+                },
+                &mut tokenizers,
+            )
+            .0;
         let mut line = Vec::with_capacity(1024);
         ev.write_json(&mut line);
         bytes += line.len();

@@ -15,7 +15,7 @@ use crate::errors::classify;
 use crate::event::{ErrorCategory, ErrorSource, Event};
 use crate::hold::BodyEdit;
 use crate::identity::Identity;
-use crate::measure::{self, StreamRecord, Tokenizers};
+use crate::measure::{self, Counted, Encoding, StreamRecord, Tokenizers};
 use crate::org_keys::{self, KeyHash};
 use crate::provider::{self, Api, ResponseMeter, Route};
 use crate::rules::{self, Facts, Model, Refusal, Step, Verdict};
@@ -955,8 +955,13 @@ impl Exchange {
     }
 
     /// Build the event. Call once, when Envoy is done with the stream. `tokenizers` counts
-    /// output when the provider reported no (complete) usage.
-    pub fn finish(mut self, fin: Finish<'_>, tokenizers: &mut Tokenizers) -> Event {
+    /// output when the provider reported no (complete) usage; when the vocabulary for that is
+    /// not here yet (the wasm filter fetches it), the event comes with what is left to count.
+    pub fn finish(
+        mut self,
+        fin: Finish<'_>,
+        tokenizers: &mut Tokenizers,
+    ) -> (Event, Option<Uncounted>) {
         if !self.complete {
             // A body cut short still yields what it carried so far.
             self.read(&[], true);
@@ -979,23 +984,20 @@ impl Exchange {
             .usage
             .filter(|_| facts.usage_final && (self.complete || !self.sse))
             .map(Usage::consistent);
-        let measured = self.measure(exact.is_some(), model.unwrap_or(""), tokenizers);
-        let (usage, source) = match (exact, measured) {
-            (Some(u), _) => (Some(u), Some(TokenSource::Exact)),
-            (None, Some(m)) => {
-                // What the provider did report (the input side) stays; output is counted.
-                let partial = facts.usage.unwrap_or_default();
-                let u = Usage {
-                    output: m,
-                    reasoning: 0,
-                    ..partial
-                }
-                .consistent();
-                (Some(u), Some(TokenSource::Measured))
-            }
-            (None, None) => (None, None),
-        };
         let input_known = exact.is_some() || facts.usage.is_some();
+        let (measured, uncounted) =
+            match self.measure(exact.is_some(), model.unwrap_or(""), tokenizers) {
+                Measure::Counted(n) => (n, None),
+                Measure::Later(enc, text) => (
+                    None,
+                    Some(Uncounted {
+                        enc,
+                        text,
+                        reported: facts.usage,
+                        input_known,
+                    }),
+                ),
+            };
         let interrupted = self.sse && !self.complete;
         let (error_category, error_source) = match refused {
             Some((_, c)) => (Some(c), Some(ErrorSource::Proxy)),
@@ -1013,8 +1015,7 @@ impl Exchange {
             self.sse || self.route.path_streaming || self.request.boolean("stream") == Some(true);
         let a = self.attribution;
         let identity = self.identity;
-        let known = |f: fn(&Usage) -> u64| usage.filter(|_| input_known).map(|u| f(&u));
-        Event {
+        let mut event = Event {
             request_id: fin.request_id,
             timestamp: format_rfc3339_ms(self.started_unix_ms as i64),
             org_id: self.org,
@@ -1027,19 +1028,20 @@ impl Exchange {
             streaming,
             latency_ms: round_ms(fin.now_unix_ms - self.started_unix_ms),
             ttfb_ms: self.ttfb_ms.map(round_ms),
-            input_tokens: known(|u| u.input),
-            output_tokens: usage.map(|u| u.output),
-            cached_input_tokens: known(|u| u.cached_input),
-            cache_write_tokens: known(|u| u.cache_write),
-            reasoning_tokens: exact.map(|u| u.reasoning),
-            cache_write_1h_tokens: known(|u| u.cache_write_1h).filter(|n| *n > 0),
-            web_search_requests: exact.map(|u| u.web_search).filter(|n| *n > 0),
+            // Set below, by `set_tokens`.
+            input_tokens: None,
+            output_tokens: None,
+            cached_input_tokens: None,
+            cache_write_tokens: None,
+            reasoning_tokens: None,
+            cache_write_1h_tokens: None,
+            web_search_requests: None,
             service_tier: facts
                 .service_tier
                 .or_else(|| self.request.string("service_tier"))
                 .and_then(|t| clean(&t, MAX_TIER)),
-            token_source: source,
-            measured_output_tokens: measured,
+            token_source: None,
+            measured_output_tokens: None,
             // Priced by the collector (PRODUCT.md, "Where prices are applied").
             cost_usd: None,
             error_category,
@@ -1059,23 +1061,116 @@ impl Exchange {
             model_routed: self.acted.model_routed,
             rule: self.acted.label,
             shadow: self.acted.shadow,
-        }
+        };
+        set_tokens(&mut event, exact, measured, facts.usage, input_known);
+        (event, uncounted)
     }
 
     /// Count a stream's output: always when exact usage is missing, and as a calibration sample
     /// now and then when it is present and the tokenizer is loaded anyway.
-    fn measure(&self, have_exact: bool, model: &str, tokenizers: &mut Tokenizers) -> Option<u64> {
-        let record = self.record.as_ref().filter(|r| !r.truncated)?;
+    fn measure(&self, have_exact: bool, model: &str, tokenizers: &mut Tokenizers) -> Measure {
+        let Some(record) = self.record.as_ref().filter(|r| !r.truncated) else {
+            return Measure::Counted(None);
+        };
         let enc = measure::encoding_for(model);
         if have_exact && !(tokenizers.is_loaded(enc) && tokenizers.take_sample()) {
-            return None;
+            return Measure::Counted(None);
         }
         let mut text = String::new();
         for doc in record.documents(self.max_sse_event) {
             self.meter.output_text(&doc, &mut text);
         }
-        tokenizers.count(enc, &text)
+        match tokenizers.count(enc, &text) {
+            Counted::Tokens(n) => Measure::Counted(Some(n)),
+            Counted::Unavailable => Measure::Counted(None),
+            // A calibration sample is never waited for (the vocabulary is loaded for those).
+            Counted::Wanting if have_exact => Measure::Counted(None),
+            Counted::Wanting => Measure::Later(enc, text),
+        }
     }
+}
+
+/// What counting a stream's output gave.
+enum Measure {
+    Counted(Option<u64>),
+    /// The text to count once the encoding's vocabulary is here.
+    Later(Encoding, String),
+}
+
+/// An event's output, still to be counted: the generated text (kept in memory only, as the
+/// response was) and what the event's token fields need besides the count.
+pub struct Uncounted {
+    pub enc: Encoding,
+    text: String,
+    /// The usage the provider did report (the input side of a stream cut short).
+    reported: Option<Usage>,
+    input_known: bool,
+}
+
+impl Uncounted {
+    /// Output to count later, for tests of what holds it.
+    #[cfg(test)]
+    pub(crate) fn new(enc: Encoding, text: &str, reported: Option<Usage>) -> Uncounted {
+        Uncounted {
+            enc,
+            text: text.to_string(),
+            reported,
+            input_known: reported.is_some(),
+        }
+    }
+
+    /// Bytes of text held.
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// Count the text with `tokenizers` (None: it cannot be, the event goes without an
+    /// output count) and set `event`'s token fields as `finish` would have.
+    pub fn settle(self, event: &mut Event, tokenizers: Option<&mut Tokenizers>) {
+        let measured = match tokenizers.map(|t| t.count(self.enc, &self.text)) {
+            Some(Counted::Tokens(n)) => Some(n),
+            _ => None,
+        };
+        set_tokens(event, None, measured, self.reported, self.input_known);
+    }
+}
+
+/// An event's token fields: exact usage when the provider reported it whole, else the output
+/// counted (`measured`) beside the input side the provider did report.
+fn set_tokens(
+    e: &mut Event,
+    exact: Option<Usage>,
+    measured: Option<u64>,
+    reported: Option<Usage>,
+    input_known: bool,
+) {
+    let (usage, source) = match (exact, measured) {
+        (Some(u), _) => (Some(u), Some(TokenSource::Exact)),
+        (None, Some(m)) => {
+            let u = Usage {
+                output: m,
+                reasoning: 0,
+                ..reported.unwrap_or_default()
+            }
+            .consistent();
+            (Some(u), Some(TokenSource::Measured))
+        }
+        (None, None) => (None, None),
+    };
+    let known = |f: fn(&Usage) -> u64| usage.filter(|_| input_known).map(|u| f(&u));
+    e.input_tokens = known(|u| u.input);
+    e.output_tokens = usage.map(|u| u.output);
+    e.cached_input_tokens = known(|u| u.cached_input);
+    e.cache_write_tokens = known(|u| u.cache_write);
+    e.reasoning_tokens = exact.map(|u| u.reasoning);
+    e.cache_write_1h_tokens = known(|u| u.cache_write_1h).filter(|n| *n > 0);
+    e.web_search_requests = exact.map(|u| u.web_search).filter(|n| *n > 0);
+    e.token_source = source;
+    e.measured_output_tokens = measured;
 }
 
 /// Feed (decoded) response bytes to the JSON scanner or the SSE parser, and each finished

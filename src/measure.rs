@@ -22,6 +22,41 @@ pub enum Encoding {
     Cl100k,
 }
 
+impl Encoding {
+    pub const ALL: [Encoding; 2] = [Encoding::O200k, Encoding::Cl100k];
+
+    /// tiktoken's name for it (and the collector's path for its vocabulary).
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::O200k => "o200k_base",
+            Encoding::Cl100k => "cl100k_base",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Encoding> {
+        Encoding::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+/// What counting gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    Tokens(u64),
+    /// The vocabulary is not in this build and not fetched yet ([`Tokenizers::provide`]).
+    Wanting,
+    /// The vocabulary cannot be had (a broken build).
+    Unavailable,
+}
+
+impl Counted {
+    pub fn tokens(self) -> Option<u64> {
+        match self {
+            Counted::Tokens(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
 /// The encoding for a model name (dated snapshots included).
 pub fn encoding_for(model: &str) -> Encoding {
     let m = model.strip_prefix("models/").unwrap_or(model);
@@ -36,13 +71,21 @@ pub fn encoding_for(model: &str) -> Encoding {
     }
 }
 
-/// Lazily built tokenizers, one set per VM.
+/// Vocabularies, unpacked on first need and kept for the VM's life.
 #[derive(Default)]
 pub struct Tokenizers {
-    o200k: Option<Vocab>,
-    cl100k: Option<Vocab>,
-    failed: bool,
+    o200k: Slot,
+    cl100k: Slot,
     streams: u32,
+}
+
+#[derive(Default)]
+enum Slot {
+    #[default]
+    Empty,
+    Loaded(Vocab),
+    /// The embedded vocabulary did not unpack.
+    Failed,
 }
 
 /// One exact-usage stream in this many is also counted, for calibration.
@@ -55,37 +98,46 @@ impl Tokenizers {
         self.streams % SAMPLE_EVERY == 1
     }
 
-    /// Whether counting with `enc` would cost nothing more than the counting.
-    pub fn is_loaded(&self, enc: Encoding) -> bool {
+    fn slot(&mut self, enc: Encoding) -> &mut Slot {
         match enc {
-            Encoding::O200k => self.o200k.is_some(),
-            Encoding::Cl100k => self.cl100k.is_some(),
+            Encoding::O200k => &mut self.o200k,
+            Encoding::Cl100k => &mut self.cl100k,
         }
     }
 
-    fn get(&mut self, enc: Encoding) -> Option<&Vocab> {
-        if self.failed {
-            return None;
-        }
+    /// Whether counting with `enc` would cost nothing more than the counting.
+    pub fn is_loaded(&self, enc: Encoding) -> bool {
         let slot = match enc {
-            Encoding::O200k => &mut self.o200k,
-            Encoding::Cl100k => &mut self.cl100k,
+            Encoding::O200k => &self.o200k,
+            Encoding::Cl100k => &self.cl100k,
         };
-        if slot.is_none() {
-            match Vocab::load(enc) {
-                Ok(bpe) => *slot = Some(bpe),
-                Err(_) => {
-                    self.failed = true;
-                    return None;
+        matches!(slot, Slot::Loaded(_))
+    }
+
+    /// Tokens in `text` by `enc`, unpacking the embedded vocabulary on first use.
+    pub fn count(&mut self, enc: Encoding, text: &str) -> Counted {
+        let slot = self.slot(enc);
+        if let Slot::Empty = slot {
+            match crate::vocab::packed(enc) {
+                None => return Counted::Wanting,
+                Some(blob) => {
+                    *slot = Vocab::load(enc, blob).map_or(Slot::Failed, Slot::Loaded);
                 }
             }
         }
-        slot.as_ref()
+        match slot {
+            Slot::Loaded(v) => Counted::Tokens(v.count(text)),
+            Slot::Failed => Counted::Unavailable,
+            Slot::Empty => Counted::Wanting,
+        }
     }
 
-    /// Tokens in `text` by `enc`; `None` if the vocabulary could not be unpacked.
-    pub fn count(&mut self, enc: Encoding, text: &str) -> Option<u64> {
-        Some(self.get(enc)?.count(text))
+    /// Install a vocabulary fetched from the collector; an error (a blob that is not the one
+    /// this build expects) leaves it wanting.
+    pub fn provide(&mut self, enc: Encoding, blob: &[u8]) -> Result<(), String> {
+        let v = Vocab::load(enc, blob)?;
+        *self.slot(enc) = Slot::Loaded(v);
+        Ok(())
     }
 }
 
@@ -171,9 +223,15 @@ mod tests {
         let mut t = Tokenizers::default();
         assert!(!t.is_loaded(Encoding::O200k));
         // Reference counts from OpenAI's tokenizer for these encodings.
-        assert_eq!(t.count(Encoding::O200k, "Hello, world!"), Some(4));
-        assert_eq!(t.count(Encoding::Cl100k, "Hello, world!"), Some(4));
-        assert_eq!(t.count(Encoding::O200k, ""), Some(0));
+        assert_eq!(
+            t.count(Encoding::O200k, "Hello, world!"),
+            Counted::Tokens(4)
+        );
+        assert_eq!(
+            t.count(Encoding::Cl100k, "Hello, world!"),
+            Counted::Tokens(4)
+        );
+        assert_eq!(t.count(Encoding::O200k, ""), Counted::Tokens(0));
         assert!(t.is_loaded(Encoding::O200k));
     }
 
@@ -188,8 +246,11 @@ mod tests {
             format!("x{}y", "\n \t".repeat(30_000)),
             "z".repeat(300_000),
         ] {
-            let n = t.count(Encoding::O200k, &text).unwrap();
-            assert_eq!(n, reference.encode_ordinary(&text).len() as u64);
+            let n = t.count(Encoding::O200k, &text);
+            assert_eq!(
+                n,
+                Counted::Tokens(reference.encode_ordinary(&text).len() as u64)
+            );
         }
     }
 

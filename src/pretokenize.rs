@@ -354,11 +354,19 @@ mod tests {
     fn references() -> [(Vocab, tiktoken_rs::CoreBPE); 2] {
         [
             (
-                Vocab::load(Encoding::O200k).unwrap(),
+                Vocab::load(
+                    Encoding::O200k,
+                    crate::vocab::packed(Encoding::O200k).unwrap(),
+                )
+                .unwrap(),
                 tiktoken_rs::o200k_base().unwrap(),
             ),
             (
-                Vocab::load(Encoding::Cl100k).unwrap(),
+                Vocab::load(
+                    Encoding::Cl100k,
+                    crate::vocab::packed(Encoding::Cl100k).unwrap(),
+                )
+                .unwrap(),
                 tiktoken_rs::cl100k_base().unwrap(),
             ),
         ]

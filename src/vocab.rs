@@ -1,6 +1,11 @@
 //! The tiktoken vocabularies, packed at build time (see `build.rs`), and the byte-pair counting
 //! done with them.
 //!
+//! The native builds (the collector, the native module) embed the packed vocabularies. The
+//! wasm filter does not: whatever a module embeds is copied into every VM's memory at start,
+//! counting or not, so a VM fetches a vocabulary from the collector (`GET /v1/vocab/NAME`) the
+//! first time a stream needs counting, and checks it against the SHA-256 it was built with.
+//!
 //! Each blob is deflate-compressed; inflated it is, for rank 0, 1, 2, ... in order, one byte of
 //! length and the token's bytes. Kept compressed in the module, a vocabulary costs 0.5 to 1 MB
 //! of each VM's memory until a stream needs counting. Unpacked it is one buffer of the tokens'
@@ -16,8 +21,27 @@ use std::io::Read;
 /// A token's rank in its encoding.
 pub type Rank = u32;
 
+#[cfg(not(target_arch = "wasm32"))]
 const O200K: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k_base.vocab"));
+#[cfg(not(target_arch = "wasm32"))]
 const CL100K: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cl100k_base.vocab"));
+
+// The SHA-256 of each packed vocabulary (`build.rs`): what a fetched one must be.
+include!(concat!(env!("OUT_DIR"), "/vocab_sha256.rs"));
+
+/// The packed vocabulary of `enc`, where this build embeds it (not in the wasm filter).
+pub fn packed(enc: Encoding) -> Option<&'static [u8]> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return Some(match enc {
+        Encoding::O200k => O200K,
+        Encoding::Cl100k => CL100K,
+    });
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = enc;
+        None
+    }
+}
 
 /// Unpacked sizes, to reserve once and to check the blob against.
 const O200K_TOKENS: usize = 199_998;
@@ -45,13 +69,20 @@ fn hash(bytes: &[u8]) -> u64 {
 }
 
 impl Vocab {
-    /// Unpack the vocabulary of `enc`; an error names what failed (a corrupt blob cannot
-    /// happen short of a broken build, but counting is never worth a panic).
-    pub fn load(enc: Encoding) -> Result<Vocab, String> {
-        let (blob, tokens) = match enc {
-            Encoding::O200k => (O200K, O200K_TOKENS),
-            Encoding::Cl100k => (CL100K, CL100K_TOKENS),
+    /// Unpack the vocabulary of `enc` from `blob` (embedded or fetched), which must be the one
+    /// this build was made with; an error names what failed (counting is never worth a panic).
+    pub fn load(enc: Encoding, blob: &[u8]) -> Result<Vocab, String> {
+        use sha2::Digest;
+        let (sha, tokens) = match enc {
+            Encoding::O200k => (O200K_SHA256, O200K_TOKENS),
+            Encoding::Cl100k => (CL100K_SHA256, CL100K_TOKENS),
         };
+        if sha2::Sha256::digest(blob).as_slice() != sha {
+            return Err(format!(
+                "vocabulary {}: not the one this filter was built with",
+                enc.name()
+            ));
+        }
         Vocab::unpack(enc, blob, tokens)
     }
 
@@ -278,7 +309,7 @@ mod tests {
     #[test]
     fn same_vocabularies_as_tiktoken() {
         for enc in [Encoding::O200k, Encoding::Cl100k] {
-            let ours = Vocab::load(enc).unwrap();
+            let ours = Vocab::load(enc, packed(enc).unwrap()).unwrap();
             let theirs = reference(enc);
             for rank in 0..ours.ends.len() as Rank {
                 let token = theirs.decode_bytes(&[rank]).unwrap();
@@ -298,7 +329,7 @@ mod tests {
             "Pneumonoultramicroscopicsilicovolcanoconiosis",
         ];
         for enc in [Encoding::O200k, Encoding::Cl100k] {
-            let ours = Vocab::load(enc).unwrap();
+            let ours = Vocab::load(enc, packed(enc).unwrap()).unwrap();
             let theirs = reference(enc);
             for w in words {
                 for n in [1, 2, 3, 5, 8, 13] {
@@ -319,5 +350,14 @@ mod tests {
         assert!(Vocab::unpack(Encoding::O200k, &O200K[..O200K.len() / 2], O200K_TOKENS).is_err());
         // A blob whose count is wrong.
         assert!(Vocab::unpack(Encoding::Cl100k, CL100K, CL100K_TOKENS + 1).is_err());
+        // One encoding's vocabulary offered as the other's, or altered by one byte.
+        let err = Vocab::load(Encoding::O200k, CL100K).err().unwrap();
+        assert_eq!(
+            err,
+            "vocabulary o200k_base: not the one this filter was built with"
+        );
+        let mut altered = O200K.to_vec();
+        altered[1000] ^= 1;
+        assert!(Vocab::load(Encoding::O200k, &altered).is_err());
     }
 }

@@ -57,7 +57,7 @@ fn run(case: &Case<'_>, chunks: &[&[u8]]) -> Event {
         final_status: Some(case.status),
     };
     // Tokenizers are built once per VM; once per test thread here.
-    let ev = TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut()));
+    let ev = TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut()).0);
     priced(ev)
 }
 
@@ -321,6 +321,7 @@ fn stream_cut_short_keeps_what_arrived() {
             tally::measure::Encoding::O200k,
             "Okay, let's break \"usage\":{\"output_tokens\":9999} that down",
         )
+        .tokens()
         .unwrap();
     assert!(counted > 10);
     assert_eq!(ev.output_tokens, Some(counted));
@@ -405,7 +406,7 @@ fn compressed_responses_are_metered_exactly() {
                 code_details: None,
                 final_status: Some(200),
             };
-            let ev = priced(ex.finish(fin, &mut Tokenizers::default()));
+            let ev = priced(ex.finish(fin, &mut Tokenizers::default()).0);
             let want = if path == "/v1/messages" {
                 [Some(2520), Some(184), Some(2048), Some(0), Some(0)]
             } else {
@@ -445,7 +446,7 @@ fn compression_bomb_and_unknown_encoding_give_no_usage() {
             code_details: None,
             final_status: Some(200),
         };
-        let ev = priced(ex.finish(fin, &mut Tokenizers::default()));
+        let ev = priced(ex.finish(fin, &mut Tokenizers::default()).0);
         assert_eq!(ev.input_tokens, None, "{encoding}");
         assert_eq!(ev.token_source, None);
     }
@@ -613,7 +614,7 @@ fn tokenizer_is_not_built_while_exact_usage_arrives() {
             code_details: None,
             final_status: Some(200),
         };
-        let ev = priced(ex.finish(fin, &mut tokenizers));
+        let ev = priced(ex.finish(fin, &mut tokenizers).0);
         assert_eq!(ev.token_source, Some(TokenSource::Exact));
         assert_eq!(ev.measured_output_tokens, None);
     }
@@ -626,6 +627,7 @@ fn tokenizer_is_not_built_while_exact_usage_arrives() {
 fn measured(model: &str, text: &str) -> u64 {
     Tokenizers::default()
         .count(tally::measure::encoding_for(model), text)
+        .tokens()
         .unwrap()
 }
 
@@ -1005,7 +1007,7 @@ fn gemini_array_stream_cut_short_is_measured() {
         code_details: Some("upstream_reset_after_response_started{connection_termination}"),
         final_status: Some(200),
     };
-    let ev = TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut()));
+    let ev = TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut()).0);
     let out = measured(
         "gemini-2.5-flash",
         "Tallies count: a notch per sheep, brackets ] and }, {\"quotes\": [\"ok\"]} in text,\\ ",
@@ -1451,7 +1453,7 @@ fn bedrock_event(
         code_details: Some("via_upstream"),
         final_status: Some(200),
     };
-    let ev = priced(TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut())));
+    let ev = priced(TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut()).0));
     (b, Some(ev))
 }
 
@@ -1618,7 +1620,7 @@ fn sigv4_signed_stream_request_body_is_never_changed() {
             code_details: Some("via_upstream"),
             final_status: Some(200),
         };
-        let ev = TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut()));
+        let ev = TOKENIZERS.with(|t| ex.finish(fin, &mut t.borrow_mut()).0);
         assert_eq!(ev.provider, "bedrock");
         assert_eq!(ev.api, "chat_completions");
         assert!(ev.streaming);

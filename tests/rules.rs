@@ -84,6 +84,7 @@ fn finish(ex: Exchange, status: u16) -> Event {
         },
         &mut Tokenizers::default(),
     )
+    .0
 }
 
 /// The official OpenAI Python SDK sends `messages` before `model`.

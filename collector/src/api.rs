@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(ingest_events))
         .route("/v1/controls", get(controls))
+        .route("/v1/vocab/{name}", get(vocab))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/summary", get(summary))
         .route("/api/v1/timeseries", get(timeseries))
@@ -897,6 +898,25 @@ async fn controls(
         answer.body.clone(),
     )
         .into_response())
+}
+
+/// A tiktoken vocabulary, packed as the filter's build packs it: the wasm filter fetches one
+/// the first time a stream needs counting (`src/vocab.rs`). Public data (OpenAI publishes it),
+/// so no credential is asked for; the filter checks it against the SHA-256 it was built with.
+async fn vocab(axum::extract::Path(name): axum::extract::Path<String>) -> axum::response::Response {
+    let Some(blob) = tally::measure::Encoding::from_name(&name).and_then(tally::vocab::packed)
+    else {
+        return ApiError::NotFound.into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            // The same bytes for as long as this build runs.
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        blob,
+    )
+        .into_response()
 }
 
 async fn healthz() -> impl IntoResponse {

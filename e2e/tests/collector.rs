@@ -1864,3 +1864,33 @@ fn prices_change_while_the_collector_runs_and_past_events_can_be_priced_again() 
     let (ok, _, err) = common::collector_cli(&c.data, &["prices", "load", file.to_str().unwrap()]);
     assert!(!ok && err.contains("lists no model"), "{err}");
 }
+
+/// The vocabularies the wasm filter fetches: the bytes the filter was built to expect, with no
+/// credential asked for (public data), and nothing for a name that is no encoding.
+#[test]
+fn vocabularies_are_served_as_the_filter_expects_them() {
+    let c = start();
+    for enc in tally::measure::Encoding::ALL {
+        let resp = agent()
+            .get(&c.url(&format!("/v1/vocab/{}", enc.name())))
+            .call()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.header("content-type"),
+            Some("application/octet-stream")
+        );
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+        assert_eq!(body, tally::vocab::packed(enc).unwrap());
+        // What a filter does with it.
+        let mut t = tally::measure::Tokenizers::default();
+        t.provide(enc, &body).unwrap();
+        assert_eq!(
+            t.count(enc, "Hello, world!"),
+            tally::measure::Counted::Tokens(4)
+        );
+    }
+    let (s, _, _) = send(agent().get(&c.url("/v1/vocab/p50k_base")), None);
+    assert_eq!(s, 404);
+}

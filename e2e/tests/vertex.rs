@@ -248,6 +248,7 @@ fn interrupted_array_stream_is_measured() {
     let ev = &stack.wait_events("user=u-array-cut", 1)[0];
     let counted = tally::measure::Tokenizers::default()
         .count(tally::measure::Encoding::O200k, "alpha beta ")
+        .tokens()
         .unwrap();
     assert_eq!(ev["provider"], "gemini", "{ev:#}");
     assert_eq!(ev["streaming"], true);

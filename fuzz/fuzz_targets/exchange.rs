@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
         final_status: Some(200),
     };
     let mut tokenizers = Tokenizers::default();
-    let ev = ex.finish(fin, &mut tokenizers);
+    let ev = ex.finish(fin, &mut tokenizers).0;
     let line = serde_json::to_vec(&ev).expect("serializes");
     if let Err(e) = tally_collector::ingest::parse(&line) {
         panic!("the collector refuses the filter's event: {e:?}\n{}", String::from_utf8_lossy(&line));

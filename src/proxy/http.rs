@@ -427,7 +427,7 @@ impl<H: Host> Req<H> {
         };
         let s = &mut *s;
         self.count_acted(s, &ex);
-        let event = ex.finish(fin, &mut s.tokenizers);
+        let (event, uncounted) = ex.finish(fin, &mut s.tokenizers);
         if let (Some(reserved), Some(budgets)) = (self.reserved.take(), self.budgets.as_ref()) {
             for i in reserved {
                 if let Some(b) = budgets.get(i) {
@@ -435,6 +435,17 @@ impl<H: Host> Req<H> {
                 }
             }
         }
-        s.outbox.push_with(now as u64, |buf| event.write_json(buf));
+        match uncounted {
+            None => {
+                s.outbox.push_with(now as u64, |buf| event.write_json(buf));
+            }
+            // Its vocabulary is fetched by the root context (`vocabs`).
+            Some(rest) => {
+                let outbox = &mut s.outbox;
+                s.held.hold(now as u64, event, rest, |e| {
+                    outbox.push_with(now as u64, |buf| e.write_json(buf));
+                });
+            }
+        }
     }
 }

@@ -15,6 +15,9 @@ pub struct Metrics {
     /// Events a stopping VM handed over, and events a running VM took over (`handoff`).
     pub events_handed_over: Option<u32>,
     pub events_adopted: Option<u32>,
+    /// Events sent without an output count because their vocabulary could not be fetched in
+    /// time (`vocabs`).
+    pub events_uncounted: Option<u32>,
     /// Requests refused for their org key (401), requests passed unmetered for want of an org,
     /// and failed polls of the collector's key set.
     pub requests_refused_key: Option<u32>,
@@ -50,6 +53,7 @@ impl Metrics {
             filter_errors: c("tally.filter_errors"),
             events_handed_over: c("tally.events_handed_over"),
             events_adopted: c("tally.events_adopted"),
+            events_uncounted: c("tally.events_uncounted"),
             requests_refused_key: c("tally.requests_refused_key"),
             requests_unattributed: c("tally.requests_unattributed"),
             controls_failed: c("tally.controls_failed"),

@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod root;
 pub mod shared;
+pub mod vocabs;
 
 use std::borrow::Cow;
 use std::time::Duration;

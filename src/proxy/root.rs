@@ -4,11 +4,12 @@
 use super::controls::{Controls, Update};
 use super::handover;
 use super::http::Req;
+use super::vocabs::{Fetch, Held, FETCH_TIMEOUT_MS};
 use super::{Buf, Cell, Host, Level, Map, Metrics, Ref};
 use crate::budgets::BudgetSet;
 use crate::config::{Config, Env};
 use crate::identity::Identity;
-use crate::measure::Tokenizers;
+use crate::measure::{Encoding, Tokenizers};
 use crate::org_keys::{self, KeyHash, KeySet};
 use crate::outbox::{Counters, Outbox, Outcome};
 use crate::request_id::IdGen;
@@ -23,6 +24,8 @@ pub struct Shared {
     pub cfg: Config,
     /// Built on the first stream that needs counting, then kept for the VM's life.
     pub tokenizers: Tokenizers,
+    /// Events whose output waits for a vocabulary being fetched.
+    pub held: Held,
     pub outbox: Outbox,
     pub metrics: Metrics,
     /// Requests metered since the last report to Envoy's counter.
@@ -74,6 +77,10 @@ pub struct Root<H> {
     /// batch in flight tells.
     dropped_told: u64,
     dropped_sending: u64,
+    /// The fetch of a vocabulary held events wait for, and the count of events that went
+    /// uncounted already reported.
+    vocab: Fetch,
+    reported_uncounted: u64,
     host: PhantomData<H>,
 }
 
@@ -105,6 +112,8 @@ impl<H: Host> Root<H> {
             controls: Controls::default(),
             dropped_told: 0,
             dropped_sending: 0,
+            vocab: Fetch::default(),
+            reported_uncounted: 0,
             host: PhantomData,
         }
     }
@@ -116,6 +125,14 @@ impl<H: Host> Root<H> {
         let Some(shared) = self.shared.clone() else {
             return;
         };
+        // Events held for a vocabulary go with the rest, counted if they can be.
+        if let Some(mut s) = shared.write() {
+            let s = &mut *s;
+            let (outbox, now) = (&mut s.outbox, H::now_ms() as u64);
+            s.held.release_all(&mut s.tokenizers, |e| {
+                outbox.push_with(now, |buf| e.write_json(buf));
+            });
+        }
         let Some(s) = shared.read() else {
             return;
         };
@@ -267,6 +284,98 @@ impl<H: Host> Root<H> {
         }
     }
 
+    /// Fetch the vocabulary that held events wait for, and queue those that may go.
+    fn fetch_vocab(&mut self, now: u64) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Some(mut s) = shared.write() else {
+            return;
+        };
+        let s = &mut *s;
+        if s.held.is_empty() {
+            return;
+        }
+        let outbox = &mut s.outbox;
+        s.held.release(now, &mut s.tokenizers, None, |e| {
+            outbox.push_with(now, |buf| e.write_json(buf));
+        });
+        let Some(enc) = s.held.wanted() else {
+            return;
+        };
+        if !self.vocab.due(now) {
+            return;
+        }
+        let path = format!("/v1/vocab/{}", enc.name());
+        let headers = [
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", s.cfg.collector_authority.as_str()),
+        ];
+        let timeout = s.cfg.call_timeout_ms.max(FETCH_TIMEOUT_MS);
+        let waiting = s.held.len();
+        match H::dispatch(
+            &s.cfg.collector_cluster,
+            &headers,
+            None,
+            Duration::from_millis(timeout),
+        ) {
+            Ok(token) => self.vocab.in_flight = Some((token, enc)),
+            Err(why) => {
+                self.vocab.failed(now);
+                self.vocab_failed(enc, &format!("the call could not be made: {why}"), waiting);
+            }
+        }
+    }
+
+    fn vocab_answered(&mut self, enc: Encoding, body_size: usize) {
+        let now = H::now_ms() as u64;
+        let status = H::header(Map::CallResponseHeaders, ":status");
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Some(mut s) = shared.write() else {
+            return;
+        };
+        let s = &mut *s;
+        let got = match status.as_deref() {
+            Some("200") => H::with_body(Buf::CallResponseBody, body_size, |b| {
+                s.tokenizers.provide(enc, b)
+            })
+            .unwrap_or_else(|| Err("the answer had no body".into())),
+            other => Err(format!(
+                "the collector answered {}",
+                other.unwrap_or("nothing")
+            )),
+        };
+        // A collector that does not serve it (one older than this filter): nothing to wait for.
+        let give_up = (got.is_err() && status.as_deref() == Some("404")).then_some(enc);
+        match got {
+            Ok(()) => self.vocab.succeeded(),
+            Err(_) => self.vocab.failed(now),
+        }
+        let outbox = &mut s.outbox;
+        s.held.release(now, &mut s.tokenizers, give_up, |e| {
+            outbox.push_with(now, |buf| e.write_json(buf));
+        });
+        let waiting = s.held.len();
+        if let Err(why) = got {
+            self.vocab_failed(enc, &why, waiting);
+        }
+        self.flush();
+    }
+
+    fn vocab_failed(&mut self, enc: Encoding, why: &str, waiting: usize) {
+        H::log(
+            Level::Warn,
+            &format!(
+                "vocabulary {}: cannot fetch it from the collector ({why}); {waiting} events wait for it, and go without an output count after {} s",
+                enc.name(),
+                super::vocabs::MAX_HOLD_MS / 1000
+            ),
+        );
+    }
+
     fn controls_answered(&mut self, body_size: usize) {
         let status = H::header(Map::CallResponseHeaders, ":status");
         match status.as_deref() {
@@ -386,6 +495,7 @@ impl<H: Host> Root<H> {
             .with_max_age(cfg.max_event_age_ms),
             cfg,
             tokenizers: Tokenizers::default(),
+            held: Held::default(),
             metrics: self.metrics,
             metered: AtomicU64::new(0),
             keys: None,
@@ -507,6 +617,13 @@ impl<H: Host> Root<H> {
     /// A call's answer (its headers and body are [`Map::CallResponseHeaders`] and
     /// [`Buf::CallResponseBody`] for the host). True when a stopping root context is done.
     pub fn on_call_response(&mut self, token: u32, body_size: usize) -> bool {
+        if let Some((t, enc)) = self.vocab.in_flight {
+            if t == token {
+                self.vocab.in_flight = None;
+                self.vocab_answered(enc, body_size);
+                return false;
+            }
+        }
         if self.controls.in_flight == Some(token) {
             self.controls.in_flight = None;
             self.controls_answered(body_size);
@@ -570,6 +687,7 @@ impl<H: Host> Root<H> {
             let now = H::now_ms() as u64;
             self.adopt_abandoned(now);
             self.sync_controls(now);
+            self.fetch_vocab(now);
         }
         self.flush();
         let mut waiting = 0;
@@ -579,6 +697,11 @@ impl<H: Host> Root<H> {
                 s.metered.swap(0, std::sync::atomic::Ordering::Relaxed),
             );
             waiting = s.outbox.len();
+            H::count(
+                self.metrics.events_uncounted,
+                s.held.uncounted - self.reported_uncounted,
+            );
+            self.reported_uncounted = s.held.uncounted;
         }
         if self.counted_vm {
             self.report_gauges(waiting);
