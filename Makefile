@@ -163,7 +163,7 @@ fmt:
 # Fuzz the parsers with libFuzzer (cargo-fuzz, on stable with `-s none`), each for FUZZ_SECONDS,
 # seeded from the fixtures. A crash stops the run and leaves its input in fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := scan sse exchange decode ingest eventstream
+FUZZ_TARGETS := scan sse exchange decode ingest eventstream tokenize
 fuzz: dashboard-deps
 	@command -v cargo-fuzz >/dev/null || { echo "make fuzz: installing cargo-fuzz with cargo install"; cargo install cargo-fuzz --locked; }
 	set -e; for t in $(FUZZ_TARGETS); do \

@@ -670,9 +670,15 @@ impl KeyProbe {
             Ok(at) => return Some(at),
             Err(from) => from,
         };
-        memchr::memchr2_iter(b'"', b'\\', data.get(from..).unwrap_or(&[]))
-            .map(|off| from + off)
-            .find(|&at| self.starts_here(data, at))
+        let tail = data.get(from..).unwrap_or(&[]);
+        if tail.len() > 32 {
+            return memchr::memchr2_iter(b'"', b'\\', tail)
+                .map(|off| from + off)
+                .find(|&at| self.starts_here(data, at));
+        }
+        // The few bytes after the blocks: a plain loop costs less than setting up a search.
+        (from..data.len())
+            .find(|&at| matches!(data[at], b'"' | b'\\') && self.starts_here(data, at))
     }
 
     /// Whether a key or a `\\u` escape starts at `at`. A key whose value is `null` does not
@@ -682,8 +688,11 @@ impl KeyProbe {
         let rest = data.get(at..).unwrap_or(&[]);
         rest.starts_with(b"\\u")
             || self.quoted.iter().any(|q| {
-                rest.strip_prefix(q.as_bytes())
-                    .is_some_and(|after| !is_null_member_value(after))
+                // The letter after the quote first: most places are no key at all.
+                q.as_bytes().get(1).is_none_or(|b| rest.get(1) == Some(b))
+                    && rest
+                        .strip_prefix(q.as_bytes())
+                        .is_some_and(|after| !is_null_member_value(after))
             })
     }
 
