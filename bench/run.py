@@ -468,7 +468,7 @@ def run(tmp):
     counts |= {"native_" + k: tally_stat(admin, n, "dynamicmodulescustom") for k, n in
                (("metered", "requests_metered"), ("dropped", "events_dropped"), ("errors", "filter_errors"),
                 ("panics", "panics"))}
-    mem = memory(tmp, resp_port, key, workloads) | counts
+    mem = memory(tmp, resp_port, key, workloads, col_port) | counts
     litellm = {} if SKIP_LITELLM else litellm_runs(tmp, resp_port, ports, workloads, results)
     proxy.kill()
     proxy.wait()
@@ -512,9 +512,11 @@ def collector_figures(col_port, key):
     return ingest, q
 
 
-def memory(tmp, resp_port, key, workloads):
+def memory(tmp, resp_port, key, workloads, col_port):
     """RSS of Envoy alone, with the no-op wasm filter, with Tally's wasm filter and with its native
-    module, at 1, 2 and 4 workers after the same traffic; then what one VM's tokenizer adds."""
+    module, at 1, 2 and 4 workers after the same traffic; then what one VM's tokenizer adds (the
+    wasm filter fetches its vocabulary from the collector: that Envoy's batches and fetch go to the
+    real one)."""
     rf = write(tmp, "mem-req.tsv", "".join(f"{p}\t{h}\t{b}\n" for p, h, b in workloads["mixed providers"]))
     nousage = write(tmp, "mem-nousage.tsv", "/v1/chat/completions\tx-bench-no-usage:1\t"
                     + workloads["streamed, 200 SSE chunks"][0][2] + "\n")
@@ -522,7 +524,8 @@ def memory(tmp, resp_port, key, workloads):
     for workers in MEM_WORKERS:
         for which in KINDS:
             port, admin = free_port(), free_port()
-            p = start([ENVOY, "-c", write(tmp, f"mem-{which}-{workers}.yaml", proxy_config(admin, [hcm("l", port, PROXY_ROUTES, filter_of(which))], resp_port, resp_port)),
+            collector = col_port if (which, workers) == ("tally", 1) else resp_port
+            p = start([ENVOY, "-c", write(tmp, f"mem-{which}-{workers}.yaml", proxy_config(admin, [hcm("l", port, PROXY_ROUTES, filter_of(which))], resp_port, collector)),
                        "--disable-hot-restart", "--concurrency", str(workers), "--log-level", "warn"],
                       os.path.join(tmp, f"mem-{which}-{workers}.log"), dict(os.environ, TALLY_ORG_KEY=key))
             wait_ready(admin, "the memory probe")
@@ -539,6 +542,8 @@ def memory(tmp, resp_port, key, workloads):
                 time.sleep(1.5)
                 rss["tokenizer"] = rss_kib(p.pid) / 1024 - rss[f"{which}@{workers}"]
                 stats["tokenizer"] = tally_stat(admin, "vm_memory_bytes") / 2**20 - stats[1][1]
+                if tally_stat(admin, "events_uncounted"):
+                    raise RuntimeError("bench: the tokenizer's vocabulary was not fetched (events_uncounted)")
             p.kill()
             p.wait()
     print(f"memory: {rss}; the filter's gauges: {stats}", flush=True)
