@@ -69,7 +69,8 @@ test: build build-fault build-native build-native-fault test-wasm test-deps
 	$(MAKE) test-containers
 
 # Debian packages that the delivery tests run for real (a registry, and skopeo to read images
-# back from it), installed with apt-get when missing; Python's prometheus-client (pip, into
+# back from it) and PostgreSQL (the storage tests start a private cluster of their own),
+# installed with apt-get when missing; Python's prometheus-client (pip, into
 # .venv), whose parsers read the collector's /metrics in the collector tests; and the official
 # OpenAI and Anthropic Python SDKs (pip, into .venv), which the rules and budgets tests call
 # through Envoy to see that refusals raise the SDKs' own errors; and opentelemetry-proto (pip,
@@ -77,6 +78,7 @@ test: build build-fault build-native build-native-fault test-wasm test-deps
 # (pip, into .venv), which reads `tally-collector export`'s Parquet files back.
 test-deps: envoy
 	@missing=""; for p in docker-registry skopeo; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "make test-deps: installing with apt-get:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -78,6 +78,64 @@ pub fn placeholders(sql: &str) -> String {
     out
 }
 
+/// The schema, applied whole to a new database (see the file for how it differs from SQLite's).
+pub const SCHEMA: &str = include_str!("../../migrations/postgres/0001_schema.sql");
+
+/// The events partition holding `ts_ms`: its name and its range (a UTC calendar month).
+pub fn month_partition(ts_ms: i64) -> (String, i64, i64) {
+    const DAY: i64 = 86_400_000;
+    let (y, m) = year_month(ts_ms.div_euclid(DAY));
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    (
+        format!("events_{y:04}_{m:02}"),
+        days_from_civil(y, m, 1) * DAY,
+        days_from_civil(ny, nm, 1) * DAY,
+    )
+}
+
+/// Make the month partition of each of `ts_ms` that is not there yet. Replicas may race to make
+/// the same one: the advisory lock lets one make it, and the others find it made.
+pub fn ensure_partitions(c: &mut super::Conn, ts_ms: impl IntoIterator<Item = i64>) -> Result<()> {
+    let mut months: Vec<(String, i64, i64)> = ts_ms.into_iter().map(month_partition).collect();
+    months.sort();
+    months.dedup();
+    for (name, from, to) in months {
+        c.lock(PARTITION_LOCK)?;
+        let made = c.batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF events FOR VALUES FROM ({from}) TO ({to})"
+        ));
+        c.unlock(PARTITION_LOCK)?;
+        made?;
+    }
+    Ok(())
+}
+
+/// The advisory lock key under which partitions are made ("tally" and 1).
+const PARTITION_LOCK: i64 = 0x7461_6c6c_7900_0001;
+
+/// (year, month) of a day counted from 1970-01-01 (Howard Hinnant's civil-from-days).
+fn year_month(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m)
+}
+
+/// Days from 1970-01-01 to a civil date (the inverse of [`year_month`]).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 fn params(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
@@ -245,6 +303,25 @@ mod tests {
             placeholders("SELECT '?1', \"a?\", 'it''s ?' -- why?\n, ?3"),
             "SELECT '?1', \"a?\", 'it''s ?' -- why?\n, $3"
         );
+    }
+
+    #[test]
+    fn months_of_partitions() {
+        // 2026-12-01T08:00:00Z.
+        let (name, from, to) = month_partition(1_796_112_000_000);
+        assert_eq!(name, "events_2026_12");
+        assert_eq!(from, 1_796_083_200_000);
+        assert_eq!(to, 1_798_761_600_000);
+        // The last millisecond of a month is in it; the next is in the next.
+        assert_eq!(month_partition(to - 1).0, "events_2026_12");
+        assert_eq!(month_partition(to).0, "events_2027_01");
+        assert_eq!(month_partition(0).0, "events_1970_01");
+        assert_eq!(
+            month_partition(951_782_400_000).0,
+            "events_2000_02",
+            "2000-02-29"
+        );
+        assert_eq!(month_partition(-1).0, "events_1969_12");
     }
 
     #[test]

@@ -204,3 +204,80 @@ fn a_database_that_cannot_be_reached_says_so() {
     assert!(matches!(err, DbError::Connect(_)), "{err}");
     assert!(err.to_string().starts_with("cannot reach the database"));
 }
+
+/// The PostgreSQL schema: it applies; a retried event (same org, request and timestamp) is
+/// stored once, within a month partition and across two; retention drops a month whole; and a
+/// read of a day of events reads that month's partition only.
+#[test]
+fn postgres_schema_partitions_events_by_month() {
+    let pg = TestPg::start();
+    let mut c = Conn::open(&pg.database("schema")).unwrap();
+    c.batch(postgres::SCHEMA).unwrap();
+    c.execute(
+        "INSERT INTO orgs (name, key_hash, created_ms) VALUES ('acme', 'h', 0)",
+        &[],
+    )
+    .unwrap();
+    let org: i64 = c
+        .query_one("SELECT id FROM orgs", &[])
+        .unwrap()
+        .get(0)
+        .unwrap();
+    // The generation bumps once per statement.
+    let auth: i64 = c
+        .query_one("SELECT n FROM auth_generation", &[])
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert_eq!(auth, 1);
+    let nov = 1_794_000_000_000; // 2026-11-07
+    let dec = 1_796_112_000_000; // 2026-12-01
+    postgres::ensure_partitions(&mut c, [nov, dec, dec + 1]).unwrap();
+    // Made once: again changes nothing.
+    postgres::ensure_partitions(&mut c, [dec]).unwrap();
+    let insert =
+        "INSERT INTO events (org_id, request_id, ts_ms, timestamp, provider, api, endpoint,
+                      streaming, latency_ms, routed, received_ms, replica, \"user\")
+                  VALUES (?1, ?2, ?3, '', 'openai', 'chat', '/', 0, 1.0, 0, 0, 'r1', 'u')
+                  ON CONFLICT (org_id, request_id, ts_ms) DO NOTHING";
+    for (id, ts) in [
+        ("a", nov),
+        ("a", nov),
+        ("b", dec),
+        ("b", dec),
+        ("c", dec + 1),
+    ] {
+        c.execute(insert, values![org, id, ts]).unwrap();
+    }
+    let count = |c: &mut Conn, table: &str| -> i64 {
+        c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .unwrap()
+            .get(0)
+            .unwrap()
+    };
+    assert_eq!(count(&mut c, "events"), 3);
+    assert_eq!(count(&mut c, "events_2026_11"), 1);
+    assert_eq!(count(&mut c, "events_2026_12"), 2);
+    assert_eq!(count(&mut c, "events_default"), 0);
+    // Idempotency rests on the timestamp: the same request id at another time is another row.
+    c.execute(insert, values![org, "a", dec]).unwrap();
+    assert_eq!(count(&mut c, "events"), 4);
+    // A day's events: December's partition only (pruned by the range on the partition key).
+    c.batch("ANALYZE events").unwrap();
+    let plan: Vec<String> = c
+        .query(
+            "EXPLAIN SELECT seq FROM events WHERE org_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3
+             ORDER BY ts_ms DESC LIMIT 100",
+            values![org, dec, dec + 86_400_000],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0).unwrap())
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("events_2026_12"), "{plan}");
+    assert!(!plan.contains("events_2026_11"), "pruned: {plan}");
+    // Retention: November goes whole.
+    c.batch("DROP TABLE events_2026_11").unwrap();
+    assert_eq!(count(&mut c, "events"), 3);
+}
