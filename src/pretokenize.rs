@@ -63,21 +63,23 @@ impl Class {
                 _ => 0,
             }
         } else {
-            let mut b = 0;
-            for (bit, table) in [
-                (LETTER, tables::LETTER),
-                (NUMBER, tables::NUMBER),
-                (UPPER, tables::UPPER),
-                (LOWER, tables::LOWER),
-                (SPACE, tables::SPACE),
-            ] {
-                if is_in(table, c) {
-                    b |= bit;
-                }
-            }
-            b
+            Class::from_tables(c)
         };
         Class(bits)
+    }
+
+    /// The class bits by the tables alone (what the ASCII shortcut must agree with).
+    fn from_tables(c: char) -> u8 {
+        [
+            (LETTER, tables::LETTER),
+            (NUMBER, tables::NUMBER),
+            (UPPER, tables::UPPER),
+            (LOWER, tables::LOWER),
+            (SPACE, tables::SPACE),
+        ]
+        .into_iter()
+        .filter(|(_, table)| is_in(table, c))
+        .fold(0, |bits, (bit, _)| bits | bit)
     }
 
     fn has(self, bits: u8) -> bool {
@@ -325,18 +327,7 @@ mod tests {
     fn ascii_classes_agree_with_the_tables() {
         for b in 0u8..128 {
             let c = char::from(b);
-            let mut want = 0;
-            for (bit, table) in [
-                (LETTER, tables::LETTER),
-                (NUMBER, tables::NUMBER),
-                (UPPER, tables::UPPER),
-                (LOWER, tables::LOWER),
-                (SPACE, tables::SPACE),
-            ] {
-                if is_in(table, c) {
-                    want |= bit;
-                }
-            }
+            let mut want = Class::from_tables(c);
             if c == '\r' || c == '\n' {
                 want |= NEWLINE;
             }

@@ -21,9 +21,10 @@ use std::io::Read;
 /// A token's rank in its encoding.
 pub type Rank = u32;
 
-#[cfg(not(target_arch = "wasm32"))]
+// Embedded in native builds, and in the unit tests of every build (the wasm build's tests too).
+#[cfg(any(not(target_arch = "wasm32"), test))]
 const O200K: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k_base.vocab"));
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), test))]
 const CL100K: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cl100k_base.vocab"));
 
 // The SHA-256 of each packed vocabulary (`build.rs`): what a fetched one must be.
@@ -31,12 +32,12 @@ include!(concat!(env!("OUT_DIR"), "/vocab_sha256.rs"));
 
 /// The packed vocabulary of `enc`, where this build embeds it (not in the wasm filter).
 pub fn packed(enc: Encoding) -> Option<&'static [u8]> {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), test))]
     return Some(match enc {
         Encoding::O200k => O200K,
         Encoding::Cl100k => CL100K,
     });
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(test)))]
     {
         let _ = enc;
         None

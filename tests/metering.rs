@@ -69,9 +69,30 @@ fn priced(mut ev: Event) -> Event {
     ev
 }
 
+/// Tokenizers with both vocabularies at hand. The wasm build (these tests run under it too)
+/// embeds none and fetches them from the collector; here they come from the build's own output.
+fn tokenizers() -> Tokenizers {
+    let mut t = Tokenizers::default();
+    if cfg!(target_arch = "wasm32") {
+        for (enc, blob) in [
+            (
+                tally::measure::Encoding::O200k,
+                &include_bytes!(concat!(env!("OUT_DIR"), "/o200k_base.vocab"))[..],
+            ),
+            (
+                tally::measure::Encoding::Cl100k,
+                &include_bytes!(concat!(env!("OUT_DIR"), "/cl100k_base.vocab"))[..],
+            ),
+        ] {
+            t.provide(enc, blob).unwrap();
+        }
+    }
+    t
+}
+
 thread_local! {
     static PRICES: PriceTable = PriceTable::builtin().unwrap();
-    static TOKENIZERS: std::cell::RefCell<Tokenizers> = std::cell::RefCell::new(Tokenizers::default());
+    static TOKENIZERS: std::cell::RefCell<Tokenizers> = std::cell::RefCell::new(tokenizers());
 }
 
 /// The same event whatever the chunking: whole, split at every offset, byte by byte.
@@ -316,7 +337,7 @@ fn stream_cut_short_keeps_what_arrived() {
         ..case
     };
     let ev = run(&case, &[&case.response]);
-    let counted = Tokenizers::default()
+    let counted = tokenizers()
         .count(
             tally::measure::Encoding::O200k,
             "Okay, let's break \"usage\":{\"output_tokens\":9999} that down",
@@ -406,7 +427,7 @@ fn compressed_responses_are_metered_exactly() {
                 code_details: None,
                 final_status: Some(200),
             };
-            let ev = priced(ex.finish(fin, &mut Tokenizers::default()).0);
+            let ev = priced(ex.finish(fin, &mut tokenizers()).0);
             let want = if path == "/v1/messages" {
                 [Some(2520), Some(184), Some(2048), Some(0), Some(0)]
             } else {
@@ -446,7 +467,7 @@ fn compression_bomb_and_unknown_encoding_give_no_usage() {
             code_details: None,
             final_status: Some(200),
         };
-        let ev = priced(ex.finish(fin, &mut Tokenizers::default()).0);
+        let ev = priced(ex.finish(fin, &mut tokenizers()).0);
         assert_eq!(ev.input_tokens, None, "{encoding}");
         assert_eq!(ev.token_source, None);
     }
@@ -625,7 +646,7 @@ fn tokenizer_is_not_built_while_exact_usage_arrives() {
 // Quirks seen in real traffic (issue 18): each on a fixture of its wire shape.
 
 fn measured(model: &str, text: &str) -> u64 {
-    Tokenizers::default()
+    tokenizers()
         .count(tally::measure::encoding_for(model), text)
         .tokens()
         .unwrap()

@@ -230,6 +230,27 @@ fn postgres_schema_partitions_events_by_month() {
         .get(0)
         .unwrap();
     assert_eq!(auth, 1);
+    c.execute(
+        "INSERT INTO budgets (org_id, name, scope, period, limit_usd, warn_at, action, epoch,
+             created_ms, updated_ms) VALUES (?1, 'b', '{}', 'day', 10.0, 0.8, 'alert', 0, 0, 0)",
+        values![org],
+    )
+    .unwrap();
+    let budgets: i64 = c
+        .query_one("SELECT n FROM budget_generation", &[])
+        .unwrap()
+        .get(0)
+        .unwrap();
+    let auth_after: i64 = c
+        .query_one("SELECT n FROM auth_generation", &[])
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert_eq!(
+        (budgets, auth_after),
+        (1, 1),
+        "each trigger bumps its own counter"
+    );
     let nov = 1_794_000_000_000; // 2026-11-07
     let dec = 1_796_112_000_000; // 2026-12-01
     postgres::ensure_partitions(&mut c, [nov, dec, dec + 1]).unwrap();
