@@ -199,15 +199,9 @@ fn cl100k_piece(s: &str, i: usize) -> usize {
     if end > word {
         return end;
     }
-    // \p{N}{1,3}+
-    if k.has(NUMBER) {
-        return numbers(s, i);
-    }
-    // ' '?[^\s\p{L}\p{N}]++[\r\n]*+
-    let p = if c == ' ' { next } else { i };
-    let end = run(s, p, |_, k| k.punct());
-    if end > p {
-        return run(s, end, |_, k| k.has(NEWLINE));
+    // \p{N}{1,3}+ | ' '?[^\s\p{L}\p{N}]++[\r\n]*+
+    if let Some(end) = number_or_punct(s, i, (c, k, next), false) {
+        return end;
     }
     // Whitespace: \s++$ | \s*[\r\n] | \s+(?!\S) | \s
     let w = spaces(s, i);
@@ -224,6 +218,23 @@ fn cl100k_piece(s: &str, i: usize) -> usize {
         return w.last;
     }
     w.end
+}
+
+/// The two alternatives both patterns have after their words: `\p{N}{1,3}`, then
+/// ` ?[^\s\p{L}\p{N}]+` and the line ends after it (and slashes, for o200k). (Possessive or
+/// not, these match alike: what follows each run cannot continue it.)
+fn number_or_punct(
+    s: &str,
+    i: usize,
+    (c, k, next): (char, Class, usize),
+    slash: bool,
+) -> Option<usize> {
+    if k.has(NUMBER) {
+        return Some(numbers(s, i));
+    }
+    let p = if c == ' ' { next } else { i };
+    let end = run(s, p, |_, k| k.punct());
+    (end > p).then(|| run(s, end, |c, k| k.has(NEWLINE) || (slash && c == '/')))
 }
 
 /// `\p{N}{1,3}` from `i`.
@@ -279,15 +290,9 @@ fn o200k_piece(s: &str, i: usize) -> usize {
     if let Some(end) = word(o200k_lower_word).or_else(|| word(o200k_upper_word)) {
         return end;
     }
-    // \p{N}{1,3}
-    if k.has(NUMBER) {
-        return numbers(s, i);
-    }
-    // ' '?[^\s\p{L}\p{N}]+[\r\n/]*
-    let p = if c == ' ' { next } else { i };
-    let end = run(s, p, |_, k| k.punct());
-    if end > p {
-        return run(s, end, |c, k| k.has(NEWLINE) || c == '/');
+    // \p{N}{1,3} | ' '?[^\s\p{L}\p{N}]+[\r\n/]*
+    if let Some(end) = number_or_punct(s, i, (c, k, next), true) {
+        return end;
     }
     // Whitespace: \s*[\r\n]+ | \s+(?!\S) | \s+
     let w = spaces(s, i);
