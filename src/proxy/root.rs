@@ -125,14 +125,7 @@ impl<H: Host> Root<H> {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        // Events held for a vocabulary go with the rest, counted if they can be.
-        if let Some(mut s) = shared.write() {
-            let s = &mut *s;
-            let (outbox, now) = (&mut s.outbox, H::now_ms() as u64);
-            s.held.release_all(&mut s.tokenizers, |e| {
-                outbox.push_with(now, |buf| e.write_json(buf));
-            });
-        }
+        self.release_held();
         let Some(s) = shared.read() else {
             return;
         };
@@ -282,6 +275,31 @@ impl<H: Host> Root<H> {
             Ok(token) => self.controls.in_flight = Some(token),
             Err(why) => self.controls_failed(&format!("the call could not be made: {why}")),
         }
+    }
+
+    /// Queue every event held for a vocabulary, counted where it can be (a VM that stops
+    /// cannot wait for the fetch).
+    fn release_held(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Some(mut s) = shared.write() else {
+            return;
+        };
+        let s = &mut *s;
+        if s.held.is_empty() {
+            return;
+        }
+        let (outbox, now) = (&mut s.outbox, H::now_ms() as u64);
+        s.held.release_all(&mut s.tokenizers, |e| {
+            outbox.push_with(now, |buf| e.write_json(buf));
+        });
+        // Reported now: no tick may come after a stop.
+        H::count(
+            self.metrics.events_uncounted,
+            s.held.uncounted - self.reported_uncounted,
+        );
+        self.reported_uncounted = s.held.uncounted;
     }
 
     /// Fetch the vocabulary that held events wait for, and queue those that may go.
@@ -600,6 +618,8 @@ impl<H: Host> Root<H> {
             self.counted_vm = false;
             (self.reported_memory, self.reported_waiting) = (0, 0);
         }
+        // Held events join the outbox first, or a VM with only those would stop without them.
+        self.release_held();
         let pending = self
             .shared
             .as_ref()
