@@ -441,10 +441,13 @@ impl<H: Host> Req<H> {
             }
             // Its vocabulary is fetched by the root context (`vocabs`).
             Some(rest) => {
-                let outbox = &mut s.outbox;
-                s.held.hold(now as u64, event, rest, |e| {
-                    outbox.push_with(now as u64, |buf| e.write_json(buf));
-                });
+                let now = now as u64;
+                s.held.hold(
+                    now,
+                    event,
+                    rest,
+                    super::vocabs::into_outbox(&mut s.outbox, now),
+                );
             }
         }
     }

@@ -4,7 +4,7 @@
 use super::controls::{Controls, Update};
 use super::handover;
 use super::http::Req;
-use super::vocabs::{Fetch, Held, FETCH_TIMEOUT_MS};
+use super::vocabs::{into_outbox, Fetch, Held, FETCH_TIMEOUT_MS};
 use super::{Buf, Cell, Host, Level, Map, Metrics, Ref};
 use crate::budgets::BudgetSet;
 use crate::config::{Config, Env};
@@ -290,16 +290,20 @@ impl<H: Host> Root<H> {
         if s.held.is_empty() {
             return;
         }
-        let (outbox, now) = (&mut s.outbox, H::now_ms() as u64);
-        s.held.release_all(&mut s.tokenizers, |e| {
-            outbox.push_with(now, |buf| e.write_json(buf));
-        });
+        let now = H::now_ms() as u64;
+        s.held
+            .release_all(&mut s.tokenizers, into_outbox(&mut s.outbox, now));
         // Reported now: no tick may come after a stop.
+        self.report_uncounted(s.held.uncounted);
+    }
+
+    /// Add the events that went without an output count since the last report to Envoy's counter.
+    fn report_uncounted(&mut self, uncounted: u64) {
         H::count(
             self.metrics.events_uncounted,
-            s.held.uncounted - self.reported_uncounted,
+            uncounted - self.reported_uncounted,
         );
-        self.reported_uncounted = s.held.uncounted;
+        self.reported_uncounted = uncounted;
     }
 
     /// Fetch the vocabulary that held events wait for, and queue those that may go.
@@ -314,10 +318,12 @@ impl<H: Host> Root<H> {
         if s.held.is_empty() {
             return;
         }
-        let outbox = &mut s.outbox;
-        s.held.release(now, &mut s.tokenizers, None, |e| {
-            outbox.push_with(now, |buf| e.write_json(buf));
-        });
+        s.held.release(
+            now,
+            &mut s.tokenizers,
+            None,
+            into_outbox(&mut s.outbox, now),
+        );
         let Some(enc) = s.held.wanted() else {
             return;
         };
@@ -372,10 +378,12 @@ impl<H: Host> Root<H> {
             Ok(()) => self.vocab.succeeded(),
             Err(_) => self.vocab.failed(now),
         }
-        let outbox = &mut s.outbox;
-        s.held.release(now, &mut s.tokenizers, give_up, |e| {
-            outbox.push_with(now, |buf| e.write_json(buf));
-        });
+        s.held.release(
+            now,
+            &mut s.tokenizers,
+            give_up,
+            into_outbox(&mut s.outbox, now),
+        );
         let waiting = s.held.len();
         if let Err(why) = got {
             self.vocab_failed(enc, &why, waiting);
@@ -710,19 +718,16 @@ impl<H: Host> Root<H> {
             self.fetch_vocab(now);
         }
         self.flush();
-        let mut waiting = 0;
+        let (mut waiting, mut uncounted) = (0, self.reported_uncounted);
         if let Some(s) = self.shared.as_ref().and_then(|s| s.read()) {
             H::count(
                 self.metrics.requests_metered,
                 s.metered.swap(0, std::sync::atomic::Ordering::Relaxed),
             );
             waiting = s.outbox.len();
-            H::count(
-                self.metrics.events_uncounted,
-                s.held.uncounted - self.reported_uncounted,
-            );
-            self.reported_uncounted = s.held.uncounted;
+            uncounted = s.held.uncounted;
         }
+        self.report_uncounted(uncounted);
         if self.counted_vm {
             self.report_gauges(waiting);
         }

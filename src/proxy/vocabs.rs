@@ -10,6 +10,7 @@
 use crate::event::Event;
 use crate::exchange::Uncounted;
 use crate::measure::{Encoding, Tokenizers};
+use crate::outbox::Outbox;
 use std::collections::VecDeque;
 
 /// Events held at most, and bytes of their text.
@@ -98,12 +99,17 @@ impl Held {
         self.items = keep;
     }
 
-    /// Release every held event, counted where the vocabulary is here (a VM that stops).
-    pub fn release_all(&mut self, t: &mut Tokenizers, mut release: impl FnMut(Event)) {
-        while let Some((_, e, rest)) = self.items.pop_front() {
-            let loaded = t.is_loaded(rest.enc);
-            release(self.settle(e, rest, loaded.then_some(&mut *t)));
-        }
+    /// Release every held event, counted where the vocabulary is here (a VM that stops): as if
+    /// every wait had run out.
+    pub fn release_all(&mut self, t: &mut Tokenizers, release: impl FnMut(Event)) {
+        self.release(u64::MAX, t, None, release);
+    }
+}
+
+/// Where released events go: into the outbox, queued at `now`.
+pub fn into_outbox(outbox: &mut Outbox, now: u64) -> impl FnMut(Event) + '_ {
+    move |e| {
+        outbox.push_with(now, |buf| e.write_json(buf));
     }
 }
 
@@ -114,7 +120,6 @@ pub struct Fetch {
     pub in_flight: Option<(u32, Encoding)>,
     next_ms: u64,
     wait_ms: u64,
-    pub failures: u32,
 }
 
 impl Fetch {
@@ -125,14 +130,12 @@ impl Fetch {
 
     pub fn succeeded(&mut self) {
         self.wait_ms = 0;
-        self.failures = 0;
     }
 
     /// A failed fetch: the next waits longer, up to [`RETRY_LAST_MS`].
     pub fn failed(&mut self, now_ms: u64) {
         self.wait_ms = (self.wait_ms * 2).clamp(RETRY_FIRST_MS, RETRY_LAST_MS);
         self.next_ms = now_ms + self.wait_ms;
-        self.failures += 1;
     }
 }
 
