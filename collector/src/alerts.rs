@@ -20,8 +20,9 @@ pub use dest::{parse_allow_host, Policy};
 pub use detect::{detect, Anomaly};
 pub use send::{sign, Client};
 
+use crate::db::{self, Conn};
 use crate::store::Store;
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::values;
 use serde_json::{json, Value};
 use std::sync::RwLock;
 use std::time::Duration;
@@ -44,20 +45,19 @@ pub const SECRET_PREFIX: &str = "whsec_";
 /// mesh token, a hook secret or a provider key are replaced by `[redacted]` first: payloads
 /// never carry credentials.
 pub fn record(
-    conn: &Connection,
+    conn: &mut Conn,
     org_id: i64,
     kind: &str,
     dedupe_key: &str,
     payload: &Value,
     now_ms: i64,
-) -> rusqlite::Result<bool> {
+) -> db::Result<bool> {
     let text = redact(&payload.to_string());
-    let n = conn
-        .prepare_cached(
-            "INSERT OR IGNORE INTO alert_events (org_id, kind, dedupe_key, payload, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![org_id, kind, dedupe_key, text, now_ms])?;
+    let n = conn.execute(
+        "INSERT INTO alert_events (org_id, kind, dedupe_key, payload, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        values![org_id, kind, dedupe_key, text, now_ms],
+    )?;
     Ok(n == 1)
 }
 
@@ -103,7 +103,7 @@ pub enum AlertError {
     Field(&'static str, String),
     /// The org already has a hook of this name.
     Duplicate(String),
-    Db(rusqlite::Error),
+    Db(db::DbError),
 }
 
 impl std::fmt::Display for AlertError {
@@ -116,8 +116,8 @@ impl std::fmt::Display for AlertError {
     }
 }
 
-impl From<rusqlite::Error> for AlertError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<db::DbError> for AlertError {
+    fn from(e: db::DbError) -> Self {
         AlertError::Db(e)
     }
 }
@@ -168,7 +168,7 @@ fn takes(kinds: &str, kind: &str) -> bool {
 /// loopback addresses), now and before each delivery.
 #[allow(clippy::too_many_arguments)]
 pub fn add_hook(
-    conn: &Connection,
+    conn: &mut Conn,
     org_id: i64,
     name: &str,
     url: &str,
@@ -190,55 +190,52 @@ pub fn add_hook(
         .resolve(&target, dest::RESOLVE_TIMEOUT)
         .map_err(|e| AlertError::Field("url", e.to_string()))?;
     let secret = format!("{SECRET_PREFIX}{}", crate::keys::random_token());
-    let done = conn.execute(
+    // A name taken is a row not inserted (the error of a unique violation differs by backend,
+    // and on PostgreSQL would abort the caller's transaction).
+    let n = conn.execute(
         "INSERT INTO alert_hooks (org_id, name, url, secret, kinds, allow_private, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![org_id, name, url, secret, kinds, allow_private, now_ms],
-    );
-    match done {
-        Ok(_) => Ok(secret),
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            Err(AlertError::Duplicate(name.to_string()))
-        }
-        Err(e) => Err(e.into()),
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (org_id, name) DO NOTHING",
+        values![org_id, name, url, &secret, kinds, allow_private, now_ms],
+    )?;
+    if n == 0 {
+        return Err(AlertError::Duplicate(name.to_string()));
     }
+    Ok(secret)
 }
 
 /// An org's hooks, by name.
-pub fn list_hooks(conn: &Connection, org_id: i64) -> rusqlite::Result<Vec<Hook>> {
-    let mut st = conn.prepare(
+pub fn list_hooks(conn: &mut Conn, org_id: i64) -> db::Result<Vec<Hook>> {
+    conn.query_map(
         "SELECT name, url, kinds, allow_private, created_ms FROM alert_hooks
          WHERE org_id = ?1 ORDER BY name",
-    )?;
-    let rows = st.query_map([org_id], |r| {
-        let url: String = r.get(1)?;
-        let kinds: String = r.get(2)?;
-        Ok(Hook {
-            name: r.get(0)?,
-            url: dest::shown(&url),
-            kinds: (kinds != "*").then(|| kinds.split(',').map(String::from).collect()),
-            allow_private: r.get(3)?,
-            created_ms: r.get(4)?,
-        })
-    })?;
-    rows.collect()
+        values![org_id],
+        |r| {
+            let url: String = r.get(1)?;
+            let kinds: String = r.get(2)?;
+            Ok(Hook {
+                name: r.get(0)?,
+                url: dest::shown(&url),
+                kinds: (kinds != "*").then(|| kinds.split(',').map(String::from).collect()),
+                allow_private: r.get(3)?,
+                created_ms: r.get(4)?,
+            })
+        },
+    )
 }
 
 /// Delete an org's hook; `false` when it has none of that name. Its pending deliveries end
 /// (`hook_deleted`); its past ones stay in the history under its name.
-pub fn delete_hook(conn: &Connection, org_id: i64, name: &str) -> rusqlite::Result<bool> {
-    let tx = conn.unchecked_transaction()?;
+pub fn delete_hook(conn: &mut Conn, org_id: i64, name: &str) -> db::Result<bool> {
+    let mut tx = conn.begin()?;
     tx.execute(
         "UPDATE alert_deliveries SET outcome = 'hook_deleted', next_attempt_ms = NULL
          WHERE next_attempt_ms IS NOT NULL AND hook_id IN
             (SELECT id FROM alert_hooks WHERE org_id = ?1 AND name = ?2)",
-        params![org_id, name],
+        values![org_id, name],
     )?;
     let n = tx.execute(
         "DELETE FROM alert_hooks WHERE org_id = ?1 AND name = ?2",
-        params![org_id, name],
+        values![org_id, name],
     )?;
     tx.commit()?;
     Ok(n == 1)
@@ -246,43 +243,34 @@ pub fn delete_hook(conn: &Connection, org_id: i64, name: &str) -> rusqlite::Resu
 
 /// An org's alerts, newest first (at most `limit`), each with its deliveries in order: what the
 /// API and the CLI show.
-pub fn history(
-    conn: &Connection,
-    org_id: i64,
-    org: &str,
-    limit: usize,
-) -> rusqlite::Result<Vec<Value>> {
-    let mut st = conn.prepare(
+pub fn history(conn: &mut Conn, org_id: i64, org: &str, limit: usize) -> db::Result<Vec<Value>> {
+    let events: Vec<(i64, String, String, String, i64)> = conn.query_map(
         "SELECT id, kind, dedupe_key, payload, created_ms FROM alert_events
          WHERE org_id = ?1 ORDER BY id DESC LIMIT ?2",
-    )?;
-    let events: Vec<(i64, String, String, String, i64)> = st
-        .query_map(params![org_id, limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut deliveries = conn.prepare_cached(
-        "SELECT hook_name, attempt, status_code, outcome, error, at_ms, next_attempt_ms
-         FROM alert_deliveries WHERE event_id = ?1 ORDER BY id",
+        values![org_id, limit],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
     let mut out = Vec::with_capacity(events.len());
     for (id, kind, dedupe_key, payload, at) in events {
         let payload: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
-        let tries: Vec<Value> = deliveries
-            .query_map([id], |r| {
+        let tries: Vec<Value> = conn.query_map(
+            "SELECT hook_name, attempt, status_code, outcome, error, at_ms, next_attempt_ms
+             FROM alert_deliveries WHERE event_id = ?1 ORDER BY id",
+            values![id],
+            |r| {
                 let at: i64 = r.get(5)?;
                 let next: Option<i64> = r.get(6)?;
                 Ok(json!({
-                    "hook": r.get::<_, String>(0)?,
-                    "attempt": r.get::<_, i64>(1)?,
-                    "status": r.get::<_, Option<i64>>(2)?,
-                    "outcome": r.get::<_, String>(3)?,
-                    "error": r.get::<_, Option<String>>(4)?,
+                    "hook": r.get::<String>(0)?,
+                    "attempt": r.get::<i64>(1)?,
+                    "status": r.get::<Option<i64>>(2)?,
+                    "outcome": r.get::<String>(3)?,
+                    "error": r.get::<Option<String>>(4)?,
                     "at": tally::time::format_rfc3339_ms(at),
                     "next_attempt": next.map(tally::time::format_rfc3339_ms),
                 }))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            },
+        )?;
         out.push(json!({
             "id": id,
             "kind": kind,
@@ -356,20 +344,20 @@ pub fn text(kind: &str, org: &str, p: &Value) -> String {
 
 /// Count events that filters say they dropped (`X-Tally-Dropped`), for the `events_dropped`
 /// detector: `n` for each org of the batch, in the current hour.
-pub fn add_dropped(
-    conn: &Connection,
-    org_ids: &[i64],
-    n: u64,
-    now_ms: i64,
-) -> rusqlite::Result<()> {
+pub fn add_dropped(conn: &mut Conn, org_ids: &[i64], n: u64, now_ms: i64) -> db::Result<()> {
     let hour = now_ms.div_euclid(crate::rollup::HOUR) * crate::rollup::HOUR;
     let n = i64::try_from(n).unwrap_or(i64::MAX);
-    let mut st = conn.prepare_cached(
-        "INSERT INTO alert_dropped (org_id, hour_ms, dropped) VALUES (?1, ?2, ?3)
-         ON CONFLICT (org_id, hour_ms) DO UPDATE SET dropped = min(dropped + ?3, 9223372036854775807)",
-    )?;
     for id in org_ids {
-        st.execute(params![id, hour, n])?;
+        // Saturating at the largest bigint, tested before adding: PostgreSQL fails an addition
+        // that overflows (both counts are never negative, so the subtraction cannot).
+        conn.execute(
+            "INSERT INTO alert_dropped (org_id, hour_ms, dropped) VALUES (?1, ?2, ?3)
+             ON CONFLICT (org_id, hour_ms) DO UPDATE SET dropped = CASE
+                WHEN alert_dropped.dropped > 9223372036854775807 - excluded.dropped
+                THEN 9223372036854775807
+                ELSE alert_dropped.dropped + excluded.dropped END",
+            values![*id, hour, n],
+        )?;
     }
     Ok(())
 }
@@ -397,7 +385,7 @@ pub fn batch_dropped(
     };
     let orgs: Vec<i64> = owners.orgs().iter().map(|o| o.id).collect();
     let n = n.min(MAX_DROPPED_PER_BATCH);
-    if let Err(e) = add_dropped(&store.conn(), &orgs, n, crate::api::now_ms()) {
+    if let Err(e) = add_dropped(&mut store.conn(), &orgs, n, crate::api::now_ms()) {
         crate::log::error(&format!("alerts: counting dropped events: {e}"));
     }
 }
@@ -463,38 +451,24 @@ pub(crate) fn policy() -> Policy {
         .unwrap_or_default()
 }
 
-/// A writable connection of the worker's own, so that sending never holds ingest's.
-pub(crate) fn open_conn(store: &Store) -> Result<Connection, String> {
-    let path = store
-        .reader()
-        .path()
-        .map(std::path::PathBuf::from)
-        .ok_or("the database has no file")?;
-    let conn = Connection::open(path).map_err(|e| e.to_string())?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .map_err(|e| e.to_string())?;
-    Ok(conn)
-}
-
 /// Start the delivery worker and the detectors (threads that end with the process); sets the
 /// API's destination policy.
 pub fn start(store: &std::sync::Arc<Store>, config: Config) -> Result<(), String> {
     set_policy(config.policy.clone());
     let client = Client::new(config.connect_timeout, config.call_timeout)?;
-    let conn = open_conn(store)?;
+    // Writable connections of the threads' own, so that sending never holds ingest's.
+    let mut conn = store.open_writer().map_err(|e| e.to_string())?;
     let worker = config.clone();
     std::thread::Builder::new()
         .name("alerts-delivery".into())
         .spawn(move || loop {
-            if let Err(e) = deliver_due(&conn, &client, &worker) {
+            if let Err(e) = deliver_due(&mut conn, &client, &worker) {
                 crate::log::error(&format!("alerts: delivery: {e}"));
             }
             std::thread::sleep(worker.tick);
         })
         .map_err(|e| format!("alerts: {e}"))?;
-    let conn = open_conn(store)?;
+    let mut conn = store.open_writer().map_err(|e| e.to_string())?;
     let store = store.clone();
     std::thread::Builder::new()
         .name("alerts-detect".into())
@@ -504,7 +478,7 @@ pub fn start(store: &std::sync::Arc<Store>, config: Config) -> Result<(), String
             if let Err(e) = store.write_rollups() {
                 crate::log::error(&format!("alerts: writing rollups: {e}"));
             }
-            match detect(&conn, &config.anomaly, crate::api::now_ms()) {
+            match detect(&mut conn, &config.anomaly, crate::api::now_ms()) {
                 Ok(n) if n > 0 => crate::log::info(&format!("alerts: {n} raised")),
                 Ok(_) => {}
                 Err(e) => crate::log::error(&format!("alerts: detectors: {e}")),
@@ -525,17 +499,16 @@ const SEND_PER_PASS: i64 = 50;
 
 /// One pass of the worker: give new alerts their deliveries, then send those due. How many
 /// attempts were made.
-pub fn deliver_due(conn: &Connection, client: &Client, config: &Config) -> rusqlite::Result<usize> {
+pub fn deliver_due(conn: &mut Conn, client: &Client, config: &Config) -> db::Result<usize> {
     fan_out(conn, crate::api::now_ms())?;
     let now = crate::api::now_ms();
-    let due: Vec<(i64, i64)> = conn
-        .prepare_cached(
-            "SELECT id, next_attempt_ms FROM alert_deliveries
-             WHERE next_attempt_ms IS NOT NULL AND next_attempt_ms <= ?1
-             ORDER BY next_attempt_ms LIMIT ?2",
-        )?
-        .query_map(params![now, SEND_PER_PASS], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    let due: Vec<(i64, i64)> = conn.query_map(
+        "SELECT id, next_attempt_ms FROM alert_deliveries
+         WHERE next_attempt_ms IS NOT NULL AND next_attempt_ms <= ?1
+         ORDER BY next_attempt_ms LIMIT ?2",
+        values![now, SEND_PER_PASS],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let mut sent = 0;
     for (id, next) in due {
         // Taken only if no one else took it meanwhile.
@@ -543,7 +516,7 @@ pub fn deliver_due(conn: &Connection, client: &Client, config: &Config) -> rusql
         let taken = conn.execute(
             "UPDATE alert_deliveries SET outcome = 'sending', next_attempt_ms = ?1
              WHERE id = ?2 AND next_attempt_ms = ?3",
-            params![now + LEASE_MS, id, next],
+            values![now + LEASE_MS, id, next],
         )?;
         if taken == 1 {
             attempt(conn, client, config, id)?;
@@ -555,70 +528,76 @@ pub fn deliver_due(conn: &Connection, client: &Client, config: &Config) -> rusql
 
 /// Each alert not yet fanned out gets one pending delivery per hook of its org that takes its
 /// kind, in one transaction with its mark: never twice.
-fn fan_out(conn: &Connection, now: i64) -> rusqlite::Result<()> {
-    let tx = conn.unchecked_transaction()?;
-    let events: Vec<(i64, i64, String)> = tx
-        .prepare_cached(
-            "SELECT id, org_id, kind FROM alert_events WHERE fanned_out = 0 ORDER BY id LIMIT ?1",
-        )?
-        .query_map([FAN_OUT_PER_PASS], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+fn fan_out(conn: &mut Conn, now: i64) -> db::Result<()> {
+    // Looked for before the transaction, which on SQLite takes the write lock: an idle pass
+    // (nearly every one) does not wait behind ingest.
+    let events: Vec<(i64, i64, String)> = conn.query_map(
+        "SELECT id, org_id, kind FROM alert_events WHERE fanned_out = 0 ORDER BY id LIMIT ?1",
+        values![FAN_OUT_PER_PASS],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     if events.is_empty() {
         return Ok(());
     }
+    let mut tx = conn.begin()?;
     for (id, org_id, kind) in events {
-        let hooks: Vec<(i64, String, String)> = tx
-            .prepare_cached("SELECT id, name, kinds FROM alert_hooks WHERE org_id = ?1")?
-            .query_map([org_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+        // Marked first, and only if still unmarked: an alert another worker (a replica on the
+        // same PostgreSQL database) fanned out meanwhile is left to it.
+        let mine = tx.execute(
+            "UPDATE alert_events SET fanned_out = 1 WHERE id = ?1 AND fanned_out = 0",
+            values![id],
+        )?;
+        if mine == 0 {
+            continue;
+        }
+        let hooks: Vec<(i64, String, String)> = tx.query_map(
+            "SELECT id, name, kinds FROM alert_hooks WHERE org_id = ?1",
+            values![org_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         for (hook_id, name, kinds) in hooks {
             if takes(&kinds, &kind) {
                 tx.execute(
                     "INSERT INTO alert_deliveries
                         (event_id, hook_id, hook_name, attempt, outcome, at_ms, next_attempt_ms)
                      VALUES (?1, ?2, ?3, 1, 'pending', ?4, ?4)",
-                    params![id, hook_id, name, now],
+                    values![id, hook_id, name, now],
                 )?;
             }
         }
-        tx.execute("UPDATE alert_events SET fanned_out = 1 WHERE id = ?1", [id])?;
     }
     tx.commit()
 }
 
 /// One attempt of delivery `id` (taken by this worker), recorded; on a failure worth retrying,
 /// the next attempt is queued.
-fn attempt(conn: &Connection, client: &Client, config: &Config, id: i64) -> rusqlite::Result<()> {
-    let row = conn
-        .query_row(
-            "SELECT d.event_id, d.attempt, h.id, h.name, h.url, h.secret, h.allow_private,
-                    e.kind, e.dedupe_key, e.payload, e.created_ms, o.name
-             FROM alert_deliveries d
-             JOIN alert_events e ON e.id = d.event_id
-             JOIN orgs o ON o.id = e.org_id
-             LEFT JOIN alert_hooks h ON h.id = d.hook_id
-             WHERE d.id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<bool>>(6)?,
-                    r.get::<_, String>(7)?,
-                    r.get::<_, String>(8)?,
-                    r.get::<_, String>(9)?,
-                    r.get::<_, i64>(10)?,
-                    r.get::<_, String>(11)?,
-                ))
-            },
-        )
-        .optional()?;
+fn attempt(conn: &mut Conn, client: &Client, config: &Config, id: i64) -> db::Result<()> {
+    let row = conn.query_row_opt(
+        "SELECT d.event_id, d.attempt, h.id, h.name, h.url, h.secret, h.allow_private,
+                e.kind, e.dedupe_key, e.payload, e.created_ms, o.name
+         FROM alert_deliveries d
+         JOIN alert_events e ON e.id = d.event_id
+         JOIN orgs o ON o.id = e.org_id
+         LEFT JOIN alert_hooks h ON h.id = d.hook_id
+         WHERE d.id = ?1",
+        values![id],
+        |r| {
+            Ok((
+                r.get::<i64>(0)?,
+                r.get::<u32>(1)?,
+                r.get::<Option<i64>>(2)?,
+                r.get::<Option<String>>(3)?,
+                r.get::<Option<String>>(4)?,
+                r.get::<Option<String>>(5)?,
+                r.get::<Option<bool>>(6)?,
+                r.get::<String>(7)?,
+                r.get::<String>(8)?,
+                r.get::<String>(9)?,
+                r.get::<i64>(10)?,
+                r.get::<String>(11)?,
+            ))
+        },
+    )?;
     let Some((
         event_id,
         n,
@@ -636,46 +615,48 @@ fn attempt(conn: &Connection, client: &Client, config: &Config, id: i64) -> rusq
     else {
         return Ok(());
     };
-    let finish = |outcome: &str, status: Option<u16>, error: Option<String>| {
+    // The connection is passed in, not captured: `retry` uses it too.
+    let finish = |conn: &mut Conn, outcome: &str, status: Option<u16>, error: Option<String>| {
         conn.execute(
             "UPDATE alert_deliveries SET outcome = ?1, status_code = ?2, error = ?3, at_ms = ?4,
                 next_attempt_ms = NULL WHERE id = ?5",
-            params![outcome, status, error, crate::api::now_ms(), id],
+            values![outcome, status, error, crate::api::now_ms(), id],
         )
         .map(|_| ())
     };
     let (Some(hook_id), Some(name), Some(url), Some(secret)) = (hook_id, hook_name, url, secret)
     else {
-        finish("hook_deleted", None, None)?;
+        finish(conn, "hook_deleted", None, None)?;
         return Ok(());
     };
     let payload: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
     let body = body(event_id, &kind, &org, &key, at, &payload);
     let policy = config.policy.with_private(allow_private.unwrap_or(false));
     let result = client.post(&url, &policy, &secret, body.as_bytes());
-    let retry = |error: String, status: Option<u16>| -> rusqlite::Result<()> {
+    let retry = |conn: &mut Conn, error: String, status: Option<u16>| -> db::Result<()> {
         if n >= config.attempts {
             return finish(
+                conn,
                 "failed",
                 status,
                 Some(format!("{error}; gave up after {n} attempts")),
             );
         }
-        let tx = conn.unchecked_transaction()?;
+        let mut tx = conn.begin()?;
         let now = crate::api::now_ms();
         tx.execute(
             "UPDATE alert_deliveries SET outcome = 'retrying', status_code = ?1, error = ?2,
                 at_ms = ?3, next_attempt_ms = NULL WHERE id = ?4",
-            params![status, error, now, id],
+            values![status, error, now, id],
         )?;
         tx.execute(
             "INSERT INTO alert_deliveries
                 (event_id, hook_id, hook_name, attempt, outcome, at_ms, next_attempt_ms)
              VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
-            params![
+            values![
                 event_id,
                 hook_id,
-                name,
+                &name,
                 n + 1,
                 now,
                 now + config.backoff_ms(n)
@@ -684,19 +665,20 @@ fn attempt(conn: &Connection, client: &Client, config: &Config, id: i64) -> rusq
         tx.commit()
     };
     match result {
-        Ok(status) if (200..300).contains(&status) => finish("delivered", Some(status), None),
+        Ok(status) if (200..300).contains(&status) => finish(conn, "delivered", Some(status), None),
         Ok(status) if status == 408 || status == 429 || status >= 500 => {
-            retry(format!("HTTP {status}"), Some(status))
+            retry(conn, format!("HTTP {status}"), Some(status))
         }
         Ok(status) => finish(
+            conn,
             "failed",
             Some(status),
             Some(format!(
                 "HTTP {status}: the receiver refused it (redirects are not followed); not retried"
             )),
         ),
-        Err(send::Failure::Refused(e)) => finish("refused_destination", None, Some(e)),
-        Err(send::Failure::Transient(e)) => retry(e, None),
+        Err(send::Failure::Refused(e)) => finish(conn, "refused_destination", None, Some(e)),
+        Err(send::Failure::Transient(e)) => retry(conn, e, None),
     }
 }
 

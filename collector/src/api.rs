@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/callback", get(crate::web::sso_callback))
         .route("/assets/{file}", get(crate::web::asset))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -919,8 +920,29 @@ async fn vocab(axum::extract::Path(name): axum::extract::Path<String>) -> axum::
         .into_response()
 }
 
+/// Liveness: the process serves. It says nothing of the database (see `/readyz`), so that a
+/// database outage does not get every replica restarted.
 async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
+}
+
+/// Readiness: whether the database answers, so that a load balancer sends ingest elsewhere
+/// while it does not (503, with why).
+async fn readyz(State(state): State<AppState>) -> axum::response::Response {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.ready()).await {
+        Ok(Ok(())) => Json(json!({"status": "ready"})).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "message": format!("database: {e}")})),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "message": "the check did not finish"})),
+        )
+            .into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@
 //! under-estimate and what one poll interval's worth of stale remainders allows; ARCHITECTURE.md
 //! ("Budgets") gives the bound, and `e2e/tests/budgets.rs` measures it.
 
+use crate::db::{self, Conn};
 use crate::store::StoreError;
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::values;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -222,29 +223,29 @@ pub struct Defs {
 }
 
 impl Defs {
-    pub fn load(conn: &Connection) -> rusqlite::Result<Defs> {
-        let generation: i64 =
-            conn.query_row("SELECT n FROM budget_generation", [], |r| r.get(0))?;
-        let mut st = conn.prepare(
+    pub fn load(conn: &mut Conn) -> db::Result<Defs> {
+        let generation: i64 = conn.value("SELECT n FROM budget_generation", &[])?;
+        let rows = conn.query_map(
             "SELECT id, org_id, name, scope, period, limit_usd, warn_at, action, epoch FROM budgets
              ORDER BY org_id, name",
+            &[],
+            |r| {
+                Ok((
+                    r.get::<i64>(0)?,
+                    r.get::<i64>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<String>(3)?,
+                    r.get::<String>(4)?,
+                    r.get::<f64>(5)?,
+                    r.get::<f64>(6)?,
+                    r.get::<String>(7)?,
+                    r.get::<i64>(8)?,
+                ))
+            },
         )?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, f64>(5)?,
-                r.get::<_, f64>(6)?,
-                r.get::<_, String>(7)?,
-                r.get::<_, i64>(8)?,
-            ))
-        })?;
         let mut by_org: HashMap<i64, Vec<Budget>> = HashMap::new();
         for row in rows {
-            let (id, org_id, name, scope, period, limit_usd, warn_at, action, epoch) = row?;
+            let (id, org_id, name, scope, period, limit_usd, warn_at, action, epoch) = row;
             // Rows were checked when written; one that no longer parses is skipped, not fatal.
             let Ok(scope) = serde_json::from_str::<BTreeMap<String, String>>(&scope) else {
                 continue;
@@ -313,21 +314,24 @@ impl Added {
     /// (once per budget, period and threshold: `alerts::record` keeps the first).
     pub fn write(
         &self,
-        tx: &Connection,
+        tx: &mut Conn,
         defs: &Defs,
         filter: Option<&str>,
         now_ms: i64,
-    ) -> rusqlite::Result<()> {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO budget_spend (budget_id, period_start_ms, spend_usd, requests)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (budget_id, period_start_ms) DO UPDATE SET
-                spend_usd = spend_usd + excluded.spend_usd,
-                requests = requests + excluded.requests
-             RETURNING spend_usd",
-        )?;
+    ) -> db::Result<()> {
         for (&(id, start), &(usd, n)) in &self.spend {
-            let after: f64 = upsert.query_row(params![id, start, usd, n], |r| r.get(0))?;
+            // Additive: replicas adding to the same row at once each add theirs (the row is
+            // locked for the statement), and each sees the total its own addition made.
+            let after: f64 = tx.query_row(
+                "INSERT INTO budget_spend (budget_id, period_start_ms, spend_usd, requests)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (budget_id, period_start_ms) DO UPDATE SET
+                    spend_usd = budget_spend.spend_usd + excluded.spend_usd,
+                    requests = budget_spend.requests + excluded.requests
+                 RETURNING spend_usd",
+                values![id, start, usd, n],
+                |r| r.get(0),
+            )?;
             let before = after - usd;
             let Some(b) = defs.by_org.values().flatten().find(|b| b.id == id) else {
                 continue;
@@ -355,16 +359,16 @@ impl Added {
             }
         }
         if let Some(filter) = filter {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO budget_filter_spend
-                    (budget_id, period_start_ms, filter_id, spend_usd, requests)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (budget_id, period_start_ms, filter_id) DO UPDATE SET
-                    spend_usd = spend_usd + excluded.spend_usd,
-                    requests = requests + excluded.requests",
-            )?;
             for (&(id, start), &(usd, n)) in &self.by_filter {
-                upsert.execute(params![id, start, filter, usd, n])?;
+                tx.execute(
+                    "INSERT INTO budget_filter_spend
+                        (budget_id, period_start_ms, filter_id, spend_usd, requests)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (budget_id, period_start_ms, filter_id) DO UPDATE SET
+                        spend_usd = budget_filter_spend.spend_usd + excluded.spend_usd,
+                        requests = budget_filter_spend.requests + excluded.requests",
+                    values![id, start, filter, usd, n],
+                )?;
             }
         }
         Ok(())
@@ -391,16 +395,17 @@ pub struct State {
 }
 
 /// Each budget of `org` in its current period.
-pub fn states(conn: &Connection, budgets: &[Budget], now_ms: i64) -> rusqlite::Result<Vec<State>> {
-    let mut st = conn.prepare_cached(
-        "SELECT spend_usd, requests FROM budget_spend WHERE budget_id = ?1 AND period_start_ms = ?2",
-    )?;
+pub fn states(conn: &mut Conn, budgets: &[Budget], now_ms: i64) -> db::Result<Vec<State>> {
     let mut out = Vec::with_capacity(budgets.len());
     for b in budgets {
         let (start, end) = b.period.bounds(now_ms);
-        let (spend, requests): (f64, i64) = st
-            .query_row(params![b.id, start], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?
+        let (spend, requests): (f64, i64) = conn
+            .query_row_opt(
+                "SELECT spend_usd, requests FROM budget_spend
+                 WHERE budget_id = ?1 AND period_start_ms = ?2",
+                values![b.id, start],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
             .unwrap_or((0.0, 0));
         let state = if spend >= b.limit_usd {
             "exceeded"
@@ -479,22 +484,20 @@ pub struct ForFilter<'a> {
 
 /// This filter's counted requests per budget in the current periods.
 pub fn confirmed(
-    conn: &Connection,
+    conn: &mut Conn,
     budgets: &[&Budget],
     filter: &str,
     now_ms: i64,
-) -> rusqlite::Result<HashMap<i64, i64>> {
-    let mut st = conn.prepare_cached(
-        "SELECT requests FROM budget_filter_spend
-         WHERE budget_id = ?1 AND period_start_ms = ?2 AND filter_id = ?3",
-    )?;
+) -> db::Result<HashMap<i64, i64>> {
     let mut out = HashMap::new();
     for b in budgets {
         let (start, _) = b.period.bounds(now_ms);
-        if let Some(v) = st
-            .query_row(params![b.id, start, filter], |r| r.get::<_, i64>(0))
-            .optional()?
-        {
+        if let Some(v) = conn.query_row_opt(
+            "SELECT requests FROM budget_filter_spend
+             WHERE budget_id = ?1 AND period_start_ms = ?2 AND filter_id = ?3",
+            values![b.id, start, filter],
+            |r| r.get::<i64>(0),
+        )? {
             out.insert(b.id, v);
         }
     }
@@ -515,29 +518,33 @@ pub fn estimate(s: &State) -> f64 {
 
 /// Count a budget's spend in its current period again from the events (a budget just set, or
 /// counters lost); the per-filter counts cannot be rebuilt and start again.
-pub fn rebuild(conn: &Connection, b: &Budget, now_ms: i64) -> Result<f64, StoreError> {
+pub fn rebuild(conn: &mut Conn, b: &Budget, now_ms: i64) -> Result<f64, StoreError> {
     let (start, end) = b.period.bounds(now_ms);
-    // Events as the read API reads them, matched as ingest matches them (`matches`).
-    let mut st = conn.prepare(&format!(
-        "SELECT {} FROM events
-         WHERE org_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND cost_usd > 0",
-        crate::store::EVENT_COLUMNS
-    ))?;
-    let mut rows = st.query(params![b.org_id, start, end])?;
+    // Events as the read API reads them, matched as ingest matches them (`matches`), one at a
+    // time: a month of them need not fit in memory.
     let (mut spend, mut n) = (0.0, 0i64);
-    while let Some(r) = rows.next()? {
-        let e = crate::store::event_from_row(r, 0, "")?;
-        if matches(b, &e) {
-            spend += e.cost_usd.unwrap_or(0.0);
-            n += 1;
-        }
-    }
+    conn.query_each(
+        &format!(
+            "SELECT {} FROM events
+             WHERE org_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND cost_usd > 0",
+            crate::store::EVENT_COLUMNS
+        ),
+        values![b.org_id, start, end],
+        |r| {
+            let e = crate::store::event_from_row(&r, 0, "")?;
+            if matches(b, &e) {
+                spend += e.cost_usd.unwrap_or(0.0);
+                n += 1;
+            }
+            Ok(())
+        },
+    )?;
     conn.execute(
         "INSERT INTO budget_spend (budget_id, period_start_ms, spend_usd, requests)
          VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (budget_id, period_start_ms) DO UPDATE SET
             spend_usd = excluded.spend_usd, requests = excluded.requests",
-        params![b.id, start, spend, n],
+        values![b.id, start, spend, n],
     )?;
     Ok(spend)
 }
@@ -551,10 +558,10 @@ pub fn rebuild_org(
 ) -> Result<Vec<(String, Period, f64)>, StoreError> {
     let list = store.budgets_of(org_id)?;
     let mut conn = store.conn_for_cli();
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut tx = conn.begin()?;
     let mut out = Vec::with_capacity(list.len());
     for b in &list {
-        out.push((b.name.clone(), b.period, rebuild(&tx, b, now_ms)?));
+        out.push((b.name.clone(), b.period, rebuild(&mut tx, b, now_ms)?));
     }
     tx.commit()?;
     Ok(out)
@@ -564,7 +571,7 @@ pub fn rebuild_org(
 /// ingest waits, so no event is counted twice or missed). A new budget counts the period's
 /// events so far.
 pub fn set(
-    conn: &mut Connection,
+    conn: &mut Conn,
     org_id: i64,
     spec: &BudgetSpec,
     now_ms: i64,
@@ -574,32 +581,29 @@ pub fn set(
         Err(e) => return Ok(Err(e)),
     };
     let scope = serde_json::to_string(&spec.scope).map_err(|e| StoreError::Io(e.to_string()))?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let existing: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT id, period FROM budgets WHERE org_id = ?1 AND name = ?2",
-            params![org_id, spec.name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    let mut tx = conn.begin()?;
+    let existing: Option<(i64, String)> = tx.query_row_opt(
+        "SELECT id, period FROM budgets WHERE org_id = ?1 AND name = ?2",
+        values![org_id, &spec.name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let (id, recount) = match existing {
         Some((id, old_period)) => {
             let old_scope: String =
-                tx.query_row("SELECT scope FROM budgets WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })?;
+                tx.value("SELECT scope FROM budgets WHERE id = ?1", values![id])?;
             let recount = old_scope != scope || old_period != period.name();
+            // `?8 = 1`: a flag is an integer, not a boolean, on PostgreSQL.
             tx.execute(
                 "UPDATE budgets SET scope = ?2, period = ?3, limit_usd = ?4, warn_at = ?5,
-                    action = ?6, updated_ms = ?7, epoch = CASE WHEN ?8 THEN ?7 ELSE epoch END
+                    action = ?6, updated_ms = ?7, epoch = CASE WHEN ?8 = 1 THEN ?7 ELSE epoch END
                  WHERE id = ?1",
-                params![
+                values![
                     id,
-                    scope,
+                    &scope,
                     period.name(),
                     spec.limit_usd,
                     spec.warn_at,
-                    spec.action,
+                    &spec.action,
                     now_ms,
                     recount
                 ],
@@ -608,26 +612,25 @@ pub fn set(
             (id, recount)
         }
         None => {
-            tx.execute(
+            let id: i64 = tx.value(
                 "INSERT INTO budgets (org_id, name, scope, period, limit_usd, warn_at, action,
-                    epoch, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)",
-                params![
+                    epoch, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)
+                 RETURNING id",
+                values![
                     org_id,
-                    spec.name,
-                    scope,
+                    &spec.name,
+                    &scope,
                     period.name(),
                     spec.limit_usd,
                     spec.warn_at,
-                    spec.action,
+                    &spec.action,
                     now_ms
                 ],
             )?;
-            (tx.last_insert_rowid(), true)
+            (id, true)
         }
     };
-    let epoch: i64 = tx.query_row("SELECT epoch FROM budgets WHERE id = ?1", [id], |r| {
-        r.get(0)
-    })?;
+    let epoch: i64 = tx.value("SELECT epoch FROM budgets WHERE id = ?1", values![id])?;
     let b = Budget {
         epoch,
         id,
@@ -641,11 +644,14 @@ pub fn set(
         action: spec.action.clone(),
     };
     if recount {
-        tx.execute("DELETE FROM budget_spend WHERE budget_id = ?1", [id])?;
-        tx.execute("DELETE FROM budget_filter_spend WHERE budget_id = ?1", [id])?;
-        rebuild(&tx, &b, now_ms)?;
+        tx.execute("DELETE FROM budget_spend WHERE budget_id = ?1", values![id])?;
+        tx.execute(
+            "DELETE FROM budget_filter_spend WHERE budget_id = ?1",
+            values![id],
+        )?;
+        rebuild(&mut tx, &b, now_ms)?;
     }
-    let state = states(&tx, std::slice::from_ref(&b), now_ms)?
+    let state = states(&mut tx, std::slice::from_ref(&b), now_ms)?
         .pop()
         .ok_or_else(|| StoreError::Io("no state for the budget just set".into()))?;
     tx.commit()?;
@@ -653,20 +659,21 @@ pub fn set(
 }
 
 /// Delete a budget; false when the org has none of that name.
-pub fn delete(conn: &Connection, org_id: i64, name: &str) -> Result<bool, StoreError> {
-    let id: Option<i64> = conn
-        .query_row(
-            "SELECT id FROM budgets WHERE org_id = ?1 AND name = ?2",
-            params![org_id, name],
-            |r| r.get(0),
-        )
-        .optional()?;
+pub fn delete(conn: &mut Conn, org_id: i64, name: &str) -> Result<bool, StoreError> {
+    let id: Option<i64> = conn.query_row_opt(
+        "SELECT id FROM budgets WHERE org_id = ?1 AND name = ?2",
+        values![org_id, name],
+        |r| r.get(0),
+    )?;
     let Some(id) = id else {
         return Ok(false);
     };
-    conn.execute("DELETE FROM budget_filter_spend WHERE budget_id = ?1", [id])?;
-    conn.execute("DELETE FROM budget_spend WHERE budget_id = ?1", [id])?;
-    conn.execute("DELETE FROM budgets WHERE id = ?1", [id])?;
+    conn.execute(
+        "DELETE FROM budget_filter_spend WHERE budget_id = ?1",
+        values![id],
+    )?;
+    conn.execute("DELETE FROM budget_spend WHERE budget_id = ?1", values![id])?;
+    conn.execute("DELETE FROM budgets WHERE id = ?1", values![id])?;
     Ok(true)
 }
 
@@ -725,10 +732,10 @@ mod tests {
 
     #[test]
     fn spend_is_counted_at_ingest_per_budget_and_filter_and_each_crossing_alerts_once() {
-        use crate::store::{Owners, Store};
+        use crate::store::Owners;
         use std::sync::Arc;
         let dir = crate::store::tests::temp_dir("budgets");
-        let store = Store::open(&dir).unwrap();
+        let store = crate::store::tests::test_store(&dir);
         let key = store.create_org("acme", 0).unwrap();
         let org = store.org_for_key(&key).unwrap().unwrap();
         let now = crate::api::now_ms();
@@ -749,7 +756,7 @@ mod tests {
         };
         // Set from another connection, as the CLI does: the serving store sees it at its next
         // ingest transaction.
-        let cli = Store::open(&dir).unwrap();
+        let cli = crate::store::tests::test_store(&dir);
         let st = set(&mut cli.conn_for_cli(), org.id, &spec, now)
             .unwrap()
             .unwrap();
@@ -781,12 +788,12 @@ mod tests {
             )
             .unwrap();
         let budgets = store.budgets_of(org.id).unwrap();
-        let st = &states(&store.reader(), &budgets, now).unwrap()[0];
+        let st = &states(&mut store.reader(), &budgets, now).unwrap()[0];
         assert!((st.spend_usd - 1.05).abs() < 1e-12, "{}", st.spend_usd);
         assert_eq!((st.requests, st.state), (3, "exceeded"));
         let refs: Vec<&Budget> = budgets.iter().collect();
         let mine = |f: &str| {
-            confirmed(&store.reader(), &refs, f, now)
+            confirmed(&mut store.reader(), &refs, f, now)
                 .unwrap()
                 .get(&budgets[0].id)
                 .copied()
@@ -798,14 +805,14 @@ mod tests {
         store
             .insert_from(owners(), batch(&[("d", "web", 0.5)]), now, None)
             .unwrap();
-        let alerts: Vec<(String, String)> = {
-            let conn = store.reader();
-            let mut st = conn
-                .prepare("SELECT kind, dedupe_key FROM alert_events ORDER BY id")
-                .unwrap();
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-            rows.collect::<Result<_, _>>().unwrap()
-        };
+        let alerts: Vec<(String, String)> = store
+            .reader()
+            .query_map(
+                "SELECT kind, dedupe_key FROM alert_events ORDER BY id",
+                &[],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
         let id = budgets[0].id;
         assert_eq!(
             alerts,
@@ -821,8 +828,8 @@ mod tests {
             ]
         );
         // Rebuilt from the events, the counter is the same.
-        let counted = states(&store.reader(), &budgets, now).unwrap()[0].spend_usd;
-        let rebuilt = rebuild(&store.conn_for_cli(), &budgets[0], now).unwrap();
+        let counted = states(&mut store.reader(), &budgets, now).unwrap()[0].spend_usd;
+        let rebuilt = rebuild(&mut store.conn_for_cli(), &budgets[0], now).unwrap();
         assert!((counted - rebuilt).abs() < 1e-12, "{counted} {rebuilt}");
         // A new limit keeps the counts; a new scope counts again, in a new epoch, so that the
         // filters' own counts start again with the collector's.
@@ -850,11 +857,13 @@ mod tests {
         // A restart keeps it.
         let counted = st.spend_usd;
         drop(store);
-        let again = Store::open(&dir).unwrap();
+        let again = crate::store::tests::test_store(&dir);
         let b = again.budgets_of(org.id).unwrap();
-        assert!((states(&again.reader(), &b, now).unwrap()[0].spend_usd - counted).abs() < 1e-12);
-        assert!(delete(&again.conn_for_cli(), org.id, "web-day").unwrap());
-        assert!(!delete(&again.conn_for_cli(), org.id, "web-day").unwrap());
+        assert!(
+            (states(&mut again.reader(), &b, now).unwrap()[0].spend_usd - counted).abs() < 1e-12
+        );
+        assert!(delete(&mut again.conn_for_cli(), org.id, "web-day").unwrap());
+        assert!(!delete(&mut again.conn_for_cli(), org.id, "web-day").unwrap());
     }
 
     fn days_from_civil_roundtrip(day: i64) -> i64 {
@@ -955,7 +964,7 @@ pub mod http {
         let store = state.store.clone();
         let states: Vec<BudgetState> = blocking(move || {
             let budgets = store.budgets_of(org.id)?;
-            Ok(super::states(&store.reader(), &budgets, now_ms())?)
+            Ok(super::states(&mut store.reader(), &budgets, now_ms())?)
         })
         .await?;
         Ok(Json(serde_json::json!({ "budgets": states })))
@@ -986,7 +995,8 @@ pub mod http {
     ) -> Result<impl IntoResponse, ApiError> {
         let org = admin(&state, &headers).await?;
         let store = state.store.clone();
-        let deleted = blocking(move || super::delete(&store.conn_for_cli(), org.id, &name)).await?;
+        let deleted =
+            blocking(move || super::delete(&mut store.conn_for_cli(), org.id, &name)).await?;
         if deleted {
             Ok(StatusCode::NO_CONTENT)
         } else {

@@ -9,11 +9,12 @@
 //! the answers when it moved, so a rotated key shows within that interval. A credential the
 //! answers do not know checks at once (a key made a moment ago is not refused for 250 ms).
 
+use crate::db::{self, Conn};
 use crate::keys;
 use crate::prices::{PaidRates, Prices};
 use crate::store::{Store, StoreError};
+use crate::values;
 use axum::body::Bytes;
-use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -65,34 +66,31 @@ struct Snapshot {
 
 impl Snapshot {
     /// Read everything in one transaction, so that the generation and the rows agree.
-    fn load(conn: &Connection) -> rusqlite::Result<Snapshot> {
-        let tx = conn.unchecked_transaction()?;
-        let generation: i64 = tx.query_row("SELECT n FROM auth_generation", [], |r| r.get(0))?;
-        let prices = Prices::load(&tx).map_err(|e| {
-            rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(e)))
-        })?;
+    fn load(conn: &mut Conn) -> db::Result<Snapshot> {
+        let mut tx = conn.begin_read()?;
+        let generation: i64 = tx.value("SELECT n FROM auth_generation", &[])?;
+        // A price table that does not parse fails the load like a failed read: logged, and the
+        // answers kept as they were.
+        let prices = Prices::load(&mut tx).map_err(db::DbError::Sql)?;
         let since = crate::api::now_ms() - RATES_DAYS * crate::rollup::DAY;
-        let mut seen = tx.prepare(
-            "SELECT DISTINCT key FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2
-               AND dim = 'provider_model' AND bucket_ms >= ?3",
-        )?;
         // Enabled orgs by name (the answers' order): id -> (name, key hash).
-        let orgs: BTreeMap<String, (i64, String)> = {
-            let mut st = tx.prepare("SELECT name, id, key_hash FROM orgs WHERE disabled = 0")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        let tokens: Vec<(i64, String, bool)> = {
-            let mut st =
-                tx.prepare("SELECT id, token_hash, all_orgs FROM tokens WHERE revoked_ms IS NULL")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        let grants: Vec<(i64, i64)> = {
-            let mut st = tx.prepare("SELECT token_id, org_id FROM token_orgs")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let orgs: BTreeMap<String, (i64, String)> = tx
+            .query_map(
+                "SELECT name, id, key_hash FROM orgs WHERE disabled = 0",
+                &[],
+                |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))),
+            )?
+            .into_iter()
+            .collect();
+        let tokens: Vec<(i64, String, bool)> = tx.query_map(
+            "SELECT id, token_hash, all_orgs FROM tokens WHERE revoked_ms IS NULL",
+            &[],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let grants: Vec<(i64, i64)> =
+            tx.query_map("SELECT token_id, org_id FROM token_orgs", &[], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
         let mut snap = Snapshot {
             generation,
             pricing: prices.generation,
@@ -103,11 +101,12 @@ impl Snapshot {
         // Per org id: the rates of the models it used.
         let mut rates: HashMap<i64, BTreeMap<String, PaidRates>> = HashMap::new();
         for (id, _) in orgs.values() {
-            let keys: Vec<String> = seen
-                .query_map(rusqlite::params![id, crate::rollup::DAY, since], |r| {
-                    r.get(0)
-                })?
-                .collect::<Result<_, _>>()?;
+            let keys: Vec<String> = tx.query_map(
+                "SELECT DISTINCT key FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2
+                   AND dim = 'provider_model' AND bucket_ms >= ?3",
+                values![*id, crate::rollup::DAY, since],
+                |r| r.get(0),
+            )?;
             let mine = rates.entry(*id).or_default();
             for key in keys {
                 let Some((provider, model)) = key.split_once('/') else {
@@ -167,16 +166,16 @@ impl Snapshot {
 pub struct Controls {
     current: RwLock<Arc<Snapshot>>,
     /// The connection the answers are read from.
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
 }
 
 impl Controls {
     /// Load the answers now, and keep them current from a thread of their own, which ends with
     /// the last reference to the returned value.
     pub fn start(store: &Store) -> Result<Arc<Controls>, StoreError> {
-        let conn = store.open_reader()?;
+        let mut conn = store.open_reader()?;
         let controls = Arc::new(Controls {
-            current: RwLock::new(Arc::new(Snapshot::load(&conn)?)),
+            current: RwLock::new(Arc::new(Snapshot::load(&mut conn)?)),
             conn: Mutex::new(conn),
         });
         let weak: Weak<Controls> = Arc::downgrade(&controls);
@@ -202,14 +201,14 @@ impl Controls {
 
     /// Rebuild the answers if orgs, keys or tokens changed since they were built.
     pub fn refresh(&self) {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let conn = &*conn;
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = &mut *conn;
         let known = self.snapshot();
         let now = conn.query_row(
             "SELECT (SELECT n FROM auth_generation),
                 (SELECT generation FROM pricing_generation WHERE id = 1)",
-            [],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            &[],
+            |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
         );
         let loaded = match now {
             Ok((n, p))
@@ -273,14 +272,14 @@ pub fn with_budgets(
     }
     let ids: Vec<i64> = all.iter().map(|(id, _, _)| *id).collect();
     let active = pollers.polled(&ids, filter, refresh);
-    let conn = store.reader();
+    let mut conn = store.reader();
     // One snapshot: spend, states and this filter's counts as of the same commit.
-    let tx = conn.unchecked_transaction()?;
+    let mut tx = conn.begin_read()?;
     let mut out = Vec::new();
     for (id, org, budgets) in &all {
         let refs: Vec<&crate::budgets::Budget> = budgets.iter().collect();
-        let states = crate::budgets::states(&tx, budgets, now_ms)?;
-        let confirmed = crate::budgets::confirmed(&tx, &refs, filter, now_ms)?;
+        let states = crate::budgets::states(&mut tx, budgets, now_ms)?;
+        let confirmed = crate::budgets::confirmed(&mut tx, &refs, filter, now_ms)?;
         let n = active.get(id).copied().unwrap_or(1) as f64;
         for (b, st) in budgets.iter().zip(&states) {
             out.push(crate::budgets::ForFilter {
@@ -333,7 +332,7 @@ mod tests {
     #[test]
     fn answers_follow_keys_tokens_and_grants_from_another_connection() {
         let dir = crate::store::tests::temp_dir("controls");
-        let store = Store::open(&dir).unwrap();
+        let store = crate::store::tests::test_store(&dir);
         let acme = store.create_org("acme", 0).unwrap();
         let globex = store.create_org("globex", 0).unwrap();
         let token = store
@@ -357,7 +356,7 @@ mod tests {
         assert_eq!(body("tly_0000000000000000000000000000000000000000"), None);
         // A change made through another connection (the CLI is another process).
         let before = controls.answer(&token).unwrap();
-        let other = Store::open(&dir).unwrap();
+        let other = crate::store::tests::test_store(&dir);
         let rotated = other.rotate_key("globex").unwrap();
         other.set_disabled("acme", true).unwrap();
         let start = std::time::Instant::now();
@@ -392,7 +391,7 @@ mod tests {
     #[test]
     fn answers_carry_the_rates_each_org_pays_for_the_models_it_used() {
         let dir = crate::store::tests::temp_dir("controls-rates");
-        let store = Store::open(&dir).unwrap();
+        let store = crate::store::tests::test_store(&dir);
         let key = store.create_org("acme", 0).unwrap();
         let org = store.org_for_key(&key).unwrap().unwrap();
         let e: tally::event::Event = serde_json::from_value(serde_json::json!({

@@ -16,14 +16,15 @@
 //! `status` INT32, times and cost DOUBLE, flags BOOLEAN, labels nullable UTF-8 strings),
 //! Snappy-compressed, with min/max statistics per row group.
 
+use crate::db::{Conn, DbError, Row};
 use crate::store::EVENT_COLUMNS;
+use crate::values;
 use parquet::basic::{Compression, LogicalType, Repetition, TimeUnit, Type as Physical};
 use parquet::column::writer::ColumnWriter;
 use parquet::data_type::ByteArray;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
-use rusqlite::{params, Connection, OpenFlags};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,8 +74,8 @@ pub struct Args {
     /// when it is not a terminal).
     #[arg(long, value_name = "PATH")]
     pub out: Option<PathBuf>,
-    #[arg(long, default_value = "data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: crate::store::StoreArgs,
 }
 
 /// What to export: events with `from_ms <= ts_ms < to_ms` of `org`, or of every org.
@@ -109,17 +110,21 @@ pub fn run(args: &Args) -> Result<(), String> {
     if from_ms >= to_ms {
         return Err("--from must be before --to (--to is exclusive)".into());
     }
-    let db = args.data_dir.join("tally.db");
-    if !db.exists() {
-        return Err(format!(
-            "no database in {} (give the collector's --data-dir)",
-            args.data_dir.display()
-        ));
+    let database = args.store.database().map_err(|e| e.to_string())?;
+    if let crate::store::Database::Sqlite(dir) = &database {
+        if !dir.join("tally.db").exists() {
+            return Err(format!(
+                "no database in {} (give the collector's --data-dir, or its --database)",
+                dir.display()
+            ));
+        }
     }
     // Brings an older database to this collector's schema, as every command does; the export
-    // itself reads on a connection of its own that cannot write.
-    let store = crate::store::Store::open(&args.data_dir).map_err(|e| e.to_string())?;
-    let conn = open_read_only(&db)?;
+    // itself reads on a connection of its own (on SQLite, one that cannot write).
+    let store = args.store.open().map_err(|e| e.to_string())?;
+    let mut conn = store
+        .open_reader()
+        .map_err(|e| format!("cannot open {}: {e}", database.describe()))?;
     let opts = Options {
         from_ms,
         to_ms,
@@ -131,7 +136,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         Some(path) => {
             let (file, partial) = create_partial(path)?;
             let done = export(
-                &conn,
+                &mut conn,
                 &opts,
                 std::io::BufWriter::with_capacity(1 << 16, file),
             );
@@ -156,13 +161,14 @@ pub fn run(args: &Args) -> Result<(), String> {
                 return Err("Parquet is binary: give --out PATH, or redirect the output".into());
             }
             let done = export(
-                &conn,
+                &mut conn,
                 &opts,
                 std::io::BufWriter::with_capacity(1 << 16, stdout),
             )?;
             (done, "standard output".to_string())
         }
     };
+    drop(conn);
     drop(store);
     eprintln!(
         "Exported {} events of {} org{} as {} to {to} in {:.1} s.",
@@ -173,18 +179,6 @@ pub fn run(args: &Args) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// The database, opened read-only.
-pub fn open_read_only(db: &Path) -> Result<Connection, String> {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| format!("cannot open {}: {e}", db.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(|e| e.to_string())?;
-    Ok(conn)
 }
 
 /// A file beside `path` that becomes it once complete, readable by its owner only (it holds
@@ -208,30 +202,23 @@ fn create_partial(path: &Path) -> Result<(std::fs::File, PathBuf), String> {
 }
 
 /// The orgs to export, by name: `org`, or every org.
-fn orgs(conn: &Connection, org: Option<&str>) -> Result<Vec<(i64, String)>, String> {
-    let db = |e: rusqlite::Error| format!("database: {e}");
+fn orgs(conn: &mut Conn, org: Option<&str>) -> Result<Vec<(i64, String)>, String> {
+    let db = |e: DbError| format!("database: {e}");
     match org {
         Some(name) => {
             let id: Option<i64> = conn
-                .query_row("SELECT id FROM orgs WHERE name = ?1", [name], |r| r.get(0))
-                .map(Some)
-                .or_else(|e| match e {
-                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                    e => Err(e),
+                .query_row_opt("SELECT id FROM orgs WHERE name = ?1", values![name], |r| {
+                    r.get(0)
                 })
                 .map_err(db)?;
             let id = id.ok_or_else(|| format!("--org: no org named {name:?}"))?;
             Ok(vec![(id, name.to_string())])
         }
-        None => {
-            let mut st = conn
-                .prepare("SELECT id, name FROM orgs ORDER BY name")
-                .map_err(db)?;
-            let rows = st
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(db)?;
-            rows.collect::<Result<_, _>>().map_err(db)
-        }
+        None => conn
+            .query_map("SELECT id, name FROM orgs ORDER BY name", &[], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(db),
     }
 }
 
@@ -247,38 +234,49 @@ fn page_sql() -> String {
 }
 
 /// An event from a row of [`page_sql`].
-fn event(r: &rusqlite::Row<'_>, org: &str) -> rusqlite::Result<Event> {
+fn event(r: &Row, org: &str) -> crate::db::Result<Event> {
     crate::store::event_from_row(r, 2, org)
 }
 
 /// Export the events `opts` picks from `conn` to `out`, and flush it.
 pub fn export<W: Write + Send>(
-    conn: &Connection,
+    conn: &mut Conn,
     opts: &Options,
     out: W,
 ) -> Result<Exported, String> {
-    let db = |e: rusqlite::Error| format!("database: {e}");
+    let db = |e: DbError| format!("database: {e}");
     // One read transaction for every page: a snapshot.
-    let tx = conn.unchecked_transaction().map_err(db)?;
-    let orgs = orgs(&tx, opts.org.as_deref())?;
+    let mut tx = conn.begin_read().map_err(db)?;
+    let orgs = orgs(&mut tx, opts.org.as_deref())?;
     let mut sink = Sink::new(opts.format, out)?;
-    let mut st = tx.prepare(&page_sql()).map_err(db)?;
+    let sql = page_sql();
     let mut events = 0u64;
     for (id, name) in &orgs {
         let mut cursor = (opts.from_ms, 0i64);
         loop {
-            let mut rows = st
-                .query(params![id, cursor.0, cursor.1, opts.to_ms, PAGE])
-                .map_err(db)?;
             let mut n = 0;
-            while let Some(r) = rows.next().map_err(db)? {
-                let seq: i64 = r.get(0).map_err(db)?;
-                let ts_ms: i64 = r.get(1).map_err(db)?;
-                let e = event(r, name).map_err(db)?;
-                sink.row(name, ts_ms, &e)?;
-                cursor = (ts_ms, seq);
-                n += 1;
+            // Why writing a row failed, if it did: the scan stops there and this is the error.
+            let mut unwritten = None;
+            let scanned = tx.query_each(
+                &sql,
+                values![*id, cursor.0, cursor.1, opts.to_ms, PAGE],
+                |r| {
+                    let seq: i64 = r.get(0)?;
+                    let ts_ms: i64 = r.get(1)?;
+                    let e = event(&r, name)?;
+                    if let Err(e) = sink.row(name, ts_ms, &e) {
+                        unwritten = Some(e);
+                        return Err(DbError::Sql("the export stopped".into()));
+                    }
+                    cursor = (ts_ms, seq);
+                    n += 1;
+                    Ok(())
+                },
+            );
+            if let Some(e) = unwritten {
+                return Err(e);
             }
+            scanned.map_err(db)?;
             events += n as u64;
             if n < PAGE {
                 break;

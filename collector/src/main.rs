@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use store::Store;
+use store::{Store, StoreArgs};
 
 #[derive(Parser)]
 #[command(
@@ -24,9 +24,8 @@ struct Cli {
 enum Command {
     /// Serve ingest, the query API and health checks.
     Serve {
-        /// Where the database lives.
-        #[arg(long, default_value = "data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Address to listen on; plain HTTP only on loopback.
         #[arg(long, default_value = "127.0.0.1:9700")]
         listen: SocketAddr,
@@ -61,45 +60,45 @@ enum Command {
     Alert {
         #[command(subcommand)]
         command: AlertCommand,
-        #[arg(long, default_value = "data", global = true)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Manage budgets: spend limits per period that filters enforce (PRODUCT.md, "Rules and
     /// budgets").
     Budget {
         #[command(subcommand)]
         command: BudgetCommand,
-        #[arg(long, default_value = "data", global = true)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Manage the people who sign in to the dashboard.
     User {
         #[command(subcommand)]
         command: UserCommand,
-        #[arg(long, default_value = "data", global = true)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Manage orgs and their keys.
     Org {
         #[command(subcommand)]
         command: OrgCommand,
-        #[arg(long, default_value = "data", global = true)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Manage mesh tokens: what a filter serving several orgs sends its events with.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
-        #[arg(long, default_value = "data", global = true)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Manage prices: the table in force and each org's own rates (every collector on the
     /// database applies a change within a second).
     Prices {
         #[command(subcommand)]
         command: PricesCommand,
-        #[arg(long, default_value = "data", global = true)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Price an org's stored events again with the prices in force; the rollups follow, and the
     /// repricing is recorded.
@@ -112,8 +111,8 @@ enum Command {
         /// Before this time; default: the last event.
         #[arg(long)]
         to: Option<String>,
-        #[arg(long, default_value = "data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Stream stored events out for a data warehouse (NDJSON, CSV or Parquet), in memory that
     /// does not grow with their number.
@@ -313,7 +312,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve {
-            data_dir,
+            store,
             listen,
             retention_days,
             tls_cert,
@@ -324,7 +323,7 @@ fn main() -> ExitCode {
             alerts,
             otlp,
         } => serve(
-            data_dir,
+            store,
             listen,
             retention_days,
             tls_cert.zip(tls_key),
@@ -334,18 +333,18 @@ fn main() -> ExitCode {
             &alerts,
             &otlp,
         ),
-        Command::Alert { command, data_dir } => alert(command, &data_dir),
-        Command::Budget { command, data_dir } => budget(command, &data_dir),
-        Command::User { command, data_dir } => user(command, &data_dir),
-        Command::Org { command, data_dir } => org(command, &data_dir),
-        Command::Token { command, data_dir } => token(command, &data_dir),
-        Command::Prices { command, data_dir } => prices(command, &data_dir),
+        Command::Alert { command, store } => alert(command, &store),
+        Command::Budget { command, store } => budget(command, &store),
+        Command::User { command, store } => user(command, &store),
+        Command::Org { command, store } => org(command, &store),
+        Command::Token { command, store } => token(command, &store),
+        Command::Prices { command, store } => prices(command, &store),
         Command::Reprice {
             org,
             from,
             to,
-            data_dir,
-        } => reprice(&org, from.as_deref(), to.as_deref(), &data_dir),
+            store,
+        } => reprice(&org, from.as_deref(), to.as_deref(), &store),
         Command::Export(args) => tally_collector::export::run(&args),
     };
     match result {
@@ -357,8 +356,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn org(command: OrgCommand, data_dir: &std::path::Path) -> Result<(), String> {
-    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+fn org(command: OrgCommand, store: &StoreArgs) -> Result<(), String> {
+    let store = store.open().map_err(|e| e.to_string())?;
     match command {
         OrgCommand::Create { name } => {
             let key = store
@@ -399,9 +398,9 @@ fn org_id(store: &Store, name: &str) -> Result<i64, String> {
     store.org_id(name).map_err(|e| e.to_string())
 }
 
-fn budget(command: BudgetCommand, data_dir: &std::path::Path) -> Result<(), String> {
+fn budget(command: BudgetCommand, store: &StoreArgs) -> Result<(), String> {
     use tally_collector::budgets;
-    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+    let store = store.open().map_err(|e| e.to_string())?;
     let show = |s: &budgets::State| {
         println!(
             "{}\t{}\t{}\tlimit ${}\tspent ${:.6}\t{}\t{}\t{}",
@@ -454,7 +453,7 @@ fn budget(command: BudgetCommand, data_dir: &std::path::Path) -> Result<(), Stri
         BudgetCommand::List { org } => {
             let id = org_id(&store, &org)?;
             let list = store.budgets_of(id).map_err(|e| e.to_string())?;
-            for s in budgets::states(&store.conn_for_cli(), &list, now_ms())
+            for s in budgets::states(&mut store.conn_for_cli(), &list, now_ms())
                 .map_err(|e| e.to_string())?
             {
                 show(&s);
@@ -462,7 +461,7 @@ fn budget(command: BudgetCommand, data_dir: &std::path::Path) -> Result<(), Stri
         }
         BudgetCommand::Delete { name, org } => {
             let id = org_id(&store, &org)?;
-            if !budgets::delete(&store.conn_for_cli(), id, &name).map_err(|e| e.to_string())? {
+            if !budgets::delete(&mut store.conn_for_cli(), id, &name).map_err(|e| e.to_string())? {
                 return Err(format!("org {org} has no budget {name:?}"));
             }
             eprintln!("Org {org}: budget {name} deleted.");
@@ -479,9 +478,9 @@ fn budget(command: BudgetCommand, data_dir: &std::path::Path) -> Result<(), Stri
     Ok(())
 }
 
-fn prices(command: PricesCommand, data_dir: &std::path::Path) -> Result<(), String> {
+fn prices(command: PricesCommand, store: &StoreArgs) -> Result<(), String> {
     use tally_collector::prices;
-    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+    let store = store.open().map_err(|e| e.to_string())?;
     match command {
         PricesCommand::Load { file } => {
             let json = std::fs::read_to_string(&file)
@@ -523,7 +522,7 @@ fn prices(command: PricesCommand, data_dir: &std::path::Path) -> Result<(), Stri
         }
         PricesCommand::Rates { org } => {
             let id = org_id(&store, &org)?;
-            for r in prices::rates(&store.conn_for_cli(), id)? {
+            for r in prices::rates(&mut store.conn_for_cli(), id)? {
                 let n = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
                 println!(
                     "{}	input {}	cached_input {}	cache_write {}	output {}	discount {}%",
@@ -551,7 +550,7 @@ fn reprice(
     org: &str,
     from: Option<&str>,
     to: Option<&str>,
-    data_dir: &std::path::Path,
+    store: &StoreArgs,
 ) -> Result<(), String> {
     let time = |name: &str, v: Option<&str>| {
         v.map(|v| {
@@ -561,7 +560,7 @@ fn reprice(
         .transpose()
     };
     let (from, to) = (time("from", from)?, time("to", to)?);
-    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+    let store = store.open().map_err(|e| e.to_string())?;
     let r = store
         .reprice(org, from, to, now_ms())
         .map_err(|e| e.to_string())?;
@@ -589,8 +588,8 @@ fn reprice(
     Ok(())
 }
 
-fn token(command: TokenCommand, data_dir: &std::path::Path) -> Result<(), String> {
-    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+fn token(command: TokenCommand, store: &StoreArgs) -> Result<(), String> {
+    let store = store.open().map_err(|e| e.to_string())?;
     match command {
         TokenCommand::Create {
             name,
@@ -638,8 +637,8 @@ fn token(command: TokenCommand, data_dir: &std::path::Path) -> Result<(), String
     Ok(())
 }
 
-fn user(command: UserCommand, data_dir: &std::path::Path) -> Result<(), String> {
-    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+fn user(command: UserCommand, store: &StoreArgs) -> Result<(), String> {
+    let store = store.open().map_err(|e| e.to_string())?;
     match command {
         UserCommand::Add { org, email, role } => {
             let mut password = String::new();
@@ -656,8 +655,8 @@ fn user(command: UserCommand, data_dir: &std::path::Path) -> Result<(), String> 
     Ok(())
 }
 
-fn alert(command: AlertCommand, data_dir: &std::path::Path) -> Result<(), String> {
-    let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+fn alert(command: AlertCommand, store: &StoreArgs) -> Result<(), String> {
+    let store = store.open().map_err(|e| e.to_string())?;
     match command {
         AlertCommand::Add {
             name,
@@ -668,7 +667,7 @@ fn alert(command: AlertCommand, data_dir: &std::path::Path) -> Result<(), String
         } => {
             let id = org_id(&store, &org)?;
             let secret = alerts::add_hook(
-                &store.conn_for_cli(),
+                &mut store.conn_for_cli(),
                 id,
                 &name,
                 &url,
@@ -686,7 +685,7 @@ fn alert(command: AlertCommand, data_dir: &std::path::Path) -> Result<(), String
         }
         AlertCommand::List { org } => {
             let id = org_id(&store, &org)?;
-            for h in alerts::list_hooks(&store.conn_for_cli(), id).map_err(|e| e.to_string())? {
+            for h in alerts::list_hooks(&mut store.conn_for_cli(), id).map_err(|e| e.to_string())? {
                 println!(
                     "{}\t{}\t{}\tcreated {}{}",
                     h.name,
@@ -703,14 +702,16 @@ fn alert(command: AlertCommand, data_dir: &std::path::Path) -> Result<(), String
         }
         AlertCommand::Delete { name, org } => {
             let id = org_id(&store, &org)?;
-            if !alerts::delete_hook(&store.conn_for_cli(), id, &name).map_err(|e| e.to_string())? {
+            if !alerts::delete_hook(&mut store.conn_for_cli(), id, &name)
+                .map_err(|e| e.to_string())?
+            {
                 return Err(format!("org {org} has no alert hook {name}"));
             }
             eprintln!("Alert hook {name} of org {org} deleted.");
         }
         AlertCommand::History { org, limit } => {
             let id = org_id(&store, &org)?;
-            let history = alerts::history(&store.conn_for_cli(), id, &org, limit.clamp(1, 500))
+            let history = alerts::history(&mut store.conn_for_cli(), id, &org, limit.clamp(1, 500))
                 .map_err(|e| e.to_string())?;
             for a in history {
                 let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
@@ -737,7 +738,7 @@ fn alert(command: AlertCommand, data_dir: &std::path::Path) -> Result<(), String
 
 #[allow(clippy::too_many_arguments)]
 fn serve(
-    data_dir: PathBuf,
+    store_args: StoreArgs,
     listen: SocketAddr,
     retention_days: Option<u32>,
     tls: Option<(PathBuf, PathBuf)>,
@@ -777,7 +778,11 @@ fn serve(
              in clear, org keys included, so let only the sidecar or that network reach it"
         ));
     }
-    let store = Arc::new(Store::open(&data_dir).map_err(|e| e.to_string())?);
+    let store = Arc::new(store_args.open_serving().map_err(|e| e.to_string())?);
+    let data_in = store.database().describe();
+    if !store.replica().is_empty() {
+        log::info(&format!("replica {:?} on {data_in}", store.replica()));
+    }
     let sign_in = sign_in_config(&store, sso_config, !sign_in.no_local_login)?;
     let counted = store.recount_rollups().map_err(|e| e.to_string())?;
     if counted > 0 {
@@ -818,11 +823,28 @@ fn serve(
     let at_exit = store.clone();
     let served = runtime.block_on(async move {
         if let Some((cert, key)) = tls {
-            return serve_tls(listen, &cert, &key, state, &data_dir).await;
+            return serve_tls(listen, &cert, &key, state, &data_in).await;
         }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        if store.backend() == tally_collector::db::Backend::Postgres {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // Replicas that stopped: their events after their last rollup write are
+                // counted by whichever replica gets to them first; and the event partitions of
+                // today and tomorrow made ahead of the events.
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+                loop {
+                    tick.tick().await;
+                    let s = store.clone();
+                    let done = tokio::task::spawn_blocking(move || s.housekeeping(now_ms())).await;
+                    if let Ok(Err(e)) = done {
+                        log::error(&format!("replicas: {e}"));
+                    }
+                }
+            });
+        }
         if let Some(days) = retention_days {
             let store = store.clone();
             tokio::spawn(async move {
@@ -845,8 +867,7 @@ fn serve(
         let bound = listener.local_addr().unwrap_or(listen);
         start_sso(&sign_in, "http", bound).await?;
         log::info(&format!(
-            "tally-collector listening on http://{bound} (data in {})",
-            data_dir.display()
+            "tally-collector listening on http://{bound} (data in {data_in})"
         ));
         axum::serve(
             listener,
@@ -872,7 +893,7 @@ async fn serve_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
     state: api::AppState,
-    data_dir: &std::path::Path,
+    data_in: &str,
 ) -> Result<(), String> {
     // rustls with the ring provider (no C toolchain beyond cc needed).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -901,8 +922,7 @@ async fn serve_tls(
         Some(bound) => {
             start_sso(&state_sign_in, "https", bound).await?;
             log::info(&format!(
-                "tally-collector listening on https://{bound} (data in {})",
-                data_dir.display()
+                "tally-collector listening on https://{bound} (data in {data_in})"
             ))
         }
         None => {

@@ -36,6 +36,7 @@ const SECONDS_BOUNDS: [f64; 14] = [
 const MAX_SERIES: usize = 10_000;
 
 #[derive(clap::Args, Debug, Clone, Default)]
+#[group(id = "otlp")]
 pub struct Args {
     /// Push OpenTelemetry metrics (OTLP/HTTP protobuf) to this endpoint, e.g.
     /// http://otel-collector:4318 (`/v1/metrics` is added when the URL has no path).

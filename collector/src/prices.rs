@@ -3,7 +3,8 @@
 //! model, or a discount on every model). Kept in the database, so that every collector on it
 //! prices alike, and reloaded within a second of a change while everything runs.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::db::{self, Conn, Row};
+use crate::values;
 use std::collections::HashMap;
 use tally::event::Event;
 use tally::pricing::{event_cost_usd, flat_price, resolve_name_in, Price, PriceTable, Pricer};
@@ -49,7 +50,7 @@ pub struct OrgRate {
 
 impl OrgRate {
     /// The columns `model, input, cached_input, cache_write, output, discount_pct` from `at`.
-    fn from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<OrgRate> {
+    fn from_row(r: &Row, at: usize) -> db::Result<OrgRate> {
         Ok(OrgRate {
             model: r.get(at)?,
             input: r.get(at + 1)?,
@@ -63,39 +64,35 @@ impl OrgRate {
 
 impl Prices {
     /// What the database says now.
-    pub fn load(conn: &Connection) -> Result<Prices, String> {
-        let db = |e: rusqlite::Error| format!("prices: {e}");
+    pub fn load(conn: &mut Conn) -> Result<Prices, String> {
+        let db = |e: db::DbError| format!("prices: {e}");
         let generation: i64 = conn
-            .query_row(
+            .value(
                 "SELECT generation FROM pricing_generation WHERE id = 1",
-                [],
-                |r| r.get(0),
+                &[],
             )
             .map_err(db)?;
         let loaded: Option<(String, String)> = conn
-            .query_row(
+            .query_row_opt(
                 "SELECT source, json FROM price_tables ORDER BY id DESC LIMIT 1",
-                [],
+                &[],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()
             .map_err(db)?;
         let (table, source) = match loaded {
             Some((source, json)) => (PriceTable::from_json(&json)?, source),
             None => (PriceTable::builtin()?, "builtin".to_string()),
         };
         let mut orgs: HashMap<i64, OrgRates> = HashMap::new();
-        let mut st = conn
-            .prepare(
+        let rows = conn
+            .query_map(
                 "SELECT org_id, model, input, cached_input, cache_write, output, discount_pct
                  FROM org_rates",
+                &[],
+                |r| Ok((r.get::<i64>(0)?, OrgRate::from_row(r, 1)?)),
             )
             .map_err(db)?;
-        let rows = st
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, OrgRate::from_row(r, 1)?)))
-            .map_err(db)?;
-        for row in rows {
-            let (org, rate) = row.map_err(db)?;
+        for (org, rate) in rows {
             let o = orgs.entry(org).or_default();
             if let Some(pct) = rate.discount_pct {
                 o.discount = pct / 100.0;
@@ -221,39 +218,34 @@ impl Prices {
 }
 
 /// Record a change of prices: every collector reloads them.
-pub fn bump(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+pub fn bump(tx: &mut Conn) -> db::Result<()> {
     tx.execute(
         "UPDATE pricing_generation SET generation = generation + 1 WHERE id = 1",
-        [],
+        &[],
     )?;
     Ok(())
 }
 
 /// Load a price table (the JSON `make prices` writes), checked first: it is in force from now on.
-pub fn load_table(
-    conn: &mut Connection,
-    json: &str,
-    source: &str,
-    now_ms: i64,
-) -> Result<usize, String> {
+pub fn load_table(conn: &mut Conn, json: &str, source: &str, now_ms: i64) -> Result<usize, String> {
     let table = PriceTable::from_json(json)?;
     if table.is_empty() {
         return Err("the price table lists no model".into());
     }
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let mut tx = conn.begin().map_err(|e| e.to_string())?;
     tx.execute(
         "INSERT INTO price_tables (loaded_ms, source, json) VALUES (?1, ?2, ?3)",
-        params![now_ms, source, json],
+        values![now_ms, source, json],
     )
     .map_err(|e| e.to_string())?;
-    bump(&tx).map_err(|e| e.to_string())?;
+    bump(&mut tx).map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())?;
     Ok(table.len())
 }
 
 /// Set an org's rate for a model (or, with `ALL_MODELS` and only `discount_pct`, its
 /// discount), checked first.
-pub fn set_rate(conn: &mut Connection, org: i64, rate: &OrgRate) -> Result<(), String> {
+pub fn set_rate(conn: &mut Conn, org: i64, rate: &OrgRate) -> Result<(), String> {
     if rate.model.is_empty() || rate.model.len() > 256 {
         return Err("a model name has 1 to 256 characters".into());
     }
@@ -276,7 +268,7 @@ pub fn set_rate(conn: &mut Connection, org: i64, rate: &OrgRate) -> Result<(), S
             return Err("a model's rate needs --input and --output (USD per 1M tokens)".into())
         }
     }
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let mut tx = conn.begin().map_err(|e| e.to_string())?;
     tx.execute(
         "INSERT INTO org_rates (org_id, model, input, cached_input, cache_write, output,
             discount_pct)
@@ -284,9 +276,9 @@ pub fn set_rate(conn: &mut Connection, org: i64, rate: &OrgRate) -> Result<(), S
          ON CONFLICT (org_id, model) DO UPDATE SET input = excluded.input,
             cached_input = excluded.cached_input, cache_write = excluded.cache_write,
             output = excluded.output, discount_pct = excluded.discount_pct",
-        params![
+        values![
             org,
-            rate.model,
+            &rate.model,
             rate.input,
             rate.cached_input,
             rate.cache_write,
@@ -295,42 +287,38 @@ pub fn set_rate(conn: &mut Connection, org: i64, rate: &OrgRate) -> Result<(), S
         ],
     )
     .map_err(|e| e.to_string())?;
-    bump(&tx).map_err(|e| e.to_string())?;
+    bump(&mut tx).map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())
 }
 
 /// Remove an org's rate for a model (or its discount); whether there was one.
-pub fn delete_rate(conn: &mut Connection, org: i64, model: &str) -> Result<bool, String> {
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
+pub fn delete_rate(conn: &mut Conn, org: i64, model: &str) -> Result<bool, String> {
+    let mut tx = conn.begin().map_err(|e| e.to_string())?;
     let n = tx
         .execute(
             "DELETE FROM org_rates WHERE org_id = ?1 AND model = ?2",
-            params![org, model],
+            values![org, model],
         )
         .map_err(|e| e.to_string())?;
-    bump(&tx).map_err(|e| e.to_string())?;
+    bump(&mut tx).map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())?;
     Ok(n > 0)
 }
 
 /// An org's own rates.
-pub fn rates(conn: &Connection, org: i64) -> Result<Vec<OrgRate>, String> {
-    let mut st = conn
-        .prepare(
-            "SELECT model, input, cached_input, cache_write, output, discount_pct FROM org_rates
-             WHERE org_id = ?1 ORDER BY model",
-        )
-        .map_err(|e| e.to_string())?;
-    let rows = st
-        .query_map(params![org], |r| OrgRate::from_row(r, 0))
-        .map_err(|e| e.to_string())?;
-    rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+pub fn rates(conn: &mut Conn, org: i64) -> Result<Vec<OrgRate>, String> {
+    conn.query_map(
+        "SELECT model, input, cached_input, cache_write, output, discount_pct FROM org_rates
+         WHERE org_id = ?1 ORDER BY model",
+        values![org],
+        |r| OrgRate::from_row(r, 0),
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
 
     fn event(model: &str, input: u64, searches: Option<u64>) -> Event {
         serde_json::from_value(serde_json::json!({
@@ -347,7 +335,7 @@ mod tests {
     #[test]
     fn an_orgs_rate_applies_to_snapshots_keeps_the_tables_other_parts_and_is_not_discounted() {
         let dir = crate::store::tests::temp_dir("prices-org-rates");
-        let store = Store::open(&dir).unwrap();
+        let store = crate::store::tests::test_store(&dir);
         let key = store.create_org("acme", 0).unwrap();
         let org = store.org_for_key(&key).unwrap().unwrap().id;
         let mut conn = store.conn_for_cli();
@@ -361,7 +349,7 @@ mod tests {
         };
         set_rate(&mut conn, org, &rate("gpt-4o-mini", Some((0.1, 0.4)), None)).unwrap();
         set_rate(&mut conn, org, &rate(ALL_MODELS, None, Some(20.0))).unwrap();
-        let prices = Prices::load(&conn).unwrap();
+        let prices = Prices::load(&mut conn).unwrap();
         let mut pricer = Pricer::default();
         // The snapshot is billed at the org's `gpt-4o-mini` rate, the cache reads at the
         // table's $0.075 (not the org's input rate), with no discount on an own rate.

@@ -9,9 +9,10 @@
 //! per hour and day only, and their ranges are answered at hour resolution (edges rounded down
 //! to the hour).
 
+use crate::db::{self, Backend, Conn};
 use crate::sketch::{self, Sketch};
+use crate::values;
 use foldhash::HashMap;
-use rusqlite::{params, Transaction};
 use std::borrow::Cow;
 use tally::event::{ErrorSource, Event};
 use tally::pricing::PriceTable;
@@ -407,55 +408,58 @@ impl Pending {
         }
     }
 
-    /// Merge the batch's figures into the stored rows: one upsert per row, sketches merged by
-    /// the `sketch_merge` SQL function (see [`register`]).
-    pub fn write(&self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
-        let mut write = tx.prepare_cached(
-            "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests, errors,
-                input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb,
-                unpriced_requests, unpriced_input_tokens, unpriced_output_tokens,
-                cached_input_tokens, cache_savings_usd)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18)
-             ON CONFLICT (org_id, granularity_ms, dim, key, bucket_ms) DO UPDATE SET
-                requests = requests + excluded.requests,
-                errors = errors + excluded.errors,
-                input_tokens = input_tokens + excluded.input_tokens,
-                output_tokens = output_tokens + excluded.output_tokens,
-                cost_usd = cost_usd + excluded.cost_usd,
-                latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
-                latency = sketch_merge(latency, excluded.latency),
-                ttfb = sketch_merge(ttfb, excluded.ttfb),
-                unpriced_requests = unpriced_requests + excluded.unpriced_requests,
-                unpriced_input_tokens = unpriced_input_tokens + excluded.unpriced_input_tokens,
-                unpriced_output_tokens = unpriced_output_tokens + excluded.unpriced_output_tokens,
-                cached_input_tokens = cached_input_tokens + excluded.cached_input_tokens,
-                cache_savings_usd = cache_savings_usd + excluded.cache_savings_usd",
-        )?;
+    /// Merge the batch's figures into the stored rows: one upsert per row. On SQLite, sketches
+    /// are merged by the `sketch_merge` SQL function (see [`register`]). On PostgreSQL each
+    /// replica adds into rows of its own (`replica`), which only it writes, so sketches are
+    /// merged here and the row replaced: replicas never merge a sketch in the database, and
+    /// reads add the replicas' rows up as they add buckets up.
+    pub fn write(&self, tx: &mut Conn, org_id: i64, replica: &str) -> db::Result<()> {
         for (&(g, bucket, id), agg) in &self.rows {
             let Some((dim, key)) = self.names(id) else {
                 continue;
             };
-            write.execute(params![
+            let (latency, ttfb) = match tx.backend() {
+                Backend::Sqlite => (agg.latency.to_bytes(), agg.ttfb.to_bytes()),
+                Backend::Postgres => {
+                    let mut merged = (agg.latency.clone(), agg.ttfb.clone());
+                    if let Some(r) = tx.query_opt(
+                        "SELECT latency, ttfb FROM rollups WHERE org_id = ?1
+                            AND granularity_ms = ?2 AND dim = ?3 AND bucket_ms = ?4 AND key = ?5
+                            AND replica = ?6",
+                        values![org_id, g, dim.as_ref(), bucket, key, replica],
+                    )? {
+                        merged.0.merge_bytes(r.blob(0)?);
+                        merged.1.merge_bytes(r.blob(1)?);
+                    }
+                    (merged.0.to_bytes(), merged.1.to_bytes())
+                }
+            };
+            let row = values![
                 org_id,
                 g,
                 bucket,
                 dim.as_ref(),
                 key,
-                agg.requests as i64,
-                agg.errors as i64,
-                agg.input_tokens as i64,
-                agg.output_tokens as i64,
+                agg.requests,
+                agg.errors,
+                agg.input_tokens,
+                agg.output_tokens,
                 agg.cost_usd,
                 agg.latency_sum_ms,
-                agg.latency.to_bytes(),
-                agg.ttfb.to_bytes(),
-                agg.unpriced_requests as i64,
-                agg.unpriced_input_tokens as i64,
-                agg.unpriced_output_tokens as i64,
-                agg.cached_input_tokens as i64,
+                latency,
+                ttfb,
+                agg.unpriced_requests,
+                agg.unpriced_input_tokens,
+                agg.unpriced_output_tokens,
+                agg.cached_input_tokens,
                 agg.cache_savings_usd,
-            ])?;
+                replica,
+            ];
+            match tx.backend() {
+                // One writer, no replica column.
+                Backend::Sqlite => tx.execute(WRITE_SQLITE, &row[..18])?,
+                Backend::Postgres => tx.execute(WRITE_POSTGRES, row)?,
+            };
         }
         Ok(())
     }
@@ -465,10 +469,11 @@ impl Pending {
     /// counts and savings (the other figures do not depend on the price).
     pub fn write_price_change(
         &self,
-        tx: &Transaction<'_>,
+        tx: &mut Conn,
         org_id: i64,
         before: &Pending,
-    ) -> rusqlite::Result<()> {
+        replica: &str,
+    ) -> db::Result<()> {
         let empty = Agg::default();
         for (&(g, bucket, id), now) in &self.rows {
             let Some((dim, key)) = self.names(id) else {
@@ -488,7 +493,7 @@ impl Pending {
                 cached_input_tokens: 0,
                 cache_savings_usd: now.cache_savings_usd - was.cache_savings_usd,
             };
-            add_figures(tx, org_id, (g, bucket, &dim, key), &change)?;
+            add_figures(tx, org_id, (g, bucket, &dim, key), &change, replica)?;
         }
         Ok(())
     }
@@ -496,12 +501,7 @@ impl Pending {
     /// The rows as a database before migration 9 held them (single dimensions, the figures
     /// of then), for the migration tests.
     #[cfg(test)]
-    pub fn write_before_v9(&self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
-        let mut write = tx.prepare_cached(
-            "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests, errors,
-                input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?;
+    pub fn write_before_v9(&self, tx: &mut Conn, org_id: i64) -> db::Result<()> {
         for (&(g, bucket, id), agg) in &self.rows {
             let Some(RowKey::Single { d, key }) = self.keys.get(id as usize) else {
                 continue;
@@ -509,29 +509,34 @@ impl Pending {
             if single_name(*d as usize) == "status" {
                 continue;
             }
-            write.execute(params![
-                org_id,
-                g,
-                bucket,
-                single_name(*d as usize),
-                key,
-                agg.requests as i64,
-                agg.errors as i64,
-                agg.input_tokens as i64,
-                agg.output_tokens as i64,
-                agg.cost_usd,
-                agg.latency_sum_ms,
-                agg.latency.to_bytes(),
-                agg.ttfb.to_bytes(),
-            ])?;
+            tx.execute(
+                "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests,
+                    errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                values![
+                    org_id,
+                    g,
+                    bucket,
+                    single_name(*d as usize),
+                    key.as_str(),
+                    agg.requests,
+                    agg.errors,
+                    agg.input_tokens,
+                    agg.output_tokens,
+                    agg.cost_usd,
+                    agg.latency_sum_ms,
+                    agg.latency.to_bytes(),
+                    agg.ttfb.to_bytes(),
+                ],
+            )?;
         }
         Ok(())
     }
 
-    /// For the migration that added the unpriced, cached and pair figures: write the pair rows
-    /// whole, and only those new figures into the single-dimension rows, which already count
-    /// everything else.
-    pub fn write_new_figures(&self, tx: &Transaction<'_>, org_id: i64) -> rusqlite::Result<()> {
+    /// For the migration that added the unpriced, cached and pair figures (SQLite's; a
+    /// PostgreSQL database starts at today's schema): write the pair rows whole, and only those
+    /// new figures into the single-dimension rows, which already count everything else.
+    pub fn write_new_figures(&self, tx: &mut Conn, org_id: i64) -> db::Result<()> {
         let mut pairs = Pending::default();
         for (&(g, bucket, id), agg) in &self.rows {
             match self.keys.get(id as usize) {
@@ -552,12 +557,12 @@ impl Pending {
                         cached_input_tokens: agg.cached_input_tokens as i64,
                         cache_savings_usd: agg.cache_savings_usd,
                     };
-                    add_figures(tx, org_id, (g, bucket, &dim, key), &new)?;
+                    add_figures(tx, org_id, (g, bucket, &dim, key), &new, "")?;
                 }
                 None => {}
             }
         }
-        pairs.write(tx, org_id)
+        pairs.write(tx, org_id, "")
     }
 }
 
@@ -571,23 +576,17 @@ struct Figures {
     cache_savings_usd: f64,
 }
 
-/// Add `f` to the row (granularity, bucket, dimension, key) of an org, if it exists.
+/// Add `f` to the row (granularity, bucket, dimension, key) of an org, if it exists. On
+/// PostgreSQL, to this replica's row of it (made if it has none): the replicas' rows are added
+/// up when read, so the change counts once whichever replica's row holds it.
 fn add_figures(
-    tx: &Transaction<'_>,
+    tx: &mut Conn,
     org_id: i64,
     (g, bucket, dim, key): (i64, i64, &str, &str),
     f: &Figures,
-) -> rusqlite::Result<()> {
-    let mut update = tx.prepare_cached(
-        "UPDATE rollups SET cost_usd = cost_usd + ?6,
-            unpriced_requests = unpriced_requests + ?7,
-            unpriced_input_tokens = unpriced_input_tokens + ?8,
-            unpriced_output_tokens = unpriced_output_tokens + ?9,
-            cached_input_tokens = cached_input_tokens + ?10,
-            cache_savings_usd = cache_savings_usd + ?11
-         WHERE org_id = ?1 AND granularity_ms = ?2 AND bucket_ms = ?3 AND dim = ?4 AND key = ?5",
-    )?;
-    update.execute(params![
+    replica: &str,
+) -> db::Result<()> {
+    let figures = values![
         org_id,
         g,
         bucket,
@@ -599,9 +598,85 @@ fn add_figures(
         f.unpriced_output_tokens,
         f.cached_input_tokens,
         f.cache_savings_usd,
-    ])?;
+        replica,
+    ];
+    match tx.backend() {
+        Backend::Sqlite => tx.execute(
+            "UPDATE rollups SET cost_usd = cost_usd + ?6,
+                unpriced_requests = unpriced_requests + ?7,
+                unpriced_input_tokens = unpriced_input_tokens + ?8,
+                unpriced_output_tokens = unpriced_output_tokens + ?9,
+                cached_input_tokens = cached_input_tokens + ?10,
+                cache_savings_usd = cache_savings_usd + ?11
+             WHERE org_id = ?1 AND granularity_ms = ?2 AND bucket_ms = ?3 AND dim = ?4
+                AND key = ?5",
+            &figures[..11],
+        )?,
+        Backend::Postgres => tx.execute(
+            "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, replica, requests,
+                errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb,
+                unpriced_requests, unpriced_input_tokens, unpriced_output_tokens,
+                cached_input_tokens, cache_savings_usd)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?12, 0, 0, 0, 0, ?6, 0, ?13, ?13, ?7, ?8, ?9, ?10, ?11
+             WHERE EXISTS (SELECT 1 FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2
+                AND dim = ?4 AND bucket_ms = ?3 AND key = ?5)
+             ON CONFLICT (org_id, granularity_ms, dim, bucket_ms, key, replica) DO UPDATE SET
+                cost_usd = rollups.cost_usd + excluded.cost_usd,
+                unpriced_requests = rollups.unpriced_requests + excluded.unpriced_requests,
+                unpriced_input_tokens =
+                    rollups.unpriced_input_tokens + excluded.unpriced_input_tokens,
+                unpriced_output_tokens =
+                    rollups.unpriced_output_tokens + excluded.unpriced_output_tokens,
+                cached_input_tokens = rollups.cached_input_tokens + excluded.cached_input_tokens,
+                cache_savings_usd = rollups.cache_savings_usd + excluded.cache_savings_usd",
+            &[figures, values![Sketch::default().to_bytes()]].concat(),
+        )?,
+    };
     Ok(())
 }
+
+/// The upsert of a rollup row on SQLite (one writer: the sketches merge in the statement).
+const WRITE_SQLITE: &str = "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key,
+        requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb,
+        unpriced_requests, unpriced_input_tokens, unpriced_output_tokens, cached_input_tokens,
+        cache_savings_usd)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+     ON CONFLICT (org_id, granularity_ms, dim, key, bucket_ms) DO UPDATE SET
+        requests = requests + excluded.requests,
+        errors = errors + excluded.errors,
+        input_tokens = input_tokens + excluded.input_tokens,
+        output_tokens = output_tokens + excluded.output_tokens,
+        cost_usd = cost_usd + excluded.cost_usd,
+        latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
+        latency = sketch_merge(latency, excluded.latency),
+        ttfb = sketch_merge(ttfb, excluded.ttfb),
+        unpriced_requests = unpriced_requests + excluded.unpriced_requests,
+        unpriced_input_tokens = unpriced_input_tokens + excluded.unpriced_input_tokens,
+        unpriced_output_tokens = unpriced_output_tokens + excluded.unpriced_output_tokens,
+        cached_input_tokens = cached_input_tokens + excluded.cached_input_tokens,
+        cache_savings_usd = cache_savings_usd + excluded.cache_savings_usd";
+
+/// The upsert of a rollup row on PostgreSQL: the replica's own row, its sketches already merged
+/// (see [`Pending::write`]).
+const WRITE_POSTGRES: &str = "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key,
+        requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb,
+        unpriced_requests, unpriced_input_tokens, unpriced_output_tokens, cached_input_tokens,
+        cache_savings_usd, replica)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+     ON CONFLICT (org_id, granularity_ms, dim, bucket_ms, key, replica) DO UPDATE SET
+        requests = rollups.requests + excluded.requests,
+        errors = rollups.errors + excluded.errors,
+        input_tokens = rollups.input_tokens + excluded.input_tokens,
+        output_tokens = rollups.output_tokens + excluded.output_tokens,
+        cost_usd = rollups.cost_usd + excluded.cost_usd,
+        latency_sum_ms = rollups.latency_sum_ms + excluded.latency_sum_ms,
+        latency = excluded.latency,
+        ttfb = excluded.ttfb,
+        unpriced_requests = rollups.unpriced_requests + excluded.unpriced_requests,
+        unpriced_input_tokens = rollups.unpriced_input_tokens + excluded.unpriced_input_tokens,
+        unpriced_output_tokens = rollups.unpriced_output_tokens + excluded.unpriced_output_tokens,
+        cached_input_tokens = rollups.cached_input_tokens + excluded.cached_input_tokens,
+        cache_savings_usd = rollups.cache_savings_usd + excluded.cache_savings_usd";
 
 /// Register `sketch_merge(a, b)`: the merge of two sketch blobs (a blob that does not decode
 /// counts as empty).
@@ -627,29 +702,21 @@ pub const FIGURES: &str = "requests, errors, input_tokens, output_tokens, cost_u
 
 /// Add a rollup row's figures into `a`: the columns of [`FIGURES`], starting at `at`. Sketches
 /// are added straight from their blobs.
-pub fn merge_row(a: &mut Agg, r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<()> {
-    let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(at + i)? as u64) };
+pub fn merge_row(a: &mut Agg, r: &db::Row, at: usize) -> db::Result<()> {
+    let n = |i: usize| -> db::Result<u64> { Ok(r.get::<i64>(at + i)? as u64) };
     a.requests += n(0)?;
     a.errors += n(1)?;
     a.input_tokens += n(2)?;
     a.output_tokens += n(3)?;
-    a.cost_usd += r.get::<_, f64>(at + 4)?;
-    a.latency_sum_ms += r.get::<_, f64>(at + 5)?;
-    a.latency.merge_bytes(
-        r.get_ref(at + 6)?
-            .as_blob()
-            .map_err(rusqlite::Error::from)?,
-    );
-    a.ttfb.merge_bytes(
-        r.get_ref(at + 7)?
-            .as_blob()
-            .map_err(rusqlite::Error::from)?,
-    );
+    a.cost_usd += r.get::<f64>(at + 4)?;
+    a.latency_sum_ms += r.get::<f64>(at + 5)?;
+    a.latency.merge_bytes(r.blob(at + 6)?);
+    a.ttfb.merge_bytes(r.blob(at + 7)?);
     a.unpriced_requests += n(8)?;
     a.unpriced_input_tokens += n(9)?;
     a.unpriced_output_tokens += n(10)?;
     a.cached_input_tokens += n(11)?;
-    a.cache_savings_usd += r.get::<_, f64>(at + 12)?;
+    a.cache_savings_usd += r.get::<f64>(at + 12)?;
     Ok(())
 }
 

@@ -3,9 +3,10 @@
 //! SHA-256 hashes, like org keys (see `keys`). A token sends for the orgs granted to it, or for
 //! every enabled org (`--all-orgs`); it is never accepted by the read API.
 
+use crate::db::Backend;
 use crate::keys;
 use crate::store::{valid_name, Org, Store, StoreError};
-use rusqlite::{params, OptionalExtension};
+use crate::values;
 
 /// A token that is not revoked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,21 +57,21 @@ impl Store {
         }
         let token = keys::generate_token();
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let n = tx.execute(
-            "INSERT INTO tokens (name, token_hash, all_orgs, created_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(name) DO NOTHING",
-            params![name, keys::hash(&token), all_orgs, now_ms],
-        )?;
-        if n == 0 {
-            return Err(StoreError::TokenExists(name.into()));
-        }
-        let id = tx.last_insert_rowid();
+        let mut tx = conn.begin()?;
+        // No row back: the name is taken.
+        let id: i64 = tx
+            .query_row_opt(
+                "INSERT INTO tokens (name, token_hash, all_orgs, created_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO NOTHING RETURNING id",
+                values![name, keys::hash(&token), all_orgs, now_ms],
+                |r| r.get(0),
+            )?
+            .ok_or_else(|| StoreError::TokenExists(name.into()))?;
         for org in orgs {
-            let org_id = crate::store::org_id(&tx, org)?;
+            let org_id = crate::store::org_id(&mut tx, org)?;
             tx.execute(
-                "INSERT OR IGNORE INTO token_orgs (token_id, org_id) VALUES (?1, ?2)",
-                params![id, org_id],
+                "INSERT INTO token_orgs (token_id, org_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                values![id, org_id],
             )?;
         }
         tx.commit()?;
@@ -79,10 +80,9 @@ impl Store {
 
     /// Revoke a token: refused from now on. Revoking it again changes nothing.
     pub fn revoke_token(&self, name: &str, now_ms: i64) -> Result<(), StoreError> {
-        let conn = self.conn();
-        let n = conn.execute(
+        let n = self.conn().execute(
             "UPDATE tokens SET revoked_ms = coalesce(revoked_ms, ?1) WHERE name = ?2",
-            params![now_ms, name],
+            values![now_ms, name],
         )?;
         if n == 0 {
             return Err(StoreError::NoSuchToken(name.into()));
@@ -91,15 +91,25 @@ impl Store {
     }
 
     pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT t.name, t.all_orgs, t.created_ms, t.revoked_ms,
-                (SELECT group_concat(name, ',') FROM
-                    (SELECT o.name FROM token_orgs g JOIN orgs o ON o.id = g.org_id
-                     WHERE g.token_id = t.id ORDER BY o.name))
-             FROM tokens t ORDER BY t.name",
-        )?;
-        let rows = st.query_map([], |r| {
+        let mut conn = self.conn();
+        // The granted orgs by name, comma-separated: SQLite's group_concat keeps the order of
+        // the subquery it reads; PostgreSQL's string_agg is told it.
+        let sql = match conn.backend() {
+            Backend::Sqlite => {
+                "SELECT t.name, t.all_orgs, t.created_ms, t.revoked_ms,
+                    (SELECT group_concat(name, ',') FROM
+                        (SELECT o.name FROM token_orgs g JOIN orgs o ON o.id = g.org_id
+                         WHERE g.token_id = t.id ORDER BY o.name))
+                 FROM tokens t ORDER BY t.name"
+            }
+            Backend::Postgres => {
+                "SELECT t.name, t.all_orgs, t.created_ms, t.revoked_ms,
+                    (SELECT string_agg(o.name, ',' ORDER BY o.name)
+                     FROM token_orgs g JOIN orgs o ON o.id = g.org_id WHERE g.token_id = t.id)
+                 FROM tokens t ORDER BY t.name"
+            }
+        };
+        Ok(conn.query_map(sql, &[], |r| {
             let all: bool = r.get(1)?;
             let orgs: Option<String> = r.get(4)?;
             Ok(TokenInfo {
@@ -111,23 +121,19 @@ impl Store {
                 created_ms: r.get(2)?,
                 revoked_ms: r.get(3)?,
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        })?)
     }
 
     /// The token a secret is, unless revoked: looked up by its SHA-256, then compared again in
     /// constant time, like org keys.
     pub fn token_for_secret(&self, secret: &str) -> Result<Option<Token>, StoreError> {
         let hash = keys::hash(secret);
-        let found: Option<(i64, String, bool, String)> = self
-            .reader()
-            .query_row(
-                "SELECT id, name, all_orgs, token_hash FROM tokens
-                 WHERE token_hash = ?1 AND revoked_ms IS NULL",
-                [&hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
+        let found: Option<(i64, String, bool, String)> = self.reader().query_row_opt(
+            "SELECT id, name, all_orgs, token_hash FROM tokens
+             WHERE token_hash = ?1 AND revoked_ms IS NULL",
+            values![&hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
         Ok(found
             .filter(|(.., stored)| keys::constant_time_eq(stored.as_bytes(), hash.as_bytes()))
             .map(|(id, name, all_orgs, _)| Token { id, name, all_orgs }))
@@ -139,16 +145,14 @@ impl Store {
         token: &Token,
         org: &str,
     ) -> Result<Result<Org, Refusal>, StoreError> {
-        let found: Option<(i64, bool, bool)> = self
-            .reader()
-            .query_row(
-                "SELECT o.id, o.disabled,
-                    EXISTS (SELECT 1 FROM token_orgs WHERE token_id = ?2 AND org_id = o.id)
-                 FROM orgs o WHERE o.name = ?1",
-                params![org, token.id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let found: Option<(i64, bool, bool)> = self.reader().query_row_opt(
+            // EXISTS is an integer on SQLite, a boolean on PostgreSQL: both read as a bool.
+            "SELECT o.id, o.disabled,
+                EXISTS (SELECT 1 FROM token_orgs WHERE token_id = ?2 AND org_id = o.id)
+             FROM orgs o WHERE o.name = ?1",
+            values![org, token.id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         Ok(match found {
             None => Err(Refusal::NoSuchOrg),
             Some((_, true, _)) => Err(Refusal::Disabled),
@@ -167,7 +171,7 @@ mod tests {
 
     fn store(name: &str) -> (Store, crate::store::tests::TempDir) {
         let dir = crate::store::tests::temp_dir(&format!("tokens-{name}"));
-        (Store::open(&dir).unwrap(), dir)
+        (crate::store::tests::test_store(&dir), dir)
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! SHA-256 hashes, a CSRF token per session, a role per user. Users who sign in by SSO
 //! (`oidc`) are found by the hash of their issuer and subject and have no password.
 
+use crate::db::Conn;
 use crate::keys;
 use crate::store::{Org, Store, StoreError};
+use crate::values;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use rand::rngs::OsRng;
-use rusqlite::{params, OptionalExtension};
 
 /// How long a session lasts.
 pub const SESSION_MS: i64 = 12 * 3_600_000;
@@ -188,12 +189,12 @@ impl Store {
             .hash_password(password.as_bytes(), &salt)
             .map_err(|e| StoreError::Io(format!("hashing the password: {e}")))?
             .to_string();
-        let conn = self.conn();
-        let org_id = crate::store::org_id(&conn, org_name)?;
+        let mut conn = self.conn();
+        let org_id = crate::store::org_id(&mut conn, org_name)?;
         let n = conn.execute(
             "INSERT INTO users (org_id, email, password_hash, created_ms, role)
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(email) DO NOTHING",
-            params![org_id, email, hash, now_ms, role.as_str()],
+            values![org_id, &email, hash, now_ms, role.as_str()],
         )?;
         if n == 0 {
             return Err(StoreError::Io(format!("a user {email} already exists")));
@@ -210,24 +211,21 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<(String, Session)>, StoreError> {
         let email = email.trim().to_ascii_lowercase();
-        let found: Option<(i64, String, i64, String, bool, String)> = self
-            .conn()
-            .query_row(
-                "SELECT u.id, u.password_hash, o.id, o.name, o.disabled, u.role FROM users u
-                 JOIN orgs o ON o.id = u.org_id WHERE u.email = ?1",
-                params![email],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
-            )
-            .optional()?;
+        let found: Option<(i64, String, i64, String, bool, String)> = self.conn().query_row_opt(
+            "SELECT u.id, u.password_hash, o.id, o.name, o.disabled, u.role FROM users u
+             JOIN orgs o ON o.id = u.org_id WHERE u.email = ?1",
+            values![&email],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?;
         let ok = verify_password(found.as_ref().map(|f| f.1.as_str()), password);
         let Some((user_id, _, org_id, org_name, disabled, role)) = found else {
             return Ok(None);
@@ -235,7 +233,7 @@ impl Store {
         if !ok || disabled {
             return Ok(None);
         }
-        let (token, csrf) = open_session(&self.conn(), user_id, now_ms)?;
+        let (token, csrf) = open_session(&mut self.conn(), user_id, now_ms)?;
         Ok(Some((
             token,
             Session {
@@ -265,34 +263,28 @@ impl Store {
                 "the identity provider gave no valid email address".into(),
             ));
         }
-        let conn = self.conn();
-        let tx = conn.unchecked_transaction()?;
-        let org: Option<(i64, bool)> = tx
-            .query_row(
-                "SELECT id, disabled FROM orgs WHERE name = ?1",
-                params![who.org],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let mut conn = self.conn();
+        let mut tx = conn.begin()?;
+        let org: Option<(i64, bool)> = tx.query_row_opt(
+            "SELECT id, disabled FROM orgs WHERE name = ?1",
+            values![&who.org],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let org_id = match org {
             None => return Ok(Err(SsoRefusal::NoSuchOrg(who.org.clone()))),
             Some((_, true)) => return Ok(Err(SsoRefusal::OrgDisabled(who.org.clone()))),
             Some((id, false)) => id,
         };
-        let by_subject: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM users WHERE sso_subject = ?1",
-                params![who.subject_hash],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let by_email: Option<(i64, i64, Option<String>)> = tx
-            .query_row(
-                "SELECT id, org_id, sso_subject FROM users WHERE email = ?1",
-                params![email],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let by_subject: Option<i64> = tx.query_row_opt(
+            "SELECT id FROM users WHERE sso_subject = ?1",
+            values![&who.subject_hash],
+            |r| r.get(0),
+        )?;
+        let by_email: Option<(i64, i64, Option<String>)> = tx.query_row_opt(
+            "SELECT id, org_id, sso_subject FROM users WHERE email = ?1",
+            values![&email],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         let role = who.role.as_str();
         let user_id = match (by_subject, by_email) {
             (Some(id), Some((other, _, _))) if other != id => {
@@ -301,7 +293,7 @@ impl Store {
             (Some(id), _) => {
                 tx.execute(
                     "UPDATE users SET email = ?1, org_id = ?2, role = ?3 WHERE id = ?4",
-                    params![email, org_id, role, id],
+                    values![&email, org_id, role, id],
                 )?;
                 id
             }
@@ -311,20 +303,18 @@ impl Store {
                 }
                 tx.execute(
                     "UPDATE users SET sso_subject = ?1, role = ?2 WHERE id = ?3",
-                    params![who.subject_hash, role, id],
+                    values![&who.subject_hash, role, id],
                 )?;
                 id
             }
-            (None, None) => {
-                tx.execute(
-                    "INSERT INTO users (org_id, email, password_hash, created_ms, role, sso_subject)
-                     VALUES (?1, ?2, '', ?3, ?4, ?5)",
-                    params![org_id, email, now_ms, role, who.subject_hash],
-                )?;
-                tx.last_insert_rowid()
-            }
+            (None, None) => tx.query_row(
+                "INSERT INTO users (org_id, email, password_hash, created_ms, role, sso_subject)
+                 VALUES (?1, ?2, '', ?3, ?4, ?5) RETURNING id",
+                values![org_id, &email, now_ms, role, &who.subject_hash],
+                |r| r.get(0),
+            )?,
         };
-        let (token, csrf) = open_session(&tx, user_id, now_ms)?;
+        let (token, csrf) = open_session(&mut tx, user_id, now_ms)?;
         tx.commit()?;
         Ok(Ok((
             token,
@@ -342,33 +332,30 @@ impl Store {
 
     /// The live session a cookie token belongs to (not expired, org not disabled).
     pub fn session(&self, token: &str, now_ms: i64) -> Result<Option<Session>, StoreError> {
-        Ok(self
-            .reader()
-            .query_row(
-                "SELECT o.id, o.name, u.email, s.csrf, u.role FROM sessions s
-                 JOIN users u ON u.id = s.user_id JOIN orgs o ON o.id = u.org_id
-                 WHERE s.token_hash = ?1 AND s.expires_ms > ?2 AND o.disabled = 0",
-                params![keys::hash(token), now_ms],
-                |r| {
-                    Ok(Session {
-                        org: Org {
-                            id: r.get(0)?,
-                            name: r.get(1)?,
-                        },
-                        email: r.get(2)?,
-                        csrf: r.get(3)?,
-                        // Anything unexpected reads as the lesser role.
-                        role: Role::parse(&r.get::<_, String>(4)?).unwrap_or(Role::Viewer),
-                    })
-                },
-            )
-            .optional()?)
+        Ok(self.reader().query_row_opt(
+            "SELECT o.id, o.name, u.email, s.csrf, u.role FROM sessions s
+             JOIN users u ON u.id = s.user_id JOIN orgs o ON o.id = u.org_id
+             WHERE s.token_hash = ?1 AND s.expires_ms > ?2 AND o.disabled = 0",
+            values![keys::hash(token), now_ms],
+            |r| {
+                Ok(Session {
+                    org: Org {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    },
+                    email: r.get(2)?,
+                    csrf: r.get(3)?,
+                    // Anything unexpected reads as the lesser role.
+                    role: Role::parse(&r.get::<String>(4)?).unwrap_or(Role::Viewer),
+                })
+            },
+        )?)
     }
 
     pub fn logout(&self, token: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "DELETE FROM sessions WHERE token_hash = ?1",
-            params![keys::hash(token)],
+            values![keys::hash(token)],
         )?;
         Ok(())
     }
@@ -376,7 +363,7 @@ impl Store {
 
 /// A new session for a user: its cookie token (stored as a hash) and CSRF token.
 fn open_session(
-    conn: &rusqlite::Connection,
+    conn: &mut Conn,
     user_id: i64,
     now_ms: i64,
 ) -> Result<(String, String), StoreError> {
@@ -384,11 +371,11 @@ fn open_session(
     let csrf = keys::random_token();
     conn.execute(
         "DELETE FROM sessions WHERE expires_ms < ?1",
-        params![now_ms],
+        values![now_ms],
     )?;
     conn.execute(
         "INSERT INTO sessions (token_hash, user_id, csrf, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-        params![keys::hash(&token), user_id, csrf, now_ms + SESSION_MS],
+        values![keys::hash(&token), user_id, &csrf, now_ms + SESSION_MS],
     )?;
     Ok((token, csrf))
 }
@@ -406,7 +393,7 @@ mod tests {
 
     fn store() -> (Store, Dir) {
         let dir = std::env::temp_dir().join(format!("tally-users-{}", keys::random_token()));
-        let store = Store::open(&dir).expect("open");
+        let store = crate::store::tests::test_store(&dir);
         store.create_org("acme", 0).expect("acme");
         store.create_org("globex", 0).expect("globex");
         (store, Dir(dir))
@@ -483,7 +470,7 @@ mod tests {
             .expect("signed in");
         let n: i64 = store
             .conn()
-            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM users", &[], |r| r.get(0))
             .expect("count");
         assert_eq!(n, 1);
     }
@@ -555,7 +542,7 @@ mod tests {
             .conn()
             .query_row(
                 "SELECT password_hash FROM users WHERE email = 'sam@acme.test'",
-                [],
+                &[],
                 |r| r.get(0),
             )
             .expect("sam");

@@ -7,8 +7,9 @@
 //! - `anomaly`: an hour's spend far above the org's own previous week (see [`Anomaly`]).
 
 use super::record;
+use crate::db::{self, Conn};
 use crate::rollup::{DAY, HOUR};
-use rusqlite::{params, Connection};
+use crate::values;
 use serde_json::json;
 use tally::time::format_rfc3339_ms;
 
@@ -93,11 +94,12 @@ const MAX_UNPRICED: i64 = 100;
 const KEEP_DROPPED_MS: i64 = 30 * DAY;
 
 /// Run every detector once at `now`; how many alerts were raised.
-pub fn detect(conn: &Connection, anomaly: &Anomaly, now: i64) -> rusqlite::Result<usize> {
-    let orgs: Vec<i64> = conn
-        .prepare_cached("SELECT id FROM orgs ORDER BY id LIMIT ?1")?
-        .query_map([MAX_ORGS], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+pub fn detect(conn: &mut Conn, anomaly: &Anomaly, now: i64) -> db::Result<usize> {
+    let orgs: Vec<i64> = conn.query_map(
+        "SELECT id FROM orgs ORDER BY id LIMIT ?1",
+        values![MAX_ORGS],
+        |r| r.get(0),
+    )?;
     let mut raised = 0;
     for org in orgs {
         raised += unpriced(conn, org, now)?;
@@ -107,20 +109,17 @@ pub fn detect(conn: &Connection, anomaly: &Anomaly, now: i64) -> rusqlite::Resul
     Ok(raised)
 }
 
-fn unpriced(conn: &Connection, org: i64, now: i64) -> rusqlite::Result<usize> {
+fn unpriced(conn: &mut Conn, org: i64, now: i64) -> db::Result<usize> {
     // Yesterday too: its last minute may have been counted after the last run of that day.
     let today = now.div_euclid(DAY) * DAY;
-    let rows: Vec<(i64, String, i64)> = conn
-        .prepare_cached(
-            "SELECT bucket_ms, key, unpriced_requests FROM rollups
-             WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = 'provider_model'
-               AND bucket_ms >= ?3 AND unpriced_requests > 0
-             LIMIT ?4",
-        )?
-        .query_map(params![org, DAY, today - DAY, MAX_UNPRICED], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let rows: Vec<(i64, String, i64)> = conn.query_map(
+        "SELECT bucket_ms, key, unpriced_requests FROM rollups
+         WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = 'provider_model'
+           AND bucket_ms >= ?3 AND unpriced_requests > 0
+         LIMIT ?4",
+        values![org, DAY, today - DAY, MAX_UNPRICED],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     let mut raised = 0;
     for (day_ms, key, n) in rows {
         let day = format_rfc3339_ms(day_ms)[..10].to_string();
@@ -146,21 +145,18 @@ fn unpriced(conn: &Connection, org: i64, now: i64) -> rusqlite::Result<usize> {
     Ok(raised)
 }
 
-fn dropped(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
+fn dropped(conn: &mut Conn, now: i64) -> db::Result<usize> {
     conn.execute(
         "DELETE FROM alert_dropped WHERE hour_ms < ?1",
-        [now - KEEP_DROPPED_MS],
+        values![now - KEEP_DROPPED_MS],
     )?;
     let hour = now.div_euclid(HOUR) * HOUR;
-    let rows: Vec<(i64, i64, i64)> = conn
-        .prepare_cached(
-            "SELECT org_id, hour_ms, dropped FROM alert_dropped
-             WHERE hour_ms >= ?1 AND dropped > 0 LIMIT ?2",
-        )?
-        .query_map(params![hour - HOUR, MAX_ORGS], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let rows: Vec<(i64, i64, i64)> = conn.query_map(
+        "SELECT org_id, hour_ms, dropped FROM alert_dropped
+         WHERE hour_ms >= ?1 AND dropped > 0 LIMIT ?2",
+        values![hour - HOUR, MAX_ORGS],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     let mut raised = 0;
     for (org, hour_ms, n) in rows {
         let at = format_rfc3339_ms(hour_ms);
@@ -179,38 +175,36 @@ fn dropped(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
     Ok(raised)
 }
 
-fn anomalies(conn: &Connection, a: &Anomaly, org: i64, now: i64) -> rusqlite::Result<usize> {
+fn anomalies(conn: &mut Conn, a: &Anomaly, org: i64, now: i64) -> db::Result<usize> {
+    const HOURLY: &str = "SELECT bucket_ms, cost_usd FROM rollups
+        WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = 'all' AND key = ''
+          AND bucket_ms >= ?3 AND bucket_ms <= ?4";
     let current = now.div_euclid(HOUR) * HOUR;
     let window = a.window_hours as i64;
-    let mut hourly = conn.prepare_cached(
-        "SELECT bucket_ms, cost_usd FROM rollups
-         WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = 'all' AND key = ''
-           AND bucket_ms >= ?3 AND bucket_ms <= ?4",
-    )?;
     // The two hours tested first: most orgs spend under the floor, and need no history read.
-    let recent: Vec<(i64, f64)> = hourly
-        .query_map(params![org, HOUR, current - HOUR, current], |r| {
+    let mut recent: Vec<(i64, f64)> =
+        conn.query_map(HOURLY, values![org, HOUR, current - HOUR, current], |r| {
             Ok((r.get(0)?, r.get(1)?))
-        })?
-        .filter(|r| r.as_ref().map_or(true, |r| r.1 >= a.floor_usd))
-        .collect::<rusqlite::Result<_>>()?;
+        })?;
+    recent.retain(|r| r.1 >= a.floor_usd);
     if recent.is_empty() {
         return Ok(0);
     }
-    let spend: std::collections::HashMap<i64, f64> = hourly
+    let spend: std::collections::HashMap<i64, f64> = conn
         .query_map(
-            params![org, HOUR, current - HOUR - window * HOUR, current],
+            HOURLY,
+            values![org, HOUR, current - HOUR - window * HOUR, current],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?
-        .collect::<rusqlite::Result<_>>()?;
+        .into_iter()
+        .collect();
     // The org's first hour ever: hours before it are no history (a new org is not compared
     // with a week of zeros).
-    let first: i64 = conn
-        .prepare_cached(
-            "SELECT coalesce(min(bucket_ms), ?3) FROM rollups
-             WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = 'all'",
-        )?
-        .query_row(params![org, HOUR, current], |r| r.get(0))?;
+    let first: i64 = conn.value(
+        "SELECT coalesce(min(bucket_ms), ?3) FROM rollups
+         WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = 'all'",
+        values![org, HOUR, current],
+    )?;
     let mut raised = 0;
     for (h, spend_h) in recent {
         let start = first.max(h - window * HOUR);

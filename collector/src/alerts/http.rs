@@ -39,9 +39,9 @@ pub async fn list(
     }
     let store = state.store.clone();
     let (hooks, history) = blocking(move || {
-        let conn = store.reader();
-        let hooks = super::list_hooks(&conn, org.id)?;
-        let history = super::history(&conn, org.id, &org.name, limit)?;
+        let mut conn = store.reader();
+        let hooks = super::list_hooks(&mut conn, org.id)?;
+        let history = super::history(&mut conn, org.id, &org.name, limit)?;
         Ok::<_, StoreError>((hooks, history))
     })
     .await?;
@@ -93,9 +93,9 @@ pub async fn create(
     let name = new.name.clone();
     let added = blocking(move || {
         // A connection of its own: the destination's lookup must not hold ingest's.
-        let conn = super::open_conn(&store).map_err(StoreError::Io)?;
+        let mut conn = store.open_writer()?;
         Ok(super::add_hook(
-            &conn,
+            &mut conn,
             org.id,
             &new.name,
             &new.url,
@@ -136,7 +136,7 @@ pub async fn delete(
     let org = admin(&state, &headers).await?;
     let store = state.store.clone();
     let n = name.clone();
-    let deleted = blocking(move || Ok(super::delete_hook(&store.conn(), org.id, &n)?)).await?;
+    let deleted = blocking(move || Ok(super::delete_hook(&mut store.conn(), org.id, &n)?)).await?;
     if !deleted {
         return Err(ApiError::field(
             "name",

@@ -1,6 +1,5 @@
 use super::dest::{classify, parse, DestError};
 use super::*;
-use crate::store::Store;
 use rand::{Rng, SeedableRng};
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
@@ -222,44 +221,87 @@ fn alerts_anomaly_false_alarms_on_seeded_spend_and_one_spike() {
 fn store(name: &str) -> (crate::store::tests::TempDir, i64) {
     let dir = crate::store::tests::temp_dir(name);
     let _ = std::fs::remove_dir_all(&*dir);
-    let s = Store::open(&dir).expect("open");
+    let s = crate::store::tests::test_store(&dir);
     s.create_org("acme", 0).expect("org");
     let id = s.org_id("acme").expect("id");
     (dir, id)
 }
 
+/// A rollup row (granularity, bucket, dimension, key) set to these figures, replacing the one
+/// there (on PostgreSQL, the row of the replica named '').
+fn put_row(
+    conn: &mut Conn,
+    org: i64,
+    (g, bucket, dim, key): (i64, i64, &str, &str),
+    requests: i64,
+    cost: f64,
+    unpriced: i64,
+) {
+    let (column, value) = match conn.backend() {
+        crate::db::Backend::Sqlite => ("", ""),
+        crate::db::Backend::Postgres => (", replica", ", ''"),
+    };
+    conn.execute(
+        &format!(
+            "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests, errors,
+                input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb,
+                unpriced_requests{column})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, 0, ?7, 0, ?9, ?9, ?8{value})
+             ON CONFLICT (org_id, granularity_ms, dim, key, bucket_ms{column}) DO UPDATE SET
+                requests = excluded.requests, cost_usd = excluded.cost_usd,
+                unpriced_requests = excluded.unpriced_requests"
+        ),
+        // Empty sketches as a value: a blob literal is written differently on each backend.
+        values![
+            org,
+            g,
+            bucket,
+            dim,
+            key,
+            requests,
+            cost,
+            unpriced,
+            Vec::<u8>::new()
+        ],
+    )
+    .expect("row");
+}
+
 #[test]
 fn alerts_detectors_raise_each_finding_once() {
     let (dir, org) = store("alerts-detect");
-    let s = Store::open(&dir).expect("open");
-    let conn = open_conn(&s).expect("conn");
+    let s = crate::store::tests::test_store(&dir);
+    let mut conn = s.open_writer().expect("conn");
     let hour = crate::rollup::HOUR;
     let t0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, a Thursday
     let series = diurnal(11, 4, 100.0, 0.3);
     let spike = 3 * 168 + 14;
-    let row = |h: i64, dim: &str, key: &str, cost: f64, unpriced: i64| {
-        conn.execute(
-            "INSERT OR REPLACE INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests,
-                errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb,
-                unpriced_requests)
-             VALUES (?1, ?2, ?3, ?4, ?5, 1, 0, 0, 0, ?6, 0, x'', x'', ?7)",
-            params![org, hour, t0 + h * hour, dim, key, cost, unpriced],
-        )
-        .expect("row");
+    let row = |conn: &mut Conn, h: i64, dim: &str, key: &str, cost: f64, unpriced: i64| {
+        put_row(
+            conn,
+            org,
+            (hour, t0 + h * hour, dim, key),
+            1,
+            cost,
+            unpriced,
+        );
     };
     let mut raised = 0;
     for (h, spend) in series.iter().enumerate() {
         let spend = if h == spike { 600.0 } else { *spend };
-        row(h as i64, "all", "", spend, 0);
+        row(&mut conn, h as i64, "all", "", spend, 0);
         // Twice an hour, as the minute-by-minute runs would.
         for at in [hour / 2, hour - 1] {
             raised +=
-                detect(&conn, &Anomaly::default(), t0 + h as i64 * hour + at).expect("detect");
+                detect(&mut conn, &Anomaly::default(), t0 + h as i64 * hour + at).expect("detect");
         }
     }
     let anomalies: Vec<String> = conn
-        .prepare("SELECT dedupe_key FROM alert_events WHERE kind = 'anomaly'")
-        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .query_map(
+            "SELECT dedupe_key FROM alert_events WHERE kind = 'anomaly'",
+            &[],
+            |r| r.get(0),
+        )
         .expect("read");
     assert_eq!(
         anomalies,
@@ -273,40 +315,36 @@ fn alerts_detectors_raise_each_finding_once() {
     // An unpriced model: once per day, whatever its count does meanwhile.
     let now = t0 + 672 * hour;
     let day = now.div_euclid(crate::rollup::DAY) * crate::rollup::DAY;
-    let unpriced = |n: i64| {
-        conn.execute(
-            "INSERT OR REPLACE INTO rollups (org_id, granularity_ms, bucket_ms, dim, key, requests,
-                errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb,
-                unpriced_requests)
-             VALUES (?1, ?2, ?3, 'provider_model', 'openai/gpt-new', ?4, 0, 0, 0, 0, 0, x'', x'', ?4)",
-            params![org, crate::rollup::DAY, day, n],
-        )
-        .expect("row");
+    let unpriced = |conn: &mut Conn, n: i64| {
+        let row = (crate::rollup::DAY, day, "provider_model", "openai/gpt-new");
+        put_row(conn, org, row, n, 0.0, n);
     };
-    unpriced(3);
-    assert_eq!(detect(&conn, &Anomaly::default(), now).expect("detect"), 1);
-    unpriced(9);
+    unpriced(&mut conn, 3);
     assert_eq!(
-        detect(&conn, &Anomaly::default(), now + 60_000).expect("detect"),
+        detect(&mut conn, &Anomaly::default(), now).expect("detect"),
+        1
+    );
+    unpriced(&mut conn, 9);
+    assert_eq!(
+        detect(&mut conn, &Anomaly::default(), now + 60_000).expect("detect"),
         0
     );
 
     // Dropped events: once per hour, with the count first seen.
-    add_dropped(&conn, &[org], 7, now).expect("dropped");
+    add_dropped(&mut conn, &[org], 7, now).expect("dropped");
     assert_eq!(
-        detect(&conn, &Anomaly::default(), now + 120_000).expect("detect"),
+        detect(&mut conn, &Anomaly::default(), now + 120_000).expect("detect"),
         1
     );
-    add_dropped(&conn, &[org], 5, now + 1).expect("dropped");
+    add_dropped(&mut conn, &[org], 5, now + 1).expect("dropped");
     assert_eq!(
-        detect(&conn, &Anomaly::default(), now + 180_000).expect("detect"),
+        detect(&mut conn, &Anomaly::default(), now + 180_000).expect("detect"),
         0
     );
     let payload: String = conn
-        .query_row(
+        .value(
             "SELECT payload FROM alert_events WHERE kind = 'events_dropped'",
-            [],
-            |r| r.get(0),
+            &[],
         )
         .expect("event");
     assert!(payload.contains("\"dropped\":7"), "{payload}");
@@ -373,14 +411,12 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Deliveries of the store's alerts: (hook, attempt, status, outcome), in order.
-fn deliveries(conn: &Connection) -> Vec<(String, i64, Option<i64>, String)> {
-    conn.prepare(
+fn deliveries(conn: &mut Conn) -> Vec<(String, i64, Option<i64>, String)> {
+    conn.query_map(
         "SELECT hook_name, attempt, status_code, outcome FROM alert_deliveries ORDER BY id",
+        &[],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )
-    .and_then(|mut st| {
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect()
-    })
     .expect("deliveries")
 }
 
@@ -400,24 +436,33 @@ fn alerts_deliveries_are_signed_retried_recorded_and_never_sent_twice() {
     let client = Client::new(config.connect_timeout, config.call_timeout).expect("client");
     let url = format!("http://127.0.0.1:{port}/hooks/T0/B0/path-token?x=1");
     let secret = {
-        let s = Store::open(&dir).expect("open");
-        let conn = open_conn(&s).expect("conn");
+        let s = crate::store::tests::test_store(&dir);
+        let mut conn = s.open_writer().expect("conn");
         // Refused without the operator's leave.
-        let refused = add_hook(&conn, org, "ops", &url, None, false, &Policy::default(), 0);
+        let refused = add_hook(
+            &mut conn,
+            org,
+            "ops",
+            &url,
+            None,
+            false,
+            &Policy::default(),
+            0,
+        );
         assert!(
             matches!(refused, Err(AlertError::Field("url", _))),
             "{refused:?}"
         );
         let secret =
-            add_hook(&conn, org, "ops", &url, None, false, &config.policy, 1).expect("hook");
+            add_hook(&mut conn, org, "ops", &url, None, false, &config.policy, 1).expect("hook");
         assert!(secret.starts_with(SECRET_PREFIX) && secret.len() == SECRET_PREFIX.len() + 40);
         assert!(matches!(
-            add_hook(&conn, org, "ops", &url, None, false, &config.policy, 1),
+            add_hook(&mut conn, org, "ops", &url, None, false, &config.policy, 1),
             Err(AlertError::Duplicate(_))
         ));
         // A hook for other kinds only gets nothing of this one.
         add_hook(
-            &conn,
+            &mut conn,
             org,
             "anomalies",
             &url,
@@ -429,27 +474,46 @@ fn alerts_deliveries_are_signed_retried_recorded_and_never_sent_twice() {
         .expect("hook");
         let payload = json!({"budget": "daily", "scope": {"team": "search"}, "period": "day",
             "limit_usd": 100.0, "spend_usd": 101.5, "warn_at": 0.8, "action": "block"});
-        assert!(record(&conn, org, "budget_limit", "budget:1:0:limit", &payload, 2).expect("rec"));
-        assert!(!record(&conn, org, "budget_limit", "budget:1:0:limit", &payload, 3).expect("rec"));
+        assert!(record(
+            &mut conn,
+            org,
+            "budget_limit",
+            "budget:1:0:limit",
+            &payload,
+            2
+        )
+        .expect("rec"));
+        assert!(!record(
+            &mut conn,
+            org,
+            "budget_limit",
+            "budget:1:0:limit",
+            &payload,
+            3
+        )
+        .expect("rec"));
         // The first attempt gets a 500.
-        assert_eq!(deliver_due(&conn, &client, &config).expect("deliver"), 1);
+        assert_eq!(
+            deliver_due(&mut conn, &client, &config).expect("deliver"),
+            1
+        );
         secret
     };
     // A restart: the pending retry is taken up from the table.
-    let s = Store::open(&dir).expect("reopen");
-    let conn = open_conn(&s).expect("conn");
+    let s = crate::store::tests::test_store(&dir);
+    let mut conn = s.open_writer().expect("conn");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while deliveries(&conn).last().map(|d| d.3.as_str()) != Some("delivered") {
+    while deliveries(&mut conn).last().map(|d| d.3.as_str()) != Some("delivered") {
         assert!(
             std::time::Instant::now() < deadline,
             "{:?}",
-            deliveries(&conn)
+            deliveries(&mut conn)
         );
-        deliver_due(&conn, &client, &config).expect("deliver");
+        deliver_due(&mut conn, &client, &config).expect("deliver");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(
-        deliveries(&conn),
+        deliveries(&mut conn),
         [
             ("ops".to_string(), 1, Some(500), "retrying".to_string()),
             ("ops".to_string(), 2, Some(200), "delivered".to_string()),
@@ -483,17 +547,20 @@ fn alerts_deliveries_are_signed_retried_recorded_and_never_sent_twice() {
     drop(conn);
     drop(s);
     // Another restart: nothing is sent again.
-    let s = Store::open(&dir).expect("reopen");
-    let conn = open_conn(&s).expect("conn");
+    let s = crate::store::tests::test_store(&dir);
+    let mut conn = s.open_writer().expect("conn");
     for _ in 0..3 {
-        assert_eq!(deliver_due(&conn, &client, &config).expect("deliver"), 0);
+        assert_eq!(
+            deliver_due(&mut conn, &client, &config).expect("deliver"),
+            0
+        );
     }
     assert_eq!(seen.lock().expect("seen").len(), 2);
     // The history says it all, without the secret or the URL's path.
-    let h = history(&conn, org, "acme", 10).expect("history");
+    let h = history(&mut conn, org, "acme", 10).expect("history");
     assert_eq!(h.len(), 1);
     assert_eq!(h[0]["deliveries"].as_array().map(Vec::len), Some(2));
-    let listed = format!("{h:?} {:?}", list_hooks(&conn, org).expect("list"));
+    let listed = format!("{h:?} {:?}", list_hooks(&mut conn, org).expect("list"));
     assert!(
         !listed.contains(&secret) && !listed.contains("path-token"),
         "{listed}"
@@ -508,7 +575,7 @@ fn alerts_deliveries_are_signed_retried_recorded_and_never_sent_twice() {
         ..Default::default()
     };
     add_hook(
-        &conn,
+        &mut conn,
         org,
         "gone",
         &format!("http://127.0.0.1:{port404}/x"),
@@ -522,7 +589,7 @@ fn alerts_deliveries_are_signed_retried_recorded_and_never_sent_twice() {
     let closed_port = closed.local_addr().expect("addr").port();
     drop(closed);
     add_hook(
-        &conn,
+        &mut conn,
         org,
         "down",
         &format!("http://127.0.0.1:{closed_port}/x"),
@@ -532,12 +599,12 @@ fn alerts_deliveries_are_signed_retried_recorded_and_never_sent_twice() {
         5,
     )
     .expect("hook");
-    record(&conn, org, "anomaly", "anomaly:x", &json!({}), 6).expect("rec");
+    record(&mut conn, org, "anomaly", "anomaly:x", &json!({}), 6).expect("rec");
     for _ in 0..20 {
-        deliver_due(&conn, &client, &quick).expect("deliver");
+        deliver_due(&mut conn, &client, &quick).expect("deliver");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let d = deliveries(&conn);
+    let d = deliveries(&mut conn);
     let of = |hook: &str| -> Vec<(i64, String)> {
         d.iter()
             .filter(|x| x.0 == hook)

@@ -93,6 +93,31 @@ impl From<bool> for Value {
     }
 }
 
+impl From<u64> for Value {
+    fn from(v: u64) -> Value {
+        // Counts never come near 2^63; one that did is stored as the largest there is.
+        Value::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<usize> for Value {
+    fn from(v: usize) -> Value {
+        Value::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<u16> for Value {
+    fn from(v: u16) -> Value {
+        Value::Int(v.into())
+    }
+}
+
+impl From<u8> for Value {
+    fn from(v: u8) -> Value {
+        Value::Int(v.into())
+    }
+}
+
 impl From<f64> for Value {
     fn from(v: f64) -> Value {
         Value::Real(v)
@@ -135,6 +160,18 @@ impl<T: Into<Value>> From<Option<T>> for Value {
     }
 }
 
+impl<T: Clone + Into<Value>> From<&Option<T>> for Value {
+    fn from(v: &Option<T>) -> Value {
+        v.clone().map_or(Value::Null, Into::into)
+    }
+}
+
+impl From<&Value> for Value {
+    fn from(v: &Value) -> Value {
+        v.clone()
+    }
+}
+
 /// `[a, b, ...]` as statement values.
 #[macro_export]
 macro_rules! values {
@@ -170,6 +207,41 @@ impl FromValue for i64 {
             Value::Real(r) if r.fract() == 0.0 && r.abs() < 9.0e15 => Some(r as i64),
             _ => None,
         }
+    }
+}
+
+impl FromValue for u64 {
+    const NAME: &'static str = "a count";
+    fn from_value(v: &Value) -> Option<u64> {
+        i64::from_value(v).and_then(|i| u64::try_from(i).ok())
+    }
+}
+
+impl FromValue for u32 {
+    const NAME: &'static str = "a count";
+    fn from_value(v: &Value) -> Option<u32> {
+        i64::from_value(v).and_then(|i| u32::try_from(i).ok())
+    }
+}
+
+impl FromValue for u16 {
+    const NAME: &'static str = "a 16-bit count";
+    fn from_value(v: &Value) -> Option<u16> {
+        i64::from_value(v).and_then(|i| u16::try_from(i).ok())
+    }
+}
+
+impl FromValue for usize {
+    const NAME: &'static str = "a count";
+    fn from_value(v: &Value) -> Option<usize> {
+        i64::from_value(v).and_then(|i| usize::try_from(i).ok())
+    }
+}
+
+impl FromValue for Value {
+    const NAME: &'static str = "a value";
+    fn from_value(v: &Value) -> Option<Value> {
+        Some(v.clone())
     }
 }
 
@@ -259,7 +331,8 @@ impl Row {
 /// A connection to either database. Statements use `?N` placeholders (see the module's doc).
 pub enum Conn {
     Sqlite(rusqlite::Connection),
-    Postgres(::postgres::Client),
+    // Boxed: a PostgreSQL client and its statement cache are several times SQLite's handle.
+    Postgres(Box<postgres::Pg>),
 }
 
 impl Conn {
@@ -271,6 +344,14 @@ impl Conn {
             rusqlite::Connection::open(database)
                 .map(Conn::Sqlite)
                 .map_err(|e| DbError::Connect(e.to_string()))
+        }
+    }
+
+    /// The SQLite connection, for what only SQLite has (pragmas, functions).
+    pub fn sqlite(&self) -> Option<&rusqlite::Connection> {
+        match self {
+            Conn::Sqlite(c) => Some(c),
+            Conn::Postgres(_) => None,
         }
     }
 
@@ -329,29 +410,92 @@ impl Conn {
         self.query_opt(sql, values)?.ok_or(DbError::NoRow)
     }
 
+    /// `f` of the first row, which must exist ([`DbError::NoRow`] otherwise).
+    pub fn query_row<T>(
+        &mut self,
+        sql: &str,
+        values: &[Value],
+        f: impl FnOnce(&Row) -> Result<T>,
+    ) -> Result<T> {
+        f(&self.query_one(sql, values)?)
+    }
+
+    /// `f` of the first row, if there is one.
+    pub fn query_row_opt<T>(
+        &mut self,
+        sql: &str,
+        values: &[Value],
+        f: impl FnOnce(&Row) -> Result<T>,
+    ) -> Result<Option<T>> {
+        self.query_opt(sql, values)?.as_ref().map(f).transpose()
+    }
+
+    /// `f` of every row.
+    pub fn query_map<T>(
+        &mut self,
+        sql: &str,
+        values: &[Value],
+        mut f: impl FnMut(&Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        self.query_each(sql, values, |r| {
+            out.push(f(&r)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The one value of a one-row, one-column query (a count, a setting).
+    pub fn value<T: FromValue>(&mut self, sql: &str, values: &[Value]) -> Result<T> {
+        self.query_one(sql, values)?.get(0)
+    }
+
+    /// Begin a transaction: committed by [`Tx::commit`], rolled back if dropped before. On
+    /// SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so that a read early in it
+    /// cannot fail a later write when another process (the CLI) commits in between.
+    pub fn begin(&mut self) -> Result<Tx<'_>> {
+        self.batch(match self.backend() {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        })?;
+        Ok(Tx {
+            conn: self,
+            open: true,
+        })
+    }
+
+    /// Begin a read transaction: every read in it sees the database as of one moment, on a
+    /// connection that may be read-only (where [`Conn::begin`]'s `BEGIN IMMEDIATE` is refused).
+    /// Dropping it ends it: it wrote nothing.
+    pub fn begin_read(&mut self) -> Result<Tx<'_>> {
+        self.batch(match self.backend() {
+            Backend::Sqlite => "BEGIN",
+            // PostgreSQL's default level gives each statement a snapshot of its own.
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        })?;
+        Ok(Tx {
+            conn: self,
+            open: true,
+        })
+    }
+
     /// Statements without values, separated by semicolons (a migration).
     pub fn batch(&mut self, sql: &str) -> Result<()> {
         match self {
             Conn::Sqlite(c) => c.execute_batch(sql).map_err(sqlite::err),
-            Conn::Postgres(c) => c.batch_execute(sql).map_err(postgres::err),
+            Conn::Postgres(c) => c.client.batch_execute(sql).map_err(postgres::err),
         }
     }
 
     /// Run `f` in a transaction: committed when it returns `Ok`, rolled back otherwise.
-    pub fn transaction<R>(&mut self, f: impl FnOnce(&mut Conn) -> Result<R>) -> Result<R> {
-        self.batch("BEGIN")?;
-        match f(self) {
-            Ok(r) => {
-                self.batch("COMMIT")?;
-                Ok(r)
-            }
-            Err(e) => {
-                // The error that matters is the first; a failed rollback leaves the connection
-                // to be dropped by its owner.
-                let _ = self.batch("ROLLBACK");
-                Err(e)
-            }
-        }
+    pub fn transaction<R, E: From<DbError>>(
+        &mut self,
+        f: impl FnOnce(&mut Conn) -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, E> {
+        let mut tx = self.begin()?;
+        let r = f(&mut tx)?;
+        tx.commit()?;
+        Ok(r)
     }
 
     /// Take the session-level advisory lock `key`, waiting for it (PostgreSQL), so that work
@@ -376,12 +520,93 @@ impl Conn {
         }
     }
 
+    /// Take the advisory lock (`class`, a hash of `name`) if no other session holds it.
+    pub fn try_lock_named(&mut self, class: i32, name: &str) -> Result<bool> {
+        match self {
+            Conn::Sqlite(_) => Ok(true),
+            Conn::Postgres(_) => self
+                .query_one(
+                    "SELECT pg_try_advisory_lock(?1, hashtext(?2))",
+                    &[Value::Int(class.into()), Value::Text(name.into())],
+                )?
+                .get::<bool>(0),
+        }
+    }
+
+    pub fn unlock_named(&mut self, class: i32, name: &str) -> Result<()> {
+        match self {
+            Conn::Sqlite(_) => Ok(()),
+            Conn::Postgres(_) => self
+                .execute(
+                    "SELECT pg_advisory_unlock(?1, hashtext(?2))",
+                    &[Value::Int(class.into()), Value::Text(name.into())],
+                )
+                .map(|_| ()),
+        }
+    }
+
     pub fn unlock(&mut self, key: i64) -> Result<()> {
         match self {
             Conn::Sqlite(_) => Ok(()),
             Conn::Postgres(_) => self
                 .execute("SELECT pg_advisory_unlock(?1)", &[Value::Int(key)])
                 .map(|_| ()),
+        }
+    }
+}
+
+/// The plan the database makes for a query, one line per step, for the tests that show a query
+/// reads through an index. On PostgreSQL, sequential scans are priced out of the running (in a
+/// transaction of its own), so that a test's few rows show which index the query can use
+/// rather than that reading them all is cheaper: a plan with "Seq Scan" in it then has no index
+/// to use.
+#[cfg(test)]
+pub fn plan(c: &mut Conn, sql: &str, values: &[Value]) -> Result<String> {
+    let lines: Vec<String> = match c.backend() {
+        Backend::Sqlite => {
+            c.query_map(&format!("EXPLAIN QUERY PLAN {sql}"), values, |r| r.get(3))?
+        }
+        Backend::Postgres => {
+            let mut tx = c.begin()?;
+            tx.batch("SET LOCAL enable_seqscan = off")?;
+            tx.query_map(&format!("EXPLAIN {sql}"), values, |r| r.get(0))?
+        }
+    };
+    Ok(lines.join("\n"))
+}
+
+/// An open transaction on a [`Conn`], used as the connection itself (it dereferences to it).
+pub struct Tx<'a> {
+    conn: &'a mut Conn,
+    open: bool,
+}
+
+impl Tx<'_> {
+    pub fn commit(mut self) -> Result<()> {
+        self.open = false;
+        self.conn.batch("COMMIT")
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // The error that matters is the one that ended the transaction early; a rollback
+            // that fails too leaves the connection to be dropped by its owner.
+            let _ = self.conn.batch("ROLLBACK");
         }
     }
 }

@@ -12,8 +12,54 @@ pub fn is_url(database: &str) -> bool {
     database.starts_with("postgres://") || database.starts_with("postgresql://")
 }
 
-pub(super) fn connect(url: &str) -> Result<::postgres::Client> {
-    ::postgres::Client::connect(url, ::postgres::NoTls).map_err(|e| DbError::Connect(e.to_string()))
+/// `url` without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// A client and the statements it has prepared, by their text: the collector runs the same few
+/// statements over and over, and preparing one costs a round trip.
+pub struct Pg {
+    pub client: ::postgres::Client,
+    prepared: std::collections::HashMap<String, ::postgres::Statement>,
+}
+
+/// Statements kept prepared per connection; past this (queries built per request, with
+/// filters) the cache starts again.
+const PREPARED_MAX: usize = 256;
+
+impl Pg {
+    fn prepare(&mut self, sql: &str) -> Result<::postgres::Statement> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let stmt = self.client.prepare(&placeholders(sql)).map_err(err)?;
+        if self.prepared.len() >= PREPARED_MAX {
+            self.prepared.clear();
+        }
+        self.prepared.insert(sql.to_string(), stmt.clone());
+        Ok(stmt)
+    }
+}
+
+pub(super) fn connect(url: &str) -> Result<Box<Pg>> {
+    ::postgres::Client::connect(url, ::postgres::NoTls)
+        .map(|client| {
+            Box::new(Pg {
+                client,
+                prepared: Default::default(),
+            })
+        })
+        .map_err(|e| DbError::Connect(e.to_string()))
 }
 
 pub(super) fn err(e: ::postgres::Error) -> DbError {
@@ -81,51 +127,79 @@ pub fn placeholders(sql: &str) -> String {
 /// The schema, applied whole to a new database (see the file for how it differs from SQLite's).
 pub const SCHEMA: &str = include_str!("../../migrations/postgres/0001_schema.sql");
 
-/// The events partition holding `ts_ms`: its name and its range (a UTC calendar month).
-pub fn month_partition(ts_ms: i64) -> (String, i64, i64) {
+/// The events partition holding `ts_ms`: its name (`events_YYYYMMDD`) and its range (a UTC
+/// day). A day, so that retention, counted in days, drops whole partitions.
+pub fn day_partition(ts_ms: i64) -> (String, i64, i64) {
     const DAY: i64 = 86_400_000;
-    let (y, m) = year_month(ts_ms.div_euclid(DAY));
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let day = ts_ms.div_euclid(DAY);
+    let (y, m, d) = civil(day);
     (
-        format!("events_{y:04}_{m:02}"),
-        days_from_civil(y, m, 1) * DAY,
-        days_from_civil(ny, nm, 1) * DAY,
+        format!("events_{y:04}{m:02}{d:02}"),
+        day * DAY,
+        (day + 1) * DAY,
     )
 }
 
-/// Make the month partition of each of `ts_ms` that is not there yet. Replicas may race to make
-/// the same one: the advisory lock lets one make it, and the others find it made.
-pub fn ensure_partitions(c: &mut super::Conn, ts_ms: impl IntoIterator<Item = i64>) -> Result<()> {
-    let mut months: Vec<(String, i64, i64)> = ts_ms.into_iter().map(month_partition).collect();
-    months.sort();
-    months.dedup();
-    for (name, from, to) in months {
+/// The range of a partition named by [`day_partition`]; `None` for any other name.
+pub fn partition_range(name: &str) -> Option<(i64, i64)> {
+    let digits = name.strip_prefix("events_")?;
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| digits.get(r).and_then(|s| s.parse::<i64>().ok());
+    let (y, m, d) = (n(0..4)?, n(4..6)?, n(6..8)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let (_, from, to) = day_partition(days_from_civil(y, m, d) * 86_400_000);
+    (day_partition(from).0 == name).then_some((from, to))
+}
+
+/// Make the day partition of each of `ts_ms` that is not there yet; the names of those there
+/// now. Replicas may race to make the same one: the advisory lock lets one make it, and the
+/// others find it made. A day that cannot have its own partition (rows of it already sit in the
+/// default partition) is left to the default one, and said.
+pub fn ensure_partitions(
+    c: &mut super::Conn,
+    ts_ms: impl IntoIterator<Item = i64>,
+) -> Result<Vec<String>> {
+    let mut days: Vec<(String, i64, i64)> = ts_ms.into_iter().map(day_partition).collect();
+    days.sort();
+    days.dedup();
+    let mut made = Vec::with_capacity(days.len());
+    for (name, from, to) in days {
         c.lock(PARTITION_LOCK)?;
-        let made = c.batch(&format!(
+        let result = c.batch(&format!(
             "CREATE TABLE IF NOT EXISTS {name} PARTITION OF events FOR VALUES FROM ({from}) TO ({to})"
         ));
         c.unlock(PARTITION_LOCK)?;
-        made?;
+        if let Err(e) = result {
+            crate::log::error(&format!(
+                "database: events of {name} stay in events_default: {e}"
+            ));
+        }
+        made.push(name);
     }
-    Ok(())
+    Ok(made)
 }
 
 /// The advisory lock key under which partitions are made ("tally" and 1).
 const PARTITION_LOCK: i64 = 0x7461_6c6c_7900_0001;
 
-/// (year, month) of a day counted from 1970-01-01 (Howard Hinnant's civil-from-days).
-fn year_month(days: i64) -> (i64, i64) {
+/// (year, month, day) of a day counted from 1970-01-01 (Howard Hinnant's civil-from-days).
+fn civil(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m)
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Days from 1970-01-01 to a civil date (the inverse of [`year_month`]).
+/// Days from 1970-01-01 to a civil date (the inverse of [`civil`]).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
@@ -140,20 +214,21 @@ fn params(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
-pub(super) fn execute(c: &mut ::postgres::Client, sql: &str, values: &[Value]) -> Result<u64> {
-    let stmt = c.prepare(&placeholders(sql)).map_err(err)?;
-    c.execute(&stmt, &params(values)).map_err(err)
+pub(super) fn execute(c: &mut Pg, sql: &str, values: &[Value]) -> Result<u64> {
+    let stmt = c.prepare(sql)?;
+    c.client.execute(&stmt, &params(values)).map_err(err)
 }
 
 pub(super) fn query_each(
-    c: &mut ::postgres::Client,
+    c: &mut Pg,
     sql: &str,
     values: &[Value],
     mut f: impl FnMut(Row) -> Result<()>,
 ) -> Result<()> {
     use ::postgres::fallible_iterator::FallibleIterator;
-    let stmt = c.prepare(&placeholders(sql)).map_err(err)?;
+    let stmt = c.prepare(sql)?;
     let mut rows = c
+        .client
         .query_raw(&stmt, values.iter().map(|v| v as &(dyn ToSql + Sync)))
         .map_err(err)?;
     while let Some(r) = rows.next().map_err(err)? {
@@ -306,22 +381,31 @@ mod tests {
     }
 
     #[test]
-    fn months_of_partitions() {
+    fn days_of_partitions() {
         // 2026-12-01T08:00:00Z.
-        let (name, from, to) = month_partition(1_796_112_000_000);
-        assert_eq!(name, "events_2026_12");
+        let (name, from, to) = day_partition(1_796_112_000_000);
+        assert_eq!(name, "events_20261201");
         assert_eq!(from, 1_796_083_200_000);
-        assert_eq!(to, 1_798_761_600_000);
-        // The last millisecond of a month is in it; the next is in the next.
-        assert_eq!(month_partition(to - 1).0, "events_2026_12");
-        assert_eq!(month_partition(to).0, "events_2027_01");
-        assert_eq!(month_partition(0).0, "events_1970_01");
+        assert_eq!(to, from + 86_400_000);
+        // The last millisecond of a day is in it; the next is in the next.
+        assert_eq!(day_partition(to - 1).0, "events_20261201");
+        assert_eq!(day_partition(to).0, "events_20261202");
+        assert_eq!(day_partition(0).0, "events_19700101");
+        assert_eq!(day_partition(951_782_400_000).0, "events_20000229");
+        assert_eq!(day_partition(-1).0, "events_19691231");
+        assert_eq!(partition_range("events_20261201"), Some((from, to)));
         assert_eq!(
-            month_partition(951_782_400_000).0,
-            "events_2000_02",
-            "2000-02-29"
+            partition_range("events_20000229"),
+            Some((951_782_400_000, 951_868_800_000))
         );
-        assert_eq!(month_partition(-1).0, "events_1969_12");
+        for other in [
+            "events_default",
+            "events_20261301",
+            "events_20230229",
+            "events_2026120",
+        ] {
+            assert_eq!(partition_range(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -34,6 +34,45 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The cluster the tests of one process share (each test in a database of its own), started
+/// by the first test that asks. A watchdog stops and removes it once the process is gone,
+/// however it ends (a static is never dropped).
+pub fn shared() -> &'static TestPg {
+    static SHARED: std::sync::OnceLock<TestPg> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let pg = TestPg::start();
+        let data = pg.dir.join("data");
+        let stop = format!(
+            "{} {} -D {} -m immediate stop",
+            if pg.as_postgres {
+                "runuser -u postgres --"
+            } else {
+                ""
+            },
+            pg.bin.join("pg_ctl").display(),
+            data.display()
+        );
+        let watch = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            dir = pg.dir.display()
+        );
+        // Detached from the test's process group, so that it outlives the process it watches
+        // (and so never waited for).
+        use std::os::unix::process::CommandExt;
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .args(["-c", &watch])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("the test cluster's watchdog");
+        pg
+    })
+}
+
 impl TestPg {
     pub fn start() -> TestPg {
         let bin = bin_dir();
@@ -119,6 +158,28 @@ impl TestPg {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The URL of the database `name`, made empty unless there already.
+    pub fn database_once(&self, name: &str) -> String {
+        let mut admin = ::postgres::Client::connect(
+            &format!("postgres://tally@127.0.0.1:{}/postgres", self.port),
+            ::postgres::NoTls,
+        )
+        .expect("connect to the test cluster");
+        let there = admin
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname = $1",
+                &[&name],
+            )
+            .map(|r| r.get::<_, i64>(0) > 0)
+            .expect("list databases");
+        if !there {
+            admin
+                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .expect("create database");
+        }
+        format!("postgres://tally@127.0.0.1:{}/{name}", self.port)
     }
 
     /// A new, empty database in the cluster, and its URL.

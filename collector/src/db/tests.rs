@@ -209,7 +209,7 @@ fn a_database_that_cannot_be_reached_says_so() {
 /// stored once, within a month partition and across two; retention drops a month whole; and a
 /// read of a day of events reads that month's partition only.
 #[test]
-fn postgres_schema_partitions_events_by_month() {
+fn postgres_schema_partitions_events_by_day() {
     let pg = TestPg::start();
     let mut c = Conn::open(&pg.database("schema")).unwrap();
     c.batch(postgres::SCHEMA).unwrap();
@@ -251,9 +251,12 @@ fn postgres_schema_partitions_events_by_month() {
         (1, 1),
         "each trigger bumps its own counter"
     );
-    let nov = 1_794_000_000_000; // 2026-11-07
+    let nov = 1_794_000_000_000; // 2026-11-06
     let dec = 1_796_112_000_000; // 2026-12-01
-    postgres::ensure_partitions(&mut c, [nov, dec, dec + 1]).unwrap();
+    assert_eq!(
+        postgres::ensure_partitions(&mut c, [nov, dec, dec + 1]).unwrap(),
+        ["events_20261106", "events_20261201"]
+    );
     // Made once: again changes nothing.
     postgres::ensure_partitions(&mut c, [dec]).unwrap();
     let insert =
@@ -277,13 +280,13 @@ fn postgres_schema_partitions_events_by_month() {
             .unwrap()
     };
     assert_eq!(count(&mut c, "events"), 3);
-    assert_eq!(count(&mut c, "events_2026_11"), 1);
-    assert_eq!(count(&mut c, "events_2026_12"), 2);
+    assert_eq!(count(&mut c, "events_20261106"), 1);
+    assert_eq!(count(&mut c, "events_20261201"), 2);
     assert_eq!(count(&mut c, "events_default"), 0);
     // Idempotency rests on the timestamp: the same request id at another time is another row.
     c.execute(insert, values![org, "a", dec]).unwrap();
     assert_eq!(count(&mut c, "events"), 4);
-    // A day's events: December's partition only (pruned by the range on the partition key).
+    // A day's events: that day's partition only (pruned by the range on the partition key).
     c.batch("ANALYZE events").unwrap();
     let plan: Vec<String> = c
         .query(
@@ -296,9 +299,9 @@ fn postgres_schema_partitions_events_by_month() {
         .map(|r| r.get(0).unwrap())
         .collect();
     let plan = plan.join("\n");
-    assert!(plan.contains("events_2026_12"), "{plan}");
-    assert!(!plan.contains("events_2026_11"), "pruned: {plan}");
-    // Retention: November goes whole.
-    c.batch("DROP TABLE events_2026_11").unwrap();
+    assert!(plan.contains("events_20261201"), "{plan}");
+    assert!(!plan.contains("events_20261106"), "pruned: {plan}");
+    // Retention: a day goes whole.
+    c.batch("DROP TABLE events_20261106").unwrap();
     assert_eq!(count(&mut c, "events"), 3);
 }

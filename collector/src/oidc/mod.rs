@@ -40,6 +40,7 @@ pub const SECRET_ENV: &str = "TALLY_OIDC_CLIENT_SECRET";
 
 /// The `serve` flags for sign-in (flattened into the CLI).
 #[derive(clap::Args, Debug, Default)]
+#[group(id = "sign_in")]
 pub struct Args {
     /// SSO: the OpenID Provider's issuer URL (https; http only on loopback). Its discovery
     /// document is read from ISSUER/.well-known/openid-configuration.
