@@ -472,22 +472,50 @@ pub fn start(store: &std::sync::Arc<Store>, config: Config) -> Result<(), String
     let store = store.clone();
     std::thread::Builder::new()
         .name("alerts-detect".into())
-        .spawn(move || loop {
-            // Rollup rows wait in memory until the next ingest or read: written first, as
-            // every read of the rollups does, so that the detectors see the last second too.
-            if let Err(e) = store.write_rollups() {
-                crate::log::error(&format!("alerts: writing rollups: {e}"));
+        .spawn(move || {
+            // The connection generation under which this thread took the lock.
+            let mut leading: Option<u64> = None;
+            loop {
+                // One replica runs the detectors: the one holding the lock (its session's, so
+                // another takes over when it stops, or when its connection breaks). Alerts are
+                // unique by key anyway; this keeps the work from being done once per replica.
+                let leads = conn.ensure_connected().and_then(|()| {
+                    if leading != Some(conn.generation()) && conn.try_lock(DETECT_LOCK)? {
+                        leading = Some(conn.generation());
+                    }
+                    Ok(leading == Some(conn.generation()))
+                });
+                match leads {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        std::thread::sleep(config.detect_every);
+                        continue;
+                    }
+                    Err(e) => {
+                        crate::log::error(&format!("alerts: detectors: {e}"));
+                        std::thread::sleep(config.detect_every);
+                        continue;
+                    }
+                }
+                // Rollup rows wait in memory until the next ingest or read: written first, as
+                // every read of the rollups does, so that the detectors see the last second too.
+                if let Err(e) = store.write_rollups() {
+                    crate::log::error(&format!("alerts: writing rollups: {e}"));
+                }
+                match detect(&mut conn, &config.anomaly, crate::api::now_ms()) {
+                    Ok(n) if n > 0 => crate::log::info(&format!("alerts: {n} raised")),
+                    Ok(_) => {}
+                    Err(e) => crate::log::error(&format!("alerts: detectors: {e}")),
+                }
+                std::thread::sleep(config.detect_every);
             }
-            match detect(&mut conn, &config.anomaly, crate::api::now_ms()) {
-                Ok(n) if n > 0 => crate::log::info(&format!("alerts: {n} raised")),
-                Ok(_) => {}
-                Err(e) => crate::log::error(&format!("alerts: detectors: {e}")),
-            }
-            std::thread::sleep(config.detect_every);
         })
         .map_err(|e| format!("alerts: {e}"))?;
     Ok(())
 }
+
+/// The advisory lock under which one replica runs the detectors ("tally" and 4).
+const DETECT_LOCK: i64 = 0x7461_6c6c_7900_0004;
 
 /// How long a worker holds a delivery it is sending: another worker (or this one after a crash)
 /// takes it again after this.

@@ -21,6 +21,8 @@ pub mod oidc;
 pub mod otlp;
 pub mod outbound;
 pub mod prices;
+#[cfg(test)]
+mod replica_tests;
 pub mod rollup;
 pub mod rules_report;
 pub mod sender;

@@ -831,14 +831,23 @@ fn serve(
         if store.backend() == tally_collector::db::Backend::Postgres {
             let store = store.clone();
             tokio::spawn(async move {
-                // Replicas that stopped: their events after their last rollup write are
-                // counted by whichever replica gets to them first; and the event partitions of
-                // today and tomorrow made ahead of the events.
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
-                loop {
+                // Every second, this replica's waiting rollup rows, so that the others read
+                // them within a second even when no traffic or read comes here; every 5 s,
+                // stopped replicas' events after their last rollup write (counted by
+                // whichever replica gets to them first), and the event partitions of today and
+                // tomorrow made ahead of the events.
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                for n in 0u64.. {
                     tick.tick().await;
                     let s = store.clone();
-                    let done = tokio::task::spawn_blocking(move || s.housekeeping(now_ms())).await;
+                    let done = tokio::task::spawn_blocking(move || {
+                        s.write_rollups()?;
+                        if n % 5 == 0 {
+                            s.housekeeping(now_ms())?;
+                        }
+                        Ok::<_, store::StoreError>(())
+                    })
+                    .await;
                     if let Ok(Err(e)) = done {
                         log::error(&format!("replicas: {e}"));
                     }

@@ -456,6 +456,9 @@ struct Unwritten {
     through: i64,
     /// When the oldest of these rows was counted.
     since: Option<std::time::Instant>,
+    /// The write connection's generation these rows were counted under (see
+    /// [`Store::reclaim`]).
+    generation: u64,
 }
 
 /// How long rollup rows may wait before an ingest transaction writes them.
@@ -697,7 +700,7 @@ fn open_postgres(url: &str, options: &Options) -> Result<Conn, StoreError> {
             Err(e) => return Err(e.into()),
         }
     };
-    conn.batch(&format!(
+    conn.set_up(&format!(
         "SET statement_timeout = {}; SET lock_timeout = {}",
         options.statement_timeout_ms, options.statement_timeout_ms
     ))?;
@@ -924,6 +927,40 @@ impl Store {
         Ok(mine + self.recover_replicas()?)
     }
 
+    /// After the write connection was made again (PostgreSQL: the database restarted, a
+    /// failover), this replica's lock went with the old session, and another replica may have
+    /// counted its events meanwhile, those whose rows wait here included. So, as at a start:
+    /// take the lock back (waiting while such a recovery runs), drop the rows waiting in memory,
+    /// and count again the events after the mark. Called with the write connection held, before
+    /// anything is written on it.
+    fn reclaim(&self, conn: &mut Conn) -> Result<(), StoreError> {
+        conn.ensure_connected()?;
+        let mut unwritten = lock(&self.unwritten);
+        if conn.generation() == unwritten.generation {
+            return Ok(());
+        }
+        let start = std::time::Instant::now();
+        while !conn.try_lock_named(REPLICA_LOCK, &self.replica)? {
+            if start.elapsed() > CONNECT_PATIENCE {
+                return Err(StoreError::Invalid(format!(
+                    "replica name {:?} was taken by another collector while the database \
+                     could not be reached",
+                    self.replica
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        unwritten.clear();
+        let prices = self.prices();
+        let (counted, through) = recount(conn, &prices.table, &self.replica)?;
+        unwritten.through = through;
+        unwritten.generation = conn.generation();
+        crate::log::info(&format!(
+            "database: connected again; {counted} events counted again into the rollups"
+        ));
+        Ok(())
+    }
+
     /// Count the events of replicas that stopped (their session is gone, so their lock is
     /// free) stored after their last rollup write, into their own rows: once, by whichever
     /// replica takes the lock first. SQLite has no other replicas.
@@ -932,6 +969,7 @@ impl Store {
             return Ok(0);
         }
         let mut conn = self.conn();
+        self.reclaim(&mut conn)?;
         let others: Vec<(String, i64)> = conn.query_map(
             "SELECT p.replica, p.events_seq FROM rollup_progress p WHERE p.replica <> ?1
                AND EXISTS (SELECT 1 FROM events e WHERE e.replica = p.replica
@@ -1277,6 +1315,7 @@ impl Store {
     /// Store batches in one transaction; their outcomes, in order.
     fn store_group(&self, conn: &mut Conn, group: &[Arc<Job>]) -> Result<Vec<Stored>, StoreError> {
         if let Database::Postgres(_) = self.database {
+            self.reclaim(conn)?;
             self.make_partitions(conn, group)?;
         }
         // On SQLite, IMMEDIATE (see `Conn::begin`): the budgets are read first, and a read
@@ -1328,26 +1367,33 @@ impl Store {
         last: &mut Option<i64>,
         budgets: &crate::budgets::Defs,
     ) -> Result<(Stored, Option<OrgRows>), StoreError> {
-        let mut spend = crate::budgets::Added::default();
         let (owners, batch, now_ms) = (&job.owners, &job.batch, job.now_ms);
-        let mut accepted = 0;
-        let mut new = Vec::with_capacity(batch.len());
-        // Calibrated events, as stored (the copies that `batch` does not hold).
-        let mut calibrated: Vec<(usize, Event)> = Vec::new();
+        let mut out = Outcome {
+            new: Vec::with_capacity(batch.len()),
+            ..Default::default()
+        };
         let mut pricer = Pricer::default();
         let prices = self.prices();
-        let mut calibrated_at = Vec::new();
+        // On PostgreSQL a round trip per event would bound ingest by the network's latency:
+        // events go in by the hundred, one statement each ([`INSERT_ROWS`]), unless an event
+        // reads calibration, which samples taught by the events before it may change.
+        let reads = |e: &Event| {
+            e.token_source == Some(TokenSource::Measured)
+                && e.measured_output_tokens.is_some()
+                && Self::calibration_model(e).is_some()
+        };
+        let bulk = tx.backend() == Backend::Postgres && !batch.iter().any(|(e, _)| reads(e));
+        let mut rows: Vec<Value> = Vec::new();
         for (index, (original, ts)) in batch.iter().enumerate() {
             // No org (an empty `Owners`, a bug) fails the foreign key: nothing is stored.
             let org_id = owners.of(index).map_or(0, |o| o.id);
             let mut e = std::borrow::Cow::Borrowed(original);
             // Calibration reads and teaches only with Tally's own count beside the event.
-            let model = original
-                .measured_output_tokens
-                .and_then(|_| Self::calibration_model(original));
-            if let (Some(TokenSource::Measured), Some(m), Some(model)) =
-                (e.token_source, e.measured_output_tokens, model.as_deref())
-            {
+            if let (Some(TokenSource::Measured), Some(m), Some(model)) = (
+                e.token_source,
+                e.measured_output_tokens,
+                Self::calibration_model(original).filter(|_| reads(original)),
+            ) {
                 let learned: Option<(i64, i64, i64)> = tx.query_row_opt(
                     "SELECT exact_output, measured_output, samples FROM calibration
                      WHERE org_id = ?1 AND model = ?2",
@@ -1360,96 +1406,41 @@ impl Store {
                         let calibrated = (m as f64 * exact as f64 / measured as f64).round() as u64;
                         ev.output_tokens = Some(calibrated);
                         ev.token_source = Some(TokenSource::MeasuredCalibrated);
-                        calibrated_at.push(index);
+                        out.calibrated_at.push(index);
                         ev.cost_usd = prices.cost_usd(&mut pricer, org_id, ev);
                     }
                 }
             }
             let e = e.as_ref();
-            let row = values![
-                org_id,
-                e.request_id.as_str(),
-                *ts,
-                tally::time::format_rfc3339_ms(*ts),
-                e.provider.as_str(),
-                e.api.as_str(),
-                e.endpoint.as_str(),
-                &e.model_requested,
-                &e.model_actual,
-                e.status,
-                e.streaming,
-                e.latency_ms,
-                e.ttfb_ms,
-                e.input_tokens,
-                e.output_tokens,
-                e.cached_input_tokens,
-                e.cache_write_tokens,
-                e.reasoning_tokens,
-                e.token_source.map(TokenSource::name),
-                e.cost_usd,
-                e.error_category.map(ErrorCategory::name),
-                e.error_source.map(ErrorSource::name),
-                &e.team,
-                &e.app,
-                &e.feature,
-                &e.task,
-                &e.session_id,
-                &e.user,
-                &e.rule,
-                e.routed,
-                now_ms,
-                e.measured_output_tokens,
-                &e.namespace,
-                &e.workload,
-                &e.principal,
-                e.cache_write_1h_tokens,
-                e.web_search_requests,
-                &e.service_tier,
-                e.shadow,
-                &e.model_routed,
-                &e.trace_id,
-                &e.span_id,
-                self.replica.as_str(),
-            ];
+            let row = event_values(org_id, e, *ts, now_ms, &self.replica);
+            if bulk {
+                rows.extend_from_slice(&row);
+                continue;
+            }
             // The new event's `seq`; none for a duplicate.
             let seq: Option<i64> = match tx.backend() {
                 Backend::Sqlite => tx.query_row_opt(INSERT_EVENT, &row[..42], |r| r.get(0))?,
-                Backend::Postgres => tx.query_row_opt(INSERT_EVENT_REPLICA, row, |r| r.get(0))?,
+                Backend::Postgres => tx.query_row_opt(INSERT_EVENT_REPLICA, &row, |r| r.get(0))?,
             };
-            let inserted = usize::from(seq.is_some());
-            accepted += inserted;
-            if let Some(seq) = seq {
-                if let Some(b) = budgets.by_org.get(&org_id) {
-                    spend.add(b, e, *ts, job.filter.is_some());
-                }
-                new.push(index);
-                *last = Some(seq);
-                if calibrated_at.last() == Some(&index) {
-                    calibrated.push((index, e.clone()));
-                }
+            out.record(tx, budgets, job, (index, org_id, e, *ts), seq)?;
+        }
+        if bulk {
+            let seqs = insert_rows(tx, batch, owners, rows)?;
+            for (index, ((e, ts), seq)) in batch.iter().zip(seqs).enumerate() {
+                let org_id = owners.of(index).map_or(0, |o| o.id);
+                out.record(tx, budgets, job, (index, org_id, e, *ts), seq)?;
             }
-            // Only new events teach: a retried batch must not count its samples twice.
-            if let (1, Some(TokenSource::Exact), Some(m), Some(exact), Some(model)) = (
-                inserted,
-                e.token_source,
-                e.measured_output_tokens,
-                e.output_tokens,
-                model,
-            ) {
-                if m > 0 {
-                    tx.execute(
-                        "INSERT INTO calibration (org_id, model, exact_output, measured_output,
-                            samples)
-                         VALUES (?1, ?2, ?3, ?4, 1)
-                         ON CONFLICT (org_id, model) DO UPDATE SET
-                            exact_output = calibration.exact_output + excluded.exact_output,
-                            measured_output =
-                                calibration.measured_output + excluded.measured_output,
-                            samples = calibration.samples + 1",
-                        values![org_id, model, exact, m],
-                    )?;
-                }
-            }
+        }
+        let Outcome {
+            accepted,
+            new,
+            calibrated,
+            calibrated_at,
+            spend,
+            last: mine,
+        } = out;
+        if mine.is_some() {
+            *last = mine;
         }
         if !spend.is_empty() {
             spend.write(tx, budgets, job.filter.as_deref(), now_ms)?;
@@ -1504,6 +1495,7 @@ impl Store {
             return Ok(());
         }
         let mut conn = self.conn();
+        self.reclaim(&mut conn)?;
         let mut unwritten = lock(&self.unwritten);
         if unwritten.is_empty() {
             return Ok(());
@@ -2046,6 +2038,190 @@ fn align(t: i64, now: i64, finest: i64, up: bool) -> i64 {
     }
 }
 
+/// What storing a batch's events did, event by event (see [`Store::store_batch`]).
+#[derive(Default)]
+struct Outcome {
+    accepted: usize,
+    /// The indexes of the events newly stored.
+    new: Vec<usize>,
+    /// Calibrated events, as stored (the copies the batch does not hold).
+    calibrated: Vec<(usize, Event)>,
+    /// The indexes of the events calibrated (stored or not), in order.
+    calibrated_at: Vec<usize>,
+    spend: crate::budgets::Added,
+    /// The `seq` of the last event stored.
+    last: Option<i64>,
+}
+
+impl Outcome {
+    /// Count event `index` (stored as `e`, of `org_id`, at `ts`) as new (`seq`) or a duplicate;
+    /// a new event adds to its budgets' spend and, with exact usage and Tally's own count
+    /// beside it, teaches calibration.
+    fn record(
+        &mut self,
+        tx: &mut Conn,
+        budgets: &crate::budgets::Defs,
+        job: &Job,
+        (index, org_id, e, ts): (usize, i64, &Event, i64),
+        seq: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let Some(seq) = seq else {
+            return Ok(());
+        };
+        self.accepted += 1;
+        if let Some(b) = budgets.by_org.get(&org_id) {
+            self.spend.add(b, e, ts, job.filter.is_some());
+        }
+        self.new.push(index);
+        self.last = Some(seq);
+        if self.calibrated_at.last() == Some(&index) {
+            self.calibrated.push((index, e.clone()));
+        }
+        // Only new events teach: a retried batch must not count its samples twice.
+        if let (Some(TokenSource::Exact), Some(m), Some(exact), Some(model)) = (
+            e.token_source,
+            e.measured_output_tokens,
+            e.output_tokens,
+            e.measured_output_tokens
+                .and_then(|_| Store::calibration_model(e)),
+        ) {
+            if m > 0 {
+                tx.execute(
+                    "INSERT INTO calibration (org_id, model, exact_output, measured_output,
+                        samples)
+                     VALUES (?1, ?2, ?3, ?4, 1)
+                     ON CONFLICT (org_id, model) DO UPDATE SET
+                        exact_output = calibration.exact_output + excluded.exact_output,
+                        measured_output = calibration.measured_output + excluded.measured_output,
+                        samples = calibration.samples + 1",
+                    values![org_id, model, exact, m],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An event's values in the order of [`INSERT_EVENT_REPLICA`] (the first 42: [`INSERT_EVENT`]).
+fn event_values(org_id: i64, e: &Event, ts: i64, now_ms: i64, replica: &str) -> [Value; 43] {
+    [
+        Value::from(org_id),
+        Value::from(e.request_id.as_str()),
+        Value::from(ts),
+        Value::from(tally::time::format_rfc3339_ms(ts)),
+        Value::from(e.provider.as_str()),
+        Value::from(e.api.as_str()),
+        Value::from(e.endpoint.as_str()),
+        Value::from(&e.model_requested),
+        Value::from(&e.model_actual),
+        Value::from(e.status),
+        Value::from(e.streaming),
+        Value::from(e.latency_ms),
+        Value::from(e.ttfb_ms),
+        Value::from(e.input_tokens),
+        Value::from(e.output_tokens),
+        Value::from(e.cached_input_tokens),
+        Value::from(e.cache_write_tokens),
+        Value::from(e.reasoning_tokens),
+        Value::from(e.token_source.map(TokenSource::name)),
+        Value::from(e.cost_usd),
+        Value::from(e.error_category.map(ErrorCategory::name)),
+        Value::from(e.error_source.map(ErrorSource::name)),
+        Value::from(&e.team),
+        Value::from(&e.app),
+        Value::from(&e.feature),
+        Value::from(&e.task),
+        Value::from(&e.session_id),
+        Value::from(&e.user),
+        Value::from(&e.rule),
+        Value::from(e.routed),
+        Value::from(now_ms),
+        Value::from(e.measured_output_tokens),
+        Value::from(&e.namespace),
+        Value::from(&e.workload),
+        Value::from(&e.principal),
+        Value::from(e.cache_write_1h_tokens),
+        Value::from(e.web_search_requests),
+        Value::from(&e.service_tier),
+        Value::from(e.shadow),
+        Value::from(&e.model_routed),
+        Value::from(&e.trace_id),
+        Value::from(&e.span_id),
+        Value::from(replica),
+    ]
+}
+
+/// Events per multi-row statement, at most (43 values each, well under PostgreSQL's 65 535).
+const INSERT_ROWS: usize = 256;
+
+/// Insert the batch's events (`rows`: [`event_values`] of each, in order) in statements of up to
+/// [`INSERT_ROWS`] events (PostgreSQL), each chunk a power of two so that a few statements, kept
+/// prepared, serve every batch size: the `seq` of each event newly stored, none for a duplicate
+/// (of a stored event, or of one before it in the batch).
+fn insert_rows(
+    tx: &mut Conn,
+    batch: &Batch,
+    owners: &Owners,
+    rows: Vec<Value>,
+) -> Result<Vec<Option<i64>>, StoreError> {
+    const COLUMNS: usize = 43;
+    let mut seqs = vec![None; batch.len()];
+    let mut at = 0;
+    while at < batch.len() {
+        let left = batch.len() - at;
+        let n = if left >= INSERT_ROWS {
+            INSERT_ROWS
+        } else {
+            1 << (usize::BITS - 1 - left.leading_zeros())
+        };
+        let values = &rows[at * COLUMNS..(at + n) * COLUMNS];
+        // Which event each returned row is: the first of the chunk with its key.
+        let mut index: HashMap<(i64, &str, i64), usize> = HashMap::with_capacity(n);
+        for (i, (e, ts)) in batch.iter().enumerate().skip(at).take(n) {
+            let org_id = owners.of(i).map_or(0, |o| o.id);
+            index
+                .entry((org_id, e.request_id.as_str(), *ts))
+                .or_insert(i);
+        }
+        tx.query_each(&insert_rows_sql(n), values, |r| {
+            let key = (r.get::<i64>(1)?, r.get::<String>(2)?, r.get::<i64>(3)?);
+            if let Some(&i) = index.get(&(key.0, key.1.as_str(), key.2)) {
+                seqs[i] = Some(r.get(0)?);
+            }
+            Ok(())
+        })?;
+        at += n;
+    }
+    Ok(seqs)
+}
+
+/// The statement inserting `n` events with their replica (see [`insert_rows`]).
+fn insert_rows_sql(n: usize) -> String {
+    let head = INSERT_EVENT_REPLICA
+        .split(" VALUES")
+        .next()
+        .unwrap_or(INSERT_EVENT_REPLICA);
+    let mut sql = String::with_capacity(head.len() + n * 200);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for row in 0..n {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..43 {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('?');
+            sql.push_str(&(row * 43 + col + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING RETURNING seq, org_id, request_id, ts_ms");
+    sql
+}
+
 /// The columns an event is stored with, in the order of `store_batch`'s values.
 macro_rules! event_insert {
     ($extra_column:literal, $extra_value:literal) => {
@@ -2330,7 +2506,7 @@ pub(crate) mod tests {
                     .chars()
                     .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
                     .collect();
-                let url = crate::db::testpg::shared().database_once(&name);
+                let url = tally_testpg::shared().database_once(&name);
                 let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let options = Options {
                     replica: Some(format!("test-{n}")),
@@ -2860,12 +3036,12 @@ pub(crate) mod tests {
 
     /// Per key: requests, errors, input and output tokens, unpriced requests and their input
     /// tokens, and the cost in micro-dollars (`C`: known, or maybe unknown).
-    type Counts<C> = (u64, u64, u64, u64, u64, u64, C);
-    type Figures = std::collections::BTreeMap<String, Counts<Option<i64>>>;
+    pub(crate) type Counts<C> = (u64, u64, u64, u64, u64, u64, C);
+    pub(crate) type Figures = std::collections::BTreeMap<String, Counts<Option<i64>>>;
 
     /// Events with labels drawn from small sets, so that every filter and grouping has several
     /// keys; one model in five is unknown to the price table, and some events fail.
-    fn labelled_batch(n: u64, start: i64, span: i64) -> Batch {
+    pub(crate) fn labelled_batch(n: u64, start: i64, span: i64) -> Batch {
         const TEAMS: [&str; 3] = ["pay", "search", "ml"];
         const APPS: [&str; 2] = ["web", "batch"];
         const FEATURES: [&str; 3] = ["chat", "sum", "rank"];
@@ -2919,7 +3095,11 @@ pub(crate) mod tests {
     }
 
     /// What a summary over `events` must say, computed here the plain way.
-    fn expected(events: &Batch, keep: impl Fn(&Event) -> bool, dim: Option<&str>) -> Figures {
+    pub(crate) fn expected(
+        events: &Batch,
+        keep: impl Fn(&Event) -> bool,
+        dim: Option<&str>,
+    ) -> Figures {
         let mut out: std::collections::BTreeMap<String, Counts<f64>> = Default::default();
         for (e, _) in events.iter().filter(|(e, _)| keep(e)) {
             let key = match dim {
@@ -2949,7 +3129,7 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn seen(rows: &[(String, Agg)]) -> Figures {
+    pub(crate) fn seen(rows: &[(String, Agg)]) -> Figures {
         rows.iter()
             .map(|(k, a)| {
                 let cost = a.known_cost().map(|c| (c * 1e9).round() as i64);

@@ -11,8 +11,6 @@
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
-pub mod testpg;
-#[cfg(test)]
 mod tests;
 
 use std::fmt;
@@ -355,6 +353,32 @@ impl Conn {
         }
     }
 
+    /// How many times the connection was made again after it broke (PostgreSQL): session
+    /// state (advisory locks) from before is gone.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Conn::Sqlite(_) => 0,
+            Conn::Postgres(c) => c.generation,
+        }
+    }
+
+    /// Make the connection again now if it broke (PostgreSQL), so that its [`Conn::generation`]
+    /// tells before a transaction whether session state was lost.
+    pub fn ensure_connected(&mut self) -> Result<()> {
+        match self {
+            Conn::Sqlite(_) => Ok(()),
+            Conn::Postgres(c) => c.reconnect_if_broken(),
+        }
+    }
+
+    /// Settings for the session, run again whenever the connection is made again.
+    pub fn set_up(&mut self, setup: &str) -> Result<()> {
+        match self {
+            Conn::Sqlite(c) => c.execute_batch(setup).map_err(sqlite::err),
+            Conn::Postgres(c) => c.set_up(setup),
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         match self {
             Conn::Sqlite(_) => Backend::Sqlite,
@@ -483,7 +507,10 @@ impl Conn {
     pub fn batch(&mut self, sql: &str) -> Result<()> {
         match self {
             Conn::Sqlite(c) => c.execute_batch(sql).map_err(sqlite::err),
-            Conn::Postgres(c) => c.client.batch_execute(sql).map_err(postgres::err),
+            Conn::Postgres(c) => {
+                c.reconnect_if_broken()?;
+                c.client.batch_execute(sql).map_err(postgres::err)
+            }
         }
     }
 

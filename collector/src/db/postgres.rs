@@ -27,10 +27,16 @@ pub fn redacted(url: &str) -> String {
 }
 
 /// A client and the statements it has prepared, by their text: the collector runs the same few
-/// statements over and over, and preparing one costs a round trip.
+/// statements over and over, and preparing one costs a round trip. A client whose connection
+/// broke (the database restarted, a failover) connects again at its next use, and counts it
+/// in `generation`, so that whoever held session state on it (advisory locks) can take it again.
 pub struct Pg {
     pub client: ::postgres::Client,
     prepared: std::collections::HashMap<String, ::postgres::Statement>,
+    url: String,
+    /// Statements run on every new connection (settings).
+    setup: String,
+    pub generation: u64,
 }
 
 /// Statements kept prepared per connection; past this (queries built per request, with
@@ -39,6 +45,7 @@ const PREPARED_MAX: usize = 256;
 
 impl Pg {
     fn prepare(&mut self, sql: &str) -> Result<::postgres::Statement> {
+        self.reconnect_if_broken()?;
         if let Some(s) = self.prepared.get(sql) {
             return Ok(s.clone());
         }
@@ -49,6 +56,29 @@ impl Pg {
         self.prepared.insert(sql.to_string(), stmt.clone());
         Ok(stmt)
     }
+
+    /// A new connection in place of a broken one (its prepared statements and session state
+    /// gone with it).
+    pub(super) fn reconnect_if_broken(&mut self) -> Result<()> {
+        if !self.client.is_closed() {
+            return Ok(());
+        }
+        let mut client = ::postgres::Client::connect(&self.url, ::postgres::NoTls)
+            .map_err(|e| DbError::Connect(e.to_string()))?;
+        if !self.setup.is_empty() {
+            client.batch_execute(&self.setup).map_err(err)?;
+        }
+        self.client = client;
+        self.prepared.clear();
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Run `setup` now and on every new connection.
+    pub(super) fn set_up(&mut self, setup: &str) -> Result<()> {
+        self.setup = setup.to_string();
+        self.client.batch_execute(setup).map_err(err)
+    }
 }
 
 pub(super) fn connect(url: &str) -> Result<Box<Pg>> {
@@ -57,6 +87,9 @@ pub(super) fn connect(url: &str) -> Result<Box<Pg>> {
             Box::new(Pg {
                 client,
                 prepared: Default::default(),
+                url: url.to_string(),
+                setup: String::new(),
+                generation: 0,
             })
         })
         .map_err(|e| DbError::Connect(e.to_string()))

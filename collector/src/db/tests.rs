@@ -1,9 +1,9 @@
 //! One suite over both databases: each test runs its statements on a SQLite file and on a
 //! private PostgreSQL cluster, and expects the same answers.
 
-use super::testpg::TestPg;
 use super::*;
 use crate::values;
+use tally_testpg::TestPg;
 
 /// A SQLite connection, and a PostgreSQL one with the cluster it lives in.
 fn each_backend(test: impl Fn(&mut Conn, &dyn Fn() -> Conn)) {

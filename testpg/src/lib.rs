@@ -1,6 +1,7 @@
-//! A private PostgreSQL cluster for a test run: Debian's `postgresql` binaries, `initdb` in a
-//! temporary directory, a free port on loopback, removed when dropped. PostgreSQL refuses to run
-//! as root: as root the cluster belongs to the `postgres` user the package creates.
+//! Tests only: a private PostgreSQL cluster for a test run (the collector's storage suite, the
+//! end-to-end replica tests): Debian's `postgresql` binaries, `initdb` in a temporary directory,
+//! a free port on loopback, removed when dropped. PostgreSQL refuses to run as root: as root the
+//! cluster belongs to the `postgres` user the package creates.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -113,11 +114,7 @@ impl TestPg {
                 "--locale=C",
             ],
         );
-        let opts = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
-            pg.port,
-            pg.dir.display()
-        );
+        let opts = pg.options();
         pg.run(
             "pg_ctl",
             &[
@@ -197,6 +194,42 @@ impl TestPg {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stop the server, cutting every connection, and start it again on the same port (its
+    /// options kept): a database that is briefly unreachable.
+    pub fn restart(&self, down: std::time::Duration) {
+        let data = self.dir.join("data");
+        let data = data.to_string_lossy();
+        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        std::thread::sleep(down);
+        let log = self.dir.join("log");
+        let log = log.to_string_lossy();
+        let opts = self.options();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
+            ],
+        );
+    }
+
+    fn options(&self) -> String {
+        format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.display()
+        )
+    }
+
+    /// The one integer a query of the database at `url` gives (a count).
+    pub fn value(url: &str, sql: &str) -> i64 {
+        let mut c = ::postgres::Client::connect(url, ::postgres::NoTls).expect("connect");
+        c.query_one(sql, &[]).expect("query").get(0)
     }
 }
 
