@@ -192,6 +192,9 @@ soak: build
 # again, keeping the filter's figures from there.
 LITELLM_VERSION ?= 1.108.7
 bench: build build-native
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "make bench: installing with apt-get: postgresql (the collector's figures on PostgreSQL)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+	$(CARGO) build --release -j $(JOBS) -p tally-testpg
 	@command -v wrk >/dev/null && command -v valgrind >/dev/null || { echo "make bench: installing with apt-get: wrk valgrind"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind; }
 	@$(VENV)/bin/python -c "import matplotlib" 2>/dev/null || { echo "make bench: installing matplotlib with pip into $(VENV)/"; \

@@ -22,7 +22,9 @@ Side by side in one run, on this machine:
   and the paced stream): exact where timings on a shared VM drift, and split by binary (Envoy, the wasm
   code V8 compiled, libc).
 - The collector's ingest rate with batches as the filter sends them, over HTTP, and the query
-  benchmark (make bench-query).
+  benchmark (make bench-query), on SQLite and then on PostgreSQL (a private cluster,
+  target/release/tally-testpg): ingest with one replica and with two on one database, the
+  queries at each size, and the database's size per million events.
 
 Writes BENCHMARKS.md and bench/results/*.png. Loopback only; every run is bounded in time.
 """
@@ -52,6 +54,9 @@ SKIP_LITELLM = os.environ.get("BENCH_SKIP_LITELLM") == "1"
 # LiteLLM refuses to start without a master key; a fixed one serves this loopback-only run.
 LITELLM_KEY = "sk-bench-" + "0" * 32
 COLLECTOR = os.path.join(ROOT, "target/release/tally-collector")
+# A private PostgreSQL cluster (testpg/): prints a URL per database asked for, runs until its
+# standard input closes.
+TESTPG = os.path.join(ROOT, "target/release/tally-testpg")
 MOCK = os.path.join(ROOT, "target/release/tally-mock")
 # Streams as providers send them: tally-mock writes each event on its own, this far apart.
 PACED_EVENTS = 200
@@ -316,7 +321,7 @@ def last_results():
 
 def report_results(r):
     report(r["results"], r["memory"], r["litellm"], r["ingest"], r["query"], r.get("instructions", {}),
-           r.get("paced", {}))
+           r.get("paced", {}), r.get("postgres"))
 
 
 def save_and_report(r):
@@ -330,6 +335,7 @@ def collector_again(tmp):
     """The collector's figures again, the filter's kept from the last run."""
     r = last_results()
     r["ingest"], r["query"] = collector_figures(*start_collector(tmp))
+    r["postgres"] = postgres_figures(tmp)
     save_and_report(r)
 
 
@@ -477,7 +483,9 @@ def run(tmp):
     if SKIP_COLLECTOR:
         return
     ingest, q = collector_figures(col_port, key)
+    pg = postgres_figures(tmp)
     save_and_report({"results": results, "memory": mem, "litellm": litellm, "ingest": ingest, "query": q,
+                     "postgres": pg,
                      "instructions": instr, "paced": paced})
 
 
@@ -510,6 +518,58 @@ def collector_figures(col_port, key):
                         str(n)], capture_output=True, text=True, cwd=ROOT, timeout=7200).stdout.strip()
         for n in QUERY_EVENTS)
     return ingest, q
+
+
+def wrk_ingest(ports, key, connections):
+    """Events/s that wrk processes, one per collector port and run at once, ingest together."""
+    env = dict(os.environ, BENCH_KEY=key, BENCH_BATCH="200")
+    runs = [subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{SECONDS}s", "-s",
+                              os.path.join(ROOT, "bench/ingest.lua"), f"http://127.0.0.1:{p}"],
+                             stdout=subprocess.PIPE, text=True, env=env) for p in ports]
+    total, non2xx = 0.0, 0
+    for r in runs:
+        out = r.communicate(timeout=SECONDS + 60)[0]
+        total += float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) * 200
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        non2xx += int(bad.group(1)) if bad else 0
+    return {"events_per_s": total, "non2xx": non2xx}
+
+
+def postgres_figures(tmp):
+    """The collector on PostgreSQL: ingest over HTTP with one replica, then two on one database
+    (4 connections in all either way), and the query benchmark at each size."""
+    names = ["ingest1", "ingest2"] + [f"query{n}" for n in QUERY_EVENTS]
+    pg = subprocess.Popen([TESTPG] + names, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    urls = dict(zip(names, (pg.stdout.readline().strip() for _ in names)))
+    out = {}
+    try:
+        for replicas in (1, 2):
+            url = urls[f"ingest{replicas}"]
+            key = subprocess.run([COLLECTOR, "org", "create", "bench", "--database", url],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            ports = []
+            for i in range(replicas):
+                port = free_port()
+                start([COLLECTOR, "serve", "--listen", f"127.0.0.1:{port}", "--database", url,
+                       "--replica", f"r{i}"], os.path.join(tmp, f"collector-pg{replicas}-{i}.log"))
+                for _ in range(100):
+                    if get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                        break
+                    time.sleep(0.1)
+                ports.append(port)
+            r = wrk_ingest(ports, key, 4 // replicas)
+            out[f"ingest_{replicas}"] = r
+            print(f"collector ingest on PostgreSQL, {replicas} replica(s): {r['events_per_s']:.0f} events/s",
+                  flush=True)
+        out["query"] = "\n\n".join(
+            subprocess.run(["cargo", "run", "--release", "-q", "-p", "tally-collector", "--example", "query_bench",
+                            "--", str(n), urls[f"query{n}"]], capture_output=True, text=True, cwd=ROOT,
+                           timeout=7200).stdout.strip()
+            for n in QUERY_EVENTS)
+    finally:
+        pg.stdin.close()
+        pg.wait(timeout=60)
+    return out
 
 
 def memory(tmp, resp_port, key, workloads, col_port):
@@ -775,7 +835,7 @@ def chart(results, litellm):
 NOTES_MARKER = "<!-- Analysis: written by hand, kept when make bench regenerates the above. -->"
 
 
-def report(results, mem, litellm, ingest, query, instr, paced):
+def report(results, mem, litellm, ingest, query, instr, paced, pg=None):
     charts = chart(results, litellm)
     cpu = open("/proc/cpuinfo").read()
     model = re.search(r"model name\s+: (.*)", cpu)
@@ -934,6 +994,22 @@ def report(results, mem, litellm, ingest, query, instr, paced):
               "",
               query.strip(),
               ""]
+    if pg:
+        one, two = pg["ingest_1"], pg["ingest_2"]
+        lines += ["### On PostgreSQL",
+                  "",
+                  "The same ingest and queries with `--database postgres://...` (PostgreSQL 15 from Debian, a private "
+                  "cluster on this machine with its default durability: `fsync` and `synchronous_commit` on, so a "
+                  "202 follows a commit on disk; the collectors, the database and wrk share the 2 cores):",
+                  "",
+                  f"- one replica: **{one['events_per_s']:.0f} events/s** ({one['non2xx']} non-2xx);",
+                  f"- two replicas on one database, each driven by its own wrk (2 connections each): "
+                  f"**{two['events_per_s']:.0f} events/s** in all ({two['non2xx']} non-2xx).",
+                  "",
+                  "Queries (the database's size is that of the whole database: events, rollups and indexes):",
+                  "",
+                  pg["query"].strip(),
+                  ""]
     out = os.path.join(ROOT, "BENCHMARKS.md")
     # Hand-written analysis below the marker survives a regeneration.
     notes = ""

@@ -1,17 +1,17 @@
 //! Query benchmark: fill a fresh store with N synthetic events spread over 30 days (realistic
 //! label cardinalities), then time the summary and time-series queries the dashboard makes.
 //!
-//!     cargo run --release -p tally-collector --example query_bench -- [EVENTS] [DATA_DIR]
+//!     cargo run --release -p tally-collector --example query_bench -- [EVENTS] [DATA_DIR | URL]
 //!
 //! `make bench-query EVENTS=10000000` runs it at ten million events. Prints a Markdown table.
 //! With a DATA_DIR the store is kept, and a store already filled there is queried again
-//! without refilling it.
+//! without refilling it. With a `postgres://` URL (an empty database) the store is PostgreSQL.
 
 use std::time::Instant;
 use tally::event::{ErrorCategory, ErrorSource, Event};
 use tally::usage::TokenSource;
 use tally_collector::rollup::{DAY, HOUR, MINUTE};
-use tally_collector::store::{EventFilter, Store};
+use tally_collector::store::{Database, EventFilter, Options, Store};
 
 /// A small deterministic generator (SplitMix64), so runs are comparable.
 struct Rng(u64);
@@ -146,18 +146,32 @@ fn main() -> Result<(), String> {
         .map(|a| a.parse().map_err(|e| format!("EVENTS: {e}")))
         .transpose()?
         .unwrap_or(1_000_000);
-    let (dir, keep) = match args.next() {
-        Some(d) => (std::path::PathBuf::from(d), true),
-        None => (
+    let target = args.next();
+    let url = target
+        .clone()
+        .filter(|t| tally_collector::db::postgres::is_url(t));
+    let (dir, keep) = match target {
+        Some(d) if url.is_none() => (std::path::PathBuf::from(d), true),
+        _ => (
             std::env::temp_dir().join(format!("tally-query-bench-{}", std::process::id())),
             false,
         ),
     };
     let filled = keep && dir.join("tally.db").exists();
-    if !filled {
+    if !filled && url.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let store = Store::open(&dir).map_err(|e| e.to_string())?;
+    let store = match &url {
+        Some(url) => Store::open_with(
+            &Database::Postgres(url.clone()),
+            Options {
+                replica: Some("query-bench".into()),
+                ..Default::default()
+            },
+        ),
+        None => Store::open(&dir),
+    }
+    .map_err(|e| e.to_string())?;
     if !filled {
         store.create_org("bench", 0).map_err(|e| e.to_string())?;
     }

@@ -414,52 +414,108 @@ impl Pending {
     /// merged here and the row replaced: replicas never merge a sketch in the database, and
     /// reads add the replicas' rows up as they add buckets up.
     pub fn write(&self, tx: &mut Conn, org_id: i64, replica: &str) -> db::Result<()> {
+        if tx.backend() == Backend::Postgres {
+            return self.write_replica_rows(tx, org_id, replica);
+        }
         for (&(g, bucket, id), agg) in &self.rows {
             let Some((dim, key)) = self.names(id) else {
                 continue;
             };
-            let (latency, ttfb) = match tx.backend() {
-                Backend::Sqlite => (agg.latency.to_bytes(), agg.ttfb.to_bytes()),
-                Backend::Postgres => {
-                    let mut merged = (agg.latency.clone(), agg.ttfb.clone());
-                    if let Some(r) = tx.query_opt(
-                        "SELECT latency, ttfb FROM rollups WHERE org_id = ?1
-                            AND granularity_ms = ?2 AND dim = ?3 AND bucket_ms = ?4 AND key = ?5
-                            AND replica = ?6",
-                        values![org_id, g, dim.as_ref(), bucket, key, replica],
-                    )? {
-                        merged.0.merge_bytes(r.blob(0)?);
-                        merged.1.merge_bytes(r.blob(1)?);
-                    }
-                    (merged.0.to_bytes(), merged.1.to_bytes())
+            tx.execute(
+                WRITE_SQLITE,
+                values![
+                    org_id,
+                    g,
+                    bucket,
+                    dim.as_ref(),
+                    key,
+                    agg.requests,
+                    agg.errors,
+                    agg.input_tokens,
+                    agg.output_tokens,
+                    agg.cost_usd,
+                    agg.latency_sum_ms,
+                    agg.latency.to_bytes(),
+                    agg.ttfb.to_bytes(),
+                    agg.unpriced_requests,
+                    agg.unpriced_input_tokens,
+                    agg.unpriced_output_tokens,
+                    agg.cached_input_tokens,
+                    agg.cache_savings_usd,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// [`Pending::write`] on PostgreSQL, by the hundred rows per statement: the replica's rows'
+    /// sketches are read, merged here, and written back with the figures added.
+    fn write_replica_rows(&self, tx: &mut Conn, org_id: i64, replica: &str) -> db::Result<()> {
+        let rows: Vec<_> = self
+            .rows
+            .iter()
+            .filter_map(|(&(g, bucket, id), agg)| {
+                self.names(id).map(|(dim, key)| (g, bucket, dim, key, agg))
+            })
+            .collect();
+        let mut at = 0;
+        while at < rows.len() {
+            let n = chunk(rows.len() - at, WRITE_ROWS);
+            let part = &rows[at..at + n];
+            at += n;
+            // The stored sketches of these rows, by (granularity, bucket, dimension, key).
+            let mut keys = values![org_id, replica].to_vec();
+            for (g, bucket, dim, key, _) in part {
+                keys.extend([
+                    (*g).into(),
+                    (*bucket).into(),
+                    dim.as_ref().into(),
+                    (*key).into(),
+                ]);
+            }
+            let mut stored: HashMap<(i64, i64, String, String), (Sketch, Sketch)> =
+                HashMap::default();
+            tx.query_each(&read_sketches_sql(n), &keys, |r| {
+                let mut latency = Sketch::default();
+                latency.merge_bytes(r.blob(4)?);
+                let mut ttfb = Sketch::default();
+                ttfb.merge_bytes(r.blob(5)?);
+                stored.insert(
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
+                    (latency, ttfb),
+                );
+                Ok(())
+            })?;
+            let mut values = Vec::with_capacity(n * WRITE_COLUMNS);
+            for (g, bucket, dim, key, agg) in part {
+                let (mut latency, mut ttfb) = (agg.latency.clone(), agg.ttfb.clone());
+                if let Some((l, t)) = stored.get(&(*g, *bucket, dim.to_string(), key.to_string())) {
+                    latency.merge(l);
+                    ttfb.merge(t);
                 }
-            };
-            let row = values![
-                org_id,
-                g,
-                bucket,
-                dim.as_ref(),
-                key,
-                agg.requests,
-                agg.errors,
-                agg.input_tokens,
-                agg.output_tokens,
-                agg.cost_usd,
-                agg.latency_sum_ms,
-                latency,
-                ttfb,
-                agg.unpriced_requests,
-                agg.unpriced_input_tokens,
-                agg.unpriced_output_tokens,
-                agg.cached_input_tokens,
-                agg.cache_savings_usd,
-                replica,
-            ];
-            match tx.backend() {
-                // One writer, no replica column.
-                Backend::Sqlite => tx.execute(WRITE_SQLITE, &row[..18])?,
-                Backend::Postgres => tx.execute(WRITE_POSTGRES, row)?,
-            };
+                values.extend_from_slice(values![
+                    org_id,
+                    *g,
+                    *bucket,
+                    dim.as_ref(),
+                    *key,
+                    agg.requests,
+                    agg.errors,
+                    agg.input_tokens,
+                    agg.output_tokens,
+                    agg.cost_usd,
+                    agg.latency_sum_ms,
+                    latency.to_bytes(),
+                    ttfb.to_bytes(),
+                    agg.unpriced_requests,
+                    agg.unpriced_input_tokens,
+                    agg.unpriced_output_tokens,
+                    agg.cached_input_tokens,
+                    agg.cache_savings_usd,
+                    replica,
+                ]);
+            }
+            tx.execute(&write_rows_sql(n), &values)?;
         }
         Ok(())
     }
@@ -656,27 +712,78 @@ const WRITE_SQLITE: &str = "INSERT INTO rollups (org_id, granularity_ms, bucket_
         cached_input_tokens = cached_input_tokens + excluded.cached_input_tokens,
         cache_savings_usd = cache_savings_usd + excluded.cache_savings_usd";
 
-/// The upsert of a rollup row on PostgreSQL: the replica's own row, its sketches already merged
-/// (see [`Pending::write`]).
-const WRITE_POSTGRES: &str = "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key,
-        requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb,
-        unpriced_requests, unpriced_input_tokens, unpriced_output_tokens, cached_input_tokens,
-        cache_savings_usd, replica)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
-     ON CONFLICT (org_id, granularity_ms, dim, bucket_ms, key, replica) DO UPDATE SET
-        requests = rollups.requests + excluded.requests,
-        errors = rollups.errors + excluded.errors,
-        input_tokens = rollups.input_tokens + excluded.input_tokens,
-        output_tokens = rollups.output_tokens + excluded.output_tokens,
-        cost_usd = rollups.cost_usd + excluded.cost_usd,
-        latency_sum_ms = rollups.latency_sum_ms + excluded.latency_sum_ms,
-        latency = excluded.latency,
-        ttfb = excluded.ttfb,
-        unpriced_requests = rollups.unpriced_requests + excluded.unpriced_requests,
-        unpriced_input_tokens = rollups.unpriced_input_tokens + excluded.unpriced_input_tokens,
-        unpriced_output_tokens = rollups.unpriced_output_tokens + excluded.unpriced_output_tokens,
-        cached_input_tokens = rollups.cached_input_tokens + excluded.cached_input_tokens,
-        cache_savings_usd = rollups.cache_savings_usd + excluded.cache_savings_usd";
+/// Rollup rows per statement on PostgreSQL, at most.
+const WRITE_ROWS: usize = 128;
+
+/// The columns of a rollup row as written on PostgreSQL.
+const WRITE_COLUMNS: usize = 19;
+
+/// How many of `left` items the next statement takes: `max`, or the largest power of two below
+/// `left`, so that a few statements, kept prepared, serve every count.
+pub(crate) fn chunk(left: usize, max: usize) -> usize {
+    if left >= max {
+        max
+    } else {
+        1 << (usize::BITS - 1 - left.leading_zeros())
+    }
+}
+
+/// `(?a, ?b, ...), (...)`: `rows` groups of `columns` numbered placeholders from `?first`.
+pub(crate) fn placeholder_rows(first: usize, rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 6);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..columns {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('?');
+            sql.push_str(&(first + row * columns + col).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// The stored sketches of `n` rows of one org and replica (PostgreSQL).
+fn read_sketches_sql(n: usize) -> String {
+    format!(
+        "SELECT granularity_ms, bucket_ms, dim, key, latency, ttfb FROM rollups
+         WHERE org_id = ?1 AND replica = ?2 AND (granularity_ms, bucket_ms, dim, key) IN ({})",
+        placeholder_rows(3, n, 4)
+    )
+}
+
+/// The upsert of `n` rollup rows on PostgreSQL: the replica's own rows, their sketches already
+/// merged (see [`Pending::write`]).
+fn write_rows_sql(n: usize) -> String {
+    format!(
+        "INSERT INTO rollups (org_id, granularity_ms, bucket_ms, dim, key,
+            requests, errors, input_tokens, output_tokens, cost_usd, latency_sum_ms, latency, ttfb,
+            unpriced_requests, unpriced_input_tokens, unpriced_output_tokens, cached_input_tokens,
+            cache_savings_usd, replica)
+         VALUES {}
+         ON CONFLICT (org_id, granularity_ms, dim, bucket_ms, key, replica) DO UPDATE SET
+            requests = rollups.requests + excluded.requests,
+            errors = rollups.errors + excluded.errors,
+            input_tokens = rollups.input_tokens + excluded.input_tokens,
+            output_tokens = rollups.output_tokens + excluded.output_tokens,
+            cost_usd = rollups.cost_usd + excluded.cost_usd,
+            latency_sum_ms = rollups.latency_sum_ms + excluded.latency_sum_ms,
+            latency = excluded.latency,
+            ttfb = excluded.ttfb,
+            unpriced_requests = rollups.unpriced_requests + excluded.unpriced_requests,
+            unpriced_input_tokens = rollups.unpriced_input_tokens + excluded.unpriced_input_tokens,
+            unpriced_output_tokens =
+                rollups.unpriced_output_tokens + excluded.unpriced_output_tokens,
+            cached_input_tokens = rollups.cached_input_tokens + excluded.cached_input_tokens,
+            cache_savings_usd = rollups.cache_savings_usd + excluded.cache_savings_usd",
+        placeholder_rows(1, n, WRITE_COLUMNS)
+    )
+}
 
 /// Register `sketch_merge(a, b)`: the merge of two sketch blobs (a blob that does not decode
 /// counts as empty).

@@ -2168,12 +2168,7 @@ fn insert_rows(
     let mut seqs = vec![None; batch.len()];
     let mut at = 0;
     while at < batch.len() {
-        let left = batch.len() - at;
-        let n = if left >= INSERT_ROWS {
-            INSERT_ROWS
-        } else {
-            1 << (usize::BITS - 1 - left.leading_zeros())
-        };
+        let n = rollup::chunk(batch.len() - at, INSERT_ROWS);
         let values = &rows[at * COLUMNS..(at + n) * COLUMNS];
         // Which event each returned row is: the first of the chunk with its key.
         let mut index: HashMap<(i64, &str, i64), usize> = HashMap::with_capacity(n);
@@ -2201,25 +2196,10 @@ fn insert_rows_sql(n: usize) -> String {
         .split(" VALUES")
         .next()
         .unwrap_or(INSERT_EVENT_REPLICA);
-    let mut sql = String::with_capacity(head.len() + n * 200);
-    sql.push_str(head);
-    sql.push_str(" VALUES ");
-    for row in 0..n {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for col in 0..43 {
-            if col > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('?');
-            sql.push_str(&(row * 43 + col + 1).to_string());
-        }
-        sql.push(')');
-    }
-    sql.push_str(" ON CONFLICT DO NOTHING RETURNING seq, org_id, request_id, ts_ms");
-    sql
+    format!(
+        "{head} VALUES {} ON CONFLICT DO NOTHING RETURNING seq, org_id, request_id, ts_ms",
+        rollup::placeholder_rows(1, n, 43)
+    )
 }
 
 /// The columns an event is stored with, in the order of `store_batch`'s values.

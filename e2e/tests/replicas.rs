@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const USERS: u64 = 20;
+const PROMPT: &str = "CANARY-PROMPT-7f3a-replicas";
+const PROVIDER_KEY: &str = "sk-CANARY-KEY-91b2-replicas";
 
 #[test]
 fn a_replica_killed_mid_traffic_loses_no_event_and_counts_none_twice() {
@@ -65,14 +67,16 @@ fn a_replica_killed_mid_traffic_loses_no_event_and_counts_none_twice() {
                 let mut i = c;
                 let end = Instant::now() + Duration::from_secs(60);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                    // Canaries: a prompt and a provider key that must never be stored.
                     let req = agent
                         .post(&url)
+                        .set("authorization", &format!("Bearer {PROVIDER_KEY}"))
                         .set("x-tally-user", &format!("rep-{}", i % USERS))
                         .set("x-mock-usage", "input=100,output=20");
-                    let (status, _, _) = send(
-                        req,
-                        Some(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#),
+                    let body = format!(
+                        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{PROMPT}"}}]}}"#
                     );
+                    let (status, _, _) = send(req, Some(&body));
                     assert_eq!(status, 200);
                     sent.fetch_add(1, Ordering::Relaxed);
                     i += 2;
@@ -136,5 +140,18 @@ fn a_replica_killed_mid_traffic_loses_no_event_and_counts_none_twice() {
     );
     assert_eq!(summary["rows"][0]["requests"], total, "{summary}");
     assert_eq!(stack.envoy_counter("wasmcustom.tally.events_dropped"), 0);
+    // Neither the prompt, the provider key nor the org key is anywhere in the database or in
+    // either replica's log.
+    let dump = pg.dump("replicas");
+    assert!(dump.contains("rep-0"), "the dump holds the events");
+    let mut logs_text = String::new();
+    for entry in std::fs::read_dir(&logs).expect("logs") {
+        let path = entry.expect("log").path();
+        logs_text.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+    }
+    for canary in [PROMPT, PROVIDER_KEY, key.as_str()] {
+        assert!(!dump.contains(canary), "{canary} in the database");
+        assert!(!logs_text.contains(canary), "{canary} in a replica's log");
+    }
     drop(r2);
 }

@@ -11,6 +11,7 @@ pub struct TestPg {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    fsync: bool,
 }
 
 /// The newest installed PostgreSQL's binaries (Debian keeps each major version apart).
@@ -36,46 +37,24 @@ fn free_port() -> u16 {
 }
 
 /// The cluster the tests of one process share (each test in a database of its own), started
-/// by the first test that asks. A watchdog stops and removes it once the process is gone,
-/// however it ends (a static is never dropped).
+/// by the first test that asks (a static is never dropped: the watchdog removes it).
 pub fn shared() -> &'static TestPg {
     static SHARED: std::sync::OnceLock<TestPg> = std::sync::OnceLock::new();
-    SHARED.get_or_init(|| {
-        let pg = TestPg::start();
-        let data = pg.dir.join("data");
-        let stop = format!(
-            "{} {} -D {} -m immediate stop",
-            if pg.as_postgres {
-                "runuser -u postgres --"
-            } else {
-                ""
-            },
-            pg.bin.join("pg_ctl").display(),
-            data.display()
-        );
-        let watch = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
-            pid = std::process::id(),
-            dir = pg.dir.display()
-        );
-        // Detached from the test's process group, so that it outlives the process it watches
-        // (and so never waited for).
-        use std::os::unix::process::CommandExt;
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .args(["-c", &watch])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("the test cluster's watchdog");
-        pg
-    })
+    SHARED.get_or_init(TestPg::start)
 }
 
 impl TestPg {
+    /// A cluster for tests: `fsync=off`, since a test's data need not survive a power cut.
     pub fn start() -> TestPg {
+        TestPg::start_with(false)
+    }
+
+    /// A cluster that syncs its commits to disk (`fsync`), as production runs, for benchmarks.
+    pub fn start_durable() -> TestPg {
+        TestPg::start_with(true)
+    }
+
+    fn start_with(fsync: bool) -> TestPg {
         let bin = bin_dir();
         // /proc/self belongs to the process's effective user.
         let as_postgres = {
@@ -98,6 +77,7 @@ impl TestPg {
             bin,
             port: free_port(),
             as_postgres,
+            fsync,
         };
         let data = pg.dir.join("data");
         pg.run(
@@ -115,6 +95,7 @@ impl TestPg {
             ],
         );
         let opts = pg.options();
+        pg.watch();
         pg.run(
             "pg_ctl",
             &[
@@ -131,6 +112,38 @@ impl TestPg {
             ],
         );
         pg
+    }
+
+    /// A watchdog that stops and removes the cluster once this process is gone, however it
+    /// ends (killed, or exiting with the cluster in a static).
+    fn watch(&self) {
+        let stop = format!(
+            "{} {} -D {} -m immediate stop",
+            if self.as_postgres {
+                "runuser -u postgres --"
+            } else {
+                ""
+            },
+            self.bin.join("pg_ctl").display(),
+            self.dir.join("data").display()
+        );
+        let watch = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            dir = self.dir.display()
+        );
+        // Detached from the process group, so that it outlives the process it watches (and so
+        // never waited for).
+        use std::os::unix::process::CommandExt;
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .args(["-c", &watch])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("the test cluster's watchdog");
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
@@ -220,10 +233,25 @@ impl TestPg {
 
     fn options(&self) -> String {
         format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync={} -c max_connections=200",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            if self.fsync { "on" } else { "off" }
         )
+    }
+
+    /// The whole of the database `name` as SQL (`pg_dump`), for the tests that search it.
+    pub fn dump(&self, name: &str) -> String {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .arg(format!("postgres://tally@127.0.0.1:{}/{name}", self.port))
+            .output()
+            .unwrap_or_else(|e| panic!("pg_dump: {e}"));
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The one integer a query of the database at `url` gives (a count).

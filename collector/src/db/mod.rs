@@ -388,6 +388,8 @@ impl Conn {
 
     /// Run one statement; how many rows it changed.
     pub fn execute(&mut self, sql: &str, values: &[Value]) -> Result<u64> {
+        #[cfg(test)]
+        record(sql, values);
         match self {
             Conn::Sqlite(c) => sqlite::execute(c, sql, values),
             Conn::Postgres(c) => postgres::execute(c, sql, values),
@@ -411,6 +413,8 @@ impl Conn {
         values: &[Value],
         f: impl FnMut(Row) -> Result<()>,
     ) -> Result<()> {
+        #[cfg(test)]
+        record(sql, values);
         match self {
             Conn::Sqlite(c) => sqlite::query_each(c, sql, values, f),
             Conn::Postgres(c) => postgres::query_each(c, sql, values, f),
@@ -580,6 +584,34 @@ impl Conn {
                 .map(|_| ()),
         }
     }
+}
+
+/// A statement as run: its text and its values.
+#[cfg(test)]
+pub type Statement = (String, Vec<Value>);
+
+#[cfg(test)]
+thread_local! {
+    static RECORDED: std::cell::RefCell<Option<Vec<Statement>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+fn record(sql: &str, values: &[Value]) {
+    RECORDED.with(|r| {
+        if let Some(list) = r.borrow_mut().as_mut() {
+            list.push((sql.to_string(), values.to_vec()));
+        }
+    });
+}
+
+/// Every statement this thread runs while `f` does, with its values (for the tests that show
+/// what the API's queries read).
+#[cfg(test)]
+pub fn statements_of(f: impl FnOnce()) -> Vec<Statement> {
+    RECORDED.with(|r| *r.borrow_mut() = Some(Vec::new()));
+    f();
+    RECORDED.with(|r| r.borrow_mut().take().unwrap_or_default())
 }
 
 /// The plan the database makes for a query, one line per step, for the tests that show a query
