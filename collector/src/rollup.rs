@@ -718,11 +718,16 @@ const WRITE_ROWS: usize = 128;
 /// The columns of a rollup row as written on PostgreSQL.
 const WRITE_COLUMNS: usize = 19;
 
-/// How many of `left` items the next statement takes: `max`, or the largest power of two below
-/// `left`, so that a few statements, kept prepared, serve every count.
+/// How many of `left` items the next statement takes: `max`, the largest multiple of 8 up to
+/// `left`, or under 8 a power of two, so that a few statements, kept prepared, serve every
+/// count.
 pub(crate) fn chunk(left: usize, max: usize) -> usize {
     if left >= max {
         max
+    } else if left >= 8 {
+        // A multiple of 8: at most max / 8 statements, and a batch of the filter's usual
+        // sizes in one.
+        left - left % 8
     } else {
         1 << (usize::BITS - 1 - left.leading_zeros())
     }

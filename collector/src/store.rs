@@ -767,16 +767,25 @@ fn claim_replica(conn: &mut Conn, options: &Options) -> Result<String, StoreErro
             "replica name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
         )));
     }
-    if !conn.try_lock_named(REPLICA_LOCK, &name)? {
-        return Err(StoreError::Invalid(format!(
-            "replica name {name:?} is in use by another running collector (or one being \
-             recovered): give each replica its own --replica"
-        )));
+    // Held by another replica recovering this name's events (briefly), or by a running
+    // collector of the same name (refused).
+    let start = std::time::Instant::now();
+    while !conn.try_lock_named(REPLICA_LOCK, &name)? {
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            return Err(StoreError::Invalid(format!(
+                "replica name {name:?} is in use by another running collector: give each \
+                 replica its own --replica"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    // A command-line tool stores no events: no progress row of its own.
+    // A command-line tool stores no events: no progress row of its own. A replica new to
+    // the database (or one whose events a recovery counted, and removed its row) starts after
+    // every event stored so far.
     if !options.cli {
         conn.execute(
-            "INSERT INTO rollup_progress (replica, events_seq) VALUES (?1, 0)
+            "INSERT INTO rollup_progress (replica, events_seq)
+             SELECT ?1, CASE WHEN is_called THEN last_value ELSE 0 END FROM events_seq
              ON CONFLICT (replica) DO NOTHING",
             values![name.as_str()],
         )?;
@@ -970,20 +979,27 @@ impl Store {
         }
         let mut conn = self.conn();
         self.reclaim(&mut conn)?;
-        let others: Vec<(String, i64)> = conn.query_map(
-            "SELECT p.replica, p.events_seq FROM rollup_progress p WHERE p.replica <> ?1
-               AND EXISTS (SELECT 1 FROM events e WHERE e.replica = p.replica
-                           AND e.seq > p.events_seq)",
+        let others: Vec<String> = conn.query_map(
+            "SELECT replica FROM rollup_progress WHERE replica <> ?1",
             values![self.replica.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )?;
         let prices = self.prices();
         let mut counted = 0;
-        for (other, _) in others {
+        for other in others {
             if !conn.try_lock_named(REPLICA_LOCK, &other)? {
                 continue; // alive, or being recovered by another replica
             }
-            let result = recount(&mut conn, &prices.table, &other);
+            // Its events after its mark, counted; then its progress row goes, so that no
+            // replica looks at it again (one that comes back under the name starts after every
+            // event stored so far: those before are counted).
+            let result = recount(&mut conn, &prices.table, &other).and_then(|r| {
+                conn.execute(
+                    "DELETE FROM rollup_progress WHERE replica = ?1",
+                    values![other.as_str()],
+                )?;
+                Ok(r)
+            });
             conn.unlock_named(REPLICA_LOCK, &other)?;
             let (n, _) = result?;
             if n > 0 {
@@ -2155,9 +2171,9 @@ fn event_values(org_id: i64, e: &Event, ts: i64, now_ms: i64, replica: &str) -> 
 const INSERT_ROWS: usize = 256;
 
 /// Insert the batch's events (`rows`: [`event_values`] of each, in order) in statements of up to
-/// [`INSERT_ROWS`] events (PostgreSQL), each chunk a power of two so that a few statements, kept
-/// prepared, serve every batch size: the `seq` of each event newly stored, none for a duplicate
-/// (of a stored event, or of one before it in the batch).
+/// [`INSERT_ROWS`] events (PostgreSQL), chunked by [`rollup::chunk`] so that a few statements,
+/// kept prepared, serve every batch size: the `seq` of each event newly stored, none for a
+/// duplicate (of a stored event, or of one before it in the batch).
 fn insert_rows(
     tx: &mut Conn,
     batch: &Batch,

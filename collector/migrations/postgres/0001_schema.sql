@@ -123,14 +123,14 @@ CREATE TABLE events (
     model_routed           text,
     trace_id               text,
     span_id                text,
-    -- The collector that stored it: a replica counts its own events into its rollup rows.
+    -- The collector that stored it: a replica counts its own events into its rollup rows
+    -- (found by `seq`, after its mark: a few seconds of events, through the primary key).
     replica                text             NOT NULL,
     PRIMARY KEY (seq, ts_ms),
     UNIQUE (org_id, request_id, ts_ms)
 ) PARTITION BY RANGE (ts_ms);
 CREATE INDEX events_by_time ON events (org_id, ts_ms DESC);
 CREATE INDEX events_by_rule ON events (org_id, ts_ms) WHERE rule IS NOT NULL;
-CREATE INDEX events_by_replica ON events (replica, seq);
 -- Events outside every month made so far (a clock far off) still land somewhere.
 CREATE TABLE events_default PARTITION OF events DEFAULT;
 
