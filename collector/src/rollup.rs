@@ -415,7 +415,7 @@ impl Pending {
     /// reads add the replicas' rows up as they add buckets up.
     pub fn write(&self, tx: &mut Conn, org_id: i64, replica: &str) -> db::Result<()> {
         if tx.backend() == Backend::Postgres {
-            return self.write_replica_rows(tx, org_id, replica);
+            return self.write_replica_rows(tx, org_id, replica, None, None);
         }
         for (&(g, bucket, id), agg) in &self.rows {
             let Some((dim, key)) = self.names(id) else {
@@ -448,9 +448,36 @@ impl Pending {
         Ok(())
     }
 
+    /// [`Pending::write`] for the replica's own waiting rows, with `known`: the sketches of rows
+    /// it wrote lately, as committed, so that those are not read again. Returns the sketches
+    /// as written, for `known` once the transaction commits.
+    pub fn write_own(
+        &self,
+        tx: &mut Conn,
+        org_id: i64,
+        replica: &str,
+        known: &Sketches,
+    ) -> db::Result<Vec<(SketchKey, (Sketch, Sketch))>> {
+        if tx.backend() == Backend::Sqlite {
+            self.write(tx, org_id, replica)?;
+            return Ok(Vec::new());
+        }
+        let mut written = Vec::new();
+        self.write_replica_rows(tx, org_id, replica, Some(known), Some(&mut written))?;
+        Ok(written)
+    }
+
     /// [`Pending::write`] on PostgreSQL, by the hundred rows per statement: the replica's rows'
-    /// sketches are read, merged here, and written back with the figures added.
-    fn write_replica_rows(&self, tx: &mut Conn, org_id: i64, replica: &str) -> db::Result<()> {
+    /// sketches are read (unless `cache` knows them), merged here, and written back with the
+    /// figures added.
+    fn write_replica_rows(
+        &self,
+        tx: &mut Conn,
+        org_id: i64,
+        replica: &str,
+        cache: Option<&Sketches>,
+        mut written: Option<&mut Vec<(SketchKey, (Sketch, Sketch))>>,
+    ) -> db::Result<()> {
         let rows: Vec<_> = self
             .rows
             .iter()
@@ -463,9 +490,21 @@ impl Pending {
             let n = chunk(rows.len() - at, WRITE_ROWS);
             let part = &rows[at..at + n];
             at += n;
-            // The stored sketches of these rows, by (granularity, bucket, dimension, key).
+            // The stored sketches of these rows, by (granularity, bucket, dimension, key): those
+            // the cache does not know, read.
+            let known = |g: i64, bucket: i64, dim: &str, key: &str| {
+                cache.and_then(|k| {
+                    k.rows
+                        .get(&(org_id, g, bucket, dim.to_string(), key.to_string()))
+                        .cloned()
+                })
+            };
+            let unknown: Vec<_> = part
+                .iter()
+                .filter(|(g, bucket, dim, key, _)| known(*g, *bucket, dim, key).is_none())
+                .collect();
             let mut keys = values![org_id, replica].to_vec();
-            for (g, bucket, dim, key, _) in part {
+            for (g, bucket, dim, key, _) in &unknown {
                 keys.extend([
                     (*g).into(),
                     (*bucket).into(),
@@ -475,23 +514,31 @@ impl Pending {
             }
             let mut stored: HashMap<(i64, i64, String, String), (Sketch, Sketch)> =
                 HashMap::default();
-            tx.query_each(&read_sketches_sql(n), &keys, |r| {
-                let mut latency = Sketch::default();
-                latency.merge_bytes(r.blob(4)?);
-                let mut ttfb = Sketch::default();
-                ttfb.merge_bytes(r.blob(5)?);
-                stored.insert(
-                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
-                    (latency, ttfb),
-                );
-                Ok(())
-            })?;
+            if !unknown.is_empty() {
+                tx.query_each(&read_sketches_sql(unknown.len()), &keys, |r| {
+                    let mut latency = Sketch::default();
+                    latency.merge_bytes(r.blob(4)?);
+                    let mut ttfb = Sketch::default();
+                    ttfb.merge_bytes(r.blob(5)?);
+                    stored.insert(
+                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?),
+                        (latency, ttfb),
+                    );
+                    Ok(())
+                })?;
+            }
             let mut values = Vec::with_capacity(n * WRITE_COLUMNS);
             for (g, bucket, dim, key, agg) in part {
                 let (mut latency, mut ttfb) = (agg.latency.clone(), agg.ttfb.clone());
-                if let Some((l, t)) = stored.get(&(*g, *bucket, dim.to_string(), key.to_string())) {
-                    latency.merge(l);
-                    ttfb.merge(t);
+                let before = known(*g, *bucket, dim, key)
+                    .or_else(|| stored.remove(&(*g, *bucket, dim.to_string(), key.to_string())));
+                if let Some((l, t)) = before {
+                    latency.merge(&l);
+                    ttfb.merge(&t);
+                }
+                if let Some(written) = written.as_mut() {
+                    let k = (org_id, *g, *bucket, dim.to_string(), key.to_string());
+                    written.push((k, (latency.clone(), ttfb.clone())));
                 }
                 values.extend_from_slice(values![
                     org_id,
@@ -712,6 +759,36 @@ const WRITE_SQLITE: &str = "INSERT INTO rollups (org_id, granularity_ms, bucket_
         cached_input_tokens = cached_input_tokens + excluded.cached_input_tokens,
         cache_savings_usd = cache_savings_usd + excluded.cache_savings_usd";
 
+/// A rollup row of a replica: (org, granularity, bucket, dimension, key).
+pub type SketchKey = (i64, i64, i64, String, String);
+
+/// The latency and TTFB sketches of the rollup rows a replica wrote lately, as committed
+/// (PostgreSQL): the replica is the only writer of its rows, so what it wrote last is what they
+/// hold, and its next write of a row need not read it first. Bounded; emptied whenever the rows
+/// may have changed otherwise (a recount, retention, a connection made again).
+#[derive(Default)]
+pub struct Sketches {
+    rows: HashMap<SketchKey, (Sketch, Sketch)>,
+}
+
+/// Rows [`Sketches`] holds at most (each a few hundred bytes): about the rows a busy hour
+/// touches; past it, it starts again.
+const SKETCHES_MAX: usize = 50_000;
+
+impl Sketches {
+    /// Keep `written` (committed).
+    pub fn keep(&mut self, written: Vec<(SketchKey, (Sketch, Sketch))>) {
+        if self.rows.len() + written.len() > SKETCHES_MAX {
+            self.rows.clear();
+        }
+        self.rows.extend(written);
+    }
+
+    pub fn clear(&mut self) {
+        self.rows.clear();
+    }
+}
+
 /// Rollup rows per statement on PostgreSQL, at most.
 const WRITE_ROWS: usize = 128;
 
@@ -753,12 +830,29 @@ pub(crate) fn placeholder_rows(first: usize, rows: usize, columns: usize) -> Str
     sql
 }
 
-/// The stored sketches of `n` rows of one org and replica (PostgreSQL).
+/// The stored sketches of `n` rows of one org and replica (PostgreSQL): a join on the rows'
+/// keys, so that each is one probe of the primary key (a list of row values under `IN` is
+/// planned as a scan once the table is large).
 fn read_sketches_sql(n: usize) -> String {
+    let mut keys = String::with_capacity(n * 48);
+    for row in 0..n {
+        if row > 0 {
+            keys.push_str(", ");
+        }
+        let at = 3 + row * 4;
+        keys.push_str(&format!(
+            "(?{}::bigint, ?{}::bigint, ?{}::text, ?{}::text)",
+            at,
+            at + 1,
+            at + 2,
+            at + 3
+        ));
+    }
     format!(
-        "SELECT granularity_ms, bucket_ms, dim, key, latency, ttfb FROM rollups
-         WHERE org_id = ?1 AND replica = ?2 AND (granularity_ms, bucket_ms, dim, key) IN ({})",
-        placeholder_rows(3, n, 4)
+        "SELECT r.granularity_ms, r.bucket_ms, r.dim, r.key, r.latency, r.ttfb
+         FROM (VALUES {keys}) AS k (g, b, d, key)
+         JOIN rollups r ON r.org_id = ?1 AND r.granularity_ms = k.g AND r.dim = k.d
+            AND r.bucket_ms = k.b AND r.key = k.key AND r.replica = ?2"
     )
 }
 

@@ -459,6 +459,8 @@ struct Unwritten {
     /// The write connection's generation these rows were counted under (see
     /// [`Store::reclaim`]).
     generation: u64,
+    /// The sketches of rows written lately (PostgreSQL).
+    sketches: rollup::Sketches,
 }
 
 /// How long rollup rows may wait before an ingest transaction writes them.
@@ -486,12 +488,21 @@ impl Unwritten {
         self.since.get_or_insert_with(std::time::Instant::now);
     }
 
-    /// Write the rows and the progress mark in `tx`; the caller clears them once it commits.
-    fn write(&self, tx: &mut Conn, replica: &str) -> db::Result<()> {
+    /// Write the rows and the progress mark in `tx`; the caller calls [`Unwritten::written`]
+    /// with what this returns once it commits.
+    fn write(&self, tx: &mut Conn, replica: &str) -> db::Result<Written> {
+        let mut written = Vec::new();
         for (org, p) in &self.rows {
-            p.write(tx, *org, replica)?;
+            written.extend(p.write_own(tx, *org, replica, &self.sketches)?);
         }
-        set_progress(tx, replica, self.through)
+        set_progress(tx, replica, self.through)?;
+        Ok(Written(written))
+    }
+
+    /// The rows are in the database: cleared, their sketches kept.
+    fn written(&mut self, w: Written) {
+        self.clear();
+        self.sketches.keep(w.0);
     }
 
     fn clear(&mut self) {
@@ -499,6 +510,14 @@ impl Unwritten {
         self.since = None;
     }
 }
+
+/// Sketches of rows written in a transaction not yet committed (see [`Unwritten::written`]).
+struct Written(
+    Vec<(
+        rollup::SketchKey,
+        (crate::sketch::Sketch, crate::sketch::Sketch),
+    )>,
+);
 
 /// Rollup rows per org id.
 type OrgRows = Vec<(i64, Pending)>;
@@ -931,6 +950,8 @@ impl Store {
             let prices = self.prices();
             let (counted, through) = recount(&mut conn, &prices.table, &self.replica)?;
             unwritten.through = unwritten.through.max(through);
+            // Rows the recount wrote: their sketches are no longer what this knew.
+            unwritten.sketches.clear();
             counted
         };
         Ok(mine + self.recover_replicas()?)
@@ -960,6 +981,7 @@ impl Store {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         unwritten.clear();
+        unwritten.sketches.clear();
         let prices = self.prices();
         let (counted, through) = recount(conn, &prices.table, &self.replica)?;
         unwritten.through = through;
@@ -1353,13 +1375,15 @@ impl Store {
         let due = unwritten
             .since
             .is_some_and(|t| t.elapsed() >= ROLLUP_WRITE_EVERY);
-        if due {
-            unwritten.write(&mut tx, &self.replica)?;
-        }
+        let written = if due {
+            Some(unwritten.write(&mut tx, &self.replica)?)
+        } else {
+            None
+        };
         tx.commit()?;
         // Only now: rows of a transaction that failed must not be counted.
-        if due {
-            unwritten.clear();
+        if let Some(w) = written {
+            unwritten.written(w);
         }
         for (j, again) in group.iter().zip(counted) {
             let rows = again.unwrap_or_else(|| std::mem::take(&mut *lock(&j.rollup)));
@@ -1517,9 +1541,9 @@ impl Store {
             return Ok(());
         }
         let mut tx = conn.begin()?;
-        unwritten.write(&mut tx, &self.replica)?;
+        let written = unwritten.write(&mut tx, &self.replica)?;
         tx.commit()?;
-        unwritten.clear();
+        unwritten.written(written);
         Ok(())
     }
 
@@ -1769,6 +1793,8 @@ impl Store {
     pub fn prune(&self, days: u32, now: i64) -> Result<usize, StoreError> {
         self.write_rollups()?;
         let mut conn = self.conn();
+        // Minute rows go below: a sketch kept for one would outlive it.
+        lock(&self.unwritten).sketches.clear();
         let cutoff = now - i64::from(days) * DAY;
         let n = match self.database {
             Database::Sqlite(_) => {

@@ -153,5 +153,14 @@ fn a_replica_killed_mid_traffic_loses_no_event_and_counts_none_twice() {
         assert!(!dump.contains(canary), "{canary} in the database");
         assert!(!logs_text.contains(canary), "{canary} in a replica's log");
     }
+    // Readiness follows the database; liveness does not.
+    let status = |path: &str| send(agent().get(&format!("http://127.0.0.1:{p2}{path}")), None).0;
+    assert_eq!((status("/readyz"), status("/healthz")), (200, 200));
+    pg.stop();
+    assert_eq!((status("/readyz"), status("/healthz")), (503, 200));
+    pg.start_again();
+    wait_until("ready again", Duration::from_secs(30), || {
+        status("/readyz") == 200
+    });
     drop(r2);
 }

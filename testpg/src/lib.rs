@@ -213,6 +213,44 @@ impl TestPg {
         self.port
     }
 
+    /// Stop the server (the database unreachable until [`TestPg::start_again`]).
+    pub fn stop(&self) {
+        let data = self.dir.join("data");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// Start a stopped server again, on the same port.
+    pub fn start_again(&self) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("log");
+        let opts = self.options();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+                "-o",
+                &opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+    }
+
     /// Stop the server, cutting every connection, and start it again on the same port (its
     /// options kept): a database that is briefly unreachable.
     pub fn restart(&self, down: std::time::Duration) {
