@@ -63,8 +63,7 @@ impl Pg {
         if !self.client.is_closed() {
             return Ok(());
         }
-        let mut client = ::postgres::Client::connect(&self.url, ::postgres::NoTls)
-            .map_err(|e| DbError::Connect(e.to_string()))?;
+        let mut client = client(&self.url).map_err(|e| DbError::Connect(e.to_string()))?;
         if !self.setup.is_empty() {
             client.batch_execute(&self.setup).map_err(err)?;
         }
@@ -81,8 +80,20 @@ impl Pg {
     }
 }
 
+/// How long connecting may take when the URL does not say (`connect_timeout`): a database
+/// host that does not answer must not hold a request, or a readiness check, for long.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn client(url: &str) -> std::result::Result<::postgres::Client, ::postgres::Error> {
+    let mut config: ::postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.connect(::postgres::NoTls)
+}
+
 pub(super) fn connect(url: &str) -> Result<Box<Pg>> {
-    ::postgres::Client::connect(url, ::postgres::NoTls)
+    client(url)
         .map(|client| {
             Box::new(Pg {
                 client,
