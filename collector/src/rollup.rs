@@ -421,28 +421,10 @@ impl Pending {
             let Some((dim, key)) = self.names(id) else {
                 continue;
             };
+            let sketches = (agg.latency.to_bytes(), agg.ttfb.to_bytes());
             tx.execute(
                 WRITE_SQLITE,
-                values![
-                    org_id,
-                    g,
-                    bucket,
-                    dim.as_ref(),
-                    key,
-                    agg.requests,
-                    agg.errors,
-                    agg.input_tokens,
-                    agg.output_tokens,
-                    agg.cost_usd,
-                    agg.latency_sum_ms,
-                    agg.latency.to_bytes(),
-                    agg.ttfb.to_bytes(),
-                    agg.unpriced_requests,
-                    agg.unpriced_input_tokens,
-                    agg.unpriced_output_tokens,
-                    agg.cached_input_tokens,
-                    agg.cache_savings_usd,
-                ],
+                &row_values(org_id, (g, bucket, &dim, key), agg, sketches),
             )?;
         }
         Ok(())
@@ -540,27 +522,9 @@ impl Pending {
                     let k = (org_id, *g, *bucket, dim.to_string(), key.to_string());
                     written.push((k, (latency.clone(), ttfb.clone())));
                 }
-                values.extend_from_slice(values![
-                    org_id,
-                    *g,
-                    *bucket,
-                    dim.as_ref(),
-                    *key,
-                    agg.requests,
-                    agg.errors,
-                    agg.input_tokens,
-                    agg.output_tokens,
-                    agg.cost_usd,
-                    agg.latency_sum_ms,
-                    latency.to_bytes(),
-                    ttfb.to_bytes(),
-                    agg.unpriced_requests,
-                    agg.unpriced_input_tokens,
-                    agg.unpriced_output_tokens,
-                    agg.cached_input_tokens,
-                    agg.cache_savings_usd,
-                    replica,
-                ]);
+                let sketches = (latency.to_bytes(), ttfb.to_bytes());
+                values.extend(row_values(org_id, (*g, *bucket, dim, key), agg, sketches));
+                values.push(replica.into());
             }
             tx.execute(&write_rows_sql(n), &values)?;
         }
@@ -758,6 +722,37 @@ const WRITE_SQLITE: &str = "INSERT INTO rollups (org_id, granularity_ms, bucket_
         unpriced_output_tokens = unpriced_output_tokens + excluded.unpriced_output_tokens,
         cached_input_tokens = cached_input_tokens + excluded.cached_input_tokens,
         cache_savings_usd = cache_savings_usd + excluded.cache_savings_usd";
+
+/// A row's values in the order of [`WRITE_SQLITE`]'s columns (and, with the replica after them,
+/// of [`write_rows_sql`]'s), its sketches given as stored.
+fn row_values(
+    org_id: i64,
+    (g, bucket, dim, key): (i64, i64, &str, &str),
+    agg: &Agg,
+    (latency, ttfb): (Vec<u8>, Vec<u8>),
+) -> [db::Value; 18] {
+    use db::Value;
+    [
+        Value::from(org_id),
+        Value::from(g),
+        Value::from(bucket),
+        Value::from(dim),
+        Value::from(key),
+        Value::from(agg.requests),
+        Value::from(agg.errors),
+        Value::from(agg.input_tokens),
+        Value::from(agg.output_tokens),
+        Value::from(agg.cost_usd),
+        Value::from(agg.latency_sum_ms),
+        Value::from(latency),
+        Value::from(ttfb),
+        Value::from(agg.unpriced_requests),
+        Value::from(agg.unpriced_input_tokens),
+        Value::from(agg.unpriced_output_tokens),
+        Value::from(agg.cached_input_tokens),
+        Value::from(agg.cache_savings_usd),
+    ]
+}
 
 /// A rollup row of a replica: (org, granularity, bucket, dimension, key).
 pub type SketchKey = (i64, i64, i64, String, String);

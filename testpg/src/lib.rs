@@ -94,23 +94,8 @@ impl TestPg {
                 "--locale=C",
             ],
         );
-        let opts = pg.options();
         pg.watch();
-        pg.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &data.to_string_lossy(),
-                "-l",
-                &pg.dir.join("log").to_string_lossy(),
-                "-o",
-                &opts,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        );
+        pg.start_again();
         pg
     }
 
@@ -229,7 +214,7 @@ impl TestPg {
         );
     }
 
-    /// Start a stopped server again, on the same port.
+    /// Start the server (again, once stopped), on its port.
     pub fn start_again(&self) {
         let data = self.dir.join("data");
         let log = self.dir.join("log");
