@@ -58,13 +58,14 @@ build-native:
 build-native-fault:
 	$(CARGO) build --profile fault --features fault-injection -j $(JOBS) -p tally-envoy
 
-# Unit tests (metering logic, collector: its storage suite on SQLite, then again on PostgreSQL),
+# Unit tests (metering logic, collector: its storage suite on SQLite, then again on PostgreSQL,
+# with --workspace as before so that no dependency is built again with other features),
 # the metering logic again as 32-bit WebAssembly under Node's WASI, and end-to-end tests in a
 # real Envoy.
 test: build build-fault build-native build-native-fault test-wasm test-deps
 	$(CARGO) test --release -j $(JOBS) --workspace
 	@echo "make test: the collector's unit suite again, on PostgreSQL (a private cluster)"
-	TALLY_TEST_DATABASE=postgres $(CARGO) test --release -j $(JOBS) -p tally-collector --lib
+	TALLY_TEST_DATABASE=postgres $(CARGO) test --release -j $(JOBS) --workspace --lib
 	$(MAKE) test-native
 	$(MAKE) test-run
 	$(MAKE) test-browser

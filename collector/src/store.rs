@@ -1370,10 +1370,20 @@ impl Store {
         let mut counted = Vec::with_capacity(group.len());
         let mut last = None;
         let mut outcomes = Vec::with_capacity(group.len());
+        let mut spent = Vec::with_capacity(group.len());
         for j in group {
-            let (stored, again) = self.store_batch(&mut tx, j, &mut last, &budgets)?;
+            let (stored, again, spend) = self.store_batch(&mut tx, j, &mut last, &budgets)?;
             outcomes.push(stored);
             counted.push(again);
+            spent.push(spend);
+        }
+        // Budget spend last: its rows are shared by every replica, so their locks are taken
+        // once every event is in, and held only until the commit (a replica waiting on another's
+        // events while holding a spend row could deadlock with it).
+        for (j, spend) in group.iter().zip(spent) {
+            if !spend.is_empty() {
+                spend.write(&mut tx, &budgets, j.filter.as_deref(), j.now_ms)?;
+            }
         }
         let mut unwritten = lock(&self.unwritten);
         let due = unwritten
@@ -1410,7 +1420,7 @@ impl Store {
         job: &Job,
         last: &mut Option<i64>,
         budgets: &crate::budgets::Defs,
-    ) -> Result<(Stored, Option<OrgRows>), StoreError> {
+    ) -> Result<(Stored, Option<OrgRows>, crate::budgets::Added), StoreError> {
         let (owners, batch, now_ms) = (&job.owners, &job.batch, job.now_ms);
         let mut out = Outcome {
             new: Vec::with_capacity(batch.len()),
@@ -1486,9 +1496,6 @@ impl Store {
         if mine.is_some() {
             *last = mine;
         }
-        if !spend.is_empty() {
-            spend.write(tx, budgets, job.filter.as_deref(), now_ms)?;
-        }
         let again = (new.len() < batch.len() || !calibrated_at.is_empty()).then(|| {
             let as_sent = new
                 .iter()
@@ -1502,7 +1509,7 @@ impl Store {
             }
             owners.with_ids(rows)
         });
-        Ok(((accepted, batch.len() - accepted, new), again))
+        Ok(((accepted, batch.len() - accepted, new), again, spend))
     }
 
     /// Every org's budgets, read again in this transaction if they changed since they were
