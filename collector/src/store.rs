@@ -1927,8 +1927,9 @@ impl Store {
         let counted_by = match conn.backend() {
             Backend::Sqlite => "seq <= (SELECT events_seq FROM rollup_progress)",
             Backend::Postgres => {
-                "seq <= (SELECT p.events_seq FROM rollup_progress p
-                         WHERE p.replica = events.replica)"
+                // A replica with no progress row was recovered whole: all its events count.
+                "seq <= coalesce((SELECT p.events_seq FROM rollup_progress p
+                                  WHERE p.replica = events.replica), 9223372036854775807)"
             }
         };
         // Short passes, each a transaction of its own (on SQLite IMMEDIATE: it takes the write
