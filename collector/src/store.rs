@@ -802,14 +802,22 @@ fn claim_replica(conn: &mut Conn, options: &Options) -> Result<String, StoreErro
     // the database (or one whose events a recovery counted, and removed its row) starts after
     // every event stored so far.
     if !options.cli {
-        conn.execute(
-            "INSERT INTO rollup_progress (replica, events_seq)
-             SELECT ?1, CASE WHEN is_called THEN last_value ELSE 0 END FROM events_seq
-             ON CONFLICT (replica) DO NOTHING",
-            values![name.as_str()],
-        )?;
+        join_progress(conn, &name)?;
     }
     Ok(name)
+}
+
+/// The progress row of `replica`, made if it has none: starting after every event stored so
+/// far, since a replica without one is new, or had its events counted by a recovery (which
+/// then removed its row). The caller holds the replica's lock.
+fn join_progress(conn: &mut Conn, replica: &str) -> db::Result<()> {
+    conn.execute(
+        "INSERT INTO rollup_progress (replica, events_seq)
+         SELECT ?1, CASE WHEN is_called THEN last_value ELSE 0 END FROM events_seq
+         ON CONFLICT (replica) DO NOTHING",
+        values![replica],
+    )?;
+    Ok(())
 }
 
 /// The last event (`seq`) of `replica` its rollup rows in the database count.
@@ -982,6 +990,9 @@ impl Store {
         }
         unwritten.clear();
         unwritten.sketches.clear();
+        // Another replica may have recovered this one meanwhile and removed its row: counting
+        // again from a mark of 0 would count those events twice.
+        join_progress(conn, &self.replica)?;
         let prices = self.prices();
         let (counted, through) = recount(conn, &prices.table, &self.replica)?;
         unwritten.through = through;
