@@ -455,3 +455,44 @@ fn every_query_of_the_dashboard_reads_an_index_or_the_rollups() {
     }
     assert!(reads >= 20, "{reads} reads");
 }
+
+/// A rollup write reads the stored sketches of the rows it adds to: one probe of the primary key
+/// per row, even in the plan made while the table looked empty, which a replica keeps for the
+/// statement (a plan that hashed the keys read all of the replica's rows in every statement).
+#[test]
+fn the_rollup_write_reads_each_stored_sketch_by_its_key_whatever_the_statistics() {
+    let url = testpg::shared().database("replicas_generic_plan");
+    let a = replica(&url, "a");
+    a.create_org("acme", 0).unwrap();
+    let sql = crate::rollup::read_sketches_sql(3);
+    let mut values: Vec<crate::db::Value> = vec![1i64.into(), "a".into()];
+    for i in 0..3i64 {
+        values.extend([
+            crate::rollup::HOUR.into(),
+            (i * crate::rollup::HOUR).into(),
+            "model".into(),
+            "gpt-4o".into(),
+        ]);
+    }
+    let mut conn = a.open_reader().unwrap();
+    let plan = crate::db::generic_plan(&mut conn, &sql, &values).unwrap();
+    assert!(
+        plan.contains("Nested Loop") && !plan.contains("Hash") && !plan.contains("Seq Scan"),
+        "{plan}"
+    );
+    // Every column of the key is bound in the probe: none is left to a filter over the rows.
+    let probe = plan
+        .lines()
+        .find(|l| l.contains("Index Cond"))
+        .unwrap_or_default();
+    for column in [
+        "org_id",
+        "granularity_ms",
+        "dim",
+        "bucket_ms",
+        "key",
+        "replica",
+    ] {
+        assert!(probe.contains(column), "{column}: {plan}");
+    }
+}

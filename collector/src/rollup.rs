@@ -825,10 +825,14 @@ pub(crate) fn placeholder_rows(first: usize, rows: usize, columns: usize) -> Str
     sql
 }
 
-/// The stored sketches of `n` rows of one org and replica (PostgreSQL): a join on the rows'
-/// keys, so that each is one probe of the primary key (a list of row values under `IN` is
-/// planned as a scan once the table is large).
-fn read_sketches_sql(n: usize) -> String {
+/// The stored sketches of `n` rows of one org and replica (PostgreSQL): one probe of the primary
+/// key per row. A list of row values under `IN` is planned as a scan once the table is large, and
+/// a plain join of the keys was too: the generic plan made while the table looked empty hashed
+/// the keys and read all of the replica's rows, every statement, 200 ms each after a few hundred
+/// thousand rows in one transaction. The `LIMIT` keeps the subquery apart (the planner does not
+/// pull it up into a join), so it can only be run once per key, with every column of the key
+/// bound.
+pub(crate) fn read_sketches_sql(n: usize) -> String {
     let mut keys = String::with_capacity(n * 48);
     for row in 0..n {
         if row > 0 {
@@ -845,9 +849,12 @@ fn read_sketches_sql(n: usize) -> String {
     }
     format!(
         "SELECT r.granularity_ms, r.bucket_ms, r.dim, r.key, r.latency, r.ttfb
-         FROM (VALUES {keys}) AS k (g, b, d, key)
-         JOIN rollups r ON r.org_id = ?1 AND r.granularity_ms = k.g AND r.dim = k.d
-            AND r.bucket_ms = k.b AND r.key = k.key AND r.replica = ?2"
+         FROM (VALUES {keys}) AS k (g, b, d, key),
+         LATERAL (SELECT s.granularity_ms, s.bucket_ms, s.dim, s.key, s.latency, s.ttfb
+                  FROM rollups s
+                  WHERE s.org_id = ?1 AND s.granularity_ms = k.g AND s.dim = k.d
+                     AND s.bucket_ms = k.b AND s.key = k.key AND s.replica = ?2
+                  LIMIT 1) r"
     )
 }
 

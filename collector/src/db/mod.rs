@@ -634,6 +634,42 @@ pub fn plan(c: &mut Conn, sql: &str, values: &[Value]) -> Result<String> {
     Ok(lines.join("\n"))
 }
 
+/// The plan PostgreSQL keeps for a statement it runs often, made without the values: its generic
+/// plan, as it would be made now (on the tables' statistics as they stand, an empty table's
+/// say). A statement run on one connection from its start gets that plan after five runs, and
+/// keeps it until the statistics change, so a plan that is fast only for some statistics shows
+/// here.
+#[cfg(test)]
+pub fn generic_plan(c: &mut Conn, sql: &str, values: &[Value]) -> Result<String> {
+    let mut tx = c.begin()?;
+    tx.batch("SET LOCAL plan_cache_mode = force_generic_plan")?;
+    tx.batch(&format!(
+        "PREPARE generic_plan_probe AS {}",
+        postgres::placeholders(sql)
+    ))?;
+    // EXPLAIN takes no parameters: the values go in as literals.
+    let args: Vec<String> = values
+        .iter()
+        .map(|v| match v {
+            Value::Null => "NULL".to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Real(r) => format!("{r:?}"),
+            Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+            Value::Blob(b) => {
+                let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                format!("'\\x{hex}'::bytea")
+            }
+        })
+        .collect();
+    let lines: Vec<String> = tx.query_map(
+        &format!("EXPLAIN EXECUTE generic_plan_probe({})", args.join(", ")),
+        &[],
+        |r| r.get(0),
+    )?;
+    tx.batch("DEALLOCATE generic_plan_probe")?;
+    Ok(lines.join("\n"))
+}
+
 /// An open transaction on a [`Conn`], used as the connection itself (it dereferences to it).
 pub struct Tx<'a> {
     conn: &'a mut Conn,
