@@ -171,7 +171,20 @@ fn replicas_starting_together_make_the_schema_once() {
         })
         .collect();
     let stores: Vec<Store> = starts.into_iter().map(|t| t.join().unwrap()).collect();
-    assert_eq!(count(&stores[0], "SELECT count(*) FROM schema_version"), 1);
+    // Each version made once, in order.
+    let versions: Vec<i64> = stores[0]
+        .conn()
+        .query_map(
+            "SELECT version FROM schema_version ORDER BY version",
+            &[],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let all: Vec<i64> = crate::db::postgres::MIGRATIONS
+        .iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(versions, all);
     assert_eq!(count(&stores[0], "SELECT count(*) FROM rollup_progress"), 4);
     // A name in use by a running replica is refused, with what to do.
     let err = Store::open_with(
@@ -495,4 +508,45 @@ fn the_rollup_write_reads_each_stored_sketch_by_its_key_whatever_the_statistics(
     ] {
         assert!(probe.contains(column), "{column}: {plan}");
     }
+}
+
+/// A database made by an older collector (schema version 1) is brought up to date by the first
+/// replica that opens it, and keeps its events.
+#[test]
+fn a_database_at_an_older_schema_version_is_migrated_and_keeps_its_events() {
+    let url = testpg::shared().database("replicas_migrate");
+    let mut conn = crate::db::Conn::open(&url).unwrap();
+    conn.batch(crate::db::postgres::MIGRATIONS[0].1).unwrap();
+    conn.batch(
+        "INSERT INTO schema_version (version) VALUES (1);
+         INSERT INTO orgs (name, key_hash, created_ms) VALUES ('acme', 'h', 0);
+         INSERT INTO events (org_id, request_id, ts_ms, timestamp, provider, api, endpoint,
+            streaming, latency_ms, routed, received_ms, replica)
+         VALUES (1, 'before', 0, '1970-01-01T00:00:00.000Z', 'openai', 'chat_completions',
+            '/v1/chat/completions', 0, 1.0, 0, 0, 'old')",
+    )
+    .unwrap();
+    let fks = "SELECT count(*) FROM pg_constraint WHERE contype = 'f'
+               AND conrelid IN ('events'::regclass, 'rollups'::regclass)";
+    assert_eq!(conn.value::<i64>(fks, &[]).unwrap(), 2);
+    let a = replica(&url, "a");
+    assert_eq!(count(&a, fks), 0);
+    assert_eq!(
+        count(&a, "SELECT max(version) FROM schema_version"),
+        crate::db::postgres::MIGRATIONS.last().unwrap().0
+    );
+    assert_eq!(
+        count(
+            &a,
+            "SELECT count(*) FROM events WHERE request_id = 'before'"
+        ),
+        1
+    );
+    // Opening it again changes nothing.
+    drop(a);
+    let a = replica(&url, "a");
+    assert_eq!(
+        count(&a, "SELECT count(*) FROM schema_version"),
+        crate::db::postgres::MIGRATIONS.len() as i64
+    );
 }

@@ -726,8 +726,9 @@ fn open_postgres(url: &str, options: &Options) -> Result<Conn, StoreError> {
     Ok(conn)
 }
 
-/// The version of the PostgreSQL schema this collector writes (`schema_version`).
-const POSTGRES_SCHEMA_VERSION: i64 = 1;
+/// The version of the PostgreSQL schema this collector writes (`schema_version`): the last
+/// of [`db::postgres::MIGRATIONS`].
+const POSTGRES_SCHEMA_VERSION: i64 = db::postgres::MIGRATIONS[db::postgres::MIGRATIONS.len() - 1].0;
 
 /// Advisory lock keys ("tally" and a number): the schema's migration, and each replica's
 /// name (the name hashed into the second key).
@@ -735,30 +736,37 @@ const MIGRATION_LOCK: i64 = 0x7461_6c6c_7900_0002;
 const RETENTION_LOCK: i64 = 0x7461_6c6c_7900_0003;
 pub(crate) const REPLICA_LOCK: i32 = 0x7461_6c6c;
 
-/// Make the schema of a new PostgreSQL database, or check an existing one's version. Replicas
-/// starting together take turns under an advisory lock: one makes the schema, the others find
-/// it made.
+/// Make the schema of a new PostgreSQL database, or bring an existing one's up to this
+/// collector's version, each version in a transaction of its own. Replicas starting together
+/// take turns under an advisory lock: one migrates, the others find it done.
 fn migrate_postgres(conn: &mut Conn) -> Result<(), StoreError> {
     conn.lock(MIGRATION_LOCK)?;
     let result = (|| -> Result<(), StoreError> {
         let made: bool = conn.value("SELECT to_regclass('schema_version') IS NOT NULL", &[])?;
-        if !made {
-            conn.transaction(|tx| -> Result<(), StoreError> {
-                tx.batch(db::postgres::SCHEMA)?;
-                tx.execute(
-                    "INSERT INTO schema_version (version) VALUES (?1)",
-                    values![POSTGRES_SCHEMA_VERSION],
-                )?;
-                Ok(())
-            })?;
-            crate::log::info("database: schema made");
-        }
-        let version: i64 = conn.value("SELECT max(version) FROM schema_version", &[])?;
+        let version: i64 = if made {
+            conn.value("SELECT max(version) FROM schema_version", &[])?
+        } else {
+            0
+        };
         if version > POSTGRES_SCHEMA_VERSION {
             return Err(StoreError::Io(format!(
                 "the database is at schema version {version}, newer than this collector \
                  ({POSTGRES_SCHEMA_VERSION}); run a newer tally-collector"
             )));
+        }
+        for (v, sql) in db::postgres::MIGRATIONS {
+            if v <= version {
+                continue;
+            }
+            conn.transaction(|tx| -> Result<(), StoreError> {
+                tx.batch(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    values![v],
+                )?;
+                Ok(())
+            })?;
+            crate::log::info(&format!("database: schema version {v} made"));
         }
         Ok(())
     })();
@@ -1433,6 +1441,11 @@ impl Store {
         budgets: &crate::budgets::Defs,
     ) -> Result<(Stored, Option<OrgRows>, crate::budgets::Added), StoreError> {
         let (owners, batch, now_ms) = (&job.owners, &job.batch, job.now_ms);
+        // Events are stored under the org their key authenticated; a batch without one is a
+        // bug, refused whole (PostgreSQL checks no foreign key on events).
+        if owners.orgs().is_empty() && !batch.is_empty() {
+            return Err(StoreError::Io("a batch with no org was refused".into()));
+        }
         let mut out = Outcome {
             new: Vec::with_capacity(batch.len()),
             ..Default::default()
@@ -1450,7 +1463,6 @@ impl Store {
         let bulk = tx.backend() == Backend::Postgres && !batch.iter().any(|(e, _)| reads(e));
         let mut rows: Vec<Value> = Vec::new();
         for (index, (original, ts)) in batch.iter().enumerate() {
-            // No org (an empty `Owners`, a bug) fails the foreign key: nothing is stored.
             let org_id = owners.of(index).map_or(0, |o| o.id);
             let mut e = std::borrow::Cow::Borrowed(original);
             // Calibration reads and teaches only with Tally's own count beside the event.
@@ -2586,28 +2598,26 @@ pub(crate) mod tests {
             id: 1,
             name: "acme".into(),
         };
-        // No such org: its events break the foreign key, so its transaction fails.
-        let ghost = Org {
-            id: 999,
-            name: "ghost".into(),
-        };
+        // No org at all (a bug): the batch is refused, so its transaction fails.
+        let ghost = Owners::each(std::iter::empty());
         let ts = "2026-01-01T10:00:00.000Z";
+        let one = || Owners::one(acme.clone());
         let jobs = [
-            (acme.clone(), batch(&[("a1", ts, "u1"), ("a2", ts, "u2")])),
-            (acme.clone(), batch(&[("b1", ts, "u1")])),
+            (one(), batch(&[("a1", ts, "u1"), ("a2", ts, "u2")])),
+            (one(), batch(&[("b1", ts, "u1")])),
             (ghost, batch(&[("g1", ts, "u1")])),
             // One event again: a duplicate, as if the batches had come one after the other.
-            (acme.clone(), batch(&[("a1", ts, "u1"), ("c1", ts, "u3")])),
+            (one(), batch(&[("a1", ts, "u1"), ("c1", ts, "u3")])),
         ];
         // Hold the connection while the four queue up: whoever gets it next stores them as one
         // group. Each thread starts only once the one before has queued its batch, so the queue
         // holds them in the order listed whatever the scheduler does.
         let held = store.conn();
         let mut threads = Vec::new();
-        for (i, (org, b)) in jobs.into_iter().enumerate() {
+        for (i, (owners, b)) in jobs.into_iter().enumerate() {
             let s = store.clone();
             threads.push(std::thread::spawn(move || {
-                s.insert_events(&org, Arc::new(b), 0)
+                s.insert_owned(owners, Arc::new(b), 0)
             }));
             for _ in 0..500 {
                 if lock(&store.queue).len() > i {
@@ -2622,7 +2632,7 @@ pub(crate) mod tests {
         assert_eq!(outcomes[0].as_ref().unwrap(), &(2, 0, vec![0, 1]));
         assert_eq!(outcomes[1].as_ref().unwrap(), &(1, 0, vec![0]));
         assert!(
-            matches!(outcomes[2], Err(StoreError::Db(_))),
+            matches!(&outcomes[2], Err(StoreError::Io(e)) if e.contains("no org")),
             "{:?}",
             outcomes[2]
         );

@@ -4,8 +4,8 @@
 -- SQLite), reals double precision, blobs bytea.
 --
 -- What differs, and why:
--- * Raw events are partitioned by time (`ts_ms`, one partition per UTC month, made as events
---   arrive), so that retention drops whole partitions and a month's scan reads one. A unique
+-- * Raw events are partitioned by time (`ts_ms`, one partition per UTC day, made as events
+--   arrive), so that retention drops whole partitions and a day's scan reads one. A unique
 --   index on a partitioned table must include the partition key: idempotency is on
 --   (org_id, request_id, ts_ms), which holds because a retried event keeps its timestamp.
 -- * `seq` comes from a sequence (identity columns on partitioned tables need PostgreSQL 17).

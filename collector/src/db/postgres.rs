@@ -169,7 +169,15 @@ pub fn placeholders(sql: &str) -> String {
 }
 
 /// The schema, applied whole to a new database (see the file for how it differs from SQLite's).
-pub const SCHEMA: &str = include_str!("../../migrations/postgres/0001_schema.sql");
+/// The schema's versions, in order: a new database is made by all of them, an older one
+/// brought up to date by those after its version.
+pub const MIGRATIONS: [(i64, &str); 2] = [
+    (1, include_str!("../../migrations/postgres/0001_schema.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_events_without_foreign_key.sql"),
+    ),
+];
 
 /// The events partition holding `ts_ms`: its name (`events_YYYYMMDD`) and its range (a UTC
 /// day). A day, so that retention, counted in days, drops whole partitions.

@@ -212,7 +212,9 @@ fn a_database_that_cannot_be_reached_says_so() {
 fn postgres_schema_partitions_events_by_day() {
     let pg = TestPg::start();
     let mut c = Conn::open(&pg.database("schema")).unwrap();
-    c.batch(postgres::SCHEMA).unwrap();
+    for (_, sql) in postgres::MIGRATIONS {
+        c.batch(sql).unwrap();
+    }
     c.execute(
         "INSERT INTO orgs (name, key_hash, created_ms) VALUES ('acme', 'h', 0)",
         &[],
