@@ -3,5 +3,6 @@
 -- database's time at ingest. Orgs are never deleted, and an event's org is the one its key
 -- authenticated (a batch without one is refused before its statement is made), so the check
 -- guarded nothing a statement could break.
-ALTER TABLE events DROP CONSTRAINT events_org_id_fkey;
-ALTER TABLE rollups DROP CONSTRAINT rollups_org_id_fkey;
+-- Dropped on the partitioned table, the key goes from every partition too.
+ALTER TABLE events DROP CONSTRAINT IF EXISTS events_org_id_fkey;
+ALTER TABLE rollups DROP CONSTRAINT IF EXISTS rollups_org_id_fkey;

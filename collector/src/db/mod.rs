@@ -653,7 +653,7 @@ pub fn generic_plan(c: &mut Conn, sql: &str, values: &[Value]) -> Result<String>
         .map(|v| match v {
             Value::Null => "NULL".to_string(),
             Value::Int(i) => i.to_string(),
-            Value::Real(r) => format!("{r:?}"),
+            Value::Real(r) => format!("'{r:?}'::float8"),
             Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
             Value::Blob(b) => {
                 let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -661,13 +661,15 @@ pub fn generic_plan(c: &mut Conn, sql: &str, values: &[Value]) -> Result<String>
             }
         })
         .collect();
-    let lines: Vec<String> = tx.query_map(
+    let lines: Result<Vec<String>> = tx.query_map(
         &format!("EXPLAIN EXECUTE generic_plan_probe({})", args.join(", ")),
         &[],
         |r| r.get(0),
-    )?;
-    tx.batch("DEALLOCATE generic_plan_probe")?;
-    Ok(lines.join("\n"))
+    );
+    // A prepared statement outlives the transaction, failed or not.
+    drop(tx);
+    c.batch("DEALLOCATE generic_plan_probe")?;
+    Ok(lines?.join("\n"))
 }
 
 /// An open transaction on a [`Conn`], used as the connection itself (it dereferences to it).
