@@ -68,7 +68,9 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 # Stored events for the query benchmark, one run per size (10 M: 3 to 4 minutes here, 4 GB of disk).
-QUERY_EVENTS = [int(n) for n in os.environ.get("BENCH_QUERY_EVENTS", "1000000,10000000").split(",") if n]
+INGEST_ONLY = os.environ.get("BENCH_INGEST_ONLY") == "1"
+QUERY_EVENTS = [] if INGEST_ONLY else [
+    int(n) for n in os.environ.get("BENCH_QUERY_EVENTS", "1000000,10000000").split(",") if n]
 # Workloads to run (comma-separated names' first words), all by default.
 ONLY = [w for w in os.environ.get("BENCH_ONLY", "").split(",") if w]
 SKIP_COLLECTOR = os.environ.get("BENCH_SKIP_COLLECTOR") == "1"
@@ -332,10 +334,15 @@ def save_and_report(r):
 
 
 def collector_again(tmp):
-    """The collector's figures again, the filter's kept from the last run."""
+    """The collector's figures again, the filter's kept from the last run; with
+    BENCH_INGEST_ONLY=1 only the ingest rates, the query benchmarks kept too."""
     r = last_results()
-    r["ingest"], r["query"] = collector_figures(*start_collector(tmp))
-    r["postgres"] = postgres_figures(tmp)
+    if INGEST_ONLY:
+        r["ingest"], _ = collector_figures(*start_collector(tmp))
+        r["postgres"] = dict(r.get("postgres", {}), **postgres_figures(tmp))
+    else:
+        r["ingest"], r["query"] = collector_figures(*start_collector(tmp))
+        r["postgres"] = postgres_figures(tmp)
     save_and_report(r)
 
 
@@ -561,11 +568,12 @@ def postgres_figures(tmp):
             out[f"ingest_{replicas}"] = r
             print(f"collector ingest on PostgreSQL, {replicas} replica(s): {r['events_per_s']:.0f} events/s",
                   flush=True)
-        out["query"] = "\n\n".join(
-            subprocess.run(["cargo", "run", "--release", "-q", "-p", "tally-collector", "--example", "query_bench",
-                            "--", str(n), urls[f"query{n}"]], capture_output=True, text=True, cwd=ROOT,
-                           timeout=7200).stdout.strip()
-            for n in QUERY_EVENTS)
+        if QUERY_EVENTS:
+            out["query"] = "\n\n".join(
+                subprocess.run(["cargo", "run", "--release", "-q", "-p", "tally-collector", "--example", "query_bench",
+                                "--", str(n), urls[f"query{n}"]], capture_output=True, text=True, cwd=ROOT,
+                               timeout=7200).stdout.strip()
+                for n in QUERY_EVENTS)
     finally:
         pg.stdin.close()
         pg.wait(timeout=60)
@@ -835,6 +843,12 @@ def chart(results, litellm):
 NOTES_MARKER = "<!-- Analysis: written by hand, kept when make bench regenerates the above. -->"
 
 
+def per_million(query_output):
+    """(events, MiB per million events) for each run of the query benchmark in its output."""
+    return [(int(n), float(mib) / (int(n) / 1e6))
+            for n, mib in re.findall(r"^(\d+) events over 30 days.*?database (\d+) MiB", query_output, re.M)]
+
+
 def report(results, mem, litellm, ingest, query, instr, paced, pg=None):
     charts = chart(results, litellm)
     cpu = open("/proc/cpuinfo").read()
@@ -1010,6 +1024,16 @@ def report(results, mem, litellm, ingest, query, instr, paced, pg=None):
                   "",
                   pg["query"].strip(),
                   ""]
+        sizes = [(name, per_million(q)) for name, q in (("SQLite", query), ("PostgreSQL", pg["query"]))]
+        lines += ["Database size per million events, at each size of the query benchmark (events, rollups and "
+                  "indexes; SQLite's file with its WAL, PostgreSQL's `pg_database_size`):",
+                  "",
+                  "| database | " + " | ".join(f"{n // 1_000_000} M events" if n >= 1_000_000 else f"{n} events"
+                                                for n, _ in sizes[0][1]) + " |",
+                  "|---|" + "---:|" * len(sizes[0][1])]
+        lines += [f"| {name} | " + " | ".join(f"{mib:.0f} MiB" for _, mib in figures) + " |"
+                  for name, figures in sizes]
+        lines.append("")
     out = os.path.join(ROOT, "BENCHMARKS.md")
     # Hand-written analysis below the marker survives a regeneration.
     notes = ""
