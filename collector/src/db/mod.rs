@@ -513,7 +513,16 @@ impl Conn {
             Conn::Sqlite(c) => c.execute_batch(sql).map_err(sqlite::err),
             Conn::Postgres(c) => {
                 c.reconnect_if_broken()?;
-                c.client.batch_execute(sql).map_err(postgres::err)
+                let done = c.client.batch_execute(sql).map_err(postgres::err);
+                // A COMMIT or ROLLBACK ends the transaction even when it fails (the server
+                // rolls back, or the connection is gone with it).
+                let start = sql.trim_start();
+                if start.starts_with("BEGIN") {
+                    c.in_transaction = done.is_ok();
+                } else if start.starts_with("COMMIT") || start.starts_with("ROLLBACK") {
+                    c.in_transaction = false;
+                }
+                done
             }
         }
     }

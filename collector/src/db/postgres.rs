@@ -37,6 +37,9 @@ pub struct Pg {
     /// Statements run on every new connection (settings).
     setup: String,
     pub generation: u64,
+    /// A transaction is open (see [`Conn::batch`](super::Conn::batch)): a statement that fails
+    /// on a broken connection then fails with it, since the transaction is gone.
+    pub(super) in_transaction: bool,
 }
 
 /// Statements kept prepared per connection; past this (queries built per request, with
@@ -70,7 +73,16 @@ impl Pg {
         self.client = client;
         self.prepared.clear();
         self.generation += 1;
+        self.in_transaction = false;
         Ok(())
+    }
+
+    /// Whether a read that just failed may run again at once on a new connection: the
+    /// connection broke (the database restarted, or a failover), no transaction was open, and
+    /// the statement only reads. Without this the first read of each connection after a
+    /// restart failed, an API call's 500.
+    fn may_read_again(&self, sql: &str) -> bool {
+        self.client.is_closed() && !self.in_transaction && sql.trim_start().starts_with("SELECT")
     }
 
     /// Run `setup` now and on every new connection.
@@ -101,6 +113,7 @@ pub(super) fn connect(url: &str) -> Result<Box<Pg>> {
                 url: url.to_string(),
                 setup: String::new(),
                 generation: 0,
+                in_transaction: false,
             })
         })
         .map_err(|e| DbError::Connect(e.to_string()))
@@ -277,6 +290,24 @@ pub(super) fn query_each(
     values: &[Value],
     mut f: impl FnMut(Row) -> Result<()>,
 ) -> Result<()> {
+    let mut delivered = false;
+    match read(c, sql, values, &mut f, &mut delivered) {
+        // Once, and only if no row reached `f`: it sees each row once.
+        Err(_) if !delivered && c.may_read_again(sql) => {
+            c.reconnect_if_broken()?;
+            read(c, sql, values, &mut f, &mut delivered)
+        }
+        done => done,
+    }
+}
+
+fn read(
+    c: &mut Pg,
+    sql: &str,
+    values: &[Value],
+    f: &mut impl FnMut(Row) -> Result<()>,
+    delivered: &mut bool,
+) -> Result<()> {
     use ::postgres::fallible_iterator::FallibleIterator;
     let stmt = c.prepare(sql)?;
     let mut rows = c
@@ -288,6 +319,7 @@ pub(super) fn query_each(
         for i in 0..r.len() {
             row.push(r.try_get::<_, Value>(i).map_err(err)?);
         }
+        *delivered = true;
         f(Row(row))?;
     }
     Ok(())
