@@ -188,7 +188,7 @@ soak: build
 # bench/results/*.png, with instruction counts per request under callgrind. Installs wrk and
 # valgrind (apt-get), matplotlib (.venv) and LiteLLM (.venv-litellm)
 # if missing. BENCH_SECONDS, BENCH_ROUNDS, BENCH_ONLY=chat,streamed, BENCH_SKIP_LITELLM=1, BENCH_SKIP_INSTRUCTIONS=1 narrow it;
-# BENCH_QUERY_EVENTS=1000000 skips the 10 M query run (3 to 4 minutes here, 4 GB of disk); BENCH_REPORT_ONLY=1
+# BENCH_QUERY_EVENTS=1000000 skips the 10 M query runs (SQLite and PostgreSQL: about 20 minutes here, 15 GB of disk); BENCH_REPORT_ONLY=1
 # redraws the report from bench/results/results.json, and BENCH_COLLECTOR_ONLY=1 measures the collector
 # again, keeping the filter's figures from there (with BENCH_INGEST_ONLY=1 its ingest rates only).
 LITELLM_VERSION ?= 1.108.7

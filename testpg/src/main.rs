@@ -1,6 +1,7 @@
 //! `tally-testpg DATABASE...`: a private PostgreSQL cluster for the benchmarks (`make bench`),
-//! syncing commits to disk as production does, with these databases made empty. Prints each database's URL, one per line, then runs until
-//! its standard input closes (or it is killed), and removes the cluster.
+//! syncing commits to disk as production does, with these databases made empty. Prints each
+//! database's URL, one per line, then runs until its standard input closes (or it is killed),
+//! and removes the cluster.
 
 use std::io::Read;
 
