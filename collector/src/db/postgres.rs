@@ -181,9 +181,9 @@ pub fn placeholders(sql: &str) -> String {
     out
 }
 
-/// The schema, applied whole to a new database (see the file for how it differs from SQLite's).
 /// The schema's versions, in order: a new database is made by all of them, an older one
-/// brought up to date by those after its version.
+/// brought up to date by those after its version. The first is the schema whole (see it for
+/// how it differs from SQLite's).
 pub const MIGRATIONS: [(i64, &str); 2] = [
     (1, include_str!("../../migrations/postgres/0001_schema.sql")),
     (
