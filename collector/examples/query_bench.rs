@@ -254,8 +254,8 @@ fn main() -> Result<(), String> {
         });
         rows.push((name.to_string(), p50, p95));
     }
-    // Filtered, as a team's bookmarked view asks: one filter is read from pair rollups; two
-    // filters, or a user, from the events themselves.
+    // Filtered, as a team's bookmarked view asks: one filter, or a team and a model, is read
+    // from pair rollups; a grouping by user, or a range of 6 hours or less, from the events.
     let team = || EventFilter {
         team: Some("team-3".into()),
         ..Default::default()

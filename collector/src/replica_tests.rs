@@ -432,11 +432,14 @@ fn every_query_of_the_dashboard_reads_an_index_or_the_rollups() {
             a.summary(&org, dim, &team(), day, now, now).unwrap();
             a.summary(&org, dim, &two(), now - 3 * crate::rollup::HOUR, now, now)
                 .unwrap();
+            a.summary(&org, dim, &two(), day, now, now).unwrap();
         }
         for bucket in [crate::rollup::MINUTE, crate::rollup::HOUR, DAY] {
             a.timeseries(&org, bucket, Some("model"), &all, day, now, now)
                 .unwrap();
             a.timeseries(&org, bucket, None, &team(), day, now, now)
+                .unwrap();
+            a.timeseries(&org, bucket, None, &two(), day, now, now)
                 .unwrap();
         }
         let page = a.query_events(&org, &two()).unwrap();

@@ -170,7 +170,7 @@ pub struct Agg {
 
 impl Agg {
     /// Add another row's figures.
-    fn merge(&mut self, o: &Agg) {
+    pub(crate) fn merge(&mut self, o: &Agg) {
         self.requests += o.requests;
         self.errors += o.errors;
         self.input_tokens += o.input_tokens;

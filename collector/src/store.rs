@@ -260,40 +260,83 @@ enum Plan {
     /// The dimension's own rollups (no filter).
     Rollups,
     /// Pair rollups: one filter on one of [`rollup::FILTER_DIMENSIONS`] (dimension, key).
-    Pair(&'static str, String),
-    /// The events: several filters, a filter or grouping that pair rows do not keep, or a
-    /// range short enough to read exactly.
+    Pair(Pair),
+    /// The events: filters or a grouping that pair rows do not keep, or a range short enough
+    /// to read exactly.
     Events,
 }
 
+/// A read from pair rows: the filter kept as their filter (dimension, key), and maybe a second
+/// filter on one of [`rollup::PAIR_GROUPS`], answered by the pair rows grouped by its
+/// dimension, their row of its key only.
+struct Pair {
+    filter: (&'static str, String),
+    second: Option<(&'static str, String)>,
+}
+
 fn read_plan(f: &EventFilter, dim: Option<&str>, span: i64) -> Plan {
-    let mut labels = f.labels().map(|(d, v)| (d, v.clone()));
+    let mut filters: Vec<(&'static str, String)> =
+        f.labels().map(|(d, v)| (d, v.clone())).collect();
     // A status class is kept in pair rows; a single status is not.
-    let status = f.status.map(|(lo, hi)| {
-        (lo % 100 == 0 && hi == lo + 99)
-            .then(|| ("status", rollup::status_class(Some(lo)).to_string()))
-    });
-    let one = match (labels.next(), labels.next(), status) {
-        (None, _, None) => return Plan::Rollups,
-        (Some(l), None, None) => l,
-        (None, _, Some(Some(s))) => s,
-        _ => return Plan::Events,
+    if let Some((lo, hi)) = f.status {
+        if lo % 100 != 0 || hi != lo + 99 {
+            return Plan::Events;
+        }
+        filters.push(("status", rollup::status_class(Some(lo)).to_string()));
+    }
+    let filter_kept = |d: &str| rollup::FILTER_DIMENSIONS.contains(&d);
+    let pair = match filters.as_slice() {
+        [] => return Plan::Rollups,
+        [one] if filter_kept(one.0) => {
+            let grouped = dim.is_none_or(|d| d == one.0 || rollup::PAIR_GROUPS.contains(&d));
+            grouped.then(|| Pair {
+                filter: one.clone(),
+                second: None,
+            })
+        }
+        // Two filters: the rows of one grouped by the other's dimension, read at the other's
+        // key. The model is never the group: a model filter also picks the model asked for,
+        // and the group key is the model that answered.
+        [a, b] => [(a, b), (b, a)]
+            .into_iter()
+            .filter(|(f, g)| {
+                filter_kept(f.0) && g.0 != "model" && rollup::PAIR_GROUPS.contains(&g.0)
+            })
+            // Grouped by neither filter's dimension would need a third key; by the model's
+            // (as the filter), the models that answered it.
+            .find(|(f, g)| dim.is_none_or(|d| d == g.0 || (d == f.0 && f.0 != "model")))
+            .map(|(f, g)| Pair {
+                filter: f.clone(),
+                second: Some(g.clone()),
+            }),
+        _ => None,
     };
-    let grouped = dim.is_none_or(|d| d == one.0 || rollup::PAIR_GROUPS.contains(&d));
-    match rollup::FILTER_DIMENSIONS.iter().find(|d| **d == one.0) {
-        Some(d) if grouped && span > EVENTS_RANGE_MS => Plan::Pair(d, one.1),
+    match pair {
+        Some(p) if span > EVENTS_RANGE_MS => Plan::Pair(p),
         _ => Plan::Events,
     }
 }
 
-/// The rollup dimension of a pair plan, and the key every row gets when the grouping is the
-/// filter's own dimension (read as the filter's total).
-fn pair_name(f: &str, dim: Option<&str>, value: &str) -> (String, Option<String>) {
-    match dim {
-        Some(d) if d == f && f != "model" => {
-            (rollup::pair_dim(f, "all", value), Some(value.to_string()))
+/// How a pair plan reads, grouped by `dim`: the rollup dimension, the only key to read (for a
+/// second filter), and the key every row is shown under when the grouping is a filter's own
+/// dimension or none (read as the filters' total).
+fn pair_read(p: &Pair, dim: Option<&str>) -> (String, Option<String>, Option<String>) {
+    let (f, value) = (p.filter.0, p.filter.1.as_str());
+    match (&p.second, dim) {
+        (None, Some(d)) if d == f && f != "model" => (
+            rollup::pair_dim(f, "all", value),
+            None,
+            Some(value.to_string()),
+        ),
+        (None, d) => (rollup::pair_dim(f, d.unwrap_or("all"), value), None, None),
+        (Some((g, key)), d) => {
+            let shown = match d {
+                None => Some(String::new()),
+                Some(d) if d == f => Some(value.to_string()),
+                Some(_) => None,
+            };
+            (rollup::pair_dim(f, g, value), Some(key.clone()), shown)
         }
-        d => (rollup::pair_dim(f, d.unwrap_or("all"), value), None),
     }
 }
 
@@ -1598,13 +1641,15 @@ impl Store {
         let (rows, read) = match self.plan(org, filter, dim, from, to)? {
             Plan::Rollups => {
                 let finest = rollup::finest(dim);
-                let rows = self.summary_rows(org, dim.unwrap_or("all"), finest, from, to, now)?;
+                let rows =
+                    self.summary_rows(org, dim.unwrap_or("all"), None, finest, from, to, now)?;
                 (rows, Read::Rollups(finest_at(from, now, finest)))
             }
-            Plan::Pair(f, value) => {
-                let (name, fixed) = pair_name(f, dim, &value);
-                let mut rows = self.summary_rows(org, &name, HOUR, from, to, now)?;
-                if let Some(k) = fixed {
+            Plan::Pair(p) => {
+                let (name, only, shown) = pair_read(&p, dim);
+                let mut rows =
+                    self.summary_rows(org, &name, only.as_deref(), HOUR, from, to, now)?;
+                if let Some(k) = shown {
                     rows.iter_mut().for_each(|r| r.0 = k.clone());
                 }
                 (rows, Read::Rollups(HOUR))
@@ -1660,16 +1705,19 @@ impl Store {
             return Ok(plan);
         }
         Ok(match read_plan(filter, dim, i64::MAX) {
-            Plan::Pair(f, v) => Plan::Pair(f, v),
+            Plan::Pair(p) => Plan::Pair(p),
             _ => Plan::Events,
         })
     }
 
-    /// Rollup rows of one dimension over `[from, to)`, per key, read at `finest` resolution.
+    /// Rollup rows of one dimension (of its key `only`, if given) over `[from, to)`, per key,
+    /// read at `finest` resolution.
+    #[allow(clippy::too_many_arguments)]
     fn summary_rows(
         &self,
         org: &Org,
         dim: &str,
+        only: Option<&str>,
         finest: i64,
         from: i64,
         to: i64,
@@ -1679,8 +1727,9 @@ impl Store {
         let mut conn = self.reader();
         let sql = format!(
             "SELECT key, {} FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3
-               AND bucket_ms >= ?4 AND bucket_ms < ?5",
-            rollup::FIGURES
+               AND bucket_ms >= ?4 AND bucket_ms < ?5{}",
+            rollup::FIGURES,
+            if only.is_some() { " AND key = ?6" } else { "" }
         );
         let mut out: HashMap<String, Agg> = HashMap::new();
         // The range widens to whole units of the finest rows: from rounds down, to rounds up
@@ -1698,7 +1747,9 @@ impl Store {
         for (g, start, end) in parts {
             // Merge straight from the row: no owned key unless new, sketches added in place.
             // (On PostgreSQL a key has a row per replica: they add up like buckets.)
-            conn.query_each(&sql, values![org.id, g, dim, start, end], |r| {
+            let mut args = values![org.id, g, dim, start, end].to_vec();
+            args.extend(only.map(Value::from));
+            conn.query_each(&sql, &args, |r| {
                 let key = match r.0.first() {
                     Some(Value::Text(k)) => k.as_str(),
                     _ => return Err(db::DbError::NoRow),
@@ -1741,9 +1792,9 @@ impl Store {
         let bucket = bucket.max(finest);
         // Every bucket that meets [from, to), the one holding `from` from its first millisecond.
         let from = from.div_euclid(bucket) * bucket;
-        let (name, fixed) = match &plan {
-            Plan::Rollups => (dim.unwrap_or("all").to_string(), None),
-            Plan::Pair(f, value) => pair_name(f, dim, value),
+        let (name, only, fixed) = match &plan {
+            Plan::Rollups => (dim.unwrap_or("all").to_string(), None, None),
+            Plan::Pair(p) => pair_read(p, dim),
             Plan::Events => {
                 self.scan(org, filter, from, to, |ts, e, savings| {
                     let key = match dim {
@@ -1767,14 +1818,17 @@ impl Store {
         // Day buckets from day rows, hour buckets from hour rows, minute buckets from minute rows.
         let sql = format!(
             "SELECT bucket_ms, key, {} FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2
-               AND dim = ?3 AND bucket_ms >= ?4 AND bucket_ms < ?5",
-            rollup::FIGURES
+               AND dim = ?3 AND bucket_ms >= ?4 AND bucket_ms < ?5{}",
+            rollup::FIGURES,
+            if only.is_some() { " AND key = ?6" } else { "" }
         );
         let g = match plan {
             Plan::Pair(..) => rollup::PAIR_GRANULARITY,
             _ => bucket,
         };
-        conn.query_each(&sql, values![org.id, g, name, from, to], |r| {
+        let mut args = values![org.id, g, name, from, to].to_vec();
+        args.extend(only.map(Value::from));
+        conn.query_each(&sql, &args, |r| {
             let b: i64 = r.get(0)?;
             let key: String = match &fixed {
                 Some(k) => k.clone(),
@@ -3229,14 +3283,24 @@ pub(crate) mod tests {
             }
         };
         type Keep = Box<dyn Fn(&Event) -> bool>;
-        let cases: Vec<(EventFilter, Keep, bool)> = vec![
+        // The groupings each filter is answered for from pair rows (the others, from events).
+        const ONE: &[Option<&str>] = &[
+            None,
+            Some("model"),
+            Some("team"),
+            Some("app"),
+            Some("feature"),
+            Some("workload"),
+            Some("error"),
+        ];
+        let cases: Vec<(EventFilter, Keep, &[Option<&str>])> = vec![
             (
                 EventFilter {
                     team: Some("pay".into()),
                     ..Default::default()
                 },
                 Box::new(|e: &Event| e.team.as_deref() == Some("pay")),
-                true,
+                ONE,
             ),
             (
                 EventFilter {
@@ -3244,7 +3308,7 @@ pub(crate) mod tests {
                     ..Default::default()
                 },
                 Box::new(|e: &Event| e.feature.is_none()),
-                true,
+                ONE,
             ),
             (
                 EventFilter {
@@ -3252,7 +3316,7 @@ pub(crate) mod tests {
                     ..Default::default()
                 },
                 Box::new(model("acme-llm-1")),
-                true,
+                ONE,
             ),
             (
                 EventFilter {
@@ -3260,7 +3324,7 @@ pub(crate) mod tests {
                     ..Default::default()
                 },
                 Box::new(model("gpt-4o-2025-01-01")),
-                true,
+                ONE,
             ),
             (
                 EventFilter {
@@ -3268,7 +3332,7 @@ pub(crate) mod tests {
                     ..Default::default()
                 },
                 Box::new(|e: &Event| e.status == Some(503)),
-                true,
+                ONE,
             ),
             (
                 EventFilter {
@@ -3276,9 +3340,10 @@ pub(crate) mod tests {
                     ..Default::default()
                 },
                 Box::new(|e: &Event| e.namespace.as_deref() == Some("ns-b")),
-                true,
+                ONE,
             ),
-            // Read from the events: two filters, a single status, a user.
+            // Two filters: the pair rows of one grouped by the other's dimension, at its key,
+            // for their total or grouped by either. The model is only ever the filter side.
             (
                 EventFilter {
                     team: Some("ml".into()),
@@ -3288,7 +3353,63 @@ pub(crate) mod tests {
                 Box::new(|e: &Event| {
                     e.team.as_deref() == Some("ml") && e.app.as_deref() == Some("web")
                 }),
-                false,
+                &[None, Some("team"), Some("app")],
+            ),
+            (
+                EventFilter {
+                    model: Some("acme-llm-1".into()),
+                    team: Some("pay".into()),
+                    ..Default::default()
+                },
+                Box::new(move |e: &Event| {
+                    model("acme-llm-1")(e) && e.team.as_deref() == Some("pay")
+                }),
+                &[None, Some("team")],
+            ),
+            (
+                EventFilter {
+                    status: Some((500, 599)),
+                    namespace: Some("ns-b".into()),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| {
+                    e.status == Some(503) && e.namespace.as_deref() == Some("ns-b")
+                }),
+                &[None],
+            ),
+            (
+                EventFilter {
+                    feature: Some("untagged".into()),
+                    workload: Some("w2".into()),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| e.feature.is_none() && e.workload.as_deref() == Some("w2")),
+                &[None, Some("feature"), Some("workload")],
+            ),
+            // Read from the events: a model and a status (neither is a group the other's rows
+            // keep), three filters, a single status, a user.
+            (
+                EventFilter {
+                    model: Some("gpt-4o-2025-01-01".into()),
+                    status: Some((400, 499)),
+                    ..Default::default()
+                },
+                Box::new(move |e: &Event| model("gpt-4o-2025-01-01")(e) && e.status == Some(429)),
+                &[],
+            ),
+            (
+                EventFilter {
+                    team: Some("ml".into()),
+                    app: Some("web".into()),
+                    feature: Some("chat".into()),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| {
+                    e.team.as_deref() == Some("ml")
+                        && e.app.as_deref() == Some("web")
+                        && e.feature.as_deref() == Some("chat")
+                }),
+                &[],
             ),
             (
                 EventFilter {
@@ -3296,7 +3417,7 @@ pub(crate) mod tests {
                     ..Default::default()
                 },
                 Box::new(|e: &Event| e.status == Some(429)),
-                false,
+                &[],
             ),
             (
                 EventFilter {
@@ -3304,14 +3425,15 @@ pub(crate) mod tests {
                     ..Default::default()
                 },
                 Box::new(|e: &Event| e.user.as_deref() == Some("u3")),
-                false,
+                &[],
             ),
         ];
-        for (filter, keep, pair) in &cases {
+        for (filter, keep, pairs) in &cases {
             for dim in [
                 None,
                 Some("model"),
                 Some("team"),
+                Some("app"),
                 Some("feature"),
                 Some("workload"),
                 Some("error"),
@@ -3323,10 +3445,9 @@ pub(crate) mod tests {
                 let want = expected(&events, keep, dim);
                 assert!(!want.is_empty(), "{filter:?} by {dim:?}");
                 assert_eq!(seen(&rows), want, "{filter:?} by {dim:?}");
-                let by_pairs = *pair && dim != Some("user");
                 assert_eq!(
                     read,
-                    if by_pairs {
+                    if pairs.contains(&dim) {
                         Read::Rollups(HOUR)
                     } else {
                         Read::Events
@@ -3334,6 +3455,30 @@ pub(crate) mod tests {
                     "{filter:?} by {dim:?}"
                 );
             }
+            // The total per hour, read the same way.
+            let (points, bucket, read) = store
+                .timeseries(&org, HOUR, None, filter, day, day + 3 * DAY, now)
+                .unwrap();
+            assert_eq!(bucket, HOUR);
+            let by_pairs = pairs.contains(&None);
+            assert_eq!(
+                read,
+                if by_pairs {
+                    Read::Rollups(HOUR)
+                } else {
+                    Read::Events
+                },
+                "{filter:?}"
+            );
+            assert!(points.iter().all(|p| p.1.is_empty()), "{filter:?}");
+            let rows: Vec<(String, Agg)> = points.into_iter().map(|p| (p.1, p.2)).collect();
+            let mut total = Agg::default();
+            rows.iter().for_each(|r| total.merge(&r.1));
+            assert_eq!(
+                seen(&[(String::new(), total)]),
+                expected(&events, keep, None),
+                "{filter:?}"
+            );
             // Per day, from day rows or events, the same figures.
             let (points, bucket, _) = store
                 .timeseries(
