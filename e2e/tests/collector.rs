@@ -1358,7 +1358,8 @@ fn summaries_and_time_series_take_the_events_filters_fill_gaps_and_never_call_un
         (Some(4), Some(4))
     );
     assert_eq!(unknown["cost_usd"], Value::Null);
-    // Status class and two filters (read from the events): the same figures as the log.
+    // A status class, and two filters (the status's pair rows grouped by team, at `search`):
+    // the same figures as the log.
     let (_, v) = get_json(&c, &key, &format!("/api/v1/summary?status=5xx&{range}"));
     assert_eq!(v["rows"][0]["requests"], 2);
     let (_, v) = get_json(
@@ -1372,8 +1373,22 @@ fn summaries_and_time_series_take_the_events_filters_fill_gaps_and_never_call_un
             v["rows"][0]["key"].as_str(),
             v["rows"][0]["requests"].as_u64()
         ),
-        (Some("exact"), Some("search"), Some(2))
+        (Some("hour"), Some("search"), Some(2))
     );
+    // Grouped by a third label, from the events.
+    let (_, v) = get_json(
+        &c,
+        &key,
+        &format!("/api/v1/summary?status=5xx&team=search&group_by=model&{range}"),
+    );
+    assert_eq!(
+        (
+            v["resolution"].as_str(),
+            v["rows"].as_array().map(|r| r.len())
+        ),
+        (Some("exact"), Some(1))
+    );
+    assert_eq!(v["rows"][0]["requests"], 2);
 
     // Per day: a true axis, the empty day present with zeros.
     let (_, v) = get_json(
