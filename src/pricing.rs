@@ -394,7 +394,9 @@ where
 /// table): it remembers what `table` said.
 #[derive(Default)]
 pub struct Pricer {
-    seen: std::collections::HashMap<(String, String), Option<Price>>,
+    /// Provider -> model -> price: found by `&str` at each level, so a hit allocates nothing
+    /// (a key pair built per lookup was two allocations per event counted).
+    seen: std::collections::HashMap<String, std::collections::HashMap<String, Option<Price>>>,
 }
 
 impl Pricer {
@@ -404,12 +406,14 @@ impl Pricer {
 
     /// The table's price of a (provider, model), looked up once.
     pub fn price_of(&mut self, table: &PriceTable, provider: &str, model: &str) -> Option<Price> {
-        if let Some(p) = self.seen.get(&(provider.to_string(), model.to_string())) {
+        if let Some(p) = self.seen.get(provider).and_then(|m| m.get(model)) {
             return *p;
         }
         let p = table.resolve(provider, model).map(|(_, p)| *p);
         self.seen
-            .insert((provider.to_string(), model.to_string()), p);
+            .entry(provider.to_string())
+            .or_default()
+            .insert(model.to_string(), p);
         p
     }
 

@@ -53,26 +53,70 @@ pub const DIMENSIONS: [&str; 11] = [
 /// The key an event has in a dimension ("" for none; a request with no feature is `untagged`);
 /// `None` when the event has no row in that dimension (a success, for `error`).
 pub fn key_of<'e>(e: &'e Event, dim: &str) -> Option<Cow<'e, str>> {
-    let v = match dim {
-        "feature" => e.feature.as_deref().or(Some("untagged")),
-        "model" => Some(model_of(e)),
-        "provider_model" => return Some(Cow::Owned(format!("{}/{}", e.provider, model_of(e)))),
-        "error" => {
+    match dim {
+        "status" => Some(Cow::Borrowed(status_class(e.status))),
+        d => key_at(e, DIMENSIONS.iter().position(|x| *x == d)?),
+    }
+}
+
+/// [`key_of`] the dimension `DIMENSIONS[i]` (counting an event into its rows finds its keys by
+/// number: comparing names was a sixth of that work).
+fn key_at(e: &Event, i: usize) -> Option<Cow<'_, str>> {
+    const FEATURE: usize = position("feature");
+    const MODEL: usize = position("model");
+    const PROVIDER_MODEL: usize = position("provider_model");
+    const ERROR: usize = position("error");
+    const PROVIDER: usize = position("provider");
+    const TEAM: usize = position("team");
+    const APP: usize = position("app");
+    const TASK: usize = position("task");
+    const USER: usize = position("user");
+    const NAMESPACE: usize = position("namespace");
+    const WORKLOAD: usize = position("workload");
+    let v = match i {
+        FEATURE => e.feature.as_deref().or(Some("untagged")),
+        MODEL => Some(model_of(e)),
+        PROVIDER_MODEL => return Some(Cow::Owned(format!("{}/{}", e.provider, model_of(e)))),
+        ERROR => {
             let c = e.error_category?;
             let s = e.error_source.map(ErrorSource::name).unwrap_or_default();
             return Some(Cow::Owned(format!("{}/{s}", c.name())));
         }
-        "provider" => Some(e.provider.as_str()),
-        "team" => e.team.as_deref(),
-        "app" => e.app.as_deref(),
-        "task" => e.task.as_deref(),
-        "user" => e.user.as_deref(),
-        "namespace" => e.namespace.as_deref(),
-        "workload" => e.workload.as_deref(),
-        "status" => return Some(Cow::Borrowed(status_class(e.status))),
+        PROVIDER => Some(e.provider.as_str()),
+        TEAM => e.team.as_deref(),
+        APP => e.app.as_deref(),
+        TASK => e.task.as_deref(),
+        USER => e.user.as_deref(),
+        NAMESPACE => e.namespace.as_deref(),
+        WORKLOAD => e.workload.as_deref(),
         _ => None,
     };
     Some(Cow::Borrowed(v.unwrap_or_default()))
+}
+
+/// Names compared when compiling: the hot paths work with the numbers.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// A dimension's place in [`DIMENSIONS`] (past the end for a name not there).
+const fn position(dim: &str) -> usize {
+    let mut i = 0;
+    while i < DIMENSIONS.len() && !same(DIMENSIONS[i], dim) {
+        i += 1;
+    }
+    i
 }
 
 /// The model a breakdown shows: the one that answered, else the one asked for.
@@ -139,13 +183,43 @@ fn single_name(d: usize) -> &'static str {
         _ => "status",
     }
 }
-fn single_number(dim: &str) -> usize {
-    match dim {
-        "all" => 0,
-        "status" => SINGLE - 1,
-        d => DIMENSIONS.iter().position(|x| *x == d).map_or(0, |i| i + 1),
+const fn single_number(dim: &str) -> usize {
+    if same(dim, "status") {
+        SINGLE - 1
+    } else if same(dim, "all") || position(dim) == DIMENSIONS.len() {
+        0
+    } else {
+        position(dim) + 1
     }
 }
+
+const fn single_numbers<const N: usize>(dims: [&str; N]) -> [usize; N] {
+    let mut out = [0; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = single_number(dims[i]);
+        i += 1;
+    }
+    out
+}
+
+/// [`FILTER_DIMENSIONS`] and [`PAIR_GROUPS`] as single dimension numbers.
+const FILTER_NUMBERS: [usize; FILTER_DIMENSIONS.len()] = single_numbers(FILTER_DIMENSIONS);
+const GROUP_NUMBERS: [usize; PAIR_GROUPS.len()] = single_numbers(PAIR_GROUPS);
+const MODEL_NUMBER: usize = single_number("model");
+const STATUS_NUMBER: usize = SINGLE - 1;
+
+/// Whether each single dimension is kept per minute (the total is; `status` is a filter only).
+const PER_MINUTE: [bool; SINGLE] = {
+    let mut out = [false; SINGLE];
+    out[0] = true;
+    let mut i = 0;
+    while i < MINUTE_DIMENSIONS.len() {
+        out[single_number(MINUTE_DIMENSIONS[i])] = true;
+        i += 1;
+    }
+    out
+};
 
 /// One rollup row's figures.
 #[derive(Debug, Clone, Default)]
@@ -324,54 +398,50 @@ impl Pending {
         let latency = sketch::bucket(e.latency_ms);
         let ttfb = e.ttfb_ms.map(sketch::bucket);
         let savings = self.pricer.cache_savings_usd(prices, e);
-        // The event's key in each single dimension (`None` where it has no row), and whether
-        // the dimension is kept per minute.
-        let mut mine = [(None::<u32>, true); SINGLE];
-        mine[0] = (Some(self.id(0, "")), true);
-        for (d, dim) in DIMENSIONS.iter().enumerate() {
-            if let Some(key) = key_of(e, dim) {
-                mine[d + 1] = (Some(self.id(d + 1, &key)), MINUTE_DIMENSIONS.contains(dim));
+        // The event's key in each single dimension (`None` where it has no row).
+        let mut mine = [None::<u32>; SINGLE];
+        mine[0] = Some(self.id(0, ""));
+        for d in 0..DIMENSIONS.len() {
+            if let Some(key) = key_at(e, d) {
+                mine[d + 1] = Some(self.id(d + 1, &key));
             }
         }
-        let status = self.id(SINGLE - 1, status_class(e.status));
+        mine[STATUS_NUMBER] = Some(self.id(STATUS_NUMBER, status_class(e.status)));
         // Pair rows, per hour: the event under each filter key it matches (a model filter
         // matches the model asked for as well as the one that answered). A missing label has
         // no filter key: the API takes no empty filter.
-        let mut pairs: Vec<u32> = Vec::with_capacity(64);
+        let mut pairs = [0u32; 2 * FILTER_DIMENSIONS.len() * PAIR_GROUPS.len()];
+        let mut npairs = 0;
         let requested = e
             .model_requested
             .as_deref()
             .filter(|m| *m != model_of(e))
-            .map(|m| self.id(single_number("model"), m));
-        for (fi, f) in FILTER_DIMENSIONS.iter().enumerate() {
-            let fkeys = match *f {
-                "status" => [Some(status), None],
-                "model" => [mine[single_number("model")].0, requested],
-                _ => [mine[single_number(f)].0, None],
-            };
-            let fkeys: Vec<u32> = fkeys
-                .into_iter()
-                .flatten()
-                .filter(|k| !self.is_empty_key(*k))
-                .collect();
-            for fkey in fkeys {
-                for (gi, g) in PAIR_GROUPS.iter().enumerate() {
+            .map(|m| self.id(MODEL_NUMBER, m));
+        for (fi, &fd) in FILTER_NUMBERS.iter().enumerate() {
+            let also = if fd == MODEL_NUMBER { requested } else { None };
+            for fkey in [mine[fd], also].into_iter().flatten() {
+                if self.is_empty_key(fkey) {
+                    continue;
+                }
+                for (gi, &gd) in GROUP_NUMBERS.iter().enumerate() {
                     // A filter's own dimension is its total (`f:all`), but for the model: the
                     // model asked for may be answered by another.
-                    if g == f && *f != "model" {
+                    if gd == fd && fd != MODEL_NUMBER {
                         continue;
                     }
-                    if let Some(gkey) = mine[single_number(g)].0 {
+                    if let Some(gkey) = mine[gd] {
                         let p = (fi * PAIR_GROUPS.len() + gi) as u8;
-                        pairs.push(self.pair_id(p, fkey, gkey));
+                        pairs[npairs] = self.pair_id(p, fkey, gkey);
+                        npairs += 1;
                     }
                 }
             }
         }
         for g in [MINUTE, HOUR, DAY] {
             let bucket = ts.div_euclid(g) * g;
-            for &(id, per_minute) in &mine[..SINGLE - 1] {
-                if let (Some(id), true) = (id, g != MINUTE || per_minute) {
+            // Not `status`: a filter only.
+            for (d, id) in mine[..STATUS_NUMBER].iter().enumerate() {
+                if let (Some(id), true) = (*id, g != MINUTE || PER_MINUTE[d]) {
                     self.rows
                         .entry((g, bucket, id))
                         .or_default()
@@ -379,7 +449,7 @@ impl Pending {
                 }
             }
             if g == PAIR_GRANULARITY {
-                for &id in &pairs {
+                for &id in &pairs[..npairs] {
                     self.rows
                         .entry((g, bucket, id))
                         .or_default()

@@ -19,14 +19,30 @@ fn gamma() -> f64 {
     (1.0 + ALPHA) / (1.0 - ALPHA)
 }
 
-/// Counts per bucket, dense from `offset` (merging thousands of rollup rows is then additions
-/// into one array, with no map to rebalance).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Up to [`FEW`] buckets are kept inline, ascending: most rollup rows a batch touches hold a
+/// handful of events, and a heap array per row and per sketch was a fifth of counting an event
+/// into its rows (allocations, and a cache miss each). Past that, counts per bucket, dense from
+/// `offset` (merging thousands of rollup rows is then additions into one array, with no map to
+/// rebalance).
+#[derive(Debug, Clone, Default)]
 pub struct Sketch {
+    /// (bucket, count), ascending; used while `counts` is empty.
+    few: [(i32, u32); FEW],
+    nfew: u8,
     offset: i32,
     counts: Vec<u64>,
     count: u64,
 }
+
+const FEW: usize = 4;
+
+/// Equal when they count the same values, whichever form holds them.
+impl PartialEq for Sketch {
+    fn eq(&self, other: &Sketch) -> bool {
+        self.count == other.count && self.buckets().eq(other.buckets())
+    }
+}
+impl Eq for Sketch {}
 
 /// The bucket a value lands in.
 pub fn bucket(v: f64) -> i32 {
@@ -60,29 +76,88 @@ fn get_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
 }
 
 impl Sketch {
-    /// The counter of bucket `k`, growing the array to reach it.
+    /// The counter of bucket `k` in the dense form, growing the array to reach it (with room
+    /// to spare, so that a row's buckets arriving one by one do not copy it each time).
     fn slot(&mut self, k: i32) -> &mut u64 {
         if self.counts.is_empty() {
             self.offset = k;
         }
         if k < self.offset {
-            let grow = (self.offset - k) as usize;
+            let grow = ((self.offset - k) as usize).max(self.counts.len() / 2);
             self.counts.splice(0..0, std::iter::repeat_n(0, grow));
-            self.offset = k;
+            self.offset -= grow as i32;
         }
         let i = (k - self.offset) as usize;
         if i >= self.counts.len() {
-            self.counts.resize(i + 1, 0);
+            let len = (i + 1).max(self.counts.len() + self.counts.len() / 2);
+            self.counts.resize(len, 0);
         }
         &mut self.counts[i]
     }
 
+    /// Add `c` to bucket `k` (the sketch's total aside).
+    fn bump(&mut self, k: i32, c: u64) {
+        if self.counts.is_empty() {
+            let n = self.nfew as usize;
+            let at = self.few[..n].partition_point(|e| e.0 < k);
+            if at < n && self.few[at].0 == k {
+                if let Some(sum) = u32::try_from(c)
+                    .ok()
+                    .and_then(|c| self.few[at].1.checked_add(c))
+                {
+                    self.few[at].1 = sum;
+                    return;
+                }
+            } else if n < FEW {
+                if let Ok(c) = u32::try_from(c) {
+                    self.few.copy_within(at..n, at + 1);
+                    self.few[at] = (k, c);
+                    self.nfew += 1;
+                    return;
+                }
+            }
+            self.spill(k);
+        }
+        *self.slot(k) += c;
+    }
+
+    /// Take `c` back out of bucket `k`, which holds at least that much.
+    fn unbump(&mut self, k: i32, c: u64) {
+        if self.counts.is_empty() {
+            let n = self.nfew as usize;
+            if let Some(e) = self.few[..n].iter_mut().find(|e| e.0 == k) {
+                e.1 = e.1.saturating_sub(u32::try_from(c).unwrap_or(u32::MAX));
+            }
+        } else {
+            *self.slot(k) -= c;
+        }
+    }
+
+    /// Move the inline buckets to the dense form, sized at once to hold them and `k`.
+    fn spill(&mut self, k: i32) {
+        let n = std::mem::take(&mut self.nfew) as usize;
+        let few = &self.few[..n];
+        let lo = few.first().map_or(k, |e| e.0.min(k));
+        let hi = few.last().map_or(k, |e| e.0.max(k));
+        let mut counts = vec![0; (hi - lo + 1) as usize];
+        for &(b, c) in few {
+            counts[(b - lo) as usize] += u64::from(c);
+        }
+        self.offset = lo;
+        self.counts = counts;
+    }
+
     fn buckets(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
-        self.counts
+        // One of the two forms is empty.
+        let few = self.few[..self.nfew as usize]
+            .iter()
+            .map(|&(k, c)| (k, u64::from(c)));
+        let dense = self
+            .counts
             .iter()
             .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| (self.offset + i as i32, *c))
+            .map(|(i, c)| (self.offset + i as i32, *c));
+        few.chain(dense).filter(|(_, c)| *c > 0)
     }
 
     pub fn add(&mut self, v: f64) {
@@ -91,7 +166,7 @@ impl Sketch {
 
     /// Count one value whose [`bucket`] is known.
     pub fn add_bucket(&mut self, k: i32) {
-        *self.slot(k) += 1;
+        self.bump(k, 1);
         self.count += 1;
     }
 
@@ -101,7 +176,7 @@ impl Sketch {
 
     pub fn merge(&mut self, other: &Sketch) {
         for (k, c) in other.buckets() {
-            *self.slot(k) += c;
+            self.bump(k, c);
         }
         self.count += other.count;
     }
@@ -114,12 +189,12 @@ impl Sketch {
         // what it added, and nothing stays merged.
         let mut total = 0u64;
         if Sketch::parse(bytes, |k, c| {
-            *self.slot(k) += c;
+            self.bump(k, c);
             total += c;
         })
         .is_none()
         {
-            let _ = Sketch::parse(bytes, |k, c| *self.slot(k) -= c);
+            let _ = Sketch::parse(bytes, |k, c| self.unbump(k, c));
             return false;
         }
         self.count += total;
@@ -175,7 +250,7 @@ impl Sketch {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.counts.len() * 3);
+        let mut out = Vec::with_capacity(1 + (self.counts.len() + FEW) * 3);
         out.push(VERSION);
         let mut prev: Option<i32> = None;
         for (k, c) in self.buckets() {
@@ -272,5 +347,67 @@ mod tests {
         assert_eq!(s.count(), 3);
         assert!(s.merge_bytes(&other.to_bytes()));
         assert_eq!(s.count(), 7);
+    }
+
+    #[test]
+    fn inline_and_dense_buckets_count_the_same() {
+        // A model of the buckets, against additions and merges that stay inline, spill, and
+        // arrive below and above what is held.
+        let mut model = std::collections::BTreeMap::<i32, u64>::new();
+        let mut s = Sketch::default();
+        let mut x = 7u64;
+        for round in 0..400 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let k = ((x >> 33) % 40) as i32 - 10 + if round < 200 { 0 } else { 300 };
+            if round % 5 == 0 {
+                let mut other = Sketch::default();
+                other.add_bucket(k);
+                other.add_bucket(k + 3);
+                s.merge(&other);
+                *model.entry(k + 3).or_default() += 1;
+            } else {
+                s.add_bucket(k);
+            }
+            *model.entry(k).or_default() += 1;
+            assert_eq!(
+                s.buckets().collect::<Vec<_>>(),
+                model.clone().into_iter().collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(s.count(), model.values().sum::<u64>());
+        assert_eq!(Sketch::from_bytes(&s.to_bytes()), Some(s));
+
+        // Four buckets stay inline; a fifth, or a count past u32, moves them to the array.
+        let mut few = Sketch::default();
+        for k in [9, 3, 6, 3, 1] {
+            few.add_bucket(k);
+        }
+        assert!(few.counts.is_empty());
+        assert_eq!(
+            few.buckets().collect::<Vec<_>>(),
+            [(1, 1), (3, 2), (6, 1), (9, 1)]
+        );
+        let mut big = few.clone();
+        big.bump(3, u64::from(u32::MAX));
+        assert!(!big.counts.is_empty());
+        assert_eq!(big.buckets().nth(1), Some((3, 2 + u64::from(u32::MAX))));
+        few.add_bucket(-4);
+        assert!(!few.counts.is_empty());
+        assert_eq!(
+            few.buckets().collect::<Vec<_>>(),
+            [(-4, 1), (1, 1), (3, 2), (6, 1), (9, 1)]
+        );
+
+        // A bad blob merged into an inline sketch leaves it as it was.
+        let mut one = Sketch::default();
+        one.add(20.0);
+        let mut other = Sketch::default();
+        other.add(3.0);
+        let mut bad = other.to_bytes();
+        bad.extend_from_slice(&[0, 1]);
+        assert!(!one.merge_bytes(&bad));
+        assert_eq!(one.buckets().collect::<Vec<_>>(), [(bucket(20.0), 1)]);
     }
 }

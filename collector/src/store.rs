@@ -1534,7 +1534,7 @@ impl Store {
             let e = e.as_ref();
             let row = event_values(org_id, e, *ts, now_ms, &self.replica);
             if bulk {
-                rows.extend_from_slice(&row);
+                rows.extend(row);
                 continue;
             }
             // The new event's `seq`; none for a duplicate.
