@@ -437,26 +437,50 @@ impl Pending {
                 }
             }
         }
-        for g in [MINUTE, HOUR, DAY] {
-            let bucket = ts.div_euclid(g) * g;
-            // Not `status`: a filter only.
-            for (d, id) in mine[..STATUS_NUMBER].iter().enumerate() {
-                if let (Some(id), true) = (*id, g != MINUTE || PER_MINUTE[d]) {
-                    self.rows
-                        .entry((g, bucket, id))
-                        .or_default()
-                        .add(e, latency, ttfb, savings);
-                }
-            }
-            if g == PAIR_GRANULARITY {
-                for &id in &pairs[..npairs] {
-                    self.rows
-                        .entry((g, bucket, id))
-                        .or_default()
-                        .add(e, latency, ttfb, savings);
-                }
+        // Each single dimension at the finest it is kept at (not `status`: a filter only); its
+        // coarser rows come from these when written (see [`Pending::coarse`]).
+        for (d, id) in mine[..STATUS_NUMBER].iter().enumerate() {
+            if let Some(id) = *id {
+                let g = if PER_MINUTE[d] { MINUTE } else { HOUR };
+                self.rows
+                    .entry((g, ts.div_euclid(g) * g, id))
+                    .or_default()
+                    .add(e, latency, ttfb, savings);
             }
         }
+        let bucket = ts.div_euclid(PAIR_GRANULARITY) * PAIR_GRANULARITY;
+        for &id in &pairs[..npairs] {
+            self.rows
+                .entry((PAIR_GRANULARITY, bucket, id))
+                .or_default()
+                .add(e, latency, ttfb, savings);
+        }
+    }
+
+    /// The coarser rows of the single dimensions: hour rows of those counted per minute, and
+    /// day rows of all. Events are counted into the finest rows only, and these are found per
+    /// row when the rows are written, not per event: a fifth fewer rows to count each event
+    /// into. (Pair rows are kept per hour only.)
+    fn coarse(&self) -> HashMap<(i64, i64, u32), Agg> {
+        let mut out: HashMap<(i64, i64, u32), Agg> = HashMap::default();
+        for (&(g, bucket, id), agg) in &self.rows {
+            if g == MINUTE {
+                out.entry((HOUR, bucket.div_euclid(HOUR) * HOUR, id))
+                    .or_default()
+                    .merge(agg);
+            }
+        }
+        let mut days: HashMap<(i64, i64, u32), Agg> = HashMap::default();
+        for (&(g, bucket, id), agg) in self.rows.iter().chain(&out) {
+            let single = matches!(self.keys.get(id as usize), Some(RowKey::Single { .. }));
+            if g == HOUR && single {
+                days.entry((DAY, bucket.div_euclid(DAY) * DAY, id))
+                    .or_default()
+                    .merge(agg);
+            }
+        }
+        out.extend(days);
+        out
     }
 
     /// A row's (dimension, key) as stored.
@@ -487,7 +511,8 @@ impl Pending {
         if tx.backend() == Backend::Postgres {
             return self.write_replica_rows(tx, org_id, replica, None, None);
         }
-        for (&(g, bucket, id), agg) in &self.rows {
+        let coarse = self.coarse();
+        for (&(g, bucket, id), agg) in self.rows.iter().chain(&coarse) {
             let Some((dim, key)) = self.names(id) else {
                 continue;
             };
@@ -530,9 +555,11 @@ impl Pending {
         cache: Option<&Sketches>,
         mut written: Option<&mut Vec<(SketchKey, (Sketch, Sketch))>>,
     ) -> db::Result<()> {
+        let coarse = self.coarse();
         let mut rows: Vec<_> = self
             .rows
             .iter()
+            .chain(&coarse)
             .filter_map(|(&(g, bucket, id), agg)| {
                 self.names(id).map(|(dim, key)| (g, bucket, dim, key, agg))
             })
@@ -617,12 +644,18 @@ impl Pending {
         replica: &str,
     ) -> db::Result<()> {
         let empty = Agg::default();
-        for (&(g, bucket, id), now) in &self.rows {
+        let (coarse, coarse_before) = (self.coarse(), before.coarse());
+        for (&(g, bucket, id), now) in self.rows.iter().chain(&coarse) {
             let Some((dim, key)) = self.names(id) else {
                 continue;
             };
             // Built from the same events in the same order, both number their rows alike.
-            let was = before.rows.get(&(g, bucket, id)).unwrap_or(&empty);
+            let row = (g, bucket, id);
+            let was = before
+                .rows
+                .get(&row)
+                .or_else(|| coarse_before.get(&row))
+                .unwrap_or(&empty);
             let signed = |a: u64, b: u64| a as i64 - b as i64;
             let change = Figures {
                 cost_usd: now.cost_usd - was.cost_usd,
@@ -644,7 +677,8 @@ impl Pending {
     /// of then), for the migration tests.
     #[cfg(test)]
     pub fn write_before_v9(&self, tx: &mut Conn, org_id: i64) -> db::Result<()> {
-        for (&(g, bucket, id), agg) in &self.rows {
+        let coarse = self.coarse();
+        for (&(g, bucket, id), agg) in self.rows.iter().chain(&coarse) {
             let Some(RowKey::Single { d, key }) = self.keys.get(id as usize) else {
                 continue;
             };
@@ -680,7 +714,8 @@ impl Pending {
     /// new figures into the single-dimension rows, which already count everything else.
     pub fn write_new_figures(&self, tx: &mut Conn, org_id: i64) -> db::Result<()> {
         let mut pairs = Pending::default();
-        for (&(g, bucket, id), agg) in &self.rows {
+        let coarse = self.coarse();
+        for (&(g, bucket, id), agg) in self.rows.iter().chain(&coarse) {
             match self.keys.get(id as usize) {
                 Some(RowKey::Pair { .. }) => {
                     if let Some(mine) = pairs.translate(self, id) {
@@ -1047,8 +1082,10 @@ mod tests {
     fn view(
         p: &Pending,
     ) -> std::collections::BTreeMap<(i64, i64, String, String), (u64, u64, u64, u64, u64)> {
+        let coarse = p.coarse();
         p.rows
             .iter()
+            .chain(&coarse)
             .map(|(&(g, b, id), a)| {
                 let (dim, key) = p.names(id).unwrap();
                 (
