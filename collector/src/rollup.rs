@@ -346,11 +346,28 @@ impl Pending {
 
     /// Add another `Pending`'s rows into these.
     pub fn merge(&mut self, other: &Pending) {
-        for (&(g, bucket, id), agg) in &other.rows {
-            let Some(mine) = self.translate(other, id) else {
-                continue;
+        // Each of its numbers translated once, not once per row that uses it (a key is in
+        // dozens of pair rows). A pair's keys are numbered before it, so one pass in order.
+        let mut mine: Vec<Option<u32>> = Vec::with_capacity(other.keys.len());
+        for k in &other.keys {
+            let id = match k {
+                RowKey::Single { d, key } => Some(self.id(*d as usize, key)),
+                RowKey::Pair { p, f, g } => {
+                    match (
+                        mine.get(*f as usize).copied().flatten(),
+                        mine.get(*g as usize).copied().flatten(),
+                    ) {
+                        (Some(f), Some(g)) => Some(self.pair_id(*p, f, g)),
+                        _ => None,
+                    }
+                }
             };
-            self.rows.entry((g, bucket, mine)).or_default().merge(agg);
+            mine.push(id);
+        }
+        for (&(g, bucket, id), agg) in &other.rows {
+            if let Some(Some(id)) = mine.get(id as usize) {
+                self.rows.entry((g, bucket, *id)).or_default().merge(agg);
+            }
         }
     }
 
