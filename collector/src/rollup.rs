@@ -346,8 +346,18 @@ impl Pending {
 
     /// Add another `Pending`'s rows into these.
     pub fn merge(&mut self, other: &Pending) {
-        // Each of its numbers translated once, not once per row that uses it (a key is in
-        // dozens of pair rows). A pair's keys are numbered before it, so one pass in order.
+        let mine = self.translation(other);
+        for (&(g, bucket, id), agg) in &other.rows {
+            if let Some(Some(id)) = mine.get(id as usize) {
+                self.rows.entry((g, bucket, *id)).or_default().merge(agg);
+            }
+        }
+    }
+
+    /// The number in these rows of each of `other`'s (made here where new). Each is translated
+    /// once, not once per row that uses it (a key is in dozens of pair rows); a pair's keys are
+    /// numbered before it, so one pass in order.
+    fn translation(&mut self, other: &Pending) -> Vec<Option<u32>> {
         let mut mine: Vec<Option<u32>> = Vec::with_capacity(other.keys.len());
         for k in &other.keys {
             let id = match k {
@@ -364,23 +374,7 @@ impl Pending {
             };
             mine.push(id);
         }
-        for (&(g, bucket, id), agg) in &other.rows {
-            if let Some(Some(id)) = mine.get(id as usize) {
-                self.rows.entry((g, bucket, *id)).or_default().merge(agg);
-            }
-        }
-    }
-
-    /// The number in these rows of `other`'s row `id`.
-    fn translate(&mut self, other: &Pending, id: u32) -> Option<u32> {
-        match other.keys.get(id as usize)? {
-            RowKey::Single { d, key } => Some(self.id(*d as usize, key)),
-            RowKey::Pair { p, f, g } => {
-                let f = self.translate(other, *f)?;
-                let g = self.translate(other, *g)?;
-                Some(self.pair_id(*p, f, g))
-            }
-        }
+        mine
     }
 
     fn id(&mut self, d: usize, key: &str) -> u32 {
@@ -455,7 +449,7 @@ impl Pending {
             }
         }
         // Each single dimension at the finest it is kept at (not `status`: a filter only); its
-        // coarser rows come from these when written (see [`Pending::coarse`]).
+        // coarser rows come from these when written (see [`Pending::all_rows`]).
         for (d, id) in mine[..STATUS_NUMBER].iter().enumerate() {
             if let Some(id) = *id {
                 let g = if PER_MINUTE[d] { MINUTE } else { HOUR };
@@ -474,21 +468,22 @@ impl Pending {
         }
     }
 
-    /// The coarser rows of the single dimensions: hour rows of those counted per minute, and
-    /// day rows of all. Events are counted into the finest rows only, and these are found per
-    /// row when the rows are written, not per event: a fifth fewer rows to count each event
-    /// into. (Pair rows are kept per hour only.)
-    fn coarse(&self) -> HashMap<(i64, i64, u32), Agg> {
-        let mut out: HashMap<(i64, i64, u32), Agg> = HashMap::default();
+    /// Every row: those counted, and the coarser rows of the single dimensions (hour rows of
+    /// those counted per minute, day rows of all). Events are counted into the finest rows
+    /// only, and the coarser ones are found per row when the rows are written, not per event:
+    /// a fifth fewer rows to count each event into. (Pair rows are kept per hour only.)
+    fn all_rows(&self) -> AllRows<'_> {
+        let mut coarse: HashMap<(i64, i64, u32), Agg> = HashMap::default();
         for (&(g, bucket, id), agg) in &self.rows {
             if g == MINUTE {
-                out.entry((HOUR, bucket.div_euclid(HOUR) * HOUR, id))
+                coarse
+                    .entry((HOUR, bucket.div_euclid(HOUR) * HOUR, id))
                     .or_default()
                     .merge(agg);
             }
         }
         let mut days: HashMap<(i64, i64, u32), Agg> = HashMap::default();
-        for (&(g, bucket, id), agg) in self.rows.iter().chain(&out) {
+        for (&(g, bucket, id), agg) in self.rows.iter().chain(&coarse) {
             let single = matches!(self.keys.get(id as usize), Some(RowKey::Single { .. }));
             if g == HOUR && single {
                 days.entry((DAY, bucket.div_euclid(DAY) * DAY, id))
@@ -496,8 +491,11 @@ impl Pending {
                     .merge(agg);
             }
         }
-        out.extend(days);
-        out
+        coarse.extend(days);
+        AllRows {
+            counted: &self.rows,
+            coarse,
+        }
     }
 
     /// A row's (dimension, key) as stored.
@@ -528,8 +526,7 @@ impl Pending {
         if tx.backend() == Backend::Postgres {
             return self.write_replica_rows(tx, org_id, replica, None, None);
         }
-        let coarse = self.coarse();
-        for (&(g, bucket, id), agg) in self.rows.iter().chain(&coarse) {
+        for (&(g, bucket, id), agg) in self.all_rows().iter() {
             let Some((dim, key)) = self.names(id) else {
                 continue;
             };
@@ -572,11 +569,9 @@ impl Pending {
         cache: Option<&Sketches>,
         mut written: Option<&mut Vec<(SketchKey, (Sketch, Sketch))>>,
     ) -> db::Result<()> {
-        let coarse = self.coarse();
-        let mut rows: Vec<_> = self
-            .rows
+        let all = self.all_rows();
+        let mut rows: Vec<_> = all
             .iter()
-            .chain(&coarse)
             .filter_map(|(&(g, bucket, id), agg)| {
                 self.names(id).map(|(dim, key)| (g, bucket, dim, key, agg))
             })
@@ -661,18 +656,13 @@ impl Pending {
         replica: &str,
     ) -> db::Result<()> {
         let empty = Agg::default();
-        let (coarse, coarse_before) = (self.coarse(), before.coarse());
-        for (&(g, bucket, id), now) in self.rows.iter().chain(&coarse) {
+        let was_rows = before.all_rows();
+        for (&(g, bucket, id), now) in self.all_rows().iter() {
             let Some((dim, key)) = self.names(id) else {
                 continue;
             };
             // Built from the same events in the same order, both number their rows alike.
-            let row = (g, bucket, id);
-            let was = before
-                .rows
-                .get(&row)
-                .or_else(|| coarse_before.get(&row))
-                .unwrap_or(&empty);
+            let was = was_rows.get(&(g, bucket, id)).unwrap_or(&empty);
             let signed = |a: u64, b: u64| a as i64 - b as i64;
             let change = Figures {
                 cost_usd: now.cost_usd - was.cost_usd,
@@ -694,8 +684,7 @@ impl Pending {
     /// of then), for the migration tests.
     #[cfg(test)]
     pub fn write_before_v9(&self, tx: &mut Conn, org_id: i64) -> db::Result<()> {
-        let coarse = self.coarse();
-        for (&(g, bucket, id), agg) in self.rows.iter().chain(&coarse) {
+        for (&(g, bucket, id), agg) in self.all_rows().iter() {
             let Some(RowKey::Single { d, key }) = self.keys.get(id as usize) else {
                 continue;
             };
@@ -731,11 +720,11 @@ impl Pending {
     /// new figures into the single-dimension rows, which already count everything else.
     pub fn write_new_figures(&self, tx: &mut Conn, org_id: i64) -> db::Result<()> {
         let mut pairs = Pending::default();
-        let coarse = self.coarse();
-        for (&(g, bucket, id), agg) in self.rows.iter().chain(&coarse) {
+        let translated = pairs.translation(self);
+        for (&(g, bucket, id), agg) in self.all_rows().iter() {
             match self.keys.get(id as usize) {
                 Some(RowKey::Pair { .. }) => {
-                    if let Some(mine) = pairs.translate(self, id) {
+                    if let Some(&Some(mine)) = translated.get(id as usize) {
                         pairs.rows.insert((g, bucket, mine), agg.clone());
                     }
                 }
@@ -757,6 +746,22 @@ impl Pending {
             }
         }
         pairs.write(tx, org_id, "")
+    }
+}
+
+/// A [`Pending`]'s rows as written: those counted, and the coarser ones found from them.
+struct AllRows<'p> {
+    counted: &'p HashMap<(i64, i64, u32), Agg>,
+    coarse: HashMap<(i64, i64, u32), Agg>,
+}
+
+impl AllRows<'_> {
+    fn iter(&self) -> impl Iterator<Item = (&(i64, i64, u32), &Agg)> {
+        self.counted.iter().chain(&self.coarse)
+    }
+
+    fn get(&self, row: &(i64, i64, u32)) -> Option<&Agg> {
+        self.counted.get(row).or_else(|| self.coarse.get(row))
     }
 }
 
@@ -1099,10 +1104,8 @@ mod tests {
     fn view(
         p: &Pending,
     ) -> std::collections::BTreeMap<(i64, i64, String, String), (u64, u64, u64, u64, u64)> {
-        let coarse = p.coarse();
-        p.rows
+        p.all_rows()
             .iter()
-            .chain(&coarse)
             .map(|(&(g, b, id), a)| {
                 let (dim, key) = p.names(id).unwrap();
                 (

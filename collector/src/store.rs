@@ -340,6 +340,15 @@ fn pair_read(p: &Pair, dim: Option<&str>) -> (String, Option<String>, Option<Str
     }
 }
 
+/// A rollup read of one key only (a second filter's: see [`pair_read`]): the condition after
+/// the five others, and its argument.
+fn only_key(only: Option<&str>) -> (&'static str, Vec<Value>) {
+    match only {
+        Some(key) => (" AND key = ?6", vec![Value::from(key)]),
+        None => ("", Vec::new()),
+    }
+}
+
 /// The finest resolution a range starting at `from` is read at (minute rows are kept for
 /// [`MINUTE_ROLLUP_DAYS`] only).
 fn finest_at(from: i64, now: i64, finest: i64) -> i64 {
@@ -1725,11 +1734,11 @@ impl Store {
     ) -> Result<Vec<(String, Agg)>, StoreError> {
         self.write_rollups()?;
         let mut conn = self.reader();
+        let (key_sql, key_arg) = only_key(only);
         let sql = format!(
             "SELECT key, {} FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2 AND dim = ?3
-               AND bucket_ms >= ?4 AND bucket_ms < ?5{}",
-            rollup::FIGURES,
-            if only.is_some() { " AND key = ?6" } else { "" }
+               AND bucket_ms >= ?4 AND bucket_ms < ?5{key_sql}",
+            rollup::FIGURES
         );
         let mut out: HashMap<String, Agg> = HashMap::new();
         // The range widens to whole units of the finest rows: from rounds down, to rounds up
@@ -1747,8 +1756,7 @@ impl Store {
         for (g, start, end) in parts {
             // Merge straight from the row: no owned key unless new, sketches added in place.
             // (On PostgreSQL a key has a row per replica: they add up like buckets.)
-            let mut args = values![org.id, g, dim, start, end].to_vec();
-            args.extend(only.map(Value::from));
+            let args = [values![org.id, g, dim, start, end], &key_arg].concat();
             conn.query_each(&sql, &args, |r| {
                 let key = match r.0.first() {
                     Some(Value::Text(k)) => k.as_str(),
@@ -1816,18 +1824,17 @@ impl Store {
         self.write_rollups()?;
         let mut conn = self.reader();
         // Day buckets from day rows, hour buckets from hour rows, minute buckets from minute rows.
+        let (key_sql, key_arg) = only_key(only.as_deref());
         let sql = format!(
             "SELECT bucket_ms, key, {} FROM rollups WHERE org_id = ?1 AND granularity_ms = ?2
-               AND dim = ?3 AND bucket_ms >= ?4 AND bucket_ms < ?5{}",
-            rollup::FIGURES,
-            if only.is_some() { " AND key = ?6" } else { "" }
+               AND dim = ?3 AND bucket_ms >= ?4 AND bucket_ms < ?5{key_sql}",
+            rollup::FIGURES
         );
         let g = match plan {
             Plan::Pair(..) => rollup::PAIR_GRANULARITY,
             _ => bucket,
         };
-        let mut args = values![org.id, g, name, from, to].to_vec();
-        args.extend(only.map(Value::from));
+        let args = [values![org.id, g, name, from, to], &key_arg].concat();
         conn.query_each(&sql, &args, |r| {
             let b: i64 = r.get(0)?;
             let key: String = match &fixed {
