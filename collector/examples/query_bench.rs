@@ -255,9 +255,14 @@ fn main() -> Result<(), String> {
         rows.push((name.to_string(), p50, p95));
     }
     // Filtered, as a team's bookmarked view asks: one filter, or a team and a model, is read
-    // from pair rollups; a grouping by user, or a range of 6 hours or less, from the events.
+    // from pair rollups (a team's by user too); a grouping by user under another filter, or a
+    // range of 6 hours or less, from the events.
     let team = || EventFilter {
         team: Some("team-3".into()),
+        ..Default::default()
+    };
+    let app = || EventFilter {
+        app: Some("app-3".into()),
         ..Default::default()
     };
     // A model team-3's workloads call (workload 3's first).
@@ -287,9 +292,15 @@ fn main() -> Result<(), String> {
             start,
         ),
         (
-            "summary by user (from the events), team=team-3, 30 days",
+            "summary by user, team=team-3, 30 days",
             Some("user"),
             team(),
+            start,
+        ),
+        (
+            "summary by user (from the events), app=app-3, 30 days",
+            Some("user"),
+            app(),
             start,
         ),
         (

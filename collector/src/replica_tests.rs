@@ -546,6 +546,27 @@ fn a_database_at_an_older_schema_version_is_migrated_and_keeps_its_events() {
         ),
         1
     );
+    // A collector from before version 3 (its connections do not say the version they write)
+    // may no longer write events or rollup rows: it would not count users under teams.
+    for sql in [
+        "INSERT INTO events (org_id, request_id, ts_ms, timestamp, provider, api, endpoint,
+            streaming, latency_ms, routed, received_ms, replica)
+         VALUES (1, 'old', 0, '1970-01-01T00:00:00.000Z', 'openai', 'chat_completions',
+            '/v1/chat/completions', 0, 1.0, 0, 0, 'old')",
+        "UPDATE rollup_progress SET events_seq = events_seq",
+        "DELETE FROM rollups",
+    ] {
+        let err = conn.execute(sql, &[]).unwrap_err().to_string();
+        assert!(err.contains("older than the database's schema"), "{err}");
+    }
+    assert!(a.ready().is_ok());
+    // A replica older than the database's schema is not ready.
+    conn.batch("INSERT INTO schema_version (version) VALUES (1000)")
+        .unwrap();
+    let err = a.ready().unwrap_err().to_string();
+    assert!(err.contains("schema version 1000"), "{err}");
+    conn.batch("DELETE FROM schema_version WHERE version = 1000")
+        .unwrap();
     // Opening it again changes nothing.
     drop(a);
     let a = replica(&url, "a");

@@ -33,7 +33,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0013_budgets.sql"),
     include_str!("../migrations/0014_alerts.sql"),
     include_str!("../migrations/0015_trace_context.sql"),
+    include_str!("../migrations/0016_users_under_teams.sql"),
 ];
+
+/// The SQLite schema version that added users under the team filter (see [`Write::UserPairs`]).
+const USERS_UNDER_TEAMS: i64 = 16;
 
 /// Minute rollups are kept this long; older ranges are answered from hour rollups.
 pub const MINUTE_ROLLUP_DAYS: i64 = 31;
@@ -267,8 +271,8 @@ enum Plan {
 }
 
 /// A read from pair rows: the filter kept as their filter (dimension, key), and maybe a second
-/// filter on one of [`rollup::PAIR_GROUPS`], answered by the pair rows grouped by its
-/// dimension, their row of its key only.
+/// filter on a dimension they are grouped by (see [`rollup::pair_kept`]), answered by the pair
+/// rows grouped by that dimension, their row of its key only.
 struct Pair {
     filter: (&'static str, String),
     second: Option<(&'static str, String)>,
@@ -284,11 +288,10 @@ fn read_plan(f: &EventFilter, dim: Option<&str>, span: i64) -> Plan {
         }
         filters.push(("status", rollup::status_class(Some(lo)).to_string()));
     }
-    let filter_kept = |d: &str| rollup::FILTER_DIMENSIONS.contains(&d);
     let pair = match filters.as_slice() {
         [] => return Plan::Rollups,
-        [one] if filter_kept(one.0) => {
-            let grouped = dim.is_none_or(|d| d == one.0 || rollup::PAIR_GROUPS.contains(&d));
+        [one] if rollup::FILTER_DIMENSIONS.contains(&one.0) => {
+            let grouped = dim.is_none_or(|d| d == one.0 || rollup::pair_kept(one.0, d));
             grouped.then(|| Pair {
                 filter: one.clone(),
                 second: None,
@@ -299,9 +302,7 @@ fn read_plan(f: &EventFilter, dim: Option<&str>, span: i64) -> Plan {
         // and the group key is the model that answered.
         [a, b] => [(a, b), (b, a)]
             .into_iter()
-            .filter(|(f, g)| {
-                filter_kept(f.0) && g.0 != "model" && rollup::PAIR_GROUPS.contains(&g.0)
-            })
+            .filter(|(f, g)| g.0 != "model" && rollup::pair_kept(f.0, g.0))
             // Grouped by neither filter's dimension would need a third key; by the model's
             // (as the filter), the models that answered it.
             .find(|(f, g)| dim.is_none_or(|d| d == g.0 || (d == f.0 && f.0 != "model")))
@@ -712,6 +713,17 @@ fn open_sqlite(dir: &Path) -> Result<rusqlite::Connection, StoreError> {
                 "",
             )?;
         }
+        if (9..USERS_UNDER_TEAMS).contains(&version) {
+            // Migration 16's pair rows (migration 9's counting above wrote them too).
+            let through = progress(&mut tx, "")?;
+            roll_up(
+                &mut tx,
+                &prices,
+                Counted::Through(through),
+                Write::UserPairs,
+                "",
+            )?;
+        }
         if count_all {
             tx.execute("DELETE FROM rollups", &[])?;
             roll_up(
@@ -771,8 +783,11 @@ fn open_postgres(url: &str, options: &Options) -> Result<Conn, StoreError> {
             Err(e) => return Err(e.into()),
         }
     };
+    // The schema version this collector writes: a version that changes what is counted lets
+    // only collectors at it or later write (see migrations/postgres/0003_users_under_teams.sql).
     conn.set_up(&format!(
-        "SET statement_timeout = {}; SET lock_timeout = {}",
+        "SET statement_timeout = {}; SET lock_timeout = {}; \
+         SET tally.schema_version = {POSTGRES_SCHEMA_VERSION}",
         options.statement_timeout_ms, options.statement_timeout_ms
     ))?;
     Ok(conn)
@@ -812,6 +827,9 @@ fn migrate_postgres(conn: &mut Conn) -> Result<(), StoreError> {
             }
             conn.transaction(|tx| -> Result<(), StoreError> {
                 tx.batch(sql)?;
+                if v == POSTGRES_USERS_UNDER_TEAMS {
+                    count_user_pairs(tx)?;
+                }
                 tx.execute(
                     "INSERT INTO schema_version (version) VALUES (?1)",
                     values![v],
@@ -824,6 +842,35 @@ fn migrate_postgres(conn: &mut Conn) -> Result<(), StoreError> {
     })();
     conn.unlock(MIGRATION_LOCK)?;
     result
+}
+
+/// The PostgreSQL schema version that added users under the team filter.
+const POSTGRES_USERS_UNDER_TEAMS: i64 = 3;
+
+/// Count users under the team filter for the events each replica's rollup rows count, into its
+/// rows. The version's triggers, made first in the same transaction, waited for the writes of
+/// collectors from before it and fence them off from now on: no replica's progress moves while
+/// this counts, and events it has not counted yet are counted whole when its name is taken over.
+fn count_user_pairs(tx: &mut Conn) -> Result<(), StoreError> {
+    let prices = Prices::load(tx).map_err(StoreError::Io)?;
+    let replicas: Vec<(String, i64)> = tx.query_map(
+        "SELECT replica, events_seq FROM rollup_progress ORDER BY replica",
+        &[],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    for (replica, through) in replicas {
+        let (counted, _) = roll_up(
+            tx,
+            &prices.table,
+            Counted::Through(through),
+            Write::UserPairs,
+            &replica,
+        )?;
+        crate::log::info(&format!(
+            "database: users under teams counted for {counted} events of replica {replica}"
+        ));
+    }
+    Ok(())
 }
 
 /// This collector's replica name, locked for as long as its write connection lives (so that
@@ -1171,6 +1218,18 @@ impl Store {
             Database::Postgres(url) => Conn::open(url)?,
         };
         c.value::<i64>("SELECT 1", &[])?;
+        // A replica older than the database's schema may not write (a newer replica's
+        // migration fenced it off): not ready, so that load balancers send its traffic to the
+        // others.
+        if let Database::Postgres(_) = self.database {
+            let version: i64 = c.value("SELECT max(version) FROM schema_version", &[])?;
+            if version > POSTGRES_SCHEMA_VERSION {
+                return Err(StoreError::Io(format!(
+                    "the database is at schema version {version}, newer than this collector \
+                     ({POSTGRES_SCHEMA_VERSION}); upgrade it"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -2446,6 +2505,8 @@ enum Write {
     Whole,
     /// Only the figures migration 9 added (see [`Pending::write_new_figures`]).
     NewFigures,
+    /// Only the users under the team filter (see [`Pending::write_user_pairs`]).
+    UserPairs,
 }
 
 /// Events priced again per pass of [`Store::reprice`]: each pass holds the write lock.
@@ -2507,6 +2568,7 @@ fn roll_up(
             match write {
                 Write::Whole => pending.write(tx, org, replica)?,
                 Write::NewFigures => pending.write_new_figures(tx, org)?,
+                Write::UserPairs => pending.write_user_pairs(tx, org, replica)?,
             }
         }
         start = end;
@@ -3300,6 +3362,17 @@ pub(crate) mod tests {
             Some("workload"),
             Some("error"),
         ];
+        // A team's, and by user as well.
+        const TEAM: &[Option<&str>] = &[
+            None,
+            Some("model"),
+            Some("team"),
+            Some("app"),
+            Some("feature"),
+            Some("workload"),
+            Some("error"),
+            Some("user"),
+        ];
         let cases: Vec<(EventFilter, Keep, &[Option<&str>])> = vec![
             (
                 EventFilter {
@@ -3307,7 +3380,7 @@ pub(crate) mod tests {
                     ..Default::default()
                 },
                 Box::new(|e: &Event| e.team.as_deref() == Some("pay")),
-                ONE,
+                TEAM,
             ),
             (
                 EventFilter {
@@ -3393,8 +3466,19 @@ pub(crate) mod tests {
                 Box::new(|e: &Event| e.feature.is_none() && e.workload.as_deref() == Some("w2")),
                 &[None, Some("feature"), Some("workload")],
             ),
+            (
+                EventFilter {
+                    team: Some("search".into()),
+                    user: Some("u3".into()),
+                    ..Default::default()
+                },
+                Box::new(|e: &Event| {
+                    e.team.as_deref() == Some("search") && e.user.as_deref() == Some("u3")
+                }),
+                &[None, Some("team"), Some("user")],
+            ),
             // Read from the events: a model and a status (neither is a group the other's rows
-            // keep), three filters, a single status, a user.
+            // keep), three filters, a single status, a user alone.
             (
                 EventFilter {
                     model: Some("gpt-4o-2025-01-01".into()),
@@ -3644,7 +3728,7 @@ pub(crate) mod tests {
                 Box::new(|e: &Event| e.team.as_deref() == Some("search")),
             ),
         ] {
-            for dim in [None, Some("model"), Some("namespace")] {
+            for dim in [None, Some("model"), Some("namespace"), Some("user")] {
                 let (rows, _) = store
                     .summary(&org, dim, &filter, day, day + DAY, day + 2 * DAY)
                     .unwrap();
@@ -3655,6 +3739,57 @@ pub(crate) mod tests {
                 );
             }
         }
+    }
+
+    /// Users under the team filter are counted by the migration that added them, for the events
+    /// the rollups counted before it (on PostgreSQL, into each replica's rows), and at ingest
+    /// after it.
+    #[test]
+    fn users_under_teams_are_counted_for_events_stored_before_them() {
+        let dir = temp_dir("users_under_teams");
+        let store = test_store(&dir);
+        let key = store.create_org("acme", 0).unwrap();
+        let org = store.org_for_key(&key).unwrap().unwrap();
+        let day = parse_rfc3339_ms("2026-01-05T00:00:00Z").unwrap();
+        let events = labelled_batch(600, day, DAY);
+        store
+            .insert_events(&org, Arc::new(events[..400].to_vec()), day + DAY)
+            .unwrap();
+        store.write_rollups().unwrap();
+        // The database as the schema before them left it: no such rows, nor the version.
+        let database = store.database().clone();
+        {
+            let mut conn = store.conn_for_cli();
+            conn.execute("DELETE FROM rollups WHERE dim LIKE 'team:user%'", &[])
+                .unwrap();
+            let older = match store.backend() {
+                Backend::Sqlite => format!("PRAGMA user_version = {}", USERS_UNDER_TEAMS - 1),
+                Backend::Postgres => format!(
+                    "DELETE FROM schema_version WHERE version >= {POSTGRES_USERS_UNDER_TEAMS};
+                     DROP FUNCTION tally_writer_is_current() CASCADE"
+                ),
+            };
+            conn.batch(&older).unwrap();
+        }
+        drop(store);
+        let options = Options {
+            replica: Some("upgraded".into()),
+            ..Default::default()
+        };
+        let store = Store::open_with(&database, options).unwrap();
+        store
+            .insert_events(&org, Arc::new(events[400..].to_vec()), day + DAY)
+            .unwrap();
+        let team = EventFilter {
+            team: Some("search".into()),
+            ..Default::default()
+        };
+        let (rows, read) = store
+            .summary(&org, Some("user"), &team, day, day + DAY, day + 2 * DAY)
+            .unwrap();
+        assert_eq!(read, Read::Rollups(HOUR));
+        let search = |e: &Event| e.team.as_deref() == Some("search");
+        assert_eq!(seen(&rows), expected(&events, search, Some("user")));
     }
 
     /// Events straight into the events table of an older schema (`mesh`: with its namespace and

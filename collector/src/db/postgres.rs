@@ -184,11 +184,15 @@ pub fn placeholders(sql: &str) -> String {
 /// The schema's versions, in order: a new database is made by all of them, an older one
 /// brought up to date by those after its version. The first is the schema whole (see it for
 /// how it differs from SQLite's).
-pub const MIGRATIONS: [(i64, &str); 2] = [
+pub const MIGRATIONS: [(i64, &str); 3] = [
     (1, include_str!("../../migrations/postgres/0001_schema.sql")),
     (
         2,
         include_str!("../../migrations/postgres/0002_events_without_foreign_key.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_users_under_teams.sql"),
     ),
 ];
 

@@ -1,0 +1,4 @@
+-- Users under the team filter: pair rollup rows `team:user` (rollup::USER_FILTERS), so that a
+-- team's spend by user is read from rollups, not from the events. No table changes: the rows
+-- go in `rollups` under their own dimension, and the migration counts them for the events the
+-- rollups already count (store::open_sqlite).
