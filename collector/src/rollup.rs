@@ -334,6 +334,13 @@ fn pair_names(p: u8) -> (&'static str, &'static str) {
     }
 }
 
+/// An event's keys, by number: in each single dimension ([`NO_KEY`] where it has no row), then
+/// the model it asked for when another answered. Events with the same keys in the same minute
+/// add into the same rows, so they are counted together first (see [`Pending::add`]).
+type Combo = [u32; SINGLE + 1];
+const NO_KEY: u32 = u32::MAX;
+const REQUESTED: usize = SINGLE;
+
 /// Rollup rows touched by a batch. Each (dimension, key) pair gets a number once per batch, so
 /// an event's rows are found by hashing integers, not strings, and its labels are not copied.
 /// The maps hash with foldhash: SipHash was half the cost of counting an event in.
@@ -347,27 +354,44 @@ pub struct Pending {
     keys: Vec<RowKey>,
     /// (granularity, bucket, number) -> figures.
     rows: HashMap<(i64, i64, u32), Agg>,
+    /// Events counted but not yet into `rows`: (minute, their keys) -> figures. An event is in
+    /// about a hundred rows, and adding it into each was most of the collector's CPU at ingest;
+    /// events sharing every key in a minute (one service calling one model for one user) add
+    /// into one figure here, which goes into the rows once (see [`Pending::settle`]).
+    combos: HashMap<(i64, Combo), Agg>,
     /// Prices of the batch's models, for what their cache reads saved.
     pricer: tally::pricing::Pricer,
 }
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.rows.is_empty() && self.combos.is_empty()
     }
 
-    /// How many rows.
+    /// How many figures are held (rows and events not yet in them).
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.rows.len() + self.combos.len()
     }
 
-    /// Add another `Pending`'s rows into these.
+    /// Add another `Pending`'s rows, and events not yet in rows, into these.
     pub fn merge(&mut self, other: &Pending) {
         let mine = self.translation(other);
         for (&(g, bucket, id), agg) in &other.rows {
             if let Some(Some(id)) = mine.get(id as usize) {
                 self.rows.entry((g, bucket, *id)).or_default().merge(agg);
             }
+        }
+        'combos: for ((minute, combo), agg) in &other.combos {
+            let mut here = [NO_KEY; SINGLE + 1];
+            for (to, &from) in here.iter_mut().zip(combo) {
+                if from != NO_KEY {
+                    match mine.get(from as usize) {
+                        Some(Some(id)) => *to = *id,
+                        _ => continue 'combos,
+                    }
+                }
+            }
+            self.combos.entry((*minute, here)).or_default().merge(agg);
         }
     }
 
@@ -421,30 +445,53 @@ impl Pending {
         id
     }
 
-    /// Count a newly stored event (ts in Unix ms) into every row it belongs to.
+    /// Count a newly stored event (ts in Unix ms) in: with the events of its minute that have
+    /// all its keys, and into its rows when these are written (see [`Pending::settle`]).
     pub fn add(&mut self, prices: &PriceTable, e: &Event, ts: i64) {
         let latency = sketch::bucket(e.latency_ms);
         let ttfb = e.ttfb_ms.map(sketch::bucket);
         let savings = self.pricer.cache_savings_usd(prices, e);
-        // The event's key in each single dimension (`None` where it has no row).
-        let mut mine = [None::<u32>; SINGLE];
-        mine[0] = Some(self.id(0, ""));
+        let mut combo = [NO_KEY; SINGLE + 1];
+        combo[0] = self.id(0, "");
         for d in 0..DIMENSIONS.len() {
             if let Some(key) = key_at(e, d) {
-                mine[d + 1] = Some(self.id(d + 1, &key));
+                combo[d + 1] = self.id(d + 1, &key);
             }
         }
-        mine[STATUS_NUMBER] = Some(self.id(STATUS_NUMBER, status_class(e.status)));
-        // Pair rows, per hour: the event under each filter key it matches (a model filter
+        combo[STATUS_NUMBER] = self.id(STATUS_NUMBER, status_class(e.status));
+        if let Some(m) = e.model_requested.as_deref().filter(|m| *m != model_of(e)) {
+            combo[REQUESTED] = self.id(MODEL_NUMBER, m);
+        }
+        self.combos
+            .entry((ts.div_euclid(MINUTE) * MINUTE, combo))
+            .or_default()
+            .add(e, latency, ttfb, savings);
+    }
+
+    /// Move the events counted by [`Pending::add`] into their rows. In the order of their
+    /// (minute, keys), so that two `Pending`s of the same events number their rows alike
+    /// (see [`Pending::write_price_change`]).
+    pub fn settle(&mut self) {
+        if self.combos.is_empty() {
+            return;
+        }
+        let mut combos: Vec<((i64, Combo), Agg)> = self.combos.drain().collect();
+        combos.sort_unstable_by_key(|c| c.0);
+        for ((minute, combo), agg) in combos {
+            self.count(minute, &combo, &agg);
+        }
+    }
+
+    /// Add the figures of events sharing `combo` in `minute` into every row they belong to.
+    fn count(&mut self, minute: i64, combo: &Combo, agg: &Agg) {
+        let mine: [Option<u32>; SINGLE] =
+            std::array::from_fn(|d| Some(combo[d]).filter(|&k| k != NO_KEY));
+        let requested = Some(combo[REQUESTED]).filter(|&k| k != NO_KEY);
+        // Pair rows, per hour: the events under each filter key they match (a model filter
         // matches the model asked for as well as the one that answered). A missing label has
         // no filter key: the API takes no empty filter.
         let mut pairs = [0u32; 2 * GROUP_PAIRS + USER_FILTERS.len()];
         let mut npairs = 0;
-        let requested = e
-            .model_requested
-            .as_deref()
-            .filter(|m| *m != model_of(e))
-            .map(|m| self.id(MODEL_NUMBER, m));
         for (fi, &fd) in FILTER_NUMBERS.iter().enumerate() {
             let also = if fd == MODEL_NUMBER { requested } else { None };
             for fkey in [mine[fd], also].into_iter().flatten() {
@@ -479,17 +526,17 @@ impl Pending {
             if let Some(id) = *id {
                 let g = if PER_MINUTE[d] { MINUTE } else { HOUR };
                 self.rows
-                    .entry((g, ts.div_euclid(g) * g, id))
+                    .entry((g, minute.div_euclid(g) * g, id))
                     .or_default()
-                    .add(e, latency, ttfb, savings);
+                    .merge(agg);
             }
         }
-        let bucket = ts.div_euclid(PAIR_GRANULARITY) * PAIR_GRANULARITY;
+        let bucket = minute.div_euclid(PAIR_GRANULARITY) * PAIR_GRANULARITY;
         for &id in &pairs[..npairs] {
             self.rows
                 .entry((PAIR_GRANULARITY, bucket, id))
                 .or_default()
-                .add(e, latency, ttfb, savings);
+                .merge(agg);
         }
     }
 
@@ -498,6 +545,7 @@ impl Pending {
     /// only, and the coarser ones are found per row when the rows are written, not per event:
     /// a fifth fewer rows to count each event into. (Pair rows are kept per hour only.)
     fn all_rows(&self) -> AllRows<'_> {
+        debug_assert!(self.combos.is_empty(), "rows read before settle");
         let mut coarse: HashMap<(i64, i64, u32), Agg> = HashMap::default();
         for (&(g, bucket, id), agg) in &self.rows {
             if g == MINUTE {
@@ -547,7 +595,8 @@ impl Pending {
     /// replica adds into rows of its own (`replica`), which only it writes, so sketches are
     /// merged here and the row replaced: replicas never merge a sketch in the database, and
     /// reads add the replicas' rows up as they add buckets up.
-    pub fn write(&self, tx: &mut Conn, org_id: i64, replica: &str) -> db::Result<()> {
+    pub fn write(&mut self, tx: &mut Conn, org_id: i64, replica: &str) -> db::Result<()> {
+        self.settle();
         if tx.backend() == Backend::Postgres {
             return self.write_replica_rows(tx, org_id, replica, None, None);
         }
@@ -568,12 +617,13 @@ impl Pending {
     /// it wrote lately, as committed, so that those are not read again. Returns the sketches
     /// as written, for `known` once the transaction commits.
     pub fn write_own(
-        &self,
+        &mut self,
         tx: &mut Conn,
         org_id: i64,
         replica: &str,
         known: &Sketches,
     ) -> db::Result<Vec<(SketchKey, (Sketch, Sketch))>> {
+        self.settle();
         if tx.backend() == Backend::Sqlite {
             self.write(tx, org_id, replica)?;
             return Ok(Vec::new());
@@ -674,12 +724,14 @@ impl Pending {
     /// counted in the same order, with their former costs) to these rows: cost, unpriced
     /// counts and savings (the other figures do not depend on the price).
     pub fn write_price_change(
-        &self,
+        &mut self,
         tx: &mut Conn,
         org_id: i64,
-        before: &Pending,
+        before: &mut Pending,
         replica: &str,
     ) -> db::Result<()> {
+        self.settle();
+        before.settle();
         let empty = Agg::default();
         let was_rows = before.all_rows();
         for (&(g, bucket, id), now) in self.all_rows().iter() {
@@ -708,7 +760,8 @@ impl Pending {
     /// The rows as a database before migration 9 held them (single dimensions, the figures
     /// of then), for the migration tests.
     #[cfg(test)]
-    pub fn write_before_v9(&self, tx: &mut Conn, org_id: i64) -> db::Result<()> {
+    pub fn write_before_v9(&mut self, tx: &mut Conn, org_id: i64) -> db::Result<()> {
+        self.settle();
         for (&(g, bucket, id), agg) in self.all_rows().iter() {
             let Some(RowKey::Single { d, key }) = self.keys.get(id as usize) else {
                 continue;
@@ -743,7 +796,8 @@ impl Pending {
     /// For the migration that added the unpriced, cached and pair figures (SQLite's; a
     /// PostgreSQL database starts at today's schema): write the pair rows whole, and only those
     /// new figures into the single-dimension rows, which already count everything else.
-    pub fn write_new_figures(&self, tx: &mut Conn, org_id: i64) -> db::Result<()> {
+    pub fn write_new_figures(&mut self, tx: &mut Conn, org_id: i64) -> db::Result<()> {
+        self.settle();
         for (&(g, bucket, id), agg) in self.all_rows().iter() {
             match self.keys.get(id as usize) {
                 Some(RowKey::Pair { .. }) | None => {}
@@ -768,7 +822,13 @@ impl Pending {
 
     /// For the migration that added users under the team filter (SQLite's 16, PostgreSQL's 3):
     /// write those pair rows only, the events' other rows being counted already.
-    pub fn write_user_pairs(&self, tx: &mut Conn, org_id: i64, replica: &str) -> db::Result<()> {
+    pub fn write_user_pairs(
+        &mut self,
+        tx: &mut Conn,
+        org_id: i64,
+        replica: &str,
+    ) -> db::Result<()> {
+        self.settle();
         let user_pairs = |p: u8| p as usize >= GROUP_PAIRS;
         self.pairs_only(user_pairs).write(tx, org_id, replica)
     }
@@ -1143,8 +1203,9 @@ mod tests {
     /// A Pending's rows by (granularity, bucket, dimension, key), comparable whatever the ids.
     #[allow(clippy::type_complexity)]
     fn view(
-        p: &Pending,
+        p: &mut Pending,
     ) -> std::collections::BTreeMap<(i64, i64, String, String), (u64, u64, u64, u64, u64)> {
+        p.settle();
         p.all_rows()
             .iter()
             .map(|(&(g, b, id), a)| {
@@ -1178,7 +1239,8 @@ mod tests {
             .unwrap();
             (e, i as i64 * 50 * MINUTE)
         };
-        let events: Vec<_> = (0..40).map(event).collect();
+        // Each event twice: the second adds into the first's figures until they are settled.
+        let events: Vec<_> = (0..80).map(|i| event(i % 40)).collect();
         let prices = PriceTable::builtin().unwrap();
         let (mut all, mut a, mut b) = (Pending::default(), Pending::default(), Pending::default());
         for (i, (e, ts)) in events.iter().enumerate() {
@@ -1189,11 +1251,16 @@ mod tests {
                 b.add(&prices, e, *ts)
             }
         }
+        assert_eq!(all.combos.len(), 40);
+        // Settled rows and events not yet in rows merge alike.
+        a.settle();
         let mut merged = Pending::default();
         merged.merge(&a);
         merged.merge(&b);
-        assert_eq!(view(&merged), view(&all));
-        assert!(view(&all).len() > 100);
+        let whole = view(&mut all);
+        assert_eq!(view(&mut merged), whole);
+        assert!(whole.len() > 100);
+        assert!(whole.values().all(|r| r.0 % 2 == 0 && r.0 == r.4));
     }
 
     #[test]

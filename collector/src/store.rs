@@ -543,9 +543,9 @@ impl Unwritten {
 
     /// Write the rows and the progress mark in `tx`; the caller calls [`Unwritten::written`]
     /// with what this returns once it commits.
-    fn write(&self, tx: &mut Conn, replica: &str) -> db::Result<Written> {
+    fn write(&mut self, tx: &mut Conn, replica: &str) -> db::Result<Written> {
         let mut written = Vec::new();
-        for (org, p) in &self.rows {
+        for (org, p) in &mut self.rows {
             written.extend(p.write_own(tx, *org, replica, &self.sketches)?);
         }
         set_progress(tx, replica, self.through)?;
@@ -2130,7 +2130,7 @@ impl Store {
                     values![now, seq, ts],
                 )?;
             }
-            after.write_price_change(&mut tx, org_id, &before, &self.replica)?;
+            after.write_price_change(&mut tx, org_id, &mut before, &self.replica)?;
             tx.execute(
                 "UPDATE repricings SET events = ?2, changed = ?3, before_usd = ?4, after_usd = ?5
                  WHERE id = ?1",
