@@ -1564,7 +1564,7 @@ impl Store {
         let mut pricer = Pricer::default();
         let prices = self.prices();
         // On PostgreSQL a round trip per event would bound ingest by the network's latency:
-        // events go in by the hundred, one statement each ([`INSERT_ROWS`]), unless an event
+        // events go in by the batch, one statement each ([`insert_rows`]), unless an event
         // reads calibration, which samples taught by the events before it may change.
         let reads = |e: &Event| {
             e.token_source == Some(TokenSource::Measured)
@@ -2351,60 +2351,84 @@ fn event_values(org_id: i64, e: &Event, ts: i64, now_ms: i64, replica: &str) -> 
     ]
 }
 
-/// Events per multi-row statement, at most (43 values each, well under PostgreSQL's 65 535).
-const INSERT_ROWS: usize = 256;
+/// The PostgreSQL type of each of [`event_values`], in order: the arrays [`insert_rows`] binds.
+const EVENT_TYPES: [&str; 43] = [
+    "bigint", "text", "bigint", "text", "text", "text", "text", "text", "text", "bigint", "bigint",
+    "float8", "float8", "bigint", "bigint", "bigint", "bigint", "bigint", "text", "float8", "text",
+    "text", "text", "text", "text", "text", "text", "text", "text", "bigint", "bigint", "bigint",
+    "text", "text", "text", "bigint", "bigint", "text", "bigint", "text", "text", "text", "text",
+];
 
-/// Insert the batch's events (`rows`: [`event_values`] of each, in order) in statements of up to
-/// [`INSERT_ROWS`] events (PostgreSQL), chunked by [`rollup::chunk`] so that a few statements,
-/// kept prepared, serve every batch size: the `seq` of each event newly stored, none for a
-/// duplicate (of a stored event, or of one before it in the batch).
+/// Insert the batch's events (`rows`: [`event_values`] of each, in order) in one statement
+/// (PostgreSQL): each column bound as one array and the rows made by `unnest`, so that the
+/// statement is the same for every batch size, and the database sets up 43 parameters, not 43
+/// per event (a multi-row `VALUES` made it build each row's expressions, a sixth of its time
+/// at ingest). The `seq` of each event newly stored, none for a duplicate (of a stored event,
+/// or of one before it in the batch).
 fn insert_rows(
     tx: &mut Conn,
     batch: &Batch,
     owners: &Owners,
     rows: Vec<Value>,
 ) -> Result<Vec<Option<i64>>, StoreError> {
-    const COLUMNS: usize = 43;
-    let mut seqs = vec![None; batch.len()];
-    let mut at = 0;
-    while at < batch.len() {
-        let n = rollup::chunk(batch.len() - at, INSERT_ROWS);
-        let values = &rows[at * COLUMNS..(at + n) * COLUMNS];
-        // Which event each returned row is: the first of the chunk with its key.
-        let mut index: HashMap<(i64, &str, i64), usize> = HashMap::with_capacity(n);
-        for (i, (e, ts)) in batch.iter().enumerate().skip(at).take(n) {
-            let org_id = owners.of(i).map_or(0, |o| o.id);
-            index
-                .entry((org_id, e.request_id.as_str(), *ts))
-                .or_insert(i);
-        }
-        tx.query_each(&insert_rows_sql(n), values, |r| {
-            let key = (r.get::<i64>(1)?, r.get::<String>(2)?, r.get::<i64>(3)?);
-            if let Some(&i) = index.get(&(key.0, key.1.as_str(), key.2)) {
-                seqs[i] = Some(r.get(0)?);
-            }
-            Ok(())
-        })?;
-        at += n;
+    let mut columns: Vec<Vec<Value>> = (0..EVENT_TYPES.len())
+        .map(|_| Vec::with_capacity(batch.len()))
+        .collect();
+    for (i, v) in rows.into_iter().enumerate() {
+        columns[i % EVENT_TYPES.len()].push(v);
     }
+    let columns: Vec<Value> = columns.into_iter().map(Value::List).collect();
+    // Which event each returned row is: the first of the batch with its key.
+    let mut index: HashMap<(i64, &str, i64), usize> = HashMap::with_capacity(batch.len());
+    for (i, (e, ts)) in batch.iter().enumerate() {
+        let org_id = owners.of(i).map_or(0, |o| o.id);
+        index
+            .entry((org_id, e.request_id.as_str(), *ts))
+            .or_insert(i);
+    }
+    let mut seqs = vec![None; batch.len()];
+    tx.query_each(&insert_rows_sql(), &columns, |r| {
+        let key = (r.get::<i64>(1)?, r.get::<String>(2)?, r.get::<i64>(3)?);
+        if let Some(&i) = index.get(&(key.0, key.1.as_str(), key.2)) {
+            seqs[i] = Some(r.get(0)?);
+        }
+        Ok(())
+    })?;
     Ok(seqs)
 }
 
-/// The statement inserting `n` events with their replica (see [`insert_rows`]).
-fn insert_rows_sql(n: usize) -> String {
+/// The statement inserting events with their replica from arrays (see [`insert_rows`]).
+fn insert_rows_sql() -> String {
     let head = INSERT_EVENT_REPLICA
         .split(" VALUES")
         .next()
         .unwrap_or(INSERT_EVENT_REPLICA);
+    let arrays: Vec<String> = EVENT_TYPES
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("unnest(?{}::{t}[])", i + 1))
+        .collect();
+    // In the select list, not `FROM unnest(...)`: there the rows are made into a tuplestore
+    // first, which cost what the parameters saved.
     format!(
-        "{head} VALUES {} ON CONFLICT DO NOTHING RETURNING seq, org_id, request_id, ts_ms",
-        rollup::placeholder_rows(1, n, 43)
+        "{head} SELECT {} {EVENT_CONFLICT} RETURNING seq, org_id, request_id, ts_ms",
+        arrays.join(", ")
     )
 }
 
+/// A PostgreSQL event insert's duplicate: the unique key only. Without the target every unique
+/// index is checked before each row goes in, the primary key on `seq` too (which a sequence
+/// never repeats): a quarter of the database's time at ingest.
+macro_rules! event_conflict {
+    () => {
+        "ON CONFLICT (org_id, request_id, ts_ms) DO NOTHING"
+    };
+}
+const EVENT_CONFLICT: &str = event_conflict!();
+
 /// The columns an event is stored with, in the order of `store_batch`'s values.
 macro_rules! event_insert {
-    ($extra_column:literal, $extra_value:literal, $returning:literal) => {
+    ($extra_column:literal, $extra_value:literal, $conflict:expr, $returning:literal) => {
         concat!(
             "INSERT INTO events (org_id, request_id, ts_ms, timestamp, provider, api, endpoint,
                 model_requested, model_actual, status, streaming, latency_ms, ttfb_ms,
@@ -2419,8 +2443,8 @@ macro_rules! event_insert {
                 ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
                 ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42",
             $extra_value,
-            ")
-             ON CONFLICT DO NOTHING",
+            ") ",
+            $conflict,
             $returning
         )
     };
@@ -2430,10 +2454,11 @@ macro_rules! event_insert {
 /// on SQLite. Its `seq` is the connection's last rowid: with `RETURNING`, SQLite journals every
 /// page the statement changes into a temporary file when the table has a foreign key (half of
 /// the collector's ingest time went to those writes).
-const INSERT_EVENT: &str = event_insert!("", "", "");
+const INSERT_EVENT: &str = event_insert!("", "", "ON CONFLICT DO NOTHING", "");
 
 /// [`INSERT_EVENT`] with the replica that stores it, and its `seq` returned (PostgreSQL).
-const INSERT_EVENT_REPLICA: &str = event_insert!(", replica", ", ?43", " RETURNING seq");
+const INSERT_EVENT_REPLICA: &str =
+    event_insert!(", replica", ", ?43", event_conflict!(), " RETURNING seq");
 
 /// The columns of an event that rollups and summaries read, in the order [`lite_event`] reads.
 const LITE_COLUMNS: &str = "ts_ms, provider, model_requested, model_actual, latency_ms, ttfb_ms,

@@ -30,6 +30,9 @@ pub enum Value {
     Real(f64),
     Text(String),
     Blob(Vec<u8>),
+    /// An array parameter (PostgreSQL only): a column of many rows in one value, so that a
+    /// statement inserts them from `unnest` (see `store::insert_rows`).
+    List(Vec<Value>),
 }
 
 #[derive(Debug)]
@@ -186,6 +189,7 @@ impl Value {
             Value::Real(r) => format!("real {r}"),
             Value::Text(_) => "text".into(),
             Value::Blob(b) => format!("blob of {} bytes", b.len()),
+            Value::List(l) => format!("list of {} values", l.len()),
         }
     }
 }
@@ -657,9 +661,8 @@ pub fn generic_plan(c: &mut Conn, sql: &str, values: &[Value]) -> Result<String>
         postgres::placeholders(sql)
     ))?;
     // EXPLAIN takes no parameters: the values go in as literals.
-    let args: Vec<String> = values
-        .iter()
-        .map(|v| match v {
+    fn literal(v: &Value) -> String {
+        match v {
             Value::Null => "NULL".to_string(),
             Value::Int(i) => i.to_string(),
             Value::Real(r) => format!("'{r:?}'::float8"),
@@ -668,8 +671,13 @@ pub fn generic_plan(c: &mut Conn, sql: &str, values: &[Value]) -> Result<String>
                 let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
                 format!("'\\x{hex}'::bytea")
             }
-        })
-        .collect();
+            Value::List(l) => {
+                let items: Vec<String> = l.iter().map(literal).collect();
+                format!("ARRAY[{}]", items.join(", "))
+            }
+        }
+    }
+    let args: Vec<String> = values.iter().map(literal).collect();
     let lines: Result<Vec<String>> = tx.query_map(
         &format!("EXPLAIN EXECUTE generic_plan_probe({})", args.join(", ")),
         &[],

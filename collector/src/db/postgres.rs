@@ -2,7 +2,7 @@
 //! the type the server infers for each placeholder, decoded from whatever type a column has.
 
 use super::{DbError, Result, Row, Value};
-use ::postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
+use ::postgres::types::{to_sql_checked, FromSql, IsNull, Kind, ToSql, Type};
 use bytes::BytesMut;
 use std::error::Error;
 
@@ -351,11 +351,17 @@ impl ToSql for Value {
             }
             (Value::Text(t), &Type::UNKNOWN) => t.as_str().to_sql(&Type::TEXT, out),
             (Value::Blob(b), &Type::BYTEA) => b.as_slice().to_sql(ty, out),
+            (Value::List(l), ty) if matches!(ty.kind(), Kind::Array(_)) => {
+                l.as_slice().to_sql(ty, out)
+            }
             _ => Err(wrong()),
         }
     }
 
     fn accepts(ty: &Type) -> bool {
+        if let Kind::Array(member) = ty.kind() {
+            return <Value as ToSql>::accepts(member);
+        }
         [
             Type::INT2,
             Type::INT4,

@@ -10,6 +10,11 @@ pub(super) fn err(e: rusqlite::Error) -> DbError {
 impl rusqlite::ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(ToSqlOutput::Borrowed(match self {
+            Value::List(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "a list is a PostgreSQL array parameter: SQLite has none".into(),
+                ))
+            }
             Value::Null => ValueRef::Null,
             Value::Int(i) => ValueRef::Integer(*i),
             Value::Real(r) => ValueRef::Real(*r),

@@ -311,3 +311,33 @@ fn postgres_schema_partitions_events_by_day() {
     c.batch("DROP TABLE events_20261106").unwrap();
     assert_eq!(count(&mut c, "events"), 3);
 }
+
+/// A list is a PostgreSQL array parameter: rows made from columns by `unnest`, nulls and all.
+/// SQLite has no arrays, and says so rather than binding something else.
+#[test]
+fn lists_bind_as_arrays_on_postgresql_only() {
+    each_backend(|c, _| {
+        create(c);
+        let keys = Value::List(vec!["a".into(), "b".into()]);
+        let ints = Value::List(vec![Value::Int(1), Value::Null]);
+        let sql = "INSERT INTO t (k, i) SELECT unnest(?1::text[]), unnest(?2::bigint[])";
+        match c.backend() {
+            Backend::Sqlite => {
+                let err = c
+                    .execute("INSERT INTO t (k, i) VALUES (?1, ?2)", &[keys, ints])
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("SQLite has none"), "{err}");
+            }
+            Backend::Postgres => {
+                assert_eq!(c.execute(sql, &[keys, ints]).unwrap(), 2);
+                let rows: Vec<(String, Option<i64>)> = c
+                    .query_map("SELECT k, i FROM t ORDER BY k", &[], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .unwrap();
+                assert_eq!(rows, [("a".to_string(), Some(1)), ("b".to_string(), None)]);
+            }
+        }
+    });
+}
