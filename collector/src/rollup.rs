@@ -361,9 +361,21 @@ pub struct Pending {
     combos: HashMap<(i64, Combo), Agg>,
     /// Prices of the batch's models, for what their cache reads saved.
     pricer: tally::pricing::Pricer,
+    /// Only the users under the team filter are counted (a migration's count of them).
+    users_under_teams_only: bool,
 }
 
 impl Pending {
+    /// A `Pending` that counts the users under the team filter only (see
+    /// [`Pending::user_pairs`]): the migration that added them counts every stored event, and
+    /// counting each into all its rows took it 80 µs per event.
+    pub fn users_under_teams() -> Pending {
+        Pending {
+            users_under_teams_only: true,
+            ..Default::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty() && self.combos.is_empty()
     }
@@ -487,12 +499,13 @@ impl Pending {
         let mine: [Option<u32>; SINGLE] =
             std::array::from_fn(|d| Some(combo[d]).filter(|&k| k != NO_KEY));
         let requested = Some(combo[REQUESTED]).filter(|&k| k != NO_KEY);
+        let all = !self.users_under_teams_only;
         // Pair rows, per hour: the events under each filter key they match (a model filter
         // matches the model asked for as well as the one that answered). A missing label has
         // no filter key: the API takes no empty filter.
         let mut pairs = [0u32; 2 * GROUP_PAIRS + USER_FILTERS.len()];
         let mut npairs = 0;
-        for (fi, &fd) in FILTER_NUMBERS.iter().enumerate() {
+        for (fi, &fd) in FILTER_NUMBERS.iter().enumerate().filter(|_| all) {
             let also = if fd == MODEL_NUMBER { requested } else { None };
             for fkey in [mine[fd], also].into_iter().flatten() {
                 if self.is_empty_key(fkey) {
@@ -522,7 +535,7 @@ impl Pending {
         }
         // Each single dimension at the finest it is kept at (not `status`: a filter only); its
         // coarser rows come from these when written (see [`Pending::all_rows`]).
-        for (d, id) in mine[..STATUS_NUMBER].iter().enumerate() {
+        for (d, id) in mine[..STATUS_NUMBER].iter().enumerate().filter(|_| all) {
             if let Some(id) = *id {
                 let g = if PER_MINUTE[d] { MINUTE } else { HOUR };
                 self.rows
@@ -598,7 +611,7 @@ impl Pending {
     pub fn write(&mut self, tx: &mut Conn, org_id: i64, replica: &str) -> db::Result<()> {
         self.settle();
         if tx.backend() == Backend::Postgres {
-            return self.write_replica_rows(tx, org_id, replica, None, None);
+            return self.write_replica_rows(tx, org_id, replica, Stored::Read(None), None);
         }
         for (&(g, bucket, id), agg) in self.all_rows().iter() {
             let Some((dim, key)) = self.names(id) else {
@@ -629,7 +642,8 @@ impl Pending {
             return Ok(Vec::new());
         }
         let mut written = Vec::new();
-        self.write_replica_rows(tx, org_id, replica, Some(known), Some(&mut written))?;
+        let stored = Stored::Read(Some(known));
+        self.write_replica_rows(tx, org_id, replica, stored, Some(&mut written))?;
         Ok(written)
     }
 
@@ -641,9 +655,13 @@ impl Pending {
         tx: &mut Conn,
         org_id: i64,
         replica: &str,
-        cache: Option<&Sketches>,
+        stored_rows: Stored<'_>,
         mut written: Option<&mut Vec<(SketchKey, (Sketch, Sketch))>>,
     ) -> db::Result<()> {
+        let (cache, none) = match stored_rows {
+            Stored::Read(cache) => (cache, false),
+            Stored::None => (None, true),
+        };
         let all = self.all_rows();
         let mut rows: Vec<_> = all
             .iter()
@@ -672,7 +690,7 @@ impl Pending {
             };
             let unknown: Vec<_> = part
                 .iter()
-                .filter(|(g, bucket, dim, key, _)| known(*g, *bucket, dim, key).is_none())
+                .filter(|(g, bucket, dim, key, _)| !none && known(*g, *bucket, dim, key).is_none())
                 .collect();
             let mut keys = values![org_id, replica].to_vec();
             for (g, bucket, dim, key, _) in &unknown {
@@ -821,16 +839,20 @@ impl Pending {
     }
 
     /// For the migration that added users under the team filter (SQLite's 16, PostgreSQL's 3):
-    /// write those pair rows only, the events' other rows being counted already.
-    pub fn write_user_pairs(
-        &mut self,
-        tx: &mut Conn,
-        org_id: i64,
-        replica: &str,
-    ) -> db::Result<()> {
+    /// those pair rows only, the events' other rows being counted already.
+    pub fn user_pairs(&mut self) -> Pending {
         self.settle();
-        let user_pairs = |p: u8| p as usize >= GROUP_PAIRS;
-        self.pairs_only(user_pairs).write(tx, org_id, replica)
+        self.pairs_only(|p| p as usize >= GROUP_PAIRS)
+    }
+
+    /// Write rows the database does not hold yet (a migration's new dimension): on PostgreSQL
+    /// no stored sketch is read first, a third of such a write's time.
+    pub fn write_new(&mut self, tx: &mut Conn, org_id: i64, replica: &str) -> db::Result<()> {
+        if tx.backend() == Backend::Sqlite {
+            return self.write(tx, org_id, replica);
+        }
+        self.settle();
+        self.write_replica_rows(tx, org_id, replica, Stored::None, None)
     }
 
     /// These rows' pair rows numbered `keep`.
@@ -848,6 +870,14 @@ impl Pending {
         }
         pairs
     }
+}
+
+/// What [`Pending::write_replica_rows`] knows of the rows' stored sketches.
+enum Stored<'a> {
+    /// Read those the cache (if any) does not know.
+    Read(Option<&'a Sketches>),
+    /// There are none: the rows are new.
+    None,
 }
 
 /// A [`Pending`]'s rows as written: those counted, and the coarser ones found from them.

@@ -2530,7 +2530,8 @@ enum Write {
     Whole,
     /// Only the figures migration 9 added (see [`Pending::write_new_figures`]).
     NewFigures,
-    /// Only the users under the team filter (see [`Pending::write_user_pairs`]).
+    /// Only the users under the team filter (see [`Pending::user_pairs`]), rows new to the
+    /// database.
     UserPairs,
 }
 
@@ -2567,6 +2568,9 @@ fn roll_up(
         return Ok((0, None));
     };
     let mut counted = 0;
+    // Users under teams, per org, from every pass: their rows are new, so written once at the
+    // end without reading what is stored (passes share rows).
+    let mut user_pairs: Vec<(i64, Pending)> = Vec::new();
     let mut start = lo;
     while start < max {
         let end = start.saturating_add(ROLL_UP_CHUNK).min(max);
@@ -2576,7 +2580,10 @@ fn roll_up(
             |r| r.get(0),
         )?;
         for org in orgs {
-            let mut pending = Pending::default();
+            let mut pending = match write {
+                Write::UserPairs => Pending::users_under_teams(),
+                Write::Whole | Write::NewFigures => Pending::default(),
+            };
             tx.query_each(
                 &format!(
                     "SELECT {LITE_COLUMNS} FROM events WHERE seq > ?1 AND seq <= ?2 AND {mine}
@@ -2593,10 +2600,19 @@ fn roll_up(
             match write {
                 Write::Whole => pending.write(tx, org, replica)?,
                 Write::NewFigures => pending.write_new_figures(tx, org)?,
-                Write::UserPairs => pending.write_user_pairs(tx, org, replica)?,
+                Write::UserPairs => {
+                    let rows = pending.user_pairs();
+                    match user_pairs.iter_mut().find(|(o, _)| *o == org) {
+                        Some((_, all)) => all.merge(&rows),
+                        None => user_pairs.push((org, rows)),
+                    }
+                }
             }
         }
         start = end;
+    }
+    for (org, mut rows) in user_pairs {
+        rows.write_new(tx, org, replica)?;
     }
     Ok((counted, matches!(which, Counted::After(_)).then_some(max)))
 }
