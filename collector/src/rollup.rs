@@ -366,9 +366,9 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// A `Pending` that counts the users under the team filter only (see
-    /// [`Pending::user_pairs`]): the migration that added them counts every stored event, and
-    /// counting each into all its rows took it 80 µs per event.
+    /// A `Pending` that counts the users under the team filter only, for the migration that
+    /// added them (SQLite's 16, PostgreSQL's 3): it counts every stored event, and counting each
+    /// into all its rows took it 80 µs per event.
     pub fn users_under_teams() -> Pending {
         Pending {
             users_under_teams_only: true,
@@ -835,18 +835,11 @@ impl Pending {
                 }
             }
         }
-        self.pairs_only(|_| true).write(tx, org_id, "")
-    }
-
-    /// For the migration that added users under the team filter (SQLite's 16, PostgreSQL's 3):
-    /// those pair rows only, the events' other rows being counted already.
-    pub fn user_pairs(&mut self) -> Pending {
-        self.settle();
-        self.pairs_only(|p| p as usize >= GROUP_PAIRS)
+        self.pair_rows().write(tx, org_id, "")
     }
 
     /// Write rows the database does not hold yet (a migration's new dimension): on PostgreSQL
-    /// no stored sketch is read first, a third of such a write's time.
+    /// no stored sketch is read first, since there is none.
     pub fn write_new(&mut self, tx: &mut Conn, org_id: i64, replica: &str) -> db::Result<()> {
         if tx.backend() == Backend::Sqlite {
             return self.write(tx, org_id, replica);
@@ -855,17 +848,15 @@ impl Pending {
         self.write_replica_rows(tx, org_id, replica, Stored::None, None)
     }
 
-    /// These rows' pair rows numbered `keep`.
-    fn pairs_only(&self, keep: impl Fn(u8) -> bool) -> Pending {
+    /// These rows' pair rows.
+    fn pair_rows(&self) -> Pending {
         let mut pairs = Pending::default();
         let translated = pairs.translation(self);
         for (&(g, bucket, id), agg) in &self.rows {
-            if let (Some(RowKey::Pair { p, .. }), Some(&Some(mine))) =
+            if let (Some(RowKey::Pair { .. }), Some(&Some(mine))) =
                 (self.keys.get(id as usize), translated.get(id as usize))
             {
-                if keep(*p) {
-                    pairs.rows.insert((g, bucket, mine), agg.clone());
-                }
+                pairs.rows.insert((g, bucket, mine), agg.clone());
             }
         }
         pairs

@@ -2530,8 +2530,8 @@ enum Write {
     Whole,
     /// Only the figures migration 9 added (see [`Pending::write_new_figures`]).
     NewFigures,
-    /// Only the users under the team filter (see [`Pending::user_pairs`]), rows new to the
-    /// database.
+    /// Only the users under the team filter (see [`Pending::users_under_teams`]), rows new to
+    /// the database.
     UserPairs,
 }
 
@@ -2601,10 +2601,11 @@ fn roll_up(
                 Write::Whole => pending.write(tx, org, replica)?,
                 Write::NewFigures => pending.write_new_figures(tx, org)?,
                 Write::UserPairs => {
-                    let rows = pending.user_pairs();
+                    // Settled per pass, so that what is kept is rows, not every event's keys.
+                    pending.settle();
                     match user_pairs.iter_mut().find(|(o, _)| *o == org) {
-                        Some((_, all)) => all.merge(&rows),
-                        None => user_pairs.push((org, rows)),
+                        Some((_, all)) => all.merge(&pending),
+                        None => user_pairs.push((org, pending)),
                     }
                 }
             }
